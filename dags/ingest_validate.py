@@ -1,0 +1,54 @@
+"""Data phases of CRISP-ML(Q): ingest every source for the interval → GX quality gate → publish a dataset version.
+
+Monthly by default (each run reads its own data interval); trigger by hand or through the REST API with
+`pipeline` and, for a manual range, `start`/`end`. Bad rows are quarantined with reasons, bad batches fail
+without retries, and a published version emits `crispflow_curated_dataset` with its id in `extra`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from airflow.sdk import Param, dag
+from crispflow_airflow.operators.ingest import IngestOperator
+from crispflow_airflow.operators.publish import PublishDatasetOperator
+from crispflow_airflow.operators.quality_gate import DataQualityGateOperator
+
+PARAMS = {
+    "pipeline": Param("lending_club", type="string", pattern=r"^[a-z][a-z0-9_]{0,62}$",
+                      description="Pipeline spec in include/pipelines/ (file name without .yaml)"),
+    "start": Param(None, type=["null", "string"], pattern=r"^\d{4}-\d{2}-\d{2}$",
+                   description="First day to ingest (YYYY-MM-DD); empty: the run's data interval"),
+    "end": Param(None, type=["null", "string"], pattern=r"^\d{4}-\d{2}-\d{2}$",
+                 description="Day after the last day to ingest (YYYY-MM-DD)"),
+}
+BATCH_ID = "{{ ti.xcom_pull(task_ids='ingest')['batch_id'] }}"
+
+
+@dag(
+    schedule="@monthly",
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=2,
+    tags=["crispflow", "data"],
+    params=PARAMS,
+    default_args={
+        "retries": 2,
+        "retry_delay": timedelta(seconds=20),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=5),
+        "execution_timeout": timedelta(minutes=30),
+    },
+    doc_md=__doc__,
+)
+def ingest_validate() -> None:
+    pipeline = "{{ params.pipeline }}"
+    ingest = IngestOperator(task_id="ingest", pipeline=pipeline, start="{{ params.start or '' }}",
+                            end="{{ params.end or '' }}", allowed_conf=list(PARAMS))
+    gate = DataQualityGateOperator(task_id="validate", pipeline=pipeline, batch_id=BATCH_ID)
+    publish = PublishDatasetOperator(task_id="publish", pipeline=pipeline, batch_id=BATCH_ID,
+                                     pool="crispflow_publish")
+    ingest >> gate >> publish
+
+
+ingest_validate()

@@ -1,0 +1,120 @@
+"""`crispflow up | down | status | demo`: the local stack and the demo, from one console script."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from crispflow.cli import stack
+from crispflow.errors import CrispflowError
+from crispflow.settings import Settings
+
+
+def _echo(message: str) -> None:
+    print(message, flush=True)
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    """Start the stack (or find it running) and print where everything is."""
+    status = stack.up(settings, args.profile, timeout=args.timeout, echo=_echo)
+    print(stack.format_status(status))
+    return 0
+
+
+def cmd_down(args: argparse.Namespace, settings: Settings) -> int:
+    """Stop exactly what `up` started; exit 0 when nothing is running."""
+    lines = stack.down(settings, timeout=args.timeout)
+    print("\n".join(lines) if lines else "nothing to stop")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the stack's state; exit 0 only if every process is healthy."""
+    status = stack.collect_status(settings)
+    print(json.dumps(status.to_dict(), indent=2) if args.json else stack.format_status(status))
+    return 0 if status.healthy else 1
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """`up`, then the end-to-end demo against the running stack, which is left running."""
+    cmd_up(args, settings)
+    try:
+        from crispflow.demo import run_demo
+    except ModuleNotFoundError as exc:
+        if exc.name != "crispflow.demo":
+            raise
+        print("error: crispflow.demo is not available in this checkout", file=sys.stderr)
+        return 2
+    from crispflow.airflow_api import AirflowAPI
+
+    print("\nrunning the demo ...", flush=True)
+    try:
+        summary = run_demo(AirflowAPI.from_settings(settings), settings)
+    except Exception:  # the demo's own failure: show it, keep the stack up for inspection
+        traceback.print_exc()
+        print("\ndemo FAILED; the stack is still running for inspection:", file=sys.stderr)
+        print(stack.format_access(stack.collect_status(settings)), file=sys.stderr)
+        return 1
+    print("\ndemo summary")
+    print(format_mapping(summary or {}, indent=2))
+    print()
+    print(stack.format_access(stack.collect_status(settings)))
+    print("\nThe stack keeps running: `crispflow status`, `crispflow down`.")
+    return 0
+
+
+def format_mapping(data: Mapping[str, Any], indent: int = 0) -> str:
+    """`key: value` lines; nested mappings indented under their key."""
+    pad = " " * indent
+    lines = []
+    for key, value in data.items():
+        if isinstance(value, Mapping) and value:
+            lines.append(f"{pad}{key}:")
+            lines.append(format_mapping(value, indent + 2))
+        elif isinstance(value, list | tuple):
+            lines.append(f"{pad}{key}: {', '.join(map(str, value))}")
+        else:
+            lines.append(f"{pad}{key}: {value}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crispflow", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands: dict[str, tuple[Callable[..., int], str]] = {
+        "up": (cmd_up, "start the local stack (idempotent)"),
+        "down": (cmd_down, "stop what `up` started"),
+        "status": (cmd_status, "show processes, URLs, login and paths"),
+        "demo": (cmd_demo, "start the stack and run the demo pipeline"),
+    }
+    for name, (func, text) in commands.items():
+        cmd = sub.add_parser(name, help=text, description=text)
+        cmd.set_defaults(func=func)
+        if name in ("up", "demo"):
+            cmd.add_argument("--profile", default=stack.DEFAULT_PROFILE, choices=sorted(stack.PROFILES))
+            cmd.add_argument("--timeout", type=float, default=stack.UP_TIMEOUT, help="seconds to become healthy")
+        if name == "down":
+            cmd.add_argument("--timeout", type=float, default=stack.STOP_TIMEOUT, help="seconds before SIGKILL")
+        if name == "status":
+            cmd.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args, Settings.from_env())
+    except CrispflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""Versioned datasets: stage a batch, store the gate's outcome, publish a content-addressed version.
+
+Write-audit-publish: the ingest writes the batch to staging, the gate writes its verdict beside it, and publishing
+copies the passing rows to `curated/<pipeline>/<version_id>/` with `manifest.json` written last, so a version
+either has a manifest (complete) or does not exist. The id is the hash of the content: publishing the same rows
+twice yields the same version, once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from crispflow.errors import LakeError
+from crispflow.lake import (
+    Lake,
+    canonical_json,
+    frame_digest,
+    read_json,
+    read_parquet,
+    sha256,
+    write_atomic,
+    write_json,
+    write_parquet,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from crispflow.quality import GateOutcome
+    from crispflow.sources import Extract, Interval
+    from crispflow.spec import PipelineSpec
+
+BATCH = "batch.parquet"
+INGEST = "ingest.json"
+VALIDATED = "validated.parquet"
+QUALITY_JSON = "quality.json"
+QUALITY_HTML = "quality.html"
+
+
+def batch_id_for(spec: PipelineSpec, interval: Interval, fingerprints: list[dict[str, Any]]) -> str:
+    """Same spec, same interval, same source content -> same batch id (so reruns reuse their staging)."""
+    key = {"spec": spec.spec_hash(), "interval": interval.to_json(), "sources": fingerprints}
+    return "b-" + sha256(canonical_json(key))[:16]
+
+
+def stage(lake: Lake, spec: PipelineSpec, interval: Interval, extracts: list[Extract],
+          batch: pd.DataFrame, report: dict[str, Any]) -> dict[str, Any]:
+    """Land each source's bytes in the raw zone and the assembled batch in staging. Returns the ingest report."""
+    for ex, info in zip(extracts, report["sources"], strict=True):
+        _, path = lake.land_raw(spec.name, ex.raw, ex.raw_ext)
+        info["raw"] = lake.relative(path)
+    batch_id = batch_id_for(spec, interval, [e.fingerprint for e in extracts])
+    folder = lake.batch_dir(spec.name, batch_id)
+    write_parquet(folder / BATCH, batch)
+    report = {"pipeline": spec.name, "batch_id": batch_id, "spec_hash": spec.spec_hash(), **report}
+    write_json(folder / INGEST, report)
+    return report
+
+
+def load_batch(lake: Lake, pipeline: str, batch_id: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+    folder = lake.batch_dir(pipeline, batch_id)
+    if not (folder / INGEST).exists():
+        raise LakeError(f"batch {batch_id} of pipeline {pipeline!r} is not staged (no {INGEST})")
+    return read_parquet(folder / BATCH), read_json(folder / INGEST)
+
+
+def store_outcome(lake: Lake, spec: PipelineSpec, batch_id: str, outcome: GateOutcome) -> dict[str, Any]:
+    """Persist the gate's verdict before anyone acts on it: quarantine, results, report, validated rows."""
+    folder = lake.batch_dir(spec.name, batch_id)
+    quarantine = lake.quarantine(spec.name, batch_id)
+    write_parquet(quarantine, outcome.quarantine.assign(_batch_id=batch_id))
+    write_atomic(folder / QUALITY_HTML, outcome.html.encode())
+    paths = {"quarantine": lake.relative(quarantine), "quality_json": lake.relative(folder / QUALITY_JSON),
+             "quality_html": lake.relative(folder / QUALITY_HTML)}
+    summary = {**outcome.summary, "batch_id": batch_id, "files": paths}
+    write_json(folder / QUALITY_JSON, {"summary": summary, "gx_result": outcome.results})
+    if outcome.failure is None:
+        write_parquet(folder / VALIDATED, outcome.valid)
+    return summary
+
+
+@dataclass(frozen=True)
+class Published:
+    version_id: str
+    created: bool  # False when this content was already published (by this or another run)
+    manifest: dict[str, Any]
+
+
+def publish(lake: Lake, spec: PipelineSpec, batch_id: str, run: dict[str, Any]) -> Published:
+    """Publish the validated rows of a batch as a content-addressed version; a no-op if it already exists.
+
+    Callers serialise publication (an Airflow pool of one): between the existence check and the manifest write
+    nobody else publishes, and the manifest is the single atomic commit point.
+    """
+    folder = lake.batch_dir(spec.name, batch_id)
+    quality = read_json(folder / QUALITY_JSON)
+    summary = quality["summary"]
+    if not summary["success"]:
+        raise LakeError(f"batch {batch_id} did not pass the gate; it cannot be published")
+    ingest = read_json(folder / INGEST)
+    valid = read_parquet(folder / VALIDATED)
+    digest = frame_digest(valid)
+    version_id = "ds-" + digest[:16]
+    manifest_path = lake.manifest(spec.name, version_id)
+    if manifest_path.exists():
+        return Published(version_id, False, read_json(manifest_path))
+    rows = {"in": summary["rows_in"], "published": len(valid), "quarantined": summary["rows_quarantined"]}
+    if rows["in"] != rows["published"] + rows["quarantined"]:
+        raise LakeError(f"batch {batch_id}: rows_in != published + quarantined ({rows})")
+    vdir = lake.version_dir(spec.name, version_id)
+    write_parquet(vdir / "data.parquet", valid)
+    write_atomic(vdir / QUALITY_HTML, (folder / QUALITY_HTML).read_bytes())
+    write_atomic(vdir / QUALITY_JSON, (folder / QUALITY_JSON).read_bytes())
+    manifest = {
+        "dataset_version_id": version_id,
+        "content_sha256": digest,
+        "pipeline": spec.name,
+        "spec_hash": spec.spec_hash(),
+        "batch_id": batch_id,
+        "interval": ingest["interval"],
+        "schema": [{"name": c.name, "type": c.type, "dtype": str(valid[c.name].dtype), "pii": c.pii}
+                   for c in spec.columns],
+        "rows": rows,
+        "sources": ingest["sources"],
+        "reconciliation": {k: ingest[k] for k in ("duplicate_key_rows", "keys_in_several_sources")},
+        "quality": {k: summary[k] for k in ("success", "reasons", "batch_failures")}
+        | {"expectations_evaluated": len(summary["expectations"]),
+           "expectations_failed": sum(not e["success"] for e in summary["expectations"])},
+        "files": {"data": lake.relative(vdir / "data.parquet"), "quality_json": lake.relative(vdir / QUALITY_JSON),
+                  "quality_html": lake.relative(vdir / QUALITY_HTML), "quarantine": summary["files"]["quarantine"]},
+        "published_by": {**run, "at": datetime.now(UTC).isoformat()},
+    }
+    write_json(manifest_path, manifest)
+    return Published(version_id, True, manifest)
+
+
+def read_manifest(lake: Lake, version_id: str, pipeline: str | None = None) -> dict[str, Any]:
+    """The manifest of a dataset version, by id (the pipeline is looked up when not given)."""
+    if pipeline is None:
+        matches = [p.name for p in (lake.root / "curated").iterdir()
+                   if lake.manifest(p.name, version_id).exists()] if (lake.root / "curated").exists() else []
+        if not matches:
+            raise LakeError(f"no published dataset version {version_id!r} in the lake")
+        pipeline = matches[0]
+    path = lake.manifest(pipeline, version_id)
+    if not path.exists():
+        raise LakeError(f"no published dataset version {version_id!r} for pipeline {pipeline!r}")
+    return read_json(path)
+
+
+def load_version(lake: Lake, version_id: str, pipeline: str | None = None) -> pd.DataFrame:
+    """The rows of a version, checked against the content hash in its manifest."""
+    manifest = read_manifest(lake, version_id, pipeline)
+    frame = read_parquet(lake.root / manifest["files"]["data"])
+    if frame_digest(frame) != manifest["content_sha256"]:
+        raise LakeError(f"dataset version {version_id}: data does not match its content hash (tampered?)")
+    return frame

@@ -1,0 +1,123 @@
+"""The data lake: one layout, written atomically, on any path-like root (pathlib, UPath, ObjectStoragePath).
+
+Layout under the root (the same locally and on s3://):
+    raw/<pipeline>/<sha256>.<ext>                  every source read, as read (content-addressed, kept)
+    batches/<pipeline>/<batch_id>/...             staging: the reconciled batch, its ingest report,
+                                                  validated rows, GX results (JSON + HTML)
+    quarantine/<pipeline>/batch=<batch_id>/rows.parquet   rejected rows with reason codes
+    curated/<pipeline>/<version_id>/...           published versions; `manifest.json` is written last
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import uuid
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+class PathLike(Protocol):
+    """What the lake needs of a path: pathlib.Path, upath.UPath and Airflow's ObjectStoragePath all fit."""
+
+    name: str
+
+    def __truediv__(self, other: str) -> PathLike: ...
+    @property
+    def parent(self) -> PathLike: ...
+    def exists(self) -> bool: ...
+    def read_bytes(self) -> bytes: ...
+    def write_bytes(self, data: bytes) -> Any: ...
+    def mkdir(self, parents: bool = ..., exist_ok: bool = ...) -> None: ...
+    def rename(self, target: Any) -> Any: ...
+    def with_name(self, name: str) -> PathLike: ...
+    def iterdir(self) -> Any: ...
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def canonical_json(obj: Any) -> bytes:
+    """JSON with sorted keys and no whitespace variance: equal content, equal bytes, equal hash."""
+    return json.dumps(obj, sort_keys=True, indent=2, default=str).encode()
+
+
+def write_atomic(path: PathLike, data: bytes) -> None:
+    """Write to a hidden temporary sibling, then rename: readers see the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_bytes(data)
+    tmp.rename(path)
+
+
+def write_json(path: PathLike, obj: Any) -> None:
+    write_atomic(path, canonical_json(obj))
+
+
+def read_json(path: PathLike) -> Any:
+    return json.loads(path.read_bytes())
+
+
+def parquet_bytes(df: pd.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False, compression="zstd")
+    return buf.getvalue()
+
+
+def write_parquet(path: PathLike, df: pd.DataFrame) -> None:
+    write_atomic(path, parquet_bytes(df))
+
+
+def read_parquet(path: PathLike) -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.read_parquet(io.BytesIO(path.read_bytes()))
+
+
+def frame_digest(df: pd.DataFrame) -> str:
+    """Content hash of a frame: column names, dtypes and values in row order (not the parquet bytes)."""
+    import pandas as pd
+
+    h = hashlib.sha256()
+    h.update(canonical_json([[c, str(t)] for c, t in df.dtypes.items()]))
+    h.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
+    return h.hexdigest()
+
+
+class Lake:
+    """Names every place in the lake; holds nothing but the root, so it is safe to build anywhere."""
+
+    def __init__(self, root: PathLike) -> None:
+        self.root = root
+
+    def raw(self, pipeline: str, digest: str, ext: str) -> PathLike:
+        return self.root / "raw" / pipeline / f"{digest}.{ext}"
+
+    def batch_dir(self, pipeline: str, batch_id: str) -> PathLike:
+        return self.root / "batches" / pipeline / batch_id
+
+    def quarantine(self, pipeline: str, batch_id: str) -> PathLike:
+        return self.root / "quarantine" / pipeline / f"batch={batch_id}" / "rows.parquet"
+
+    def version_dir(self, pipeline: str, version_id: str) -> PathLike:
+        return self.root / "curated" / pipeline / version_id
+
+    def manifest(self, pipeline: str, version_id: str) -> PathLike:
+        return self.version_dir(pipeline, version_id) / "manifest.json"
+
+    def land_raw(self, pipeline: str, data: bytes, ext: str) -> tuple[str, PathLike]:
+        """Keep the bytes a source gave us, once per content. Returns (sha256, path)."""
+        digest = sha256(data)
+        path = self.raw(pipeline, digest, ext)
+        if not path.exists():
+            write_atomic(path, data)
+        return digest, path
+
+    def relative(self, path: PathLike) -> str:
+        """A path's key below the root: what manifests and XComs carry (never a URL with a conn id)."""
+        root = str(getattr(self.root, "path", self.root)).rstrip("/")
+        return str(getattr(path, "path", path)).removeprefix(root).lstrip("/")

@@ -1,0 +1,10 @@
+"""The assets crispflow's DAGs talk through. Events carry ids in `extra`, never data."""
+
+from __future__ import annotations
+
+from airflow.sdk import Asset, AssetAlias
+
+CURATED_DATASET = Asset(name="crispflow_curated_dataset", uri="crispflow://datasets/curated")
+# Publishing declares the alias and attaches CURATED_DATASET to it only when it really published a new version,
+# so a rerun that finds its version already published emits no second event.
+CURATED_DATASET_PUBLISHED = AssetAlias(name="crispflow_curated_dataset_published")

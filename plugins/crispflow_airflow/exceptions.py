@@ -1,0 +1,42 @@
+"""Airflow-facing errors: bad data and bad configuration fail without retries, each with its own type."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from airflow.exceptions import AirflowException, AirflowFailException
+from crispflow.errors import DataRejected, GateMisconfigured, LakeError, ParamsError, SourceError, SpecError
+
+
+class DataQualityFailed(AirflowFailException):
+    """The data is bad: results and quarantine are stored; retrying cannot help."""
+
+
+class GateConfigurationError(AirflowFailException):
+    """The gate or a spec is misconfigured, or a library crashed: not a verdict on the data."""
+
+
+class InvalidRequest(AirflowFailException):
+    """A run's conf/params or an asset event's payload is malformed."""
+
+
+class SourceUnavailable(AirflowException):
+    """A source could not be reached; retried with backoff."""
+
+
+@contextmanager
+def as_airflow_errors() -> Iterator[None]:
+    """Translate crispflow's typed errors into the Airflow exceptions that decide retry behaviour."""
+    try:
+        yield
+    except DataRejected as exc:
+        raise DataQualityFailed(f"data rejected: {exc}") from exc
+    except SourceError as exc:
+        if exc.retryable:
+            raise SourceUnavailable(str(exc)) from exc
+        raise DataQualityFailed(f"data rejected: {exc}") from exc
+    except (GateMisconfigured, SpecError, LakeError) as exc:
+        raise GateConfigurationError(f"misconfiguration (not a data problem): {exc}") from exc
+    except ParamsError as exc:
+        raise InvalidRequest(f"invalid request: {exc}") from exc

@@ -1,0 +1,55 @@
+"""PublishDatasetOperator: publish a validated batch as a content-addressed dataset version, emit its event."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+
+from crispflow_airflow.assets import CURATED_DATASET, CURATED_DATASET_PUBLISHED
+from crispflow_airflow.exceptions import as_airflow_errors
+from crispflow_airflow.operators._common import run_identity, spec_and_lake
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+class PublishDatasetOperator(BaseOperator):
+    """Publish once: same content → same version id, and one asset event, from the run that published it.
+
+    Run it in a pool of one slot (`crispflow_publish`) so the existence check and the manifest write are not
+    interleaved with another publisher.
+
+    :param pipeline: pipeline spec name (templated)
+    :param batch_id: a batch that passed the gate (templated)
+    """
+
+    template_fields: Sequence[str] = ("pipeline", "batch_id")
+    ui_color = "#e9f7ec"
+
+    def __init__(self, *, pipeline: str, batch_id: str, **kwargs: Any) -> None:
+        kwargs.setdefault("outlets", [CURATED_DATASET_PUBLISHED])
+        super().__init__(**kwargs)
+        self.pipeline = pipeline
+        self.batch_id = batch_id
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from crispflow.datasets import publish
+
+        run = run_identity(context)
+        with as_airflow_errors():
+            spec, lake = spec_and_lake(self.pipeline)
+            result = publish(lake, spec, self.batch_id, {k: run[k] for k in ("dag_id", "run_id")})
+        manifest = result.manifest
+        by = manifest["published_by"]
+        ours = (by["dag_id"], by["run_id"]) == (run["dag_id"], run["run_id"])  # also a retry of this run
+        extra = {"pipeline": spec.name, "dataset_version_id": result.version_id, "batch_id": self.batch_id,
+                 "rows": manifest["rows"]["published"], "spec_hash": manifest["spec_hash"]}
+        if ours:
+            context["outlet_events"][CURATED_DATASET_PUBLISHED].add(CURATED_DATASET, extra=extra)
+            self.log.info("published %s (%d rows)", result.version_id, extra["rows"])
+        else:
+            self.log.info("%s was already published by %s; no new event", result.version_id, by["run_id"])
+        return {**extra, "created": result.created, "event_emitted": ours,
+                "manifest": lake.relative(lake.manifest(spec.name, result.version_id))}
