@@ -46,8 +46,7 @@ def ingest_validate() -> None:
     ingest = IngestOperator(task_id="ingest", pipeline=pipeline, start="{{ params.start or '' }}",
                             end="{{ params.end or '' }}", allowed_conf=list(PARAMS))
     gate = DataQualityGateOperator(task_id="validate", pipeline=pipeline, batch_id=BATCH_ID)
-    publish = PublishDatasetOperator(task_id="publish", pipeline=pipeline, batch_id=BATCH_ID,
-                                     pool="crispflow_publish")
+    publish = PublishDatasetOperator(task_id="publish", pipeline=pipeline, batch_id=BATCH_ID)
     ingest >> gate >> publish
 
 

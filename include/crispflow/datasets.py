@@ -16,6 +16,7 @@ from crispflow.errors import LakeError
 from crispflow.lake import (
     Lake,
     canonical_json,
+    create_exclusive,
     frame_digest,
     read_json,
     read_parquet,
@@ -91,8 +92,8 @@ class Published:
 def publish(lake: Lake, spec: PipelineSpec, batch_id: str, run: dict[str, Any]) -> Published:
     """Publish the validated rows of a batch as a content-addressed version; a no-op if it already exists.
 
-    Callers serialise publication (an Airflow pool of one): between the existence check and the manifest write
-    nobody else publishes, and the manifest is the single atomic commit point.
+    The data files are deterministic (same content, same bytes), so concurrent publishers may both write them;
+    the manifest is created exclusively and is the single commit point: exactly one publisher wins.
     """
     folder = lake.batch_dir(spec.name, batch_id)
     quality = read_json(folder / QUALITY_JSON)
@@ -132,7 +133,8 @@ def publish(lake: Lake, spec: PipelineSpec, batch_id: str, run: dict[str, Any]) 
                   "quality_html": lake.relative(vdir / QUALITY_HTML), "quarantine": summary["files"]["quarantine"]},
         "published_by": {**run, "at": datetime.now(UTC).isoformat()},
     }
-    write_json(manifest_path, manifest)
+    if not create_exclusive(manifest_path, canonical_json(manifest)):
+        return Published(version_id, False, read_json(manifest_path))
     return Published(version_id, True, manifest)
 
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import uuid
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -52,6 +54,39 @@ def write_atomic(path: PathLike, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     tmp.write_bytes(data)
     tmp.rename(path)
+
+
+def _local(path: PathLike) -> Path | None:
+    """The local filesystem path behind a path-like, or None for a remote store."""
+    if isinstance(path, PurePath):
+        return Path(path)
+    if getattr(path, "protocol", None) in ("file", "local", ""):
+        return Path(path.path)  # type: ignore[attr-defined]
+    return None
+
+
+def create_exclusive(path: PathLike, data: bytes) -> bool:
+    """Write `path` only if it does not exist; True if this call created it. Never shows a partial file:
+    locally a hard link of a finished temporary file (fails if the target exists), on S3 a conditional PUT
+    (If-None-Match: *). This is the commit point that makes concurrent publishers agree on one winner."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    local = _local(path)
+    if local is None:
+        try:
+            with path.open("xb") as fh:  # type: ignore[attr-defined]
+                fh.write(data)
+        except FileExistsError:
+            return False
+        return True
+    tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_bytes(data)
+    try:
+        os.link(tmp, local)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink()
+    return True
 
 
 def write_json(path: PathLike, obj: Any) -> None:

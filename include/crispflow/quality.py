@@ -112,9 +112,8 @@ def run_checkpoint(frame: pd.DataFrame, suite_name: str, expectations: list[Any]
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
     batch_def = (ctx.data_sources.add_pandas("crispflow").add_dataframe_asset(suite_name)
                  .add_batch_definition_whole_dataframe("batch"))
-    suite = ctx.suites.add(gx.ExpectationSuite(name=suite_name))
-    for exp in expectations:
-        suite.add_expectation(exp)
+    # One add with every expectation: adding them one by one re-serialises the suite each time (quadratic).
+    suite = ctx.suites.add(gx.ExpectationSuite(name=suite_name, expectations=expectations))
     vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=suite_name, data=batch_def, suite=suite))
     checkpoint = ctx.checkpoints.add(gx.Checkpoint(
         name=suite_name, validation_definitions=[vd], result_format={"result_format": "COMPLETE"}))

@@ -105,7 +105,10 @@ class RowRule(_Model):
         if not need[1]:
             raise ValueError(f"rule kind {self.kind!r} needs {need[0]}")
         if self.pattern is not None:
-            re.compile(self.pattern)
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {self.pattern!r} is not a valid regular expression: {exc}") from None
         return self
 
 

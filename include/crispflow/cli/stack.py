@@ -246,6 +246,7 @@ def airflow_env(settings: Settings, ports: Ports, creds: Secrets | None = None) 
         "CRISPFLOW_AIRFLOW_PORT": str(ports.airflow),
         "CRISPFLOW_MLFLOW_PORT": str(ports.mlflow),
         "MLFLOW_TRACKING_URI": f"http://{HOST}:{ports.mlflow}",
+        "GX_ANALYTICS_ENABLED": "false",  # no usage statistics from quality-gate tasks
     }
 
 
@@ -493,19 +494,11 @@ def _wait_gone(leaders: Iterable[int], timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
     pending = list(leaders)
     while pending:
-        _reap_children()
         pending = [leader for leader in pending if group_members(leader)]
         if not pending or time.monotonic() >= deadline:
             break
         time.sleep(0.2)
     return pending
-
-
-def _reap_children() -> None:
-    """Collect exited children of this process (when `up` and `down` run in one process, e.g. tests)."""
-    with contextlib.suppress(ChildProcessError):
-        while os.waitpid(-1, os.WNOHANG)[0]:
-            pass
 
 
 def stop_records(paths: StackPaths, records: Iterable[PidRecord], timeout: float = STOP_TIMEOUT) -> list[str]:
@@ -608,37 +601,52 @@ def check_ports(specs: Iterable[ProcessSpec]) -> None:
             raise StackError(f"port {spec.port} ({spec.label}) is already in use; {hint}stop what is using it")
 
 
-def probe(spec: ProcessSpec, cache: dict[str, Any] | None = None, since: datetime | None = None) -> bool:
-    """One health check. `cache` shares a response between processes reporting on the same URL.
+HEALTH_TIMEOUT = 5.0
+
+
+def health_problem(spec: ProcessSpec, cache: dict[str, Any] | None = None, since: datetime | None = None) -> str | None:
+    """One health check: None when healthy, else why not. `cache` shares a response between processes
+    reporting on the same URL.
 
     With `since`, a component's `latest_<key>_heartbeat` must be newer: a heartbeat left in the database
     by a previous run of the stack does not count.
     """
     if spec.health_url is None:
-        return True
+        return None
     cache = {} if cache is None else cache
     if spec.health_url not in cache:
         cache[spec.health_url] = _fetch_health(spec.health_url)
     body = cache[spec.health_url]
-    if body is None:
-        return False
+    if isinstance(body, str):
+        return body
     if spec.health_key is None:
-        return True
-    component = body.get(spec.health_key) if isinstance(body, dict) else None
-    if not (isinstance(component, dict) and component.get("status") == "healthy"):
-        return False
-    beat = component.get(f"latest_{spec.health_key}_heartbeat")
-    return since is None or not beat or datetime.fromisoformat(beat) >= since
+        return None
+    key = spec.health_key
+    component = body.get(key) if isinstance(body, dict) else None
+    if not isinstance(component, dict):
+        return f"{key} not reported by {spec.health_url}"
+    beat = component.get(f"latest_{key}_heartbeat")
+    if component.get("status") != "healthy":
+        return f"{key} {component.get('status') or 'unknown'} (last heartbeat: {beat or 'never'})"
+    if since is not None and beat and datetime.fromisoformat(beat) < since:
+        return f"{key} heartbeat {beat} is from before this start"
+    return None
+
+
+def probe(spec: ProcessSpec, cache: dict[str, Any] | None = None, since: datetime | None = None) -> bool:
+    return health_problem(spec, cache, since) is None
 
 
 def _fetch_health(url: str) -> Any:
-    """The health endpoint's JSON body ({} if not JSON) when it answers 200, else None."""
+    """The health endpoint's JSON body ({} if not JSON) when it answers 200, else a description (str)."""
     try:
-        resp = requests.get(url, timeout=3)
+        resp = requests.get(url, timeout=HEALTH_TIMEOUT)
+    except requests.Timeout:
+        return f"no answer from {url} within {HEALTH_TIMEOUT:.0f} s"
     except requests.RequestException:
-        return None
+        return f"nothing answers {url}"
     if resp.status_code != 200:
-        return None
+        return f"{url} answered HTTP {resp.status_code}"
     try:
         return resp.json()
     except ValueError:
@@ -657,6 +665,7 @@ class ProcessStatus:
     port: int | None
     url: str | None
     healthy: bool
+    problem: str | None = None  # why it is not healthy
 
 
 @dataclass(frozen=True)
@@ -738,17 +747,10 @@ def collect_status(settings: Settings, profile_name: str | None = None) -> Stack
     for spec in profile.processes:
         record = records.get(spec.name)
         alive = record is not None and is_ours(record)
-        processes.append(
-            ProcessStatus(
-                spec.name,
-                spec.label,
-                record.pid if record else None,
-                alive,
-                spec.port,
-                spec.url,
-                alive and probe(spec, cache),
-            )
-        )
+        problem = health_problem(spec, cache) if alive else "not running"
+        pid = record.pid if record else None
+        healthy = problem is None
+        processes.append(ProcessStatus(spec.name, spec.label, pid, alive, spec.port, spec.url, healthy, problem))
     return StackStatus(
         profile.name,
         tuple(processes),
@@ -766,9 +768,11 @@ def format_status(status: StackStatus) -> str:
     word = "healthy" if status.healthy else ("UNHEALTHY" if status.running else "not running")
     lines = [f"crispflow stack ({status.profile} profile): {word}"]
     for p in status.processes:
-        state = "healthy" if p.alive and p.healthy else ("starting/unhealthy" if p.alive else "stopped")
+        state = "healthy" if p.alive and p.healthy else ("unhealthy" if p.alive else "stopped")
         pid = f"pid {p.pid}" if p.alive else "-"
-        lines.append(f"  {p.name:<22} {pid:<11} {state:<19} {p.url or ''}".rstrip())
+        lines.append(f"  {p.name:<22} {pid:<11} {state:<10} {p.url or ''}".rstrip())
+        if p.alive and p.problem:
+            lines.append(f"  {'':<22} {p.problem}")
     lines += format_access(status).splitlines()
     return "\n".join(lines)
 
@@ -880,15 +884,17 @@ def wait_healthy(
     while True:
         _check_alive(profile, paths, started)
         cache: dict[str, Any] = {}
-        unhealthy = [s for s in profile.processes if not probe(s, cache, since if s.name in started else None)]
+        problems = {s.name: health_problem(s, cache, since if s.name in started else None) for s in profile.processes}
+        unhealthy = [s for s in profile.processes if problems[s.name]]
         if not unhealthy:
             return
         if time.monotonic() >= deadline:
             details = "\n".join(
-                f"--- {s.name} ({paths.log_file(s.name)}):\n{tail(paths.log_file(s.name), 15)}" for s in unhealthy
+                f"--- {s.name}: {problems[s.name]}; last lines of {paths.log_file(s.name)}:\n"
+                f"{tail(paths.log_file(s.name), 15)}"
+                for s in unhealthy
             )
-            names = ", ".join(s.name for s in unhealthy)
-            raise StackError(f"not healthy after {timeout:.0f} s: {names}\n{details}")
+            raise StackError(f"not healthy after {timeout:.0f} s:\n{details}")
         time.sleep(poll)
 
 

@@ -18,8 +18,7 @@ if TYPE_CHECKING:
 class PublishDatasetOperator(BaseOperator):
     """Publish once: same content → same version id, and one asset event, from the run that published it.
 
-    Run it in a pool of one slot (`crispflow_publish`) so the existence check and the manifest write are not
-    interleaved with another publisher.
+    Concurrent runs are safe: the manifest is created exclusively, so exactly one run publishes a version.
 
     :param pipeline: pipeline spec name (templated)
     :param batch_id: a batch that passed the gate (templated)
