@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import Param, dag
+from airflow.sdk import CronDataIntervalTimetable, Param, dag
+
 from crispflow_airflow.operators.ingest import IngestOperator
 from crispflow_airflow.operators.publish import PublishDatasetOperator
 from crispflow_airflow.operators.quality_gate import DataQualityGateOperator
@@ -26,7 +27,8 @@ BATCH_ID = "{{ ti.xcom_pull(task_ids='ingest')['batch_id'] }}"
 
 
 @dag(
-    schedule="@monthly",
+    # Airflow 3 cron strings have zero-length intervals; each run here reads last month, so ask for intervals.
+    schedule=CronDataIntervalTimetable("@monthly", timezone="UTC"),
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=2,

@@ -25,7 +25,7 @@ def to_utc_naive(series: pd.Series) -> pd.Series:
     """Any date-like column as naive UTC datetimes; unparseable values become NaT."""
     import pandas as pd
 
-    return pd.to_datetime(series, errors="coerce", utc=True).dt.tz_localize(None)
+    return pd.to_datetime(series, errors="coerce", utc=True, format="ISO8601").dt.tz_localize(None)
 
 
 def assemble(spec: PipelineSpec, extracts: list[Extract], interval: Interval) -> tuple[pd.DataFrame, dict[str, Any]]:

@@ -38,11 +38,13 @@ INGEST = "ingest.json"
 VALIDATED = "validated.parquet"
 QUALITY_JSON = "quality.json"
 QUALITY_HTML = "quality.html"
+_VOLATILE = {"modified", "etag"}  # change on re-upload of identical bytes: not part of the batch identity
 
 
 def batch_id_for(spec: PipelineSpec, interval: Interval, fingerprints: list[dict[str, Any]]) -> str:
     """Same spec, same interval, same source content -> same batch id (so reruns reuse their staging)."""
-    key = {"spec": spec.spec_hash(), "interval": interval.to_json(), "sources": fingerprints}
+    content = [{k: v for k, v in fp.items() if k not in _VOLATILE} for fp in fingerprints]
+    key = {"spec": spec.spec_hash(), "interval": interval.to_json(), "sources": content}
     return "b-" + sha256(canonical_json(key))[:16]
 
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from crispflow.spec import FileSource, HttpSource, SqlSource
 
+_UTC_SESSION = {"postgresql": "SET TIME ZONE 'UTC'", "mysql": "SET time_zone = '+00:00'"}
 # (url or endpoint, query params) -> (body, response headers)
 Fetch = Callable[[str, Mapping[str, str]], tuple[bytes, Mapping[str, str]]]
 
@@ -109,14 +110,25 @@ def _store_info(path: PathLike) -> dict[str, Any]:
 
 def read_sql(spec: SqlSource, connectable: Any, interval: Interval) -> Extract:
     """Run the spec's query with `:start`/`:end` bound to the interval (SQLAlchemy engine or connection)."""
+    import contextlib
+
     import pandas as pd
+    from sqlalchemy import exc as sa_exc
     from sqlalchemy import text
+    from sqlalchemy.engine import Engine
 
     params = {"start": interval.start, "end": interval.end}
+    opened = connectable.connect() if isinstance(connectable, Engine) else contextlib.nullcontext(connectable)
     try:
-        frame = pd.read_sql(text(spec.query), connectable, params=params)
+        with opened as conn:
+            if stmt := _UTC_SESSION.get(conn.dialect.name):  # compare timestamps in UTC, whatever the server's zone
+                conn.exec_driver_sql(stmt)
+            frame = pd.read_sql(text(spec.query), conn, params=params)
     except Exception as exc:
-        raise SourceError(spec.name, f"query failed: {type(exc).__name__}: {exc}", retryable=True) from exc
+        cause = exc if isinstance(exc, sa_exc.DBAPIError) else exc.__cause__
+        retryable = (not isinstance(cause, sa_exc.DBAPIError) or cause.connection_invalidated
+                     or isinstance(cause, sa_exc.OperationalError | sa_exc.InterfaceError))
+        raise SourceError(spec.name, f"query failed: {type(exc).__name__}: {exc}", retryable=retryable) from exc
     from crispflow.lake import frame_digest, parquet_bytes
 
     fingerprint = {

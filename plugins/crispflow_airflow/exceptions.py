@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from airflow.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
 from crispflow.errors import DataRejected, GateMisconfigured, LakeError, ParamsError, SourceError, SpecError
 
 

@@ -72,7 +72,7 @@ def test_same_content_same_version_once(staged) -> None:
 
 
 def test_concurrent_publishers_agree_on_one_winner(tmp_path: Path) -> None:
-    lake, batch_id = staged_lake(tmp_path)
+    _, batch_id = staged_lake(tmp_path)
     with mp.get_context("spawn").Pool(4) as pool:
         created = pool.starmap(_publish, [(str(tmp_path), batch_id, f"run{i}") for i in range(4)])
     assert sorted(created) == [False, False, False, True]

@@ -117,7 +117,7 @@ def test_misconfigured_expectation_is_an_error_not_a_data_verdict(spec, batch) -
                                                                                   "min_value": "abc"}}]
     out = validate_batch(parse_spec(data), batch, INTERVAL, "b-misconf")
     assert isinstance(out.failure, GateMisconfigured)
-    assert out.summary["error"] and "broken" in out.summary["error"] or "int_rate" in out.summary["error"]
+    assert "broken" in out.summary["error"]
     check_invariant(out)
     data["quality"]["expectations"] = [{"name": "unknown", "type": "expect_the_impossible"}]
     out = validate_batch(parse_spec(data), batch, INTERVAL, "b-unknown")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from crispflow.errors import SpecError
 from crispflow.spec import list_specs, load_spec, load_spec_file, parse_spec
 

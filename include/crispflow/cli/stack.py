@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -19,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +44,7 @@ POOLS: dict[str, dict[str, Any]] = {
 }
 STOP_TIMEOUT = 20.0
 UP_TIMEOUT = 180.0
+HEALTH_TIMEOUT = 10.0  # on SQLite the api-server can stall for seconds behind a locked write
 
 
 class StackError(CrispflowError):
@@ -58,6 +60,9 @@ class Ports:
 
     airflow: int = 8080
     mlflow: int = 5000
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name} port {port}" for name, port in asdict(self).items())
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, base: Ports | None = None) -> Ports:
@@ -93,7 +98,7 @@ class Secrets:
     def generate(cls) -> Secrets:
         return cls(
             admin_password=secrets.token_urlsafe(16),
-            jwt_secret=secrets.token_urlsafe(32),
+            jwt_secret=secrets.token_urlsafe(64),  # PyJWT warns below 64 bytes for the HS512 Airflow uses
             api_secret_key=secrets.token_urlsafe(32),
             fernet_key=base64.urlsafe_b64encode(os.urandom(32)).decode(),
         )
@@ -436,12 +441,17 @@ def is_alive(pid: int) -> bool:
 def is_ours(record: PidRecord) -> bool:
     """True if the PID is alive and still the process `up` started: same start time, same command."""
     info = proc_info(record.pid)
-    return (
-        info is not None
-        and info.state not in ("Z", "X")
-        and info.start_time == record.start_time
-        and record.marker in proc_cmdline(record.pid)
-    )
+    if info is None or info.state in ("Z", "X") or info.start_time != record.start_time:
+        return False
+    return record.marker in _settled_cmdline(record.pid)
+
+
+def _settled_cmdline(pid: int, wait: float = 1.0) -> str:
+    """The cmdline, waiting out the moments it reads empty (mid-exec right after launch, or mid-exit)."""
+    deadline = time.monotonic() + wait
+    while not (cmdline := proc_cmdline(pid)) and is_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return cmdline
 
 
 def group_members(leader: int) -> list[int]:
@@ -599,9 +609,6 @@ def check_ports(specs: Iterable[ProcessSpec]) -> None:
         if spec.port is not None and port_in_use(spec.port):
             hint = f"set {spec.port_env} to another port or " if spec.port_env else ""
             raise StackError(f"port {spec.port} ({spec.label}) is already in use; {hint}stop what is using it")
-
-
-HEALTH_TIMEOUT = 5.0
 
 
 def health_problem(spec: ProcessSpec, cache: dict[str, Any] | None = None, since: datetime | None = None) -> str | None:
@@ -799,9 +806,21 @@ def _check_same_stack(paths: StackPaths, profile: str, ports: Ports, running: Ma
     state = StackState.load(paths)
     if running and state and (state.profile, state.ports) != (profile, ports):
         raise StackError(
-            f"the stack in {paths.home} is running with profile {state.profile!r} and {state.ports}; "
-            f"run `crispflow down` before starting it with profile {profile!r} and {ports}"
+            f"the stack in {paths.home} is running (profile {state.profile!r}, {state.ports}); "
+            f"run `crispflow down` before starting it with profile {profile!r}, {ports}"
         )
+
+
+@contextlib.contextmanager
+def exclusive(paths: StackPaths) -> Iterator[None]:
+    """One `up`/`down` at a time per home (a second `make demo` fails fast instead of racing the first)."""
+    paths.run.mkdir(parents=True, exist_ok=True)
+    with (paths.run / ".lock").open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StackError(f"another `crispflow up` or `down` is running for {paths.home}; wait for it") from None
+        yield
 
 
 def up(
@@ -814,6 +833,13 @@ def up(
     """Start whatever of the profile is not running, wait until all of it is healthy; idempotent."""
     paths = StackPaths(settings.home)
     paths.create()
+    with exclusive(paths):
+        return _up(settings, paths, profile_name, timeout, echo)
+
+
+def _up(
+    settings: Settings, paths: StackPaths, profile_name: str, timeout: float, echo: Callable[[str], None]
+) -> StackStatus:
     ports = resolve_ports(settings.home)
     creds = load_or_create_secrets(settings.home)
     profile = build_profile(profile_name, settings, ports, creds)
@@ -901,13 +927,22 @@ def wait_healthy(
 def _check_alive(profile: Profile, paths: StackPaths, started: Mapping[str, subprocess.Popen[bytes]]) -> None:
     records = {r.name: r for r in read_pid_records(paths)}
     for spec in profile.processes:
-        proc = started.get(spec.name)
-        code = proc.poll() if proc else None
         record = records.get(spec.name)
-        if code is not None or record is None or not is_ours(record):
-            how = f"exited with code {code}" if code is not None else "is not running"
-            log = paths.log_file(spec.name)
-            raise StackError(f"{spec.name} {how} during start-up; last lines of {log}:\n{tail(log)}")
+        if record is not None and is_ours(record):
+            continue
+        code = _exit_code(started.get(spec.name))
+        how = f"exited with code {code}" if code is not None else "is not running"
+        log = paths.log_file(spec.name)
+        raise StackError(f"{spec.name} {how} during start-up; last lines of {log}:\n{tail(log)}")
+
+
+def _exit_code(proc: subprocess.Popen[bytes] | None) -> int | None:
+    if proc is None:
+        return None
+    try:
+        return proc.wait(timeout=2)
+    except subprocess.TimeoutExpired:
+        return None
 
 
 def down(settings: Settings, *, timeout: float = STOP_TIMEOUT) -> list[str]:
@@ -915,6 +950,7 @@ def down(settings: Settings, *, timeout: float = STOP_TIMEOUT) -> list[str]:
     paths = StackPaths(settings.home)
     if not paths.run.is_dir():
         return []
-    lines = stop_records(paths, read_pid_records(paths), timeout)
-    paths.stack_file.unlink(missing_ok=True)
+    with exclusive(paths):
+        lines = stop_records(paths, read_pid_records(paths), timeout)
+        paths.stack_file.unlink(missing_ok=True)
     return lines

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from airflow.sdk import BaseHook, ObjectStoragePath
+
 from crispflow.lake import Lake
 from crispflow.settings import Settings
 

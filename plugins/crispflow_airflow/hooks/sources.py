@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from airflow.sdk import BaseHook, ObjectStoragePath
+
 from crispflow import sources
 from crispflow.errors import SourceError
 from crispflow.settings import Settings

@@ -8,6 +8,7 @@ from crispflow.spec import load_spec
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
     from crispflow.lake import Lake
     from crispflow.spec import PipelineSpec
 

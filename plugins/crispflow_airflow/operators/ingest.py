@@ -38,7 +38,6 @@ class IngestOperator(BaseOperator):
         from crispflow.batch import assemble
         from crispflow.datasets import stage
         from crispflow.params import reject_unknown, resolve_interval
-
         from crispflow_airflow.hooks.sources import extract
 
         with as_airflow_errors():

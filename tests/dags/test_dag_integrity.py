@@ -1,0 +1,75 @@
+"""Every DAG loads, follows the house rules, parses fast and touches nothing heavy at parse time."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DAG_FILES = sorted((ROOT / "dags").glob("*.py"))
+HEAVY = ["pandas", "sklearn", "scipy", "mlflow", "great_expectations", "pyarrow"]
+
+# Run in a fresh interpreter: import Airflow first (the dag-processor has it loaded), forbid Variable and
+# Connection access, then time each DAG file and list the heavy modules it pulled in.
+PROBE = r"""
+import importlib.util, json, sys, time
+import airflow.sdk
+from airflow.sdk import BaseHook, Variable
+
+def forbidden(*a, **k):
+    raise RuntimeError("Variable/Connection access at parse time")
+
+Variable.get = forbidden
+BaseHook.get_connection = classmethod(forbidden)
+out = {}
+for path in sys.argv[2:]:
+    t = time.perf_counter()
+    spec = importlib.util.spec_from_file_location("probe_" + path.rsplit("/", 1)[-1][:-3], path)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    out[path] = {"seconds": time.perf_counter() - t,
+                 "heavy": [m for m in json.loads(sys.argv[1]) if m in sys.modules]}
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(ROOT / "dags"))
+
+
+def test_no_import_errors(dagbag) -> None:
+    assert dagbag.import_errors == {}
+    assert len(dagbag.dags) == len(DAG_FILES) > 0
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.stem)
+def test_dag_follows_the_house_rules(dagbag, path: Path) -> None:
+    dag = dagbag.dags.get(path.stem)
+    assert dag is not None, f"{path.name} must define dag_id == {path.stem!r}"
+    assert dag.fileloc == str(path)
+    assert dag.tags and "crispflow" in dag.tags
+    assert dag.catchup is False
+    assert dag.max_active_runs is not None
+    assert dag.start_date is not None and dag.start_date.tzinfo is not None
+    assert dag.doc_md
+    for task in dag.tasks:
+        assert task.retries >= 1, task.task_id
+        assert task.retry_exponential_backoff, task.task_id
+        assert task.execution_timeout is not None and task.execution_timeout <= timedelta(hours=6), task.task_id
+
+
+def test_dag_files_parse_fast_without_heavy_imports_or_connections() -> None:
+    proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps(HEAVY), *map(str, DAG_FILES)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    for path, r in results.items():
+        assert r["heavy"] == [], f"{path} imports {r['heavy']} at parse time"
+        assert r["seconds"] < 1.0, f"{path} took {r['seconds']:.2f}s to parse"

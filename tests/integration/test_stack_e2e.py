@@ -1,0 +1,234 @@
+"""The real local stack, end to end: `crispflow up` → status → REST (auth, runs, XCom) → `crispflow down`.
+
+One stack per module, in a temporary home on free ports (never 8080/5000/8000). Besides the project's DAGs
+folder, the dag-processor gets a second bundle holding a trivial DAG written here, so the stack itself is
+checked even while the project's own DAGs are being written. `down` always runs at teardown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from crispflow.airflow_api import AirflowAPI
+from crispflow.cli import stack
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+RESERVED_PORTS = {8080, 5000, 8000}
+SMOKE_DAG = """
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from airflow.sdk import dag, task
+
+
+@dag(schedule=None, start_date=datetime(2025, 1, 1, tzinfo=UTC), catchup=False, tags=["test"])
+def crispflow_smoke():
+    @task(pool="crispflow_publish")
+    def publish(**context) -> dict:
+        return {"dataset_version_id": "ds-smoke", "conf": context["dag_run"].conf}
+
+    publish()
+
+
+crispflow_smoke()
+"""
+# The demo data's (simulated) application months are those of 2026 (include/data/ATTRIBUTION.md): months 1-9.
+INGEST_CONF = {"pipeline": "lending_club", "start": "2026-01-01", "end": "2026-10-01"}
+
+
+def _cli() -> str:
+    beside = Path(sys.executable).parent / "crispflow"
+    return str(beside if beside.exists() else ROOT / ".venv" / "bin" / "crispflow")
+
+
+def _free_ports(count: int) -> list[int]:
+    """Distinct free ports, none of the defaults a developer's own stack uses."""
+    socks, ports = [], []
+    while len(ports) < count:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        socks.append(sock)
+        if (port := sock.getsockname()[1]) not in RESERVED_PORTS:
+            ports.append(port)
+    for sock in socks:
+        sock.close()
+    return ports
+
+
+@dataclass
+class Stack:
+    home: Path
+    env: dict[str, str]
+    airflow_port: int
+    mlflow_port: int
+
+    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [_cli(), *args], env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+
+    def status(self) -> dict[str, Any]:
+        return json.loads(self.run("status", "--json").stdout)
+
+    def api(self) -> AirflowAPI:
+        password = json.loads((self.home / "secrets.json").read_text())["admin_password"]
+        return AirflowAPI(f"http://127.0.0.1:{self.airflow_port}", "admin", password)
+
+    def pid_records(self) -> list[stack.PidRecord]:
+        return stack.read_pid_records(stack.StackPaths(self.home))
+
+
+def _clean_env() -> dict[str, str]:
+    """The caller's environment without any Airflow/crispflow/MLflow settings (tests configure their own)."""
+    prefixes = ("AIRFLOW", "CRISPFLOW_", "MLFLOW_")
+    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    base = tmp_path_factory.mktemp("stack")
+    smoke_dags = base / "smoke_dags"
+    smoke_dags.mkdir()
+    (smoke_dags / "crispflow_smoke.py").write_text(SMOKE_DAG)
+    airflow_port, mlflow_port = _free_ports(2)
+    bundles = [
+        {"name": "dags-folder", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle", "kwargs": {}},
+        {
+            "name": "crispflow-test",
+            "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+            "kwargs": {"path": str(smoke_dags)},
+        },
+    ]
+    env = _clean_env() | {
+        "CRISPFLOW_HOME": str(base / "home"),
+        "CRISPFLOW_PROJECT_ROOT": str(ROOT),
+        "CRISPFLOW_AIRFLOW_PORT": str(airflow_port),
+        "CRISPFLOW_MLFLOW_PORT": str(mlflow_port),
+        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(bundles),
+    }
+    live = Stack(base / "home", env, airflow_port, mlflow_port)
+    started = time.monotonic()
+    result = live.run("up", timeout=400)
+    try:
+        assert result.returncode == 0, f"crispflow up failed:\n{result.stdout}\n{result.stderr}"
+        print(f"\ncrispflow up became healthy in {time.monotonic() - started:.0f} s")
+        yield live
+    finally:
+        live.run("down", timeout=120)
+
+
+def test_up_reports_a_healthy_stack(live: Stack) -> None:
+    status = live.status()
+    assert status["healthy"] is True, status
+    assert {p["name"] for p in status["processes"]} == {
+        "mlflow",
+        "airflow-api-server",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+    }
+    assert all(p["alive"] and p["healthy"] and p["pid"] for p in status["processes"])
+    assert status["airflow_url"] == f"http://127.0.0.1:{live.airflow_port}"
+    assert status["mlflow_url"] == f"http://127.0.0.1:{live.mlflow_port}"
+    assert status["login"]["username"] == "admin" and status["login"]["password"]
+    assert status["paths"]["home"] == str(live.home)
+    assert requests.get(f"{status['mlflow_url']}/health", timeout=5).status_code == 200
+
+
+def test_up_again_is_a_no_op(live: Stack) -> None:
+    before = {r.name: r.pid for r in live.pid_records()}
+    started = time.monotonic()
+    result = live.run("up", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "already running" in result.stdout
+    assert time.monotonic() - started < 30
+    assert {r.name: r.pid for r in live.pid_records()} == before
+
+
+def test_the_api_needs_a_token(live: Stack) -> None:
+    base = f"http://127.0.0.1:{live.airflow_port}"
+    assert requests.get(f"{base}/api/v2/dags", timeout=10).status_code == 401
+    wrong = requests.post(f"{base}/auth/token", json={"username": "admin", "password": "wrong"}, timeout=10)
+    assert wrong.status_code == 401
+    api = live.api()
+    assert api.token()
+    assert "dags" in api.request("GET", "/api/v2/dags")
+    pools = {p["name"]: p["slots"] for p in api.request("GET", "/api/v2/pools")["pools"]}
+    assert pools["crispflow_publish"] == 1 and pools["crispflow_promotion"] == 1
+
+
+def test_a_trivial_dag_runs_through_the_rest_api(live: Stack) -> None:
+    api = live.api()
+    api.wait_for_dag("crispflow_smoke", timeout=180)
+    api.unpause("crispflow_smoke")
+    run_id = api.trigger("crispflow_smoke", {"pipeline": "smoke"})
+    assert api.wait_for_run("crispflow_smoke", run_id, timeout=180) == "success"
+    assert [(t["task_id"], t["state"]) for t in api.task_instances("crispflow_smoke", run_id)] == [
+        ("publish", "success")
+    ]
+    assert api.xcom("crispflow_smoke", run_id, "publish") == {
+        "dataset_version_id": "ds-smoke",
+        "conf": {"pipeline": "smoke"},
+    }
+
+
+def test_ingest_validate_publishes_a_dataset_version(live: Stack) -> None:
+    if not list((ROOT / "dags").glob("*ingest_validate.py")):
+        pytest.skip("dags/ingest_validate.py is not written yet")
+    api = live.api()
+    api.wait_for_dag("ingest_validate", timeout=180)
+    run_id = api.trigger("ingest_validate", INGEST_CONF)
+    state = api.wait_for_run("ingest_validate", run_id, timeout=300)
+    tasks = {t["task_id"]: t["state"] for t in api.task_instances("ingest_validate", run_id)}
+    assert state == "success", f"run {run_id} {state}: {tasks}; logs under {live.home / 'airflow' / 'logs'}"
+
+    published = api.xcom("ingest_validate", run_id, "publish")
+    version_id = published["dataset_version_id"]
+    assert version_id
+    manifest = _read_manifest(live.home / "lake", version_id)
+    if manifest is not None:
+        assert manifest["dataset_version_id"] == version_id
+        assert manifest["pipeline"] == "lending_club"
+        rows = manifest["rows"]
+        assert rows["in"] == rows["published"] + rows["quarantined"]
+
+
+def _read_manifest(lake_root: Path, version_id: str) -> dict[str, Any] | None:
+    """The manifest through the data engineer's reader; None while that module does not exist yet."""
+    try:
+        from crispflow.datasets import read_manifest
+        from crispflow.lake import Lake
+    except ImportError:
+        return None
+    return read_manifest(Lake(lake_root), version_id, "lending_club")
+
+
+def test_down_stops_everything_it_started(live: Stack) -> None:
+    records = live.pid_records()
+    assert records
+    members = {pid for r in records for pid in stack.group_members(r.pid)}
+
+    result = live.run("down", timeout=120)
+
+    assert result.returncode == 0, result.stderr
+    assert not [r.name for r in records if stack.is_alive(r.pid)]
+    assert not [pid for pid in members if stack.is_alive(pid)], "a child process outlived `down`"
+    assert not list((live.home / "run").glob("*.pid"))
+    assert not stack.port_in_use(live.airflow_port) and not stack.port_in_use(live.mlflow_port)
+    assert live.run("status").returncode == 1
+    assert live.run("down").returncode == 0

@@ -1,0 +1,456 @@
+"""The local stack without services: environment, secrets, ports, PID files, status, and the REST client."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+from crispflow.airflow_api import AirflowAPI, AirflowAPIError
+from crispflow.cli import main as cli
+from crispflow.cli import stack
+from crispflow.settings import Settings
+
+PORTS = stack.Ports(airflow=18081, mlflow=15001)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    monkeypatch.setenv("CRISPFLOW_HOME", str(tmp_path / "home"))
+    for var in ("CRISPFLOW_LAKE_URL", "CRISPFLOW_AIRFLOW_PORT", "CRISPFLOW_MLFLOW_PORT", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(var, raising=False)
+    return Settings.from_env()
+
+
+def _airflow_config_options() -> set[tuple[str, str]]:
+    """(section, option) pairs of the installed Airflow's config template, read without importing Airflow."""
+    spec = importlib.util.find_spec("airflow")
+    assert spec is not None and spec.submodule_search_locations
+    template = Path(next(iter(spec.submodule_search_locations))) / "config_templates" / "config.yml"
+    sections = yaml.safe_load(template.read_text())
+    return {(sec, opt) for sec, body in sections.items() for opt in (body.get("options") or {})}
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def test_airflow_env_has_every_setting_the_stack_needs(settings: Settings) -> None:
+    env = stack.airflow_env(settings, PORTS, stack.Secrets.generate())
+
+    required = {
+        "PATH",
+        "AIRFLOW_HOME",
+        "AIRFLOW__CORE__DAGS_FOLDER",
+        "AIRFLOW__CORE__PLUGINS_FOLDER",
+        "AIRFLOW__CORE__LOAD_EXAMPLES",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL",
+        "AIRFLOW__CORE__PARALLELISM",
+        "AIRFLOW__CORE__EXECUTOR",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+        "AIRFLOW__CORE__AUTH_MANAGER",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE",
+        "AIRFLOW__API_AUTH__JWT_SECRET",
+        "AIRFLOW__API__SECRET_KEY",
+        "AIRFLOW__CORE__FERNET_KEY",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
+        "AIRFLOW__API__BASE_URL",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER",
+        "CRISPFLOW_HOME",
+        "CRISPFLOW_PROJECT_ROOT",
+        "CRISPFLOW_LAKE_URL",
+        "MLFLOW_TRACKING_URI",
+    }
+    assert required <= env.keys()
+    assert all(env.values()), [k for k, v in env.items() if not v]
+    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+    assert env["AIRFLOW__CORE__DAGS_FOLDER"] == str(settings.project_root / "dags")
+    assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
+    assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] == "False"
+    assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:18081/execution/"
+    assert env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:15001"
+    assert env["CRISPFLOW_LAKE_URL"] == settings.lake_url
+
+
+def test_sqlite_url_is_absolute(settings: Settings) -> None:
+    url = stack.airflow_env(settings, PORTS, stack.Secrets.generate())["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    assert url.startswith("sqlite:////")
+    path = Path(url.removeprefix("sqlite:///"))
+    assert path.is_absolute() and path == settings.home / "airflow" / "airflow.db"
+
+
+def test_every_airflow_option_exists_in_the_installed_airflow(settings: Settings) -> None:
+    known = _airflow_config_options()
+    env = stack.airflow_env(settings, PORTS, stack.Secrets.generate())
+    options = [k.removeprefix("AIRFLOW__").lower().split("__", 1) for k in env if k.startswith("AIRFLOW__")]
+    unknown = [f"[{sec}] {opt}" for sec, opt in options if (sec, opt) not in known]
+    assert not unknown, f"not options of the installed Airflow: {unknown}"
+
+
+def test_profile_is_data_with_ports_and_health_checks(settings: Settings) -> None:
+    profile = stack.build_profile("local", settings, PORTS, stack.Secrets.generate())
+    by_name = {p.name: p for p in profile.processes}
+    assert list(by_name) == [
+        "mlflow",
+        "airflow-api-server",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+    ]
+    api = by_name["airflow-api-server"]
+    assert api.argv[1:] == ("api-server", "--port", "18081", "--host", "127.0.0.1")
+    assert api.port == 18081 and api.health_url == "http://127.0.0.1:18081/api/v2/monitor/health"
+    assert by_name["mlflow"].port == 15001 and by_name["mlflow"].health_url == "http://127.0.0.1:15001/health"
+    assert {by_name[n].health_key for n in by_name if n != "mlflow"} == {
+        "metadatabase",
+        "scheduler",
+        "dag_processor",
+        "triggerer",
+    }
+    assert all(Path(p.argv[0]).parent == Path(sys.executable).parent for p in profile.processes)
+    assert set(profile.pools) == {"crispflow_publish", "crispflow_promotion"}
+    with pytest.raises(stack.StackError, match="unknown profile"):
+        stack.build_profile("prod-local", settings, PORTS, stack.Secrets.generate())
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def test_secrets_are_created_once_private_and_reused(settings: Settings) -> None:
+    first = stack.load_or_create_secrets(settings.home)
+    path = settings.home / "secrets.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stack.load_or_create_secrets(settings.home) == first
+    assert json.loads(path.read_text())["admin_password"] == first.admin_password
+    assert len(base64.urlsafe_b64decode(first.fernet_key)) == 32
+    assert len({first.admin_password, first.jwt_secret, first.api_secret_key}) == 3
+
+
+def test_loose_secrets_file_is_made_private_again(settings: Settings) -> None:
+    stack.load_or_create_secrets(settings.home)
+    path = settings.home / "secrets.json"
+    path.chmod(0o644)
+    stack.load_or_create_secrets(settings.home)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_status_reads_secrets_but_never_creates_them(settings: Settings) -> None:
+    status = stack.collect_status(settings)
+    assert not settings.home.exists()
+    assert status.password is None and not status.healthy and not status.running
+
+
+def test_passwords_file_has_simple_auth_manager_format(settings: Settings) -> None:
+    paths = stack.StackPaths(settings.home)
+    paths.create()
+    creds = stack.load_or_create_secrets(settings.home)
+    stack.write_passwords_file(paths, creds)
+    assert json.loads(paths.passwords_file.read_text()) == {"admin": creds.admin_password}
+    assert stat.S_IMODE(paths.passwords_file.stat().st_mode) == 0o600
+
+
+# --------------------------------------------------------------------------- ports
+
+
+def _listener() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+def test_port_in_use_is_a_clear_error(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    with _listener() as busy, _listener() as free_probe:
+        port = busy.getsockname()[1]
+        free = free_probe.getsockname()[1]
+        free_probe.close()
+        monkeypatch.setenv("CRISPFLOW_AIRFLOW_PORT", str(port))
+        monkeypatch.setenv("CRISPFLOW_MLFLOW_PORT", str(free))
+        with pytest.raises(stack.StackError) as err:
+            stack.up(settings, echo=lambda _: None)
+    expected = (
+        f"port {port} (Airflow api-server) is already in use; "
+        "set CRISPFLOW_AIRFLOW_PORT to another port or stop what is using it"
+    )
+    assert str(err.value) == expected
+    assert not list((settings.home / "run").glob("*.pid")), "nothing may start when a port is taken"
+
+
+def test_cli_reports_port_in_use_and_exits_1(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with _listener() as busy:
+        monkeypatch.setenv("CRISPFLOW_MLFLOW_PORT", str(busy.getsockname()[1]))
+        monkeypatch.setenv("CRISPFLOW_AIRFLOW_PORT", "18082")
+        assert cli.main(["up"]) == 1
+    assert "(MLflow tracking server) is already in use; set CRISPFLOW_MLFLOW_PORT" in capsys.readouterr().err
+
+
+def test_port_in_use_detection() -> None:
+    with _listener() as sock:
+        port = sock.getsockname()[1]
+        assert stack.port_in_use(port)
+    assert not stack.port_in_use(port)
+
+
+def test_bad_port_variable_is_rejected() -> None:
+    with pytest.raises(stack.StackError, match="not a port number"):
+        stack.Ports.from_env({"CRISPFLOW_AIRFLOW_PORT": "eighty"})
+    assert stack.Ports.from_env({"CRISPFLOW_MLFLOW_PORT": "5001"}) == stack.Ports(8080, 5001)
+
+
+def test_recorded_ports_are_reused_unless_overridden(settings: Settings) -> None:
+    paths = stack.StackPaths(settings.home)
+    paths.create()
+    stack.StackState("local", stack.Ports(18090, 15090)).save(paths)
+    assert stack.resolve_ports(settings.home, {}) == stack.Ports(18090, 15090)
+    assert stack.resolve_ports(settings.home, {"CRISPFLOW_AIRFLOW_PORT": "18091"}) == stack.Ports(18091, 15090)
+
+
+# --------------------------------------------------------------------------- PID files
+
+
+@pytest.fixture
+def paths(settings: Settings) -> stack.StackPaths:
+    result = stack.StackPaths(settings.home)
+    result.create()
+    return result
+
+
+@pytest.fixture
+def foreign() -> Any:
+    """A process crispflow did not start."""
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def _record(name: str, pid: int, marker: str, start_delta: int = 0) -> stack.PidRecord:
+    info = stack.proc_info(pid)
+    assert info is not None
+    return stack.PidRecord(name, pid, info.start_time + start_delta, marker)
+
+
+def test_refuses_to_signal_a_pid_whose_cmdline_is_not_ours(paths: stack.StackPaths, foreign: Any) -> None:
+    record = _record("airflow-scheduler", foreign.pid, marker="airflow")
+    stack.write_pid_record(paths, record)
+    assert not stack.is_ours(record)
+
+    lines = stack.stop_records(paths, [record], timeout=1)
+
+    assert foreign.poll() is None, "a process we did not start was signalled"
+    assert "not signalled" in lines[0]
+    assert not paths.pid_file("airflow-scheduler").exists()
+
+
+def test_refuses_to_signal_a_reused_pid(paths: stack.StackPaths, foreign: Any) -> None:
+    record = _record("sleeper", foreign.pid, marker="sleep", start_delta=-1)  # same cmdline, other start time
+    assert not stack.is_ours(record)
+    stack.stop_records(paths, [record], timeout=1)
+    assert foreign.poll() is None
+
+
+def test_down_reports_stale_pid_files_and_exits_0(
+    settings: Settings, paths: stack.StackPaths, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack.write_pid_record(paths, stack.PidRecord("mlflow", 2**22 + 1, 1, "mlflow"))
+    assert cli.main(["down"]) == 0
+    assert "mlflow: not running" in capsys.readouterr().out
+    assert not list(paths.run.glob("*.pid"))
+    assert cli.main(["down"]) == 0
+
+
+def test_launch_then_stop_kills_the_whole_process_group(paths: stack.StackPaths) -> None:
+    child = "import subprocess, time; subprocess.Popen(['sleep', '60']); time.sleep(60)"
+    spec = stack.ProcessSpec("worker", "test worker", (sys.executable, "-c", child))
+    proc = stack.launch(spec, paths)
+    record = stack.PidRecord.from_json(paths.pid_file("worker").read_text())
+    assert record.pid == proc.pid and stack.is_ours(record)
+    deadline = time.monotonic() + 10
+    while len(stack.group_members(proc.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    members = stack.group_members(proc.pid)
+    assert len(members) == 2
+
+    lines = stack.stop_records(paths, stack.read_pid_records(paths), timeout=5)
+
+    assert lines == [f"worker: stopped (pid {proc.pid})"]
+    assert proc.wait(timeout=5) == -signal.SIGTERM
+    assert not any(stack.is_alive(pid) for pid in members)
+    assert not paths.pid_file("worker").exists()
+
+
+def test_status_of_a_half_running_stack(settings: Settings, paths: stack.StackPaths) -> None:
+    spec = stack.ProcessSpec("airflow-triggerer", "x", (sys.executable, "-c", "import time; time.sleep(60)"))
+    proc = stack.launch(spec, paths)
+    try:
+        status = stack.collect_status(settings)
+        by_name = {p.name: p for p in status.processes}
+        assert by_name["airflow-triggerer"].alive and by_name["airflow-triggerer"].pid == proc.pid
+        assert not by_name["airflow-triggerer"].healthy  # nothing answers its health URL
+        assert not by_name["mlflow"].alive
+        data = status.to_dict()
+        assert data["healthy"] is False and data["login"]["username"] == "admin"
+        assert set(data["paths"]) == {"home", "lake", "logs"}
+        assert cli.main(["status", "--json"]) == 1
+    finally:
+        stack.down(settings, timeout=5)
+    assert proc.poll() is not None
+
+
+def test_start_up_failure_shows_the_log_tail_and_stops_what_it_started(paths: stack.StackPaths) -> None:
+    never = "http://127.0.0.1:1/health"  # nothing answers: only the crash can end the wait early
+    crash_argv = (sys.executable, "-c", "print('boom: bad config'); raise SystemExit(3)")
+    crash = stack.ProcessSpec("crasher", "x", crash_argv, health_url=never)
+    sleeper = stack.ProcessSpec("sleeper", "y", (sys.executable, "-c", "import time; time.sleep(60)"), health_url=never)
+    profile = stack.Profile("test", (), (sleeper, crash), "http://127.0.0.1:1", "http://127.0.0.1:1")
+    started = {spec.name: stack.launch(spec, paths) for spec in profile.processes}
+    try:
+        with pytest.raises(stack.StackError, match=r"(?s)crasher exited with code 3.*boom: bad config"):
+            stack.wait_healthy(profile, paths, started, timeout=10, poll=0.1)
+    finally:
+        stack.stop_records(paths, stack.read_pid_records(paths), timeout=5)
+    assert started["sleeper"].poll() is not None
+
+
+def test_pid_record_round_trip() -> None:
+    record = stack.PidRecord("mlflow", 42, 1234, "mlflow", ("mlflow", "server"))
+    assert stack.PidRecord.from_json(record.to_json()) == record
+
+
+# --------------------------------------------------------------------------- CLI output
+
+
+def test_demo_summary_is_printed_as_key_value_lines() -> None:
+    text = cli.format_mapping({"dataset_version_id": "ds-1", "rows": {"in": 3, "published": 2}, "tags": ["a", "b"]})
+    assert text.splitlines() == ["dataset_version_id: ds-1", "rows:", "  in: 3", "  published: 2", "tags: a, b"]
+
+
+# --------------------------------------------------------------------------- REST client
+
+
+class FakeResponse:
+    def __init__(self, status: int, body: Any = None) -> None:
+        self.status_code = status
+        self.text = json.dumps(body) if body is not None else ""
+        self.content = self.text.encode()
+
+    def json(self) -> Any:
+        return json.loads(self.text)
+
+
+class FakeSession:
+    """Answers from a script of (method, path) -> list of responses or exceptions, in order."""
+
+    def __init__(self, script: dict[tuple[str, str], list[Any]]) -> None:
+        self.script = script
+        self.calls: list[tuple[str, str, dict[str, Any]]] = []
+
+    def request(self, method: str, url: str, **kwargs: Any) -> FakeResponse:
+        path = url.removeprefix("http://af")
+        self.calls.append((method, path, kwargs))
+        answer = self.script[(method, path)].pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def _api(script: dict[tuple[str, str], list[Any]]) -> tuple[AirflowAPI, FakeSession]:
+    session = FakeSession({("POST", "/auth/token"): [FakeResponse(201, {"access_token": "t1"})] * 3, **script})
+    return AirflowAPI("http://af", "admin", "pw", retries=2, backoff=0, session=session), session  # type: ignore[arg-type]
+
+
+def test_client_sends_bearer_token_and_retries_5xx_and_connection_errors() -> None:
+    api, session = _api(
+        {
+            ("GET", "/api/v2/dags/d"): [
+                requests.ConnectionError("refused"),
+                FakeResponse(503, {"detail": "busy"}),
+                FakeResponse(200, {"dag_id": "d"}),
+            ]
+        }
+    )
+    assert api.dag("d") == {"dag_id": "d"}
+    dag_calls = [c for c in session.calls if c[1] == "/api/v2/dags/d"]
+    assert len(dag_calls) == 3
+    assert dag_calls[-1][2]["headers"] == {"Authorization": "Bearer t1"}
+    assert session.calls[0][2]["json"] == {"username": "admin", "password": "pw"}
+
+
+def test_client_gives_up_after_bounded_retries() -> None:
+    api, _ = _api({("GET", "/api/v2/dags/d"): [FakeResponse(500, {"detail": "db down"})] * 3})
+    with pytest.raises(AirflowAPIError, match="gave up after 3 attempts") as err:
+        api.dag("d")
+    assert err.value.status == 500 and "db down" in (err.value.body or "")
+
+
+def test_client_error_includes_the_response_body() -> None:
+    api, _ = _api({("POST", "/api/v2/dags/d/dagRuns"): [FakeResponse(422, {"detail": "conf: bad field"})]})
+    with pytest.raises(AirflowAPIError, match=r"HTTP 422.*conf: bad field") as err:
+        api.trigger("d", {"x": 1})
+    assert err.value.status == 422
+
+
+def test_client_refreshes_an_expired_token_once() -> None:
+    api, session = _api({("GET", "/api/v2/dags/d"): [FakeResponse(401, {}), FakeResponse(200, {"dag_id": "d"})]})
+    assert api.dag("d")["dag_id"] == "d"
+    assert sum(c[1] == "/auth/token" for c in session.calls) == 2
+
+
+def test_trigger_sends_null_logical_date_and_its_own_run_id() -> None:
+    api, session = _api({("POST", "/api/v2/dags/d/dagRuns"): [FakeResponse(200, {"dag_run_id": "r1"})]})
+    api.trigger("d", {"pipeline": "p"})
+    body = session.calls[-1][2]["json"]
+    assert body["logical_date"] is None and body["conf"] == {"pipeline": "p"}
+    assert body["dag_run_id"].startswith("manual__")
+
+
+def test_xcom_value_is_decoded() -> None:
+    path = "/api/v2/dags/d/dagRuns/r%3A1/taskInstances/publish/xcomEntries/return_value"
+    api, _ = _api({("GET", path): [FakeResponse(200, {"value": '{"dataset_version_id": "ds-1"}'})]})
+    assert api.xcom("d", "r:1", "publish") == {"dataset_version_id": "ds-1"}
+
+
+def test_wait_for_dag_fails_fast_on_its_import_error() -> None:
+    error = {"filename": "01_ingest_validate.py", "stack_trace": "ModuleNotFoundError: nope"}
+    api, _ = _api(
+        {
+            ("GET", "/api/v2/dags/ingest_validate"): [FakeResponse(404, {"detail": "not found"})],
+            ("GET", "/api/v2/importErrors"): [FakeResponse(200, {"import_errors": [error], "total_entries": 1})],
+        }
+    )
+    with pytest.raises(AirflowAPIError, match=r"(?s)does not import.*ModuleNotFoundError: nope"):
+        api.wait_for_dag("ingest_validate", timeout=60)
+
+
+def test_the_cli_never_imports_airflow() -> None:
+    code = (
+        "import sys, crispflow.cli.main, crispflow.cli.stack, crispflow.airflow_api; "
+        "assert not [m for m in sys.modules if m == 'airflow' or m.startswith('airflow.')]"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_second_up_or_down_fails_fast_while_one_is_running(settings: Settings, paths: stack.StackPaths) -> None:
+    with stack.exclusive(paths):
+        with pytest.raises(stack.StackError, match="another `crispflow up` or `down` is running"):
+            stack.up(settings, echo=lambda _: None)
+        with pytest.raises(stack.StackError, match="another"):
+            stack.down(settings)
+    assert stack.down(settings) == []
