@@ -151,6 +151,51 @@ class Split(_Model):
     seed: int = 42
 
 
+Estimator = Literal["logistic_regression", "hist_gradient_boosting"]
+Metric = Literal["roc_auc", "average_precision", "f1", "precision", "recall", "brier"]
+
+
+class Candidate(_Model):
+    """One model family and the hyperparameter grid the search samples from."""
+
+    name: str = Field(pattern=NAME)
+    estimator: Estimator
+    grid: dict[str, list[Any]] = {}
+
+
+class Threshold(_Model):
+    """How the decision threshold is chosen on the validation folds."""
+
+    objective: Literal["f1", "cost"] = "f1"
+    cost_false_positive: float = Field(default=1.0, ge=0)
+    cost_false_negative: float = Field(default=1.0, ge=0)
+
+
+class Training(_Model):
+    candidates: list[Candidate] = Field(min_length=1)
+    cv_folds: int = Field(default=5, ge=2, le=20)
+    search_budget: int = Field(default=8, ge=1, le=200)  # configurations tried, across all candidates
+    selection_metric: Metric = "average_precision"
+    class_weight: Literal["balanced"] | None = "balanced"
+    calibration: Literal["sigmoid", "isotonic"] | None = "sigmoid"
+    threshold: Threshold = Threshold()
+    slices: list[str] = []  # categorical columns reported (and gated) per value
+
+
+class Blessing(_Model):
+    """The gate a challenger must pass against the champion (or, with no champion, absolute thresholds)."""
+
+    primary_metric: Metric = "roc_auc"
+    non_inferiority_margin: float = Field(default=0.01, ge=0)  # challenger may be this much worse, no more
+    alpha: float = Field(default=0.05, gt=0, lt=0.5)
+    bootstrap_samples: int = Field(default=1000, ge=100, le=100_000)
+    slice_correction: Literal["holm", "benjamini_hochberg"] = "holm"
+    min_slice_rows: int = Field(default=50, ge=1)
+    max_latency_ratio: float = Field(default=1.5, gt=0)  # challenger p95 latency / champion's
+    max_size_ratio: float = Field(default=3.0, gt=0)
+    min_metrics: dict[Metric, float] = {}  # cold start (and always): absolute floors on the holdout
+
+
 class PipelineSpec(_Model):
     name: str = Field(pattern=NAME)
     description: str = ""
@@ -164,6 +209,8 @@ class PipelineSpec(_Model):
     quality: Quality = Quality()
     gate: Gate = Gate()
     split: Split = Split()
+    training: Training | None = None
+    blessing: Blessing = Blessing()
 
     @model_validator(mode="after")
     def _references(self) -> PipelineSpec:
@@ -179,6 +226,7 @@ class PipelineSpec(_Model):
         refs += [(f"quality.row_rules[{r.name}].other_column", r.other_column)
                  for r in self.quality.row_rules if r.other_column]
         refs += [(f"quality.batch_rules[{r.name}].column", r.column) for r in self.quality.batch_rules]
+        refs += [("training.slices", c) for c in (self.training.slices if self.training else [])]
         for field, name in refs:
             if name not in cols:
                 raise ValueError(f"{field}: {name!r} is not a declared column")
