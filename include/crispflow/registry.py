@@ -1,0 +1,198 @@
+"""The MLflow registry, used safely: idempotent runs and versions, hashed artifacts, aliases only on whole versions.
+
+Every run and model version carries `crispflow.run_key` (the Airflow dag_id/run_id/step that made it): a retried
+task finds what its first try created instead of making a second one. A version is complete once its artifact
+hash tag is set; aliases are only ever pointed at complete versions, and models are only loaded after their
+files match that hash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from crispflow.errors import CrispflowError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from mlflow import MlflowClient
+
+RUN_KEY = "crispflow.run_key"
+SHA_TAG = "crispflow.artifact_sha256"
+_NOT_HASHED = {"registered_model_meta"}  # written by the registry after logging
+
+
+class RegistryError(CrispflowError):
+    """The registry holds something unusable (incomplete version, hash mismatch, unknown alias)."""
+
+
+def model_name(pipeline: str) -> str:
+    return f"crispflow-{pipeline}"
+
+
+def client(tracking_uri: str | None = None) -> MlflowClient:
+    import mlflow
+    from mlflow import MlflowClient
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    return MlflowClient()
+
+
+def experiment_id(mlf: MlflowClient, pipeline: str) -> str:
+    name = f"crispflow/{pipeline}"
+    found = mlf.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return mlf.create_experiment(name, tags={"crispflow.pipeline": pipeline})
+    except Exception:  # created concurrently by another task: use it
+        return mlf.get_experiment_by_name(name).experiment_id
+
+
+def find_or_create_run(mlf: MlflowClient, pipeline: str, run_key: str, run_name: str,
+                       tags: dict[str, str] | None = None, parent_run_id: str | None = None) -> str:
+    """The MLflow run for `run_key`, created once (a retry finds it); nested under `parent_run_id` if given."""
+    exp = experiment_id(mlf, pipeline)
+    found = mlf.search_runs([exp], filter_string=f"tags.`{RUN_KEY}` = '{run_key}'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    all_tags = {RUN_KEY: run_key, "mlflow.runName": run_name, **(tags or {})}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    return mlf.create_run(exp, run_name=run_name, tags=all_tags).info.run_id
+
+
+def tree_sha256(folder: Path) -> str:
+    """Hash of a model's files (relative paths and bytes), independent of where they were downloaded."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in _NOT_HASHED):
+        h.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def pip_requirements() -> list[str]:
+    """Explicit requirements: MLflow would otherwise spend ~10 s inferring them at every log."""
+    import numpy
+    import pandas
+    import scipy
+    import sklearn
+    import skops
+
+    return [f"scikit-learn=={sklearn.__version__}", f"pandas=={pandas.__version__}",
+            f"numpy=={numpy.__version__}", f"scipy=={scipy.__version__}", f"skops=={skops.__version__}"]
+
+
+def trusted_types(model: Any) -> list[str]:
+    """Types skops may load for this model: only numpy/scipy/sklearn ones are ever trusted."""
+    import skops.io as sio
+
+    untrusted = sio.get_untrusted_types(data=sio.dumps(model))
+    foreign = [t for t in untrusted if t.split(".")[0] not in ("numpy", "scipy", "sklearn")]
+    if foreign:
+        raise RegistryError(f"the model references types outside numpy/scipy/sklearn: {foreign}")
+    return untrusted
+
+
+@dataclass(frozen=True)
+class Registered:
+    name: str
+    version: str
+    run_id: str
+    artifact_sha256: str
+    created: bool
+
+
+def find_version(mlf: MlflowClient, name: str, run_key: str) -> Any | None:
+    found = mlf.search_model_versions(f"name = '{name}' and tags.`{RUN_KEY}` = '{run_key}'")
+    return max(found, key=lambda v: int(v.version)) if found else None
+
+
+def register(mlf: MlflowClient, *, name: str, run_id: str, run_key: str, model: Any, example: pd.DataFrame,
+             tags: dict[str, str], description: str = "") -> Registered:
+    """Log the sklearn model in `run_id` and register it once per `run_key`; tag it; hash its artifact.
+
+    Safe to retry at any point: an existing version for the run key is completed (hash + tags), not duplicated.
+    """
+    import mlflow
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    existing = find_version(mlf, name, run_key)
+    created = existing is None
+    if existing is None:
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.sklearn.log_model(
+                model, name="model", signature=infer_signature(example, model.predict_proba(example)[:, 1]),
+                input_example=example.head(5), pip_requirements=pip_requirements(),
+                skops_trusted_types=trusted_types(model))
+        with contextlib.suppress(Exception):  # it exists already
+            mlf.create_registered_model(name, description=description)
+        existing = mlf.create_model_version(name, source=info.model_uri, run_id=run_id, tags={RUN_KEY: run_key},
+                                            model_id=info.model_id)
+    version = _wait_ready(mlf, name, str(existing.version))
+    sha = version.tags.get(SHA_TAG) or _hash_version(version)
+    for key, value in {**tags, SHA_TAG: sha}.items():
+        mlf.set_model_version_tag(name, version.version, key, str(value))
+    return Registered(name, str(version.version), version.run_id, sha, created)
+
+
+def _wait_ready(mlf: MlflowClient, name: str, version: str, timeout: float = 120) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        mv = mlf.get_model_version(name, version)
+        if mv.status == "READY":
+            return mv
+        if mv.status == "FAILED_REGISTRATION" or time.monotonic() > deadline:
+            raise RegistryError(f"{name} v{version} did not become READY (status {mv.status})")
+        time.sleep(0.5)
+
+
+def _download(version: Any) -> Path:
+    import mlflow
+
+    return Path(mlflow.artifacts.download_artifacts(version.source))
+
+
+def _hash_version(version: Any) -> str:
+    return tree_sha256(_download(version))
+
+
+def alias_version(mlf: MlflowClient, name: str, alias: str) -> Any | None:
+    """The version an alias points at, or None (no model or no such alias)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlf.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def set_alias(mlf: MlflowClient, name: str, alias: str, version: str) -> None:
+    """Point an alias at a complete version only (one whose artifact hash is recorded)."""
+    mv = mlf.get_model_version(name, version)
+    if mv.status != "READY" or SHA_TAG not in mv.tags:
+        raise RegistryError(f"{name} v{version} is not complete (status {mv.status}, no artifact hash): "
+                            f"alias {alias!r} not moved")
+    mlf.set_registered_model_alias(name, alias, str(version))
+
+
+def load_verified(mlf: MlflowClient, name: str, version: str) -> Any:
+    """Load a registered sklearn model after checking its files against the recorded hash."""
+    import mlflow.sklearn
+
+    mv = mlf.get_model_version(name, version)
+    expected = mv.tags.get(SHA_TAG)
+    if not expected:
+        raise RegistryError(f"{name} v{version} has no recorded artifact hash: refusing to load it")
+    local = _download(mv)
+    actual = tree_sha256(local)
+    if actual != expected:
+        raise RegistryError(f"{name} v{version}: artifact hash {actual[:12]} does not match the recorded "
+                            f"{expected[:12]} (tampered?): refusing to load it")
+    return mlflow.sklearn.load_model(str(local))

@@ -1,0 +1,56 @@
+"""A real MLflow tracking server on loopback (SQLite backend store, proxied local artifacts), one per session.
+
+PYTEST_DONT_REWRITE
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from support.servers import LOOPBACK, free_port, stop_process
+
+
+@dataclass(frozen=True)
+class MlflowServer:
+    url: str
+    artifacts: Path  # the server's artifact store (tests may tamper with it)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server() -> Iterator[MlflowServer]:
+    root = Path(tempfile.mkdtemp(prefix="crispflow-mlflow-"))
+    port = free_port()
+    argv = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", LOOPBACK, "--port", str(port),
+            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log = (root / "server.log").open("wb")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://{LOOPBACK}:{port}"
+    deadline = time.monotonic() + 180
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
+            try:
+                if requests.get(f"{url}/health", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("mlflow server did not become healthy in 180 s")
+            time.sleep(0.5)
+        yield MlflowServer(url, root / "artifacts")
+    finally:
+        stop_process(proc)
+        log.close()
