@@ -11,7 +11,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,8 @@ from urllib.parse import quote
 
 import requests
 
+from crispflow.cli.credentials import ADMIN_USER, load_secrets
+from crispflow.cli.ports import HOST, resolve_ports
 from crispflow.errors import CrispflowError
 from crispflow.settings import Settings
 
@@ -71,9 +73,7 @@ class AirflowAPI:
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> AirflowAPI:
         """A client for the local stack of `settings.home`: its port and the admin login from secrets.json."""
-        from crispflow.cli.stack import ADMIN_USER, HOST, load_secrets, resolve_ports
-
-        creds = load_secrets(Path(settings.home))
+        creds = load_secrets(settings.home)
         if creds is None:
             raise AirflowAPIError(f"no secrets in {settings.home}: start the stack with `crispflow up` first")
         port = resolve_ports(settings.home).airflow
@@ -85,8 +85,7 @@ class AirflowAPI:
         """A JWT from `POST /auth/token`, cached until the server rejects it."""
         if self._token is None or refresh:
             body = {"username": self.username, "password": self._password}
-            resp = self._send("POST", "/auth/token", json=body, auth=False)
-            self._token = resp.json()["access_token"]
+            self._token = self.request("POST", "/auth/token", json=body, auth=False)["access_token"]
         return self._token
 
     def request(
@@ -99,23 +98,6 @@ class AirflowAPI:
         auth: bool = True,
     ) -> Any:
         """One API call; returns the decoded JSON body (None when empty)."""
-        resp = self._send(method, path, json=json, params=params, auth=auth)
-        if not resp.content:
-            return None
-        try:
-            return resp.json()
-        except ValueError:
-            raise AirflowAPIError(f"{method} {path}: not JSON: {resp.text[:500]}", status=resp.status_code) from None
-
-    def _send(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        params: Mapping[str, Any] | None = None,
-        auth: bool = True,
-    ) -> requests.Response:
         url = self.base_url + path
         refreshed = False
         attempt = 0
@@ -137,7 +119,13 @@ class AirflowAPI:
                 continue
             if resp.status_code >= 400:
                 raise AirflowAPIError(_describe(method, path, resp), status=resp.status_code, body=resp.text)
-            return resp
+            break
+        if not resp.content:
+            return None
+        try:
+            return resp.json()
+        except ValueError:
+            raise AirflowAPIError(f"{method} {path}: not JSON: {resp.text[:500]}", status=resp.status_code) from None
 
     def _retry_or_raise(self, attempt: int, message: str, resp: requests.Response | None = None) -> int:
         if attempt >= self.retries:
@@ -149,10 +137,6 @@ class AirflowAPI:
         return attempt + 1
 
     # ------------------------------------------------------------------ endpoints
-
-    def health(self) -> dict[str, Any]:
-        """`GET /api/v2/monitor/health` (public): metadatabase, scheduler, triggerer, dag_processor."""
-        return self.request("GET", "/api/v2/monitor/health", auth=False)
 
     def dag(self, dag_id: str) -> dict[str, Any]:
         return self.request("GET", f"/api/v2/dags/{_q(dag_id)}")
@@ -169,7 +153,7 @@ class AirflowAPI:
         """
         deadline = time.monotonic() + timeout
         while True:
-            dag = self._dag_or_none(dag_id)
+            dag = _unless_missing(lambda: self.dag(dag_id))
             if dag is not None and not dag.get("has_import_errors") and not dag.get("is_stale"):
                 return dag
             errors = self.import_errors()
@@ -180,25 +164,6 @@ class AirflowAPI:
                 others = f"\nimport errors in the DAGs folder:\n{_format_errors(errors)}" if errors else ""
                 raise AirflowAPIError(f"DAG {dag_id!r} {found} after {timeout:.0f} s{others}")
             time.sleep(poll)
-
-    def _dag_or_none(self, dag_id: str) -> dict[str, Any] | None:
-        try:
-            return self.dag(dag_id)
-        except AirflowAPIError as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    def set_pools(self, pools: Mapping[str, Mapping[str, Any]]) -> None:
-        """Create or overwrite pools `{name: {"slots": n, "description": text}}` in one bulk request."""
-        entities = [{"name": name, "include_deferred": False, **spec} for name, spec in pools.items()]
-        action = {"action": "create", "action_on_existence": "overwrite", "entities": entities}
-        result = self.request("PATCH", "/api/v2/pools", json={"actions": [action]})
-        if errors := (result or {}).get("create", {}).get("errors"):
-            raise AirflowAPIError(f"could not set pools {sorted(pools)}: {errors}")
-
-    def unpause(self, dag_id: str) -> None:
-        self.request("PATCH", f"/api/v2/dags/{_q(dag_id)}", json={"is_paused": False})
 
     def trigger(
         self,
@@ -217,21 +182,13 @@ class AirflowAPI:
         try:
             created = self.request("POST", f"/api/v2/dags/{_q(dag_id)}/dagRuns", json=body)
         except AirflowAPIError as exc:
-            if exc.status == 409 and self._run_or_none(dag_id, run_id) is not None:
+            if exc.status == 409 and _unless_missing(lambda: self.dag_run(dag_id, run_id)) is not None:
                 return run_id  # an earlier attempt of ours created it
             raise
         return created["dag_run_id"]
 
     def dag_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         return self.request("GET", f"/api/v2/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}")
-
-    def _run_or_none(self, dag_id: str, run_id: str) -> dict[str, Any] | None:
-        try:
-            return self.dag_run(dag_id, run_id)
-        except AirflowAPIError as exc:
-            if exc.status == 404:
-                return None
-            raise
 
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 600.0, poll: float = 2.0) -> str:
         """Poll the run until it is `success` or `failed`; return that state."""
@@ -266,6 +223,16 @@ class AirflowAPI:
             items.extend(page[field])
             if not page[field] or len(items) >= page.get("total_entries", 0):
                 return items
+
+
+def _unless_missing(get: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+    """`get()`, or None when the server answers 404."""
+    try:
+        return get()
+    except AirflowAPIError as exc:
+        if exc.status == 404:
+            return None
+        raise
 
 
 def _describe(method: str, path: str, resp: requests.Response) -> str:

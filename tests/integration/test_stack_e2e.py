@@ -1,8 +1,8 @@
 """The real local stack, end to end: `crispflow up` → status → REST (auth, runs, XCom) → `crispflow down`.
 
-One stack per module, in a temporary home on free ports (never 8080/5000/8000). Besides the project's DAGs
-folder, the dag-processor gets a second bundle holding a trivial DAG written here, so the stack itself is
-checked even while the project's own DAGs are being written. `down` always runs at teardown.
+One stack per module, in a temporary home on free ports (never 8080/5000/8000), running the project's own
+DAGs: `ingest_validate` is triggered, awaited and read back (task instances, XCom, the manifest in the lake).
+`down` always runs at teardown.
 """
 
 from __future__ import annotations
@@ -22,31 +22,16 @@ import pytest
 import requests
 
 from crispflow.airflow_api import AirflowAPI
-from crispflow.cli import stack
+from crispflow.cli.paths import StackPaths
+from crispflow.cli.ports import port_in_use
+from crispflow.cli.processes import PidRecord, group_members, is_alive, read_pid_records
+from crispflow.datasets import read_manifest
+from crispflow.lake import Lake
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 RESERVED_PORTS = {8080, 5000, 8000}
-SMOKE_DAG = """
-from __future__ import annotations
-
-from datetime import UTC, datetime
-
-from airflow.sdk import dag, task
-
-
-@dag(schedule=None, start_date=datetime(2025, 1, 1, tzinfo=UTC), catchup=False, tags=["test"])
-def crispflow_smoke():
-    @task(pool="crispflow_publish")
-    def publish(**context) -> dict:
-        return {"dataset_version_id": "ds-smoke", "conf": context["dag_run"].conf}
-
-    publish()
-
-
-crispflow_smoke()
-"""
 # The demo data's (simulated) application months are those of 2026 (include/data/ATTRIBUTION.md): months 1-9.
 INGEST_CONF = {"pipeline": "lending_club", "start": "2026-01-01", "end": "2026-10-01"}
 
@@ -89,8 +74,8 @@ class Stack:
         password = json.loads((self.home / "secrets.json").read_text())["admin_password"]
         return AirflowAPI(f"http://127.0.0.1:{self.airflow_port}", "admin", password)
 
-    def pid_records(self) -> list[stack.PidRecord]:
-        return stack.read_pid_records(stack.StackPaths(self.home))
+    def pid_records(self) -> list[PidRecord]:
+        return read_pid_records(StackPaths(self.home))
 
 
 def _clean_env() -> dict[str, str]:
@@ -102,24 +87,12 @@ def _clean_env() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("stack")
-    smoke_dags = base / "smoke_dags"
-    smoke_dags.mkdir()
-    (smoke_dags / "crispflow_smoke.py").write_text(SMOKE_DAG)
     airflow_port, mlflow_port = _free_ports(2)
-    bundles = [
-        {"name": "dags-folder", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle", "kwargs": {}},
-        {
-            "name": "crispflow-test",
-            "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
-            "kwargs": {"path": str(smoke_dags)},
-        },
-    ]
     env = _clean_env() | {
         "CRISPFLOW_HOME": str(base / "home"),
         "CRISPFLOW_PROJECT_ROOT": str(ROOT),
         "CRISPFLOW_AIRFLOW_PORT": str(airflow_port),
         "CRISPFLOW_MLFLOW_PORT": str(mlflow_port),
-        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(bundles),
     }
     live = Stack(base / "home", env, airflow_port, mlflow_port)
     started = time.monotonic()
@@ -168,67 +141,36 @@ def test_the_api_needs_a_token(live: Stack) -> None:
     api = live.api()
     assert api.token()
     assert "dags" in api.request("GET", "/api/v2/dags")
-    pools = {p["name"]: p["slots"] for p in api.request("GET", "/api/v2/pools")["pools"]}
-    assert pools["crispflow_publish"] == 1 and pools["crispflow_promotion"] == 1
-
-
-def test_a_trivial_dag_runs_through_the_rest_api(live: Stack) -> None:
-    api = live.api()
-    api.wait_for_dag("crispflow_smoke", timeout=180)
-    api.unpause("crispflow_smoke")
-    run_id = api.trigger("crispflow_smoke", {"pipeline": "smoke"})
-    assert api.wait_for_run("crispflow_smoke", run_id, timeout=180) == "success"
-    assert [(t["task_id"], t["state"]) for t in api.task_instances("crispflow_smoke", run_id)] == [
-        ("publish", "success")
-    ]
-    assert api.xcom("crispflow_smoke", run_id, "publish") == {
-        "dataset_version_id": "ds-smoke",
-        "conf": {"pipeline": "smoke"},
-    }
 
 
 def test_ingest_validate_publishes_a_dataset_version(live: Stack) -> None:
-    if not list((ROOT / "dags").glob("*ingest_validate.py")):
-        pytest.skip("dags/ingest_validate.py is not written yet")
     api = live.api()
     api.wait_for_dag("ingest_validate", timeout=180)
     run_id = api.trigger("ingest_validate", INGEST_CONF)
     state = api.wait_for_run("ingest_validate", run_id, timeout=300)
     tasks = {t["task_id"]: t["state"] for t in api.task_instances("ingest_validate", run_id)}
     assert state == "success", f"run {run_id} {state}: {tasks}; logs under {live.home / 'airflow' / 'logs'}"
+    assert tasks == {"ingest": "success", "validate": "success", "publish": "success"}
 
-    published = api.xcom("ingest_validate", run_id, "publish")
-    version_id = published["dataset_version_id"]
-    assert version_id
-    manifest = _read_manifest(live.home / "lake", version_id)
-    if manifest is not None:
-        assert manifest["dataset_version_id"] == version_id
-        assert manifest["pipeline"] == "lending_club"
-        rows = manifest["rows"]
-        assert rows["in"] == rows["published"] + rows["quarantined"]
-
-
-def _read_manifest(lake_root: Path, version_id: str) -> dict[str, Any] | None:
-    """The manifest through the data engineer's reader; None while that module does not exist yet."""
-    try:
-        from crispflow.datasets import read_manifest
-        from crispflow.lake import Lake
-    except ImportError:
-        return None
-    return read_manifest(Lake(lake_root), version_id, "lending_club")
+    version_id = api.xcom("ingest_validate", run_id, "publish")["dataset_version_id"]
+    manifest = read_manifest(Lake(live.home / "lake"), version_id, "lending_club")
+    assert manifest["dataset_version_id"] == version_id
+    assert manifest["pipeline"] == "lending_club"
+    rows = manifest["rows"]
+    assert rows["in"] == rows["published"] + rows["quarantined"]
 
 
 def test_down_stops_everything_it_started(live: Stack) -> None:
     records = live.pid_records()
     assert records
-    members = {pid for r in records for pid in stack.group_members(r.pid)}
+    members = {pid for r in records for pid in group_members(r.pid)}
 
     result = live.run("down", timeout=120)
 
     assert result.returncode == 0, result.stderr
-    assert not [r.name for r in records if stack.is_alive(r.pid)]
-    assert not [pid for pid in members if stack.is_alive(pid)], "a child process outlived `down`"
+    assert not [r.name for r in records if is_alive(r.pid)]
+    assert not [pid for pid in members if is_alive(pid)], "a child process outlived `down`"
     assert not list((live.home / "run").glob("*.pid"))
-    assert not stack.port_in_use(live.airflow_port) and not stack.port_in_use(live.mlflow_port)
+    assert not port_in_use(live.airflow_port) and not port_in_use(live.mlflow_port)
     assert live.run("status").returncode == 1
     assert live.run("down").returncode == 0

@@ -22,9 +22,25 @@ import yaml
 from crispflow.airflow_api import AirflowAPI, AirflowAPIError
 from crispflow.cli import main as cli
 from crispflow.cli import stack
+from crispflow.cli.credentials import Secrets, load_or_create_secrets, write_passwords_file
+from crispflow.cli.errors import StackError
+from crispflow.cli.paths import StackPaths
+from crispflow.cli.ports import Ports, StackState, port_in_use, resolve_ports
+from crispflow.cli.processes import (
+    PidRecord,
+    group_members,
+    is_alive,
+    is_ours,
+    launch,
+    proc_info,
+    read_pid_records,
+    stop_records,
+    write_pid_record,
+)
+from crispflow.cli.profiles import ProcessSpec, Profile, airflow_env, build_profile
 from crispflow.settings import Settings
 
-PORTS = stack.Ports(airflow=18081, mlflow=15001)
+PORTS = Ports(airflow=18081, mlflow=15001)
 
 
 @pytest.fixture
@@ -48,7 +64,7 @@ def _airflow_config_options() -> set[tuple[str, str]]:
 
 
 def test_airflow_env_has_every_setting_the_stack_needs(settings: Settings) -> None:
-    env = stack.airflow_env(settings, PORTS, stack.Secrets.generate())
+    env = airflow_env(settings, PORTS, Secrets.generate())
 
     required = {
         "PATH",
@@ -88,7 +104,7 @@ def test_airflow_env_has_every_setting_the_stack_needs(settings: Settings) -> No
 
 
 def test_sqlite_url_is_absolute(settings: Settings) -> None:
-    url = stack.airflow_env(settings, PORTS, stack.Secrets.generate())["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    url = airflow_env(settings, PORTS, Secrets.generate())["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
     assert url.startswith("sqlite:////")
     path = Path(url.removeprefix("sqlite:///"))
     assert path.is_absolute() and path == settings.home / "airflow" / "airflow.db"
@@ -96,14 +112,14 @@ def test_sqlite_url_is_absolute(settings: Settings) -> None:
 
 def test_every_airflow_option_exists_in_the_installed_airflow(settings: Settings) -> None:
     known = _airflow_config_options()
-    env = stack.airflow_env(settings, PORTS, stack.Secrets.generate())
+    env = airflow_env(settings, PORTS, Secrets.generate())
     options = [k.removeprefix("AIRFLOW__").lower().split("__", 1) for k in env if k.startswith("AIRFLOW__")]
     unknown = [f"[{sec}] {opt}" for sec, opt in options if (sec, opt) not in known]
     assert not unknown, f"not options of the installed Airflow: {unknown}"
 
 
 def test_profile_is_data_with_ports_and_health_checks(settings: Settings) -> None:
-    profile = stack.build_profile("local", settings, PORTS, stack.Secrets.generate())
+    profile = build_profile("local", settings, PORTS, Secrets.generate())
     by_name = {p.name: p for p in profile.processes}
     assert list(by_name) == [
         "mlflow",
@@ -123,29 +139,28 @@ def test_profile_is_data_with_ports_and_health_checks(settings: Settings) -> Non
         "triggerer",
     }
     assert all(Path(p.argv[0]).parent == Path(sys.executable).parent for p in profile.processes)
-    assert set(profile.pools) == {"crispflow_publish", "crispflow_promotion"}
-    with pytest.raises(stack.StackError, match="unknown profile"):
-        stack.build_profile("prod-local", settings, PORTS, stack.Secrets.generate())
+    with pytest.raises(StackError, match="unknown profile"):
+        build_profile("prod-local", settings, PORTS, Secrets.generate())
 
 
 # --------------------------------------------------------------------------- secrets
 
 
 def test_secrets_are_created_once_private_and_reused(settings: Settings) -> None:
-    first = stack.load_or_create_secrets(settings.home)
+    first = load_or_create_secrets(settings.home)
     path = settings.home / "secrets.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert stack.load_or_create_secrets(settings.home) == first
+    assert load_or_create_secrets(settings.home) == first
     assert json.loads(path.read_text())["admin_password"] == first.admin_password
     assert len(base64.urlsafe_b64decode(first.fernet_key)) == 32
     assert len({first.admin_password, first.jwt_secret, first.api_secret_key}) == 3
 
 
 def test_loose_secrets_file_is_made_private_again(settings: Settings) -> None:
-    stack.load_or_create_secrets(settings.home)
+    load_or_create_secrets(settings.home)
     path = settings.home / "secrets.json"
     path.chmod(0o644)
-    stack.load_or_create_secrets(settings.home)
+    load_or_create_secrets(settings.home)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
@@ -156,10 +171,10 @@ def test_status_reads_secrets_but_never_creates_them(settings: Settings) -> None
 
 
 def test_passwords_file_has_simple_auth_manager_format(settings: Settings) -> None:
-    paths = stack.StackPaths(settings.home)
+    paths = StackPaths(settings.home)
     paths.create()
-    creds = stack.load_or_create_secrets(settings.home)
-    stack.write_passwords_file(paths, creds)
+    creds = load_or_create_secrets(settings.home)
+    write_passwords_file(paths, creds)
     assert json.loads(paths.passwords_file.read_text()) == {"admin": creds.admin_password}
     assert stat.S_IMODE(paths.passwords_file.stat().st_mode) == 0o600
 
@@ -181,7 +196,7 @@ def test_port_in_use_is_a_clear_error(settings: Settings, monkeypatch: pytest.Mo
         free_probe.close()
         monkeypatch.setenv("CRISPFLOW_AIRFLOW_PORT", str(port))
         monkeypatch.setenv("CRISPFLOW_MLFLOW_PORT", str(free))
-        with pytest.raises(stack.StackError) as err:
+        with pytest.raises(StackError) as err:
             stack.up(settings, echo=lambda _: None)
     expected = (
         f"port {port} (Airflow api-server) is already in use; "
@@ -204,30 +219,30 @@ def test_cli_reports_port_in_use_and_exits_1(
 def test_port_in_use_detection() -> None:
     with _listener() as sock:
         port = sock.getsockname()[1]
-        assert stack.port_in_use(port)
-    assert not stack.port_in_use(port)
+        assert port_in_use(port)
+    assert not port_in_use(port)
 
 
 def test_bad_port_variable_is_rejected() -> None:
-    with pytest.raises(stack.StackError, match="not a port number"):
-        stack.Ports.from_env({"CRISPFLOW_AIRFLOW_PORT": "eighty"})
-    assert stack.Ports.from_env({"CRISPFLOW_MLFLOW_PORT": "5001"}) == stack.Ports(8080, 5001)
+    with pytest.raises(StackError, match="not a port number"):
+        Ports.from_env({"CRISPFLOW_AIRFLOW_PORT": "eighty"})
+    assert Ports.from_env({"CRISPFLOW_MLFLOW_PORT": "5001"}) == Ports(8080, 5001)
 
 
 def test_recorded_ports_are_reused_unless_overridden(settings: Settings) -> None:
-    paths = stack.StackPaths(settings.home)
+    paths = StackPaths(settings.home)
     paths.create()
-    stack.StackState("local", stack.Ports(18090, 15090)).save(paths)
-    assert stack.resolve_ports(settings.home, {}) == stack.Ports(18090, 15090)
-    assert stack.resolve_ports(settings.home, {"CRISPFLOW_AIRFLOW_PORT": "18091"}) == stack.Ports(18091, 15090)
+    StackState("local", Ports(18090, 15090)).save(paths)
+    assert resolve_ports(settings.home, {}) == Ports(18090, 15090)
+    assert resolve_ports(settings.home, {"CRISPFLOW_AIRFLOW_PORT": "18091"}) == Ports(18091, 15090)
 
 
 # --------------------------------------------------------------------------- PID files
 
 
 @pytest.fixture
-def paths(settings: Settings) -> stack.StackPaths:
-    result = stack.StackPaths(settings.home)
+def paths(settings: Settings) -> StackPaths:
+    result = StackPaths(settings.home)
     result.create()
     return result
 
@@ -241,64 +256,64 @@ def foreign() -> Any:
     proc.wait()
 
 
-def _record(name: str, pid: int, marker: str, start_delta: int = 0) -> stack.PidRecord:
-    info = stack.proc_info(pid)
+def _record(name: str, pid: int, marker: str, start_delta: int = 0) -> PidRecord:
+    info = proc_info(pid)
     assert info is not None
-    return stack.PidRecord(name, pid, info.start_time + start_delta, marker)
+    return PidRecord(name, pid, info.start_time + start_delta, marker)
 
 
-def test_refuses_to_signal_a_pid_whose_cmdline_is_not_ours(paths: stack.StackPaths, foreign: Any) -> None:
+def test_refuses_to_signal_a_pid_whose_cmdline_is_not_ours(paths: StackPaths, foreign: Any) -> None:
     record = _record("airflow-scheduler", foreign.pid, marker="airflow")
-    stack.write_pid_record(paths, record)
-    assert not stack.is_ours(record)
+    write_pid_record(paths, record)
+    assert not is_ours(record)
 
-    lines = stack.stop_records(paths, [record], timeout=1)
+    lines = stop_records(paths, [record], timeout=1)
 
     assert foreign.poll() is None, "a process we did not start was signalled"
     assert "not signalled" in lines[0]
     assert not paths.pid_file("airflow-scheduler").exists()
 
 
-def test_refuses_to_signal_a_reused_pid(paths: stack.StackPaths, foreign: Any) -> None:
+def test_refuses_to_signal_a_reused_pid(paths: StackPaths, foreign: Any) -> None:
     record = _record("sleeper", foreign.pid, marker="sleep", start_delta=-1)  # same cmdline, other start time
-    assert not stack.is_ours(record)
-    stack.stop_records(paths, [record], timeout=1)
+    assert not is_ours(record)
+    stop_records(paths, [record], timeout=1)
     assert foreign.poll() is None
 
 
 def test_down_reports_stale_pid_files_and_exits_0(
-    settings: Settings, paths: stack.StackPaths, capsys: pytest.CaptureFixture[str]
+    settings: Settings, paths: StackPaths, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    stack.write_pid_record(paths, stack.PidRecord("mlflow", 2**22 + 1, 1, "mlflow"))
+    write_pid_record(paths, PidRecord("mlflow", 2**22 + 1, 1, "mlflow"))
     assert cli.main(["down"]) == 0
     assert "mlflow: not running" in capsys.readouterr().out
     assert not list(paths.run.glob("*.pid"))
     assert cli.main(["down"]) == 0
 
 
-def test_launch_then_stop_kills_the_whole_process_group(paths: stack.StackPaths) -> None:
+def test_launch_then_stop_kills_the_whole_process_group(paths: StackPaths) -> None:
     child = "import subprocess, time; subprocess.Popen(['sleep', '60']); time.sleep(60)"
-    spec = stack.ProcessSpec("worker", "test worker", (sys.executable, "-c", child))
-    proc = stack.launch(spec, paths)
-    record = stack.PidRecord.from_json(paths.pid_file("worker").read_text())
-    assert record.pid == proc.pid and stack.is_ours(record)
+    spec = ProcessSpec("worker", "test worker", (sys.executable, "-c", child))
+    proc = launch(spec, paths)
+    record = PidRecord.from_json(paths.pid_file("worker").read_text())
+    assert record.pid == proc.pid and is_ours(record)
     deadline = time.monotonic() + 10
-    while len(stack.group_members(proc.pid)) < 2 and time.monotonic() < deadline:
+    while len(group_members(proc.pid)) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
-    members = stack.group_members(proc.pid)
+    members = group_members(proc.pid)
     assert len(members) == 2
 
-    lines = stack.stop_records(paths, stack.read_pid_records(paths), timeout=5)
+    lines = stop_records(paths, read_pid_records(paths), timeout=5)
 
     assert lines == [f"worker: stopped (pid {proc.pid})"]
     assert proc.wait(timeout=5) == -signal.SIGTERM
-    assert not any(stack.is_alive(pid) for pid in members)
+    assert not any(is_alive(pid) for pid in members)
     assert not paths.pid_file("worker").exists()
 
 
-def test_status_of_a_half_running_stack(settings: Settings, paths: stack.StackPaths) -> None:
-    spec = stack.ProcessSpec("airflow-triggerer", "x", (sys.executable, "-c", "import time; time.sleep(60)"))
-    proc = stack.launch(spec, paths)
+def test_status_of_a_half_running_stack(settings: Settings, paths: StackPaths) -> None:
+    spec = ProcessSpec("airflow-triggerer", "x", (sys.executable, "-c", "import time; time.sleep(60)"))
+    proc = launch(spec, paths)
     try:
         status = stack.collect_status(settings)
         by_name = {p.name: p for p in status.processes}
@@ -314,24 +329,24 @@ def test_status_of_a_half_running_stack(settings: Settings, paths: stack.StackPa
     assert proc.poll() is not None
 
 
-def test_start_up_failure_shows_the_log_tail_and_stops_what_it_started(paths: stack.StackPaths) -> None:
+def test_start_up_failure_shows_the_log_tail_and_stops_what_it_started(paths: StackPaths) -> None:
     never = "http://127.0.0.1:1/health"  # nothing answers: only the crash can end the wait early
     crash_argv = (sys.executable, "-c", "print('boom: bad config'); raise SystemExit(3)")
-    crash = stack.ProcessSpec("crasher", "x", crash_argv, health_url=never)
-    sleeper = stack.ProcessSpec("sleeper", "y", (sys.executable, "-c", "import time; time.sleep(60)"), health_url=never)
-    profile = stack.Profile("test", (), (sleeper, crash), "http://127.0.0.1:1", "http://127.0.0.1:1")
-    started = {spec.name: stack.launch(spec, paths) for spec in profile.processes}
+    crash = ProcessSpec("crasher", "x", crash_argv, health_url=never)
+    sleeper = ProcessSpec("sleeper", "y", (sys.executable, "-c", "import time; time.sleep(60)"), health_url=never)
+    profile = Profile("test", (), (sleeper, crash), "http://127.0.0.1:1", "http://127.0.0.1:1")
+    started = {spec.name: launch(spec, paths) for spec in profile.processes}
     try:
-        with pytest.raises(stack.StackError, match=r"(?s)crasher exited with code 3.*boom: bad config"):
+        with pytest.raises(StackError, match=r"(?s)crasher exited with code 3.*boom: bad config"):
             stack.wait_healthy(profile, paths, started, timeout=10, poll=0.1)
     finally:
-        stack.stop_records(paths, stack.read_pid_records(paths), timeout=5)
+        stop_records(paths, read_pid_records(paths), timeout=5)
     assert started["sleeper"].poll() is not None
 
 
 def test_pid_record_round_trip() -> None:
-    record = stack.PidRecord("mlflow", 42, 1234, "mlflow", ("mlflow", "server"))
-    assert stack.PidRecord.from_json(record.to_json()) == record
+    record = PidRecord("mlflow", 42, 1234, "mlflow", ("mlflow", "server"))
+    assert PidRecord.from_json(record.to_json()) == record
 
 
 # --------------------------------------------------------------------------- CLI output
@@ -447,10 +462,10 @@ def test_the_cli_never_imports_airflow() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_a_second_up_or_down_fails_fast_while_one_is_running(settings: Settings, paths: stack.StackPaths) -> None:
+def test_a_second_up_or_down_fails_fast_while_one_is_running(settings: Settings, paths: StackPaths) -> None:
     with stack.exclusive(paths):
-        with pytest.raises(stack.StackError, match="another `crispflow up` or `down` is running"):
+        with pytest.raises(StackError, match="another `crispflow up` or `down` is running"):
             stack.up(settings, echo=lambda _: None)
-        with pytest.raises(stack.StackError, match="another"):
+        with pytest.raises(StackError, match="another"):
             stack.down(settings)
     assert stack.down(settings) == []

@@ -10,6 +10,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from crispflow.cli import stack
+from crispflow.cli.processes import STOP_TIMEOUT
+from crispflow.cli.profiles import DEFAULT_PROFILE, PROFILES
 from crispflow.errors import CrispflowError
 from crispflow.settings import Settings
 
@@ -41,16 +43,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     """`up`, then the end-to-end demo against the running stack, which is left running."""
-    cmd_up(args, settings)
-    try:
-        from crispflow.demo import run_demo
-    except ModuleNotFoundError as exc:
-        if exc.name != "crispflow.demo":
-            raise
-        print("error: crispflow.demo is not available in this checkout", file=sys.stderr)
-        return 2
     from crispflow.airflow_api import AirflowAPI
+    from crispflow.demo import run_demo
 
+    cmd_up(args, settings)
     print("\nrunning the demo ...", flush=True)
     try:
         summary = run_demo(AirflowAPI.from_settings(settings), settings)
@@ -95,10 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=text, description=text)
         cmd.set_defaults(func=func)
         if name in ("up", "demo"):
-            cmd.add_argument("--profile", default=stack.DEFAULT_PROFILE, choices=sorted(stack.PROFILES))
+            cmd.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES))
             cmd.add_argument("--timeout", type=float, default=stack.UP_TIMEOUT, help="seconds to become healthy")
         if name == "down":
-            cmd.add_argument("--timeout", type=float, default=stack.STOP_TIMEOUT, help="seconds before SIGKILL")
+            cmd.add_argument("--timeout", type=float, default=STOP_TIMEOUT, help="seconds before SIGKILL")
         if name == "status":
             cmd.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     return parser

@@ -1,0 +1,80 @@
+"""The stack's generated secrets (admin password, JWT secret, Fernet key), kept in files only the owner reads."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from crispflow.cli.errors import StackError
+from crispflow.cli.paths import StackPaths
+
+ADMIN_USER = "admin"
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Generated once per home, stored in `<home>/secrets.json` (mode 0600)."""
+
+    admin_password: str
+    jwt_secret: str
+    api_secret_key: str
+    fernet_key: str
+
+    @classmethod
+    def generate(cls) -> Secrets:
+        return cls(
+            admin_password=secrets.token_urlsafe(16),
+            jwt_secret=secrets.token_urlsafe(64),  # PyJWT warns below 64 bytes for the HS512 Airflow uses
+            api_secret_key=secrets.token_urlsafe(32),
+            fernet_key=base64.urlsafe_b64encode(os.urandom(32)).decode(),
+        )
+
+    @classmethod
+    def unset(cls) -> Secrets:
+        """Placeholders, for read-only views of a profile (status) when none were generated yet."""
+        return cls("", "", "", "")
+
+
+def load_secrets(home: Path) -> Secrets | None:
+    """The stack's secrets, or None if `up` never ran in this home."""
+    path = StackPaths(home).secrets_file
+    try:
+        data = json.loads(path.read_text())
+        return Secrets(**{f.name: data[f.name] for f in fields(Secrets)})
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StackError(f"{path} is unreadable ({exc}); delete it to generate new secrets") from None
+
+
+def load_or_create_secrets(home: Path) -> Secrets:
+    """Read `<home>/secrets.json`, creating it (0600, exclusively) on first use."""
+    path = StackPaths(home).secrets_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if (found := load_secrets(home)) is not None:
+        path.chmod(0o600)
+        return found
+    new = Secrets.generate()
+    try:
+        _write_private(path, json.dumps(asdict(new), indent=2) + "\n", exclusive=True)
+    except FileExistsError:  # another `up` won the race: use its secrets
+        return load_or_create_secrets(home)
+    return new
+
+
+def write_passwords_file(paths: StackPaths, creds: Secrets) -> None:
+    """SimpleAuthManager's password file: JSON `{"user": "password"}`; Airflow adds only missing users."""
+    _write_private(paths.passwords_file, json.dumps({ADMIN_USER: creds.admin_password}) + "\n")
+
+
+def _write_private(path: Path, text: str, *, exclusive: bool = False) -> None:
+    """Write a file readable by its owner only (0600 from creation, no window with wider access)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    path.chmod(0o600)
