@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from typing import Any
 
 from crispflow.errors import ParamsError
 from crispflow.sources import Interval
+from crispflow.spec import NAME
+
+NAME_PATTERN = re.compile(NAME)
 
 
 def reject_unknown(conf: Mapping[str, Any] | None, allowed: set[str]) -> None:
@@ -42,3 +46,31 @@ def resolve_interval(start: object, end: object, interval_start: datetime | None
     if s >= e:  # type: ignore[operator]
         raise ParamsError(f"start/end: start {s:%Y-%m-%d} must be before end {e:%Y-%m-%d}")
     return Interval(s, e)  # type: ignore[arg-type]
+
+
+VERSION_ID = re.compile(r"^ds-[0-9a-f]{16}$")
+
+
+def training_request(conf: Mapping[str, Any] | None, events: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """What a training run trains on: explicit params win; else the newest curated-dataset asset event.
+
+    Asset events can be emitted by anyone who can write to the asset (Airflow 3 lets them bypass trigger
+    permissions), so their payload is validated as strictly as a user's conf.
+    """
+    conf = dict(conf or {})
+    if conf.get("pipeline") or conf.get("dataset_version_id"):
+        source, payload = "conf", conf
+    elif events:
+        source, payload = "asset event", dict(events[-1])
+    else:
+        raise ParamsError("pipeline/dataset_version_id: give both in conf, or let a published dataset trigger the run")
+    pipeline, version = payload.get("pipeline"), payload.get("dataset_version_id")
+    if not isinstance(pipeline, str) or not NAME_PATTERN.match(pipeline):
+        raise ParamsError(f"{source}: pipeline {pipeline!r} is not a valid pipeline name")
+    if not isinstance(version, str) or not VERSION_ID.match(version):
+        raise ParamsError(f"{source}: dataset_version_id {version!r} is not a dataset version id (ds-<16 hex>)")
+    budget = conf.get("search_budget")
+    if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or not 1 <= budget <= 200):
+        raise ParamsError(f"search_budget: {budget!r} must be an integer from 1 to 200")
+    return {"pipeline": pipeline, "dataset_version_id": version, "search_budget": budget, "source": source,
+            "coalesced_events": max(0, len(events) - 1)}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
 RUN_KEY = "crispflow.run_key"
 SHA_TAG = "crispflow.artifact_sha256"
+TRUSTED_MODULES = ("numpy", "scipy", "sklearn", "crispflow")  # crispflow: the typing step of its pipelines
 _NOT_HASHED = {"registered_model_meta"}  # written by the registry after logging
 
 
@@ -35,6 +37,10 @@ def model_name(pipeline: str) -> str:
 
 
 def client(tracking_uri: str | None = None) -> MlflowClient:
+    """A client with bounded retries: an unavailable server fails the task in about a minute, not ten."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     import mlflow
     from mlflow import MlflowClient
 
@@ -89,13 +95,13 @@ def pip_requirements() -> list[str]:
 
 
 def trusted_types(model: Any) -> list[str]:
-    """Types skops may load for this model: only numpy/scipy/sklearn ones are ever trusted."""
+    """Types skops may load for this model: only those of numpy, scipy, sklearn and crispflow itself."""
     import skops.io as sio
 
     untrusted = sio.get_untrusted_types(data=sio.dumps(model))
-    foreign = [t for t in untrusted if t.split(".")[0] not in ("numpy", "scipy", "sklearn")]
+    foreign = [t for t in untrusted if t.split(".")[0] not in TRUSTED_MODULES]
     if foreign:
-        raise RegistryError(f"the model references types outside numpy/scipy/sklearn: {foreign}")
+        raise RegistryError(f"the model references types outside {TRUSTED_MODULES}: {foreign}")
     return untrusted
 
 

@@ -73,3 +73,12 @@ def test_dag_files_parse_fast_without_heavy_imports_or_connections() -> None:
     for path, r in results.items():
         assert r["heavy"] == [], f"{path} imports {r['heavy']} at parse time"
         assert r["seconds"] < 1.0, f"{path} took {r['seconds']:.2f}s to parse"
+
+
+def test_plugins_folder_loads_only_the_plugin_file() -> None:
+    """Airflow imports every scanned plugins/ file as a top-level module named after it: hooks/mlflow.py would
+    shadow the real mlflow. Only crispflow_plugin.py may be scanned."""
+    from airflow._shared.module_loading import find_path_from_directory
+
+    scanned = [Path(p) for p in find_path_from_directory(str(ROOT / "plugins"), ".airflowignore", "glob")]
+    assert sorted(p.name for p in scanned if p.suffix == ".py") == ["crispflow_plugin.py"]

@@ -23,3 +23,13 @@ def run_identity(context: Context) -> dict[str, Any]:
     """Who did it: recorded in manifests and registry tags for lineage."""
     ti = context["ti"]
     return {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "try_number": ti.try_number}
+
+
+def training_job(request: dict[str, Any], context: Context) -> Any:
+    """The `crispflow.modelling.Job` of a training run: spec, lake, MLflow client and the run key."""
+    from crispflow.modelling import Job
+    from crispflow_airflow.hooks.mlflow import MlflowHook
+
+    spec, lake = spec_and_lake(request["pipeline"])
+    ti = context["ti"]
+    return Job(spec, lake, MlflowHook().get_client(), request["dataset_version_id"], f"{ti.dag_id}/{ti.run_id}")
