@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import uuid
 from pathlib import Path, PurePath
@@ -46,6 +47,19 @@ def sha256(data: bytes) -> str:
 def canonical_json(obj: Any) -> bytes:
     """JSON with sorted keys and no whitespace variance: equal content, equal bytes, equal hash."""
     return json.dumps(obj, sort_keys=True, indent=2, default=str).encode()
+
+
+def json_safe(obj: Any) -> Any:
+    """Strict JSON (XCom, REST, other languages): NaN and ±inf become null, numpy scalars plain numbers."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, str | bytes):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def write_atomic(path: PathLike, data: bytes) -> None:

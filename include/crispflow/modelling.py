@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from crispflow import registry
 from crispflow.datasets import load_version, read_manifest
+from crispflow.lake import json_safe
 from crispflow.spec import PipelineSpec
 
 if TYPE_CHECKING:
@@ -101,7 +102,7 @@ def run_candidate(job: Job, parent_run_id: str, config: dict[str, Any]) -> dict[
             job.mlf.log_metric(run, f"cv_{result['metric']}", value, step=i)
         job.mlf.log_metric(run, f"cv_{result['metric']}_mean", result["mean"])
     job.mlf.set_terminated(run)
-    return {**result, "mlflow_run_id": run}
+    return json_safe({**result, "mlflow_run_id": run})
 
 
 def register_challenger(job: Job, parent_run_id: str, results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -119,8 +120,8 @@ def register_challenger(job: Job, parent_run_id: str, results: list[dict[str, An
                             model=model, example=features(job.spec, train).head(20), tags=tags,
                             description=job.spec.description)
     registry.set_alias(job.mlf, job.model_name, CHALLENGER, reg.version)
-    return {"version": reg.version, "created": reg.created, "config_id": best["config_id"],
-            "threshold": threshold, "artifact_sha256": reg.artifact_sha256, **info}
+    return json_safe({"version": reg.version, "created": reg.created, "config_id": best["config_id"],
+                      "threshold": threshold, "artifact_sha256": reg.artifact_sha256, **info})
 
 
 def scores(job: Job, version: str, frame: pd.DataFrame) -> tuple[Any, np.ndarray]:
@@ -152,14 +153,14 @@ def evaluate_version(job: Job, version: str) -> dict[str, Any]:
     report["size_bytes"] = model_size(job, version)
     report["holdout_hash"] = record["holdout_hash"]
     run_id = mv.run_id
-    job.mlf.log_text(run_id, json.dumps(report, indent=2), f"evaluation/v{version}.json")
+    job.mlf.log_text(run_id, json.dumps(json_safe(report), indent=2), f"evaluation/v{version}.json")
     for name, png in plot_curves(y, score, threshold).items():
         job.mlf.log_image(run_id, _image(png), f"evaluation/v{version}/{name}")
     for name, m in report["metrics"].items():
         job.mlf.log_metric(run_id, f"holdout_{name}", m["value"])
         job.mlf.set_model_version_tag(job.model_name, version, f"crispflow.holdout_{name}", repr(m["value"]))
-    return {"version": version, "metrics": {k: v["value"] for k, v in report["metrics"].items()},
-            "latency_p95_ms": report["latency"]["latency_p95_ms"], "size_bytes": report["size_bytes"]}
+    return json_safe({"version": version, "metrics": {k: v["value"] for k, v in report["metrics"].items()},
+                      "latency_p95_ms": report["latency"]["latency_p95_ms"], "size_bytes": report["size_bytes"]})
 
 
 def _image(png: bytes) -> Any:
@@ -208,6 +209,7 @@ def bless(job: Job, version: str) -> dict[str, Any]:
                     "dataset_version_id": mv.tags.get("crispflow.dataset_version_id"),
                     "judged_by": job.run_key})
     path = f"blessing/v{version}.json"
+    verdict = json_safe(verdict)
     job.mlf.log_text(mv.run_id, json.dumps(verdict, indent=2, default=str), path)
     job.mlf.set_model_version_tag(job.model_name, version, "crispflow.verdict", f"runs:/{mv.run_id}/{path}")
     job.mlf.set_model_version_tag(job.model_name, version, "crispflow.blessed", str(verdict["blessed"]).lower())
