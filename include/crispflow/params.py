@@ -5,13 +5,17 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crispflow.errors import ParamsError
 from crispflow.sources import Interval
 from crispflow.spec import NAME
 
 NAME_PATTERN = re.compile(NAME)
+
+if TYPE_CHECKING:
+    from crispflow.lake import Lake
+    from crispflow.spec import PipelineSpec
 
 
 def reject_unknown(conf: Mapping[str, Any] | None, allowed: set[str]) -> None:
@@ -74,3 +78,18 @@ def training_request(conf: Mapping[str, Any] | None, events: list[Mapping[str, A
         raise ParamsError(f"search_budget: {budget!r} must be an integer from 1 to 200")
     return {"pipeline": pipeline, "dataset_version_id": version, "search_budget": budget, "source": source,
             "coalesced_events": max(0, len(events) - 1)}
+
+
+def published_rows(spec: PipelineSpec, lake: Lake, version_id: str) -> tuple[int, int]:
+    """(rows of the requested dataset version, rows training needs); a version that does not exist, or a
+    pipeline without a training section, is a bad request (a forged event cannot point at nothing)."""
+    from crispflow.datasets import read_manifest
+    from crispflow.errors import LakeError
+
+    if spec.training is None:
+        raise ParamsError(f"pipeline: {spec.name!r} has no training section in its spec")
+    try:
+        manifest = read_manifest(lake, version_id, spec.name)
+    except LakeError:
+        raise ParamsError(f"dataset_version_id: {version_id} is not a published version of {spec.name!r}") from None
+    return manifest["rows"]["published"], spec.training.min_rows

@@ -173,6 +173,7 @@ class Threshold(_Model):
 
 class Training(_Model):
     candidates: list[Candidate] = Field(min_length=1)
+    min_rows: int = Field(default=1000, ge=10)  # smaller dataset versions (e.g. one month) do not trigger training
     cv_folds: int = Field(default=5, ge=2, le=20)
     search_budget: int = Field(default=8, ge=1, le=200)  # configurations tried, across all candidates
     selection_metric: Metric = "average_precision"

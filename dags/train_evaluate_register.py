@@ -1,0 +1,120 @@
+"""Model phases of CRISP-ML(Q): frozen holdout → tuned candidates (one mapped task each) → calibrated challenger
+registered in MLflow → holdout evaluation with confidence intervals → blessing gate → champion on cold start.
+
+Runs when a new curated dataset version is published (the asset event names it), or by hand / REST with
+`pipeline` and `dataset_version_id`. Every step is idempotent per run: retries find what they made.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from airflow.sdk import Param, dag, task
+
+from crispflow_airflow.assets import CURATED_DATASET
+from crispflow_airflow.operators.blessing import BlessingGateOperator
+
+PARAMS = {
+    "pipeline": Param(None, type=["null", "string"], pattern=r"^[a-z][a-z0-9_]{0,62}$",
+                      description="Pipeline spec name; empty: from the triggering dataset event"),
+    "dataset_version_id": Param(None, type=["null", "string"], pattern=r"^ds-[0-9a-f]{16}$",
+                                description="Curated dataset version to train on (ds-...)"),
+    "search_budget": Param(None, type=["null", "integer"], minimum=1, maximum=200,
+                           description="Configurations to cross-validate (default: the spec's)"),
+}
+
+
+@dag(
+    schedule=[CURATED_DATASET],
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    tags=["crispflow", "model"],
+    params=PARAMS,
+    default_args={
+        "retries": 2,
+        "retry_delay": timedelta(seconds=20),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=5),
+        "execution_timeout": timedelta(hours=1),
+    },
+    doc_md=__doc__,
+)
+def train_evaluate_register() -> None:
+    @task
+    def resolve(**context) -> dict:
+        """Validate the request (conf or the newest triggering asset event); skip datasets too small to train."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from crispflow.params import published_rows, reject_unknown, training_request
+        from crispflow_airflow.exceptions import as_airflow_errors
+        from crispflow_airflow.operators._common import spec_and_lake
+
+        events = [e.extra for evs in (context.get("triggering_asset_events") or {}).values() for e in evs]
+        with as_airflow_errors():
+            reject_unknown(context["dag_run"].conf, set(PARAMS))
+            request = training_request(context["params"], events)
+            spec, lake = spec_and_lake(request["pipeline"])
+            rows, needed = published_rows(spec, lake, request["dataset_version_id"])
+        if rows < needed:
+            raise AirflowSkipException(f"{request['dataset_version_id']} has {rows} rows, fewer than "
+                                       f"training.min_rows={needed}: not training on it")
+        return request
+
+    @task(multiple_outputs=True)
+    def prepare(request: dict, **context) -> dict:
+        """Freeze (or reuse) the holdout and open the MLflow parent run."""
+        from crispflow.modelling import prepare as run
+        from crispflow_airflow.exceptions import as_airflow_errors
+        from crispflow_airflow.operators._common import training_job
+
+        with as_airflow_errors():
+            return run(training_job(request, context))
+
+    @task
+    def plan(request: dict) -> list[dict]:
+        """The configurations to cross-validate: one mapped task each."""
+        from crispflow.spec import load_spec
+        from crispflow.training import plan_search
+        from crispflow_airflow.exceptions import as_airflow_errors
+
+        with as_airflow_errors():
+            return plan_search(load_spec(request["pipeline"]), request["search_budget"])
+
+    @task(max_active_tis_per_dagrun=4)
+    def cross_validate(request: dict, parent_run_id: str, config: dict, **context) -> dict:
+        """One candidate configuration, k-fold cross-validated, in its own nested MLflow run."""
+        from crispflow.modelling import run_candidate
+        from crispflow_airflow.operators._common import training_job
+
+        return run_candidate(training_job(request, context), parent_run_id, config)
+
+    @task(multiple_outputs=True)
+    def register(request: dict, parent_run_id: str, results: list, **context) -> dict:
+        """Fit the best configuration with calibration and threshold; register it as `challenger`."""
+        from crispflow.modelling import register_challenger
+        from crispflow_airflow.exceptions import as_airflow_errors
+        from crispflow_airflow.operators._common import training_job
+
+        with as_airflow_errors():
+            return register_challenger(training_job(request, context), parent_run_id, list(results))
+
+    @task
+    def evaluate(request: dict, version: str, **context) -> dict:
+        """Holdout metrics with bootstrap CIs, slices, latency, size and plots, logged to MLflow."""
+        from crispflow.modelling import evaluate_version
+        from crispflow_airflow.operators._common import training_job
+
+        return evaluate_version(training_job(request, context), version)
+
+    request = resolve()
+    prepared = prepare(request)
+    results = cross_validate.partial(request=request, parent_run_id=prepared["parent_run_id"]).expand(
+        config=plan(request))
+    registered = register(request, prepared["parent_run_id"], results)
+    evaluated = evaluate(request, registered["version"])
+    bless = BlessingGateOperator(task_id="bless", request=request, version=registered["version"])
+    evaluated >> bless
+
+
+train_evaluate_register()

@@ -1,0 +1,48 @@
+"""BlessingGateOperator: the statistical gate between a registered challenger and the champion (TFX-style verdict)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+
+from crispflow_airflow.exceptions import as_airflow_errors
+from crispflow_airflow.operators._common import training_job
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+class BlessingGateOperator(BaseOperator):
+    """Judge a model version against the current champion on the frozen holdout and store the verdict.
+
+    The verdict (blessed or not, with every check's evidence) is written as an MLflow artifact of the version's
+    run and tagged on the version before anything acts on it. A blessed first model becomes `champion`; later
+    blessed models keep `challenger` for the canary path. "Not blessed" is a normal outcome (the task succeeds
+    and says so); a gate that cannot run fails.
+
+    :param request: the training request (pipeline, dataset_version_id) (templated)
+    :param version: the registered model version to judge (templated)
+    """
+
+    template_fields: Sequence[str] = ("request", "version")
+    ui_color = "#f3e8fd"
+
+    def __init__(self, *, request: Any, version: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.request = request
+        self.version = version
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from crispflow.blessing import verdict_summary
+        from crispflow.modelling import bless, promote_cold_start
+
+        with as_airflow_errors():
+            job = training_job(self.request, context)
+            verdict = bless(job, str(self.version))
+            self.log.info("verdict for %s v%s: %s", job.model_name, self.version, verdict_summary(verdict))
+            action = promote_cold_start(job, str(self.version))
+        self.log.info("promotion: %s", action)
+        return {"version": str(self.version), "blessed": verdict["blessed"], "mode": verdict["mode"],
+                "reasons": verdict["reasons"], "promotion": action}

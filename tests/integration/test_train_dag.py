@@ -1,0 +1,153 @@
+"""train_evaluate_register through Airflow (`dag.test()`) against a real MLflow server, on the real demo data."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+
+from crispflow import registry
+
+pytest_plugins = ["support.mlflow_server"]
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = "crispflow-lending_club"
+HISTORY = {"pipeline": "lending_club", "start": "2026-01-01", "end": "2026-10-01"}
+
+
+def fast_spec() -> dict:
+    """The demo spec with logistic regression only: the real data and the real steps, minutes less per run."""
+    spec = yaml.safe_load((ROOT / "include" / "pipelines" / "lending_club.yaml").read_text())
+    spec["training"]["candidates"] = [c for c in spec["training"]["candidates"] if c["name"] == "logreg"]
+    return spec
+
+
+@pytest.fixture(scope="module")
+def env(mlflow_server, airflow_db, tmp_path_factory):
+    """A clean lake and this module's MLflow server for every task run in-process by dag.test()."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "CRISPFLOW_LAKE_URL", "CRISPFLOW_PIPELINES_DIR")}
+    os.environ["MLFLOW_TRACKING_URI"] = mlflow_server.url
+    os.environ["CRISPFLOW_LAKE_URL"] = tmp_path_factory.mktemp("lake").as_uri()
+    pipelines = tmp_path_factory.mktemp("pipelines")
+    (pipelines / "lending_club.yaml").write_text(yaml.safe_dump(fast_spec()))
+    os.environ["CRISPFLOW_PIPELINES_DIR"] = str(pipelines)
+    mlflow.set_tracking_uri(mlflow_server.url)
+    yield registry.client(mlflow_server.url)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def dag(dag_id: str):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert not bag.import_errors
+    return bag.dags[dag_id]
+
+
+def run(dag_id: str, conf: dict):
+    dr = dag(dag_id).test(run_conf=conf)
+    tis = {(ti.task_id, ti.map_index): ti for ti in dr.get_task_instances()}
+    assert dr.state == "success", {k: ti.state for k, ti in tis.items()}
+    return dr, tis
+
+
+def publish(conf: dict) -> str:
+    _, tis = run("ingest_validate", conf)
+    return tis[("publish", -1)].xcom_pull(task_ids="publish")["dataset_version_id"]
+
+
+def verdict(mlf, version: str) -> dict:
+    uri = mlf.get_model_version(MODEL, version).tags["crispflow.verdict"]
+    return json.loads(mlflow.artifacts.load_text(uri))
+
+
+def test_cold_start_registers_blesses_and_crowns_a_champion(env) -> None:
+    mlf = env
+    version_id = publish(HISTORY)
+    dr, tis = run("train_evaluate_register", {"pipeline": "lending_club", "dataset_version_id": version_id,
+                                              "search_budget": 2})
+    mapped = [k for k in tis if k[0] == "cross_validate"]
+    assert len(mapped) == 2  # one mapped task per configuration
+    reg = tis[("register", -1)].xcom_pull(task_ids="register")
+    mv = mlf.get_model_version(MODEL, reg["version"])
+    for tag in ("crispflow.dataset_version_id", "crispflow.holdout_hash", "crispflow.spec_hash",
+                "crispflow.git_commit", "crispflow.dag_id", "crispflow.run_id", registry.SHA_TAG,
+                "crispflow.threshold", "crispflow.holdout_roc_auc"):
+        assert mv.tags.get(tag), tag
+    assert mv.tags["crispflow.dataset_version_id"] == version_id
+    assert mv.tags["crispflow.run_id"] == dr.run_id
+    v = verdict(mlf, reg["version"])
+    assert v["mode"] == "cold_start" and v["blessed"], v["reasons"]
+    assert registry.alias_version(mlf, MODEL, "champion").version == mv.version
+    evaluation = json.loads(mlflow.artifacts.load_text(f"runs:/{mv.run_id}/evaluation/v{mv.version}.json"))
+    assert 0.6 < evaluation["metrics"]["roc_auc"]["value"] < 1
+    low, high = evaluation["metrics"]["roc_auc"]["ci_low"], evaluation["metrics"]["roc_auc"]["ci_high"]
+    assert low < evaluation["metrics"]["roc_auc"]["value"] < high
+    assert set(evaluation["slices"]) == {"term", "verification_status"}
+
+
+def test_identical_retrain_is_non_inferior_and_waits_as_challenger(env) -> None:
+    mlf = env
+    champion = registry.alias_version(mlf, MODEL, "champion")
+    version_id = mlf.get_model_version(MODEL, champion.version).tags["crispflow.dataset_version_id"]
+    _, tis = run("train_evaluate_register", {"pipeline": "lending_club", "dataset_version_id": version_id,
+                                             "search_budget": 2})
+    reg = tis[("register", -1)].xcom_pull(task_ids="register")
+    assert reg["version"] != champion.version
+    v = verdict(mlf, reg["version"])
+    assert v["mode"] == "versus_champion" and v["blessed"], v["reasons"]
+    assert registry.alias_version(mlf, MODEL, "champion").version == champion.version  # canary decides later
+    assert registry.alias_version(mlf, MODEL, "challenger").version == reg["version"]
+
+
+def test_a_challenger_trained_on_shuffled_labels_is_not_blessed(env, tmp_path, monkeypatch) -> None:
+    mlf = env
+    champion = registry.alias_version(mlf, MODEL, "champion")
+    data = pd.read_parquet(ROOT / "include" / "data" / "lending_club.parquet")
+    data["Class"] = data["Class"].sample(frac=1.0, random_state=7).to_numpy()
+    shuffled = tmp_path / "shuffled.parquet"
+    data.to_parquet(shuffled, index=False)
+    spec = fast_spec()
+    spec["sources"] = [{"name": "loans", "kind": "file", "url": shuffled.as_uri(), "format": "parquet"}]
+    (tmp_path / "lending_club.yaml").write_text(yaml.safe_dump(spec))
+    monkeypatch.setenv("CRISPFLOW_PIPELINES_DIR", str(tmp_path))
+    version_id = publish(HISTORY)
+    _, tis = run("train_evaluate_register", {"pipeline": "lending_club", "dataset_version_id": version_id,
+                                             "search_budget": 1})
+    reg = tis[("register", -1)].xcom_pull(task_ids="register")
+    v = verdict(mlf, reg["version"])
+    assert not v["blessed"] and v["reasons"]
+    assert registry.alias_version(mlf, MODEL, "champion").version == champion.version
+
+
+def test_bad_conf_is_rejected(env) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError):
+        dag("train_evaluate_register").test(run_conf={"pipeline": "lending_club", "dataset_version_id": "ds-x"})
+    dr = dag("train_evaluate_register").test(run_conf={"pipeline": "lending_club"})  # no version, no event
+    assert dr.state == "failed"
+    assert {ti.task_id: ti.state for ti in dr.get_task_instances()}["resolve"] == "failed"
+
+
+def test_a_single_month_is_not_trained_on_and_an_unknown_version_is_refused(env) -> None:
+    mlf = env
+    before = len(mlf.search_model_versions(f"name = '{MODEL}'"))
+    january = publish({"pipeline": "lending_club", "start": "2026-01-01", "end": "2026-02-01"})
+    dr = dag("train_evaluate_register").test(run_conf={"pipeline": "lending_club", "dataset_version_id": january})
+    states = {ti.task_id: ti.state for ti in dr.get_task_instances()}
+    assert dr.state == "success" and states["resolve"] == "skipped" and states["register"] == "skipped"
+    forged = dag("train_evaluate_register").test(
+        run_conf={"pipeline": "lending_club", "dataset_version_id": "ds-0123456789abcdef"})
+    assert forged.state == "failed"
+    assert len(mlf.search_model_versions(f"name = '{MODEL}'")) == before

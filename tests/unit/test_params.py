@@ -1,0 +1,42 @@
+"""Training requests: conf wins, asset events are validated like conf, malformed payloads are refused clearly."""
+
+from __future__ import annotations
+
+import pytest
+
+from crispflow.errors import ParamsError
+from crispflow.params import training_request
+
+GOOD = {"pipeline": "lending_club", "dataset_version_id": "ds-0123456789abcdef"}
+
+
+def test_conf_wins_over_events() -> None:
+    event = {"pipeline": "other", "dataset_version_id": "ds-" + "f" * 16}
+    req = training_request({**GOOD, "search_budget": 3}, [event])
+    assert req["pipeline"] == "lending_club" and req["search_budget"] == 3 and req["source"] == "conf"
+
+
+def test_the_newest_event_is_used_and_the_rest_coalesced() -> None:
+    older = {"pipeline": "lending_club", "dataset_version_id": "ds-" + "a" * 16}
+    req = training_request({"pipeline": None, "dataset_version_id": None}, [older, GOOD])
+    assert req["dataset_version_id"] == GOOD["dataset_version_id"]
+    assert req["source"] == "asset event" and req["coalesced_events"] == 1
+
+
+@pytest.mark.parametrize(
+    ("conf", "events", "message"),
+    [
+        ({}, [], "give both in conf, or let a published dataset trigger the run"),
+        ({}, [{"pipeline": "../etc", "dataset_version_id": GOOD["dataset_version_id"]}], "asset event: pipeline"),
+        ({}, [{"pipeline": "lending_club", "dataset_version_id": "ds-1; DROP"}], "asset event: dataset_version_id"),
+        ({}, [{"pipeline": ["x"], "dataset_version_id": 5}], "asset event: pipeline ['x']"),
+        ({}, [{}], "asset event: pipeline None"),
+        ({"pipeline": "lending_club"}, [], "conf: dataset_version_id None"),
+        ({**GOOD, "search_budget": 0}, [], "search_budget: 0 must be an integer from 1 to 200"),
+        ({**GOOD, "search_budget": True}, [], "search_budget: True"),
+    ],
+)
+def test_malformed_requests_are_refused(conf, events, message) -> None:
+    with pytest.raises(ParamsError) as err:
+        training_request(conf, events)
+    assert message in str(err.value)
