@@ -48,7 +48,8 @@ lock: | $(UV)
 	$(UV) pip compile --quiet --python-version 3.11 --extra dev pyproject.toml -o requirements.lock
 
 bench: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.run
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/crispflow up
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.train_overhead
 
 clean: down
 	rm -rf .crispflow $(VENV)

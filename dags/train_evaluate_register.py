@@ -46,20 +46,23 @@ def train_evaluate_register() -> None:
         """Validate the request (conf or the newest triggering asset event); skip datasets too small to train."""
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from crispflow.params import published_rows, reject_unknown, training_request
+        from crispflow.params import published_rows, reject_unknown, training_requests
         from crispflow_airflow.exceptions import as_airflow_errors
         from crispflow_airflow.operators._common import spec_and_lake
 
         events = [e.extra for evs in (context.get("triggering_asset_events") or {}).values() for e in evs]
         with as_airflow_errors():
             reject_unknown(context["dag_run"].conf, set(PARAMS))
-            request = training_request(context["params"], events)
-            spec, lake = spec_and_lake(request["pipeline"])
-            rows, needed = published_rows(spec, lake, request["dataset_version_id"])
-        if rows < needed:
-            raise AirflowSkipException(f"{request['dataset_version_id']} has {rows} rows, fewer than "
-                                       f"training.min_rows={needed}: not training on it")
-        return request
+            # Several events may arrive in one run (e.g. a monthly partition and a backfilled history):
+            # newest first, train on the first dataset large enough; the rest are coalesced into this run.
+            sizes = []
+            for request in training_requests(context["params"], events):
+                spec, lake = spec_and_lake(request["pipeline"])
+                rows, needed = published_rows(spec, lake, request["dataset_version_id"])
+                if rows >= needed:
+                    return request
+                sizes.append(f"{request['dataset_version_id']}: {rows} rows < training.min_rows={needed}")
+        raise AirflowSkipException(f"no dataset large enough to train on ({'; '.join(sizes)})")
 
     @task(multiple_outputs=True)
     def prepare(request: dict, **context) -> dict:

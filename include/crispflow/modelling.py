@@ -119,6 +119,8 @@ def register_challenger(job: Job, parent_run_id: str, results: list[dict[str, An
     reg = registry.register(job.mlf, name=job.model_name, run_id=parent_run_id, run_key=f"{job.run_key}/register",
                             model=model, example=features(job.spec, train).head(20), tags=tags,
                             description=job.spec.description)
+    selection = json_safe({**best, **info, "threshold": threshold})
+    job.mlf.log_text(parent_run_id, json.dumps(selection, indent=2), f"selection/v{reg.version}.json")
     registry.set_alias(job.mlf, job.model_name, CHALLENGER, reg.version)
     return json_safe({"version": reg.version, "created": reg.created, "config_id": best["config_id"],
                       "threshold": threshold, "artifact_sha256": reg.artifact_sha256, **info})
@@ -244,3 +246,26 @@ def promote_cold_start(job: Job, version: str) -> dict[str, Any]:
         return {"action": "none", "reason": f"champion v{champion.version} exists: canary decides", "version": version}
     registry.set_alias(job.mlf, job.model_name, CHAMPION, version)
     return {"action": "champion", "version": version}
+
+
+def write_model_card(job: Job, version: str) -> dict[str, str]:
+    """Render the version's model card (Markdown and HTML) from its stored records and log both to its run."""
+    import mlflow
+
+    from crispflow.model_card import ModelCardInput, render_html, render_markdown
+
+    mv = job.mlf.get_model_version(job.model_name, version)
+    stored = {name: json.loads(mlflow.artifacts.load_text(f"runs:/{mv.run_id}/{name}/v{version}.json"))
+              for name in ("evaluation", "selection")}
+    card = ModelCardInput(
+        model_name=job.model_name, version=version, spec=job.spec, dataset=job.manifest, holdout=job.frames[2],
+        config=stored["selection"], threshold=float(mv.tags["crispflow.threshold"]),
+        evaluation=stored["evaluation"], verdict=read_verdict(job, version),
+        aliases=list(job.mlf.get_model_version(job.model_name, version).aliases or []),
+        created=mv.creation_timestamp, threshold_objective_value=stored["selection"].get("threshold_objective"),
+        lineage=dict(mv.tags))
+    paths = {"markdown": f"model_card/v{version}.md", "html": f"model_card/v{version}.html"}
+    job.mlf.log_text(mv.run_id, render_markdown(card), paths["markdown"])
+    job.mlf.log_text(mv.run_id, render_html(card), paths["html"])
+    job.mlf.set_model_version_tag(job.model_name, version, "crispflow.model_card", f"runs:/{mv.run_id}/{paths['html']}")
+    return {k: f"runs:/{mv.run_id}/{v}" for k, v in paths.items()}

@@ -55,6 +55,15 @@ def resolve_interval(start: object, end: object, interval_start: datetime | None
 VERSION_ID = re.compile(r"^ds-[0-9a-f]{16}$")
 
 
+def training_requests(conf: Mapping[str, Any] | None, events: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """What a training run may train on, in order of preference: the explicit params, else every triggering
+    curated-dataset event, newest first. Each is validated (see `training_request`)."""
+    conf = dict(conf or {})
+    if conf.get("pipeline") or conf.get("dataset_version_id") or not events:
+        return [training_request(conf, [])]
+    return [training_request(conf, [event]) for event in reversed(events)]
+
+
 def training_request(conf: Mapping[str, Any] | None, events: list[Mapping[str, Any]]) -> dict[str, Any]:
     """What a training run trains on: explicit params win; else the newest curated-dataset asset event.
 

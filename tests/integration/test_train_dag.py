@@ -94,6 +94,9 @@ def test_cold_start_registers_blesses_and_crowns_a_champion(env) -> None:
     low, high = evaluation["metrics"]["roc_auc"]["ci_low"], evaluation["metrics"]["roc_auc"]["ci_high"]
     assert low < evaluation["metrics"]["roc_auc"]["value"] < high
     assert set(evaluation["slices"]) == {"term", "verification_status"}
+    card = mlflow.artifacts.load_text(f"runs:/{mv.run_id}/model_card/v{mv.version}.md")
+    assert version_id in card and mv.tags["crispflow.holdout_hash"] in card and "Intended use" in card
+    assert mv.tags["crispflow.model_card"].endswith(f"model_card/v{mv.version}.html")
 
 
 def test_identical_retrain_is_non_inferior_and_waits_as_challenger(env) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from crispflow.errors import ParamsError
-from crispflow.params import training_request
+from crispflow.params import training_request, training_requests
 
 GOOD = {"pipeline": "lending_club", "dataset_version_id": "ds-0123456789abcdef"}
 
@@ -40,3 +40,12 @@ def test_malformed_requests_are_refused(conf, events, message) -> None:
     with pytest.raises(ParamsError) as err:
         training_request(conf, events)
     assert message in str(err.value)
+
+
+def test_all_events_are_candidates_newest_first() -> None:
+    older = {"pipeline": "lending_club", "dataset_version_id": "ds-" + "a" * 16}
+    reqs = training_requests({"pipeline": None}, [older, GOOD])
+    assert [r["dataset_version_id"] for r in reqs] == [GOOD["dataset_version_id"], older["dataset_version_id"]]
+    assert [r["dataset_version_id"] for r in training_requests(GOOD, [older])] == [GOOD["dataset_version_id"]]
+    with pytest.raises(ParamsError, match="asset event: pipeline"):
+        training_requests({}, [GOOD, {"pipeline": "Bad Name", "dataset_version_id": GOOD["dataset_version_id"]}])

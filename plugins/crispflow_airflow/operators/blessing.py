@@ -19,8 +19,9 @@ class BlessingGateOperator(BaseOperator):
 
     The verdict (blessed or not, with every check's evidence) is written as an MLflow artifact of the version's
     run and tagged on the version before anything acts on it. A blessed first model becomes `champion`; later
-    blessed models keep `challenger` for the canary path. "Not blessed" is a normal outcome (the task succeeds
-    and says so); a gate that cannot run fails.
+    blessed models keep `challenger` for the canary path; then the model card (Markdown and HTML) is rendered
+    from the stored records and logged. "Not blessed" is a normal outcome (the task succeeds and says so); a
+    gate that cannot run fails.
 
     :param request: the training request (pipeline, dataset_version_id) (templated)
     :param version: the registered model version to judge (templated)
@@ -36,13 +37,14 @@ class BlessingGateOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from crispflow.blessing import verdict_summary
-        from crispflow.modelling import bless, promote_cold_start
+        from crispflow.modelling import bless, promote_cold_start, write_model_card
 
         with as_airflow_errors():
             job = training_job(self.request, context)
             verdict = bless(job, str(self.version))
             self.log.info("verdict for %s v%s: %s", job.model_name, self.version, verdict_summary(verdict))
             action = promote_cold_start(job, str(self.version))
-        self.log.info("promotion: %s", action)
+            card = write_model_card(job, str(self.version))
+        self.log.info("promotion: %s; model card: %s", action, card["html"])
         return {"version": str(self.version), "blessed": verdict["blessed"], "mode": verdict["mode"],
-                "reasons": verdict["reasons"], "promotion": action}
+                "reasons": verdict["reasons"], "promotion": action, "model_card": card}

@@ -1,0 +1,914 @@
+"""Model cards: one structure (`ModelCardInput`) rendered as Markdown and as a self-contained HTML page.
+
+Pure Python (stdlib `html` for escaping): this module never imports Airflow or MLflow. The caller gathers the
+records the model phases already store (the dataset manifest, the holdout record, the chosen configuration, the
+evaluation JSON, the blessing verdict, the version's tags) into a `ModelCardInput`; both renderers walk the same
+list of sections, so the two documents always say the same thing.
+
+Records read back from MLflow went through `json_safe`, so an undefined metric arrives as None; in memory it is
+NaN. Both render as "n/a (undefined)".
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from crispflow.spec import PipelineSpec
+
+UNDEFINED = "n/a (undefined)"
+METRIC_LABELS = {
+    "roc_auc": "ROC AUC",
+    "average_precision": "Average precision",
+    "f1": "F1",
+    "precision": "Precision",
+    "recall": "Recall",
+    "brier": "Brier score (lower is better)",
+}
+SLICE_METRICS = ("roc_auc", "average_precision", "precision", "recall")
+SECTIONS = (
+    "Summary",
+    "Intended use",
+    "Training data lineage",
+    "Model",
+    "Metrics on the frozen holdout",
+    "Blessing",
+    "Limitations and caveats",
+    "Lineage",
+)
+IMBALANCE_BELOW = 0.25  # minority-class share under which the card flags class imbalance
+TOP_REASONS = 5
+_NOT_EVIDENCE = {"name", "passed", "reason", "slices"}
+
+
+@dataclass(frozen=True)
+class ModelCardInput:
+    """Everything a card says, as the model phases record it (see crispflow.modelling).
+
+    - `dataset`: the dataset version's manifest (`crispflow.datasets.publish`).
+    - `holdout`: the frozen holdout's record (`crispflow.holdout.frozen_holdout`).
+    - `config`: the chosen configuration: `config_id`, `candidate`, `params` and, from its cross-validation
+      (`crispflow.training.cross_validate`), `metric`, `mean`, `std` and optionally `folds`.
+    - `evaluation`: the evaluation JSON (`crispflow.evaluation.evaluate` plus `latency`, `size_bytes`).
+    - `verdict`: the blessing verdict (`crispflow.blessing.decide` plus `champion_version` etc.).
+    - `lineage`: the version's tags (git commit, dag/run ids, spec hash, artifact sha256, ...).
+    - `created`: a datetime, an ISO string, or epoch milliseconds (MLflow's `creation_timestamp`).
+    - `threshold_objective_value`: the out-of-fold objective at the threshold (F1, or cost per row), if known.
+    - `caveats`: extra limitations to list verbatim.
+    """
+
+    model_name: str
+    version: str | int
+    spec: PipelineSpec
+    dataset: Mapping[str, Any]
+    holdout: Mapping[str, Any]
+    config: Mapping[str, Any]
+    threshold: float
+    evaluation: Mapping[str, Any]
+    verdict: Mapping[str, Any]
+    aliases: Sequence[str] = ()
+    created: datetime | str | int | float | None = None
+    threshold_objective_value: float | None = None
+    lineage: Mapping[str, Any] = field(default_factory=dict)
+    caveats: Sequence[str] = ()
+
+
+# ----------------------------------------------------------------------------------------- document model
+
+
+@dataclass(frozen=True)
+class _Code:
+    text: str
+
+
+@dataclass(frozen=True)
+class _Bold:
+    text: str
+    tone: str = ""  # "good" or "bad": coloured in HTML
+
+
+Part = str | _Code | _Bold
+Text = tuple[Part, ...]
+
+
+@dataclass(frozen=True)
+class _Para:
+    text: Text
+
+
+@dataclass(frozen=True)
+class _List:
+    items: tuple[Text, ...]
+
+
+@dataclass(frozen=True)
+class _Table:
+    headers: tuple[str, ...]
+    rows: tuple[tuple[Text, ...], ...]
+
+
+@dataclass(frozen=True)
+class _Heading:
+    title: str
+
+
+Block = _Para | _List | _Table | _Heading
+
+
+@dataclass(frozen=True)
+class _Section:
+    title: str
+    blocks: tuple[Block, ...]
+
+    @property
+    def anchor(self) -> str:
+        return re.sub(r"[^a-z0-9]+", "-", self.title.lower()).strip("-")
+
+
+def _t(*parts: Part | Text) -> Text:
+    out: list[Part] = []
+    for p in parts:
+        out.extend(p if isinstance(p, tuple) else (p,))
+    return tuple(out)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Part | Text]]) -> _Table:
+    return _Table(tuple(headers), tuple(tuple(_t(c) for c in row) for row in rows))
+
+
+def _bullets(items: Sequence[Part | Text]) -> _List:
+    return _List(tuple(_t(i) for i in items))
+
+
+# ------------------------------------------------------------------------------------------------ numbers
+
+
+def _undefined(value: Any) -> bool:
+    if value is None:
+        return True
+    try:
+        return not math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return True
+
+
+def _num(value: Any, fmt: str = ".4f") -> str:
+    """A number, or "n/a (undefined)" for None/NaN/inf/non-numbers."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if _undefined(value):
+        return UNDEFINED
+    return format(float(value), fmt)
+
+
+def _count(value: Any) -> str:
+    if _undefined(value):
+        return UNDEFINED
+    return f"{int(value):,}"
+
+
+def _ci(entry: Mapping[str, Any], fmt: str = ".4f") -> str:
+    low, high = entry.get("ci_low"), entry.get("ci_high")
+    if _undefined(low) or _undefined(high):
+        return UNDEFINED
+    return f"[{_num(low, fmt)}, {_num(high, fmt)}]"
+
+
+def _pct(part: Any, whole: Any) -> str:
+    if _undefined(part) or _undefined(whole) or not float(whole):
+        return UNDEFINED
+    return f"{100 * float(part) / float(whole):.1f} %"
+
+
+def _bytes(value: Any) -> str:
+    if _undefined(value):
+        return UNDEFINED
+    n = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            human = f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+            return f"{human} ({int(value):,} bytes)"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _evidence_value(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 1e4:
+        return str(int(value))  # sizes, counts: 48213, not 4.821e+04
+    if value is None or isinstance(value, bool | float):
+        return _num(value, ".4g")
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {_evidence_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_evidence_value(v) for v in value) + "]"
+    return str(value)
+
+
+def _when(value: datetime | str | int | float | None) -> str:
+    if value is None or value == "":
+        return "unknown"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = datetime.fromtimestamp(float(value) / 1000.0, tz=UTC)
+    if isinstance(value, datetime):
+        value = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return str(value)
+
+
+def _label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)
+
+
+def _metric_value(evaluation: Mapping[str, Any], metric: str) -> Any:
+    entry = (evaluation.get("metrics") or {}).get(metric)
+    return entry.get("value") if isinstance(entry, Mapping) else None
+
+
+# ----------------------------------------------------------------------------------------------- sections
+
+
+def _aliases(card: ModelCardInput) -> str:
+    return ", ".join(card.aliases) if card.aliases else "none"
+
+
+def _blessing_line(verdict: Mapping[str, Any]) -> Text:
+    mode = str(verdict.get("mode", "unknown"))
+    checks = verdict.get("checks") or []
+    if verdict.get("blessed"):
+        passed = sum(bool(c.get("passed")) for c in checks)
+        return _t(_Bold("Blessed", "good"), f" ({mode}): all {passed} checks passed.")
+    reasons = list(verdict.get("reasons") or ["no reason recorded"])
+    more = f" (and {len(reasons) - 1} more; see Blessing)" if len(reasons) > 1 else ""
+    return _t(_Bold("Not blessed", "bad"), f" ({mode}): {reasons[0]}{more}.")
+
+
+def _summary(card: ModelCardInput) -> _Section:
+    spec, ev, verdict = card.spec, card.evaluation, card.verdict
+    training = spec.training
+    candidate = card.config.get("candidate", "unknown")
+    calibrated = f"{training.calibration}-calibrated " if training and training.calibration else ""
+    primary = str(verdict.get("primary_metric") or "roc_auc")
+    entry = (ev.get("metrics") or {}).get(primary) or {}
+    what = spec.description.strip() or f"the probability that {spec.target.column} is {spec.target.positive!r}"
+    text = _t(
+        _Code(card.model_name),
+        f" version {card.version} (aliases: {_aliases(card)}; registered {_when(card.created)})",
+        f" is a {calibrated}",
+        _Code(str(candidate)),
+        " classifier for the pipeline ",
+        _Code(spec.name),
+        f": {what.rstrip('.')}. It scores the probability that ",
+        _Code(spec.target.column),
+        " is ",
+        _Code(str(spec.target.positive)),
+        f" and flags rows at or above the threshold {_num(card.threshold)}. It was trained on dataset version ",
+        _Code(str(card.dataset.get("dataset_version_id", "unknown"))),
+        f" and evaluated on the frozen holdout ({_count(ev.get('n'))} rows, {_count(ev.get('positives'))} positive): "
+        f"{_label(primary)} {_num(entry.get('value'))}, {_ci_level(ev)} CI {_ci(entry)}. ",
+        _blessing_line(verdict),
+    )
+    return _Section("Summary", (_Para(text),))
+
+
+def _ci_level(evaluation: Mapping[str, Any]) -> str:
+    alpha = evaluation.get("alpha")
+    alpha = 0.05 if _undefined(alpha) else float(alpha)
+    return f"{100 * (1 - alpha):g} %"
+
+
+_NOT_FOR = re.compile(r"\b(not (for|intended|to be used|suitable|meant)|do not use|must not)\b", re.IGNORECASE)
+
+
+def _sentences(text: str) -> list[str]:
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s.strip()]
+
+
+def _intended_use(card: ModelCardInput) -> _Section:
+    spec = card.spec
+    intended = spec.intended_use.strip() or "Not stated in the pipeline spec (`intended_use` is empty)."
+    interval = card.dataset.get("interval") or {}
+    sources = ", ".join(str(s.get("source", "?")) for s in card.dataset.get("sources") or []) or "unknown"
+    out_of_scope: list[Text] = [_t(s) for s in _sentences(spec.intended_use) if _NOT_FOR.search(s)]
+    out_of_scope += [
+        _t(
+            f"Populations, periods or sources other than the training data (sources: {sources}; interval "
+            f"{interval.get('start', '?')} to {interval.get('end', '?')}): drift is not measured by this card."
+        ),
+        _t(
+            "Decisions taken on the score alone, without the threshold's context (objective and costs under Model) "
+            "and the caveats below."
+        ),
+        _t("Scoring outside crispflow: the artifact contains crispflow's typing step."),
+    ]
+    if not card.verdict.get("blessed"):
+        out_of_scope.insert(0, _t("Any production use of this version: it is not blessed."))
+    blocks: list[Block] = [_Para(_t(intended))]
+    if spec.owner:
+        blocks.append(_Para(_t("Owner: ", _Code(spec.owner))))
+    blocks += [_Heading("Out-of-scope use"), _bullets(out_of_scope)]
+    return _Section("Intended use", tuple(blocks))
+
+
+def _fingerprint(fp: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={_evidence_value(v)}" for k, v in sorted(fp.items()) if k != "kind") or "none recorded"
+
+
+def _top_reasons(reasons: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    items = [(str(k), v) for k, v in reasons.items()]
+    return sorted(items, key=lambda kv: (-(0 if _undefined(kv[1]) else float(kv[1])), kv[0]))[:TOP_REASONS]
+
+
+def _holdout_how(card: ModelCardInput) -> Text:
+    spec, record = card.spec, card.holdout
+    strategy = record.get("strategy", spec.split.strategy)
+    fraction = f"{spec.split.holdout_fraction:.0%}"
+    if strategy == "time":
+        how = _t(
+            "the latest whole periods of ",
+            _Code(str(spec.time_column)),
+            f" holding at least {fraction} of the rows (no period is split)",
+        )
+    elif strategy == "stratified":
+        how = _t(f"a stratified random {fraction} by label (seed {spec.split.seed})")
+    else:
+        how = _t(f"strategy {strategy!r}")
+    return _t(
+        "Cut once from dataset version ",
+        _Code(str(record.get("cut_from", "unknown"))),
+        " as ",
+        how,
+        "; every later model is evaluated on the same rows and training never sees an entity (",
+        _Code(spec.key),
+        ") of the holdout.",
+    )
+
+
+def _data_lineage(card: ModelCardInput) -> _Section:
+    m, record = card.dataset, card.holdout
+    rows = m.get("rows") or {}
+    interval = m.get("interval") or {}
+    quality = m.get("quality") or {}
+    facts = [
+        ("Dataset version", _Code(str(m.get("dataset_version_id", "unknown")))),
+        ("Content sha256", _Code(str(m.get("content_sha256", "unknown")))),
+        ("Interval", f"{interval.get('start', '?')} to {interval.get('end', '?')} (end exclusive)"),
+        ("Rows in", _count(rows.get("in"))),
+        ("Rows published", f"{_count(rows.get('published'))} ({_pct(rows.get('published'), rows.get('in'))})"),
+        ("Rows quarantined", f"{_count(rows.get('quarantined'))} ({_pct(rows.get('quarantined'), rows.get('in'))})"),
+    ]
+    if "expectations_evaluated" in quality:
+        facts.append(
+            (
+                "Quality expectations",
+                f"{quality.get('expectations_evaluated')} evaluated, {quality.get('expectations_failed', 0)} failed",
+            )
+        )
+    if recon := m.get("reconciliation"):
+        facts.append(("Reconciliation", ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in recon.items())))
+    if published := m.get("published_by"):
+        facts.append(("Published by", ", ".join(f"{k}={v}" for k, v in published.items())))
+    blocks: list[Block] = [_table(("Field", "Value"), facts), _Heading("Sources")]
+    sources = m.get("sources") or []
+    if sources:
+        blocks.append(
+            _table(
+                ("Source", "Kind", "Rows read", "Rows in interval", "Fingerprint"),
+                [
+                    (
+                        _Code(str(s.get("source", "?"))),
+                        str((s.get("fingerprint") or {}).get("kind", "?")),
+                        _count(s.get("rows_read")),
+                        _count(s.get("rows_in_interval")),
+                        _fingerprint(s.get("fingerprint") or {}),
+                    )
+                    for s in sources
+                ],
+            )
+        )
+    else:
+        blocks.append(_Para(_t("No sources recorded in the manifest.")))
+    blocks.append(_Heading("Quarantine"))
+    reasons = _top_reasons(quality.get("reasons") or {})
+    if reasons:
+        blocks.append(_table(("Reason", "Rows"), [(_Code(k), _count(v)) for k, v in reasons]))
+        more = len(quality.get("reasons") or {}) - len(reasons)
+        if more > 0:
+            blocks.append(_Para(_t(f"... and {more} more reasons (see the dataset's quality report).")))
+    else:
+        blocks.append(_Para(_t("No row was quarantined.")))
+    blocks += [
+        _Heading("Frozen holdout"),
+        _table(
+            ("Field", "Value"),
+            [
+                ("Holdout hash", _Code(str(record.get("holdout_hash", "unknown")))),
+                ("Rows", _count(record.get("rows"))),
+                ("Strategy", str(record.get("strategy", "unknown"))),
+                ("Cut from", _Code(str(record.get("cut_from", "unknown")))),
+                ("Frozen at", str(record.get("frozen_at", "unknown"))),
+            ],
+        ),
+        _Para(_holdout_how(card)),
+    ]
+    return _Section("Training data lineage", tuple(blocks))
+
+
+def _threshold_objective(card: ModelCardInput) -> str:
+    training = card.spec.training
+    if training is None:
+        return "unknown (the spec has no training section)"
+    t = training.threshold
+    if t.objective == "f1":
+        text = "maximises the out-of-fold F1"
+        value = f"; out-of-fold F1 at the threshold {_num(card.threshold_objective_value)}"
+    else:
+        text = (
+            f"minimises the out-of-fold cost {t.cost_false_positive:g} x false positives + "
+            f"{t.cost_false_negative:g} x false negatives"
+        )
+        value = f"; out-of-fold cost per row at the threshold {_num(card.threshold_objective_value)}"
+    return text + (value if card.threshold_objective_value is not None else "")
+
+
+def _model(card: ModelCardInput) -> _Section:
+    spec, cfg = card.spec, card.config
+    training = spec.training
+    candidate = str(cfg.get("candidate", "unknown"))
+    estimator = next((c.estimator for c in (training.candidates if training else []) if c.name == candidate), None)
+    metric = str(cfg.get("metric") or (training.selection_metric if training else "unknown"))
+    folds = cfg.get("folds")
+    cv = f"{_num(cfg.get('mean'))} ± {_num(cfg.get('std'))}"
+    cv += (
+        f" over {len(folds)} folds"
+        if isinstance(folds, Sequence)
+        else (f" over {training.cv_folds} folds" if training else "")
+    )
+    facts: list[tuple[Part | Text, ...]] = [
+        ("Candidate", _Code(candidate)),
+        ("Estimator", _Code(estimator or "unknown")),
+        ("Configuration", _Code(str(cfg.get("config_id", "unknown")))),
+        (f"CV {_label(metric)} (mean ± std)", cv),
+        ("Class weight", str(training.class_weight or "none") if training else "unknown"),
+        ("Calibration", str(training.calibration or "none") if training else "unknown"),
+        ("Decision threshold", f"{_num(card.threshold)} (a row is flagged when score >= threshold)"),
+        ("Threshold objective", _threshold_objective(card)),
+    ]
+    params = cfg.get("params") or {}
+    blocks: list[Block] = [
+        _table(("Field", "Value"), facts),
+        _Heading("Hyperparameters"),
+        _table(("Parameter", "Value"), [(_Code(str(k)), _evidence_value(v)) for k, v in sorted(params.items())])
+        if params
+        else _Para(_t("Defaults (no hyperparameter was searched).")),
+        _Heading("Features"),
+        _table(
+            ("Feature", "Type", "Nullable", "PII", "Description"),
+            [
+                (_Code(c.name), c.type, "yes" if c.nullable else "no", _Bold("PII") if c.pii else "no", c.description)
+                for c in (spec.column(n) for n in spec.feature_columns)
+            ],
+        ),
+        _Para(
+            _t(
+                "Target: ",
+                _Code(spec.target.column),
+                " (positive class ",
+                _Code(str(spec.target.positive)),
+                "); key ",
+                _Code(spec.key),
+                (", time column ", _Code(spec.time_column)) if spec.time_column else (),
+                " (not features). Preprocessing (typing, imputation, scaling, one-hot) is inside the artifact.",
+            )
+        ),
+    ]
+    return _Section("Model", tuple(blocks))
+
+
+def _metric_rows(metrics: Mapping[str, Any]) -> list[tuple[Part | Text, ...]]:
+    order = [m for m in METRIC_LABELS if m in metrics] + [m for m in metrics if m not in METRIC_LABELS]
+    return [(_label(m), _num((metrics[m] or {}).get("value")), _ci(metrics[m] or {})) for m in order]
+
+
+def _slice_cell(report: Mapping[str, Any], metric: str) -> str:
+    entry = (report.get("metrics") or {}).get(metric) or {}
+    value = entry.get("value")
+    return UNDEFINED if _undefined(value) else f"{_num(value)} {_ci(entry)}"
+
+
+def _metrics(card: ModelCardInput) -> _Section:
+    ev = card.evaluation
+    level = _ci_level(ev)
+    n, positives = ev.get("n"), ev.get("positives")
+    boot = ev.get("bootstrap") or {}
+    blocks: list[Block] = [
+        _Para(
+            _t(
+                f"Holdout {_count(n)} rows, {_count(positives)} positive (base rate {_pct(positives, n)}), hash ",
+                _Code(str(ev.get("holdout_hash") or card.holdout.get("holdout_hash", "unknown"))),
+                f"; threshold {_num(ev.get('threshold', card.threshold))}. Intervals: {level} "
+                f"{boot.get('method', 'bootstrap')} bootstrap, {boot.get('samples', '?')} resamples "
+                f"(seed {boot.get('seed', '?')}).",
+            )
+        ),
+        _table(("Metric", "Value", f"{level} CI"), _metric_rows(ev.get("metrics") or {})),
+        _Heading("Confusion matrix"),
+    ]
+    cm = ev.get("confusion_matrix") or {}
+    blocks.append(
+        _table(
+            ("", "Predicted negative", "Predicted positive"),
+            [
+                ("Actual negative", f"{_count(cm.get('tn'))} (TN)", f"{_count(cm.get('fp'))} (FP)"),
+                ("Actual positive", f"{_count(cm.get('fn'))} (FN)", f"{_count(cm.get('tp'))} (TP)"),
+            ],
+        )
+    )
+    blocks.append(_Heading("Slices"))
+    slices = ev.get("slices") or {}
+    if not slices:
+        blocks.append(_Para(_t("No slices configured (`training.slices`).")))
+    for column, values in slices.items():
+        rows = []
+        for value, report in values.items():
+            status = f"skipped: {report['skipped']}" if report.get("skipped") else "evaluated"
+            cells = [UNDEFINED if report.get("skipped") else _slice_cell(report, m) for m in SLICE_METRICS]
+            rows.append((_Code(str(value)), _count(report.get("n")), _count(report.get("positives")), *cells, status))
+        blocks.append(_Para(_t("By ", _Code(str(column)), f" (value and {level} CI):")))
+        blocks.append(_table(("Value", "Rows", "Positives", *(_label(m) for m in SLICE_METRICS), "Status"), rows))
+    lat = ev.get("latency") or {}
+    blocks += [
+        _Heading("Latency and size"),
+        _table(
+            ("Measure", "Value"),
+            [
+                (
+                    "Batch scoring",
+                    f"{_num(lat.get('batch_ms_per_row'), '.4g')} ms/row "
+                    f"({_count(lat.get('batch_rows'))} rows in {_num(lat.get('batch_ms'), '.4g')} ms)",
+                ),
+                ("Single row p50", f"{_num(lat.get('latency_p50_ms'), '.4g')} ms"),
+                ("Single row p95", f"{_num(lat.get('latency_p95_ms'), '.4g')} ms"),
+                (
+                    "Single row max",
+                    f"{_num(lat.get('latency_max_ms'), '.4g')} ms "
+                    f"({_count(lat.get('single_rows'))} rows x {_count(lat.get('repeats'))} repeats)",
+                ),
+                ("Model size", _bytes(ev.get("size_bytes"))),
+            ],
+        ),
+    ]
+    return _Section("Metrics on the frozen holdout", tuple(blocks))
+
+
+def _evidence(check: Mapping[str, Any]) -> str:
+    return "; ".join(f"{k} = {_evidence_value(v)}" for k, v in check.items() if k not in _NOT_EVIDENCE)
+
+
+def _blessing(card: ModelCardInput) -> _Section:
+    v = card.verdict
+    champion = v.get("champion_version")
+    facts = [
+        ("Verdict", _Bold("BLESSED", "good") if v.get("blessed") else _Bold("NOT BLESSED", "bad")),
+        ("Mode", str(v.get("mode", "unknown"))),
+        ("Champion compared against", f"version {champion}" if champion is not None else "none (cold start)"),
+        (
+            "Primary metric",
+            f"{v.get('primary_metric', '?')}, non-inferiority margin {_num(v.get('margin'), 'g')}, "
+            f"alpha {_num(v.get('alpha'), 'g')}",
+        ),
+        ("Holdout", f"{_count(v.get('n'))} rows, {_count(v.get('positives'))} positive"),
+    ]
+    if v.get("judged_by"):
+        facts.append(("Judged by", _Code(str(v["judged_by"]))))
+    blocks: list[Block] = [_table(("Field", "Value"), facts)]
+    reasons = list(v.get("reasons") or [])
+    if reasons:
+        blocks += [_Heading("Reasons"), _bullets(reasons)]
+    checks = v.get("checks") or []
+    blocks.append(_Heading("Checks"))
+    if checks:
+        blocks.append(
+            _table(
+                ("Check", "Result", "Evidence", "Reason"),
+                [
+                    (
+                        _Code(str(c.get("name", "?"))),
+                        _Bold("pass", "good") if c.get("passed") else _Bold("FAIL", "bad"),
+                        _evidence(c),
+                        str(c.get("reason", "")),
+                    )
+                    for c in checks
+                ],
+            )
+        )
+    else:
+        blocks.append(_Para(_t("No checks recorded.")))
+    for c in checks:
+        if c.get("slices"):
+            blocks.append(_Heading(f"Slice comparisons ({c.get('metric', '?')}, {c.get('correction', '?')})"))
+            blocks.append(
+                _table(
+                    ("Slice", "Rows", "Positives", "Estimate", "CI", "p", "p adjusted", "Outcome"),
+                    [
+                        (
+                            _Code(f"{e.get('column')}={e.get('value')}"),
+                            _count(e.get("n")),
+                            _count(e.get("positives")),
+                            *(
+                                ("", "", "", "", f"skipped: {e['skipped']}")
+                                if e.get("skipped")
+                                else (
+                                    _num(e.get("estimate"), "+.4f"),
+                                    _ci(e, "+.4f"),
+                                    _num(e.get("p_value"), ".3g"),
+                                    _num(e.get("p_adjusted"), ".3g"),
+                                    "regression" if e.get("regression") else "no regression",
+                                )
+                            ),
+                        )
+                        for e in c["slices"]
+                    ],
+                )
+            )
+    return _Section("Blessing", tuple(blocks))
+
+
+def _undefined_metrics(ev: Mapping[str, Any]) -> list[str]:
+    out = []
+    for name, entry in (ev.get("metrics") or {}).items():
+        entry = entry or {}
+        if _undefined(entry.get("value")):
+            out.append(f"{name} on the holdout")
+        elif _undefined(entry.get("ci_low")) or _undefined(entry.get("ci_high")):
+            out.append(f"the CI of {name} on the holdout")
+    for column, values in (ev.get("slices") or {}).items():
+        for value, report in values.items():
+            names = [m for m, e in (report.get("metrics") or {}).items() if _undefined((e or {}).get("value"))]
+            if names:
+                out.append(f"{', '.join(names)} in slice {column}={value}")
+    return out
+
+
+def _limitations(card: ModelCardInput) -> _Section:
+    spec, ev, verdict = card.spec, card.evaluation, card.verdict
+    items: list[Text] = []
+    for col in spec.columns:
+        if "simulated" in col.description.lower():
+            if col.name == spec.time_column:
+                items.append(
+                    _t(
+                        "The time column ",
+                        _Code(col.name),
+                        f" is simulated (its description: "
+                        f'"{col.description}"): the time '
+                        "split, the holdout's periods and the freshness checks follow simulated dates, so "
+                        "the holdout does not measure performance on genuinely later data.",
+                    )
+                )
+            else:
+                items.append(_t("Column ", _Code(col.name), f' is simulated (its description: "{col.description}").'))
+    skipped = [
+        f"{column}={value} ({_count(r.get('n'))} rows: {r['skipped']})"
+        for column, values in (ev.get("slices") or {}).items()
+        for value, r in values.items()
+        if r.get("skipped")
+    ]
+    if skipped:
+        items.append(
+            _t("Slices too small to evaluate were skipped (no metrics, and not gated): " + "; ".join(skipped) + ".")
+        )
+    n, positives = ev.get("n"), ev.get("positives")
+    if not _undefined(n) and not _undefined(positives) and float(n):
+        rate = float(positives) / float(n)
+        minority = min(rate, 1 - rate)
+        if minority < IMBALANCE_BELOW:
+            items.append(
+                _t(
+                    f"Class imbalance: the base rate of {spec.target.column} = {spec.target.positive!r} "
+                    f"on the holdout is {rate:.1%} ({_count(positives)} of {_count(n)}); precision-type "
+                    "metrics depend on it, and intervals for rare classes are wide."
+                )
+            )
+        else:
+            items.append(_t(f"Base rate on the holdout: {rate:.1%} ({_count(positives)} of {_count(n)})."))
+    undefined = _undefined_metrics(ev)
+    if undefined:
+        items.append(_t("Undefined metrics (shown as n/a; a gate never passes on them): " + "; ".join(undefined) + "."))
+    pii = [c.name for c in spec.columns if c.pii and c.name in spec.feature_columns]
+    if pii:
+        items.append(
+            _t(
+                "Features marked PII are used by the model: "
+                + ", ".join(pii)
+                + ". Their handling (redaction, access) follows the spec, not this card."
+            )
+        )
+    if verdict.get("mode") == "cold_start":
+        items.append(
+            _t("Cold start: judged only against the absolute floors (`blessing.min_metrics`), not against a champion.")
+        )
+    if not verdict.get("blessed"):
+        items.append(_t("This version is not blessed: it must not replace the champion."))
+    items.append(
+        _t(
+            "Loading the model needs ",
+            _Code("crispflow"),
+            " installed (same version): the artifact includes crispflow's typing step (",
+            _Code("crispflow.features.FrameTyper"),
+            ").",
+        )
+    )
+    if spec.description.strip():
+        items.append(_t("From the spec's description: " + spec.description.strip()))
+    items += [_t(c) for c in card.caveats]
+    return _Section("Limitations and caveats", (_bullets(items),))
+
+
+def _lineage(card: ModelCardInput) -> _Section:
+    tags = dict(card.lineage)
+    rows = [(_Code(str(k)), _Code(str(v))) for k, v in sorted(tags.items())]
+    blocks: list[Block] = [
+        _table(("Tag", "Value"), rows) if rows else _Para(_t("No lineage tags recorded.")),
+    ]
+    current = card.spec.spec_hash()
+    recorded = tags.get("crispflow.spec_hash") or card.dataset.get("spec_hash")
+    if recorded and recorded != current:
+        blocks.append(
+            _Para(
+                _t(
+                    _Bold("Spec changed: "),
+                    "this card renders the spec with hash ",
+                    _Code(current),
+                    ", the model was trained under ",
+                    _Code(str(recorded)),
+                    ".",
+                )
+            )
+        )
+    else:
+        blocks.append(
+            _Para(
+                _t(
+                    "Spec hash of the rendered spec: ",
+                    _Code(current),
+                    " (matches the recorded one)." if recorded else " (none recorded).",
+                )
+            )
+        )
+    return _Section("Lineage", tuple(blocks))
+
+
+def _sections(card: ModelCardInput) -> list[_Section]:
+    """The card's sections, in order (titles as in SECTIONS)."""
+    return [
+        _summary(card),
+        _intended_use(card),
+        _data_lineage(card),
+        _model(card),
+        _metrics(card),
+        _blessing(card),
+        _limitations(card),
+        _lineage(card),
+    ]
+
+
+def _title(card: ModelCardInput) -> str:
+    return f"Model card: {card.model_name} v{card.version}"
+
+
+# ----------------------------------------------------------------------------------------------- Markdown
+
+_MD_SPECIAL = re.compile(r"[\\`*<|~]|\](?=[(\[:])|_+")
+_MD_LEAD = re.compile(r"(\s*)(?:([#>+=-])|(\d+)([.)]))")
+
+
+def _md_sub(match: re.Match[str]) -> str:
+    text, start, end = match.string, match.start(), match.end()
+    if match.group().startswith("_"):  # underscores inside a word (snake_case) never make emphasis
+        inside = start > 0 and end < len(text) and text[start - 1].isalnum() and text[end].isalnum()
+        return match.group() if inside else "\\" + "\\".join(match.group())
+    return "\\" + match.group()
+
+
+def _md_escape(text: str) -> str:
+    """Plain text for Markdown: whitespace collapsed (so it cannot start a block) and every character that could
+    make markup escaped: backslash, code, emphasis, raw HTML (<), table pipes, strikethrough, and the `]` of a
+    link or reference definition. Brackets alone (e.g. a CI "[0.71, 0.78]") stay as they are."""
+    return _MD_SPECIAL.sub(_md_sub, re.sub(r"\s+", " ", text))
+
+
+def _md_lead(text: str) -> str:
+    """Escape a block marker (#, >, +, -, =, "1.") at the start of a paragraph or list item."""
+    m = _MD_LEAD.match(text)
+    if m is None:
+        return text
+    lead = f"\\{m.group(2)}" if m.group(2) else f"{m.group(3)}\\{m.group(4)}"
+    return m.group(1) + lead + text[m.end() :]
+
+
+def _md_part(part: Part, cell: bool) -> str:
+    if isinstance(part, _Code):
+        text = " ".join(part.text.split())
+        fence, pad = ("``", " ") if "`" in text else ("`", "")
+        code = f"{fence}{pad}{text}{pad}{fence}"
+        return code.replace("|", "\\|") if cell else code  # GFM splits cells on | even inside code spans
+    if isinstance(part, _Bold):
+        return f"**{_md_escape(part.text)}**"
+    return _md_escape(part)
+
+
+def _md_text(text: Text, cell: bool = False) -> str:
+    return "".join(_md_part(p, cell) for p in text)
+
+
+def _md_block(block: Block) -> str:
+    if isinstance(block, _Para):
+        return _md_lead(_md_text(block.text))
+    if isinstance(block, _Heading):
+        return f"### {_md_text((block.title,))}"
+    if isinstance(block, _List):
+        return "\n".join(f"- {_md_lead(_md_text(i, cell=True))}" for i in block.items)
+    head = "| " + " | ".join(_md_text((h,), cell=True) for h in block.headers) + " |"
+    rule = "|" + "|".join("---" for _ in block.headers) + "|"
+    body = ["| " + " | ".join(_md_text(c, cell=True) for c in row) + " |" for row in block.rows]
+    return "\n".join([head, rule, *body])
+
+
+def render_markdown(card: ModelCardInput) -> str:
+    """The card as GitHub-flavoured Markdown (text escaped, so spec strings cannot inject markup)."""
+    out = [f"# {_md_text((_title(card),))}"]
+    for section in _sections(card):
+        out.append(f"## {section.title}")
+        out += [_md_block(b) for b in section.blocks]
+    return "\n\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------- HTML
+
+_CSS = """
+body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1f2328; max-width: 72rem;
+       margin: 2rem auto; padding: 0 1rem; }
+h1 { font-size: 1.6rem; border-bottom: 2px solid #d0d7de; padding-bottom: .3rem; }
+h2 { font-size: 1.25rem; margin-top: 2rem; border-bottom: 1px solid #d0d7de; padding-bottom: .2rem; }
+h3 { font-size: 1.05rem; margin-top: 1.2rem; }
+table { border-collapse: collapse; margin: .6rem 0; font-size: .9rem; }
+th, td { border: 1px solid #d0d7de; padding: .25rem .55rem; text-align: left; vertical-align: top; }
+th { background: #f6f8fa; }
+tbody tr:nth-child(even) { background: #fbfcfd; }
+code { font: .85em ui-monospace, SFMono-Regular, Menlo, monospace; background: #f6f8fa; padding: .05rem .25rem;
+       border-radius: 3px; overflow-wrap: anywhere; }
+nav ul { list-style: none; padding: 0; display: flex; flex-wrap: wrap; gap: .4rem 1rem; }
+.good { color: #1a7f37; }
+.bad { color: #cf222e; }
+"""
+
+
+def _html_part(part: Part) -> str:
+    if isinstance(part, _Code):
+        return f"<code>{html.escape(part.text)}</code>"
+    if isinstance(part, _Bold):
+        tone = f' class="{part.tone}"' if part.tone else ""
+        return f"<strong{tone}>{html.escape(part.text)}</strong>"
+    return html.escape(part)
+
+
+def _html_text(text: Text) -> str:
+    return "".join(_html_part(p) for p in text)
+
+
+def _html_block(block: Block) -> str:
+    if isinstance(block, _Para):
+        return f"<p>{_html_text(block.text)}</p>"
+    if isinstance(block, _Heading):
+        return f"<h3>{html.escape(block.title)}</h3>"
+    if isinstance(block, _List):
+        return "<ul>\n" + "\n".join(f"<li>{_html_text(i)}</li>" for i in block.items) + "\n</ul>"
+    head = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in block.headers) + "</tr>"
+    body = "\n".join("<tr>" + "".join(f"<td>{_html_text(c)}</td>" for c in row) + "</tr>" for row in block.rows)
+    return f"<table>\n<thead>{head}</thead>\n<tbody>\n{body}\n</tbody>\n</table>"
+
+
+def render_html(card: ModelCardInput) -> str:
+    """The card as one self-contained HTML page (inline CSS, no scripts, every string escaped)."""
+    parts = _sections(card)
+    title = html.escape(_title(card))
+    nav = "".join(f'<li><a href="#{s.anchor}">{html.escape(s.title)}</a></li>' for s in parts)
+    body = []
+    for s in parts:
+        blocks = "\n".join(_html_block(b) for b in s.blocks)
+        body.append(f'<section id="{s.anchor}">\n<h2>{html.escape(s.title)}</h2>\n{blocks}\n</section>')
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{title}</title>\n<style>{_CSS}</style>\n</head>\n"
+        f"<body>\n<h1>{title}</h1>\n<nav><ul>{nav}</ul></nav>\n" + "\n".join(body) + "\n</body>\n</html>\n"
+    )
