@@ -7,10 +7,11 @@ without retries, and a published version emits `crispflow_curated_dataset` with 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from airflow.sdk import CronDataIntervalTimetable, Param, dag
 
+from crispflow_airflow.dag_defaults import START_DATE, default_args
 from crispflow_airflow.operators.ingest import IngestOperator
 from crispflow_airflow.operators.publish import PublishDatasetOperator
 from crispflow_airflow.operators.quality_gate import DataQualityGateOperator
@@ -29,18 +30,12 @@ BATCH_ID = "{{ ti.xcom_pull(task_ids='ingest')['batch_id'] }}"
 @dag(
     # Airflow 3 cron strings have zero-length intervals; each run here reads last month, so ask for intervals.
     schedule=CronDataIntervalTimetable("@monthly", timezone="UTC"),
-    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    start_date=START_DATE,
     catchup=False,
     max_active_runs=2,
     tags=["crispflow", "data"],
     params=PARAMS,
-    default_args={
-        "retries": 2,
-        "retry_delay": timedelta(seconds=20),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": timedelta(minutes=5),
-        "execution_timeout": timedelta(minutes=30),
-    },
+    default_args=default_args(execution_timeout=timedelta(minutes=30)),
     doc_md=__doc__,
 )
 def ingest_validate() -> None:

@@ -7,11 +7,12 @@ Runs when a new curated dataset version is published (the asset event names it),
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from airflow.sdk import Param, dag, task
 
 from crispflow_airflow.assets import CURATED_DATASET
+from crispflow_airflow.dag_defaults import START_DATE, default_args
 from crispflow_airflow.operators.blessing import BlessingGateOperator
 
 PARAMS = {
@@ -26,18 +27,12 @@ PARAMS = {
 
 @dag(
     schedule=[CURATED_DATASET],
-    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
     tags=["crispflow", "model"],
     params=PARAMS,
-    default_args={
-        "retries": 2,
-        "retry_delay": timedelta(seconds=20),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": timedelta(minutes=5),
-        "execution_timeout": timedelta(hours=1),
-    },
+    default_args=default_args(execution_timeout=timedelta(hours=1)),
     doc_md=__doc__,
 )
 def train_evaluate_register() -> None:
