@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task
 
 from crispflow_airflow.assets import CURATED_DATASET
@@ -22,6 +23,9 @@ PARAMS = {
                                 description="Curated dataset version to train on (ds-...)"),
     "search_budget": Param(None, type=["null", "integer"], minimum=1, maximum=200,
                            description="Configurations to cross-validate (default: the spec's)"),
+    "force_bless": Param(False, type="boolean",
+                         description="If the gate does not bless the model, ask a human to approve it anyway"),
+    "force_reason": Param("", type="string", maxLength=500, description="Why (required with force_bless)"),
 }
 
 
@@ -105,6 +109,23 @@ def train_evaluate_register() -> None:
 
         return evaluate_version(training_job(request, context), version)
 
+    @task.short_circuit
+    def needs_approval(request: dict, verdict: dict) -> bool:
+        """Only a forced request for a model the gate did not bless goes to a human."""
+        return bool(request.get("force_bless")) and not verdict["blessed"]
+
+    @task
+    def record_forced_blessing(request: dict, version: str, **context) -> dict:
+        """Record the approved override (approver, time, reason, the gate's reasons) beside the verdict."""
+        from crispflow.modelling import force_bless
+        from crispflow_airflow.exceptions import as_airflow_errors
+        from crispflow_airflow.operators._common import training_job
+
+        approval = context["ti"].xcom_pull(task_ids="approve_forced_blessing") or {}
+        with as_airflow_errors():
+            return force_bless(training_job(request, context), version, reason=request["force_reason"],
+                               approver=approval.get("responded_by_user"))
+
     request = resolve()
     prepared = prepare(request)
     results = cross_validate.partial(request=request, parent_run_id=prepared["parent_run_id"]).expand(
@@ -113,6 +134,16 @@ def train_evaluate_register() -> None:
     evaluated = evaluate(request, registered["version"])
     bless = BlessingGateOperator(task_id="bless", request=request, version=registered["version"])
     evaluated >> bless
+    approve = ApprovalOperator(
+        task_id="approve_forced_blessing",
+        subject="Force-bless {{ ti.xcom_pull(task_ids='bless')['version'] }} of "
+        "{{ ti.xcom_pull(task_ids='resolve')['pipeline'] }}?",
+        body="Requested reason: {{ ti.xcom_pull(task_ids='resolve')['force_reason'] }}\n"
+        "The gate said no because: {{ ti.xcom_pull(task_ids='bless')['reasons'] }}",
+        response_timeout=timedelta(hours=6),
+        execution_timeout=timedelta(hours=6),
+    )
+    needs_approval(request, bless.output) >> approve >> record_forced_blessing(request, registered["version"])
 
 
 train_evaluate_register()

@@ -85,8 +85,14 @@ def training_request(conf: Mapping[str, Any] | None, events: list[Mapping[str, A
     budget = conf.get("search_budget")
     if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or not 1 <= budget <= 200):
         raise ParamsError(f"search_budget: {budget!r} must be an integer from 1 to 200")
+    force = conf.get("force_bless", False)
+    reason = str(conf.get("force_reason") or "").strip()
+    if not isinstance(force, bool):
+        raise ParamsError(f"force_bless: {force!r} must be true or false")
+    if force and len(reason) < 10:
+        raise ParamsError("force_reason: forcing a blessing needs a reason of at least 10 characters")
     return {"pipeline": pipeline, "dataset_version_id": version, "search_budget": budget, "source": source,
-            "coalesced_events": max(0, len(events) - 1)}
+            "coalesced_events": max(0, len(events) - 1), "force_bless": force, "force_reason": reason}
 
 
 def published_rows(spec: PipelineSpec, lake: Lake, version_id: str) -> tuple[int, int]:

@@ -131,6 +131,23 @@ def test_a_challenger_trained_on_shuffled_labels_is_not_blessed(env, tmp_path, m
     v = verdict(mlf, reg["version"])
     assert not v["blessed"] and v["reasons"]
     assert registry.alias_version(mlf, MODEL, "champion").version == champion.version
+    assert tis[("approve_forced_blessing", -1)].state == "skipped"  # nobody asked to force it
+
+    # A forced blessing needs an approver; when approved it is recorded beside the gate's own reasons.
+    from crispflow.lake import Lake
+    from crispflow.modelling import Job, force_bless
+    from crispflow.registry import RegistryError
+    from crispflow.spec import load_spec
+
+    job = Job(load_spec("lending_club"), Lake(Path(os.environ["CRISPFLOW_LAKE_URL"].removeprefix("file://"))), mlf,
+              version_id, "test/force")
+    with pytest.raises(RegistryError, match="needs an approver"):
+        force_bless(job, reg["version"], reason="business sign-off for the pilot", approver=None)
+    force_bless(job, reg["version"], reason="business sign-off for the pilot", approver={"id": "ana", "name": "Ana"})
+    forced = verdict(mlf, reg["version"])
+    assert forced["blessed"] and forced["blessed_by"] == "forced"
+    assert forced["forced"]["approver"]["id"] == "ana" and forced["forced"]["gate_reasons"] == v["reasons"]
+    assert registry.alias_version(mlf, MODEL, "champion").version == champion.version  # the canary decides
 
 
 def test_bad_conf_is_rejected(env) -> None:

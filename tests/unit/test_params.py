@@ -34,6 +34,8 @@ def test_the_newest_event_is_used_and_the_rest_coalesced() -> None:
         ({"pipeline": "lending_club"}, [], "conf: dataset_version_id None"),
         ({**GOOD, "search_budget": 0}, [], "search_budget: 0 must be an integer from 1 to 200"),
         ({**GOOD, "search_budget": True}, [], "search_budget: True"),
+        ({**GOOD, "force_bless": True}, [], "force_reason: forcing a blessing needs a reason"),
+        ({**GOOD, "force_bless": "yes"}, [], "force_bless: 'yes' must be true or false"),
     ],
 )
 def test_malformed_requests_are_refused(conf, events, message) -> None:
