@@ -32,6 +32,12 @@ def plain(obj: object) -> bool:
     return type(obj) in (str, int, float, bool, type(None))
 
 
+def versus(policy: Blessing, y, challenger, threshold, champion, champion_threshold) -> dict:
+    """`decide` against a champion, both models with the same (passing) costs."""
+    return decide(policy, y, challenger, threshold, champion_score=champion, champion_threshold=champion_threshold,
+                  challenger_cost=COST, champion_cost=COST)
+
+
 def check(verdict: dict, name: str) -> dict:
     return next(c for c in verdict["checks"] if c["name"] == name)
 
@@ -112,16 +118,7 @@ def test_delong_agrees_with_the_paired_bootstrap(lending: dict) -> None:
 def test_identical_challenger_is_non_inferior(lending: dict) -> None:
     y, good = lending["y"], lending["good"]
     for metric in ("roc_auc", "average_precision", "brier"):
-        verdict = decide(
-            Blessing(primary_metric=metric, bootstrap_samples=200),
-            y,
-            good,
-            0.05,
-            champion_score=good,
-            champion_threshold=0.05,
-            challenger_cost=COST,
-            champion_cost=COST,
-        )
+        verdict = versus(Blessing(primary_metric=metric, bootstrap_samples=200), y, good, 0.05, good, 0.05)
         assert verdict["blessed"], verdict["reasons"]
         assert verdict["mode"] == "versus_champion" and verdict["reasons"] == []
         main = check(verdict, "non_inferiority")
@@ -132,16 +129,7 @@ def test_identical_challenger_is_non_inferior(lending: dict) -> None:
 def test_random_challenger_against_a_good_champion_is_not_blessed(lending: dict) -> None:
     y, good = lending["y"], lending["good"]
     noise = np.random.default_rng(0).random(y.size)
-    verdict = decide(
-        Blessing(min_metrics={"roc_auc": 0.6}),
-        y,
-        noise,
-        0.5,
-        champion_score=good,
-        champion_threshold=0.05,
-        challenger_cost=COST,
-        champion_cost=COST,
-    )
+    verdict = versus(Blessing(min_metrics={"roc_auc": 0.6}), y, noise, 0.5, good, 0.05)
     assert not verdict["blessed"]
     main = check(verdict, "non_inferiority")
     assert not main["passed"] and main["ci_high"] < -0.1
@@ -177,16 +165,8 @@ def test_a_better_calibrated_challenger_wins_on_brier(lending: dict) -> None:
     """Same ranking, better probabilities: brier is lower-is-better, and the difference is signed so + = better."""
     y, good = lending["y"], lending["good"]
     distorted = np.sqrt(good)  # same order, overconfident
-    verdict = decide(
-        Blessing(primary_metric="brier", bootstrap_samples=300, min_metrics={"brier": 0.06}),
-        y,
-        good,
-        0.05,
-        champion_score=distorted,
-        champion_threshold=0.2,
-        challenger_cost=COST,
-        champion_cost=COST,
-    )
+    policy = Blessing(primary_metric="brier", bootstrap_samples=300, min_metrics={"brier": 0.06})
+    verdict = versus(policy, y, good, 0.05, distorted, 0.2)
     main = check(verdict, "non_inferiority")
     assert main["challenger"] < main["champion"] and main["estimate"] > 0 and main["ci_low"] > 0
     assert verdict["blessed"], verdict["reasons"]
@@ -234,16 +214,7 @@ def test_a_nan_metric_fails_the_gate(lending: dict) -> None:
     y, good = lending["y"], lending["good"]
     broken = good.copy()
     broken[7] = np.nan
-    verdict = decide(
-        Blessing(min_metrics={"roc_auc": 0.6}),
-        y,
-        broken,
-        0.05,
-        champion_score=good,
-        champion_threshold=0.05,
-        challenger_cost=COST,
-        champion_cost=COST,
-    )
+    verdict = versus(Blessing(min_metrics={"roc_auc": 0.6}), y, broken, 0.05, good, 0.05)
     assert not verdict["blessed"]
     assert "roc_auc difference (challenger - champion) is NaN/missing" in verdict["reasons"]
     assert "roc_auc is NaN/missing" in verdict["reasons"]
