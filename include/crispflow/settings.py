@@ -27,17 +27,28 @@ class Settings:
     lake_url: str  # file:///... locally, s3://bucket/prefix in production
     lake_conn_id: str | None  # Airflow connection for the lake (an aws connection for s3://)
     mlflow_tracking_uri: str
+    predictions_url: str  # the model server's prediction log and feedback (under the lake by default)
+    serve_port: int  # the model server (crispflow serve)
+    ledger_url: str  # SQLAlchemy URL of the promotion ledger (SQLite locally, PostgreSQL in production)
+
+    @property
+    def serve_url(self) -> str:
+        return f"http://127.0.0.1:{self.serve_port}"
 
     @classmethod
     def from_env(cls) -> Settings:
         root = project_root()
         home = Path(os.environ.get("CRISPFLOW_HOME", root / ".crispflow")).resolve()
         mlflow_port = os.environ.get("CRISPFLOW_MLFLOW_PORT", "5000")
+        lake_url = os.environ.get("CRISPFLOW_LAKE_URL", (home / "lake").as_uri())
         return cls(
             project_root=root,
             home=home,
             pipelines_dir=Path(os.environ.get("CRISPFLOW_PIPELINES_DIR", root / "include" / "pipelines")),
-            lake_url=os.environ.get("CRISPFLOW_LAKE_URL", (home / "lake").as_uri()),
+            lake_url=lake_url,
             lake_conn_id=os.environ.get("CRISPFLOW_LAKE_CONN_ID") or None,
             mlflow_tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{mlflow_port}"),
+            predictions_url=os.environ.get("CRISPFLOW_PREDICTIONS_URL", lake_url.rstrip("/") + "/predictions"),
+            serve_port=int(os.environ.get("CRISPFLOW_SERVE_PORT", "8000")),
+            ledger_url=os.environ.get("CRISPFLOW_LEDGER_URL", f"sqlite:///{home / 'ledger.db'}"),
         )

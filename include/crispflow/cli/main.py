@@ -63,6 +63,20 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the model server in the foreground (`crispflow up` starts it as a managed process)."""
+    from crispflow.serving.cli import run
+
+    return run(args, settings)
+
+
+def cmd_drift(args: argparse.Namespace, settings: Settings) -> int:
+    """Compare a current data file with a reference profile or file; exit 0 no drift, 1 drift, 2 bad input."""
+    from crispflow.monitoring.cli import run
+
+    return run(args, settings)
+
+
 def format_mapping(data: Mapping[str, Any], indent: int = 0) -> str:
     """`key: value` lines; nested mappings indented under their key."""
     pad = " " * indent
@@ -86,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         "down": (cmd_down, "stop what `up` started"),
         "status": (cmd_status, "show processes, URLs, login and paths"),
         "demo": (cmd_demo, "start the stack and run the demo pipeline"),
+        "serve": (cmd_serve, "run the model server (MLflow aliases champion/canary/shadow)"),
+        "drift": (cmd_drift, "drift of a data file against a reference"),
     }
     for name, (func, text) in commands.items():
         cmd = sub.add_parser(name, help=text, description=text)
@@ -97,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--timeout", type=float, default=STOP_TIMEOUT, help="seconds before SIGKILL")
         if name == "status":
             cmd.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+        if name == "serve":
+            from crispflow.serving.cli import add_arguments
+
+            add_arguments(cmd)
+        if name == "drift":
+            from crispflow.monitoring.cli import add_arguments
+
+            add_arguments(cmd)
     return parser
 
 
