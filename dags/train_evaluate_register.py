@@ -15,6 +15,7 @@ from airflow.sdk import Param, dag, task
 from crispflow_airflow.assets import CURATED_DATASET
 from crispflow_airflow.dag_defaults import START_DATE, default_args
 from crispflow_airflow.operators.blessing import BlessingGateOperator
+from crispflow_airflow.operators.promotion import DeployCanaryOperator
 
 PARAMS = {
     "pipeline": Param(None, type=["null", "string"], pattern=r"^[a-z][a-z0-9_]{0,62}$",
@@ -26,6 +27,10 @@ PARAMS = {
     "force_bless": Param(False, type="boolean",
                          description="If the gate does not bless the model, ask a human to approve it anyway"),
     "force_reason": Param("", type="string", maxLength=500, description="Why (required with force_bless)"),
+    "deploy_strategy": Param("canary", enum=["canary", "shadow", "blue_green", "none"],
+                             description="How a blessed model that is not the first goes live"),
+    "traffic_share": Param(0.2, type="number", exclusiveMinimum=0, maximum=1,
+                           description="Canary: share of entities; shadow: share of requests mirrored"),
 }
 
 
@@ -109,7 +114,7 @@ def train_evaluate_register() -> None:
 
         return evaluate_version(training_job(request, context), version)
 
-    @task.short_circuit
+    @task.short_circuit(ignore_downstream_trigger_rules=False)  # skip the approval only, not `deploy`
     def needs_approval(request: dict, verdict: dict) -> bool:
         """Only a forced request for a model the gate did not bless goes to a human."""
         return bool(request.get("force_bless")) and not verdict["blessed"]
@@ -143,7 +148,18 @@ def train_evaluate_register() -> None:
         response_timeout=timedelta(hours=6),
         execution_timeout=timedelta(hours=6),
     )
-    needs_approval(request, bless.output) >> approve >> record_forced_blessing(request, registered["version"])
+    forced = record_forced_blessing(request, registered["version"])
+    needs_approval(request, bless.output) >> approve >> forced
+    deploy = DeployCanaryOperator(
+        task_id="deploy",
+        pipeline="{{ ti.xcom_pull(task_ids='resolve')['pipeline'] }}",
+        version=registered["version"],
+        strategy="{{ params.deploy_strategy }}",
+        share="{{ params.traffic_share }}",
+        reason="blessed by the gate in {{ dag_run.run_id }}",
+        trigger_rule="none_failed",  # after the gate, and after a forced blessing when one was asked for
+    )
+    [bless, forced] >> deploy
 
 
 train_evaluate_register()

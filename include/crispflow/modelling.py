@@ -123,6 +123,8 @@ def register_challenger(job: Job, parent_run_id: str, results: list[dict[str, An
     selection = json_safe({**best, **info, "threshold": threshold})
     job.mlf.log_text(parent_run_id, json.dumps(selection, indent=2), f"selection/v{reg.version}.json")
     registry.set_alias(job.mlf, job.model_name, CHALLENGER, reg.version)
+    if job.spec.key:  # the model server's sticky canary split hashes this record field
+        job.mlf.set_registered_model_tag(job.model_name, "crispflow.entity_key", job.spec.key)
     return json_safe({"version": reg.version, "created": reg.created, "config_id": best["config_id"],
                       "threshold": threshold, "artifact_sha256": reg.artifact_sha256, **info})
 
@@ -255,9 +257,16 @@ def promote_cold_start(job: Job, version: str) -> dict[str, Any]:
     champion = registry.alias_version(job.mlf, job.model_name, CHAMPION)
     if not verdict.get("blessed"):
         return {"action": "none", "reason": "not blessed", "version": version}
-    if champion is not None:
+    if champion is not None and str(champion.version) != version:
         return {"action": "none", "reason": f"champion v{champion.version} exists: canary decides", "version": version}
-    registry.set_alias(job.mlf, job.model_name, CHAMPION, version)
+    from crispflow import promotion
+    from crispflow.settings import Settings
+
+    ledger = promotion.Ledger(Settings.from_env().ledger_url)
+    state = promotion.current_state(job.mlf, ledger, job.model_name)
+    key = f"{job.run_key}/cold_start/v{version}"
+    transition = None if ledger.find(key) else promotion.cold_start(state, version, "first blessed model")
+    promotion.apply(job.mlf, ledger, job.model_name, transition, move_key=key, actor=job.run_key)
     return {"action": "champion", "version": version}
 
 

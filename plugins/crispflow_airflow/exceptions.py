@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from crispflow.errors import DataRejected, GateMisconfigured, LakeError, ParamsError, SourceError, SpecError
+from crispflow.promotion import PromotionConflict, PromotionRefused
 
 
 class DataQualityFailed(AirflowFailException):
@@ -20,6 +21,10 @@ class GateConfigurationError(AirflowFailException):
 
 class InvalidRequest(AirflowFailException):
     """A run's conf/params or an asset event's payload is malformed."""
+
+
+class PromotionAborted(AirflowFailException):
+    """Another promotion moved the aliases first, or the move is not allowed: nothing was moved."""
 
 
 class SourceUnavailable(AirflowException):
@@ -41,3 +46,5 @@ def as_airflow_errors() -> Iterator[None]:
         raise GateConfigurationError(f"misconfiguration (not a data problem): {exc}") from exc
     except ParamsError as exc:
         raise InvalidRequest(f"invalid request: {exc}") from exc
+    except (PromotionConflict, PromotionRefused) as exc:
+        raise PromotionAborted(f"promotion aborted, no alias moved: {exc}") from exc
