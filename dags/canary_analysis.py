@@ -28,6 +28,7 @@ from crispflow_airflow.operators.promotion import CanaryAnalysisOperator
         "policy": Param({}, type="object", description="Overrides of CanaryPolicy (e.g. {\"min_labels\": 300})"),
     },
     default_args=default_args(execution_timeout=timedelta(minutes=10)),
+    render_template_as_native_obj=True,  # `policy` reaches the operator as a dict
     doc_md=__doc__,
 )
 def canary_analysis() -> None:

@@ -157,7 +157,7 @@ def train_evaluate_register() -> None:
         strategy="{{ params.deploy_strategy }}",
         share="{{ params.traffic_share }}",
         reason="blessed by the gate in {{ dag_run.run_id }}",
-        trigger_rule="none_failed",  # after the gate, and after a forced blessing when one was asked for
+        trigger_rule="none_failed_min_one_success",  # after the gate, and after a forced blessing if asked for
     )
     [bless, forced] >> deploy
 

@@ -5,20 +5,23 @@ plus an absolute tolerance), p95 latency (ratio plus slack; both arms run in the
 shift between the arms' score distributions (PSI; the arms see hash-split populations of the same traffic, so a
 large shift means the models disagree, which holds a promotion until labels decide).
 
-Labelled evidence uses every labelled request since the canary was deployed: the per-request log loss of the
-two arms is compared with a mixture sequential probability ratio test (mSPRT, Johari et al. 2017). Its confidence
-sequence for `loss(canary) - loss(champion)` is valid however often the DAG looks, so checking every ten minutes
-does not inflate the error rate. Decision:
+Labelled evidence uses every labelled request since the canary was deployed, *paired*: both registered models
+re-score each labelled request's logged features, and the per-request difference `loss(canary) - loss(champion)`
+(log loss) is tested. Pairing removes the between-request variance that makes two-arm comparisons need tens of
+thousands of labels. The test is a mixture sequential probability ratio test (mSPRT, Johari et al. 2017): its
+confidence sequence is valid however often the DAG looks, so checking every ten minutes does not inflate the
+error rate. Without pairs (models not loadable), the arms' own labelled losses are compared unpaired. Decision:
 
 - rollback: a guardrail fails, or the canary's loss is significantly higher (lower bound > 0);
-- promote: both arms have `min_labels` labels, no guardrail fails, the score shift is acceptable, and the
-  canary is non-inferior (upper bound < `margin`);
+- promote: at least `min_labels` labelled requests (and the canary arm served `min_requests` in the window), no
+  guardrail fails, the score shift is acceptable, and the canary is non-inferior (upper bound < `margin`);
 - continue: otherwise (not enough evidence yet).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 PROMOTE, ROLLBACK, CONTINUE = "promote", "rollback", "continue"
+FEATURE_PREFIX = "feature."  # how the prediction log stores request features
 _EPS = 1e-6
 
 
@@ -37,7 +41,7 @@ class CanaryPolicy:
     """Thresholds of the canary analysis (defaults suit a low-traffic service; tune per pipeline)."""
 
     min_requests: int = 50  # per arm in the window before guardrails judge
-    min_labels: int = 150  # per arm since deployment before labelled evidence can promote
+    min_labels: int = 200  # labelled requests since deployment before labelled evidence can promote
     alpha: float = 0.05  # error level of the sequential test and of the error-rate test
     margin: float = 0.02  # non-inferiority margin on the mean log loss
     tau: float = 0.05  # mixing scale of the mSPRT (the size of differences it is tuned to find)
@@ -55,17 +59,39 @@ def log_loss_per_row(score: np.ndarray, label: np.ndarray) -> np.ndarray:
     return -(y * np.log(p) + (1 - y) * np.log(1 - p))
 
 
-def msprt_interval(a: np.ndarray, b: np.ndarray, alpha: float, tau: float) -> dict[str, float] | None:
-    """Always-valid (1 - alpha) confidence interval for mean(a) - mean(b) (normal mixture mSPRT); None if empty."""
-    if len(a) < 2 or len(b) < 2:
+def msprt_interval(a: np.ndarray, b: np.ndarray | None, alpha: float, tau: float) -> dict[str, float] | None:
+    """Always-valid (1 - alpha) confidence interval for mean(a) - mean(b), or for mean(a) alone when `b` is None
+    (paired differences); normal-mixture mSPRT. None if there are fewer than two observations."""
+    if len(a) < 2 or (b is not None and len(b) < 2):
         return None
-    diff = float(a.mean() - b.mean())
-    var = float(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+    if b is None:
+        diff, var = float(a.mean()), float(a.var(ddof=1) / len(a))
+    else:
+        diff = float(a.mean() - b.mean())
+        var = float(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
     if var <= 0:
         return {"diff": diff, "lower": diff, "upper": diff, "half_width": 0.0}
     t2 = tau * tau
     half = math.sqrt(2 * var * (var + t2) / t2 * (math.log(1 / alpha) + 0.5 * math.log((var + t2) / var)))
     return {"diff": diff, "lower": diff - half, "upper": diff + half, "half_width": half}
+
+
+def paired_differences(canary_scores: np.ndarray, champion_scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per request: log loss of the canary's score minus the champion's, on the same features and label."""
+    return log_loss_per_row(canary_scores, labels) - log_loss_per_row(champion_scores, labels)
+
+
+def paired_from_log(rows: pd.DataFrame, score: Callable[[str, pd.DataFrame], np.ndarray], *, champion: str,
+                    canary: str) -> np.ndarray | None:
+    """Paired differences for the labelled, served, successful requests of `rows`: `score(version, features)`
+    re-scores the logged features (columns `feature.<name>`) with each version. None if nothing is labelled."""
+    labelled = rows[rows["served"] & (rows["status"] == "ok") & rows["label"].notna()]
+    if labelled.empty:
+        return None
+    feature_columns = [c for c in labelled.columns if c.startswith(FEATURE_PREFIX)]
+    features = labelled[feature_columns].rename(columns=lambda c: c.removeprefix(FEATURE_PREFIX))
+    features = features.reset_index(drop=True)
+    return paired_differences(score(canary, features), score(champion, features), labelled["label"].to_numpy(float))
 
 
 def psi(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> float | None:
@@ -127,11 +153,13 @@ def _arm(frame: pd.DataFrame, alias: str, version: str) -> pd.DataFrame:
 
 
 def analyse(window: pd.DataFrame, since_deploy: pd.DataFrame, *, champion: str, canary: str,
-            policy: CanaryPolicy | None = None) -> dict[str, Any]:
+            policy: CanaryPolicy | None = None, paired: np.ndarray | None = None) -> dict[str, Any]:
     """The canary report: both arms, the guardrails, the labelled test and the decision with its reasons.
 
     `window` holds the analysis interval's rows, `since_deploy` every row since the canary went live; both are
-    prediction-log frames (columns alias, version, served, status, score, latency_ms, label).
+    prediction-log frames (columns alias, version, served, status, score, latency_ms, label). `paired`: per
+    labelled request, loss(canary) - loss(champion), both models scoring the same logged features
+    (`paired_differences`).
     """
     import numpy as np
 
@@ -171,26 +199,30 @@ def analyse(window: pd.DataFrame, since_deploy: pd.DataFrame, *, champion: str, 
         rows = arm[(arm["status"] == "ok") & arm["label"].notna()]
         return log_loss_per_row(rows["score"].to_numpy(float), rows["label"].to_numpy(float))
 
-    loss_c, loss_b = labelled_loss(can_all), labelled_loss(champ_all)
-    test = msprt_interval(loss_c, loss_b, policy.alpha, policy.tau)
-    labelled = {"canary_labels": len(loss_c), "champion_labels": len(loss_b), "metric": "log_loss",
+    if paired is not None and len(paired) >= 2:
+        test, n_labels, design = msprt_interval(paired, None, policy.alpha, policy.tau), len(paired), "paired"
+    else:
+        loss_c, loss_b = labelled_loss(can_all), labelled_loss(champ_all)
+        test, design = msprt_interval(loss_c, loss_b, policy.alpha, policy.tau), "unpaired"
+        n_labels = min(len(loss_c), len(loss_b))
+    labelled = {"labels": n_labels, "design": design, "metric": "log_loss (canary - champion)",
                 "test": "mSPRT (always-valid)", "margin": policy.margin, "interval": test}
 
-    if test is not None and test["lower"] > 0 and min(len(loss_c), len(loss_b)) >= policy.min_labels // 3:
+    if test is not None and test["lower"] > 0 and n_labels >= policy.min_labels // 3:
         failed.append(f"canary log loss higher than champion by {test['diff']:.4f} "
-                      f"(always-valid interval [{test['lower']:.4f}, {test['upper']:.4f}])")
+                      f"(always-valid interval [{test['lower']:.4f}, {test['upper']:.4f}], {design})")
     if failed:
         decision = ROLLBACK
         reasons = failed + reasons
-    elif (test is not None and min(len(loss_c), len(loss_b)) >= policy.min_labels and test["upper"] < policy.margin
+    elif (test is not None and n_labels >= policy.min_labels and test["upper"] < policy.margin
           and enough and not guardrails["score_psi"]["held"]):
         decision = PROMOTE
         reasons.append(f"canary non-inferior: loss difference {test['diff']:+.4f}, upper bound "
-                       f"{test['upper']:.4f} < margin {policy.margin} with {len(loss_c)}/{len(loss_b)} labels")
+                       f"{test['upper']:.4f} < margin {policy.margin} on {n_labels} labelled requests ({design})")
     else:
         decision = CONTINUE
-        if test is None or min(len(loss_c), len(loss_b)) < policy.min_labels:
-            reasons.append(f"{len(loss_c)} canary / {len(loss_b)} champion labels (< {policy.min_labels} each)")
+        if test is None or n_labels < policy.min_labels:
+            reasons.append(f"{n_labels} labelled requests ({design}) < {policy.min_labels}")
         elif test["upper"] >= policy.margin:
             reasons.append(f"not yet shown non-inferior: upper bound {test['upper']:.4f} >= margin {policy.margin}")
         if enough and guardrails["score_psi"]["held"]:

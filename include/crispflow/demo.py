@@ -18,8 +18,12 @@ if TYPE_CHECKING:
 
 INGEST = "ingest_validate"
 TRAIN = "train_evaluate_register"
-# The demo data's simulated months run through 2026; January-September is the training history.
-DEMO_CONF = {"pipeline": "lending_club", "start": "2026-01-01", "end": "2026-10-01"}
+CANARY = "canary_analysis"
+PIPELINE = "lending_club"
+# The demo data's simulated months run through 2026. The first model learns from January-April; a second, trained
+# on January-September, goes live as a canary and is promoted on the live traffic's labelled evidence.
+FIRST_CONF = {"pipeline": PIPELINE, "start": "2026-01-01", "end": "2026-05-01"}
+DEMO_CONF = {"pipeline": PIPELINE, "start": "2026-01-01", "end": "2026-10-01"}
 
 
 def run_and_wait(api: AirflowAPI, dag_id: str, run_id: str | None, conf: dict[str, Any] | None = None,
@@ -50,15 +54,36 @@ def training_run_for(api: AirflowAPI, version_id: str, timeout: float = 120) -> 
     return None
 
 
-def run_demo(api: AirflowAPI, settings: Settings) -> dict[str, Any]:
-    """Ingest, validate and publish the demo data; train, evaluate, register and bless a model on it."""
-    ingest_run = run_and_wait(api, INGEST, None, DEMO_CONF)
+def ingest_and_train(api: AirflowAPI, conf: dict[str, Any]) -> dict[str, Any]:
+    """Ingest an interval; wait for the training run its dataset event starts (or start one) and for it to end."""
+    ingest_run = run_and_wait(api, INGEST, None, conf)
     published = api.xcom(INGEST, ingest_run, "publish")
     version_id = published["dataset_version_id"]
+    # A newly published version starts training through its asset event; otherwise train on it explicitly.
+    train_run = training_run_for(api, version_id) if published["event_emitted"] else None
+    train_run = run_and_wait(api, TRAIN, train_run, {"pipeline": conf["pipeline"], "dataset_version_id": version_id},
+                             timeout=1800)
+    return {"ingest_run": ingest_run, "published": published, "train_run": train_run}
+
+
+def run_demo(api: AirflowAPI, settings: Settings) -> dict[str, Any]:
+    """Two rounds of ingest → validate → publish → train → evaluate → bless; the first model becomes champion, the
+    second goes live as a canary beside it; replayed traffic with delayed labels lets the canary analysis promote it."""
+    first = ingest_and_train(api, FIRST_CONF)
+    second = ingest_and_train(api, DEMO_CONF)
+    summary = _data_summary(api, settings, second["ingest_run"], second["published"])
+    summary["first model"] = _model_summary(api, settings, first["train_run"])["model"]
+    summary.update(_model_summary(api, settings, second["train_run"]))
+    summary.update(canary_phase(api, settings))
+    return summary
+
+
+def _data_summary(api: AirflowAPI, settings: Settings, ingest_run: str, published: dict[str, Any]) -> dict[str, Any]:
+    version_id = published["dataset_version_id"]
     lake_root = UPath(settings.lake_url)
-    manifest = read_manifest(Lake(lake_root), version_id, "lending_club")
+    manifest = read_manifest(Lake(lake_root), version_id, PIPELINE)
     where = {key: str(lake_root / rel) for key, rel in manifest["files"].items()}
-    summary: dict[str, Any] = {
+    return {
         "ingest run": f"{api.base_url}/dags/{INGEST}/runs/{ingest_run}",
         "dataset version": version_id
         + ("" if published["created"] else " (already published by an earlier run: same content, same id)"),
@@ -69,12 +94,90 @@ def run_demo(api: AirflowAPI, settings: Settings) -> dict[str, Any]:
         "quarantine": where["quarantine"],
         "GX report (Data Docs)": where["quality_html"],
     }
-    # A newly published version starts training through its asset event; otherwise train on it explicitly.
-    train_run = training_run_for(api, version_id) if published["event_emitted"] else None
-    train_run = run_and_wait(api, TRAIN, train_run, {"pipeline": "lending_club", "dataset_version_id": version_id},
-                             timeout=1800)
-    summary.update(_model_summary(api, settings, train_run))
-    return summary
+
+
+def holdout_traffic(settings: Settings) -> tuple[Any, list[int]]:
+    """The frozen holdout's rows (features and entity key) and their true labels, to replay as live traffic."""
+    from crispflow.holdout import frozen_record
+    from crispflow.lake import read_parquet
+    from crispflow.spec import load_spec
+
+    spec = load_spec(PIPELINE)
+    lake = Lake(UPath(settings.lake_url))
+    frame = read_parquet(lake.root / frozen_record(lake, PIPELINE)["file"])
+    labels = (frame[spec.target.column].astype(str) == str(spec.target.positive)).astype(int).tolist()
+    return frame[[spec.key, *spec.feature_columns]], labels
+
+
+def canary_phase(api: AirflowAPI, settings: Settings, rounds: int = 6) -> dict[str, Any]:
+    """Replay the holdout through the model server (labels fed back two seconds later) and run the canary
+    analysis after each pass, until it promotes or rolls back the canary."""
+    import requests
+
+    from crispflow import promotion, registry
+    from crispflow.traffic import replay
+
+    mlf = registry.client(settings.mlflow_tracking_uri)
+    name = registry.model_name(PIPELINE)
+    canary = registry.alias_version(mlf, name, promotion.CANARY)
+    if canary is None:
+        return {"canary": "none deployed (the second model was not blessed, or is the champion already)"}
+    _wait_serving(settings, str(canary.version))
+    rows, labels = holdout_traffic(settings)
+    decision, traffic, analysis_run = {"decision": "continue"}, {}, None
+    for _ in range(rounds):
+        stats = replay(settings.serve_url, rows, labels, batch=10, feedback_delay=2.0)
+        traffic = stats.as_dict()
+        if stats.failed:
+            raise CrispflowError(f"the model server failed {stats.failed} records: {stats.errors}")
+        time.sleep(2.5)  # the server's prediction log flushes every second
+        analysis_run = run_and_wait(api, CANARY, None, {"pipeline": PIPELINE}, timeout=600)
+        decision = api.xcom(CANARY, analysis_run, "analyse_and_act")
+        if decision["decision"] != "continue":
+            break
+    ledger = promotion.Ledger(settings.ledger_url).entries(name)
+    metrics = requests.get(f"{settings.serve_url}/metrics", timeout=10).text
+    return {
+        "canary": f"v{canary.version} at {mlf.get_registered_model(name).tags.get(promotion.CANARY_SHARE_TAG)}"
+        " of entities",
+        "traffic (last pass)": traffic,
+        "canary analysis": f"{api.base_url}/dags/{CANARY}/runs/{analysis_run}",
+        "canary decision": f"{decision['decision']}: {'; '.join(decision.get('reasons', []))}",
+        "canary report": decision.get("report", "none"),
+        "promotion ledger": [f"#{e['seq']} {e['action']} {_moves(e['moves'])}" for e in ledger],
+        "model server": f"{settings.serve_url} (metrics: {settings.serve_url}/metrics)",
+        "served records by version (metrics)": _served(metrics),
+    }
+
+
+def _moves(moves: dict[str, list[str | None]]) -> str:
+    return ", ".join(f"{alias} {_v(before)}→{_v(after)}" for alias, (before, after) in moves.items())
+
+
+def _v(version: str | None) -> str:
+    return f"v{version}" if version else "-"
+
+
+def _served(metrics: str) -> str:
+    """The server's per-version, per-alias record counters, from its Prometheus text."""
+    lines = [line for line in metrics.splitlines() if line.startswith("crispflow_serve_predictions_total{")]
+    return "; ".join(lines) or "none"
+
+
+def _wait_serving(settings: Settings, canary: str, timeout: float = 120) -> None:
+    """Until the model server has picked up the canary alias (it polls the registry every few seconds)."""
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            arms = requests.get(f"{settings.serve_url}/model", timeout=5).json().get("aliases", {})
+            if str(arms.get("canary", {}).get("version")) == canary:
+                return
+        except (requests.RequestException, ValueError):
+            pass
+        time.sleep(2)
+    raise CrispflowError(f"the model server at {settings.serve_url} did not load canary v{canary} in {timeout:.0f} s")
 
 
 def _model_summary(api: AirflowAPI, settings: Settings, train_run: str) -> dict[str, Any]:

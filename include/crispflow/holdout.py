@@ -23,6 +23,14 @@ def _pointer(lake: Lake, pipeline: str) -> Any:
     return lake.root / "holdouts" / pipeline / "frozen.json"
 
 
+def frozen_record(lake: Lake, pipeline: str) -> dict[str, Any]:
+    """The record of the pipeline's frozen holdout (hash, rows, file); LakeError before the first training."""
+    pointer = _pointer(lake, pipeline)
+    if not pointer.exists():
+        raise LakeError(f"{pipeline} has no frozen holdout yet (it is cut by the first training run)")
+    return read_json(pointer)
+
+
 def frozen_holdout(lake: Lake, spec: PipelineSpec, dataset: pd.DataFrame,
                    dataset_version_id: str) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The pipeline's holdout and its record; cut from `dataset` if this is the pipeline's first training."""

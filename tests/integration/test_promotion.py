@@ -77,7 +77,7 @@ def test_cold_start_canary_promote_rollback(mlf, versions, ledger) -> None:
 
 
 def test_a_retried_move_is_not_made_twice(mlf, versions, ledger) -> None:
-    v1, v2, v3 = versions
+    v1, _, v3 = versions
     registry.set_alias(mlf, NAME, "champion", v1)
     first = promotion.apply(mlf, ledger, NAME, promotion.deploy(state(mlf), v3, strategy="blue_green", share=1.0,
                                                                 reason="switch"), move_key="k-bg", actor="try 1")

@@ -111,6 +111,12 @@ def test_identical_retrain_is_non_inferior_and_waits_as_challenger(env) -> None:
     assert v["mode"] == "versus_champion" and v["blessed"], v["reasons"]
     assert registry.alias_version(mlf, MODEL, "champion").version == champion.version  # canary decides later
     assert registry.alias_version(mlf, MODEL, "challenger").version == reg["version"]
+    # blessed and not the first: deployed as a canary at the default share, through the ledger
+    deployed = tis[("deploy", -1)].xcom_pull(task_ids="deploy")
+    assert deployed["action"] == "deploy_canary" and deployed["to_version"] == reg["version"]
+    assert registry.alias_version(mlf, MODEL, "canary").version == reg["version"]
+    assert mlf.get_registered_model(MODEL).tags["crispflow.canary_share"] == "0.2"
+    assert mlf.get_registered_model(MODEL).tags["crispflow.entity_key"] == "loan_id"
 
 
 def test_a_challenger_trained_on_shuffled_labels_is_not_blessed(env, tmp_path, monkeypatch) -> None:
@@ -132,6 +138,7 @@ def test_a_challenger_trained_on_shuffled_labels_is_not_blessed(env, tmp_path, m
     assert not v["blessed"] and v["reasons"]
     assert registry.alias_version(mlf, MODEL, "champion").version == champion.version
     assert tis[("approve_forced_blessing", -1)].state == "skipped"  # nobody asked to force it
+    assert tis[("deploy", -1)].state == "skipped"  # not blessed: never deployed
 
     # A forced blessing needs an approver; when approved it is recorded beside the gate's own reasons.
     from crispflow.lake import Lake
@@ -171,3 +178,89 @@ def test_a_single_month_is_not_trained_on_and_an_unknown_version_is_refused(env)
         run_conf={"pipeline": "lending_club", "dataset_version_id": "ds-0123456789abcdef"})
     assert forged.state == "failed"
     assert len(mlf.search_model_versions(f"name = '{MODEL}'")) == before
+
+
+@pytest.fixture
+def model_server(env, tmp_path, monkeypatch):
+    """The real model server (`crispflow serve`, a subprocess) on this module's MLflow, logging under tmp_path."""
+    import subprocess
+    import sys
+    import time
+
+    from support.servers import LOOPBACK, free_port, stop_process
+
+    predictions = (tmp_path / "predictions").as_uri()
+    monkeypatch.setenv("CRISPFLOW_PREDICTIONS_URL", predictions)
+    port = free_port()
+    argv = [str(Path(sys.executable).parent / "crispflow"), "serve", "--model", MODEL, "--port", str(port),
+            "--tracking-uri", os.environ["MLFLOW_TRACKING_URI"], "--predictions-url", predictions,
+            "--poll-interval", "1"]
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://{LOOPBACK}:{port}"
+    deadline = time.monotonic() + 90
+    try:
+        while not _ready(url):
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "model server not ready in 90 s"
+            time.sleep(0.5)
+        yield url
+    finally:
+        stop_process(proc)
+        log.close()
+
+
+def _ready(url: str) -> bool:
+    import requests
+
+    try:
+        return requests.get(f"{url}/ready", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def test_live_canary_is_promoted_and_rolled_back(env, model_server, monkeypatch) -> None:
+    """The canary from the retrain above serves its share of replayed holdout traffic through the real server;
+    labels come back; the canary-analysis DAG promotes it; the rollback DAG puts the old champion back."""
+    import time
+
+    import requests
+
+    from crispflow.demo import holdout_traffic
+    from crispflow.promotion import Ledger
+    from crispflow.settings import Settings
+    from crispflow.traffic import replay
+
+    mlf = env
+    champion = registry.alias_version(mlf, MODEL, "champion").version
+    canary = registry.alias_version(mlf, MODEL, "canary").version
+    deadline = time.monotonic() + 30
+    while requests.get(f"{model_server}/model", timeout=5).json()["aliases"].get("canary", {}).get(
+            "version") != canary:
+        assert time.monotonic() < deadline, "the server did not pick up the canary"
+        time.sleep(0.5)
+
+    rows, labels = holdout_traffic(Settings.from_env())
+    stats = replay(model_server, rows, labels, batch=25, feedback_delay=0.5)
+    assert stats.failed == 0 and stats.feedback == len(rows), stats.errors
+    arms = {arm.split()[0]: n for arm, n in stats.by_arm.items()}
+    assert 0.1 < arms["canary"] / len(rows) < 0.3  # the 20 % share, by entity hash
+    time.sleep(2.5)  # the server's log flushes every second
+
+    _, tis = run("canary_analysis", {"pipeline": "lending_club"})
+    outcome = tis[("analyse_and_act", -1)].xcom_pull(task_ids="analyse_and_act")
+    assert outcome["decision"] == "promote", outcome["reasons"]
+    assert registry.alias_version(mlf, MODEL, "champion").version == canary
+    assert registry.alias_version(mlf, MODEL, "previous").version == champion
+    assert registry.alias_version(mlf, MODEL, "canary") is None
+    report = json.loads(Path(outcome["report"].removeprefix("file://")).read_text())
+    assert report["labelled"]["design"] == "paired" and report["labelled"]["labels"] == len(rows)
+    assert report["window"]["canary"]["requests"] == arms["canary"]
+
+    _, tis = run("rollback", {"pipeline": "lending_club", "reason": "complaints about the new scores"})
+    assert registry.alias_version(mlf, MODEL, "champion").version == champion
+    actions = [e["action"] for e in Ledger(Settings.from_env().ledger_url).entries(MODEL)]
+    assert actions[-3:] == ["deploy_canary", "promote", "rollback"]
+    # nothing left to analyse: the next analysis run is a no-op
+    _, tis = run("canary_analysis", {"pipeline": "lending_club"})
+    assert tis[("analyse_and_act", -1)].xcom_pull(task_ids="analyse_and_act")["decision"] == "none"

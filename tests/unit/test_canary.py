@@ -6,7 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crispflow.canary import CONTINUE, PROMOTE, ROLLBACK, CanaryPolicy, analyse, msprt_interval, psi
+from crispflow.canary import (
+    CONTINUE,
+    PROMOTE,
+    ROLLBACK,
+    CanaryPolicy,
+    analyse,
+    msprt_interval,
+    paired_differences,
+    psi,
+)
 
 RNG = np.random.default_rng(7)
 
@@ -39,12 +48,27 @@ def test_a_better_canary_with_enough_labels_is_promoted() -> None:
     assert report["since_deploy"]["canary"]["roc_auc"] > report["since_deploy"]["champion"]["roc_auc"]
 
 
+def test_paired_evidence_promotes_with_few_labels() -> None:
+    """Both models scoring the same labelled requests: a few hundred labels settle what unpaired arms cannot."""
+    rng = np.random.default_rng(1)
+    frame = log(arm("champion", "1", 400, quality=0.5, rng=rng), arm("canary", "2", 100, quality=0.5, rng=rng))
+    labels = (rng.random(500) < 0.1).astype(float)
+    champion_scores = np.clip(0.1 + 0.3 * labels + rng.normal(0, 0.05, 500), 0.01, 0.99)
+    canary_scores = np.clip(champion_scores + rng.normal(0, 0.005, 500), 0.01, 0.99)
+    unpaired = analyse(frame, frame, champion="1", canary="2", policy=CanaryPolicy(min_labels=90))
+    paired = analyse(frame, frame, champion="1", canary="2", policy=CanaryPolicy(min_labels=90),
+                     paired=paired_differences(canary_scores, champion_scores, labels))
+    assert unpaired["decision"] == CONTINUE and unpaired["labelled"]["design"] == "unpaired"
+    assert paired["decision"] == PROMOTE and paired["labelled"]["design"] == "paired"
+    assert paired["labelled"]["interval"]["half_width"] < unpaired["labelled"]["interval"]["half_width"] / 5
+
+
 def test_too_few_labels_means_continue() -> None:
     frame = log(arm("champion", "1", 400, quality=0.5, labelled=0.1), arm("canary", "2", 400, quality=0.5,
                                                                           labelled=0.1))
     report = analyse(frame, frame, champion="1", canary="2")
     assert report["decision"] == CONTINUE
-    assert any("labels" in r for r in report["reasons"])
+    assert any("labelled requests" in r for r in report["reasons"])
 
 
 def test_a_canary_that_errors_is_rolled_back() -> None:

@@ -116,7 +116,8 @@ class CanaryAnalysisOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from crispflow import promotion
-        from crispflow.canary import PROMOTE, ROLLBACK, CanaryPolicy, analyse
+        from crispflow.canary import PROMOTE, ROLLBACK, CanaryPolicy, analyse, paired_from_log
+        from crispflow.registry import load_verified
 
         mlf, ledger, model = _clients(self.pipeline)
         key = move_key(context)
@@ -132,8 +133,11 @@ class CanaryAnalysisOperator(BaseOperator):
             start, end = self._interval(context)
             deployed = _deployed_at(ledger, model, canary)
             since = _read(model, min(deployed, start), end)
-            report = analyse(since[since["ts"] >= start], since[since["ts"] >= deployed], champion=champion,
-                             canary=canary, policy=CanaryPolicy(**dict(self.policy or {})))
+            live = since[since["ts"] >= deployed]
+            models = {v: load_verified(mlf, model, v) for v in (champion, canary)}  # hash-checked
+            paired = paired_from_log(live, lambda v, x: _score(models[v], x), champion=champion, canary=canary)
+            report = analyse(since[since["ts"] >= start], live, champion=champion, canary=canary,
+                             policy=CanaryPolicy(**dict(self.policy or {})), paired=paired)
             report["interval"] = {"start": start.isoformat(), "end": end.isoformat(),
                                   "deployed_at": deployed.isoformat()}
             where = _store_report(mlf, model, canary, context, report)
@@ -153,13 +157,20 @@ class CanaryAnalysisOperator(BaseOperator):
                 "champion": champion, "canary": canary, "ledger": _summary(entry) if entry else None}
 
     def _interval(self, context: Context) -> tuple[Any, Any]:
-        from datetime import UTC
+        from datetime import UTC, datetime
 
         start, end = context.get("data_interval_start"), context.get("data_interval_end")
         if start is None or end is None or start == end:  # a manual or REST run: the window before it
             end = context["dag_run"].run_after
             start = end - self.window
-        return start.astimezone(UTC), end.astimezone(UTC)
+        # plain stdlib datetimes in UTC (pendulum's arithmetic can drop a stdlib tzinfo)
+        return (datetime.fromtimestamp(start.timestamp(), tz=UTC), datetime.fromtimestamp(end.timestamp(), tz=UTC))
+
+
+def _score(model: Any, features: Any) -> Any:
+    """Positive-class scores of logged features (only the columns the model was fitted on, e.g. no entity key)."""
+    columns = getattr(model, "feature_names_in_", None)
+    return model.predict_proba(features[list(columns)] if columns is not None else features)[:, 1]
 
 
 def _deployed_at(ledger: Any, model: str, canary: str) -> Any:

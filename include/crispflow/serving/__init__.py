@@ -1,0 +1,3 @@
+"""The model server."""
+
+from __future__ import annotations

@@ -1,0 +1,297 @@
+"""Request validation against the model signature, and the model input frame built from validated records.
+
+Every problem is reported per field as `{"record": i, "field": name, "rule": rule, "message": text}`; bad input
+is always a 4xx, never a 500. Rules:
+
+- `json` (400): the body is not JSON (or not UTF-8); `content_type` (415); `max_bytes` / `max_records` (413).
+- `body`, `records`: the body must be `{"records": [record, ...]}` (at least one) or `{"record": {...}}`.
+- `type`: a value of the wrong JSON type for the signature's column type (double/float: a number; long/integer:
+  an integral number; string: text; boolean: true/false; datetime: ISO-8601 text). Booleans are not numbers.
+- `finite`: NaN or ±Infinity (the JSON extensions `NaN`, `Infinity`, or a literal too large for a double).
+- `range`: an integer outside the column's integer type.
+- `missing` / `required`: a field absent or null although the signature marks the column required. A column the
+  signature marks optional (the training example had nulls there) accepts null or absence: the model pipeline
+  imputes it.
+- `extra`: a field that is not a model input (the policy's entity key is allowed: it names the entity).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from crispflow.errors import CrispflowError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+MAX_REPORTED = 100  # field errors listed per response; the count of the rest is given
+_INT_RANGE = {"integer": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
+NUMERIC = frozenset({"double", "float"})
+INTEGRAL = frozenset({"long", "integer"})
+
+
+def problem(record: int | None, field: str | None, rule: str, message: str) -> dict[str, Any]:
+    return {"record": record, "field": field, "rule": rule, "message": message}
+
+
+class PayloadError(CrispflowError):
+    """A request the server refuses: `status` (4xx) and field-level `details`."""
+
+    def __init__(self, status: int, details: list[dict[str, Any]]) -> None:
+        shown = details[:MAX_REPORTED]
+        if len(details) > MAX_REPORTED:
+            shown.append(problem(None, None, "truncated", f"{len(details) - MAX_REPORTED} more problems not shown"))
+        super().__init__("; ".join(f"{d['field'] or 'body'}: {d['message']} [rule: {d['rule']}]" for d in shown[:3]))
+        self.status = status
+        self.details = shown
+
+    @property
+    def rules(self) -> list[str]:
+        return [d["rule"] for d in self.details]
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One model input column: its name, MLflow type name and whether a value is required."""
+
+    name: str
+    kind: str  # double, float, long, integer, string, boolean, datetime, binary, or "any"
+    required: bool = True
+
+    def check(self, value: Any) -> tuple[str, str] | None:
+        """(rule, message) if `value` is not acceptable for this column, else None."""
+        if value is None:
+            return ("required", f"null is not allowed: the model signature marks {self.name!r} required") \
+                if self.required else None
+        kind, got = self.kind, type(value)
+        if kind in NUMERIC:
+            if got is float:
+                return None if math.isfinite(value) else ("finite", f"expected a finite {kind}, got {value!r}")
+            return None if got is int else ("type", f"expected {kind}, got {_json_type(value)}")
+        if kind in INTEGRAL:
+            if got is float:
+                if not math.isfinite(value):
+                    return "finite", f"expected a finite {kind}, got {value!r}"
+                if not value.is_integer():
+                    return "type", f"expected {kind}, got a fractional number {value!r}"
+                value = int(value)
+            elif got is not int:
+                return "type", f"expected {kind}, got {_json_type(value)}"
+            low, high = _INT_RANGE[kind]
+            return None if low <= value <= high else ("range", f"{value} is outside the range of {kind}")
+        if kind in ("string", "binary"):
+            return None if got is str else ("type", f"expected string, got {_json_type(value)}")
+        if kind == "boolean":
+            return None if got is bool else ("type", f"expected boolean, got {_json_type(value)}")
+        if kind == "datetime":
+            if got is not str:
+                return "type", f"expected an ISO-8601 datetime string, got {_json_type(value)}"
+            try:
+                datetime.fromisoformat(value)
+            except ValueError:
+                return "type", f"expected an ISO-8601 datetime string, got {value[:40]!r}"
+        return None
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if value is None:
+        return "null"
+    return "array" if isinstance(value, list) else "object"
+
+
+class InputSchema:
+    """The model's input columns (from its MLflow signature); validates records and builds the input frame.
+
+    `fields` empty means the model has no signature: records must still be objects, but fields are not checked.
+    """
+
+    def __init__(self, fields: Sequence[FieldSpec]) -> None:
+        self.fields = tuple(fields)
+        self.names = tuple(f.name for f in self.fields)
+        self._by_name = {f.name: f for f in self.fields}
+
+    @classmethod
+    def from_signature(cls, signature: Any) -> InputSchema:
+        """From an `mlflow.models.ModelSignature` (None → no checks). Non-scalar column types accept anything."""
+        if signature is None or signature.inputs is None:
+            return cls(())
+        fields = []
+        for col in signature.inputs.inputs:
+            kind = getattr(getattr(col, "type", None), "name", "any")
+            fields.append(FieldSpec(str(col.name), kind if isinstance(kind, str) else "any",
+                                    bool(getattr(col, "required", True))))
+        return cls(fields)
+
+    def to_dict(self) -> list[dict[str, Any]]:
+        return [{"name": f.name, "type": f.kind, "required": f.required} for f in self.fields]
+
+    def check_record(self, index: int, record: Any, allowed_extra: Iterable[str] = ()) -> list[dict[str, Any]]:
+        """The problems of one record (empty when it is valid)."""
+        if not isinstance(record, dict):
+            return [problem(index, None, "type", f"expected a JSON object, got {_json_type(record)}")]
+        if not self.fields:
+            return []
+        found: list[dict[str, Any]] = []
+        present = 0
+        for spec in self.fields:
+            if spec.name not in record:
+                if spec.required:
+                    found.append(problem(index, spec.name, "missing",
+                                         f"required field {spec.name!r} ({spec.kind}) is missing"))
+                continue
+            present += 1
+            bad = spec.check(record[spec.name])
+            if bad is not None:
+                found.append(problem(index, spec.name, *bad))
+        if present < len(record):  # some keys are not model inputs
+            extra = [k for k in record if k not in self._by_name and k not in allowed_extra]
+            found.extend(problem(index, str(k)[:100], "extra", f"{str(k)[:100]!r} is not a model input")
+                         for k in extra)
+        return found
+
+    def frame(self, records: Sequence[dict[str, Any]]) -> pd.DataFrame:
+        """The model input: one column per signature field, in signature order, built column by column."""
+        import numpy as np
+        import pandas as pd
+
+        if not self.fields:
+            return pd.DataFrame.from_records(list(records))
+        columns: dict[str, Any] = {}
+        for spec in self.fields:
+            values = [r.get(spec.name) for r in records]
+            if spec.kind in NUMERIC:
+                columns[spec.name] = np.array([math.nan if v is None else v for v in values], dtype="float64")
+            elif spec.kind in INTEGRAL:
+                has_null = any(v is None for v in values)
+                columns[spec.name] = np.array([math.nan if v is None else v for v in values],
+                                              dtype="float64" if has_null else "int64")
+            elif spec.kind == "datetime":
+                columns[spec.name] = pd.to_datetime(values, format="ISO8601", utc=True)
+            elif spec.kind in ("string", "binary"):
+                columns[spec.name] = [math.nan if v is None else v for v in values]
+            else:
+                columns[spec.name] = values
+        return pd.DataFrame(columns)
+
+
+def check_content_type(content_type: str | None) -> None:
+    """JSON only: `application/json` (any parameters, e.g. charset) or a `+json` media type."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        raise PayloadError(415, [problem(None, None, "content_type",
+                                         f"expected Content-Type application/json, got {media or 'none'!r}")])
+
+
+def parse_json(body: bytes) -> Any:
+    """The decoded JSON body; 400 (rule `json`) if it is not UTF-8 JSON. NaN/Infinity decode to floats, which the
+    field checks then refuse (rule `finite`)."""
+    try:
+        return json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise PayloadError(400, [problem(None, None, "json", f"the body is not UTF-8: {exc.reason}")]) from None
+    except json.JSONDecodeError as exc:
+        raise PayloadError(400, [problem(None, None, "json", f"malformed JSON: {exc.msg} at line {exc.lineno} "
+                                                             f"column {exc.colno}")]) from None
+    except RecursionError:
+        raise PayloadError(400, [problem(None, None, "json", "malformed JSON: nested too deeply")]) from None
+
+
+def records_of(payload: Any, max_records: int) -> list[Any]:
+    """The records of a `/predict` body: `{"records": [...]}` (1 to `max_records`) or `{"record": {...}}`."""
+    if not isinstance(payload, dict):
+        raise PayloadError(422, [problem(None, "body", "body", "expected a JSON object with 'records' (a list of "
+                                                               f"objects) or 'record', got {_json_type(payload)}")])
+    unknown = [k for k in payload if k not in ("records", "record")]
+    if unknown or len(payload) != 1:
+        found = ", ".join(repr(str(k)[:50]) for k in payload) or "nothing"
+        raise PayloadError(422, [problem(None, "body", "body",
+                                         f"expected exactly one of 'records' or 'record', got {found}")])
+    if "record" in payload:
+        return [payload["record"]]
+    records = payload["records"]
+    if not isinstance(records, list):
+        raise PayloadError(422, [problem(None, "records", "records",
+                                         f"expected a list of objects, got {_json_type(records)}")])
+    if not records:
+        raise PayloadError(422, [problem(None, "records", "records", "expected at least one record, got none")])
+    if len(records) > max_records:
+        raise PayloadError(413, [problem(None, "records", "max_records",
+                                         f"{len(records)} records exceed the limit of {max_records} per request")])
+    return records
+
+
+_TRUE = frozenset({"1", "true", "yes", "positive", "pos"})
+_FALSE = frozenset({"0", "false", "no", "negative", "neg"})
+
+
+def parse_label(value: Any, positive: Iterable[str] = (), negative: Iterable[str] = ()) -> int | None:
+    """1 or 0 from true/false, 1/0, "1"/"0", "yes"/"no", "positive"/"negative" or the pipeline's own target
+    values (`positive`, `negative`, compared case-insensitively); None if it is none of these."""
+    if isinstance(value, bool):
+        return int(value)
+    if type(value) is int or (type(value) is float and value in (0.0, 1.0)):
+        return int(value) if value in (0, 1) else None
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE or text in {p.lower() for p in positive}:
+            return 1
+        if text in _FALSE or text in {n.lower() for n in negative}:
+            return 0
+    return None
+
+
+def feedback_items(payload: Any, max_items: int, positive: Iterable[str] = (),
+                   negative: Iterable[str] = ()) -> list[tuple[str, int]]:
+    """(request_id, label) pairs from a `/feedback` body: one `{"request_id", "label"}` object or a list of them."""
+    items = payload if isinstance(payload, list) else [payload]
+    if not items:
+        raise PayloadError(422, [problem(None, "body", "body", "expected at least one feedback item, got none")])
+    if len(items) > max_items:
+        raise PayloadError(413, [problem(None, "body", "max_records",
+                                         f"{len(items)} feedback items exceed the limit of {max_items}")])
+    found: list[dict[str, Any]] = []
+    pairs: list[tuple[str, int]] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            found.append(problem(i, None, "type", f"expected a JSON object, got {_json_type(item)}"))
+            continue
+        found.extend(problem(i, str(k)[:100], "extra", f"{str(k)[:100]!r} is not a feedback field "
+                                                       "(expected request_id, label)")
+                     for k in item if k not in ("request_id", "label"))
+        request_id = item.get("request_id")
+        if not isinstance(request_id, str) or not _is_uuid(request_id):
+            rule = "missing" if request_id is None else "format"
+            shown = repr(request_id)[:40] if isinstance(request_id, str) else _json_type(request_id)
+            found.append(problem(i, "request_id", rule, "expected the request id (a UUID string) returned by "
+                                                        f"/predict, got {shown}"))
+        label = parse_label(item.get("label"), positive, negative)
+        if label is None:
+            rule = "missing" if item.get("label") is None else "type"
+            shown = repr(item.get("label"))[:40]
+            found.append(problem(i, "label", rule, f"expected 1/0, true/false or a class name, got {shown}"))
+        if not found or found[-1]["record"] != i:
+            pairs.append((str(request_id), int(label)))  # type: ignore[arg-type]
+    if found:
+        raise PayloadError(422, found)
+    return pairs
+
+
+def _is_uuid(text: str) -> bool:
+    import uuid
+
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return len(text) <= 36
