@@ -1,0 +1,151 @@
+"""`crispflow drift --reference REF --current CUR [--spec SPEC] [--format table|json] [--importance FILE]`.
+
+REF is a stored profile (`.json`, from `build_profile`/`save_profile`) or a data file (CSV or Parquet, profiled
+on the fly); CUR is a data file. With `--spec` (a pipeline name or a YAML path) the spec chooses the features and
+their types, redacts PII categories and, when both files hold a fully labelled target column, adds the label-rate
+test; without it every non-datetime column of REF is a feature, typed by dtype. `--score-column` names the
+model's score in both files (prediction drift). Exit codes: 0 no drift, 1 drift, 2 bad input (message on stderr
+naming the file, column or field) — including a CUR with fewer rows than `--min-rows`, where no decision is
+possible (the report is still printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from crispflow.errors import CrispflowError
+
+if TYPE_CHECKING:
+    from crispflow.settings import Settings
+    from crispflow.spec import PipelineSpec
+
+DATA_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reference", required=True, metavar="REF", help="profile (.json) or data file (CSV/Parquet)")
+    parser.add_argument("--current", required=True, metavar="CUR", help="data file (CSV/Parquet)")
+    parser.add_argument("--spec", metavar="SPEC", help="pipeline name or spec YAML path (features, types, target)")
+    parser.add_argument("--format", choices=("table", "json"), default="table")
+    parser.add_argument("--importance", metavar="FILE", help='JSON object {"feature": weight >= 0}')
+    parser.add_argument("--score-column", metavar="COL", help="model score column in both files (prediction drift)")
+    parser.add_argument("--html", metavar="FILE", help="also write the HTML report here")
+    parser.add_argument("--alpha", type=float, default=0.01, help="false discovery rate (default 0.01)")
+    parser.add_argument("--min-psi", type=float, default=0.01, help="effect-size floor (default 0.01)")
+    parser.add_argument("--min-drift-share", type=float, default=0.1,
+                        help="importance-weighted share of drifted features for a drift verdict (default 0.1)")
+    parser.add_argument("--min-rows", type=int, default=30, help="fewer current rows: no decision (default 30)")
+
+
+class BadInput(CrispflowError):
+    """The CLI's inputs are unusable; the message names the file or column."""
+
+
+def read_data(path: str, what: str) -> pd.DataFrame:
+    """A CSV or Parquet file as a DataFrame; BadInput naming `what` and the file otherwise."""
+    source = Path(path)
+    kind = DATA_SUFFIXES.get(source.suffix.lower())
+    if kind is None:
+        raise BadInput(f"{what} {source}: unsupported file type {source.suffix!r} (use .csv or .parquet)")
+    if not source.is_file():
+        raise BadInput(f"{what} {source}: no such file")
+    try:
+        return pd.read_csv(source) if kind == "csv" else pd.read_parquet(source)
+    except pd.errors.EmptyDataError:
+        raise BadInput(f"{what} {source}: the file is empty (not even a header)") from None
+    except Exception as exc:  # corrupt parquet, bad CSV quoting, ...: the reader's own words
+        raise BadInput(f"{what} {source}: cannot read as {kind}: {type(exc).__name__}: {exc}") from None
+
+
+def read_spec(value: str, settings: Settings) -> PipelineSpec:
+    from crispflow.spec import load_spec, load_spec_file
+
+    path = Path(value)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return load_spec_file(path)
+    return load_spec(value, settings)
+
+
+def read_importance(path: str) -> dict[str, float]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise BadInput(f"importance {path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadInput(f"importance {path}: not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadInput(f"importance {path}: expected a JSON object of feature -> weight")
+    return data
+
+
+def _labels(spec: PipelineSpec | None, frame: pd.DataFrame) -> Any:
+    if spec is None or spec.target.column not in frame.columns or frame[spec.target.column].isna().any():
+        return None
+    from crispflow.features import labels
+
+    return labels(spec, frame)
+
+
+def _scores(frame: pd.DataFrame, column: str | None, what: str) -> Any:
+    if column is None:
+        return None
+    if column not in frame.columns:
+        raise BadInput(f"{what}: no score column {column!r}")
+    return pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float)
+
+
+def compare(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """The drift report for the parsed arguments (BadInput / DriftInputError / SpecError on bad input)."""
+    from crispflow.monitoring.drift import DriftSettings, compute_drift
+    from crispflow.monitoring.profile import build_profile, load_profile
+
+    spec = read_spec(args.spec, settings) if args.spec else None
+    drift_settings = DriftSettings(alpha=args.alpha, min_psi=args.min_psi, min_drift_share=args.min_drift_share,
+                                   min_rows=args.min_rows)
+    if Path(args.reference).suffix.lower() == ".json":
+        profile = load_profile(args.reference)
+    else:
+        ref = read_data(args.reference, "reference")
+        if args.score_column:  # the score is the model's output, not a feature
+            ref_scores = _scores(ref, args.score_column, f"reference {args.reference}")
+            ref = ref.drop(columns=[args.score_column])
+        else:
+            ref_scores = None
+        if spec is None and not len(ref.columns):
+            raise BadInput(f"reference {args.reference}: no columns")
+        profile = build_profile(spec, ref, scores=ref_scores, labels=_labels(spec, ref))
+    cur = read_data(args.current, "current")
+    importance = read_importance(args.importance) if args.importance else None
+    missing = [c for c in profile["features"] if c not in cur.columns]
+    if missing and len(cur):
+        raise BadInput(f"current {args.current}: missing column(s) {missing} (present in the reference)")
+    return compute_drift(profile, cur, scores=_scores(cur, args.score_column, f"current {args.current}"),
+                         labels=_labels(spec, cur) if profile.get("label") else None,
+                         importance=importance, settings=drift_settings)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the report; 0 no drift, 1 drift, 2 bad input or too few rows to decide."""
+    from crispflow.monitoring.report import render_html, render_json, render_table
+
+    try:
+        report = compare(args, settings)
+    except (CrispflowError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(render_json(report) if args.format == "json" else render_table(report))
+    if args.html:
+        Path(args.html).write_text(render_html(report, title=f"Drift: {Path(args.current).name}"))
+    if report["status"] == "insufficient_data":
+        rows = report["rows"]
+        print(f"error: current {args.current}: {rows} rows (need >= {args.min_rows}), or no feature could be "
+              "tested: no decision", file=sys.stderr)
+        return 2
+    return 1 if report["drift"] else 0
+

@@ -1,0 +1,392 @@
+"""Drift of a window (a DataFrame) against a reference profile: two-sample tests on binned counts, FDR control.
+
+Every window is binned once against the profile's edges/categories (`searchsorted` / hash-factorise, then
+`bincount`), so one pass over the data gives everything below. Tests treat the reference counts as a sample too
+(two-sample tests on counts), so large windows do not turn reference noise into false alarms:
+
+- **numeric** features: Kolmogorov-Smirnov on the binned CDFs with effective n = n·m/(n+m) (asymptotic
+  Kolmogorov p-value with Stephens' small-sample correction; binning only makes it conservative), plus, when
+  either side has missing values, Fisher's exact test of the missing rate; the feature's p-value is the
+  Bonferroni minimum of the two (a window with fewer than `min_rows` values is judged on its missing rate alone,
+  test "missing_rate"). Reported: PSI, Jensen-Shannon distance, Wasserstein distance / reference std.
+- **categorical** features: chi-square test of homogeneity on the 2 x k table (top-k values, "other", "missing";
+  cells expected below 5 are pooled). Unseen values fall into "other" and are listed (not for PII columns).
+  Reported: PSI and Jensen-Shannon distance.
+- **prediction** (scores in the window and in the profile): the numeric test on the score.
+- **label** (labels in both): Fisher's exact test of the positive rate.
+- **performance** (scores and labels in both): precision, recall (at the profile's threshold) and ROC AUC with
+  analytic 95 % CIs; one-sided z-test of "the window is worse" with both standard errors.
+
+**Decisions.** All p-values of a window (features, prediction, label, performance) are adjusted together with
+Benjamini-Hochberg (`crispflow.blessing.benjamini_hochberg`). A feature has drifted when its adjusted p-value is
+<= `alpha` AND its PSI >= `min_psi` (a calibrated test that the change is real, and an effect-size floor so that
+huge windows do not flag trivial changes). The overall verdict is "drift" when the importance-weighted share of
+drifted features is >= `min_drift_share`, or the prediction or label has drifted, or a metric has degraded;
+"insufficient_data" when the window has fewer than `min_rows` rows; else "no_drift". Under no drift the chance
+of a "drift" verdict is at most `alpha` (BH controls the family-wise error under the global null).
+
+Defaults (`DriftSettings`): alpha 0.01, min_psi 0.01, min_drift_share 0.1 (importance weights normalised to sum
+1 over the features; equal weights by default), min_rows 30. NaN, ±inf, unseen categories, constant columns and
+empty windows give explicit statuses ("insufficient_data", "no_reference_data", a note), never exceptions; a
+window without a profiled feature column is bad input (`DriftInputError`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import special
+from scipy.stats import fisher_exact, wasserstein_distance
+
+from crispflow.blessing import benjamini_hochberg
+from crispflow.monitoring.profile import (
+    PERFORMANCE_METRICS,
+    DriftInputError,
+    as_bool_labels,
+    as_scores,
+    bin_sums,
+    category_codes,
+    check_profile,
+    numeric_codes,
+    numeric_values,
+    performance_metrics,
+)
+
+REPORT_FORMAT = "crispflow.drift_report/1"
+MIN_EXPECTED = 5.0  # chi-square cells expected below this are pooled
+_SMOOTH = 0.5  # pseudo-count per bin for PSI (keeps log ratios finite)
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    """Decision settings; see the module docstring for what each one does."""
+
+    alpha: float = 0.01
+    min_psi: float = 0.01
+    min_drift_share: float = 0.1
+    min_rows: int = 30
+
+    def __post_init__(self) -> None:
+        checks = [("alpha", 0 < self.alpha < 1, "must be in (0, 1)"),
+                  ("min_psi", math.isfinite(self.min_psi) and self.min_psi >= 0, "must be a finite number >= 0"),
+                  ("min_drift_share", 0 < self.min_drift_share <= 1, "must be in (0, 1]"),
+                  ("min_rows", self.min_rows >= 1, "must be >= 1")]
+        for name, ok, rule in checks:
+            if not ok:
+                raise DriftInputError(f"drift settings: {name}: {getattr(self, name)!r} {rule}")
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+
+
+def ks_binned(ref: np.ndarray, cur: np.ndarray) -> tuple[float, float]:
+    """(D, p): two-sample KS on binned counts with effective n = n·m/(n+m); NaN, 1.0 when a side is empty."""
+    n, m = float(ref.sum()), float(cur.sum())
+    if n == 0 or m == 0:
+        return math.nan, 1.0
+    d = float(np.abs(np.cumsum(ref) / n - np.cumsum(cur) / m).max())
+    root = math.sqrt(n * m / (n + m))
+    return d, float(special.kolmogorov((root + 0.12 + 0.11 / root) * d))
+
+
+def chi2_homogeneity(ref: np.ndarray, cur: np.ndarray) -> tuple[float, float, int]:
+    """(statistic, p, dof) of the chi-square homogeneity test on the 2 x k table; sparse cells pooled."""
+    ref, cur = np.asarray(ref, dtype=float), np.asarray(cur, dtype=float)
+    n, m = ref.sum(), cur.sum()
+    if n == 0 or m == 0:
+        return math.nan, 1.0, 0
+    keep = (ref + cur) > 0
+    ref, cur = ref[keep], cur[keep]
+    small = min(n, m) * (ref + cur) / (n + m) < MIN_EXPECTED
+    if small.any():
+        ref = np.append(ref[~small], ref[small].sum())
+        cur = np.append(cur[~small], cur[small].sum())
+        if ref.size > 1 and min(n, m) * (ref[-1] + cur[-1]) / (n + m) < MIN_EXPECTED:
+            target = int(np.argmin((ref + cur)[:-1]))  # still sparse: merge into the smallest other cell
+            ref[target] += ref[-1]
+            cur[target] += cur[-1]
+            ref, cur = ref[:-1], cur[:-1]
+    if ref.size < 2:
+        return 0.0, 1.0, 0
+    total = ref + cur
+    e_ref, e_cur = n * total / (n + m), m * total / (n + m)
+    stat = float(((ref - e_ref) ** 2 / e_ref).sum() + ((cur - e_cur) ** 2 / e_cur).sum())
+    dof = ref.size - 1
+    return stat, float(special.chdtrc(dof, stat)), dof
+
+
+def rate_test(ref_hits: int, ref_rows: int, cur_hits: int, cur_rows: int) -> float:
+    """Fisher's exact two-sided p-value for equal rates (1.0 when a side has no rows)."""
+    if ref_rows == 0 or cur_rows == 0:
+        return 1.0
+    table = [[ref_hits, ref_rows - ref_hits], [cur_hits, cur_rows - cur_hits]]
+    return float(fisher_exact(table).pvalue)
+
+
+def psi(ref: np.ndarray, cur: np.ndarray) -> float:
+    """Population stability index over the bins either side uses (pseudo-count 0.5 per bin)."""
+    used = (ref + cur) > 0
+    r, c = ref[used] + _SMOOTH, cur[used] + _SMOOTH
+    p, q = r / r.sum(), c / c.sum()
+    return float(((q - p) * np.log(q / p)).sum())
+
+
+def js_distance(ref: np.ndarray, cur: np.ndarray) -> float:
+    """Jensen-Shannon distance (base 2, in [0, 1]) between the two binned distributions."""
+    p, q = ref / ref.sum(), cur / cur.sum()
+    mid = (p + q) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl_p = np.where(p > 0, p * np.log2(p / mid), 0.0).sum()
+        kl_q = np.where(q > 0, q * np.log2(q / mid), 0.0).sum()
+    return float(math.sqrt(max((kl_p + kl_q) / 2, 0.0)))
+
+
+def wasserstein_binned(ref_counts: np.ndarray, ref_means: np.ndarray, cur_counts: np.ndarray,
+                       cur_means: np.ndarray) -> float:
+    """Wasserstein-1 between the bins' finite means weighted by their counts (NaN when a side has none)."""
+    r_ok = (ref_counts > 0) & np.isfinite(ref_means)
+    c_ok = (cur_counts > 0) & np.isfinite(cur_means)
+    if not r_ok.any() or not c_ok.any():
+        return math.nan
+    return float(wasserstein_distance(ref_means[r_ok], cur_means[c_ok], ref_counts[r_ok], cur_counts[c_ok]))
+
+
+# ------------------------------------------------------------------------------------------------ per column
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def numeric_labels(edges: list[float]) -> list[str]:
+    """Bin labels: below the reference min, [a, b) per bin, above the reference max, then missing."""
+    if not edges:
+        return ["values", "missing"]
+    inner = [f"[{_fmt(a)}, {_fmt(b)})" for a, b in itertools.pairwise(edges)]
+    return [f"< {_fmt(edges[0])}", *inner, f">= {_fmt(edges[-1])}", "missing"]
+
+
+def _proportions(counts: np.ndarray) -> list[float]:
+    total = counts.sum()
+    return (counts / total).tolist() if total else [0.0] * counts.size
+
+
+def _numeric(feat: Mapping[str, Any], series: pd.Series, min_rows: int) -> dict[str, Any]:
+    edges = np.asarray(feat["edges"], dtype=float)
+    ref = np.asarray(feat["counts"], dtype=float)
+    values = numeric_values(series)
+    cur, cur_means = bin_sums(values, numeric_codes(values, edges), edges.size + 2)
+    cur = cur.astype(float)
+    ref_means = np.array([math.nan if v is None else v for v in feat["centroids"]], dtype=float)
+    out: dict[str, Any] = {"kind": "numeric", "test": "ks", "rows": int(values.size)}
+    ref_missing, cur_missing = int(ref[-1]), int(cur[-1])
+    p_missing = rate_test(ref_missing, int(ref.sum()), cur_missing, int(cur.sum())) \
+        if ref_missing + cur_missing else None
+    out["missing"] = {"reference": ref_missing / ref.sum() if ref.sum() else None,
+                      "current": cur_missing / cur.sum() if cur.sum() else None, "p_value": p_missing}
+    out["bins"] = {"labels": numeric_labels(feat["edges"]), "reference": _proportions(ref),
+                   "current": _proportions(cur)}
+    if feat.get("constant"):
+        out["note"] = f"constant in the reference (value {feat.get('min')})"
+    if ref[:-1].sum() == 0:
+        out.update(status="no_reference_data", statistic=None, p_value=p_missing)
+        return out
+    if cur[:-1].sum() < min_rows:  # (almost) no values: only the missing rate can be judged
+        if p_missing is not None:
+            out.update(status="ok", test="missing_rate", statistic=out["missing"]["current"], p_value=p_missing,
+                       psi=psi(ref, cur), js_distance=js_distance(ref, cur))
+        else:
+            out.update(status="insufficient_data", statistic=None, p_value=None)
+        return out
+    d, p_ks = ks_binned(ref[:-1], cur[:-1])
+    p = p_ks if p_missing is None else min(1.0, 2 * min(p_ks, p_missing))
+    std = feat.get("std") or 0.0
+    w = wasserstein_binned(ref[:-1], ref_means[:-1], cur[:-1], cur_means[:-1])
+    out.update(status="ok", statistic=d, p_value=p, psi=psi(ref, cur), js_distance=js_distance(ref, cur),
+               wasserstein_norm=w / std if std > 0 else w)
+    return out
+
+
+def _categorical(feat: Mapping[str, Any], series: pd.Series, min_rows: int) -> dict[str, Any]:
+    categories = feat["categories"]
+    hashed = bool(feat.get("hashed"))
+    ref = np.asarray(feat["counts"], dtype=float)
+    codes, unseen = category_codes(series, categories, hashed)
+    cur = np.bincount(codes, minlength=len(categories) + 2).astype(float)
+    labels = [f"<redacted {i + 1}>" for i in range(len(categories))] if hashed else list(categories)
+    out: dict[str, Any] = {"kind": "categorical", "test": "chi2", "rows": int(codes.size)}
+    out["missing"] = {"reference": ref[-1] / ref.sum() if ref.sum() else None,
+                      "current": cur[-1] / cur.sum() if cur.sum() else None, "p_value": None}
+    out["unseen"] = {"count": len(unseen), "values": ["<redacted>"] * bool(unseen) if hashed else unseen[:20]}
+    out["bins"] = {"labels": [*labels, "other", "missing"], "reference": _proportions(ref),
+                   "current": _proportions(cur)}
+    if ref.sum() == 0:
+        out.update(status="no_reference_data", statistic=None, p_value=None)
+        return out
+    if cur.sum() < min_rows:
+        out.update(status="insufficient_data", statistic=None, p_value=None)
+        return out
+    stat, p, dof = chi2_homogeneity(ref, cur)
+    if len(categories) == 1 and not ref[1:].any():
+        out["note"] = "constant in the reference"
+    out.update(status="ok", statistic=stat, dof=dof, p_value=p, psi=psi(ref, cur), js_distance=js_distance(ref, cur))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ the window
+
+
+def _weights(features: list[str], importance: Mapping[str, float] | None) -> dict[str, float]:
+    if importance is None:
+        return {f: 1.0 / len(features) for f in features}
+    unknown = sorted(set(importance) - set(features))
+    if unknown:
+        raise DriftInputError(f"importance: unknown feature(s) {unknown}")
+    for name, value in importance.items():
+        if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise DriftInputError(f"importance: {name}: {value!r} must be a finite number >= 0")
+    total = float(sum(importance.values()))
+    if total <= 0:
+        raise DriftInputError("importance: the weights must not all be 0")
+    return {f: float(importance.get(f, 0.0)) / total for f in features}
+
+
+def _performance(profile: Mapping[str, Any], scores: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    ref = profile["performance"]
+    cur = performance_metrics(scores, labels, ref["threshold"])
+    out: dict[str, Any] = {"threshold": ref["threshold"], "rows": cur["rows"], "metrics": {}}
+    for name in PERFORMANCE_METRICS:
+        r, c = ref.get(name) or {}, cur[name]
+        entry = {"reference": r.get("value"), "current": c["value"], "ci_low": c["ci_low"], "ci_high": c["ci_high"],
+                 "p_value": None, "status": "insufficient_data"}
+        if r.get("value") is not None and c["value"] is not None and cur["positives"] >= 1:
+            se = math.sqrt((r.get("se") or 0.0) ** 2 + c["se"] ** 2)
+            diff = r["value"] - c["value"]
+            p = float(special.ndtr(-diff / se)) if se > 0 else float(diff <= 0)
+            entry.update(p_value=p, status="ok")
+        out["metrics"][name] = entry
+    return out
+
+
+def json_safe(value: Any) -> Any:
+    """Plain JSON types throughout: numpy scalars to Python, non-finite floats to None."""
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def _empty_report(profile: Mapping[str, Any], rows: int, settings: DriftSettings) -> dict[str, Any]:
+    return {
+        "format": REPORT_FORMAT, "status": "insufficient_data", "drift": False, "rows": rows,
+        "reference_rows": profile["rows"], "settings": asdict(settings), "drift_share": 0.0,
+        "drifted_features": [], "reasons": [f"the window has {rows} rows, fewer than min_rows={settings.min_rows}"],
+        "features": {name: {"kind": feat["kind"], "status": "insufficient_data", "drifted": False, "rows": rows}
+                     for name, feat in profile["features"].items()},
+        "prediction": None, "label": None, "performance": None,
+    }
+
+
+def compute_drift(
+    profile: Mapping[str, Any],
+    window: pd.DataFrame,
+    *,
+    scores: Any = None,
+    labels: Any = None,
+    importance: Mapping[str, float] | None = None,
+    settings: DriftSettings | None = None,
+) -> dict[str, Any]:
+    """The JSON-safe drift report of `window` against `profile` (see the module docstring for every field).
+
+    :param scores: the model's scores for the window's rows (prediction and performance drift), optional.
+    :param labels: boolean labels for the window's rows (label and performance drift), optional.
+    :param importance: feature -> weight >= 0 for the verdict; features not named weigh 0; default equal.
+    """
+    settings = settings or DriftSettings()
+    profile = check_profile(profile)
+    names = list(profile["features"])
+    weights = _weights(names, importance)
+    rows = len(window)
+    if rows < settings.min_rows:
+        return _empty_report(profile, rows, settings)
+    absent = [c for c in names if c not in window.columns]
+    if absent:
+        raise DriftInputError(f"current data: missing feature column(s) {absent}")
+    features: dict[str, dict[str, Any]] = {}
+    for name in names:
+        feat = profile["features"][name]
+        check = _numeric if feat["kind"] == "numeric" else _categorical
+        features[name] = check(feat, window[name], settings.min_rows) | {"weight": weights[name]}
+    tests: list[tuple[str, dict[str, Any]]] = [(n, r) for n, r in features.items() if r["p_value"] is not None]
+
+    prediction = label = performance = None
+    score_arr = as_scores(scores, rows) if scores is not None else None
+    label_arr = as_bool_labels(labels, rows) if labels is not None else None
+    if score_arr is not None and profile.get("prediction"):
+        prediction = _numeric(profile["prediction"], pd.Series(score_arr), settings.min_rows)
+        if prediction["p_value"] is not None:
+            tests.append(("prediction", prediction))
+    if label_arr is not None and profile.get("label"):
+        ref = profile["label"]
+        label = {"reference_rate": ref["positives"] / ref["rows"] if ref["rows"] else None,
+                 "current_rate": float(label_arr.mean()), "rows": rows,
+                 "p_value": rate_test(ref["positives"], ref["rows"], int(label_arr.sum()), rows), "status": "ok"}
+        tests.append(("label", label))
+    if score_arr is not None and label_arr is not None and profile.get("performance"):
+        performance = _performance(profile, score_arr, label_arr)
+        tests += [(f"performance.{n}", m) for n, m in performance["metrics"].items() if m["p_value"] is not None]
+
+    adjusted = benjamini_hochberg([t["p_value"] for _, t in tests]) if tests else []
+    for (_, result), p_adj in zip(tests, adjusted, strict=True):
+        result["p_adjusted"] = p_adj
+        result["threshold"] = settings.alpha
+        significant = p_adj <= settings.alpha
+        result["drifted"] = bool(significant and result.get("psi", math.inf) >= settings.min_psi)
+    reasons: list[str] = []
+    for result in [*features.values(), *(x for x in (prediction, label) if x)]:
+        result.setdefault("drifted", False)
+        result.setdefault("p_adjusted", None)
+    if performance:
+        for metric in performance["metrics"].values():
+            metric["degraded"] = bool(metric.pop("drifted", False))
+            metric.setdefault("p_adjusted", None)
+
+    drifted = [n for n, r in features.items() if r["drifted"]]
+    share = float(sum(weights[n] for n in drifted))
+    if drifted and share >= settings.min_drift_share:
+        reasons.append(f"{len(drifted)} feature(s) drifted (weighted share {share:.3f} >= "
+                       f"{settings.min_drift_share}): {', '.join(drifted)}")
+    elif drifted:
+        reasons.append(f"{len(drifted)} feature(s) drifted but their weighted share {share:.3f} is below "
+                       f"min_drift_share {settings.min_drift_share}: {', '.join(drifted)}")
+    alarm = bool(drifted) and share >= settings.min_drift_share
+    if prediction and prediction["drifted"]:
+        reasons.append(f"prediction drift (KS {prediction['statistic']:.3f}, p_adj {prediction['p_adjusted']:.2g})")
+        alarm = True
+    if label and label["drifted"]:
+        reasons.append(f"label rate {label['reference_rate']:.3f} -> {label['current_rate']:.3f}")
+        alarm = True
+    for name, metric in (performance or {}).get("metrics", {}).items():
+        if metric["degraded"]:
+            reasons.append(f"{name} degraded: {metric['reference']:.3f} -> {metric['current']:.3f}")
+            alarm = True
+    tested = [r for r in features.values() if r["status"] == "ok"]
+    status = "drift" if alarm else ("no_drift" if tested or prediction else "insufficient_data")
+    return json_safe({
+        "format": REPORT_FORMAT, "status": status, "drift": alarm, "rows": rows, "reference_rows": profile["rows"],
+        "settings": asdict(settings), "drift_share": share, "drifted_features": drifted, "reasons": reasons,
+        "features": features, "prediction": prediction, "label": label, "performance": performance,
+    })

@@ -1,0 +1,101 @@
+"""`crispflow drift`: exit codes 0 / 1 / 2 on real files, with and without a spec or a stored profile."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from crispflow.cli.main import main
+from crispflow.monitoring import build_profile, save_profile
+from crispflow.settings import project_root
+from crispflow.spec import load_spec
+
+SPEC = project_root() / "include" / "pipelines" / "lending_club.yaml"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("drift-cli")
+    loans = pd.read_parquet(project_root() / "include" / "data" / "lending_club.parquet")
+    month = loans["application_month"].dt.month
+    paths = {"ref": out / "ref.parquet", "calm": out / "may.csv", "shifted": out / "nov.parquet",
+             "profile": out / "profile.json"}
+    loans[month <= 9].to_parquet(paths["ref"])
+    loans[month == 5].to_csv(paths["calm"], index=False)
+    loans[month == 11].to_parquet(paths["shifted"])
+    save_profile(build_profile(load_spec("lending_club"), loans[month <= 9]), paths["profile"])
+    return paths
+
+
+def drift(capsys, *args: object) -> tuple[int, str, str]:
+    code = main(["drift", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_no_drift_exits_0_and_drift_exits_1_with_a_spec(files, capsys) -> None:
+    code, out, _ = drift(capsys, "--reference", files["ref"], "--current", files["calm"], "--spec", SPEC)
+    assert code == 0 and out.splitlines()[-1].startswith("verdict: no drift")
+    code, out, _ = drift(capsys, "--reference", files["profile"], "--current", files["shifted"],
+                         "--spec", "lending_club", "--format", "json")
+    report = json.loads(out)
+    assert code == 1 and report["drift"] and "int_rate" in report["drifted_features"]
+    assert report["features"]["int_rate"]["test"] == "ks" and report["features"]["sub_grade"]["test"] == "chi2"
+
+
+def test_without_a_spec_types_are_inferred(files, capsys, tmp_path) -> None:
+    html = tmp_path / "report.html"
+    code, out, _ = drift(capsys, "--reference", files["ref"], "--current", files["shifted"], "--html", html)
+    assert code == 1 and "application_month" not in out  # datetimes are skipped
+    assert "int_rate" in out and "<svg" in html.read_text()
+
+
+def test_importance_file_steers_the_verdict(files, capsys, tmp_path) -> None:
+    weights = tmp_path / "importance.json"
+    weights.write_text(json.dumps({"annual_inc": 1.0, "int_rate": 0.01}))
+    code, out, _ = drift(capsys, "--reference", files["profile"], "--current", files["shifted"],
+                         "--importance", weights)
+    assert code == 0 and "below min_drift_share" in out
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"current": "absent.csv"}, "absent.csv: no such file"),
+        ({"current": "data.txt"}, "unsupported file type '.txt'"),
+        ({"current": "corrupt.parquet"}, "corrupt.parquet: cannot read as parquet"),
+        ({"current": "empty.csv"}, "empty.csv: the file is empty"),
+        ({"current": "header_only.csv"}, "0 rows"),
+        ({"current": "no_rate.csv"}, "missing column(s) ['int_rate']"),
+        ({"reference": "bad_profile.json"}, "bad_profile.json: format"),
+        ({"spec": "no_such_pipeline"}, "no such pipeline spec"),
+        ({"importance": "importance.json"}, "importance: unknown feature(s) ['nope']"),
+    ],
+)
+def test_bad_input_exits_2_naming_the_file_or_column(files, capsys, tmp_path, change, message) -> None:
+    calm = pd.read_csv(files["calm"])
+    (tmp_path / "corrupt.parquet").write_bytes(b"PAR1 not really")
+    (tmp_path / "data.txt").write_text("x\n1\n")
+    (tmp_path / "empty.csv").write_text("")
+    calm.iloc[:0].to_csv(tmp_path / "header_only.csv", index=False)
+    calm.drop(columns=["int_rate"]).to_csv(tmp_path / "no_rate.csv", index=False)
+    (tmp_path / "bad_profile.json").write_text(json.dumps({"format": "something else"}))
+    (tmp_path / "importance.json").write_text(json.dumps({"nope": 1}))
+    args = {"reference": str(files["ref"]), "current": str(files["calm"])}
+    args |= {k: (v if k == "spec" else str(tmp_path / v)) for k, v in change.items()}
+    code, _, err = drift(capsys, *[x for k, v in args.items() for x in (f"--{k}", v)])
+    assert code == 2 and message in err
+
+
+def test_random_numeric_file_without_spec(tmp_path, capsys) -> None:
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"a": rng.normal(size=5_000), "b": rng.choice(["u", "v"], 5_000)}).to_csv(tmp_path / "r.csv",
+                                                                                          index=False)
+    pd.DataFrame({"a": rng.normal(size=800), "b": rng.choice(["u", "v"], 800)}).to_csv(tmp_path / "c.csv",
+                                                                                      index=False)
+    code, out, _ = drift(capsys, "--reference", tmp_path / "r.csv", "--current", tmp_path / "c.csv")
+    assert code == 0 and "verdict: no drift" in out
