@@ -2,11 +2,27 @@
 
 Pure numpy/scipy/pandas (no Airflow, no MLflow): `build_profile` at training time, `compute_drift` per window,
 `crispflow.monitoring.report` for the JSON and HTML report, `crispflow drift` (crispflow.monitoring.cli).
+Names are imported lazily: `crispflow --help` must not pay for scipy.
 """
 
 from __future__ import annotations
 
-from crispflow.monitoring.drift import DriftSettings, compute_drift
-from crispflow.monitoring.profile import DriftInputError, build_profile, load_profile, save_profile
+from typing import Any
 
-__all__ = ["DriftInputError", "DriftSettings", "build_profile", "compute_drift", "load_profile", "save_profile"]
+_EXPORTS = {
+    "DriftSettings": "crispflow.monitoring.drift",
+    "compute_drift": "crispflow.monitoring.drift",
+    "DriftInputError": "crispflow.monitoring.profile",
+    "build_profile": "crispflow.monitoring.profile",
+    "load_profile": "crispflow.monitoring.profile",
+    "save_profile": "crispflow.monitoring.profile",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'crispflow.monitoring' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -17,11 +17,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
 from crispflow.errors import CrispflowError
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from crispflow.settings import Settings
     from crispflow.spec import PipelineSpec
 
@@ -48,6 +48,8 @@ class BadInput(CrispflowError):
 
 
 def read_data(path: str, what: str) -> pd.DataFrame:
+    import pandas as pd
+
     """A CSV or Parquet file as a DataFrame; BadInput naming `what` and the file otherwise."""
     source = Path(path)
     kind = DATA_SUFFIXES.get(source.suffix.lower())
@@ -97,6 +99,8 @@ def _scores(frame: pd.DataFrame, column: str | None, what: str) -> Any:
         return None
     if column not in frame.columns:
         raise BadInput(f"{what}: no score column {column!r}")
+    import pandas as pd
+
     return pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float)
 
 

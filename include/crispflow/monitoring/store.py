@@ -1,0 +1,104 @@
+"""The drift-monitoring store, next to the prediction log: one full report per window and alias, one small summary
+per window (what the DriftSensor reads), and the sensor's records of drift episodes and retrains.
+
+Layout under `<predictions root>/<model>/drift/` (window ends formatted `%Y%m%dT%H%M%SZ`, so names sort by time):
+
+    reports/<alias>/<window_end>/report.json, report.html   the full report (per-feature statistics and plots)
+    windows/<window_end>-<alias>.json                        the summary of that window (see `summarise`)
+    episodes/<episode_id>.json                               a drift episode that fired a retrain (written once)
+
+Every file is written atomically (write-then-rename locally, one PUT on S3); episode records are created
+exclusively, so two sensors can never fire the same episode twice. Roots are path-likes: pathlib.Path, UPath or
+Airflow's ObjectStoragePath (use `root_of(url)` for a URL string).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from crispflow.lake import PathLike, canonical_json, create_exclusive, json_safe, write_atomic
+
+WINDOW_FORMAT = "%Y%m%dT%H%M%SZ"
+
+
+def root_of(url: str) -> PathLike:
+    """A path-like for a URL (file://, s3://, or a plain path), without Airflow."""
+    from upath import UPath
+
+    return UPath(url)
+
+
+def drift_dir(root: PathLike, model: str) -> PathLike:
+    return root / model / "drift"
+
+
+def window_key(end: datetime) -> str:
+    """A window's name: its end in UTC, sortable as text."""
+    if end.tzinfo is None:
+        raise ValueError(f"window end must be timezone-aware, got {end.isoformat()}")
+    return end.astimezone(UTC).strftime(WINDOW_FORMAT)
+
+
+def summarise(report: Mapping[str, Any], *, model: str, alias: str, version: str, start: datetime, end: datetime,
+              rows: int, labelled_rows: int, report_path: str) -> dict[str, Any]:
+    """The few fields the sensor and the dashboards need from a drift report (`compute_drift`'s output)."""
+    features = report.get("features", {})
+    drifted = list(report.get("drifted_features", []))
+    return json_safe({
+        "model": model, "alias": alias, "version": str(version),
+        "window_start": start.astimezone(UTC).isoformat(), "window_end": end.astimezone(UTC).isoformat(),
+        "rows": rows, "labelled_rows": labelled_rows,
+        "status": report.get("status"), "drift": bool(report.get("drift")),
+        "drift_share": float(report.get("drift_share") or 0.0), "drifted_features": drifted,
+        "statistics": {name: {k: features[name].get(k) for k in ("test", "statistic", "p_adjusted", "psi")}
+                       for name in drifted if name in features},
+        "prediction_drift": bool((report.get("prediction") or {}).get("drifted")),
+        "report": report_path,
+    })
+
+
+def write_window(root: PathLike, summary: Mapping[str, Any], report: Mapping[str, Any], html: str) -> dict[str, str]:
+    """Store a window's full report (JSON + HTML) and then its summary (the summary last: readers of summaries
+    always find the report). Rewriting the same window replaces it with the same content."""
+    end = datetime.fromisoformat(summary["window_end"])
+    key, alias = window_key(end), summary["alias"]
+    base = drift_dir(root, summary["model"])
+    folder = base / "reports" / alias / key
+    write_atomic(folder / "report.json", json.dumps(json_safe(dict(report)), indent=2, default=str).encode())
+    write_atomic(folder / "report.html", html.encode())
+    write_atomic(base / "windows" / f"{key}-{alias}.json", canonical_json(dict(summary)))
+    return {"json": str(folder / "report.json"), "html": str(folder / "report.html"),
+            "summary": str(base / "windows" / f"{key}-{alias}.json")}
+
+
+def read_windows(root: PathLike, model: str, *, alias: str | None = "champion",
+                 last: int | None = None) -> list[dict[str, Any]]:
+    """Window summaries of `model` (one alias, or all with None), oldest first; the newest `last` if given."""
+    folder = drift_dir(root, model) / "windows"
+    if not folder.exists():
+        return []
+    names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".json") and not p.name.startswith("."))
+    if alias is not None:
+        names = [n for n in names if n.removesuffix(".json").split("-", 1)[1] == alias]
+    if last is not None:
+        names = names[-last:] if last > 0 else []
+    return [json.loads((folder / n).read_bytes()) for n in names]
+
+
+def record_episode(root: PathLike, model: str, episode_id: str, record: Mapping[str, Any]) -> bool:
+    """Record that `episode_id` fired a retrain; True only for the one caller that created the record."""
+    return create_exclusive(drift_dir(root, model) / "episodes" / f"{episode_id}.json",
+                            canonical_json(json_safe(dict(record))))
+
+
+def read_episodes(root: PathLike, model: str) -> list[dict[str, Any]]:
+    """Every recorded episode of `model`, oldest first (by its `fired_at`)."""
+    folder = drift_dir(root, model) / "episodes"
+    if not folder.exists():
+        return []
+    records = [json.loads(p.read_bytes()) for p in folder.iterdir()
+               if p.name.endswith(".json") and not p.name.startswith(".")]
+    return sorted(records, key=lambda r: r.get("fired_at", ""))
