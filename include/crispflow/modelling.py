@@ -122,11 +122,29 @@ def register_challenger(job: Job, parent_run_id: str, results: list[dict[str, An
                             description=job.spec.description)
     selection = json_safe({**best, **info, "threshold": threshold})
     job.mlf.log_text(parent_run_id, json.dumps(selection, indent=2), f"selection/v{reg.version}.json")
+    log_reference_profile(job, reg.version, parent_run_id, model, train, threshold)
     registry.set_alias(job.mlf, job.model_name, CHALLENGER, reg.version)
     if job.spec.key:  # the model server's sticky canary split hashes this record field
         job.mlf.set_registered_model_tag(job.model_name, "crispflow.entity_key", job.spec.key)
     return json_safe({"version": reg.version, "created": reg.created, "config_id": best["config_id"],
                       "threshold": threshold, "artifact_sha256": reg.artifact_sha256, **info})
+
+
+def log_reference_profile(job: Job, version: str, run_id: str, model: Any, train: pd.DataFrame,
+                          threshold: float) -> str:
+    """The version's reference for drift monitoring, from its training rows (features, in-sample scores, labels):
+    logged beside the model and named by the version tag `crispflow.reference_profile`."""
+    from crispflow.features import features, labels
+    from crispflow.monitoring.profile import build_profile
+
+    x = features(job.spec, train)
+    profile = build_profile(job.spec, x, scores=model.predict_proba(x)[:, 1], labels=labels(job.spec, train),
+                            threshold=threshold)
+    path = f"reference_profile/v{version}.json"
+    job.mlf.log_text(run_id, json.dumps(profile), path)
+    uri = f"runs:/{run_id}/{path}"
+    job.mlf.set_model_version_tag(job.model_name, version, "crispflow.reference_profile", uri)
+    return uri
 
 
 def scores(job: Job, version: str, frame: pd.DataFrame) -> tuple[Any, np.ndarray]:

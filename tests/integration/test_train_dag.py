@@ -82,8 +82,12 @@ def test_cold_start_registers_blesses_and_crowns_a_champion(env) -> None:
     mv = mlf.get_model_version(MODEL, reg["version"])
     for tag in ("crispflow.dataset_version_id", "crispflow.holdout_hash", "crispflow.spec_hash",
                 "crispflow.git_commit", "crispflow.dag_id", "crispflow.run_id", registry.SHA_TAG,
-                "crispflow.threshold", "crispflow.holdout_roc_auc"):
+                "crispflow.threshold", "crispflow.holdout_roc_auc", "crispflow.reference_profile"):
         assert mv.tags.get(tag), tag
+    from crispflow.monitoring.profile import check_profile
+
+    profile = check_profile(json.loads(mlflow.artifacts.load_text(mv.tags["crispflow.reference_profile"])))
+    assert profile["rows"] > 2000 and "int_rate" in profile["features"]
     assert mv.tags["crispflow.dataset_version_id"] == version_id
     assert mv.tags["crispflow.run_id"] == dr.run_id
     v = verdict(mlf, reg["version"])

@@ -1,0 +1,85 @@
+"""Training windows: one dataset version assembled from several published ones, with its lineage.
+
+A retrain wants the newest data, but monthly ingests publish small versions (a month of loans is below
+`training.min_rows`). `compose` unions the versions whose intervals end within `window_days` of the newest one,
+keeps the most recently published row for a key that appears in several, and publishes the result like any
+other version: content-addressed, manifest written last and exclusively, `parents` naming every source version.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from crispflow.datasets import Published, load_version
+from crispflow.errors import LakeError
+from crispflow.lake import Lake, canonical_json, create_exclusive, frame_digest, read_json, write_parquet
+
+if TYPE_CHECKING:
+    from crispflow.spec import PipelineSpec
+
+
+def manifests(lake: Lake, pipeline: str) -> list[dict[str, Any]]:
+    """Every published version's manifest, oldest publication first."""
+    folder = lake.root / "curated" / pipeline
+    if not folder.exists():
+        return []
+    found = [read_json(lake.manifest(pipeline, p.name)) for p in folder.iterdir()
+             if p.name.startswith("ds-") and lake.manifest(pipeline, p.name).exists()]
+    return sorted(found, key=lambda m: (m["published_by"]["at"], m["dataset_version_id"]))
+
+
+def _end(manifest: dict[str, Any]) -> datetime:
+    end = datetime.fromisoformat(manifest["interval"]["end"])
+    return end if end.tzinfo else end.replace(tzinfo=UTC)
+
+
+def select(lake: Lake, pipeline: str, window_days: int) -> list[dict[str, Any]]:
+    """The versions whose interval ends within `window_days` of the newest interval end."""
+    found = manifests(lake, pipeline)
+    if not found:
+        raise LakeError(f"{pipeline} has no published dataset version to train on")
+    newest = max(_end(m) for m in found)
+    return [m for m in found if _end(m) > newest - timedelta(days=window_days)]
+
+
+def compose(lake: Lake, spec: PipelineSpec, parents: list[dict[str, Any]], run: dict[str, Any]) -> Published:
+    """Publish the union of `parents` (deduplicated by key, newest publication wins) as one version."""
+    import pandas as pd
+
+    if not parents:
+        raise LakeError("a training window needs at least one dataset version")
+    if len(parents) == 1:
+        only = parents[0]
+        return Published(only["dataset_version_id"], False, only)
+    frames = [load_version(lake, m["dataset_version_id"], spec.name).assign(_order=i) for i, m in enumerate(parents)]
+    union = pd.concat(frames, ignore_index=True).sort_values([spec.key, "_order"])
+    union = union.drop_duplicates(spec.key, keep="last").drop(columns="_order").sort_values(spec.key)
+    union = union.reset_index(drop=True)
+    digest = frame_digest(union)
+    version_id = "ds-" + digest[:16]
+    path = lake.manifest(spec.name, version_id)
+    if path.exists():
+        return Published(version_id, False, read_json(path))
+    newest = parents[-1]
+    vdir = lake.version_dir(spec.name, version_id)
+    write_parquet(vdir / "data.parquet", union)
+    rows_in = sum(m["rows"]["published"] for m in parents)
+    manifest = {
+        **newest,
+        "dataset_version_id": version_id,
+        "content_sha256": digest,
+        "spec_hash": spec.spec_hash(),
+        "batch_id": None,
+        "parents": [m["dataset_version_id"] for m in parents],
+        "interval": {"start": min(m["interval"]["start"] for m in parents),
+                     "end": max(m["interval"]["end"] for m in parents)},
+        "rows": {"in": rows_in, "published": len(union), "quarantined": 0, "duplicates_across_parents":
+                 rows_in - len(union)},
+        "sources": [s for m in parents for s in m["sources"]],
+        "files": {**newest["files"], "data": lake.relative(vdir / "data.parquet")},
+        "published_by": {**run, "at": datetime.now(UTC).isoformat()},
+    }
+    if not create_exclusive(path, canonical_json(manifest)):
+        return Published(version_id, False, read_json(path))
+    return Published(version_id, True, manifest)
