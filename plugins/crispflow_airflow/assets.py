@@ -9,3 +9,6 @@ CURATED_DATASET = Asset(name="crispflow_curated_dataset")
 # Publishing declares the alias and attaches CURATED_DATASET to it only when it really published a new version,
 # so a rerun that finds its version already published emits no second event.
 CURATED_DATASET_PUBLISHED = AssetAlias(name="crispflow_curated_dataset_published")
+# Emitted by DriftSensor (dags/watch_drift.py) once per drift episode; `extra` carries the reason (features,
+# statistics, windows) and the episode id, which retrain_on_drift checks against the episode record in the store.
+DRIFT_DETECTED = Asset(name="crispflow_drift_detected")

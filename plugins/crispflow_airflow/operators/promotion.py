@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from crispflow_airflow.exceptions import as_airflow_errors
+from crispflow_airflow.operators._windows import display_path, predictions_root, run_window
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -130,7 +131,7 @@ class CanaryAnalysisOperator(BaseOperator):
             if canary is None or champion is None:
                 self.log.info("%s: no canary live (champion %s): nothing to analyse", model, champion)
                 return {"decision": "none", "reasons": ["no canary deployed"]}
-            start, end = self._interval(context)
+            start, end = run_window(context, self.window)
             deployed = _deployed_at(ledger, model, canary)
             since = _read(model, min(deployed, start), end)
             live = since[since["ts"] >= deployed]
@@ -156,16 +157,6 @@ class CanaryAnalysisOperator(BaseOperator):
         return {"decision": report["decision"], "reasons": report["reasons"], "report": where,
                 "champion": champion, "canary": canary, "ledger": _summary(entry) if entry else None}
 
-    def _interval(self, context: Context) -> tuple[Any, Any]:
-        from datetime import UTC, datetime
-
-        start, end = context.get("data_interval_start"), context.get("data_interval_end")
-        if start is None or end is None or start == end:  # a manual or REST run: the window before it
-            end = context["dag_run"].run_after
-            start = end - self.window
-        # plain stdlib datetimes in UTC (pendulum's arithmetic can drop a stdlib tzinfo)
-        return (datetime.fromtimestamp(start.timestamp(), tz=UTC), datetime.fromtimestamp(end.timestamp(), tz=UTC))
-
 
 def _score(model: Any, features: Any) -> Any:
     """Positive-class scores of logged features (only the columns the model was fitted on, e.g. no entity key)."""
@@ -180,18 +171,6 @@ def _deployed_at(ledger: Any, model: str, canary: str) -> Any:
     if not deploys:  # a canary alias set outside crispflow: judge what the log holds for it
         return datetime(1970, 1, 1, tzinfo=UTC)
     return datetime.fromisoformat(deploys[-1]["at"])
-
-
-def predictions_root() -> Any:
-    """The prediction log's root as an ObjectStoragePath (with the lake's connection for s3://)."""
-    from airflow.sdk import ObjectStoragePath
-
-    from crispflow.settings import Settings
-
-    settings = Settings.from_env()
-    conn = settings.lake_conn_id
-    return ObjectStoragePath(settings.predictions_url, conn_id=conn) if conn else ObjectStoragePath(
-        settings.predictions_url)
 
 
 def _read(model: str, start: Any, end: Any) -> Any:
@@ -212,7 +191,7 @@ def _store_report(mlf: Any, model: str, canary: str, context: Context, report: d
     write_atomic(path, body.encode())
     mv = mlf.get_model_version(model, canary)
     mlf.log_text(mv.run_id, body, f"canary/{run}.json")
-    return str(path).split("@", 1)[-1] if "://" in str(path) else str(path)
+    return display_path(path)
 
 
 class RollbackOperator(BaseOperator):

@@ -1,0 +1,57 @@
+"""Maintenance phase: watch the drift store and request a retrain once per drift episode, with one alert digest.
+
+Every hour a deferrable `DriftSensor` waits (in the triggerer, up to 55 minutes) until drift persists in k of the
+last n monitoring windows, outside the cooldown and the retrain budget, with enough new labels
+(`crispflow.monitoring.episodes.DriftPolicy`; override with the `policy` param). It records the episode in the
+store exclusively and emits `crispflow_drift_detected` with the reason, which schedules `retrain_on_drift`; then
+`alert` sends one digest of the incident to the configured channels. No episode this hour: both are skipped.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import Param, dag, task
+
+from crispflow_airflow.dag_defaults import START_DATE, default_args
+from crispflow_airflow.sensors.drift import DriftSensor
+
+CHANNELS = [{"kind": "webhook", "conn_id": "crispflow_alerts_webhook", "optional": True},
+            {"kind": "slack", "conn_id": "crispflow_alerts_slack", "optional": True}]
+
+
+@dag(
+    schedule="@hourly",
+    start_date=START_DATE,
+    catchup=False,
+    max_active_runs=1,  # one sensor at a time; the episode record makes even two safe
+    tags=["crispflow", "monitoring"],
+    params={
+        "pipeline": Param("lending_club", type="string", pattern=r"^[a-z][a-z0-9_]{0,62}$",
+                          description="Pipeline whose champion to watch"),
+        "policy": Param({}, type="object", description="Overrides of DriftPolicy, e.g. {\"k\": 3, \"n\": 4}"),
+        "alert_channels": Param(CHANNELS, type="array", items={"type": "object"},
+                                description="Alert channels: webhook / slack (http connection), email (smtp)"),
+    },
+    default_args=default_args(execution_timeout=timedelta(hours=1)),
+    render_template_as_native_obj=True,  # `policy` and `alert_channels` reach the operators as objects
+    doc_md=__doc__,
+)
+def watch_drift() -> None:
+    watch = DriftSensor(task_id="watch", pipeline="{{ params.pipeline }}", policy="{{ params.policy }}",
+                        poke_interval=300, timeout=timedelta(minutes=55))
+
+    @task
+    def alert(**context) -> dict:
+        """One digest per episode: deduplicated in the store, so a retry or a second run sends nothing twice."""
+        from crispflow_airflow.exceptions import as_airflow_errors
+        from crispflow_airflow.notifiers.alerts import DriftAlertNotifier
+
+        with as_airflow_errors():
+            return DriftAlertNotifier(channels=context["params"]["alert_channels"],
+                                      source_task_id="watch").send(context)
+
+    watch >> alert()
+
+
+watch_drift()
