@@ -6,12 +6,13 @@ BIN := $(VENV)/bin
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test up down status lint lock bench clean help
+.PHONY: demo test up prod-local down status lint lock bench clean help
 
 help:
 	@echo "make demo    set up and run the demo on the local stack (Airflow + MLflow)"
 	@echo "make test    set up and run the whole test suite"
 	@echo "make up / down / status   manage the local stack"
+	@echo "make prod-local   the production topology without Docker (Celery, PostgreSQL, Redis, S3 on moto)"
 	@echo "make lint    ruff;  make lock  re-resolve requirements.lock;  make bench  benchmarks"
 
 $(UV):
@@ -30,6 +31,10 @@ demo: $(STAMP)
 
 up: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/crispflow up
+
+# Needs PostgreSQL on 127.0.0.1:5432 (user postgres) and Redis on 127.0.0.1:6379; `make down` stops it.
+prod-local: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/crispflow up --profile prod-local
 
 down:
 	@if [ -x $(BIN)/crispflow ]; then PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/crispflow down; else echo "nothing installed, nothing running"; fi

@@ -163,21 +163,23 @@ def load_version(lake: Lake, version_id: str, pipeline: str | None = None) -> pd
     return frame
 
 
+def published(lake: Lake, pipeline: str) -> list[dict[str, Any]]:
+    """The manifests of every published version of `pipeline`, oldest publication first."""
+    folder = lake.root / "curated" / pipeline
+    if not folder.exists():
+        return []
+    found = [read_json(lake.manifest(pipeline, p.name)) for p in folder.iterdir()
+             if not p.name.startswith(".") and lake.manifest(pipeline, p.name).exists()]
+    return sorted(found, key=lambda m: (m["published_by"]["at"], m["dataset_version_id"]))
+
+
 def latest_version(lake: Lake, pipeline: str, min_rows: int = 0) -> dict[str, Any]:
     """The manifest of the newest published version of `pipeline` with at least `min_rows` published rows.
 
     Newest = the latest interval end, then the latest publication time (a backfill published later does not
     outrank newer data). Raises LakeError naming the pipeline when none qualifies.
     """
-    folder = lake.root / "curated" / pipeline
-    found: list[tuple[str, str, dict[str, Any]]] = []
-    if folder.exists():
-        for child in folder.iterdir():
-            path = lake.manifest(pipeline, child.name)
-            if not child.name.startswith(".") and path.exists():
-                manifest = read_json(path)
-                if manifest["rows"]["published"] >= min_rows:
-                    found.append((manifest["interval"]["end"], manifest["published_by"]["at"], manifest))
+    found = [m for m in published(lake, pipeline) if m["rows"]["published"] >= min_rows]
     if not found:
         raise LakeError(f"pipeline {pipeline!r} has no published dataset version with >= {min_rows} rows")
-    return max(found, key=lambda f: (f[0], f[1]))[2]
+    return max(found, key=lambda m: (m["interval"]["end"], m["published_by"]["at"]))

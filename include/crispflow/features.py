@@ -87,10 +87,16 @@ def column_groups(spec: PipelineSpec) -> dict[str, tuple[str, ...]]:
 
 
 def _as_float(series: pd.Series) -> np.ndarray:
+    if isinstance(series.dtype, np.dtype) and series.dtype.kind in "fiu":  # fast path (serving): plain numpy numbers
+        return series.to_numpy(dtype="float64", copy=True)
     return pd.to_numeric(series, errors="coerce").astype("Float64").to_numpy(dtype="float64", na_value=np.nan)
 
 
 def _as_text(series: pd.Series) -> np.ndarray:
+    if series.dtype == object:  # fast path (serving): Python str or missing only, kept as they are
+        values = series.to_numpy(dtype=object)
+        if all(type(v) is str or v is None or (type(v) is float and v != v) for v in values):
+            return np.array([np.nan if type(v) is not str else v for v in values], dtype=object)
     return series.astype("string").to_numpy(dtype=object, na_value=np.nan)
 
 

@@ -11,22 +11,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from crispflow.datasets import Published, load_version
+from crispflow.datasets import Published, load_version, published
 from crispflow.errors import LakeError
 from crispflow.lake import Lake, canonical_json, create_exclusive, frame_digest, read_json, write_parquet
 
 if TYPE_CHECKING:
     from crispflow.spec import PipelineSpec
-
-
-def manifests(lake: Lake, pipeline: str) -> list[dict[str, Any]]:
-    """Every published version's manifest, oldest publication first."""
-    folder = lake.root / "curated" / pipeline
-    if not folder.exists():
-        return []
-    found = [read_json(lake.manifest(pipeline, p.name)) for p in folder.iterdir()
-             if p.name.startswith("ds-") and lake.manifest(pipeline, p.name).exists()]
-    return sorted(found, key=lambda m: (m["published_by"]["at"], m["dataset_version_id"]))
 
 
 def _end(manifest: dict[str, Any]) -> datetime:
@@ -36,7 +26,7 @@ def _end(manifest: dict[str, Any]) -> datetime:
 
 def select(lake: Lake, pipeline: str, window_days: int) -> list[dict[str, Any]]:
     """The versions whose interval ends within `window_days` of the newest interval end."""
-    found = manifests(lake, pipeline)
+    found = published(lake, pipeline)
     if not found:
         raise LakeError(f"{pipeline} has no published dataset version to train on")
     newest = max(_end(m) for m in found)

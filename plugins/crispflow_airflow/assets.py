@@ -12,3 +12,6 @@ CURATED_DATASET_PUBLISHED = AssetAlias(name="crispflow_curated_dataset_published
 # Emitted by DriftSensor (dags/watch_drift.py) once per drift episode; `extra` carries the reason (features,
 # statistics, windows) and the episode id, which retrain_on_drift checks against the episode record in the store.
 DRIFT_DETECTED = Asset(name="crispflow_drift_detected")
+# Batch scores of a dataset version by a model version; attached to the alias only by the run that committed them.
+BATCH_SCORES = Asset(name="crispflow_batch_scores")
+BATCH_SCORES_COMMITTED = AssetAlias(name="crispflow_batch_scores_committed")

@@ -9,6 +9,8 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from crispflow.errors import DataRejected, GateMisconfigured, LakeError, ParamsError, SourceError, SpecError
 from crispflow.promotion import PromotionConflict, PromotionRefused
+from crispflow.registry import RegistryError
+from crispflow.scoring import ScoringError
 
 
 class DataQualityFailed(AirflowFailException):
@@ -25,6 +27,14 @@ class InvalidRequest(AirflowFailException):
 
 class PromotionAborted(AirflowFailException):
     """Another promotion moved the aliases first, or the move is not allowed: nothing was moved."""
+
+
+class ScoringFailed(AirflowFailException):
+    """The scoring request or the stored plan/parts are inconsistent: retrying cannot help."""
+
+
+class ModelRefused(AirflowFailException):
+    """The registry's model failed its artifact hash check (or is incomplete): never used, never retried."""
 
 
 class SourceUnavailable(AirflowException):
@@ -48,3 +58,7 @@ def as_airflow_errors() -> Iterator[None]:
         raise InvalidRequest(f"invalid request: {exc}") from exc
     except (PromotionConflict, PromotionRefused) as exc:
         raise PromotionAborted(f"promotion aborted, no alias moved: {exc}") from exc
+    except RegistryError as exc:
+        raise ModelRefused(f"model refused: {exc}") from exc
+    except ScoringError as exc:
+        raise ScoringFailed(f"scoring: {exc}") from exc

@@ -61,6 +61,7 @@ class Stack:
     env: dict[str, str]
     airflow_port: int
     mlflow_port: int
+    serve_port: int
 
     def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -87,14 +88,15 @@ def _clean_env() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("stack")
-    airflow_port, mlflow_port = _free_ports(2)
+    airflow_port, mlflow_port, serve_port = _free_ports(3)
     env = _clean_env() | {
         "CRISPFLOW_HOME": str(base / "home"),
         "CRISPFLOW_PROJECT_ROOT": str(ROOT),
         "CRISPFLOW_AIRFLOW_PORT": str(airflow_port),
         "CRISPFLOW_MLFLOW_PORT": str(mlflow_port),
+        "CRISPFLOW_SERVE_PORT": str(serve_port),
     }
-    live = Stack(base / "home", env, airflow_port, mlflow_port)
+    live = Stack(base / "home", env, airflow_port, mlflow_port, serve_port)
     started = time.monotonic()
     result = live.run("up", timeout=400)
     try:
@@ -114,6 +116,7 @@ def test_up_reports_a_healthy_stack(live: Stack) -> None:
         "airflow-scheduler",
         "airflow-dag-processor",
         "airflow-triggerer",
+        "model-server",
     }
     assert all(p["alive"] and p["healthy"] and p["pid"] for p in status["processes"])
     assert status["airflow_url"] == f"http://127.0.0.1:{live.airflow_port}"
@@ -121,6 +124,9 @@ def test_up_reports_a_healthy_stack(live: Stack) -> None:
     assert status["login"]["username"] == "admin" and status["login"]["password"]
     assert status["paths"]["home"] == str(live.home)
     assert requests.get(f"{status['mlflow_url']}/health", timeout=5).status_code == 200
+    assert status["serve_url"] == f"http://127.0.0.1:{live.serve_port}"
+    assert requests.get(f"{status['serve_url']}/health", timeout=5).status_code == 200
+    assert f"Model server  {status['serve_url']}" in live.run("status").stdout
 
 
 def test_up_again_is_a_no_op(live: Stack) -> None:
@@ -171,6 +177,6 @@ def test_down_stops_everything_it_started(live: Stack) -> None:
     assert not [r.name for r in records if is_alive(r.pid)]
     assert not [pid for pid in members if is_alive(pid)], "a child process outlived `down`"
     assert not list((live.home / "run").glob("*.pid"))
-    assert not port_in_use(live.airflow_port) and not port_in_use(live.mlflow_port)
+    assert not [port for port in (live.airflow_port, live.mlflow_port, live.serve_port) if port_in_use(port)]
     assert live.run("status").returncode == 1
     assert live.run("down").returncode == 0

@@ -14,6 +14,7 @@ import importlib.metadata
 import importlib.util
 import json
 import re
+import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator
@@ -45,15 +46,23 @@ AIRFLOW_SERVICES = (
 )
 REQUIRED_SERVICES = {
     *AIRFLOW_SERVICES,
-    *("postgres", "redis", "mlflow", "minio", "minio-init", "prometheus", "grafana"),
+    *("postgres", "redis", "mlflow", "minio", "minio-init", "model-server", "prometheus", "grafana"),
 }
 ONE_SHOT = {"airflow-init", "minio-init"}  # run to completion; everything else is long-running
 # Variables an Airflow service may add to the shared environment (never an Airflow setting or connection).
 SERVICE_ENV_EXTRAS = {"airflow-worker": {"DUMB_INIT_SETSID"}}
-PUBLISHED_PORTS = {"airflow-api-server": 8080, "mlflow": 5000, "minio": 9001, "prometheus": 9090, "grafana": 3000}
+PUBLISHED_PORTS = {
+    "airflow-api-server": 8080,
+    "mlflow": 5000,
+    "model-server": 8000,
+    "minio": 9001,
+    "prometheus": 9090,
+    "grafana": 3000,
+}
 MLFLOW_CLI_SOURCES = ("cli/__init__.py", "utils/cli_args.py", "environment_variables.py")
-# Bind mounts of files a later milestone adds (monitoring); they must refuse to start rather than create folders.
-LATER_MILESTONE_MOUNTS = {"include/monitoring/prometheus.yml", "include/monitoring/grafana"}
+# Bind mounts of configuration: they must exist, and refuse to start rather than create empty folders.
+CONFIG_MOUNTS = {"include/monitoring/prometheus.yml", "include/monitoring/grafana"}
+COMPOSE_SCHEMA = Path(__file__).with_name("compose-spec.json")  # compose-spec/compose-spec schema/, Apache-2.0
 
 # --- the Compose Specification (compose-spec/compose-spec, schema/compose-spec.json, as of June 2026) -----------
 TOP_LEVEL_KEYS = {"services", "volumes", "networks", "secrets", "configs", "name"}  # + x-* extensions
@@ -111,6 +120,8 @@ DELIBERATELY_DIFFERENT = {
     "AIRFLOW__API__HOST": "0.0.0.0 inside the container; the port mapping publishes it on 127.0.0.1",
     "CRISPFLOW_PROJECT_ROOT": "the image's /opt/airflow (set by the Dockerfile)",
     "CRISPFLOW_LAKE_URL": "the lake bucket on MinIO instead of a local folder",
+    "CRISPFLOW_PREDICTIONS_URL": "the predictions bucket on MinIO instead of a folder of the local lake",
+    "CRISPFLOW_LEDGER_URL": "the ledger database on the postgres service instead of a SQLite file",
     "MLFLOW_TRACKING_URI": "the mlflow service",
 }
 # ... and the local variables that have no meaning in a container.
@@ -120,6 +131,7 @@ LOCAL_ONLY = {
     "CRISPFLOW_HOME": "the local stack's state folder",
     "CRISPFLOW_AIRFLOW_PORT": "the local stack's port choice",
     "CRISPFLOW_MLFLOW_PORT": "the local stack's port choice",
+    "CRISPFLOW_SERVE_PORT": "the local stack's port choice (compose: the model-server service, port 8000)",
 }
 
 
@@ -368,11 +380,10 @@ def test_named_volumes_are_declared_and_bind_mounts_exist() -> None:
             elif volume["type"] == "bind":
                 relative = volume["source"].removeprefix("./").rstrip("/")
                 assert not Path(relative).is_absolute() and ".." not in relative, f"{name}: bind {relative}"
-                if relative in LATER_MILESTONE_MOUNTS:
+                if relative in CONFIG_MOUNTS:
                     assert volume.get("bind", {}).get("create_host_path") is False, f"{name}: {relative}"
                     assert volume.get("read_only") is True, f"{name}: {relative} must be read-only"
-                else:
-                    assert (ROOT / relative).exists(), f"{name}: bind mount source {relative} does not exist"
+                assert (ROOT / relative).exists(), f"{name}: bind mount source {relative} does not exist"
     assert declared == used, f"declared but unused volumes: {sorted(declared - used)}"
 
 
@@ -499,6 +510,9 @@ def local_airflow_env(tmp_path: Path) -> dict[str, str]:
         lake_url=(tmp_path / "lake").as_uri(),
         lake_conn_id=None,
         mlflow_tracking_uri="http://127.0.0.1:5000",
+        predictions_url=(tmp_path / "lake" / "predictions").as_uri(),
+        serve_port=8000,
+        ledger_url=f"sqlite:///{tmp_path / '.crispflow' / 'ledger.db'}",
     )
     return airflow_env(settings, Ports(), Secrets("admin-pw", "jwt", "api-key", "fernet"))
 
@@ -540,7 +554,7 @@ def test_airflow_talks_to_the_api_server_minio_and_mlflow_by_service_name() -> N
     api = urlsplit(env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"])
     assert (api.hostname, api.port, api.path) == ("airflow-api-server", 8080, "/execution/")
     assert env["AIRFLOW__API__PORT"] == "8080"
-    assert env["CRISPFLOW_LAKE_URL"] == f"s3://{example['LAKE_BUCKET']}/"
+    assert env["CRISPFLOW_LAKE_URL"] == f"s3://{example['LAKE_BUCKET']}/lake"
     lake = json.loads(env[f"AIRFLOW_CONN_{env['CRISPFLOW_LAKE_CONN_ID'].upper()}"])
     assert lake["conn_type"] == "aws" and lake["extra"]["endpoint_url"] == "http://minio:9000"
     assert (lake["login"], lake["password"]) == (example["LAKE_S3_USER"], example["LAKE_S3_PASSWORD"])
@@ -615,7 +629,9 @@ def test_minio_init_creates_both_buckets() -> None:
     assert env["LAKE_BUCKET"] == "${LAKE_BUCKET:-crispflow-lake}" and "$$LAKE_BUCKET" in script
     assert env["MLFLOW_ARTIFACTS_BUCKET"] == "${MLFLOW_ARTIFACTS_BUCKET:-mlflow-artifacts}"
     assert "mc mb --ignore-existing" in script and "$$MLFLOW_ARTIFACTS_BUCKET" in script
-    for name in ("airflow-worker", "mlflow"):
+    assert env["PREDICTIONS_BUCKET"] == "${PREDICTIONS_BUCKET:-crispflow-predictions}"
+    assert 'grant "$$PREDICTIONS_BUCKET"' in script
+    for name in ("airflow-worker", "mlflow", "model-server"):
         assert services()[name]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
 
 
@@ -662,3 +678,196 @@ def test_dockerfile_and_dockerignore_hold_no_secrets() -> None:
 def test_files_end_with_a_newline_and_have_no_tabs(path: Path) -> None:
     text = path.read_text()
     assert text.endswith("\n") and "\t" not in text, path.name
+
+
+# --- the Compose Specification's JSON schema; `docker compose config` where a compose binary exists ------------------
+@pytest.mark.parametrize("stage", ["as written", "interpolated with .env.example"])
+def test_compose_file_validates_against_the_compose_spec_schema(stage: str) -> None:
+    import jsonschema
+
+    schema = json.loads(COMPOSE_SCHEMA.read_text())
+    document = compose() if stage == "as written" else resolved()
+    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(document), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{'/'.join(map(str, e.path))}: {e.message[:200]}" for e in errors[:10])
+
+
+def _compose_command() -> list[str] | None:
+    """`docker compose` (the v2 plugin) or a standalone v2 `docker-compose`; None without one (no v1: it predates
+    the Compose Specification features this file uses)."""
+    import shutil
+
+    candidates = [["docker", "compose"], ["docker-compose"]]
+    for command in candidates:
+        if not shutil.which(command[0]):
+            continue
+        probe = subprocess.run([*command, "version", "--short"], capture_output=True, text=True, check=False)
+        if probe.returncode == 0 and re.match(r"v?2\.", probe.stdout.strip()):
+            return command
+    return None
+
+
+def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
+    command = _compose_command()
+    if command is None:
+        pytest.skip("no Compose v2 binary (docker compose / docker-compose v2): the schema test validates instead")
+    env_file = tmp_path / ".env"
+    env_file.write_text(ENV_EXAMPLE.read_text())
+    result = subprocess.run(
+        [*command, "-f", str(COMPOSE_FILE), "--env-file", str(env_file), "config", "-q"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+# --- the same processes as the prod-local profile (crispflow up --profile prod-local) -------------------------------
+# Settings the prod-local profile and compose set differently on purpose, and why.
+PROD_LOCAL_ONLY = {
+    "AIRFLOW__OPERATORS__DEFAULT_QUEUE": "a queue per home: several prod-local stacks share one Redis",
+    "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX": "a key prefix per home, for the same reason",
+    "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "explicit (6 h); compose keeps Airflow's 24 h",
+    "AIRFLOW__CELERY__RESULT_BACKEND": "explicit; compose lets it default to the metadata DB, the same database",
+    "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "off: port 8974 would collide between stacks on one machine",
+    "AIRFLOW_CONN_CRISPFLOW_S3": "the lake connection is named crispflow_lake in compose (MinIO, its own user)",
+    "MLFLOW_TRACKING_USERNAME": "compose: the mlflow_default connection carries the credentials (MlflowHook)",
+    "MLFLOW_TRACKING_PASSWORD": "compose: the mlflow_default connection carries the credentials (MlflowHook)",
+    "CRISPFLOW_S3_PORT": "the moto server's port",
+}
+COMPOSE_ONLY = {
+    "AIRFLOW__CELERY__BROKER_URL": "present in both; compare only its scheme (Redis with a password in compose)",
+    "AIRFLOW_CONN_CRISPFLOW_LAKE": "the lake connection (prod-local: AIRFLOW_CONN_CRISPFLOW_S3)",
+    "AIRFLOW__METRICS__OTEL_ON": "metrics to Prometheus; prod-local runs no Prometheus",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "metrics to Prometheus; prod-local runs no Prometheus",
+    "OTEL_SERVICE_NAME": "metrics to Prometheus; prod-local runs no Prometheus",
+    "OTEL_METRIC_EXPORT_INTERVAL": "metrics to Prometheus; prod-local runs no Prometheus",
+    "AIRFLOW__LOGGING__BASE_LOG_FOLDER": "present in both (a volume in compose)",
+    "AIRFLOW__CORE__DAGS_FOLDER": "set by the Dockerfile",
+    "AIRFLOW__CORE__PLUGINS_FOLDER": "set by the Dockerfile",
+    "CRISPFLOW_PROJECT_ROOT": "set by the Dockerfile",
+}
+# compose service -> prod-local process (the worker: its first instance; compose scales one service instead)
+SAME_PROCESS = {
+    "airflow-api-server": "airflow-api-server",
+    "airflow-scheduler": "airflow-scheduler",
+    "airflow-dag-processor": "airflow-dag-processor",
+    "airflow-triggerer": "airflow-triggerer",
+    "airflow-worker": "airflow-worker-1",
+    "mlflow": "mlflow",
+    "model-server": "model-server",
+}
+# flags whose values differ by design: addresses, ports, URLs, per-stack names, process counts
+VALUE_FLAGS = {
+    "--host",
+    "--port",
+    "--workers",
+    "--tracking-uri",
+    "--predictions-url",
+    "--artifacts-destination",
+    "--celery-hostname",
+    "--queues",
+    "--concurrency",
+}
+
+
+@functools.cache
+def prod_local_profile() -> Any:
+    from crispflow.cli.profiles import build_profile
+
+    settings = Settings.from_env()
+    creds = Secrets("admin-pw", "jwt", "api-key", "fernet", "mlflow-admin-pw", "flask")
+    return build_profile("prod-local", settings, Ports(), creds)
+
+
+def _words(argv: list[str] | tuple[str, ...]) -> tuple[list[str], set[str]]:
+    """(the words before the first flag, the flags) of a command line, program path and `--x=y` values dropped."""
+    words, flags, seen_flag = [], set(), False
+    for arg in argv:
+        if arg.startswith("-"):
+            seen_flag = True
+            flags.add(arg.split("=", 1)[0])
+        elif not seen_flag:
+            words.append(Path(arg).name)
+    return words, flags
+
+
+def compose_argv(name: str) -> list[str]:
+    """What the container runs, as the prod-local argv would write it: the image's entrypoint runs `airflow`."""
+    service = resolved()["services"][name]
+    command = service.get("command") or []
+    command = [command] if isinstance(command, str) else list(command)
+    if name == "airflow-api-server":  # a shell line that ends in `exec /entrypoint airflow api-server`
+        return command[0].split("exec /entrypoint ", 1)[1].split()
+    if name in AIRFLOW_SERVICES:
+        return ["airflow", *command]
+    return command
+
+
+@pytest.mark.parametrize("service", sorted(SAME_PROCESS))
+def test_each_service_runs_the_command_prod_local_runs(service: str) -> None:
+    process = {p.name: p for p in prod_local_profile().processes}[SAME_PROCESS[service]]
+    compose_words, compose_flags = _words(compose_argv(service))
+    local_words, local_flags = _words(process.argv)
+    assert compose_words == local_words, f"{service}: compose runs {compose_words}, prod-local {local_words}"
+    assert compose_flags - VALUE_FLAGS == local_flags - VALUE_FLAGS, f"{service}: flags differ"
+
+
+def test_published_ports_are_the_prod_local_defaults() -> None:
+    processes = {p.name: p for p in prod_local_profile().processes}
+    for service, port in PUBLISHED_PORTS.items():
+        if service in SAME_PROCESS:
+            assert processes[SAME_PROCESS[service]].port == port, f"{service}: prod-local default port differs"
+
+
+def test_airflow_environment_matches_prod_local() -> None:
+    local = {p.name: p for p in prod_local_profile().processes}["airflow-scheduler"].env
+    production = effective_airflow_env()
+    assert production["AIRFLOW__CORE__EXECUTOR"] == local["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    for key in ("AIRFLOW__CELERY__BROKER_URL", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "CRISPFLOW_LEDGER_URL"):
+        assert urlsplit(production[key]).scheme == urlsplit(local[key]).scheme, key
+    for key in ("CRISPFLOW_LAKE_URL", "CRISPFLOW_PREDICTIONS_URL"):
+        assert urlsplit(production[key]).scheme == urlsplit(local[key]).scheme == "s3", key
+        assert urlsplit(production[key]).path == urlsplit(local[key]).path, f"{key}: same layout in the bucket"
+    local_keys = set(local) - set(LOCAL_ONLY)
+    missing = local_keys - set(production) - set(PROD_LOCAL_ONLY)
+    extra = set(environment(services()["airflow-api-server"])) - local_keys - set(COMPOSE_ONLY)
+    assert not missing, f"prod-local sets, compose does not: {sorted(missing)}"
+    assert not extra, f"compose sets, prod-local does not: {sorted(extra)}"
+    stale = (set(PROD_LOCAL_ONLY) - local_keys) | {k for k in COMPOSE_ONLY if k not in production}
+    assert not stale, f"allow-list entries that no longer apply: {sorted(stale)}"
+
+
+@pytest.mark.parametrize("service", ["mlflow", "model-server"])
+def test_server_environment_matches_prod_local(service: str) -> None:
+    local = set({p.name: p for p in prod_local_profile().processes}[SAME_PROCESS[service]].env)
+    local = {key for key in local if not key.startswith("CRISPFLOW_") or key == "CRISPFLOW_PREDICTIONS_URL"}
+    local -= {"PATH"}
+    production = set(environment(services()[service]))
+    # the model server: compose names its port; prod-local passes it on the command line only
+    assert local - production == set(), f"{service}: prod-local sets {sorted(local - production)}, compose not"
+    assert production - local <= {"CRISPFLOW_SERVE_PORT", "AWS_DEFAULT_REGION", "MLFLOW_SERVER_ALLOWED_HOSTS"}, (
+        f"{service}: compose sets {sorted(production - local)}, prod-local not"
+    )
+
+
+def test_monitoring_is_provisioned() -> None:
+    prometheus = yaml.safe_load((ROOT / "include" / "monitoring" / "prometheus.yml").read_text())
+    targets = {t for job in prometheus["scrape_configs"] for c in job["static_configs"] for t in c["targets"]}
+    assert "model-server:8000" in targets
+    assert "--web.enable-otlp-receiver" in services()["prometheus"]["command"]
+    otlp = urlsplit(effective_airflow_env()["OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"])
+    assert (otlp.hostname, otlp.port, otlp.path) == ("prometheus", 9090, "/api/v1/otlp/v1/metrics")
+    assert effective_airflow_env()["AIRFLOW__METRICS__OTEL_ON"] == "True"
+    grafana = ROOT / "include" / "monitoring" / "grafana"
+    datasource = yaml.safe_load((grafana / "datasources" / "prometheus.yml").read_text())["datasources"][0]
+    assert datasource["url"] == "http://prometheus:9090"
+    provider = yaml.safe_load((grafana / "dashboards" / "dashboards.yml").read_text())["providers"][0]
+    assert provider["options"]["path"] == "/etc/grafana/provisioning/dashboards"
+    dashboards = [json.loads(path.read_text()) for path in (grafana / "dashboards").glob("*.json")]
+    assert dashboards, "no dashboard to provision"
+    exprs = " ".join(t["expr"] for d in dashboards for panel in d["panels"] for t in panel["targets"])
+    for metric in ("crispflow_serve_requests_total", "crispflow_serve_request_latency_seconds_bucket", "airflow_"):
+        assert metric in exprs, f"no panel shows {metric}"
+    for dashboard in dashboards:
+        assert {t["datasource"]["uid"] for p in dashboard["panels"] for t in p["targets"]} == {datasource["uid"]}

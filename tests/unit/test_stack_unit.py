@@ -32,6 +32,7 @@ from crispflow.cli.processes import (
     is_alive,
     is_ours,
     launch,
+    proc_cmdline,
     proc_info,
     read_pid_records,
     stop_records,
@@ -40,13 +41,21 @@ from crispflow.cli.processes import (
 from crispflow.cli.profiles import ProcessSpec, Profile, airflow_env, build_profile
 from crispflow.settings import Settings
 
-PORTS = Ports(airflow=18081, mlflow=15001)
+PORTS = Ports(airflow=18081, mlflow=15001, serve=18001, s3=19001)
 
 
 @pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     monkeypatch.setenv("CRISPFLOW_HOME", str(tmp_path / "home"))
-    for var in ("CRISPFLOW_LAKE_URL", "CRISPFLOW_AIRFLOW_PORT", "CRISPFLOW_MLFLOW_PORT", "MLFLOW_TRACKING_URI"):
+    for var in (
+        "CRISPFLOW_LAKE_URL",
+        "CRISPFLOW_AIRFLOW_PORT",
+        "CRISPFLOW_MLFLOW_PORT",
+        "CRISPFLOW_SERVE_PORT",
+        "CRISPFLOW_S3_PORT",
+        "CRISPFLOW_PREDICTIONS_URL",
+        "MLFLOW_TRACKING_URI",
+    ):
         monkeypatch.delenv(var, raising=False)
     return Settings.from_env()
 
@@ -127,20 +136,58 @@ def test_profile_is_data_with_ports_and_health_checks(settings: Settings) -> Non
         "airflow-scheduler",
         "airflow-dag-processor",
         "airflow-triggerer",
+        "model-server",
     ]
     api = by_name["airflow-api-server"]
     assert api.argv[1:] == ("api-server", "--port", "18081", "--host", "127.0.0.1")
     assert api.port == 18081 and api.health_url == "http://127.0.0.1:18081/api/v2/monitor/health"
     assert by_name["mlflow"].port == 15001 and by_name["mlflow"].health_url == "http://127.0.0.1:15001/health"
-    assert {by_name[n].health_key for n in by_name if n != "mlflow"} == {
+    assert {by_name[n].health_key for n in by_name if n not in ("mlflow", "model-server")} == {
         "metadatabase",
         "scheduler",
         "dag_processor",
         "triggerer",
     }
     assert all(Path(p.argv[0]).parent == Path(sys.executable).parent for p in profile.processes)
-    with pytest.raises(StackError, match="unknown profile"):
-        build_profile("prod-local", settings, PORTS, Secrets.generate())
+    with pytest.raises(StackError, match="unknown profile 'prod'; known: local, prod-local"):
+        build_profile("prod", settings, PORTS, Secrets.generate())
+
+
+def test_model_server_is_a_managed_process_with_the_stack_settings(settings: Settings) -> None:
+    profile = build_profile("local", settings, PORTS, Secrets.generate())
+    server = {p.name: p for p in profile.processes}["model-server"]
+    assert server.argv == (
+        str(Path(sys.executable).parent / "crispflow"),
+        *("serve", "--host", "127.0.0.1", "--port", "18001"),
+        *("--tracking-uri", "http://127.0.0.1:15001", "--predictions-url", settings.predictions_url),
+    )
+    assert server.label == "Model server" and server.marker == "crispflow"
+    assert server.port == 18001 and server.port_env == "CRISPFLOW_SERVE_PORT"
+    assert server.url == profile.serve_url == "http://127.0.0.1:18001"
+    assert server.health_url == "http://127.0.0.1:18001/health" and server.health_key is None
+    assert server.env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:15001"
+    assert server.env["CRISPFLOW_HOME"] == str(settings.home)
+    assert server.env["CRISPFLOW_PREDICTIONS_URL"] == settings.predictions_url
+    assert server.env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+    assert not [k for k in server.env if k.startswith("AIRFLOW")], "the server gets no Airflow secrets"
+
+
+def test_status_prints_the_model_server_url(settings: Settings) -> None:
+    text = stack.format_status(stack.collect_status(settings))
+    assert "Model server  http://127.0.0.1:8000" in text
+    assert "model-server" in text
+
+
+def test_down_stops_workers_first_and_storage_last() -> None:
+    names = ["s3", "mlflow", "model-server", "airflow-scheduler", "airflow-worker-2", "airflow-api-server"]
+    assert sorted(names, key=stack.stop_tier) == [
+        "airflow-worker-2",
+        "airflow-scheduler",
+        "model-server",
+        "mlflow",
+        "airflow-api-server",
+        "s3",
+    ]
 
 
 # --------------------------------------------------------------------------- secrets
@@ -235,6 +282,14 @@ def test_recorded_ports_are_reused_unless_overridden(settings: Settings) -> None
     StackState("local", Ports(18090, 15090)).save(paths)
     assert resolve_ports(settings.home, {}) == Ports(18090, 15090)
     assert resolve_ports(settings.home, {"CRISPFLOW_AIRFLOW_PORT": "18091"}) == Ports(18091, 15090)
+    assert resolve_ports(settings.home, {"CRISPFLOW_SERVE_PORT": "18092"}).serve == 18092
+
+
+def test_a_stack_file_from_before_the_model_server_still_loads(settings: Settings) -> None:
+    paths = StackPaths(settings.home)
+    paths.create()
+    paths.stack_file.write_text(json.dumps({"profile": "local", "ports": {"airflow": 18090, "mlflow": 15090}}))
+    assert resolve_ports(settings.home, {}) == Ports(18090, 15090, serve=8000)
 
 
 # --------------------------------------------------------------------------- PID files
@@ -469,3 +524,131 @@ def test_a_second_up_or_down_fails_fast_while_one_is_running(settings: Settings,
         with pytest.raises(StackError, match="another"):
             stack.down(settings)
     assert stack.down(settings) == []
+
+
+# --------------------------------------------------------------------------- prod-local profile
+
+
+def test_prod_local_profile_is_the_production_topology(settings: Settings) -> None:
+    from crispflow.cli.prod_local import Namespace
+
+    creds = Secrets.generate()
+    profile = build_profile("prod-local", settings, PORTS, creds)
+    by_name = {p.name: p for p in profile.processes}
+    assert list(by_name) == [
+        "s3",
+        "mlflow",
+        "airflow-api-server",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+        "airflow-worker-1",
+        "airflow-worker-2",
+        "model-server",
+    ]
+    ns = Namespace.of(settings.home)
+    assert [s.name for s in profile.setup] == [
+        "reset-state",
+        "buckets",
+        "mlflow-auth-config",
+        "db-migrate",
+        "pool-crispflow_promotions",
+    ]
+    assert profile.step("reset-state").argv[-3:] == ns.databases
+    scheduler = by_name["airflow-scheduler"].env
+    assert scheduler["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert scheduler["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].endswith(f"@127.0.0.1:5432/{ns.airflow_db}")
+    assert scheduler["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://127.0.0.1:6379")
+    assert scheduler["AIRFLOW__OPERATORS__DEFAULT_QUEUE"] == ns.queue
+    assert scheduler["CRISPFLOW_LAKE_URL"] == "s3://crispflow-lake/lake"
+    lake_conn = json.loads(scheduler["AIRFLOW_CONN_CRISPFLOW_S3"])
+    assert lake_conn["extra"]["endpoint_url"] == "http://127.0.0.1:19001"
+    workers = [by_name["airflow-worker-1"], by_name["airflow-worker-2"]]
+    assert [w.argv[w.argv.index("--celery-hostname") + 1] for w in workers] == ["worker1@%h", "worker2@%h"]
+    assert all(w.argv[w.argv.index("--queues") + 1] == ns.queue and w.marker == "celery" for w in workers)
+    assert [w.env["CRISPFLOW_WORKER_NAME"] for w in workers] == ["worker1", "worker2"]
+    mlflow = by_name["mlflow"]
+    assert mlflow.argv[mlflow.argv.index("--app-name") + 1] == "basic-auth"
+    assert mlflow.env["MLFLOW_AUTH_ADMIN_PASSWORD"] == creds.mlflow_admin_password
+    assert mlflow.env["MLFLOW_BACKEND_STORE_URI"].endswith(f"/{ns.mlflow_db}")
+    assert not any(creds.mlflow_admin_password in arg for p in profile.processes for arg in p.argv)
+    server = by_name["model-server"]
+    assert server.env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:19001"
+    assert server.env["MLFLOW_TRACKING_PASSWORD"] == creds.mlflow_admin_password
+    assert "--predictions-url" in server.argv and "s3://crispflow-predictions/predictions" in server.argv
+    assert not [k for k in server.env if k.startswith("AIRFLOW")], "the server gets no Airflow secrets"
+    assert profile.mlflow_auth.startswith("basic auth")
+
+
+def test_prod_local_names_derive_from_the_home(tmp_path: Path) -> None:
+    from crispflow.cli.prod_local import Namespace
+
+    one, two = Namespace.of(tmp_path / "a"), Namespace.of(tmp_path / "b")
+    assert one == Namespace.of(tmp_path / "a") and one != two
+    assert not set(one.databases) & set(two.databases) and one.redis_prefix != two.redis_prefix
+    assert all(name.islower() and name.replace("_", "").isalnum() for name in one.databases)
+
+
+def test_prod_local_rejects_a_bad_server_url(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRISPFLOW_REDIS_URL", "http://127.0.0.1:6379")
+    with pytest.raises(StackError, match=r"CRISPFLOW_REDIS_URL: must be redis:// or rediss://host\[:port\]"):
+        build_profile("prod-local", settings, PORTS, Secrets.generate())
+
+
+def test_every_prod_local_airflow_option_exists(settings: Settings) -> None:
+    known = _airflow_config_options() | {("celery", o) for o in ("broker_url", "result_backend", "worker_concurrency")}
+    env = {p.name: p for p in build_profile("prod-local", settings, PORTS, Secrets.generate()).processes}
+    options = [
+        k.removeprefix("AIRFLOW__").lower().split("__", 1)
+        for k in env["airflow-worker-1"].env
+        if k.startswith("AIRFLOW__")
+    ]
+    # [celery_broker_transport_options] is passed to Celery as it is: any transport option is valid there
+    unknown = [f"[{s}] {o}" for s, o in options if (s, o) not in known and s != "celery_broker_transport_options"]
+    assert not unknown, f"not options of the installed Airflow: {unknown}"
+
+
+def test_secrets_written_before_mlflow_auth_get_its_password_added(settings: Settings) -> None:
+    path = settings.home / "secrets.json"
+    path.parent.mkdir(parents=True)
+    old = {"admin_password": "a", "jwt_secret": "j", "api_secret_key": "k", "fernet_key": "f"}
+    path.write_text(json.dumps(old))
+    creds = load_or_create_secrets(settings.home)
+    assert (creds.admin_password, creds.fernet_key) == ("a", "f"), "existing secrets are kept"
+    assert len(creds.mlflow_admin_password) >= 12 and creds.mlflow_flask_secret
+    assert load_or_create_secrets(settings.home) == creds
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_worker_reports_its_own_host_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    from crispflow.cli.worker_identity import hostname
+
+    monkeypatch.delenv("CRISPFLOW_WORKER_NAME", raising=False)
+    plain = hostname()
+    monkeypatch.setenv("CRISPFLOW_WORKER_NAME", "worker2")
+    assert hostname() == f"worker2.{plain}"
+
+
+def test_the_pool_the_stack_creates_is_the_one_the_promotion_operators_use() -> None:
+    from crispflow.cli.profiles import POOLS
+    from crispflow.promotion import POOL
+
+    source = (Path(__file__).resolve().parents[2] / "plugins/crispflow_airflow/operators/promotion.py").read_text()
+    assert POOLS[0][0] == POOL and "from crispflow.promotion import POOL" in source
+
+
+def test_a_failed_start_also_stops_processes_whose_title_changed(paths: StackPaths, tmp_path: Path) -> None:
+    """A process whose command line lost its marker looks dead to `up`, which fails; it must not live on."""
+    pid_file = tmp_path / "retitled.pid"
+    code = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    retitled = ProcessSpec("retitled", "x", (sys.executable, "-c", code), keeps="no-such-word")
+    profile = Profile("test", (), (retitled,), "http://127.0.0.1:1", "http://127.0.0.1:1")
+    with pytest.raises(StackError, match="retitled is not running during start-up"):
+        stack._start(profile, paths, [retitled], timeout=10, echo=lambda _: None)
+    assert not read_pid_records(paths), "PID files left behind"
+    survivors = [
+        entry.name
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and str(pid_file) in proc_cmdline(int(entry.name)) and is_alive(int(entry.name))
+    ]
+    assert not survivors, "the process outlived the failed `up`"

@@ -13,7 +13,7 @@ from crispflow.lake import Lake
 from crispflow.quality import validate_batch
 from crispflow.sources import Extract, Interval
 from crispflow.spec import load_spec
-from crispflow.training_window import compose, manifests, select
+from crispflow.training_window import compose, select
 
 SPEC = load_spec("lending_club")
 DATA = pd.read_parquet("include/data/lending_club.parquet")
@@ -48,6 +48,6 @@ def test_a_window_unions_recent_versions_once(tmp_path: Path) -> None:
 
     again = compose(lake, SPEC, chosen, {"run_id": "retrain-2"})  # the same window: the same version, once
     assert not again.created and again.version_id == out.version_id
-    assert len(manifests(lake, "lending_club")) == 5
+    assert len(datasets.published(lake, "lending_club")) == 5
     single = compose(lake, SPEC, chosen[-1:], {"run_id": "retrain-3"})
     assert single.version_id == months[-1] and not single.created

@@ -1,4 +1,5 @@
-"""The stack's generated secrets (admin password, JWT secret, Fernet key), kept in files only the owner reads."""
+"""The stack's generated secrets (admin password, JWT secret, Fernet key, MLflow's admin password for the
+prod-local profile), kept in files only the owner reads."""
 
 from __future__ import annotations
 
@@ -6,13 +7,16 @@ import base64
 import json
 import os
 import secrets
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from crispflow.cli.errors import StackError
 from crispflow.cli.paths import StackPaths
 
 ADMIN_USER = "admin"
+MLFLOW_ADMIN_USER = "admin"  # MLflow basic auth (prod-local profile)
+# Added after the first release: a secrets.json without them gets them generated and written on the next `up`.
+LATER_FIELDS = ("mlflow_admin_password", "mlflow_flask_secret")
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,8 @@ class Secrets:
     jwt_secret: str
     api_secret_key: str
     fernet_key: str
+    mlflow_admin_password: str = ""  # MLflow basic auth needs 12+ characters
+    mlflow_flask_secret: str = ""  # CSRF secret of MLflow's basic-auth app
 
     @classmethod
     def generate(cls) -> Secrets:
@@ -31,6 +37,8 @@ class Secrets:
             jwt_secret=secrets.token_urlsafe(64),  # PyJWT warns below 64 bytes for the HS512 Airflow uses
             api_secret_key=secrets.token_urlsafe(32),
             fernet_key=base64.urlsafe_b64encode(os.urandom(32)).decode(),
+            mlflow_admin_password=secrets.token_hex(16),  # hex: safe in URLs and ini files
+            mlflow_flask_secret=secrets.token_hex(32),
         )
 
     @classmethod
@@ -38,13 +46,19 @@ class Secrets:
         """Placeholders, for read-only views of a profile (status) when none were generated yet."""
         return cls("", "", "", "")
 
+    @property
+    def complete(self) -> bool:
+        return all(getattr(self, name) for name in LATER_FIELDS)
+
 
 def load_secrets(home: Path) -> Secrets | None:
     """The stack's secrets, or None if `up` never ran in this home."""
     path = StackPaths(home).secrets_file
     try:
         data = json.loads(path.read_text())
-        return Secrets(**{f.name: data[f.name] for f in fields(Secrets)})
+        return Secrets(
+            **{f.name: data[f.name] for f in fields(Secrets) if f.name in data or f.name not in LATER_FIELDS}
+        )
     except FileNotFoundError:
         return None
     except (ValueError, KeyError, TypeError) as exc:
@@ -56,6 +70,12 @@ def load_or_create_secrets(home: Path) -> Secrets:
     path = StackPaths(home).secrets_file
     path.parent.mkdir(parents=True, exist_ok=True)
     if (found := load_secrets(home)) is not None:
+        if not found.complete:  # written before the later fields existed: add them, keep the others
+            fresh = Secrets.generate()
+            found = replace(found, **{name: getattr(found, name) or getattr(fresh, name) for name in LATER_FIELDS})
+            tmp = path.with_suffix(".tmp")
+            _write_private(tmp, json.dumps(asdict(found), indent=2) + "\n")
+            tmp.replace(path)
         path.chmod(0o600)
         return found
     new = Secrets.generate()

@@ -47,6 +47,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from crispflow.demo import run_demo
 
     cmd_up(args, settings)
+    if args.profile != DEFAULT_PROFILE:  # the demo talks to that profile's lake, MLflow and model server
+        settings = profile_client_settings(args.profile, settings)
     print("\nrunning the demo ...", flush=True)
     try:
         summary = run_demo(AirflowAPI.from_settings(settings), settings)
@@ -75,6 +77,20 @@ def cmd_drift(args: argparse.Namespace, settings: Settings) -> int:
     from crispflow.monitoring.cli import run
 
     return run(args, settings)
+
+
+def profile_client_settings(profile: str, settings: Settings) -> Settings:
+    """Settings as a client of a running non-default profile sees them (its S3 lake, MLflow credentials)."""
+    import os
+
+    from crispflow.cli.credentials import load_secrets
+    from crispflow.cli.ports import resolve_ports
+    from crispflow.cli.prod_local import client_env
+
+    creds = load_secrets(settings.home)
+    if profile == "prod-local" and creds is not None:
+        os.environ.update(client_env(settings, resolve_ports(settings.home), creds))
+    return Settings.from_env()
 
 
 def format_mapping(data: Mapping[str, Any], indent: int = 0) -> str:

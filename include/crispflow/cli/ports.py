@@ -13,7 +13,12 @@ from crispflow.cli.errors import StackError
 from crispflow.cli.paths import StackPaths
 
 HOST = "127.0.0.1"
-PORT_ENV = {"airflow": "CRISPFLOW_AIRFLOW_PORT", "mlflow": "CRISPFLOW_MLFLOW_PORT"}
+PORT_ENV = {
+    "airflow": "CRISPFLOW_AIRFLOW_PORT",
+    "mlflow": "CRISPFLOW_MLFLOW_PORT",
+    "serve": "CRISPFLOW_SERVE_PORT",
+    "s3": "CRISPFLOW_S3_PORT",
+}
 
 
 @dataclass(frozen=True)
@@ -22,6 +27,8 @@ class Ports:
 
     airflow: int = 8080
     mlflow: int = 5000
+    serve: int = 8000  # the model server (crispflow serve)
+    s3: int = 9000  # the S3 endpoint (moto) of the prod-local profile; unused by the local profile
 
     def __str__(self) -> str:
         return ", ".join(f"{name} port {port}" for name, port in asdict(self).items())

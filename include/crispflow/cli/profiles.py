@@ -16,11 +16,15 @@ from crispflow.cli.credentials import ADMIN_USER, Secrets
 from crispflow.cli.errors import StackError
 from crispflow.cli.paths import StackPaths
 from crispflow.cli.ports import HOST, PORT_ENV, Ports
+from crispflow.promotion import POOL as PROMOTION_POOL
 from crispflow.settings import Settings
 
 DEFAULT_PROFILE = "local"
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 AIRFLOW_HEALTH_PATH = "/api/v2/monitor/health"
+# Airflow pools the DAGs use: (name, slots, description). The promotion operators serialise alias moves in one;
+# a task in a pool that does not exist would wait in "scheduled" forever.
+POOLS = ((PROMOTION_POOL, 1, "serialises model promotions (alias moves)"),)
 
 
 @dataclass(frozen=True)
@@ -50,22 +54,28 @@ class ProcessSpec:
     health_url: str | None = None
     health_key: str | None = None
     needs: tuple[str, ...] = ()
+    keeps: str | None = None  # the word its cmdline keeps, if not the program's name (see `marker`)
 
     @property
     def marker(self) -> str:
-        """A word the process's /proc cmdline keeps (Airflow retitles its api-server, but keeps 'airflow')."""
-        return Path(self.argv[0]).name
+        """A word the process's /proc cmdline keeps (Airflow retitles its api-server, but keeps 'airflow';
+        a Celery worker retitles itself '[celeryd: ...]', hence `keeps`)."""
+        return self.keeps or Path(self.argv[0]).name
 
 
 @dataclass(frozen=True)
 class Profile:
-    """A stack: setup steps and processes in start order; `airflow_url`/`mlflow_url` are the UIs."""
+    """A stack: setup steps and processes in start order; `airflow_url`/`mlflow_url` are the UIs,
+    `serve_url` the model server; `mlflow_auth` says how MLflow authenticates (for status output).
+    """
 
     name: str
     setup: tuple[SetupStep, ...]
     processes: tuple[ProcessSpec, ...]
     airflow_url: str
     mlflow_url: str
+    serve_url: str | None = None
+    mlflow_auth: str = "none (local profile)"
 
     def step(self, name: str) -> SetupStep:
         return next(s for s in self.setup if s.name == name)
@@ -108,9 +118,48 @@ def airflow_env(settings: Settings, ports: Ports, creds: Secrets) -> dict[str, s
         "CRISPFLOW_LAKE_URL": settings.lake_url,
         "CRISPFLOW_AIRFLOW_PORT": str(ports.airflow),
         "CRISPFLOW_MLFLOW_PORT": str(ports.mlflow),
+        "CRISPFLOW_SERVE_PORT": str(ports.serve),
+        "CRISPFLOW_PREDICTIONS_URL": settings.predictions_url,
+        "CRISPFLOW_LEDGER_URL": settings.ledger_url,
         "MLFLOW_TRACKING_URI": f"http://{HOST}:{ports.mlflow}",
         "GX_ANALYTICS_ENABLED": "false",  # no usage statistics from quality-gate tasks
     }
+
+
+def airflow_setup_steps(airflow: str, env: Mapping[str, str]) -> tuple[SetupStep, ...]:
+    """`airflow db migrate`, then one `airflow pools set` (an upsert: safe to rerun) per pool the DAGs use."""
+    pools = [SetupStep(f"pool-{name}", (airflow, "pools", "set", name, str(n), info), env) for name, n, info in POOLS]
+    return (SetupStep("db-migrate", (airflow, "db", "migrate"), env), *pools)
+
+
+MODEL_SERVER = "model-server"
+WORKER_PREFIX = "airflow-worker"  # Celery workers: airflow-worker-1, airflow-worker-2 (prod-local)
+S3_SERVER = "s3"  # the moto S3 server (prod-local)
+
+
+def serve_spec(ports: Ports, base_env: Mapping[str, str], extra_env: Mapping[str, str] | None = None) -> ProcessSpec:
+    """The model server (`crispflow serve`) as a managed process: the PATH, MLflow and crispflow variables
+    the Airflow processes get (`base_env`), plus `extra_env` (e.g. S3 credentials for its prediction log).
+
+    Healthy when `/health` answers 200, which it does before any model is loaded (`/ready` waits for one).
+    """
+    env = {k: v for k, v in base_env.items() if k == "PATH" or k.startswith(("CRISPFLOW_", "MLFLOW_"))}
+    env |= dict(extra_env or {})
+    url = f"http://{HOST}:{ports.serve}"
+    argv = (
+        *(str(venv_bin() / "crispflow"), "serve", "--host", HOST, "--port", str(ports.serve)),
+        *("--tracking-uri", env["MLFLOW_TRACKING_URI"], "--predictions-url", env["CRISPFLOW_PREDICTIONS_URL"]),
+    )
+    return ProcessSpec(
+        MODEL_SERVER,
+        "Model server",
+        argv,
+        env,
+        port=ports.serve,
+        port_env=PORT_ENV["serve"],
+        url=url,
+        health_url=url + "/health",
+    )
 
 
 def build_local_profile(settings: Settings, ports: Ports, creds: Secrets) -> Profile:
@@ -126,12 +175,13 @@ def build_local_profile(settings: Settings, ports: Ports, creds: Secrets) -> Pro
     env = airflow_env(settings, ports, creds)
     af_url = f"http://{HOST}:{ports.airflow}"
     ml_url = f"http://{HOST}:{ports.mlflow}"
-    migrate = SetupStep("db-migrate", (airflow, "db", "migrate"), env)
+    setup = airflow_setup_steps(airflow, env)
 
     def af(name: str, label: str, *args: str, key: str, **kw: Any) -> ProcessSpec:
         health = af_url + AIRFLOW_HEALTH_PATH
         argv = (airflow, *args)
-        return ProcessSpec(name, label, argv, env, health_url=health, health_key=key, needs=(migrate.name,), **kw)
+        needs = tuple(step.name for step in setup)
+        return ProcessSpec(name, label, argv, env, health_url=health, health_key=key, needs=needs, **kw)
 
     mlflow_argv = (
         *(str(bin_dir / "mlflow"), "server", "--host", HOST, "--port", str(ports.mlflow)),
@@ -167,11 +217,21 @@ def build_local_profile(settings: Settings, ports: Ports, creds: Secrets) -> Pro
         af("airflow-scheduler", "Airflow scheduler", "scheduler", "--skip-serve-logs", key="scheduler"),
         af("airflow-dag-processor", "Airflow dag-processor", "dag-processor", key="dag_processor"),
         af("airflow-triggerer", "Airflow triggerer", "triggerer", "--skip-serve-logs", key="triggerer"),
+        serve_spec(ports, env),
     )
-    return Profile(DEFAULT_PROFILE, (migrate,), processes, af_url, ml_url)
+    return Profile(DEFAULT_PROFILE, setup, processes, af_url, ml_url, serve_url=f"http://{HOST}:{ports.serve}")
 
 
-PROFILES: dict[str, Callable[[Settings, Ports, Secrets], Profile]] = {DEFAULT_PROFILE: build_local_profile}
+def _build_prod_local_profile(settings: Settings, ports: Ports, creds: Secrets) -> Profile:
+    from crispflow.cli.prod_local import build_prod_local_profile  # it builds on this module
+
+    return build_prod_local_profile(settings, ports, creds)
+
+
+PROFILES: dict[str, Callable[[Settings, Ports, Secrets], Profile]] = {
+    DEFAULT_PROFILE: build_local_profile,
+    "prod-local": _build_prod_local_profile,
+}
 
 
 def build_profile(name: str, settings: Settings, ports: Ports, creds: Secrets) -> Profile:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -31,7 +33,15 @@ from crispflow.cli.processes import (
     stop_records,
     tail,
 )
-from crispflow.cli.profiles import DEFAULT_PROFILE, ProcessSpec, Profile, build_profile
+from crispflow.cli.profiles import (
+    DEFAULT_PROFILE,
+    MODEL_SERVER,
+    S3_SERVER,
+    WORKER_PREFIX,
+    ProcessSpec,
+    Profile,
+    build_profile,
+)
 from crispflow.settings import Settings
 
 UP_TIMEOUT = 180.0
@@ -65,6 +75,8 @@ class StackStatus:
     home: Path
     lake: str
     logs: Path
+    serve_url: str | None = None
+    mlflow_auth: str = "none (local profile)"
 
     @property
     def healthy(self) -> bool:
@@ -81,7 +93,8 @@ class StackStatus:
             "processes": [asdict(p) for p in self.processes],
             "airflow_url": self.airflow_url,
             "mlflow_url": self.mlflow_url,
-            "mlflow_auth": "none (local profile)",
+            "serve_url": self.serve_url,
+            "mlflow_auth": self.mlflow_auth,
             "login": {"username": self.username, "password": self.password},
             "paths": {"home": str(self.home), "lake": self.lake, "logs": str(self.logs)},
         }
@@ -112,9 +125,19 @@ def collect_status(settings: Settings, profile_name: str | None = None) -> Stack
         ADMIN_USER,
         creds.admin_password if creds else None,
         settings.home,
-        _lake_display(settings.lake_url),
+        _lake_display(_lake_url(profile, settings)),
         paths.logs,
+        profile.serve_url,
+        profile.mlflow_auth,
     )
+
+
+def _lake_url(profile: Profile, settings: Settings) -> str:
+    """The lake the profile's processes use (prod-local puts it on S3), else the settings' own."""
+    for spec in profile.processes:
+        if url := spec.env.get("CRISPFLOW_LAKE_URL"):
+            return url
+    return settings.lake_url
 
 
 def _lake_display(lake_url: str) -> str:
@@ -139,11 +162,14 @@ def format_status(status: StackStatus) -> str:
 def format_access(status: StackStatus) -> str:
     """The URLs, login and paths a person needs (the only secret printed is the admin login)."""
     login = f"{status.username} / {status.password}" if status.password else "(created by `crispflow up`)"
+    mlflow_auth = "no authentication" if status.mlflow_auth.startswith("none") else status.mlflow_auth
+    serve = [f"Model server  {status.serve_url}"] if status.serve_url else []
     return "\n".join(
         [
             f"Airflow UI:  {status.airflow_url}",
             f"  login:     {login}",
-            f"MLflow UI:   {status.mlflow_url}  (no authentication in the local profile)",
+            f"MLflow UI:   {status.mlflow_url}  ({mlflow_auth})",
+            *serve,
             f"Home:        {status.home}",
             f"Lake:        {status.lake}",
             f"Logs:        {status.logs}",
@@ -224,7 +250,19 @@ def _start(
     except BaseException:
         echo("start-up failed: stopping the processes this run started")
         stop_records(paths, [r for r in read_pid_records(paths) if r.name in started])
+        _kill_unrecognised(started)
         raise
+
+
+def _kill_unrecognised(started: Mapping[str, subprocess.Popen[bytes]]) -> None:
+    """SIGKILL the session of any process this run started that `stop_records` did not recognise (its command
+    line lost its marker) and that still runs: its PID cannot have been reused while we hold its Popen."""
+    for proc in started.values():
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
 
 
 def wait_healthy(
@@ -281,15 +319,32 @@ def _exit_code(proc: subprocess.Popen[bytes] | None) -> int | None:
 SERVERS = frozenset({"airflow-api-server", "mlflow"})
 
 
+def stop_tier(name: str) -> int:
+    """When `down` stops a process, by name: 0 Celery workers (a task still finishing reports to the
+    api-server and writes to MLflow and S3), 1 the other Airflow components (and any unknown name), 2 the model
+    server (it flushes its prediction log to the lake on SIGTERM), 3 the api-server and MLflow, 4 storage (S3).
+    """
+    if name.startswith(WORKER_PREFIX):
+        return 0
+    if name == MODEL_SERVER:
+        return 2
+    if name in SERVERS:
+        return 3
+    if name == S3_SERVER:
+        return 4
+    return 1
+
+
 def down(settings: Settings, *, timeout: float = STOP_TIMEOUT) -> list[str]:
-    """Stop exactly the processes `up` started in this home (by PID file); nothing running is fine."""
+    """Stop exactly the processes `up` started in this home (by PID file), tier by tier (`stop_tier`);
+    nothing running is fine."""
     paths = StackPaths(settings.home)
     if not paths.run.is_dir():
         return []
     with exclusive(paths):
         records = read_pid_records(paths)
-        # Workers first, servers last: a task that is still finishing can report to the api-server it needs.
-        lines = stop_records(paths, [r for r in records if r.name not in SERVERS], timeout)
-        lines += stop_records(paths, [r for r in records if r.name in SERVERS], timeout)
+        lines: list[str] = []
+        for tier in sorted({stop_tier(r.name) for r in records}):
+            lines += stop_records(paths, [r for r in records if stop_tier(r.name) == tier], timeout)
         paths.stack_file.unlink(missing_ok=True)
     return lines

@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from crispflow.promotion import POOL
 from crispflow_airflow.exceptions import as_airflow_errors
 from crispflow_airflow.operators._windows import display_path, predictions_root, run_window
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-POOL = "crispflow_promotions"
 
 
 def move_key(context: Context) -> str:

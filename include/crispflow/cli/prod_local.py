@@ -1,0 +1,300 @@
+"""The prod-local profile: the production topology as processes on this machine, without Docker.
+
+Airflow with the CeleryExecutor (broker: Redis; metadata DB and result backend: PostgreSQL) and two Celery
+workers; MLflow on PostgreSQL with basic auth and its artifacts on S3; a moto server on loopback as the S3
+endpoint of the lake, the MLflow artifacts and the prediction log; the model server. docker-compose.yaml runs
+the same processes as containers (tests/unit/test_compose.py compares them).
+
+State is ephemeral: moto keeps objects in memory, so whenever the S3 server starts, the profile's PostgreSQL
+databases and Redis keys are reset too (`prod_setup reset-state`). Their names derive from the home
+(`Namespace`), so two homes on one PostgreSQL and Redis never collide.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import URL, make_url
+
+from crispflow.cli.credentials import MLFLOW_ADMIN_USER, Secrets
+from crispflow.cli.errors import StackError
+from crispflow.cli.paths import StackPaths
+from crispflow.cli.ports import HOST, PORT_ENV, Ports
+from crispflow.cli.profiles import (
+    AIRFLOW_HEALTH_PATH,
+    S3_SERVER,
+    WORKER_PREFIX,
+    ProcessSpec,
+    Profile,
+    SetupStep,
+    airflow_env,
+    airflow_setup_steps,
+    serve_spec,
+    venv_bin,
+)
+from crispflow.cli.worker_identity import WORKER_NAME_ENV
+from crispflow.settings import Settings
+
+PROD_LOCAL = "prod-local"
+POSTGRES_URL_ENV, REDIS_URL_ENV = "CRISPFLOW_POSTGRES_URL", "CRISPFLOW_REDIS_URL"
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432"  # trust auth, as on CI and dev machines
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+LAKE_BUCKET, MLFLOW_BUCKET, PREDICTIONS_BUCKET = "crispflow-lake", "crispflow-mlflow", "crispflow-predictions"
+LAKE_CONN_ID = "crispflow_s3"
+S3_REGION = "us-east-1"
+S3_KEY = "test"  # moto accepts any key: not a secret, and never a real AWS credential
+WORKERS = 2
+WORKER_CONCURRENCY = 2  # 2 workers x 2 task processes on a 2-core machine (each task ~5 s of imports)
+HOSTNAME_CALLABLE = "crispflow.cli.worker_identity.hostname"
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """Names derived from the home: databases, Redis key prefix and Celery queue of one prod-local stack."""
+
+    tag: str  # crispflow_<8 hex of the home's path>
+
+    @classmethod
+    def of(cls, home: Path) -> Namespace:
+        return cls("crispflow_" + hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:8])
+
+    @property
+    def airflow_db(self) -> str:
+        return f"{self.tag}_airflow"
+
+    @property
+    def mlflow_db(self) -> str:
+        return f"{self.tag}_mlflow"
+
+    @property
+    def ledger_db(self) -> str:
+        return f"{self.tag}_ledger"
+
+    @property
+    def databases(self) -> tuple[str, ...]:
+        return (self.airflow_db, self.mlflow_db, self.ledger_db)
+
+    @property
+    def redis_prefix(self) -> str:
+        return f"{self.tag}:"
+
+    @property
+    def queue(self) -> str:
+        return self.tag
+
+
+def _server_url(env_name: str, default: str, schemes: tuple[str, ...]) -> URL:
+    raw = os.environ.get(env_name) or default
+    try:
+        url = make_url(raw)
+    except Exception:  # sqlalchemy raises ArgumentError; anything unparsable is the same user error
+        raise StackError(f"{env_name}: not a URL") from None
+    if url.drivername.split("+")[0] not in schemes or not url.host:
+        raise StackError(f"{env_name}: must be {' or '.join(s + '://' for s in schemes)}host[:port]")
+    return url
+
+
+def _pg(base: URL, database: str, driver: str = "postgresql") -> str:
+    return base.set(drivername=driver, database=database).render_as_string(hide_password=False)
+
+
+def s3_env(ports: Ports) -> dict[str, str]:
+    """What a boto3/s3fs client needs to reach the profile's S3 server (moto: the keys are not secrets)."""
+    return {
+        "AWS_ENDPOINT_URL": f"http://{HOST}:{ports.s3}",
+        "AWS_ACCESS_KEY_ID": S3_KEY,
+        "AWS_SECRET_ACCESS_KEY": S3_KEY,
+        "AWS_DEFAULT_REGION": S3_REGION,
+    }
+
+
+def prod_local_settings(settings: Settings, ns: Namespace, ledger_url: str) -> Settings:
+    """The settings every process of the profile shares: lake and prediction log on S3, ledger on PostgreSQL."""
+    return dataclasses.replace(
+        settings,
+        lake_url=f"s3://{LAKE_BUCKET}/lake",
+        lake_conn_id=LAKE_CONN_ID,
+        predictions_url=f"s3://{PREDICTIONS_BUCKET}/predictions",
+        ledger_url=ledger_url,
+    )
+
+
+def client_env(settings: Settings, ports: Ports, creds: Secrets) -> dict[str, str]:
+    """Variables a client of a running prod-local stack (the demo, a test, a notebook) needs: the lake and
+    prediction log on S3, MLflow with its credentials. Apply them, then `Settings.from_env()`."""
+    ns = Namespace.of(settings.home)
+    pg = _server_url(POSTGRES_URL_ENV, DEFAULT_POSTGRES_URL, ("postgresql",))
+    shared = prod_local_settings(settings, ns, _pg(pg, ns.ledger_db, "postgresql+psycopg2"))
+    return {
+        "CRISPFLOW_LAKE_URL": shared.lake_url,
+        "CRISPFLOW_LAKE_CONN_ID": LAKE_CONN_ID,
+        "CRISPFLOW_PREDICTIONS_URL": shared.predictions_url,
+        "CRISPFLOW_LEDGER_URL": shared.ledger_url,
+        f"AIRFLOW_CONN_{LAKE_CONN_ID.upper()}": _s3_connection(ports),
+        "MLFLOW_TRACKING_URI": f"http://{HOST}:{ports.mlflow}",
+        "MLFLOW_TRACKING_USERNAME": MLFLOW_ADMIN_USER,
+        "MLFLOW_TRACKING_PASSWORD": creds.mlflow_admin_password,
+        **s3_env(ports),
+    }
+
+
+def _s3_connection(ports: Ports) -> str:
+    extra = {"endpoint_url": f"http://{HOST}:{ports.s3}", "region_name": S3_REGION}
+    return json.dumps({"conn_type": "aws", "login": S3_KEY, "password": S3_KEY, "extra": extra})
+
+
+def build_prod_local_profile(settings: Settings, ports: Ports, creds: Secrets) -> Profile:
+    """The prod-local stack: S3 (moto), MLflow, Airflow api-server/scheduler/dag-processor/triggerer, two Celery
+    workers, the model server; setup steps reset state, create buckets, write MLflow's auth config, migrate."""
+    ns = Namespace.of(settings.home)
+    pg = _server_url(POSTGRES_URL_ENV, DEFAULT_POSTGRES_URL, ("postgresql",))
+    redis = _server_url(REDIS_URL_ENV, DEFAULT_REDIS_URL, ("redis", "rediss"))
+    paths = StackPaths(settings.home)
+    bin_dir = venv_bin()
+    shared = prod_local_settings(settings, ns, _pg(pg, ns.ledger_db, "postgresql+psycopg2"))
+    s3 = s3_env(ports)
+    af_url, ml_url, s3_url = (f"http://{HOST}:{port}" for port in (ports.airflow, ports.mlflow, ports.s3))
+    redis_url = redis.render_as_string(hide_password=False)
+    airflow_db = _pg(pg, ns.airflow_db, "postgresql+psycopg2")
+
+    env = airflow_env(shared, ports, creds) | {
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_db,
+        "AIRFLOW__CELERY__BROKER_URL": redis_url,
+        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{airflow_db}",
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(WORKER_CONCURRENCY),
+        # one stack's tasks, queue and keys stay apart from another's on the same Redis
+        "AIRFLOW__OPERATORS__DEFAULT_QUEUE": ns.queue,
+        "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX": ns.redis_prefix,
+        "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "21600",
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",  # its port 8974 would collide between stacks
+        f"AIRFLOW_CONN_{LAKE_CONN_ID.upper()}": _s3_connection(ports),
+        "AIRFLOW_CONN_MLFLOW_DEFAULT": json.dumps(
+            {
+                "conn_type": "http",
+                "host": HOST,
+                "port": ports.mlflow,
+                "schema": "http",
+                "login": MLFLOW_ADMIN_USER,
+                "password": creds.mlflow_admin_password,
+            }
+        ),
+        "MLFLOW_TRACKING_USERNAME": MLFLOW_ADMIN_USER,
+        "MLFLOW_TRACKING_PASSWORD": creds.mlflow_admin_password,
+        "CRISPFLOW_LAKE_CONN_ID": LAKE_CONN_ID,
+        "CRISPFLOW_LEDGER_URL": shared.ledger_url,
+        "CRISPFLOW_S3_PORT": str(ports.s3),
+    }
+    python = sys.executable
+    setup_env = {
+        "PATH": env["PATH"],
+        POSTGRES_URL_ENV: pg.render_as_string(hide_password=False),
+        REDIS_URL_ENV: redis_url,
+        "CRISPFLOW_REDIS_PREFIX": ns.redis_prefix,
+        "MLFLOW_AUTH_DATABASE_URI": _pg(pg, ns.mlflow_db),
+        **s3,
+    }
+    module = (python, "-m", "crispflow.cli.prod_setup")
+    auth_config = paths.home / "mlflow" / "basic_auth.ini"
+    setup = (
+        SetupStep("reset-state", (*module, "reset-state", *ns.databases), setup_env),
+        SetupStep("buckets", (*module, "buckets", LAKE_BUCKET, MLFLOW_BUCKET, PREDICTIONS_BUCKET), setup_env),
+        SetupStep("mlflow-auth-config", (*module, "mlflow-auth-config", str(auth_config)), setup_env),
+        *airflow_setup_steps(str(bin_dir / "airflow"), env),
+    )
+
+    def af(
+        name: str,
+        label: str,
+        *args: str,
+        key: str | None,
+        port: int | None = None,
+        extra_env: dict[str, str] | None = None,
+        keeps: str | None = None,
+    ) -> ProcessSpec:
+        """An Airflow component; `key`: its entry in the api-server's health report (workers have none)."""
+        return ProcessSpec(
+            name,
+            label,
+            (str(bin_dir / "airflow"), *args),
+            env | (extra_env or {}),
+            port=port,
+            port_env=PORT_ENV["airflow"] if port else None,
+            url=af_url if port else None,
+            health_url=af_url + AIRFLOW_HEALTH_PATH if key else None,
+            health_key=key,
+            needs=tuple(step.name for step in setup if step.name.startswith(("db-", "pool-"))),
+            keeps=keeps,
+        )
+
+    mlflow_argv = (
+        *(str(bin_dir / "mlflow"), "server", "--app-name", "basic-auth", "--host", HOST, "--port", str(ports.mlflow)),
+        *("--workers", "1", "--artifacts-destination", f"s3://{MLFLOW_BUCKET}/artifacts"),
+    )
+    mlflow_env = {
+        "PATH": env["PATH"],
+        "MLFLOW_BACKEND_STORE_URI": _pg(pg, ns.mlflow_db),  # env, not argv: `ps` would show a password
+        "MLFLOW_AUTH_CONFIG_PATH": str(auth_config),
+        "MLFLOW_AUTH_ADMIN_USERNAME": MLFLOW_ADMIN_USER,
+        "MLFLOW_AUTH_ADMIN_PASSWORD": creds.mlflow_admin_password,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": creds.mlflow_flask_secret,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "MLFLOW_S3_ENDPOINT_URL": s3_url,  # MLflow's own variable for the endpoint, as in docker-compose.yaml
+        **{k: v for k, v in s3.items() if k != "AWS_ENDPOINT_URL"},
+    }
+    workers = tuple(
+        af(
+            f"{WORKER_PREFIX}-{n}",
+            f"Celery worker {n}",
+            *("celery", "worker", "--celery-hostname", f"worker{n}@%h", "--queues", ns.queue),
+            *("--concurrency", str(WORKER_CONCURRENCY), "--skip-serve-logs"),
+            key=None,
+            keeps="celery",  # its title becomes "[celeryd: worker1@host:MainProcess] ..."
+            extra_env={"AIRFLOW__CORE__HOSTNAME_CALLABLE": HOSTNAME_CALLABLE, WORKER_NAME_ENV: f"worker{n}"},
+        )
+        for n in range(1, WORKERS + 1)
+    )
+    processes = (
+        ProcessSpec(
+            S3_SERVER,
+            "S3 (moto)",
+            (str(bin_dir / "moto_server"), "-H", HOST, "-p", str(ports.s3)),
+            {"PATH": env["PATH"]},
+            port=ports.s3,
+            port_env=PORT_ENV["s3"],
+            url=s3_url,
+            health_url=s3_url + "/moto-api/",
+            needs=("reset-state",),
+        ),
+        ProcessSpec(
+            "mlflow",
+            "MLflow tracking server",
+            mlflow_argv,
+            mlflow_env,
+            port=ports.mlflow,
+            port_env=PORT_ENV["mlflow"],
+            url=ml_url,
+            health_url=ml_url + "/health",
+            needs=("buckets", "mlflow-auth-config"),
+        ),
+        af(
+            "airflow-api-server",
+            "Airflow api-server",
+            *("api-server", "--port", str(ports.airflow), "--host", HOST),
+            key="metadatabase",
+            port=ports.airflow,
+        ),
+        af("airflow-scheduler", "Airflow scheduler", "scheduler", "--skip-serve-logs", key="scheduler"),
+        af("airflow-dag-processor", "Airflow dag-processor", "dag-processor", key="dag_processor"),
+        af("airflow-triggerer", "Airflow triggerer", "triggerer", "--skip-serve-logs", key="triggerer"),
+        *workers,
+        dataclasses.replace(serve_spec(ports, env, s3), needs=("buckets",)),
+    )
+    mlflow_auth = f"basic auth: user {MLFLOW_ADMIN_USER}, password in {paths.secrets_file}"
+    return Profile(PROD_LOCAL, setup, processes, af_url, ml_url, f"http://{HOST}:{ports.serve}", mlflow_auth)

@@ -1,0 +1,250 @@
+"""The prod-local profile end to end: `crispflow up --profile prod-local` → the demo through the REST API → `down`.
+
+The production topology as processes (include/crispflow/cli/prod_local.py): Airflow with the CeleryExecutor on
+the local PostgreSQL and Redis, two Celery workers, MLflow on PostgreSQL with basic auth and artifacts on S3,
+a moto S3 server for the lake, the artifacts and the prediction log, and the model server. One stack for the
+module, in a temporary home on free ports; `down` always runs at teardown. Skipped (with the reason) only when
+PostgreSQL or Redis does not answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from crispflow.airflow_api import AirflowAPI
+from crispflow.cli.credentials import Secrets, load_secrets
+from crispflow.cli.paths import StackPaths
+from crispflow.cli.ports import Ports, port_in_use
+from crispflow.cli.processes import PidRecord, group_members, is_alive, read_pid_records
+from crispflow.cli.prod_local import LAKE_BUCKET, Namespace, client_env, prod_local_settings
+from crispflow.settings import Settings
+
+# the whole demo (two trainings and a canary phase) on 2 shared cores takes longer than the default 900 s
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+
+ROOT = Path(__file__).resolve().parents[2]
+RESERVED_PORTS = {8080, 5000, 8000, 9000}
+PROCESSES = {
+    "s3",
+    "mlflow",
+    "airflow-api-server",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker-1",
+    "airflow-worker-2",
+    "model-server",
+}
+
+
+def _cli() -> str:
+    beside = Path(sys.executable).parent / "crispflow"
+    return str(beside if beside.exists() else ROOT / ".venv" / "bin" / "crispflow")
+
+
+def _free_ports(count: int) -> list[int]:
+    socks, ports = [], []
+    while len(ports) < count:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        socks.append(sock)
+        if (port := sock.getsockname()[1]) not in RESERVED_PORTS:
+            ports.append(port)
+    for sock in socks:
+        sock.close()
+    return ports
+
+
+def _unreachable(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=2):
+        return False
+    return True
+
+
+@dataclass
+class Stack:
+    home: Path
+    env: dict[str, str]
+    ports: Ports
+
+    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [_cli(), *args], env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+
+    def status(self) -> dict[str, Any]:
+        return json.loads(self.run("status", "--json").stdout)
+
+    @property
+    def secrets(self) -> Secrets:
+        creds = load_secrets(self.home)
+        assert creds is not None
+        return creds
+
+    def api(self) -> AirflowAPI:
+        return AirflowAPI(f"http://127.0.0.1:{self.ports.airflow}", "admin", self.secrets.admin_password)
+
+    def client_env(self) -> dict[str, str]:
+        return client_env(self.settings(), self.ports, self.secrets)
+
+    def settings(self) -> Settings:
+        base = Settings.from_env()
+        base = replace(base, home=self.home, mlflow_tracking_uri=f"http://127.0.0.1:{self.ports.mlflow}")
+        ns = Namespace.of(self.home)
+        return prod_local_settings(base, ns, f"postgresql+psycopg2://postgres@127.0.0.1:5432/{ns.ledger_db}")
+
+    def pid_records(self) -> list[PidRecord]:
+        return read_pid_records(StackPaths(self.home))
+
+
+def _clean_env() -> dict[str, str]:
+    prefixes = ("AIRFLOW", "CRISPFLOW_", "MLFLOW_", "AWS_")
+    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    for name, port in (("PostgreSQL", 5432), ("Redis", 6379)):
+        if _unreachable("127.0.0.1", port):
+            pytest.skip(f"{name} is not reachable on 127.0.0.1:{port}; the prod-local profile needs it")
+    base = tmp_path_factory.mktemp("prod")
+    airflow, mlflow, serve, s3 = _free_ports(4)
+    ports = Ports(airflow=airflow, mlflow=mlflow, serve=serve, s3=s3)
+    env = _clean_env() | {
+        "CRISPFLOW_HOME": str(base / "home"),
+        "CRISPFLOW_PROJECT_ROOT": str(ROOT),
+        "CRISPFLOW_AIRFLOW_PORT": str(airflow),
+        "CRISPFLOW_MLFLOW_PORT": str(mlflow),
+        "CRISPFLOW_SERVE_PORT": str(serve),
+        "CRISPFLOW_S3_PORT": str(s3),
+    }
+    live = Stack(base / "home", env, ports)
+    started = time.monotonic()
+    result = live.run("up", "--profile", "prod-local", "--timeout", "300", timeout=500)
+    try:
+        assert result.returncode == 0, f"crispflow up --profile prod-local failed:\n{result.stdout}\n{result.stderr}"
+        print(f"\nprod-local became healthy in {time.monotonic() - started:.0f} s")
+        yield live
+    finally:
+        live.run("down", timeout=180)
+
+
+@pytest.fixture(scope="module")
+def demo(live: Stack) -> Iterator[dict[str, Any]]:
+    """The demo scenario (ingest through the gate, asset-triggered training) as a client of the stack would run it."""
+    from crispflow.demo import run_demo
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in live.client_env().items():
+            mp.setenv(key, value)
+        yield run_demo(live.api(), live.settings())
+
+
+def test_every_process_of_the_topology_is_healthy(live: Stack) -> None:
+    status = live.status()
+    assert status["healthy"] is True, status
+    assert status["profile"] == "prod-local"
+    assert {p["name"] for p in status["processes"]} == PROCESSES
+    assert status["serve_url"] == f"http://127.0.0.1:{live.ports.serve}"
+    assert status["paths"]["lake"] == f"s3://{LAKE_BUCKET}/lake"
+    assert "basic auth" in status["mlflow_auth"]
+    assert live.secrets.mlflow_admin_password not in json.dumps(status), "status must not print MLflow's password"
+    assert requests.get(f"{status['serve_url']}/health", timeout=5).status_code == 200
+
+
+def test_mlflow_requires_authentication(live: Stack) -> None:
+    url = f"http://127.0.0.1:{live.ports.mlflow}/api/2.0/mlflow/experiments/search"
+    assert requests.post(url, json={"max_results": 1}, timeout=10).status_code == 401
+    auth = ("admin", live.secrets.mlflow_admin_password)
+    assert requests.post(url, json={"max_results": 1}, auth=auth, timeout=10).status_code == 200
+
+
+def test_demo_runs_with_tasks_on_both_workers(live: Stack, demo: dict[str, Any]) -> None:
+    assert demo["blessed"].startswith("True"), demo
+    api = live.api()
+    run_id = demo["training run"].rsplit("/", 1)[1]
+    tasks = api.task_instances("train_evaluate_register", run_id)
+    hosts = {t["hostname"] for t in tasks if t["state"] == "success"}
+    assert {h.split(".", 1)[0] for h in hosts} == {"worker1", "worker2"}, f"task hosts: {sorted(hosts)}"
+    mapped = [t for t in tasks if t["task_id"] == "cross_validate"]
+    assert len({t["hostname"] for t in mapped}) >= 2, "the mapped cross-validation did not spread over workers"
+
+
+def test_lake_objects_are_in_s3(live: Stack, demo: dict[str, Any]) -> None:
+    import boto3
+
+    version_id = demo["dataset version"].split()[0]
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{live.ports.s3}",
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+    listing = s3.list_objects_v2(Bucket=LAKE_BUCKET, Prefix=f"lake/curated/lending_club/{version_id}/")
+    keys = {obj["Key"].rsplit("/", 1)[1] for obj in listing.get("Contents", [])}
+    assert {"data.parquet", "manifest.json"} <= keys, keys
+    manifest = json.loads(
+        s3.get_object(Bucket=LAKE_BUCKET, Key=f"lake/curated/lending_club/{version_id}/manifest.json")["Body"].read()
+    )
+    assert manifest["dataset_version_id"] == version_id
+    artifacts = s3.list_objects_v2(Bucket="crispflow-mlflow", Prefix="artifacts/")
+    assert artifacts.get("KeyCount", 0) > 0, "MLflow's artifacts are not on S3"
+
+
+def test_mlflow_backend_is_postgresql(live: Stack, demo: dict[str, Any]) -> None:
+    import psycopg2
+
+    version = demo["model"].split()[1].removeprefix("v")
+    db = Namespace.of(live.home).mlflow_db
+    name = ("crispflow-lending_club",)
+    with (
+        contextlib.closing(psycopg2.connect(host="127.0.0.1", user="postgres", dbname=db)) as conn,
+        conn.cursor() as cur,
+    ):
+        cur.execute("SELECT version FROM model_versions WHERE name = %s", name)
+        versions = {str(row[0]) for row in cur.fetchall()}
+        cur.execute("SELECT alias, version FROM registered_model_aliases WHERE name = %s", name)
+        aliases = {alias: str(v) for alias, v in cur.fetchall()}
+    assert version in versions, f"v{version} is not in MLflow's PostgreSQL database {db}"
+    assert aliases.get("champion") in versions, aliases
+
+
+def test_model_server_serves_the_champion(live: Stack, demo: dict[str, Any]) -> None:
+    url = f"http://127.0.0.1:{live.ports.serve}/ready"
+    deadline = time.monotonic() + 90
+    while (code := requests.get(url, timeout=10).status_code) != 200 and time.monotonic() < deadline:
+        time.sleep(2)
+    assert code == 200, "the model server did not load the champion from the S3-backed registry"
+
+
+def test_down_stops_everything_it_started(live: Stack) -> None:
+    records = live.pid_records()
+    assert {r.name for r in records} == PROCESSES
+    members = {pid for r in records for pid in group_members(r.pid)}
+
+    result = live.run("down", timeout=180)
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    first_server = min(i for i, line in enumerate(lines) if line.startswith(("mlflow", "airflow-api-server")))
+    assert all(i < first_server for i, line in enumerate(lines) if line.startswith("airflow-worker")), lines
+    assert lines[-1].startswith("s3:"), "storage stops last"
+    assert not [r.name for r in records if is_alive(r.pid)]
+    assert not [pid for pid in members if is_alive(pid)], "a child process outlived `down`"
+    assert not list((live.home / "run").glob("*.pid"))
+    assert not [port for port in asdict(live.ports).values() if port_in_use(port)]
+    assert live.run("status").returncode == 1
