@@ -1,25 +1,29 @@
 """The model server's HTTP API (FastAPI): predict, feedback, health, readiness, metrics and a description.
 
 `create_app(ServeConfig(model=...))` builds the app; `crispflow serve` runs it with uvicorn. Handlers are thin:
-the body is read (bounded) on the event loop, then parsing, validation and scoring run in the threadpool (the
-model call is CPU-bound). Per request: the snapshot of served models is read once, each record is assigned an arm
-(policy.py), validated against that arm's signature, then each arm scores its records in one `predict_proba`.
+the body is read (bounded) on the event loop, then handed to the scoring thread (`Batcher`), which takes every
+/predict request that arrived while it was busy (micro-batching, no timer) and scores them together against one
+snapshot of the served models: each request's records are validated against their arm's signature (arm from
+policy.py), then each arm scores the records of the whole batch in one `predict_proba` — the model call costs
+about the same for 1 row as for 100, so a busy server answers many more requests per second. Ids, validation,
+metrics and logging stay per request, and one request's bad input or model failure never fails another.
 The prediction rows are queued to the prediction log before the response is returned (never waiting on I/O), so a
 clean shutdown (SIGTERM → uvicorn drains requests → lifespan shutdown → log closed) loses no answered prediction.
 Records mirrored to the shadow are scored by a worker thread after the response, logged with `served=False`, and
-never returned.
-"""
+never returned."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
+import os
 import queue
 import threading
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,7 +35,7 @@ from starlette.concurrency import run_in_threadpool
 
 from crispflow.errors import CrispflowError
 from crispflow.serving.metrics import CONTENT_TYPE, ServingMetrics
-from crispflow.serving.models import LoadedModel, ModelStore
+from crispflow.serving.models import LoadedModel, ModelStore, Snapshot
 from crispflow.serving.policy import CANARY, SHADOW
 from crispflow.serving.validation import (
     PayloadError,
@@ -69,6 +73,7 @@ class ServeConfig:
     refused_retry: float = 60.0  # seconds before a refused version is tried again
     log_flush_interval: float = 1.0
     close_timeout: float = 30.0  # seconds the prediction log may take to flush at shutdown
+    batch_requests: int = 64  # most /predict requests scored together (micro-batching); 1 turns batching off
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -77,7 +82,7 @@ class ServeConfig:
             value = getattr(self, name)
             if not isinstance(value, int | float) or not value > 0:
                 raise ServeConfigError(f"{name}: must be a number > 0, got {value!r}")
-        for name in ("max_body_bytes", "max_records", "shadow_queue"):
+        for name in ("max_body_bytes", "max_records", "shadow_queue", "batch_requests"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ServeConfigError(f"{name}: must be an integer >= 1, got {value!r}")
@@ -96,6 +101,112 @@ class ModelFailure(CrispflowError):
 
 
 Job = tuple[LoadedModel, list[dict[str, Any]], list[str], list[str | None], datetime, tuple[str, ...]]
+
+
+def request_ids(n: int) -> list[str]:
+    """`n` random (version 4) UUID strings, as `str(uuid.uuid4())` makes them, from one `os.urandom` call."""
+    raw = bytearray(os.urandom(16 * n))
+    for k in range(6, 16 * n, 16):
+        raw[k] = (raw[k] & 0x0F) | 0x40  # version 4
+        raw[k + 2] = (raw[k + 2] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return [f"{h[o:o + 8]}-{h[o + 8:o + 12]}-{h[o + 12:o + 16]}-{h[o + 16:o + 20]}-{h[o + 20:o + 32]}"
+            for o in range(0, 32 * n, 32)]
+
+
+Arrival = tuple[bytes, float, datetime]  # a /predict body, perf_counter() and wall time at its arrival
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """One parsed, validated /predict request waiting for its scores (filled in by `_score_parts`)."""
+
+    slot: int
+    records: list[dict[str, Any]]
+    ids: list[str]
+    entities: list[str | None]
+    chosen: list[str]  # arm per record
+    groups: dict[str, list[int]]  # arm → record indexes
+    allowed: tuple[str, ...]
+    start: float
+    ts: datetime
+    scores: list[float]
+
+
+def _score_parts(model: LoadedModel, parts: list[tuple[_Prepared, list[int]]]) -> None:
+    """One `predict_proba` over the given records of several requests; scores written back to each request."""
+    if len(parts) == 1 and len(parts[0][1]) == len(parts[0][0].records):
+        records = parts[0][0].records
+    else:
+        records = [p.records[i] for p, index in parts for i in index]
+    values = model.score(model.schema.frame(records)).tolist()
+    if not all(map(math.isfinite, values)):
+        raise ValueError("the model returned a non-finite probability")
+    position = 0
+    for p, index in parts:
+        for i in index:
+            p.scores[i] = values[position]
+            position += 1
+
+
+class Batcher:
+    """Micro-batching of /predict: requests queue while the model is busy, and the scoring thread takes all that
+    arrived meanwhile (at most `max_requests`) as one batch. No timer: an idle server scores a request at once,
+    a busy one amortises each model call over every request that waited for it."""
+
+    def __init__(self, score: Callable[[list[Arrival]], list[dict[str, Any] | Exception]], max_requests: int) -> None:
+        self._score = score
+        self._max = max_requests
+        self._queue: queue.SimpleQueue[tuple[Arrival, Future[dict[str, Any]]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="crispflow-scoring", daemon=True)
+        self.running = False
+
+    def start(self) -> None:
+        if not self.running and not self._thread.is_alive():
+            self.running = True
+            self._thread.start()
+
+    def submit(self, body: bytes) -> Future[dict[str, Any]]:
+        """Queue one request; the future holds its response or raises its exception."""
+        future: Future[dict[str, Any]] = Future()
+        self._queue.put(((body, time.perf_counter(), datetime.now(UTC)), future))
+        return future
+
+    def close(self, timeout: float) -> None:
+        """Score what is queued, then stop."""
+        self.running = False  # later requests are scored in the threadpool
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            item = self._queue.get()
+            if item is None:
+                break
+            batch = [item]
+            while len(batch) < self._max:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            try:
+                outcomes = self._score([arrival for arrival, _ in batch])
+            except Exception as exc:  # a bug, not bad input: every request of the batch gets a 500
+                log.exception("scoring a batch of %d requests failed", len(batch))
+                outcomes = [exc] * len(batch)
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                if not future.set_running_or_notify_cancel():
+                    continue  # the client went away
+                if isinstance(outcome, Exception):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
 
 
 class ShadowWorker:
@@ -172,6 +283,7 @@ class ModelServer:
         self.store = ModelStore(config.model, client, poll_interval=config.poll_interval,
                                 refused_retry=config.refused_retry, metrics=self.metrics)
         self.shadow = ShadowWorker(config.model, self._log, self.metrics, config.shadow_queue)
+        self.batcher = Batcher(self.predict_batch, config.batch_requests)
         self._started = False
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
@@ -192,11 +304,13 @@ class ModelServer:
         else:
             log.warning("no prediction log configured: predictions are not recorded and /feedback answers 503")
         self.shadow.start()
+        self.batcher.start()
         self.store.start()
 
     def close(self) -> None:
         """Stop polling, finish shadow work, flush the prediction log (SIGTERM reaches here via uvicorn)."""
         self.store.stop()
+        self.batcher.close(self.config.close_timeout)
         self.shadow.close(self.config.close_timeout)
         if self.prediction_log is not None:
             self.prediction_log.close(self.config.close_timeout)
@@ -222,14 +336,36 @@ class ModelServer:
 
     def predict(self, body: bytes) -> dict[str, Any]:
         """Parse, validate, score, log. Raises PayloadError (4xx), NotReady (503) or ModelFailure (500)."""
-        start = time.perf_counter()
-        ts = datetime.now(UTC)
-        records = records_of(parse_json(body), self.config.max_records)
+        outcome = self.predict_batch([(body, time.perf_counter(), datetime.now(UTC))])[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def predict_batch(self, requests: Sequence[Arrival]) -> list[dict[str, Any] | Exception]:
+        """Score several requests together against ONE snapshot: each arm scores the valid records of all of them
+        in one `predict_proba`. Returns, per request and in order, its response or its exception (PayloadError,
+        NotReady, ModelFailure): a request never fails because of another one in the batch."""
         snap = self.store.snapshot
+        outcomes: list[dict[str, Any] | Exception | None] = [None] * len(requests)
+        prepared: list[_Prepared] = []
+        for slot, (body, start, ts) in enumerate(requests):
+            try:
+                prepared.append(self._prepare(slot, body, start, ts, snap))
+            except (PayloadError, NotReady) as exc:
+                outcomes[slot] = exc
+        if prepared:
+            failures = self._score(prepared, snap.arms)
+            for p in prepared:
+                outcomes[p.slot] = failures.get(p.slot) or self._finish(p, snap)
+        return outcomes  # type: ignore[return-value]
+
+    def _prepare(self, slot: int, body: bytes, start: float, ts: datetime, snap: Snapshot) -> _Prepared:
+        """Parse and validate one request, and assign each record an arm (PayloadError / NotReady if it cannot)."""
+        records = records_of(parse_json(body), self.config.max_records)
         if snap.champion is None:
             raise NotReady(snap.not_ready or "no champion loaded")
         name, policy, arms = self.config.model, snap.policy, snap.arms
-        ids = [str(uuid.uuid4()) for _ in records]
+        ids = request_ids(len(records))
         has_canary = CANARY in arms
         entities = [policy.entity_of(r) if isinstance(r, dict) else None for r in records]
         chosen = [policy.arm(name, e, rid, has_canary=has_canary) for e, rid in zip(entities, ids, strict=True)]
@@ -240,46 +376,72 @@ class ModelServer:
         groups: dict[str, list[int]] = {}
         for i, alias in enumerate(chosen):
             groups.setdefault(alias, []).append(i)
-        scores: list[float] = [0.0] * len(records)
-        for alias, index in groups.items():
+        return _Prepared(slot, records, ids, entities, chosen, groups, allowed, start, ts, [0.0] * len(records))
+
+    def _score(self, prepared: list[_Prepared], arms: Mapping[str, LoadedModel]) -> dict[int, ModelFailure]:
+        """Fill every request's scores, one model call per arm; if a batched call fails, each request is scored
+        alone so that only the requests the model fails on get a ModelFailure (slot → failure)."""
+        by_alias: dict[str, list[tuple[_Prepared, list[int]]]] = {}
+        for p in prepared:
+            for alias, index in p.groups.items():
+                by_alias.setdefault(alias, []).append((p, index))
+        failures: dict[int, ModelFailure] = {}
+        for alias, parts in by_alias.items():
             model = arms[alias]
-            subset = records if len(groups) == 1 else [records[i] for i in index]
             try:
-                values = model.score(model.schema.frame(subset)).tolist()
-                if not all(map(math.isfinite, values)):
-                    raise ValueError("the model returned a non-finite probability")
+                _score_parts(model, parts)
+                continue
             except Exception as exc:
-                log.exception("%s v%s failed on %d valid records", alias, model.version, len(subset))
-                self.metrics.errors.labels("model").inc()
-                latency_ms = (time.perf_counter() - start) * 1000
-                self._log([self._row(ids[i], ts, model, alias, entities[i], None, latency_ms, "error", records[i])
-                           for i in index])
-                raise ModelFailure(alias, model.version, exc, ids) from exc
-            for i, value in zip(index, values, strict=True):
-                scores[i] = value
-        elapsed = time.perf_counter() - start
-        items = []
-        for alias, index in groups.items():
-            model = arms[alias]
-            version = model.version
+                if len(parts) == 1:
+                    self._model_failed(alias, model, parts[0], exc, failures)
+                    continue
+            for part in parts:  # the batch failed: find the culprits
+                if part[0].slot in failures:
+                    continue
+                try:
+                    _score_parts(model, [part])
+                except Exception as exc:
+                    self._model_failed(alias, model, part, exc, failures)
+        return failures
+
+    def _model_failed(self, alias: str, model: LoadedModel, part: tuple[_Prepared, list[int]], exc: Exception,
+                      failures: dict[int, ModelFailure]) -> None:
+        p, index = part
+        log.error("%s v%s failed on %d valid records", alias, model.version, len(index), exc_info=exc)
+        self.metrics.errors.labels("model").inc()
+        latency_ms = (time.perf_counter() - p.start) * 1000
+        self._log([self._row(p.ids[i], p.ts, model, alias, p.entities[i], None, latency_ms, "error", p.records[i])
+                   for i in index])
+        failure = ModelFailure(alias, model.version, exc, p.ids)
+        failure.__cause__ = exc
+        failures[p.slot] = failure
+
+    def _finish(self, p: _Prepared, snap: Snapshot) -> dict[str, Any]:
+        """Metrics, response items, prediction log rows and shadow mirroring of one scored request."""
+        name, policy, arms = self.config.model, snap.policy, snap.arms
+        records, ids, scores, chosen = p.records, p.ids, p.scores, p.chosen
+        elapsed = time.perf_counter() - p.start
+        for alias, index in p.groups.items():
+            version = arms[alias].version
             self.metrics.records.labels(version, alias).inc(len(index))
             self.metrics.latency.labels(version, alias).observe(elapsed)
             observe = self.metrics.scores.labels(version, alias).observe
             for i in index:
                 observe(scores[i])
+        items = []
         for i, alias in enumerate(chosen):
             model = arms[alias]
             items.append({"request_id": ids[i], "score": scores[i], "label": int(scores[i] >= model.threshold),
                           "model_version": model.version, "alias": alias})
         latency_ms = elapsed * 1000
-        self._log([self._row(ids[i], ts, arms[a], a, entities[i], scores[i], latency_ms, "ok", records[i])
+        self._log([self._row(ids[i], p.ts, arms[a], a, p.entities[i], scores[i], latency_ms, "ok", records[i])
                    for i, a in enumerate(chosen)])
         shadow = arms.get(SHADOW)
         if shadow is not None and policy.shadow_share > 0:
             mirrored = [i for i, rid in enumerate(ids) if policy.mirrored(name, rid, has_shadow=True)]
             if mirrored:
                 self.shadow.submit((shadow, [records[i] for i in mirrored], [ids[i] for i in mirrored],
-                                    [entities[i] for i in mirrored], ts, allowed))
+                                    [p.entities[i] for i in mirrored], p.ts, p.allowed))
         return {"model": name, "predictions": items}
 
     def _row(self, request_id: str, ts: datetime, model: LoadedModel, alias: str, entity: str | None,
@@ -365,7 +527,10 @@ def create_app(config: ServeConfig, *, prediction_log: Any | None = None,
         try:
             check_content_type(request.headers.get("content-type"))
             body = await _read_body(request, config.max_body_bytes)
-            result = await run_in_threadpool(server.predict, body)
+            if server.batcher.running:
+                result = await asyncio.wrap_future(server.batcher.submit(body))
+            else:  # the app runs without its lifespan (no scoring thread): score in the threadpool
+                result = await run_in_threadpool(server.predict, body)
         except PayloadError as exc:
             return refused("predict", exc)
         except NotReady as exc:
