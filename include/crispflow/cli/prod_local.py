@@ -49,8 +49,19 @@ LAKE_BUCKET, MLFLOW_BUCKET, PREDICTIONS_BUCKET = "crispflow-lake", "crispflow-ml
 LAKE_CONN_ID = "crispflow_s3"
 S3_REGION = "us-east-1"
 S3_KEY = "test"  # moto accepts any key: not a secret, and never a real AWS credential
+WORKERS_ENV, CONCURRENCY_ENV = "CRISPFLOW_CELERY_WORKERS", "CRISPFLOW_CELERY_WORKER_CONCURRENCY"
 WORKERS = 2
 WORKER_CONCURRENCY = 2  # 2 workers x 2 task processes on a 2-core machine (each task ~5 s of imports)
+
+
+def _count(var: str, default: int) -> int:
+    """A positive worker count from the environment (the scale-out benchmark runs 1 and then 2 workers)."""
+    raw = os.environ.get(var, "")
+    if not raw:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= 16:
+        raise StackError(f"{var}={raw!r}: expected a whole number from 1 to 16")
+    return int(raw)
 HOSTNAME_CALLABLE = "crispflow.cli.worker_identity.hostname"
 
 
@@ -157,6 +168,7 @@ def build_prod_local_profile(settings: Settings, ports: Ports, creds: Secrets) -
     redis = _server_url(REDIS_URL_ENV, DEFAULT_REDIS_URL, ("redis", "rediss"))
     paths = StackPaths(settings.home)
     bin_dir = venv_bin()
+    concurrency = _count(CONCURRENCY_ENV, WORKER_CONCURRENCY)
     shared = prod_local_settings(settings, ns, _pg(pg, ns.ledger_db, "postgresql+psycopg2"))
     s3 = s3_env(ports)
     af_url, ml_url, s3_url = (f"http://{HOST}:{port}" for port in (ports.airflow, ports.mlflow, ports.s3))
@@ -168,7 +180,7 @@ def build_prod_local_profile(settings: Settings, ports: Ports, creds: Secrets) -
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_db,
         "AIRFLOW__CELERY__BROKER_URL": redis_url,
         "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{airflow_db}",
-        "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(WORKER_CONCURRENCY),
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(concurrency),
         # one stack's tasks, queue and keys stay apart from another's on the same Redis
         "AIRFLOW__OPERATORS__DEFAULT_QUEUE": ns.queue,
         "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX": ns.redis_prefix,
@@ -253,12 +265,12 @@ def build_prod_local_profile(settings: Settings, ports: Ports, creds: Secrets) -
             f"{WORKER_PREFIX}-{n}",
             f"Celery worker {n}",
             *("celery", "worker", "--celery-hostname", f"worker{n}@%h", "--queues", ns.queue),
-            *("--concurrency", str(WORKER_CONCURRENCY), "--skip-serve-logs"),
+            *("--concurrency", str(concurrency), "--skip-serve-logs"),
             key=None,
             keeps="celery",  # its title becomes "[celeryd: worker1@host:MainProcess] ..."
             extra_env={"AIRFLOW__CORE__HOSTNAME_CALLABLE": HOSTNAME_CALLABLE, WORKER_NAME_ENV: f"worker{n}"},
         )
-        for n in range(1, WORKERS + 1)
+        for n in range(1, _count(WORKERS_ENV, WORKERS) + 1)
     )
     processes = (
         ProcessSpec(
