@@ -19,10 +19,11 @@ if TYPE_CHECKING:
 INGEST = "ingest_validate"
 TRAIN = "train_evaluate_register"
 CANARY = "canary_analysis"
+MONITOR, WATCH, RETRAIN = "monitor_drift", "watch_drift", "retrain_on_drift"
+LATER_MONTHS = ((2026, 10), (2026, 11), (2026, 12))  # the riskier months: the monthly ingests after training
 PIPELINE = "lending_club"
-# The demo data's simulated months run through 2026. The first model learns from January-April; a second, trained
-# on January-September, goes live as a canary and is promoted on the live traffic's labelled evidence.
-FIRST_CONF = {"pipeline": PIPELINE, "start": "2026-01-01", "end": "2026-05-01"}
+# The demo data's simulated months run through 2026: January-September is the history the first model learns
+# from; October-December arrive later, monthly, and are riskier (they drift).
 DEMO_CONF = {"pipeline": PIPELINE, "start": "2026-01-01", "end": "2026-10-01"}
 
 
@@ -67,14 +68,13 @@ def ingest_and_train(api: AirflowAPI, conf: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_demo(api: AirflowAPI, settings: Settings) -> dict[str, Any]:
-    """Two rounds of ingest → validate → publish → train → evaluate → bless; the first model becomes champion, the
-    second goes live as a canary beside it; replayed traffic with delayed labels lets the canary analysis promote it."""
-    first = ingest_and_train(api, FIRST_CONF)
-    second = ingest_and_train(api, DEMO_CONF)
-    summary = _data_summary(api, settings, second["ingest_run"], second["published"])
-    summary["first model"] = _model_summary(api, settings, first["train_run"])["model"]
-    summary.update(_model_summary(api, settings, second["train_run"]))
-    summary.update(canary_phase(api, settings))
+    """The lifecycle through the REST API: ingest → validate → publish → train → evaluate → bless (the first model
+    becomes champion); then the later months arrive as live traffic, drift is found, the drift sensor retrains, and
+    the blessed retrained model goes canary and is promoted on labelled evidence."""
+    first = ingest_and_train(api, DEMO_CONF)
+    summary = _data_summary(api, settings, first["ingest_run"], first["published"])
+    summary.update(_model_summary(api, settings, first["train_run"]))
+    summary["drift loop"] = drift_phase(api, settings)
     return summary
 
 
@@ -148,6 +148,83 @@ def canary_phase(api: AirflowAPI, settings: Settings, rounds: int = 6) -> dict[s
         "model server": f"{settings.serve_url} (metrics: {settings.serve_url}/metrics)",
         "served records by version (metrics)": _served(metrics),
     }
+
+
+def drift_phase(api: AirflowAPI, settings: Settings) -> dict[str, Any]:
+    """The maintenance loop: the later, riskier months are ingested and arrive as live traffic; two monitoring
+    windows find drift; the drift sensor fires once and alerts; the retraining DAG trains on the composed training
+    window; the blessed result goes canary and is promoted on labelled evidence, like any other model."""
+    import math
+
+    from crispflow.traffic import replay
+
+    for year, month in LATER_MONTHS:  # the monthly ingests (each too small to train on alone)
+        end = f"{year + month // 12}-{month % 12 + 1:02d}-01"
+        run_and_wait(api, INGEST, None, {"pipeline": PIPELINE, "start": f"{year}-{month:02d}-01", "end": end})
+    rows, labels = later_traffic(settings)
+    windows = []
+    half = len(rows) // 2
+    for chunk in (slice(0, half), slice(half, len(rows))):
+        began = time.monotonic()
+        stats = replay(settings.serve_url, rows.iloc[chunk], labels[chunk], batch=10, feedback_delay=1.0)
+        if stats.failed:
+            raise CrispflowError(f"the model server failed {stats.failed} records: {stats.errors}")
+        time.sleep(2.5)  # the prediction log flushes every second
+        minutes = max(1, math.ceil((time.monotonic() - began) / 60))
+        run = run_and_wait(api, MONITOR, None, {"pipeline": PIPELINE, "window_minutes": minutes}, timeout=600)
+        windows.extend(api.xcom(MONITOR, run, "compute_drift")["summaries"])
+    started = time.time()
+    watch = run_and_wait(api, WATCH, None, {"pipeline": PIPELINE}, timeout=900)
+    fired = api.xcom(WATCH, watch, "watch")
+    alert = api.xcom(WATCH, watch, "alert")
+    retrain = _run_after(api, RETRAIN, started, timeout=300)
+    run_and_wait(api, RETRAIN, retrain, timeout=2400)
+    resolved = api.xcom(RETRAIN, retrain, "resolve")
+    out: dict[str, Any] = {
+        "windows": [f"{w['alias']} v{w['version']} {w['window_end']}: {w['status']} (drift share "
+                    f"{w['drift_share']:.2f}; {', '.join(w['drifted_features']) or 'no feature'})" for w in windows],
+        "drift report": windows[-1]["report"] if windows else "none",
+        "drift sensor": f"{api.base_url}/dags/{WATCH}/runs/{watch} fired episode {fired['episode_id']} on "
+        f"{', '.join(fired['features'])}",
+        "alert": alert,
+        "retraining": f"{api.base_url}/dags/{RETRAIN}/runs/{retrain} → training window "
+        f"{resolved['conf']['dataset_version_id']}",
+    }
+    out.update(_model_summary(api, settings, resolved["run_id"]))
+    out.update(canary_phase(api, settings))
+    return out
+
+
+def later_traffic(settings: Settings) -> tuple[Any, list[int]]:
+    """The published rows of the later months (features, entity key) and their true labels."""
+    import pandas as pd
+
+    from crispflow.datasets import load_version, published
+    from crispflow.spec import load_spec
+
+    spec = load_spec(PIPELINE)
+    lake = Lake(UPath(settings.lake_url))
+    starts = {f"{y}-{m:02d}" for y, m in LATER_MONTHS}
+    versions = [m["dataset_version_id"] for m in published(lake, PIPELINE) if m["interval"]["start"][:7] in starts
+                and m["interval"]["end"][:7] != m["interval"]["start"][:7] and not m.get("parents")]
+    frame = pd.concat([load_version(lake, v, PIPELINE) for v in versions], ignore_index=True)
+    frame = frame.drop_duplicates(spec.key).sort_values(spec.time_column, kind="stable").reset_index(drop=True)
+    labels = (frame[spec.target.column].astype(str) == str(spec.target.positive)).astype(int).tolist()
+    return frame[[spec.key, *spec.feature_columns]], labels
+
+
+def _run_after(api: AirflowAPI, dag_id: str, after: float, timeout: float) -> str:
+    """The id of the first run of `dag_id` queued after the UNIX time `after` (an asset-scheduled run)."""
+    from datetime import UTC, datetime
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = api.request("GET", f"/api/v2/dags/{dag_id}/dagRuns", params={"limit": 100})["dag_runs"]
+        for run in runs:
+            if datetime.fromisoformat(run["run_after"]).astimezone(UTC).timestamp() >= after - 1:
+                return run["dag_run_id"]
+        time.sleep(3)
+    raise CrispflowError(f"no {dag_id} run started within {timeout:.0f} s (is its asset event missing?)")
 
 
 def _moves(moves: dict[str, list[str | None]]) -> str:
