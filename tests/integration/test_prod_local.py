@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import requests
+import yaml
 
 from crispflow.airflow_api import AirflowAPI
 from crispflow.cli.credentials import Secrets, load_secrets
@@ -121,6 +122,12 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         if _unreachable("127.0.0.1", port):
             pytest.skip(f"{name} is not reachable on 127.0.0.1:{port}; the prod-local profile needs it")
     base = tmp_path_factory.mktemp("prod")
+    pipelines = base / "pipelines"  # the demo spec with logistic regression only: the same scenario, minutes less
+    pipelines.mkdir()
+    spec = yaml.safe_load((ROOT / "include" / "pipelines" / "lending_club.yaml").read_text())
+    spec["training"]["candidates"] = [c for c in spec["training"]["candidates"] if c["name"] == "logreg"]
+    spec["training"]["search_budget"] = 4
+    (pipelines / "lending_club.yaml").write_text(yaml.safe_dump(spec))
     airflow, mlflow, serve, s3 = _free_ports(4)
     ports = Ports(airflow=airflow, mlflow=mlflow, serve=serve, s3=s3)
     env = _clean_env() | {
@@ -130,6 +137,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "CRISPFLOW_MLFLOW_PORT": str(mlflow),
         "CRISPFLOW_SERVE_PORT": str(serve),
         "CRISPFLOW_S3_PORT": str(s3),
+        "CRISPFLOW_PIPELINES_DIR": str(pipelines),
     }
     live = Stack(base / "home", env, ports)
     started = time.monotonic()
@@ -150,6 +158,7 @@ def demo(live: Stack) -> Iterator[dict[str, Any]]:
     with pytest.MonkeyPatch.context() as mp:
         for key, value in live.client_env().items():
             mp.setenv(key, value)
+        mp.setenv("CRISPFLOW_PIPELINES_DIR", live.env["CRISPFLOW_PIPELINES_DIR"])
         yield run_demo(live.api(), live.settings())
 
 
@@ -181,6 +190,14 @@ def test_demo_runs_with_tasks_on_both_workers(live: Stack, demo: dict[str, Any])
     assert {h.split(".", 1)[0] for h in hosts} == {"worker1", "worker2"}, f"task hosts: {sorted(hosts)}"
     mapped = [t for t in tasks if t["task_id"] == "cross_validate"]
     assert len({t["hostname"] for t in mapped}) >= 2, "the mapped cross-validation did not spread over workers"
+
+
+def test_the_drift_loop_completes_on_the_production_topology(demo: dict[str, Any]) -> None:
+    """Later months as traffic → drift → sensor → retrain → blessed → canary → promoted, all on Celery/PG/S3."""
+    loop = demo["drift loop"]
+    assert any(": drift " in w for w in loop["windows"]), loop["windows"]
+    assert loop["canary decision"].startswith("promote"), loop
+    assert [line.split()[1] for line in loop["promotion ledger"]] == ["cold_start", "deploy_canary", "promote"]
 
 
 def test_lake_objects_are_in_s3(live: Stack, demo: dict[str, Any]) -> None:
