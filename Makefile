@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test up prod-local down status lint lock bench clean help
+.PHONY: demo test up prod-local down status lint lock bench bench-scale clean help
 
 help:
 	@echo "make demo    set up and run the demo on the local stack (Airflow + MLflow)"
@@ -53,8 +53,20 @@ lock: | $(UV)
 	$(UV) pip compile --quiet --python-version 3.11 --extra dev pyproject.toml -o requirements.lock
 
 bench: $(STAMP)
+	@command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null || { echo "make bench needs wrk (Debian package wrk)"; exit 1; }
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/crispflow up
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.train_overhead
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.serving_vs_mlflow
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.drift_vs_evidently
+
+# Scale-out: batch scoring of 10M rows on prod-local with 1, then 2 Celery workers (one task slot each).
+bench-scale: $(STAMP)
+	for n in 1 2; do \
+	  export CRISPFLOW_HOME="$(CURDIR)/.crispflow/bench-scale" CRISPFLOW_CELERY_WORKERS=$$n CRISPFLOW_CELERY_WORKER_CONCURRENCY=1 \
+	    CRISPFLOW_AIRFLOW_PORT=28080 CRISPFLOW_MLFLOW_PORT=25000 CRISPFLOW_SERVE_PORT=28000 CRISPFLOW_S3_PORT=29000 PATH="$(CURDIR)/$(BIN):$$PATH"; \
+	  $(BIN)/crispflow up --profile prod-local && $(BIN)/python -m benchmarks.scoring_scale airflow; status=$$?; \
+	  $(BIN)/crispflow down; [ $$status -eq 0 ] || exit $$status; \
+	done
 
 clean: down
 	rm -rf .crispflow $(VENV)

@@ -160,7 +160,7 @@ def test_alias_switch_under_load_fails_no_request(server, mlf, model) -> None:
         registry.set_alias(mlf, name, "champion", v2)
         _wait(lambda: _ready_version(server.url) == v2, 30, "switch to v2")
         switched_to_v2 = time.monotonic()
-        time.sleep(0.5)
+        time.sleep(1.2)  # long enough that some requests start and end well inside the v2 period
         registry.set_alias(mlf, name, "champion", v1)
         _wait(lambda: _ready_version(server.url) == v1, 30, "switch back to v1")
         switched_to_v1 = time.monotonic()
@@ -179,6 +179,7 @@ def test_alias_switch_under_load_fails_no_request(server, mlf, model) -> None:
     assert after and all(v == {v1} for v in after)
     metrics = httpx.get(f"{server.url}/metrics").text
     assert 'crispflow_serve_reloads_total{alias="champion"}' in metrics
+    assert "crispflow_drift_store_up" in metrics  # the drift gauges ride on the same registry
 
 
 # --- 2. bad payloads --------------------------------------------------------------------------------------------

@@ -274,6 +274,13 @@ class ModelServer:
         self.config = config
         self.prediction_log = prediction_log
         self.metrics = ServingMetrics(self._log_stats)
+        if config.predictions_url:  # the newest drift windows of the served versions, as gauges
+            from crispflow.monitoring.gauges import DriftCollector
+            from crispflow.serving.prediction_log import storage_options_from_env
+
+            self.metrics.registry.register(DriftCollector(
+                config.predictions_url, config.model,
+                storage_options=config.storage_options or storage_options_from_env(config.predictions_url)))
         if client is None:
             from crispflow import registry
 
