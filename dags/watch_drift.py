@@ -39,7 +39,7 @@ CHANNELS = [{"kind": "webhook", "conn_id": "crispflow_alerts_webhook", "optional
 )
 def watch_drift() -> None:
     watch = DriftSensor(task_id="watch", pipeline="{{ params.pipeline }}", policy="{{ params.policy }}",
-                        poke_interval=300, timeout=timedelta(minutes=55))
+                        poke_interval=120, timeout=timedelta(minutes=55))
 
     @task
     def alert(**context) -> dict:

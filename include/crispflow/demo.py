@@ -74,8 +74,22 @@ def run_demo(api: AirflowAPI, settings: Settings) -> dict[str, Any]:
     first = ingest_and_train(api, DEMO_CONF)
     summary = _data_summary(api, settings, first["ingest_run"], first["published"])
     summary.update(_model_summary(api, settings, first["train_run"]))
-    summary["drift loop"] = drift_phase(api, settings)
+    summary["drift loop"] = drift_phase(api, settings) if not _loop_done(settings) else {
+        "already completed by an earlier demo run (the cooldown holds further retrains)": "see the ledger",
+        "promotion ledger": _ledger_lines(settings)}
     return summary
+
+
+def _loop_done(settings: Settings) -> bool:
+    """An earlier demo run on this stack already promoted a retrained model."""
+    return any(line.split()[1] == "promote" for line in _ledger_lines(settings))
+
+
+def _ledger_lines(settings: Settings) -> list[str]:
+    from crispflow import promotion, registry
+
+    entries = promotion.Ledger(settings.ledger_url).entries(registry.model_name(PIPELINE))
+    return [f"#{e['seq']} {e['action']} {_moves(e['moves'])}" for e in entries]
 
 
 def _data_summary(api: AirflowAPI, settings: Settings, ingest_run: str, published: dict[str, Any]) -> dict[str, Any]:
@@ -123,6 +137,7 @@ def canary_phase(api: AirflowAPI, settings: Settings, rounds: int = 6) -> dict[s
     if canary is None:
         return {"canary": "none deployed (the second model was not blessed, or is the champion already)"}
     _wait_serving(settings, str(canary.version))
+    share = mlf.get_registered_model(name).tags.get(promotion.CANARY_SHARE_TAG)
     rows, labels = holdout_traffic(settings)
     decision, traffic, analysis_run = {"decision": "continue"}, {}, None
     for _ in range(rounds):
@@ -135,16 +150,14 @@ def canary_phase(api: AirflowAPI, settings: Settings, rounds: int = 6) -> dict[s
         decision = api.xcom(CANARY, analysis_run, "analyse_and_act")
         if decision["decision"] != "continue":
             break
-    ledger = promotion.Ledger(settings.ledger_url).entries(name)
     metrics = requests.get(f"{settings.serve_url}/metrics", timeout=10).text
     return {
-        "canary": f"v{canary.version} at {mlf.get_registered_model(name).tags.get(promotion.CANARY_SHARE_TAG)}"
-        " of entities",
+        "canary": f"v{canary.version} at {share} of entities",
         "traffic (last pass)": traffic,
         "canary analysis": f"{api.base_url}/dags/{CANARY}/runs/{analysis_run}",
         "canary decision": f"{decision['decision']}: {'; '.join(decision.get('reasons', []))}",
         "canary report": decision.get("report", "none"),
-        "promotion ledger": [f"#{e['seq']} {e['action']} {_moves(e['moves'])}" for e in ledger],
+        "promotion ledger": _ledger_lines(settings),
         "model server": f"{settings.serve_url} (metrics: {settings.serve_url}/metrics)",
         "served records by version (metrics)": _served(metrics),
     }
@@ -162,6 +175,7 @@ def drift_phase(api: AirflowAPI, settings: Settings) -> dict[str, Any]:
         end = f"{year + month // 12}-{month % 12 + 1:02d}-01"
         run_and_wait(api, INGEST, None, {"pipeline": PIPELINE, "start": f"{year}-{month:02d}-01", "end": end})
     rows, labels = later_traffic(settings)
+    started = time.time()
     windows = []
     half = len(rows) // 2
     for chunk in (slice(0, half), slice(half, len(rows))):
@@ -173,12 +187,12 @@ def drift_phase(api: AirflowAPI, settings: Settings) -> dict[str, Any]:
         minutes = max(1, math.ceil((time.monotonic() - began) / 60))
         run = run_and_wait(api, MONITOR, None, {"pipeline": PIPELINE, "window_minutes": minutes}, timeout=600)
         windows.extend(api.xcom(MONITOR, run, "compute_drift")["summaries"])
-    started = time.time()
-    watch = run_and_wait(api, WATCH, None, {"pipeline": PIPELINE}, timeout=900)
-    fired = api.xcom(WATCH, watch, "watch")
-    alert = api.xcom(WATCH, watch, "alert")
-    retrain = _run_after(api, RETRAIN, started, timeout=300)
+    # The hourly watch_drift run may already be waiting in the triggerer and fire first; else start one.
+    if not _active_runs(api, WATCH):
+        api.trigger(WATCH, conf={"pipeline": PIPELINE})
+    retrain = _run_after(api, RETRAIN, started, timeout=900)
     run_and_wait(api, RETRAIN, retrain, timeout=2400)
+    watch, fired, alert = _fired_watch(api, started)
     resolved = api.xcom(RETRAIN, retrain, "resolve")
     out: dict[str, Any] = {
         "windows": [f"{w['alias']} v{w['version']} {w['window_end']}: {w['status']} (drift share "
@@ -211,6 +225,30 @@ def later_traffic(settings: Settings) -> tuple[Any, list[int]]:
     frame = frame.drop_duplicates(spec.key).sort_values(spec.time_column, kind="stable").reset_index(drop=True)
     labels = (frame[spec.target.column].astype(str) == str(spec.target.positive)).astype(int).tolist()
     return frame[[spec.key, *spec.feature_columns]], labels
+
+
+def _active_runs(api: AirflowAPI, dag_id: str) -> list[dict[str, Any]]:
+    runs = api.request("GET", f"/api/v2/dags/{dag_id}/dagRuns", params={"limit": 100})["dag_runs"]
+    return [r for r in runs if r["state"] in ("queued", "running")]
+
+
+def _fired_watch(api: AirflowAPI, after: float, timeout: float = 120) -> tuple[str, dict[str, Any], Any]:
+    """The watch_drift run whose sensor fired after `after`: (run id, the episode it recorded, the alert sent)."""
+    from datetime import UTC, datetime
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for run in api.request("GET", f"/api/v2/dags/{WATCH}/dagRuns", params={"limit": 100})["dag_runs"]:
+            ended = run.get("end_date")
+            if run["state"] != "success" or not ended:
+                continue
+            if datetime.fromisoformat(ended).astimezone(UTC).timestamp() < after:
+                continue
+            fired = api.xcom(WATCH, run["dag_run_id"], "watch")
+            if fired:
+                return run["dag_run_id"], fired, api.xcom(WATCH, run["dag_run_id"], "alert")
+        time.sleep(3)
+    raise CrispflowError(f"no {WATCH} run fired within {timeout:.0f} s of the retrain")
 
 
 def _run_after(api: AirflowAPI, dag_id: str, after: float, timeout: float) -> str:
