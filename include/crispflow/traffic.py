@@ -28,6 +28,11 @@ class TrafficStats:
     by_arm: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
 
+    def error(self, message: str) -> None:
+        """Keep the first few error messages (a dead server would otherwise repeat one per request)."""
+        if len(self.errors) < 5:
+            self.errors.append(message)
+
     def as_dict(self) -> dict[str, Any]:
         return {"requests": self.requests, "records": self.records, "failed": self.failed,
                 "feedback": self.feedback, "by_arm": dict(self.by_arm), "errors": self.errors[:5]}
@@ -74,7 +79,7 @@ def replay(server_url: str, rows: pd.DataFrame, labels: list[int], *, batch: int
             chunk = ready[start:start + 500]
             resp = http.post(f"{server_url}/feedback", json=chunk, timeout=30)
             if resp.status_code >= 300:
-                stats.errors.append(f"feedback {resp.status_code}: {resp.text[:200]}")
+                stats.error(f"feedback {resp.status_code}: {resp.text[:200]}")
             else:
                 stats.feedback += len(chunk)
 
@@ -87,12 +92,12 @@ def replay(server_url: str, rows: pd.DataFrame, labels: list[int], *, batch: int
             resp = http.post(f"{server_url}/predict", json={"records": chunk}, timeout=30)
         except requests.RequestException as exc:
             stats.failed += len(chunk)
-            stats.errors.append(f"predict: {exc}")
+            stats.error(f"predict: {exc}")
             continue
         stats.requests += 1
         if resp.status_code != 200:
             stats.failed += len(chunk)
-            stats.errors.append(f"predict {resp.status_code}: {resp.text[:200]}")
+            stats.error(f"predict {resp.status_code}: {resp.text[:200]}")
         else:
             for offset, item in enumerate(resp.json()["predictions"]):
                 stats.records += 1

@@ -192,6 +192,7 @@ def test_plan_score_and_commit_on_s3_through_object_storage_paths(moto_s3, monke
     create_exclusive(lake.manifest("lending_club", version_id), canonical_json({
         "dataset_version_id": version_id, "content_sha256": digest, "pipeline": "lending_club",
         "rows": {"published": len(frame)}, "files": {"data": lake.relative(folder / "data.parquet")},
+        "interval": {"start": "2026-01-01T00:00:00+00:00", "end": "2026-10-01T00:00:00+00:00"},
         "published_by": {"dag_id": "test", "run_id": "s3", "at": "2026-11-01T00:00:00+00:00"}}))
     with threadpool_limits(limits=1):
         model = Pipeline([("preprocess", build_preprocessor(spec)),

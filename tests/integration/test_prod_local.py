@@ -103,7 +103,8 @@ class Stack:
 
     def settings(self) -> Settings:
         base = Settings.from_env()
-        base = replace(base, home=self.home, mlflow_tracking_uri=f"http://127.0.0.1:{self.ports.mlflow}")
+        base = replace(base, home=self.home, mlflow_tracking_uri=f"http://127.0.0.1:{self.ports.mlflow}",
+                       serve_port=self.ports.serve)
         ns = Namespace.of(self.home)
         return prod_local_settings(base, ns, f"postgresql+psycopg2://postgres@127.0.0.1:5432/{ns.ledger_db}")
 

@@ -166,6 +166,47 @@ def test_ingest_validate_publishes_a_dataset_version(live: Stack) -> None:
     assert rows["in"] == rows["published"] + rows["quarantined"]
 
 
+def test_a_deferred_drift_sensor_survives_a_triggerer_restart(live: Stack) -> None:
+    """The hourly watch_drift run waits in the triggerer; the triggerer is killed; drift arrives; `up` restarts the
+    triggerer, whose new trigger instance re-reads the store and fires the episode exactly once."""
+    import signal
+    from datetime import UTC, datetime, timedelta
+
+    from crispflow.monitoring import store
+
+    api = live.api()
+    api.wait_for_dag("watch_drift", timeout=180)
+    deadline = time.monotonic() + 180
+    run_id = None
+    while run_id is None:  # the scheduler starts the latest hourly run itself (catchup off)
+        assert time.monotonic() < deadline, "no watch_drift run was scheduled"
+        runs = api.request("GET", "/api/v2/dags/watch_drift/dagRuns", params={"limit": 10})["dag_runs"]
+        for run in runs:
+            states = {t["task_id"]: t["state"] for t in api.task_instances("watch_drift", run["dag_run_id"])}
+            if states.get("watch") == "deferred":
+                run_id = run["dag_run_id"]
+        time.sleep(2)
+
+    triggerer = next(r for r in live.pid_records() if r.name == "airflow-triggerer")
+    os.killpg(triggerer.pid, signal.SIGKILL)  # a crash, not a clean stop
+    now = datetime.now(UTC)
+    for hours_ago in (2, 1):  # two drifted windows of the champion: k=2 of n=3
+        start, end = now - timedelta(hours=hours_ago), now - timedelta(hours=hours_ago - 1)
+        summary = {"model": "crispflow-lending_club", "alias": "champion", "version": "1",
+                   "window_start": start.isoformat(), "window_end": end.isoformat(), "rows": 500,
+                   "labelled_rows": 100, "status": "drift", "drift": True, "drift_share": 0.3,
+                   "drifted_features": ["int_rate"], "prediction_drift": False, "report": "r.json",
+                   "statistics": {"int_rate": {"test": "ks", "statistic": 0.2, "p_adjusted": 1e-9, "psi": 0.2}}}
+        store.write_window(live.home / "lake" / "predictions", summary, {}, "")
+    assert live.run("up", timeout=300).returncode == 0  # starts the missing triggerer only
+
+    assert api.wait_for_run("watch_drift", run_id, timeout=240) == "success"
+    fired = api.xcom("watch_drift", run_id, "watch")
+    assert fired["features"] == ["int_rate"] and fired["episode_id"].startswith("champion-")
+    episodes = store.read_episodes(live.home / "lake" / "predictions", "crispflow-lending_club")
+    assert [e["episode_id"] for e in episodes] == [fired["episode_id"]]
+
+
 def test_down_stops_everything_it_started(live: Stack) -> None:
     records = live.pid_records()
     assert records
