@@ -39,7 +39,7 @@ def run_and_wait(api: AirflowAPI, dag_id: str, run_id: str | None, conf: dict[st
     return run_id
 
 
-def training_run_for(api: AirflowAPI, version_id: str, timeout: float = 120) -> str | None:
+def training_run_for(api: AirflowAPI, version_id: str, timeout: float = 600) -> str | None:
     """The training run the dataset's asset event started (matched on what its `resolve` task read)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
