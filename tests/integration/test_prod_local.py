@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
@@ -24,6 +22,7 @@ from typing import Any
 import pytest
 import requests
 import yaml
+from support.stack import clean_env, cli, free_ports
 
 from crispflow.airflow_api import AirflowAPI
 from crispflow.cli.credentials import Secrets, load_secrets
@@ -37,7 +36,6 @@ from crispflow.settings import Settings
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 ROOT = Path(__file__).resolve().parents[2]
-RESERVED_PORTS = {8080, 5000, 8000, 9000}
 PROCESSES = {
     "s3",
     "mlflow",
@@ -49,24 +47,6 @@ PROCESSES = {
     "airflow-worker-2",
     "model-server",
 }
-
-
-def _cli() -> str:
-    beside = Path(sys.executable).parent / "crispflow"
-    return str(beside if beside.exists() else ROOT / ".venv" / "bin" / "crispflow")
-
-
-def _free_ports(count: int) -> list[int]:
-    socks, ports = [], []
-    while len(ports) < count:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        socks.append(sock)
-        if (port := sock.getsockname()[1]) not in RESERVED_PORTS:
-            ports.append(port)
-    for sock in socks:
-        sock.close()
-    return ports
 
 
 def _unreachable(host: str, port: int) -> bool:
@@ -83,7 +63,7 @@ class Stack:
 
     def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [_cli(), *args], env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+            [cli(), *args], env=self.env, capture_output=True, text=True, timeout=timeout, check=False
         )
 
     def status(self) -> dict[str, Any]:
@@ -112,11 +92,6 @@ class Stack:
         return read_pid_records(StackPaths(self.home))
 
 
-def _clean_env() -> dict[str, str]:
-    prefixes = ("AIRFLOW", "CRISPFLOW_", "MLFLOW_", "AWS_")
-    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
-
-
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     for name, port in (("PostgreSQL", 5432), ("Redis", 6379)):
@@ -129,9 +104,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     spec["training"]["candidates"] = [c for c in spec["training"]["candidates"] if c["name"] == "logreg"]
     spec["training"]["search_budget"] = 4
     (pipelines / "lending_club.yaml").write_text(yaml.safe_dump(spec))
-    airflow, mlflow, serve, s3 = _free_ports(4)
+    airflow, mlflow, serve, s3 = free_ports(4)
     ports = Ports(airflow=airflow, mlflow=mlflow, serve=serve, s3=s3)
-    env = _clean_env() | {
+    env = clean_env() | {
         "CRISPFLOW_HOME": str(base / "home"),
         "CRISPFLOW_PROJECT_ROOT": str(ROOT),
         "CRISPFLOW_AIRFLOW_PORT": str(airflow),

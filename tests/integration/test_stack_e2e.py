@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from typing import Any
 
 import pytest
 import requests
+from support.stack import clean_env, cli, free_ports
 
 from crispflow.airflow_api import AirflowAPI
 from crispflow.cli.paths import StackPaths
@@ -31,28 +30,8 @@ from crispflow.lake import Lake
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-RESERVED_PORTS = {8080, 5000, 8000}
 # The demo data's (simulated) application months are those of 2026 (include/data/ATTRIBUTION.md): months 1-9.
 INGEST_CONF = {"pipeline": "lending_club", "start": "2026-01-01", "end": "2026-10-01"}
-
-
-def _cli() -> str:
-    beside = Path(sys.executable).parent / "crispflow"
-    return str(beside if beside.exists() else ROOT / ".venv" / "bin" / "crispflow")
-
-
-def _free_ports(count: int) -> list[int]:
-    """Distinct free ports, none of the defaults a developer's own stack uses."""
-    socks, ports = [], []
-    while len(ports) < count:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        socks.append(sock)
-        if (port := sock.getsockname()[1]) not in RESERVED_PORTS:
-            ports.append(port)
-    for sock in socks:
-        sock.close()
-    return ports
 
 
 @dataclass
@@ -65,7 +44,7 @@ class Stack:
 
     def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [_cli(), *args], env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+            [cli(), *args], env=self.env, capture_output=True, text=True, timeout=timeout, check=False
         )
 
     def status(self) -> dict[str, Any]:
@@ -79,17 +58,11 @@ class Stack:
         return read_pid_records(StackPaths(self.home))
 
 
-def _clean_env() -> dict[str, str]:
-    """The caller's environment without any Airflow/crispflow/MLflow settings (tests configure their own)."""
-    prefixes = ("AIRFLOW", "CRISPFLOW_", "MLFLOW_")
-    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
-
-
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("stack")
-    airflow_port, mlflow_port, serve_port = _free_ports(3)
-    env = _clean_env() | {
+    airflow_port, mlflow_port, serve_port = free_ports(3)
+    env = clean_env() | {
         "CRISPFLOW_HOME": str(base / "home"),
         "CRISPFLOW_PROJECT_ROOT": str(ROOT),
         "CRISPFLOW_AIRFLOW_PORT": str(airflow_port),

@@ -35,6 +35,7 @@ from crispflow.cli.profiles import (
     SetupStep,
     airflow_env,
     airflow_setup_steps,
+    mlflow_spec,
     serve_spec,
     venv_bin,
 )
@@ -284,17 +285,7 @@ def build_prod_local_profile(settings: Settings, ports: Ports, creds: Secrets) -
             health_url=s3_url + "/moto-api/",
             needs=("reset-state",),
         ),
-        ProcessSpec(
-            "mlflow",
-            "MLflow tracking server",
-            mlflow_argv,
-            mlflow_env,
-            port=ports.mlflow,
-            port_env=PORT_ENV["mlflow"],
-            url=ml_url,
-            health_url=ml_url + "/health",
-            needs=("buckets", "mlflow-auth-config"),
-        ),
+        mlflow_spec(ports, mlflow_argv, mlflow_env, needs=("buckets", "mlflow-auth-config")),
         af(
             "airflow-api-server",
             "Airflow api-server",

@@ -162,6 +162,14 @@ def serve_spec(ports: Ports, base_env: Mapping[str, str], extra_env: Mapping[str
     )
 
 
+def mlflow_spec(ports: Ports, argv: tuple[str, ...], env: Mapping[str, str],
+                needs: tuple[str, ...] = ()) -> ProcessSpec:
+    """The MLflow tracking server as a managed process (its argv and environment differ per profile)."""
+    url = f"http://{HOST}:{ports.mlflow}"
+    return ProcessSpec("mlflow", "MLflow tracking server", argv, env, port=ports.mlflow, port_env=PORT_ENV["mlflow"],
+                       url=url, health_url=url + "/health", needs=needs)
+
+
 def build_local_profile(settings: Settings, ports: Ports, creds: Secrets) -> Profile:
     """SQLite + LocalExecutor Airflow, SQLite MLflow with local artifacts: the embedded default.
 
@@ -191,16 +199,7 @@ def build_local_profile(settings: Settings, ports: Ports, creds: Secrets) -> Pro
     mlflow_env = {"PATH": env["PATH"], "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     processes = (
         # first: MLflow boots while `airflow db migrate` runs
-        ProcessSpec(
-            "mlflow",
-            "MLflow tracking server",
-            mlflow_argv,
-            mlflow_env,
-            port=ports.mlflow,
-            port_env=PORT_ENV["mlflow"],
-            url=ml_url,
-            health_url=ml_url + "/health",
-        ),
+        mlflow_spec(ports, mlflow_argv, mlflow_env),
         af(
             "airflow-api-server",
             "Airflow api-server",

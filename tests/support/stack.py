@@ -1,0 +1,40 @@
+"""Helpers for tests that run a whole crispflow stack as a user would: the CLI, free ports, a clean environment.
+
+PYTEST_DONT_REWRITE
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RESERVED_PORTS = {8080, 5000, 8000, 9000}  # the defaults a developer's own stack uses: never taken by a test
+
+
+def cli() -> str:
+    """The venv's `crispflow` command."""
+    beside = Path(sys.executable).parent / "crispflow"
+    return str(beside if beside.exists() else ROOT / ".venv" / "bin" / "crispflow")
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports, none of RESERVED_PORTS."""
+    socks, ports = [], []
+    while len(ports) < count:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        socks.append(sock)
+        if (port := sock.getsockname()[1]) not in RESERVED_PORTS:
+            ports.append(port)
+    for sock in socks:
+        sock.close()
+    return ports
+
+
+def clean_env() -> dict[str, str]:
+    """The caller's environment without Airflow/crispflow/MLflow/AWS settings (each test configures its own)."""
+    prefixes = ("AIRFLOW", "CRISPFLOW_", "MLFLOW_", "AWS_")
+    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
