@@ -11,7 +11,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
+import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -96,6 +99,7 @@ def pip_requirements() -> list[str]:
 
 def trusted_types(model: Any) -> list[str]:
     """Types skops may load for this model: only those of numpy, scipy, sklearn and crispflow itself."""
+    import_skops()
     import skops.io as sio
 
     untrusted = sio.get_untrusted_types(data=sio.dumps(model))
@@ -159,14 +163,15 @@ def _wait_ready(mlf: MlflowClient, name: str, version: str, timeout: float = 120
         time.sleep(0.5)
 
 
-def _download(version: Any) -> Path:
+def _download(version: Any, into: Path) -> Path:
     import mlflow
 
-    return Path(mlflow.artifacts.download_artifacts(version.source))
+    return Path(mlflow.artifacts.download_artifacts(version.source, dst_path=str(into)))
 
 
 def _hash_version(version: Any) -> str:
-    return tree_sha256(_download(version))
+    with tempfile.TemporaryDirectory() as tmp:
+        return tree_sha256(_download(version, Path(tmp)))
 
 
 def alias_version(mlf: MlflowClient, name: str, alias: str) -> Any | None:
@@ -188,17 +193,68 @@ def set_alias(mlf: MlflowClient, name: str, alias: str, version: str) -> None:
     mlf.set_registered_model_alias(name, alias, str(version))
 
 
-def load_verified(mlf: MlflowClient, name: str, version: str) -> Any:
+def load_verified(mlf: MlflowClient, name: str, version: str, cache: Path | None = None) -> Any:
     """Load a registered sklearn model after checking its files against the recorded hash."""
+    return load_files(verified_copy(mlf.get_model_version(name, version), cache))
+
+
+def load_files(local: Path) -> Any:
+    """The sklearn model in a local copy made by `verified_copy`."""
     import mlflow.sklearn
 
-    mv = mlf.get_model_version(name, version)
+    import_skops()
+    return mlflow.sklearn.load_model(str(local))
+
+
+def verified_copy(mv: Any, cache: Path | None = None) -> Path:
+    """A model version's files, checked against the hash recorded at registration.
+
+    Kept in `cache` (default: the settings' model cache) under that hash: a worker or server downloads a version
+    once, the copy is put in place atomically (concurrent loads are safe) and hashed again at every use.
+    """
     expected = mv.tags.get(SHA_TAG)
     if not expected:
-        raise RegistryError(f"{name} v{version} has no recorded artifact hash: refusing to load it")
-    local = _download(mv)
-    actual = tree_sha256(local)
-    if actual != expected:
-        raise RegistryError(f"{name} v{version}: artifact hash {actual[:12]} does not match the recorded "
-                            f"{expected[:12]} (tampered?): refusing to load it")
-    return mlflow.sklearn.load_model(str(local))
+        raise RegistryError(f"{mv.name} v{mv.version} has no recorded artifact hash: refusing to load it")
+    cache = cache or _default_cache()
+    final = cache / expected
+    if final.is_dir():
+        if tree_sha256(final) == expected:
+            return final
+        _discard(final, cache)  # changed on disk: fetch it again
+    cache.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=cache, prefix=".download-"))
+    try:
+        local = _download(mv, staging)
+        actual = tree_sha256(local)
+        if actual != expected:
+            raise RegistryError(f"{mv.name} v{mv.version}: artifact hash {actual[:12]} does not match the recorded "
+                                f"{expected[:12]} (tampered?): refusing to load it")
+        with contextlib.suppress(OSError):  # a concurrent download won the rename: its copy is checked below
+            local.rename(final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if tree_sha256(final) != expected:
+        raise RegistryError(f"{mv.name} v{mv.version}: cached copy in {final} does not match its hash")
+    return final
+
+
+def _discard(folder: Path, cache: Path) -> None:
+    """Move a folder out of the way atomically, then delete it (a concurrent reader never sees half of it)."""
+    aside = Path(tempfile.mkdtemp(dir=cache, prefix=".stale-"))
+    with contextlib.suppress(OSError):
+        folder.rename(aside / folder.name)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _default_cache() -> Path:
+    from crispflow.settings import Settings
+
+    return Settings.from_env().model_cache
+
+
+def import_skops() -> None:
+    """Import skops.io without its import-time scan flooding logs: it looks up every scipy ufunc in every loaded
+    module, and in an Airflow process each lookup of a deprecated alias warns (~1,200 log lines per task)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"The `airflow\.")
+        import skops.io  # noqa: F401

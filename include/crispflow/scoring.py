@@ -116,14 +116,15 @@ def resolve_model(mlf: MlflowClient, pipeline: str, alias: str) -> ModelRef:
 
 
 def load_model(mlf: MlflowClient, model: ModelRef) -> Any:
-    """The pinned version from the registry, loaded only after its files match the recorded hash."""
+    """The pinned version from the registry, loaded only after its files match the recorded hash (one registry
+    call: with an authenticated MLflow server each one costs the server a password hash)."""
     from crispflow import registry
 
     mv = mlf.get_model_version(model.name, model.version)
     if mv.tags.get(registry.SHA_TAG) != model.artifact_sha256:
         raise registry.RegistryError(f"{model.name} v{model.version}: recorded artifact hash changed since the "
                                      f"run was planned: refusing to load it")
-    return registry.load_verified(mlf, model.name, model.version)
+    return registry.load_files(registry.verified_copy(mv))
 
 
 # --- Parquet access with bounded memory -------------------------------------------------------------------

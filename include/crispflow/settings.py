@@ -30,6 +30,7 @@ class Settings:
     predictions_url: str  # the model server's prediction log and feedback (under the lake by default)
     serve_port: int  # the model server (crispflow serve)
     ledger_url: str  # SQLAlchemy URL of the promotion ledger (SQLite locally, PostgreSQL in production)
+    model_cache: Path  # verified model files by artifact hash (local to each worker / server)
 
     @property
     def serve_url(self) -> str:
@@ -51,4 +52,5 @@ class Settings:
             predictions_url=os.environ.get("CRISPFLOW_PREDICTIONS_URL", lake_url.rstrip("/") + "/predictions"),
             serve_port=int(os.environ.get("CRISPFLOW_SERVE_PORT", "8000")),
             ledger_url=os.environ.get("CRISPFLOW_LEDGER_URL", f"sqlite:///{home / 'ledger.db'}"),
+            model_cache=Path(os.environ.get("CRISPFLOW_MODEL_CACHE", home / "cache" / "models")),
         )

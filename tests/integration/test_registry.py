@@ -56,18 +56,30 @@ def test_aliases_only_point_at_complete_versions(mlf, model_and_example) -> None
     assert registry.alias_version(mlf, "crispflow-t_alias", "nobody") is None
 
 
-def test_a_tampered_artifact_is_refused(mlf, mlflow_server, model_and_example) -> None:
+def test_a_tampered_artifact_is_refused(mlf, mlflow_server, model_and_example, tmp_path) -> None:
     model, x = model_and_example
     run_id = registry.find_or_create_run(mlf, "t_tamper", "dag/run3/train", "train")
     reg = registry.register(mlf, name="crispflow-t_tamper", run_id=run_id, run_key="dag/run3/train", model=model,
                             example=x, tags={})
-    loaded = registry.load_verified(mlf, "crispflow-t_tamper", reg.version)
+    worker1, worker2 = tmp_path / "worker1", tmp_path / "worker2"
+    loaded = registry.load_verified(mlf, "crispflow-t_tamper", reg.version, cache=worker1)
     assert (loaded.predict_proba(x)[:, 1] == model.predict_proba(x)[:, 1]).all()
+    assert [p.name for p in worker1.iterdir()] == [reg.artifact_sha256]  # kept under its hash, nothing else
     (target,) = [p for p in mlflow_server.artifacts.rglob("model.skops")
                  if p.parent.name == "artifacts" and reg.artifact_sha256 and _is_version(mlf, reg, p)]
     target.write_bytes(target.read_bytes() + b"\0")
+    with pytest.raises(RegistryError, match="does not match the recorded"):  # a worker without a copy
+        registry.load_verified(mlf, "crispflow-t_tamper", reg.version, cache=worker2)
+    assert not list(worker2.iterdir())  # nothing of the tampered download is kept
+    # the copy verified before the tampering still matches the recorded hash: that is what loads
+    again = registry.load_verified(mlf, "crispflow-t_tamper", reg.version, cache=worker1)
+    assert (again.predict_proba(x)[:, 1] == model.predict_proba(x)[:, 1]).all()
+    # a cached copy changed on disk is fetched again, and the store's tampered files are refused
+    (cached,) = (worker1 / reg.artifact_sha256).rglob("model.skops")
+    cached.write_bytes(cached.read_bytes() + b"\0")
     with pytest.raises(RegistryError, match="does not match the recorded"):
-        registry.load_verified(mlf, "crispflow-t_tamper", reg.version)
+        registry.load_verified(mlf, "crispflow-t_tamper", reg.version, cache=worker1)
+    assert not list(worker1.iterdir())
 
 
 def _is_version(mlf, reg, path) -> bool:

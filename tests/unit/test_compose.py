@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from support.airflow_config import airflow_config_options, package_dir
 
 from crispflow.cli.credentials import Secrets
 from crispflow.cli.ports import Ports
@@ -260,13 +261,6 @@ def dockerfile_env() -> dict[str, str]:
     return env
 
 
-def package_dir(name: str) -> Path:
-    """An installed package's folder, found without importing it (importing airflow/mlflow takes seconds)."""
-    spec = importlib.util.find_spec(name)
-    assert spec and spec.submodule_search_locations, f"{name} is not installed"
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
 # --- the Compose Specification -------------------------------------------------------------------------------------
 def test_top_level_keys_follow_the_compose_spec() -> None:
     unknown = {key for key in compose() if key not in TOP_LEVEL_KEYS and not key.startswith("x-")}
@@ -472,21 +466,6 @@ def test_airflow_services_share_one_environment_image_and_volumes() -> None:
     assert not any(key.startswith("AIRFLOW") for extra in SERVICE_ENV_EXTRAS.values() for key in extra)
 
 
-@functools.cache
-def airflow_config_options() -> set[tuple[str, str]]:
-    """(section, option) Airflow knows: config.yml plus the provider fallbacks it ships (celery is one)."""
-    templates = package_dir("airflow") / "config_templates"
-    known = {
-        (section, option)
-        for section, body in yaml.safe_load((templates / "config.yml").read_text()).items()
-        for option in (body.get("options") or {})
-    }
-    fallback = configparser.ConfigParser(interpolation=None)
-    fallback.read(templates / "provider_config_fallback_defaults.cfg")
-    known |= {(section, option) for section in fallback.sections() for option in fallback[section]}
-    return known
-
-
 def test_every_airflow_setting_exists_in_the_installed_airflow() -> None:
     known = airflow_config_options()
     keys = {key for service in services().values() for key in environment(service)} | set(dockerfile_env())
@@ -513,6 +492,7 @@ def local_airflow_env(tmp_path: Path) -> dict[str, str]:
         predictions_url=(tmp_path / "lake" / "predictions").as_uri(),
         serve_port=8000,
         ledger_url=f"sqlite:///{tmp_path / '.crispflow' / 'ledger.db'}",
+        model_cache=tmp_path / ".crispflow" / "cache" / "models",
     )
     return airflow_env(settings, Ports(), Secrets("admin-pw", "jwt", "api-key", "fernet"))
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import signal
@@ -17,7 +16,7 @@ from typing import Any
 
 import pytest
 import requests
-import yaml
+from support.airflow_config import airflow_config_options
 
 from crispflow.airflow_api import AirflowAPI, AirflowAPIError
 from crispflow.cli import main as cli
@@ -58,15 +57,6 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     ):
         monkeypatch.delenv(var, raising=False)
     return Settings.from_env()
-
-
-def _airflow_config_options() -> set[tuple[str, str]]:
-    """(section, option) pairs of the installed Airflow's config template, read without importing Airflow."""
-    spec = importlib.util.find_spec("airflow")
-    assert spec is not None and spec.submodule_search_locations
-    template = Path(next(iter(spec.submodule_search_locations))) / "config_templates" / "config.yml"
-    sections = yaml.safe_load(template.read_text())
-    return {(sec, opt) for sec, body in sections.items() for opt in (body.get("options") or {})}
 
 
 # --------------------------------------------------------------------------- environment
@@ -120,7 +110,7 @@ def test_sqlite_url_is_absolute(settings: Settings) -> None:
 
 
 def test_every_airflow_option_exists_in_the_installed_airflow(settings: Settings) -> None:
-    known = _airflow_config_options()
+    known = airflow_config_options()
     env = airflow_env(settings, PORTS, Secrets.generate())
     options = [k.removeprefix("AIRFLOW__").lower().split("__", 1) for k in env if k.startswith("AIRFLOW__")]
     unknown = [f"[{sec}] {opt}" for sec, opt in options if (sec, opt) not in known]
@@ -596,7 +586,7 @@ def test_prod_local_rejects_a_bad_server_url(settings: Settings, monkeypatch: py
 
 
 def test_every_prod_local_airflow_option_exists(settings: Settings) -> None:
-    known = _airflow_config_options() | {("celery", o) for o in ("broker_url", "result_backend", "worker_concurrency")}
+    known = airflow_config_options()
     env = {p.name: p for p in build_profile("prod-local", settings, PORTS, Secrets.generate()).processes}
     options = [
         k.removeprefix("AIRFLOW__").lower().split("__", 1)

@@ -50,6 +50,8 @@ LAKE_BUCKET, MLFLOW_BUCKET, PREDICTIONS_BUCKET = "crispflow-lake", "crispflow-ml
 LAKE_CONN_ID = "crispflow_s3"
 S3_REGION = "us-east-1"
 S3_KEY = "test"  # moto accepts any key: not a secret, and never a real AWS credential
+# tasks fork from their worker: what it imports at start (crispflow_airflow.worker_preload) each task has loaded
+CELERY_EXTRA_CONFIG = json.dumps({"imports": ["crispflow_airflow.worker_preload"]})
 WORKERS_ENV, CONCURRENCY_ENV = "CRISPFLOW_CELERY_WORKERS", "CRISPFLOW_CELERY_WORKER_CONCURRENCY"
 WORKERS = 2
 WORKER_CONCURRENCY = 2  # 2 workers x 2 task processes on a 2-core machine (each task ~5 s of imports)
@@ -182,6 +184,10 @@ def build_prod_local_profile(settings: Settings, ports: Ports, creds: Secrets) -
         "AIRFLOW__CELERY__BROKER_URL": redis_url,
         "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{airflow_db}",
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(concurrency),
+        # as in docker-compose.yaml: more task slots than the workers have keeps a task queued at each one, so a
+        # worker that finishes starts the next at once instead of waiting for the executor to notice
+        "AIRFLOW__CORE__PARALLELISM": "16",
+        "AIRFLOW__CELERY__EXTRA_CELERY_CONFIG": CELERY_EXTRA_CONFIG,
         # one stack's tasks, queue and keys stay apart from another's on the same Redis
         "AIRFLOW__OPERATORS__DEFAULT_QUEUE": ns.queue,
         "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX": ns.redis_prefix,

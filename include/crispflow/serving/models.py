@@ -1,7 +1,7 @@
 """The served models: alias resolution, hash-verified loading and hot reload without a failed request.
 
 A background thread polls the registered model (one registry call: its aliases and tags) every `poll_interval`
-seconds. A version an alias newly points at is loaded fully on that thread (`registry.load_verified`: files
+seconds. A version an alias newly points at is loaded fully on that thread (`registry.verified_copy`: files
 checked against the hash recorded at registration), then one immutable `Snapshot` (alias → loaded model, policy)
 replaces the previous one in a single reference assignment. A request reads the snapshot once, so it is scored
 entirely by the old or entirely by the new models, and nothing is ever half-loaded.
@@ -92,9 +92,9 @@ def load_version(mlf: MlflowClient, name: str, version: str) -> LoadedModel:
     try:
         mv = mlf.get_model_version(name, version)
         threshold, source = parse_threshold(mv.tags.get(THRESHOLD_TAG))
-        # the signature is read first: load_verified then checks every file, MLmodel included, against the hash
-        signature = Model.load(mv.source).signature
-        model = registry.load_verified(mlf, name, version)
+        local = registry.verified_copy(mv)  # every file, MLmodel included, matches the recorded hash
+        signature = Model.load(str(local)).signature
+        model = registry.load_files(local)
     except RefusedModel:
         raise
     except registry.RegistryError as exc:
