@@ -241,17 +241,17 @@ def through_airflow(args: argparse.Namespace) -> None:
     _quiet(api)
     conf = {"pipeline": PIPELINE, "dataset_version_id": version_id, "alias": ALIAS,
             "partition_rows": args.partition_rows}
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), _cpu_times()
     run_id = api.trigger("batch_score", conf=conf)
     state = api.wait_for_run("batch_score", run_id, timeout=7200, poll=0.5)
-    seconds = time.perf_counter() - started
+    seconds, busy = time.perf_counter() - started, _busy_share(cpu_before, _cpu_times())
     if state != "success":
         raise SystemExit(f"batch_score {run_id} ended {state}")
     committed = api.xcom("batch_score", run_id, "commit")
     assert committed["rows_in"] == committed["rows"] == args.rows, committed
     hosts = sorted({ti.get("hostname") or "?" for ti in api.task_instances("batch_score", run_id)
                     if ti["task_id"] == "score"})
-    record = {"workers": workers, "seconds": seconds, "rows": committed["rows"],
+    record = {"workers": workers, "seconds": seconds, "cpu_busy": busy, "rows": committed["rows"],
               "rows_per_s": committed["rows"] / seconds, "hosts": hosts, "run_id": run_id, "version_id": version_id}
     WORK.mkdir(exist_ok=True)
     (WORK / f"airflow-{workers}-workers.json").write_text(json.dumps(record))
@@ -260,6 +260,19 @@ def through_airflow(args: argparse.Namespace) -> None:
             if (WORK / f"airflow-{w}-workers.json").exists()}
     if len(done) == 2 and done[1]["version_id"] == done[2]["version_id"]:
         _report_airflow(args, done)
+
+
+def _cpu_times() -> list[int]:
+    """The machine's CPU time counters (user, nice, system, idle, iowait, ...) from /proc/stat."""
+    with open("/proc/stat") as fh:
+        return [int(v) for v in fh.readline().split()[1:]]
+
+
+def _busy_share(before: list[int], after: list[int]) -> float:
+    """Share of all cores' time spent not idle between two readings: near 1.0, the run was CPU-bound."""
+    delta = [b - a for a, b in zip(before, after, strict=True)]
+    idle = delta[3] + delta[4]
+    return 1.0 - idle / max(sum(delta[:8]), 1)
 
 
 def _quiet(api: Any, timeout: float = 600) -> None:
@@ -282,14 +295,16 @@ def _report_airflow(args: argparse.Namespace, done: dict[int, dict[str, Any]]) -
         f"\n## Batch scoring scale-out through Airflow: 1 vs 2 Celery workers ({_now()})\n",
         f"Command: `CRISPFLOW_CELERY_WORKERS=<n> crispflow up --profile prod-local` then `python -m "
         f"benchmarks.scoring_scale airflow --rows {args.rows}`; dataset {done[2]['version_id']} ({args.rows:,} rows, "
-        f"on the stack's S3 lake), every other DAG paused and idle, `batch_score` triggered over REST, timed from "
+        f"on the stack's S3 lake, partitions of <= {args.partition_rows:,} rows), every other DAG paused and idle, `batch_score` triggered over REST, timed from "
         f"trigger to finished run; "
         f"{_machine()}.\n",
-        "| Celery workers | wall time (s) | rows/s | hosts that ran `score` |", "|---|---|---|---|",
+        "| Celery workers | wall time (s) | rows/s | CPU busy (all cores) | hosts that ran `score` |",
+        "|---|---|---|---|---|",
     ]
     for w, r in sorted(done.items()):
-        lines.append(f"| {w} | {r['seconds']:.1f} | {r['rows_per_s']:,.0f} | {', '.join(r['hosts'])} |")
-    lines.append(f"| speed-up | | **{done[2]['rows_per_s'] / done[1]['rows_per_s']:.2f}x** (goal >= 1.8x) | |")
+        lines.append(f"| {w} | {r['seconds']:.1f} | {r['rows_per_s']:,.0f} | {r.get('cpu_busy', float('nan')):.0%} | "
+                     f"{', '.join(r['hosts'])} |")
+    lines.append(f"| speed-up | | **{done[2]['rows_per_s'] / done[1]['rows_per_s']:.2f}x** (goal >= 1.8x) | | |")
     _append(lines)
 
 
@@ -325,7 +340,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=["inproc", "airflow"])
     parser.add_argument("--rows", type=int, default=10_000_000)
-    parser.add_argument("--partition-rows", type=int, default=250_000)
+    parser.add_argument("--partition-rows", type=int, default=1_000_000)
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="inproc: pool sizes to compare")
     parser.add_argument("--dry-run", action="store_true", help="print the results, do not append them")
     args = parser.parse_args()

@@ -25,7 +25,7 @@ PARAMS = {
                                 description="Curated dataset version to score; empty: the newest published"),
     "alias": Param("champion", type="string", pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$",
                    description="Registry alias of the model; its current version is pinned for the run"),
-    "partition_rows": Param(250_000, type="integer", minimum=1_000, maximum=10_000_000,
+    "partition_rows": Param(1_000_000, type="integer", minimum=1_000, maximum=10_000_000,
                             description="Most rows per partition (one mapped task each)"),
 }
 OUTPUT = "{{ ti.xcom_pull(task_ids='plan', key='plan')['output'] }}"

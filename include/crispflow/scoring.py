@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
     from crispflow.spec import PipelineSpec
 
-DEFAULT_PARTITION_ROWS = 250_000
+DEFAULT_PARTITION_ROWS = 1_000_000  # tasks of seconds: per-task costs (fork, registry call, footer read) amortise
 DEFAULT_CHUNK_ROWS = 32_768  # rows per predict_proba call: temporaries stay cache-sized (see benchmarks/)
 MIN_PARTITION_ROWS = 1_000
 PLAN = "_plan.json"

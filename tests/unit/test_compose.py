@@ -28,6 +28,7 @@ from support.airflow_config import airflow_config_options, package_dir
 
 from crispflow.cli.credentials import Secrets
 from crispflow.cli.ports import Ports
+from crispflow.cli.prod_setup import AUTH_CONFIG
 from crispflow.cli.profiles import SIMPLE_AUTH_MANAGER, airflow_env
 from crispflow.settings import Settings
 
@@ -601,6 +602,10 @@ def test_mlflow_auth_config_is_valid() -> None:
     assert settings["default_permission"] in {"READ", "EDIT", "MANAGE", "NO_PERMISSIONS"}
     assert settings["database_uri"].startswith("postgresql://"), "users must live in PostgreSQL, not a local file"
     assert "admin_password" not in settings, "the admin password comes from MLFLOW_AUTH_ADMIN_PASSWORD"
+    local = configparser.ConfigParser()
+    local.read_string(AUTH_CONFIG.format(database_uri="postgresql://prod-local"))
+    same = {key: value for key, value in settings.items() if key != "database_uri"}
+    assert {key: value for key, value in local["mlflow"].items() if key != "database_uri"} == same, "prod-local differs"
 
 
 def test_minio_init_creates_both_buckets() -> None:

@@ -99,6 +99,9 @@ def airflow_env(settings: Settings, ports: Ports, creds: Secrets) -> dict[str, s
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
         "AIRFLOW__CORE__PARALLELISM": "4",
+        # a task's supervisor that misses its process's exit by a moment sleeps until the next heartbeat check:
+        # up to 5 s idle per task by default; 1 s bounds it (one heartbeat call per running task per second)
+        "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{paths.airflow_db.resolve()}",
         "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
