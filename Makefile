@@ -64,7 +64,7 @@ bench-scale: $(STAMP)
 	for n in 1 2; do \
 	  export CRISPFLOW_HOME="$(CURDIR)/.crispflow/bench-scale" CRISPFLOW_CELERY_WORKERS=$$n CRISPFLOW_CELERY_WORKER_CONCURRENCY=1 \
 	    CRISPFLOW_AIRFLOW_PORT=28080 CRISPFLOW_MLFLOW_PORT=25000 CRISPFLOW_SERVE_PORT=28000 CRISPFLOW_S3_PORT=29000 PATH="$(CURDIR)/$(BIN):$$PATH"; \
-	  $(BIN)/crispflow up --profile prod-local && $(BIN)/python -m benchmarks.scoring_scale airflow; status=$$?; \
+	  $(BIN)/crispflow down >/dev/null; $(BIN)/crispflow up --profile prod-local && $(BIN)/python -m benchmarks.scoring_scale airflow; status=$$?; \
 	  $(BIN)/crispflow down; [ $$status -eq 0 ] || exit $$status; \
 	done
 

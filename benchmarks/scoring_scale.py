@@ -251,6 +251,9 @@ def through_airflow(args: argparse.Namespace) -> None:
     assert committed["rows_in"] == committed["rows"] == args.rows, committed
     hosts = sorted({ti.get("hostname") or "?" for ti in api.task_instances("batch_score", run_id)
                     if ti["task_id"] == "score"})
+    if len(hosts) > workers:
+        raise SystemExit(f"`score` ran on {hosts}, more than the {workers} worker(s) asked for: a stack from another "
+                         f"run is still up (`crispflow down` first)")
     record = {"workers": workers, "seconds": seconds, "cpu_busy": busy, "rows": committed["rows"],
               "rows_per_s": committed["rows"] / seconds, "hosts": hosts, "run_id": run_id, "version_id": version_id}
     WORK.mkdir(exist_ok=True)
@@ -295,8 +298,8 @@ def _report_airflow(args: argparse.Namespace, done: dict[int, dict[str, Any]]) -
         f"\n## Batch scoring scale-out through Airflow: 1 vs 2 Celery workers ({_now()})\n",
         f"Command: `CRISPFLOW_CELERY_WORKERS=<n> crispflow up --profile prod-local` then `python -m "
         f"benchmarks.scoring_scale airflow --rows {args.rows}`; dataset {done[2]['version_id']} ({args.rows:,} rows, "
-        f"on the stack's S3 lake, partitions of <= {args.partition_rows:,} rows), every other DAG paused and idle, `batch_score` triggered over REST, timed from "
-        f"trigger to finished run; "
+        f"on the stack's S3 lake, partitions of <= {args.partition_rows:,} rows), every other DAG paused and idle, "
+        f"`batch_score` triggered over REST, timed from trigger to finished run; "
         f"{_machine()}.\n",
         "| Celery workers | wall time (s) | rows/s | CPU busy (all cores) | hosts that ran `score` |",
         "|---|---|---|---|---|",
