@@ -95,27 +95,26 @@ def paired_from_log(rows: pd.DataFrame, score: Callable[[str, pd.DataFrame], np.
 
 
 def psi(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> float | None:
-    """Population stability index of `actual` against quantile bins of `expected`; None if either is empty."""
+    """Population stability index of `actual` against quantile bins of `expected` (the drift monitor's PSI on
+    those bin counts); None if either is empty."""
     import numpy as np
+
+    from crispflow.monitoring.drift import psi as binned_psi
 
     if len(expected) == 0 or len(actual) == 0:
         return None
     edges = np.unique(np.quantile(expected, np.linspace(0, 1, bins + 1)[1:-1]))
-    e = np.bincount(np.searchsorted(edges, expected, side="right"), minlength=len(edges) + 1) / len(expected)
-    a = np.bincount(np.searchsorted(edges, actual, side="right"), minlength=len(edges) + 1) / len(actual)
-    e, a = np.maximum(e, _EPS), np.maximum(a, _EPS)
-    return float(np.sum((a - e) * np.log(a / e)))
+    e = np.bincount(np.searchsorted(edges, expected, side="right"), minlength=len(edges) + 1)
+    a = np.bincount(np.searchsorted(edges, actual, side="right"), minlength=len(edges) + 1)
+    return binned_psi(e, a)
 
 
 def _auc(score: np.ndarray, label: np.ndarray) -> float | None:
-    from scipy.stats import rankdata
+    """ROC AUC as the evaluation reports it; None with a single class."""
+    from crispflow.evaluation import compute_metric
 
-    pos = label.astype(bool)
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    ranks = rankdata(score)
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    value = compute_metric("roc_auc", label, score, label)
+    return None if math.isnan(value) else value
 
 
 def arm_summary(rows: pd.DataFrame) -> dict[str, Any]:

@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING, Any
 from crispflow import registry
 from crispflow.errors import CrispflowError
 from crispflow.lake import json_safe
+from crispflow.pools import PROMOTIONS
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from sqlalchemy.engine import Engine
 
-POOL = "crispflow_promotions"  # the Airflow pool (one slot) every alias move runs in; `crispflow up` creates it
+POOL = PROMOTIONS  # the Airflow pool (one slot) every alias move runs in; `crispflow up` creates it
 CHAMPION, CANARY, SHADOW, PREVIOUS = "champion", "canary", "shadow", "previous"
 SERVING_ALIASES = (CHAMPION, CANARY, SHADOW, PREVIOUS)
 CANARY_SHARE_TAG, SHADOW_SHARE_TAG, ENTITY_KEY_TAG = "crispflow.canary_share", "crispflow.shadow_share", (

@@ -251,7 +251,10 @@ def test_live_canary_is_promoted_and_rolled_back(env, model_server, monkeypatch)
     assert 0.1 < arms["canary"] / len(rows) < 0.3  # the 20 % share, by entity hash
     time.sleep(2.5)  # the server's log flushes every second
 
-    _, tis = run("canary_analysis", {"pipeline": "lending_club"})
+    # latency is not under test here (the guardrail has unit tests): on a shared 2-core CI machine the p95 of the
+    # canary's fifth of the requests swings with whatever else runs, so its budget is wide
+    latency = {"max_p95_ratio": 3.0, "p95_slack_ms": 50.0}
+    _, tis = run("canary_analysis", {"pipeline": "lending_club", "policy": latency})
     outcome = tis[("analyse_and_act", -1)].xcom_pull(task_ids="analyse_and_act")
     assert outcome["decision"] == "promote", outcome["reasons"]
     assert registry.alias_version(mlf, MODEL, "champion").version == canary

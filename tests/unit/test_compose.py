@@ -30,6 +30,7 @@ from crispflow.cli.credentials import Secrets
 from crispflow.cli.ports import Ports
 from crispflow.cli.prod_setup import AUTH_CONFIG
 from crispflow.cli.profiles import SIMPLE_AUTH_MANAGER, airflow_env
+from crispflow.pools import POOLS
 from crispflow.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -606,6 +607,12 @@ def test_mlflow_auth_config_is_valid() -> None:
     local.read_string(AUTH_CONFIG.format(database_uri="postgresql://prod-local"))
     same = {key: value for key, value in settings.items() if key != "database_uri"}
     assert {key: value for key, value in local["mlflow"].items() if key != "database_uri"} == same, "prod-local differs"
+
+
+def test_airflow_init_creates_every_pool_the_dags_use() -> None:
+    script = "\n".join(services()["airflow-init"]["command"])
+    for name, slots, description in POOLS:
+        assert f'airflow pools set {name} {slots} "{description}"' in script, f"pool {name} is not created"
 
 
 def test_minio_init_creates_both_buckets() -> None:

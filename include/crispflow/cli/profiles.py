@@ -16,15 +16,12 @@ from crispflow.cli.credentials import ADMIN_USER, Secrets
 from crispflow.cli.errors import StackError
 from crispflow.cli.paths import StackPaths
 from crispflow.cli.ports import HOST, PORT_ENV, Ports
-from crispflow.promotion import POOL as PROMOTION_POOL
+from crispflow.pools import POOLS
 from crispflow.settings import Settings
 
 DEFAULT_PROFILE = "local"
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 AIRFLOW_HEALTH_PATH = "/api/v2/monitor/health"
-# Airflow pools the DAGs use: (name, slots, description). The promotion operators serialise alias moves in one;
-# a task in a pool that does not exist would wait in "scheduled" forever.
-POOLS = ((PROMOTION_POOL, 1, "serialises model promotions (alias moves)"),)
 
 
 @dataclass(frozen=True)

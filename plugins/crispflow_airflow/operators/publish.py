@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from crispflow.pools import ALIAS_EVENTS
 from crispflow_airflow.assets import CURATED_DATASET, CURATED_DATASET_PUBLISHED
 from crispflow_airflow.exceptions import as_airflow_errors
 from crispflow_airflow.operators._common import run_identity, spec_and_lake
@@ -29,6 +30,7 @@ class PublishDatasetOperator(BaseOperator):
 
     def __init__(self, *, pipeline: str, batch_id: str, **kwargs: Any) -> None:
         kwargs.setdefault("outlets", [CURATED_DATASET_PUBLISHED])
+        kwargs.setdefault("pool", ALIAS_EVENTS)
         super().__init__(**kwargs)
         self.pipeline = pipeline
         self.batch_id = batch_id

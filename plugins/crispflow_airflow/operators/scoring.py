@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from crispflow.pools import ALIAS_EVENTS
 from crispflow_airflow.assets import BATCH_SCORES, BATCH_SCORES_COMMITTED
 from crispflow_airflow.exceptions import as_airflow_errors
 from crispflow_airflow.operators._common import run_identity, spec_and_lake
@@ -131,6 +132,7 @@ class CommitScoresOperator(BaseOperator):
 
     def __init__(self, *, output_dir: str, results: Any = None, **kwargs: Any) -> None:
         kwargs.setdefault("outlets", [BATCH_SCORES_COMMITTED])
+        kwargs.setdefault("pool", ALIAS_EVENTS)
         super().__init__(**kwargs)
         self.output_dir = output_dir
         self.results = results
