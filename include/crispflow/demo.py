@@ -43,8 +43,7 @@ def training_run_for(api: AirflowAPI, version_id: str, timeout: float = 600) -> 
     """The training run the dataset's asset event started (matched on what its `resolve` task read)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        runs = api.request("GET", f"/api/v2/dags/{TRAIN}/dagRuns", params={"limit": 20})["dag_runs"]
-        for run in runs:
+        for run in api.dag_runs(TRAIN, limit=20):
             try:
                 request = api.xcom(TRAIN, run["dag_run_id"], "resolve")
             except AirflowAPIError:
@@ -228,8 +227,7 @@ def later_traffic(settings: Settings) -> tuple[Any, list[int]]:
 
 
 def _active_runs(api: AirflowAPI, dag_id: str) -> list[dict[str, Any]]:
-    runs = api.request("GET", f"/api/v2/dags/{dag_id}/dagRuns", params={"limit": 100})["dag_runs"]
-    return [r for r in runs if r["state"] in ("queued", "running")]
+    return [r for r in api.dag_runs(dag_id) if r["state"] in ("queued", "running")]
 
 
 def _fired_watch(api: AirflowAPI, after: float, timeout: float = 120) -> tuple[str, dict[str, Any], Any]:
@@ -238,7 +236,7 @@ def _fired_watch(api: AirflowAPI, after: float, timeout: float = 120) -> tuple[s
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for run in api.request("GET", f"/api/v2/dags/{WATCH}/dagRuns", params={"limit": 100})["dag_runs"]:
+        for run in api.dag_runs(WATCH):
             ended = run.get("end_date")
             if run["state"] != "success" or not ended:
                 continue
@@ -257,8 +255,7 @@ def _run_after(api: AirflowAPI, dag_id: str, after: float, timeout: float) -> st
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        runs = api.request("GET", f"/api/v2/dags/{dag_id}/dagRuns", params={"limit": 100})["dag_runs"]
-        for run in runs:
+        for run in api.dag_runs(dag_id):
             if datetime.fromisoformat(run["run_after"]).astimezone(UTC).timestamp() >= after - 1:
                 return run["dag_run_id"]
         time.sleep(3)

@@ -229,8 +229,11 @@ def verified_copy(mv: Any, cache: Path | None = None) -> Path:
         if actual != expected:
             raise RegistryError(f"{mv.name} v{mv.version}: artifact hash {actual[:12]} does not match the recorded "
                                 f"{expected[:12]} (tampered?): refusing to load it")
-        with contextlib.suppress(OSError):  # a concurrent download won the rename: its copy is checked below
+        try:
             local.rename(final)
+            return final
+        except OSError:
+            pass  # a concurrent download won the rename: its copy is checked below
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if tree_sha256(final) != expected:

@@ -12,23 +12,19 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 import yaml
-from support.stack import clean_env, cli, free_ports
+from support.stack import Stack, clean_env, free_ports
 
-from crispflow.airflow_api import AirflowAPI
-from crispflow.cli.credentials import Secrets, load_secrets
-from crispflow.cli.paths import StackPaths
 from crispflow.cli.ports import Ports, port_in_use
-from crispflow.cli.processes import PidRecord, group_members, is_alive, read_pid_records
+from crispflow.cli.processes import group_members, is_alive
 from crispflow.cli.prod_local import LAKE_BUCKET, Namespace, client_env, prod_local_settings
 from crispflow.settings import Settings
 
@@ -55,28 +51,8 @@ def _unreachable(host: str, port: int) -> bool:
     return True
 
 
-@dataclass
-class Stack:
-    home: Path
-    env: dict[str, str]
-    ports: Ports
-
-    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [cli(), *args], env=self.env, capture_output=True, text=True, timeout=timeout, check=False
-        )
-
-    def status(self) -> dict[str, Any]:
-        return json.loads(self.run("status", "--json").stdout)
-
-    @property
-    def secrets(self) -> Secrets:
-        creds = load_secrets(self.home)
-        assert creds is not None
-        return creds
-
-    def api(self) -> AirflowAPI:
-        return AirflowAPI(f"http://127.0.0.1:{self.ports.airflow}", "admin", self.secrets.admin_password)
+class ProdStack(Stack):
+    """The prod-local stack, seen by a client: its environment and settings."""
 
     def client_env(self) -> dict[str, str]:
         return client_env(self.settings(), self.ports, self.secrets)
@@ -88,12 +64,9 @@ class Stack:
         ns = Namespace.of(self.home)
         return prod_local_settings(base, ns, f"postgresql+psycopg2://postgres@127.0.0.1:5432/{ns.ledger_db}")
 
-    def pid_records(self) -> list[PidRecord]:
-        return read_pid_records(StackPaths(self.home))
-
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProdStack]:
     for name, port in (("PostgreSQL", 5432), ("Redis", 6379)):
         if _unreachable("127.0.0.1", port):
             pytest.skip(f"{name} is not reachable on 127.0.0.1:{port}; the prod-local profile needs it")
@@ -115,7 +88,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "CRISPFLOW_S3_PORT": str(s3),
         "CRISPFLOW_PIPELINES_DIR": str(pipelines),
     }
-    live = Stack(base / "home", env, ports)
+    live = ProdStack(base / "home", env, ports)
     started = time.monotonic()
     result = live.run("up", "--profile", "prod-local", "--timeout", "300", timeout=500)
     try:
@@ -127,7 +100,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="module")
-def demo(live: Stack) -> Iterator[dict[str, Any]]:
+def demo(live: ProdStack) -> Iterator[dict[str, Any]]:
     """The demo scenario (ingest through the gate, asset-triggered training) as a client of the stack would run it."""
     from crispflow.demo import run_demo
 
@@ -138,7 +111,7 @@ def demo(live: Stack) -> Iterator[dict[str, Any]]:
         yield run_demo(live.api(), live.settings())
 
 
-def test_every_process_of_the_topology_is_healthy(live: Stack) -> None:
+def test_every_process_of_the_topology_is_healthy(live: ProdStack) -> None:
     status = live.status()
     assert status["healthy"] is True, status
     assert status["profile"] == "prod-local"
@@ -150,14 +123,14 @@ def test_every_process_of_the_topology_is_healthy(live: Stack) -> None:
     assert requests.get(f"{status['serve_url']}/health", timeout=5).status_code == 200
 
 
-def test_mlflow_requires_authentication(live: Stack) -> None:
+def test_mlflow_requires_authentication(live: ProdStack) -> None:
     url = f"http://127.0.0.1:{live.ports.mlflow}/api/2.0/mlflow/experiments/search"
     assert requests.post(url, json={"max_results": 1}, timeout=10).status_code == 401
     auth = ("admin", live.secrets.mlflow_admin_password)
     assert requests.post(url, json={"max_results": 1}, auth=auth, timeout=10).status_code == 200
 
 
-def test_demo_runs_with_tasks_on_both_workers(live: Stack, demo: dict[str, Any]) -> None:
+def test_demo_runs_with_tasks_on_both_workers(live: ProdStack, demo: dict[str, Any]) -> None:
     assert demo["blessed"].startswith("True"), demo
     api = live.api()
     run_id = demo["training run"].rsplit("/", 1)[1]
@@ -176,7 +149,7 @@ def test_the_drift_loop_completes_on_the_production_topology(demo: dict[str, Any
     assert [line.split()[1] for line in loop["promotion ledger"]] == ["cold_start", "deploy_canary", "promote"]
 
 
-def test_lake_objects_are_in_s3(live: Stack, demo: dict[str, Any]) -> None:
+def test_lake_objects_are_in_s3(live: ProdStack, demo: dict[str, Any]) -> None:
     import boto3
 
     version_id = demo["dataset version"].split()[0]
@@ -198,7 +171,7 @@ def test_lake_objects_are_in_s3(live: Stack, demo: dict[str, Any]) -> None:
     assert artifacts.get("KeyCount", 0) > 0, "MLflow's artifacts are not on S3"
 
 
-def test_mlflow_backend_is_postgresql(live: Stack, demo: dict[str, Any]) -> None:
+def test_mlflow_backend_is_postgresql(live: ProdStack, demo: dict[str, Any]) -> None:
     import psycopg2
 
     version = demo["model"].split()[1].removeprefix("v")
@@ -216,7 +189,7 @@ def test_mlflow_backend_is_postgresql(live: Stack, demo: dict[str, Any]) -> None
     assert aliases.get("champion") in versions, aliases
 
 
-def test_model_server_serves_the_champion(live: Stack, demo: dict[str, Any]) -> None:
+def test_model_server_serves_the_champion(live: ProdStack, demo: dict[str, Any]) -> None:
     url = f"http://127.0.0.1:{live.ports.serve}/ready"
     deadline = time.monotonic() + 90
     while (code := requests.get(url, timeout=10).status_code) != 200 and time.monotonic() < deadline:
@@ -224,7 +197,7 @@ def test_model_server_serves_the_champion(live: Stack, demo: dict[str, Any]) -> 
     assert code == 200, "the model server did not load the champion from the S3-backed registry"
 
 
-def test_down_stops_everything_it_started(live: Stack) -> None:
+def test_down_stops_everything_it_started(live: ProdStack) -> None:
     records = live.pid_records()
     assert {r.name for r in records} == PROCESSES
     members = {pid for r in records for pid in group_members(r.pid)}

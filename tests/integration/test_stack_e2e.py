@@ -7,23 +7,17 @@ DAGs: `ingest_validate` is triggered, awaited and read back (task instances, XCo
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
-from support.stack import clean_env, cli, free_ports
+from support.stack import Stack, clean_env, free_ports
 
-from crispflow.airflow_api import AirflowAPI
-from crispflow.cli.paths import StackPaths
-from crispflow.cli.ports import port_in_use
-from crispflow.cli.processes import PidRecord, group_members, is_alive, read_pid_records
+from crispflow.cli.ports import Ports, port_in_use
+from crispflow.cli.processes import group_members, is_alive
 from crispflow.datasets import read_manifest
 from crispflow.lake import Lake
 
@@ -32,30 +26,6 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 # The demo data's (simulated) application months are those of 2026 (include/data/ATTRIBUTION.md): months 1-9.
 INGEST_CONF = {"pipeline": "lending_club", "start": "2026-01-01", "end": "2026-10-01"}
-
-
-@dataclass
-class Stack:
-    home: Path
-    env: dict[str, str]
-    airflow_port: int
-    mlflow_port: int
-    serve_port: int
-
-    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [cli(), *args], env=self.env, capture_output=True, text=True, timeout=timeout, check=False
-        )
-
-    def status(self) -> dict[str, Any]:
-        return json.loads(self.run("status", "--json").stdout)
-
-    def api(self) -> AirflowAPI:
-        password = json.loads((self.home / "secrets.json").read_text())["admin_password"]
-        return AirflowAPI(f"http://127.0.0.1:{self.airflow_port}", "admin", password)
-
-    def pid_records(self) -> list[PidRecord]:
-        return read_pid_records(StackPaths(self.home))
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +39,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "CRISPFLOW_MLFLOW_PORT": str(mlflow_port),
         "CRISPFLOW_SERVE_PORT": str(serve_port),
     }
-    live = Stack(base / "home", env, airflow_port, mlflow_port, serve_port)
+    live = Stack(base / "home", env, Ports(airflow=airflow_port, mlflow=mlflow_port, serve=serve_port))
     started = time.monotonic()
     result = live.run("up", timeout=400)
     try:
@@ -92,12 +62,12 @@ def test_up_reports_a_healthy_stack(live: Stack) -> None:
         "model-server",
     }
     assert all(p["alive"] and p["healthy"] and p["pid"] for p in status["processes"])
-    assert status["airflow_url"] == f"http://127.0.0.1:{live.airflow_port}"
-    assert status["mlflow_url"] == f"http://127.0.0.1:{live.mlflow_port}"
+    assert status["airflow_url"] == f"http://127.0.0.1:{live.ports.airflow}"
+    assert status["mlflow_url"] == f"http://127.0.0.1:{live.ports.mlflow}"
     assert status["login"]["username"] == "admin" and status["login"]["password"]
     assert status["paths"]["home"] == str(live.home)
     assert requests.get(f"{status['mlflow_url']}/health", timeout=5).status_code == 200
-    assert status["serve_url"] == f"http://127.0.0.1:{live.serve_port}"
+    assert status["serve_url"] == f"http://127.0.0.1:{live.ports.serve}"
     assert requests.get(f"{status['serve_url']}/health", timeout=5).status_code == 200
     assert f"Model server  {status['serve_url']}" in live.run("status").stdout
 
@@ -113,7 +83,7 @@ def test_up_again_is_a_no_op(live: Stack) -> None:
 
 
 def test_the_api_needs_a_token(live: Stack) -> None:
-    base = f"http://127.0.0.1:{live.airflow_port}"
+    base = f"http://127.0.0.1:{live.ports.airflow}"
     assert requests.get(f"{base}/api/v2/dags", timeout=10).status_code == 401
     wrong = requests.post(f"{base}/auth/token", json={"username": "admin", "password": "wrong"}, timeout=10)
     assert wrong.status_code == 401
@@ -153,7 +123,7 @@ def test_a_deferred_drift_sensor_survives_a_triggerer_restart(live: Stack) -> No
     run_id = None
     while run_id is None:  # the scheduler starts the latest hourly run itself (catchup off)
         assert time.monotonic() < deadline, "no watch_drift run was scheduled"
-        runs = api.request("GET", "/api/v2/dags/watch_drift/dagRuns", params={"limit": 10})["dag_runs"]
+        runs = api.dag_runs("watch_drift", limit=10)
         for run in runs:
             states = {t["task_id"]: t["state"] for t in api.task_instances("watch_drift", run["dag_run_id"])}
             if states.get("watch") == "deferred":
@@ -191,6 +161,6 @@ def test_down_stops_everything_it_started(live: Stack) -> None:
     assert not [r.name for r in records if is_alive(r.pid)]
     assert not [pid for pid in members if is_alive(pid)], "a child process outlived `down`"
     assert not list((live.home / "run").glob("*.pid"))
-    assert not [port for port in (live.airflow_port, live.mlflow_port, live.serve_port) if port_in_use(port)]
+    assert not [port for port in (live.ports.airflow, live.ports.mlflow, live.ports.serve) if port_in_use(port)]
     assert live.run("status").returncode == 1
     assert live.run("down").returncode == 0

@@ -54,7 +54,7 @@ S3_KEY = "test"  # moto accepts any key: not a secret, and never a real AWS cred
 CELERY_EXTRA_CONFIG = json.dumps({"imports": ["crispflow_airflow.worker_preload"]})
 WORKERS_ENV, CONCURRENCY_ENV = "CRISPFLOW_CELERY_WORKERS", "CRISPFLOW_CELERY_WORKER_CONCURRENCY"
 WORKERS = 2
-WORKER_CONCURRENCY = 2  # 2 workers x 2 task processes on a 2-core machine (each task ~5 s of imports)
+WORKER_CONCURRENCY = 2  # 2 workers x 2 task processes on a 2-core machine
 
 
 def _count(var: str, default: int) -> int:
