@@ -113,8 +113,8 @@ def ensure_model(mlf: Any) -> dict[str, Any]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
 
-    from crispflow import registry
-    from crispflow.features import build_preprocessor, features, labels
+    from crispflow.model import registry
+    from crispflow.model.features import build_preprocessor, features, labels
     from crispflow.spec import load_spec
 
     name = registry.model_name(PIPELINE)
@@ -139,9 +139,9 @@ _STATE: dict[str, Any] = {}
 
 
 def _init(lake_root: str, tracking_uri: str, plan: dict[str, Any]) -> None:
-    from crispflow import registry
     from crispflow.lake import Lake
-    from crispflow.scoring import ModelRef, load_model
+    from crispflow.model import registry
+    from crispflow.serving.batch_scoring import ModelRef, load_model
     from crispflow.spec import load_spec
 
     mlf = registry.client(tracking_uri)
@@ -150,15 +150,15 @@ def _init(lake_root: str, tracking_uri: str, plan: dict[str, Any]) -> None:
 
 
 def _score(partition: dict[str, Any]) -> dict[str, Any]:
-    from crispflow.scoring import score_partition
+    from crispflow.serving.batch_scoring import score_partition
 
     return score_partition(_STATE["lake"], _STATE["spec"], _STATE["plan"], partition, lambda: _STATE["model"])
 
 
 def inproc(args: argparse.Namespace) -> None:
-    from crispflow import registry
     from crispflow.lake import Lake
-    from crispflow.scoring import commit, plan_partitions, resolve_model
+    from crispflow.model import registry
+    from crispflow.serving.batch_scoring import commit, plan_partitions, resolve_model
     from crispflow.spec import load_spec
 
     WORK.mkdir(exist_ok=True)
@@ -198,7 +198,8 @@ def _report_inproc(args: argparse.Namespace, version_id: str, partitions: int,
         f"Command: `python -m benchmarks.scoring_scale inproc --rows {args.rows}`; dataset {version_id} "
         f"({args.rows:,} rows, resampled demo data, {ROW_GROUP:,}-row row groups), {partitions} partitions of "
         f"<= {args.partition_rows:,} rows; {_machine()}. Not the Celery measurement: the same "
-        "`crispflow.scoring` plan/score/commit functions with partitions spread over a process pool (each process "
+        "`crispflow.serving.batch_scoring` plan/score/commit functions with partitions spread over a process pool "
+        "(each process "
         "imports, loads the model from a local MLflow registry with the hash check, then scores partitions), "
         "one BLAS thread per process. Wall time includes plan, pool start-up, model loads and commit.\n",
         "| processes | wall time (s) | rows/s |", "|---|---|---|",
@@ -214,13 +215,13 @@ def _report_inproc(args: argparse.Namespace, version_id: str, partitions: int,
 
 
 def through_airflow(args: argparse.Namespace) -> None:
-    from crispflow import registry
-    from crispflow.airflow_api import AirflowAPI
-    from crispflow.cli.credentials import load_secrets
-    from crispflow.cli.ports import resolve_ports
-    from crispflow.cli.prod_local import client_env
     from crispflow.lake import Lake
+    from crispflow.model import registry
     from crispflow.settings import Settings
+    from crispflow.stack.airflow_api import AirflowAPI
+    from crispflow.stack.credentials import load_secrets
+    from crispflow.stack.ports import resolve_ports
+    from crispflow.stack.prod_local import client_env
 
     workers = int(os.environ.get("CRISPFLOW_CELERY_WORKERS", "2"))
     settings = Settings.from_env()

@@ -116,10 +116,10 @@ def train_and_register(tracking_uri: str, canary_share: str) -> Served:
     """Two calibrated logistic regressions on the demo data, registered; champion v1, canary v2 at 20 %."""
     import pandas as pd
 
-    from crispflow import registry
-    from crispflow.features import features
+    from crispflow.model import registry
+    from crispflow.model.features import features
+    from crispflow.model.training import fit_final
     from crispflow.spec import load_spec_file
-    from crispflow.training import fit_final
 
     spec = load_spec_file(SPEC)
     data = pd.read_parquet(DATA).sort_values(spec.key, kind="stable").reset_index(drop=True)

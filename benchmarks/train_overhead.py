@@ -3,7 +3,7 @@
     make bench            # starts the local stack if needed, publishes the demo dataset, runs both, appends
                           # the result to benchmarks/RESULTS.md
 
-Both sides call the same functions (crispflow.modelling) with the same search budget; the Airflow side is the
+Both sides call the same functions (crispflow.model.modelling) with the same search budget; the Airflow side is the
 `train_evaluate_register` DAG triggered through the REST API, timed from trigger to finished run, with each
 task's duration read back from the API to show where the overhead goes.
 """
@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from crispflow.airflow_api import AirflowAPI
-from crispflow.demo import DEMO_CONF, INGEST, TRAIN, run_and_wait
 from crispflow.settings import Settings
+from crispflow.stack.airflow_api import AirflowAPI
+from crispflow.stack.demo import DEMO_CONF, INGEST, TRAIN, run_and_wait
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
@@ -37,10 +37,10 @@ def plain(settings: Settings, version_id: str, budget: int) -> tuple[float, dict
 
     from upath import UPath
 
-    from crispflow import modelling, registry
     from crispflow.lake import Lake
+    from crispflow.model import modelling, registry
+    from crispflow.model.training import plan_search
     from crispflow.spec import load_spec
-    from crispflow.training import plan_search
 
     steps["imports"] = time.perf_counter() - started
     spec = load_spec("lending_club")

@@ -34,10 +34,10 @@ def retrain_on_drift() -> None:
     @task(multiple_outputs=True)
     def resolve(**context) -> dict:
         """Validate the newest drift event against the store; pick the dataset to retrain on."""
-        from crispflow import training_window
+        from crispflow.data import training_window
         from crispflow.errors import LakeError, ParamsError
         from crispflow.monitoring.episodes import check_event, retrain_run_id
-        from crispflow.params import reject_unknown
+        from crispflow.run_requests import reject_unknown
         from crispflow.settings import Settings
         from crispflow_airflow.exceptions import as_airflow_errors
         from crispflow_airflow.operators._common import run_identity, spec_and_lake

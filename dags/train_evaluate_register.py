@@ -50,7 +50,7 @@ def train_evaluate_register() -> None:
         """Validate the request (conf or the newest triggering asset event); skip datasets too small to train."""
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from crispflow.params import published_rows, reject_unknown, training_requests
+        from crispflow.run_requests import published_rows, reject_unknown, training_requests
         from crispflow_airflow.exceptions import as_airflow_errors
         from crispflow_airflow.operators._common import spec_and_lake
 
@@ -71,7 +71,7 @@ def train_evaluate_register() -> None:
     @task(multiple_outputs=True)
     def prepare(request: dict, **context) -> dict:
         """Freeze (or reuse) the holdout and open the MLflow parent run."""
-        from crispflow.modelling import prepare as run
+        from crispflow.model.modelling import prepare as run
         from crispflow_airflow.exceptions import as_airflow_errors
         from crispflow_airflow.operators._common import training_job
 
@@ -81,8 +81,8 @@ def train_evaluate_register() -> None:
     @task
     def plan(request: dict) -> list[dict]:
         """The configurations to cross-validate: one mapped task each."""
+        from crispflow.model.training import plan_search
         from crispflow.spec import load_spec
-        from crispflow.training import plan_search
         from crispflow_airflow.exceptions import as_airflow_errors
 
         with as_airflow_errors():
@@ -91,7 +91,7 @@ def train_evaluate_register() -> None:
     @task(max_active_tis_per_dagrun=4)
     def cross_validate(request: dict, parent_run_id: str, config: dict, **context) -> dict:
         """One candidate configuration, k-fold cross-validated, in its own nested MLflow run."""
-        from crispflow.modelling import run_candidate
+        from crispflow.model.modelling import run_candidate
         from crispflow_airflow.operators._common import training_job
 
         return run_candidate(training_job(request, context), parent_run_id, config)
@@ -99,7 +99,7 @@ def train_evaluate_register() -> None:
     @task(multiple_outputs=True)
     def register(request: dict, parent_run_id: str, results: list, **context) -> dict:
         """Fit the best configuration with calibration and threshold; register it as `challenger`."""
-        from crispflow.modelling import register_challenger
+        from crispflow.model.modelling import register_challenger
         from crispflow_airflow.exceptions import as_airflow_errors
         from crispflow_airflow.operators._common import training_job
 
@@ -109,7 +109,7 @@ def train_evaluate_register() -> None:
     @task
     def evaluate(request: dict, version: str, **context) -> dict:
         """Holdout metrics with bootstrap CIs, slices, latency, size and plots, logged to MLflow."""
-        from crispflow.modelling import evaluate_version
+        from crispflow.model.modelling import evaluate_version
         from crispflow_airflow.operators._common import training_job
 
         return evaluate_version(training_job(request, context), version)
@@ -122,7 +122,7 @@ def train_evaluate_register() -> None:
     @task
     def record_forced_blessing(request: dict, version: str, **context) -> dict:
         """Record the approved override (approver, time, reason, the gate's reasons) beside the verdict."""
-        from crispflow.modelling import force_bless
+        from crispflow.model.modelling import force_bless
         from crispflow_airflow.exceptions import as_airflow_errors
         from crispflow_airflow.operators._common import training_job
 

@@ -8,9 +8,9 @@ from contextlib import contextmanager
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from crispflow.errors import DataRejected, GateMisconfigured, LakeError, ParamsError, SourceError, SpecError
-from crispflow.promotion import PromotionConflict, PromotionRefused
-from crispflow.registry import RegistryError
-from crispflow.scoring import ScoringError
+from crispflow.model.registry import RegistryError
+from crispflow.release.promotion import PromotionConflict, PromotionRefused
+from crispflow.serving.batch_scoring import ScoringError
 
 
 class DataQualityFailed(AirflowFailException):

@@ -30,16 +30,16 @@ MODULES = (
     "mlflow.sklearn",
     "upath",
     "s3fs",
-    "crispflow.registry",
-    "crispflow.scoring",
-    "crispflow.training",
-    "crispflow.features",
+    "crispflow.model.registry",
+    "crispflow.serving.batch_scoring",
+    "crispflow.model.training",
+    "crispflow.model.features",
     "crispflow.lake",
 )
 
 
 def preload() -> None:
-    from crispflow.registry import import_skops
+    from crispflow.model.registry import import_skops
 
     for name in MODULES:
         importlib.import_module(name)

@@ -19,12 +19,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
-from crispflow import registry, scoring
-from crispflow.datasets import load_version
-from crispflow.features import build_preprocessor, features, labels
+from crispflow.data.datasets import load_version
 from crispflow.lake import Lake, canonical_json, create_exclusive, frame_digest, read_json, write_atomic
+from crispflow.model import registry
+from crispflow.model.features import build_preprocessor, features, labels
+from crispflow.model.training import positive_proba
+from crispflow.serving import batch_scoring as scoring
 from crispflow.spec import load_spec
-from crispflow.training import positive_proba
 
 pytest_plugins = ["support.mlflow_server", "support.servers"]
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
-from crispflow.datasets import read_manifest
+from crispflow.data.datasets import read_manifest
 from crispflow.lake import Lake
 
 ROOT = Path(__file__).resolve().parents[2]

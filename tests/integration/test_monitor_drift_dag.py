@@ -21,8 +21,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from crispflow import registry
-from crispflow.features import features, labels
+from crispflow.model import registry
+from crispflow.model.features import features, labels
 from crispflow.monitoring.profile import build_profile
 from crispflow.monitoring.store import read_windows, window_key
 from crispflow.monitoring.windows import REFERENCE_TAG, ReferenceProfileMissing, load_reference_profile
@@ -75,7 +75,7 @@ def world(env):
         run_id = registry.find_or_create_run(mlf, PIPELINE, run_key, "train")
         reg = registry.register(mlf, name=MODEL, run_id=run_id, run_key=run_key, model=model,
                                 example=train[NUMERIC].head(20), tags={"crispflow.blessed": "true"})
-        if i < 3:  # as training logs it (crispflow.modelling.log_reference_profile)
+        if i < 3:  # as training logs it (crispflow.model.modelling.log_reference_profile)
             profile = build_profile(spec, features(spec, train), scores=model.predict_proba(train[NUMERIC])[:, 1],
                                     labels=labels(spec, train))
             path = f"reference_profile/v{reg.version}.json"

@@ -1,6 +1,6 @@
 """The prod-local profile end to end: `crispflow up --profile prod-local` → the demo through the REST API → `down`.
 
-The production topology as processes (include/crispflow/cli/prod_local.py): Airflow with the CeleryExecutor on
+The production topology as processes (include/crispflow/stack/prod_local.py): Airflow with the CeleryExecutor on
 the local PostgreSQL and Redis, two Celery workers, MLflow on PostgreSQL with basic auth and artifacts on S3,
 a moto S3 server for the lake, the artifacts and the prediction log, and the model server. One stack for the
 module, in a temporary home on free ports; `down` always runs at teardown. Skipped (with the reason) only when
@@ -23,10 +23,10 @@ import requests
 import yaml
 from support.stack import Stack, clean_env, free_ports
 
-from crispflow.cli.ports import Ports, port_in_use
-from crispflow.cli.processes import group_members, is_alive
-from crispflow.cli.prod_local import LAKE_BUCKET, Namespace, client_env, prod_local_settings
 from crispflow.settings import Settings
+from crispflow.stack.ports import Ports, port_in_use
+from crispflow.stack.processes import group_members, is_alive
+from crispflow.stack.prod_local import LAKE_BUCKET, Namespace, client_env, prod_local_settings
 
 # the whole demo (two trainings and a canary phase) on 2 shared cores takes longer than the default 900 s
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
@@ -102,7 +102,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProdStack]:
 @pytest.fixture(scope="module")
 def demo(live: ProdStack) -> Iterator[dict[str, Any]]:
     """The demo scenario (ingest through the gate, asset-triggered training) as a client of the stack would run it."""
-    from crispflow.demo import run_demo
+    from crispflow.stack.demo import run_demo
 
     with pytest.MonkeyPatch.context() as mp:
         for key, value in live.client_env().items():

@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from crispflow import promotion, registry
-from crispflow.promotion import Ledger, PromotionConflict, PromotionRefused
+from crispflow.model import registry
+from crispflow.release import promotion
+from crispflow.release.promotion import Ledger, PromotionConflict, PromotionRefused
 
 pytest_plugins = ["support.mlflow_server"]
 pytestmark = pytest.mark.slow

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from crispflow import registry
-from crispflow.registry import RegistryError
+from crispflow.model import registry
+from crispflow.model.registry import RegistryError
 
 pytest_plugins = ["support.mlflow_server"]
 pytestmark = pytest.mark.slow

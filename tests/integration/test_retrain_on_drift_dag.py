@@ -247,7 +247,7 @@ def test_retrain_refuses_forged_events_and_queues_one_training_run_per_episode(e
     dr, tis = retrain()
     assert dr.state == "success", {k: ti.state for k, ti in tis.items()}
     resolved = tis["resolve"].xcom_pull(task_ids="resolve")
-    from crispflow.datasets import read_manifest
+    from crispflow.data.datasets import read_manifest
 
     composed = read_manifest(lake, resolved["conf"]["dataset_version_id"], PIPELINE)  # both versions, composed
     assert composed["parents"] == ["ds-00000000000000aa", "ds-00000000000000bb"]

@@ -29,7 +29,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from support.servers import free_port, stop_process, wait_for_port
 
-from crispflow import registry
+from crispflow.model import registry
 from crispflow.serving.app import ServeConfig, create_app
 from crispflow.serving.prediction_log import read_predictions
 

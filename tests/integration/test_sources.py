@@ -21,12 +21,12 @@ import pytest
 import yaml
 from support.servers import JsonHttpServer, MotoS3, Reply, Request, Route, ScratchDatabase
 
-from crispflow.batch import SOURCE_COL, assemble, conform, new_rejections
-from crispflow.datasets import load_batch, load_version, publish, read_manifest, stage, store_outcome
+from crispflow.data.datasets import load_batch, load_version, publish, read_manifest, stage, store_outcome
+from crispflow.data.extracts import SOURCE_COL, assemble, conform, new_rejections
+from crispflow.data.quality import validate_batch
+from crispflow.data.sources import Interval
 from crispflow.errors import SourceError
 from crispflow.lake import frame_digest
-from crispflow.quality import validate_batch
-from crispflow.sources import Interval
 from crispflow.spec import PipelineSpec, parse_spec
 from crispflow_airflow.hooks.lake import LakeHook
 from crispflow_airflow.hooks.sources import extract

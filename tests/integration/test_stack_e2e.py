@@ -16,10 +16,10 @@ import pytest
 import requests
 from support.stack import Stack, clean_env, free_ports
 
-from crispflow.cli.ports import Ports, port_in_use
-from crispflow.cli.processes import group_members, is_alive
-from crispflow.datasets import read_manifest
+from crispflow.data.datasets import read_manifest
 from crispflow.lake import Lake
+from crispflow.stack.ports import Ports, port_in_use
+from crispflow.stack.processes import group_members, is_alive
 
 pytestmark = pytest.mark.slow
 

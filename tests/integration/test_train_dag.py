@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from crispflow import registry
+from crispflow.model import registry
 
 pytest_plugins = ["support.mlflow_server"]
 pytestmark = pytest.mark.slow
@@ -146,8 +146,8 @@ def test_a_challenger_trained_on_shuffled_labels_is_not_blessed(env, tmp_path, m
 
     # A forced blessing needs an approver; when approved it is recorded beside the gate's own reasons.
     from crispflow.lake import Lake
-    from crispflow.modelling import Job, force_bless
-    from crispflow.registry import RegistryError
+    from crispflow.model.modelling import Job, force_bless
+    from crispflow.model.registry import RegistryError
     from crispflow.spec import load_spec
 
     job = Job(load_spec("lending_club"), Lake(Path(os.environ["CRISPFLOW_LAKE_URL"].removeprefix("file://"))), mlf,
@@ -230,10 +230,10 @@ def test_live_canary_is_promoted_and_rolled_back(env, model_server, monkeypatch)
 
     import requests
 
-    from crispflow.demo import holdout_traffic
-    from crispflow.promotion import Ledger
+    from crispflow.release.promotion import Ledger
     from crispflow.settings import Settings
-    from crispflow.traffic import replay
+    from crispflow.stack.demo import holdout_traffic
+    from crispflow.stack.traffic import replay
 
     mlf = env
     champion = registry.alias_version(mlf, MODEL, "champion").version

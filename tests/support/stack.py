@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crispflow.airflow_api import AirflowAPI
-from crispflow.cli.credentials import Secrets, load_secrets
-from crispflow.cli.paths import StackPaths
-from crispflow.cli.ports import Ports
-from crispflow.cli.processes import PidRecord, read_pid_records
+from crispflow.stack.airflow_api import AirflowAPI
+from crispflow.stack.credentials import Secrets, load_secrets
+from crispflow.stack.paths import StackPaths
+from crispflow.stack.ports import Ports
+from crispflow.stack.processes import PidRecord, read_pid_records
 
 ROOT = Path(__file__).resolve().parents[2]
 RESERVED_PORTS = {8080, 5000, 8000, 9000}  # the defaults a developer's own stack uses: never taken by a test

@@ -16,7 +16,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from crispflow.blessing import benjamini_hochberg, decide, delong, holm, paired_bootstrap, verdict_summary
+from crispflow.model.blessing import benjamini_hochberg, decide, delong, holm, paired_bootstrap, verdict_summary
 from crispflow.spec import Blessing
 
 ROOT = Path(__file__).resolve().parents[2]

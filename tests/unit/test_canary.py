@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crispflow.canary import (
+from crispflow.release.canary import (
     CONTINUE,
     PROMOTE,
     ROLLBACK,

@@ -3,7 +3,7 @@
 The files are parsed, not run: the Compose Specification rules that hold without its schema, pinned images,
 healthchecks and dependencies, secrets only as ${VAR} references that .env.example defines with placeholders,
 auth on in Airflow and MLflow, Airflow settings that exist in the installed Airflow and that match the local
-stack (include/crispflow/cli/profiles.py) except for the listed, deliberate differences.
+stack (include/crispflow/stack/profiles.py) except for the listed, deliberate differences.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ import pytest
 import yaml
 from support.airflow_config import airflow_config_options, package_dir
 
-from crispflow.cli.credentials import Secrets
-from crispflow.cli.ports import Ports
-from crispflow.cli.prod_setup import AUTH_CONFIG
-from crispflow.cli.profiles import SIMPLE_AUTH_MANAGER, airflow_env
 from crispflow.pools import POOLS
 from crispflow.settings import Settings
+from crispflow.stack.credentials import Secrets
+from crispflow.stack.ports import Ports
+from crispflow.stack.prod_setup import AUTH_CONFIG
+from crispflow.stack.profiles import SIMPLE_AUTH_MANAGER, airflow_env
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yaml"
@@ -765,7 +765,7 @@ VALUE_FLAGS = {
 
 @functools.cache
 def prod_local_profile() -> Any:
-    from crispflow.cli.profiles import build_profile
+    from crispflow.stack.profiles import build_profile
 
     settings = Settings.from_env()
     creds = Secrets("admin-pw", "jwt", "api-key", "fernet", "mlflow-admin-pw", "flask")

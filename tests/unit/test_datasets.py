@@ -9,12 +9,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import crispflow.datasets as datasets
-from crispflow.batch import assemble
+import crispflow.data.datasets as datasets
+from crispflow.data.extracts import assemble
+from crispflow.data.quality import validate_batch
+from crispflow.data.sources import Extract, Interval
 from crispflow.errors import LakeError
 from crispflow.lake import Lake, read_json
-from crispflow.quality import validate_batch
-from crispflow.sources import Extract, Interval
 from crispflow.spec import load_spec
 
 INTERVAL = Interval(datetime(2026, 1, 1), datetime(2026, 4, 1))

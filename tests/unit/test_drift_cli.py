@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crispflow.cli.main import main
 from crispflow.monitoring import build_profile, save_profile
 from crispflow.settings import project_root
 from crispflow.spec import load_spec
+from crispflow.stack.main import main
 
 SPEC = project_root() / "include" / "pipelines" / "lending_club.yaml"
 

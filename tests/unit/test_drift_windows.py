@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crispflow.features import features, labels
+from crispflow.model.features import features, labels
 from crispflow.monitoring import DriftInputError, DriftSettings, build_profile
 from crispflow.monitoring.store import read_windows
 from crispflow.monitoring.windows import (

@@ -19,7 +19,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from crispflow.evaluation import (
+from crispflow.model.evaluation import (
     HIGHER_IS_BETTER,
     METRICS,
     bootstrap_ci,
@@ -271,7 +271,7 @@ def imported_modules(path: Path) -> dict[str, int]:
 
 @pytest.mark.parametrize("module", ["evaluation", "blessing"])
 def test_modules_import_neither_airflow_nor_mlflow(module: str) -> None:
-    imports = imported_modules(ROOT / "include" / "crispflow" / f"{module}.py")
+    imports = imported_modules(ROOT / "include" / "crispflow" / "model" / f"{module}.py")
     assert not {"airflow", "mlflow"} & set(imports), imports
     assert set(imports) <= {
         "__future__",

@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from crispflow import promotion
-from crispflow.promotion import Ledger, PromotionConflict, PromotionRefused, Transition
+from crispflow.release import promotion
+from crispflow.release.promotion import Ledger, PromotionConflict, PromotionRefused, Transition
 
 pytest_plugins = ["support.servers"]
 

@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crispflow.blessing import decide
-from crispflow.evaluation import evaluate
 from crispflow.lake import json_safe
-from crispflow.model_card import SECTIONS, UNDEFINED, ModelCardInput, render_html, render_markdown
+from crispflow.model.blessing import decide
+from crispflow.model.card import SECTIONS, UNDEFINED, ModelCardInput, render_html, render_markdown
+from crispflow.model.evaluation import evaluate
+from crispflow.model.training import holdout_hash, holdout_split
 from crispflow.spec import PipelineSpec, load_spec
-from crispflow.training import holdout_hash, holdout_split
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "include" / "data" / "lending_club.parquet"

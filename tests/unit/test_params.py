@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from crispflow.errors import ParamsError
-from crispflow.params import training_request, training_requests
+from crispflow.run_requests import training_request, training_requests
 
 GOOD = {"pipeline": "lending_club", "dataset_version_id": "ds-0123456789abcdef"}
 

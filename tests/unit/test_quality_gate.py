@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crispflow.batch import assemble
+from crispflow.data.extracts import assemble
+from crispflow.data.quality import REDACTED, validate_batch
+from crispflow.data.sources import Extract, Interval
 from crispflow.errors import DataRejected, GateMisconfigured
-from crispflow.quality import REDACTED, validate_batch
-from crispflow.sources import Extract, Interval
 from crispflow.spec import load_spec, parse_spec
 
 INTERVAL = Interval(datetime(2026, 1, 1), datetime(2026, 10, 1))

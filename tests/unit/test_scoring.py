@@ -17,13 +17,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
-from crispflow import scoring
 from crispflow.errors import LakeError
-from crispflow.features import build_preprocessor, features, labels
 from crispflow.lake import Lake, canonical_json, frame_digest, read_json, write_atomic
-from crispflow.scoring import ModelRef, ScoringError
+from crispflow.model.features import build_preprocessor, features, labels
+from crispflow.model.training import positive_proba
+from crispflow.serving import batch_scoring as scoring
+from crispflow.serving.batch_scoring import ModelRef, ScoringError
 from crispflow.spec import load_spec
-from crispflow.training import positive_proba
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "include" / "data" / "lending_club.parquet"

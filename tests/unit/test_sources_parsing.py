@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 import pandas as pd
 import pytest
 
-from crispflow.batch import assemble
+from crispflow.data.extracts import assemble
+from crispflow.data.sources import Extract, Interval, parse_bytes
 from crispflow.errors import ParamsError, SourceError
-from crispflow.params import reject_unknown, resolve_interval
-from crispflow.sources import Extract, Interval, parse_bytes
+from crispflow.run_requests import reject_unknown, resolve_interval
 from crispflow.spec import load_spec
 
 PARQUET = open("include/data/lending_club.parquet", "rb").read()  # noqa: SIM115

@@ -18,14 +18,15 @@ import pytest
 import requests
 from support.airflow_config import airflow_config_options
 
-from crispflow.airflow_api import AirflowAPI, AirflowAPIError
-from crispflow.cli import main as cli
-from crispflow.cli import stack
-from crispflow.cli.credentials import Secrets, load_or_create_secrets, write_passwords_file
-from crispflow.cli.errors import StackError
-from crispflow.cli.paths import StackPaths
-from crispflow.cli.ports import Ports, StackState, port_in_use, resolve_ports
-from crispflow.cli.processes import (
+from crispflow.settings import Settings
+from crispflow.stack import control as stack
+from crispflow.stack import main as cli
+from crispflow.stack.airflow_api import AirflowAPI, AirflowAPIError
+from crispflow.stack.credentials import Secrets, load_or_create_secrets, write_passwords_file
+from crispflow.stack.errors import StackError
+from crispflow.stack.paths import StackPaths
+from crispflow.stack.ports import Ports, StackState, port_in_use, resolve_ports
+from crispflow.stack.processes import (
     PidRecord,
     group_members,
     is_alive,
@@ -37,8 +38,7 @@ from crispflow.cli.processes import (
     stop_records,
     write_pid_record,
 )
-from crispflow.cli.profiles import ProcessSpec, Profile, airflow_env, build_profile
-from crispflow.settings import Settings
+from crispflow.stack.profiles import ProcessSpec, Profile, airflow_env, build_profile
 
 PORTS = Ports(airflow=18081, mlflow=15001, serve=18001, s3=19001)
 
@@ -501,7 +501,7 @@ def test_wait_for_dag_fails_fast_on_its_import_error() -> None:
 
 def test_the_cli_never_imports_airflow() -> None:
     code = (
-        "import sys, crispflow.cli.main, crispflow.cli.stack, crispflow.airflow_api; "
+        "import sys, crispflow.stack.main, crispflow.stack.control, crispflow.stack.airflow_api; "
         "assert not [m for m in sys.modules if m == 'airflow' or m.startswith('airflow.')]"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -520,7 +520,7 @@ def test_a_second_up_or_down_fails_fast_while_one_is_running(settings: Settings,
 
 
 def test_prod_local_profile_is_the_production_topology(settings: Settings) -> None:
-    from crispflow.cli.prod_local import Namespace
+    from crispflow.stack.prod_local import Namespace
 
     creds = Secrets.generate()
     profile = build_profile("prod-local", settings, PORTS, creds)
@@ -572,7 +572,7 @@ def test_prod_local_profile_is_the_production_topology(settings: Settings) -> No
 
 
 def test_prod_local_names_derive_from_the_home(tmp_path: Path) -> None:
-    from crispflow.cli.prod_local import Namespace
+    from crispflow.stack.prod_local import Namespace
 
     one, two = Namespace.of(tmp_path / "a"), Namespace.of(tmp_path / "b")
     assert one == Namespace.of(tmp_path / "a") and one != two
@@ -612,7 +612,7 @@ def test_secrets_written_before_mlflow_auth_get_its_password_added(settings: Set
 
 
 def test_worker_reports_its_own_host_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    from crispflow.cli.worker_identity import hostname
+    from crispflow.stack.worker_identity import hostname
 
     monkeypatch.delenv("CRISPFLOW_WORKER_NAME", raising=False)
     plain = hostname()
@@ -621,11 +621,11 @@ def test_worker_reports_its_own_host_name(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_the_pool_the_stack_creates_is_the_one_the_promotion_operators_use() -> None:
-    from crispflow.cli.profiles import POOLS
-    from crispflow.promotion import POOL
+    from crispflow.release.promotion import POOL
+    from crispflow.stack.profiles import POOLS
 
     source = (Path(__file__).resolve().parents[2] / "plugins/crispflow_airflow/operators/promotion.py").read_text()
-    assert POOLS[0][0] == POOL and "from crispflow.promotion import POOL" in source
+    assert POOLS[0][0] == POOL and "from crispflow.release.promotion import POOL" in source
 
 
 def test_a_failed_start_also_stops_processes_whose_title_changed(paths: StackPaths, tmp_path: Path) -> None:

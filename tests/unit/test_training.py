@@ -15,11 +15,10 @@ import yaml
 from sklearn.metrics import roc_auc_score
 from threadpoolctl import threadpool_limits
 
-from crispflow.batch import conform, new_rejections
+from crispflow.data.extracts import conform, new_rejections
 from crispflow.errors import CrispflowError, SpecError
-from crispflow.features import features, labels
-from crispflow.spec import PipelineSpec, Threshold, load_spec, parse_spec
-from crispflow.training import (
+from crispflow.model.features import features, labels
+from crispflow.model.training import (
     best_config,
     build_model,
     choose_threshold,
@@ -30,6 +29,7 @@ from crispflow.training import (
     plan_search,
     positive_proba,
 )
+from crispflow.spec import PipelineSpec, Threshold, load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "include" / "data" / "lending_club.parquet"

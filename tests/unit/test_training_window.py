@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pandas as pd
 
-import crispflow.datasets as datasets
-from crispflow.batch import assemble
+import crispflow.data.datasets as datasets
+from crispflow.data.extracts import assemble
+from crispflow.data.quality import validate_batch
+from crispflow.data.sources import Extract, Interval
+from crispflow.data.training_window import compose, select
 from crispflow.lake import Lake
-from crispflow.quality import validate_batch
-from crispflow.sources import Extract, Interval
 from crispflow.spec import load_spec
-from crispflow.training_window import compose, select
 
 SPEC = load_spec("lending_club")
 DATA = pd.read_parquet("include/data/lending_club.parquet")

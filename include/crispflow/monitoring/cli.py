@@ -89,7 +89,7 @@ def read_importance(path: str) -> dict[str, float]:
 def _labels(spec: PipelineSpec | None, frame: pd.DataFrame) -> Any:
     if spec is None or spec.target.column not in frame.columns or frame[spec.target.column].isna().any():
         return None
-    from crispflow.features import labels
+    from crispflow.model.features import labels
 
     return labels(spec, frame)
 

@@ -18,7 +18,7 @@ Every window is binned once against the profile's edges/categories (`searchsorte
   analytic 95 % CIs; one-sided z-test of "the window is worse" with both standard errors.
 
 **Decisions.** All p-values of a window (features, prediction, label, performance) are adjusted together with
-Benjamini-Hochberg (`crispflow.blessing.benjamini_hochberg`). A feature has drifted when its adjusted p-value is
+Benjamini-Hochberg (`crispflow.model.blessing.benjamini_hochberg`). A feature has drifted when its adjusted p-value is
 <= `alpha` AND its PSI >= `min_psi` (a calibrated test that the change is real, and an effect-size floor so that
 huge windows do not flag trivial changes). The overall verdict is "drift" when the importance-weighted share of
 drifted features is >= `min_drift_share`, or the prediction or label has drifted, or a metric has degraded;
@@ -44,7 +44,7 @@ import pandas as pd
 from scipy import special
 from scipy.stats import fisher_exact, wasserstein_distance
 
-from crispflow.blessing import benjamini_hochberg
+from crispflow.model.blessing import benjamini_hochberg
 from crispflow.monitoring.profile import (
     PERFORMANCE_METRICS,
     DriftInputError,

@@ -289,8 +289,8 @@ def check_event(extra: Mapping[str, Any] | None,
     Asset events can be emitted by anyone allowed to write to the asset, so the payload is only trusted when it
     matches a record in the monitoring store (which only the sensor writes, exclusively). `lookup(model,
     episode_id)` reads that record; it is called only once the fields are well-formed."""
-    from crispflow.params import NAME_PATTERN
-    from crispflow.registry import model_name
+    from crispflow.model.registry import model_name
+    from crispflow.run_requests import NAME_PATTERN
 
     if not isinstance(extra, Mapping):
         raise ParamsError(f"drift event: payload must be an object, got {type(extra).__name__}")

@@ -162,7 +162,7 @@ def feature_kinds(frame: pd.DataFrame, spec: PipelineSpec | None = None) -> dict
     Without a spec every column is a feature; datetime columns are skipped either way.
     """
     if spec is not None:
-        from crispflow.features import column_groups
+        from crispflow.model.features import column_groups
 
         groups = column_groups(spec)
         kinds = {c: "numeric" for c in groups["numeric"]} | {c: "categorical" for c in groups["text"]}
@@ -189,7 +189,7 @@ def performance_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float
     Standard errors: binomial for precision and recall, Hanley-McNeil for ROC AUC. An undefined metric (no
     predicted positive, one class only, non-finite scores) has None everywhere.
     """
-    from crispflow.evaluation import weighted_metrics
+    from crispflow.model.evaluation import weighted_metrics
 
     pred = scores >= threshold
     point = weighted_metrics(np.ones((1, labels.size)), labels, scores, pred, PERFORMANCE_METRICS)
@@ -263,7 +263,7 @@ def build_profile(
         else:
             features[name] = categorical_profile(frame[name], top_k, hashed=name in pii)
     if labels is None and spec is not None and spec.target.column in frame.columns:
-        from crispflow.features import labels as spec_labels
+        from crispflow.model.features import labels as spec_labels
 
         labels = spec_labels(spec, frame)
     score_arr = as_scores(scores, rows) if scores is not None else None

@@ -282,7 +282,7 @@ class ModelServer:
                 config.predictions_url, config.model,
                 storage_options=config.storage_options or storage_options_from_env(config.predictions_url)))
         if client is None:
-            from crispflow import registry
+            from crispflow.model import registry
 
             def client() -> MlflowClient:
                 return registry.client(config.tracking_uri)

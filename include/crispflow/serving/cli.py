@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def default_model(settings: Settings) -> str:
     """$CRISPFLOW_SERVE_MODEL, else `crispflow-<name>` of the only spec in the pipelines folder."""
-    from crispflow.registry import model_name
+    from crispflow.model.registry import model_name
 
     if env := os.environ.get(MODEL_ENV, "").strip():
         return env
@@ -73,7 +73,7 @@ def default_model(settings: Settings) -> str:
 
 def feedback_labels(settings: Settings, model: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The target values of the spec behind `model` (e.g. "bad" → 1, "good" → 0), so /feedback accepts them."""
-    from crispflow.registry import model_name
+    from crispflow.model.registry import model_name
     from crispflow.spec import load_spec_file
 
     for path in sorted(settings.pipelines_dir.glob("*.yaml")):

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from crispflow import registry
+from crispflow.model import registry
 from crispflow.serving.policy import ALIASES, CHAMPION, TrafficPolicy, policy_from_tags
 from crispflow.serving.validation import InputSchema
 

@@ -44,6 +44,6 @@ class MlflowHook(BaseHook):
         return f"{conn.schema or 'http'}://{conn.host}{port}"
 
     def get_client(self) -> MlflowClient:
-        from crispflow.registry import client
+        from crispflow.model.registry import client
 
         return client(self.tracking_uri())

@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING
 
 from airflow.sdk import BaseHook, ObjectStoragePath
 
-from crispflow import sources
+from crispflow.data import sources
 from crispflow.errors import SourceError
 from crispflow.settings import Settings
 
 if TYPE_CHECKING:
-    from crispflow.sources import Extract, Interval
+    from crispflow.data.sources import Extract, Interval
     from crispflow.spec import FileSource, HttpSource, SqlSource
 
 

@@ -26,8 +26,8 @@ def run_identity(context: Context) -> dict[str, Any]:
 
 
 def training_job(request: dict[str, Any], context: Context) -> Any:
-    """The `crispflow.modelling.Job` of a training run: spec, lake, MLflow client and the run key."""
-    from crispflow.modelling import Job
+    """The `crispflow.model.modelling.Job` of a training run: spec, lake, MLflow client and the run key."""
+    from crispflow.model.modelling import Job
     from crispflow_airflow.hooks.mlflow import MlflowHook
 
     spec, lake = spec_and_lake(request["pipeline"])

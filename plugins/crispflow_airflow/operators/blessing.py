@@ -36,8 +36,8 @@ class BlessingGateOperator(BaseOperator):
         self.version = version
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from crispflow.blessing import verdict_summary
-        from crispflow.modelling import bless, promote_cold_start, write_model_card
+        from crispflow.model.blessing import verdict_summary
+        from crispflow.model.modelling import bless, promote_cold_start, write_model_card
 
         with as_airflow_errors():
             job = training_job(self.request, context)

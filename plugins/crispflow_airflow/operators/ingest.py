@@ -35,9 +35,9 @@ class IngestOperator(BaseOperator):
         self.allowed_conf = tuple(allowed_conf)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from crispflow.batch import assemble
-        from crispflow.datasets import stage
-        from crispflow.params import reject_unknown, resolve_interval
+        from crispflow.data.datasets import stage
+        from crispflow.data.extracts import assemble
+        from crispflow.run_requests import reject_unknown, resolve_interval
         from crispflow_airflow.hooks.sources import extract
 
         with as_airflow_errors():

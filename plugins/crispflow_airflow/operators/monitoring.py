@@ -72,12 +72,12 @@ class DriftMonitorOperator(BaseOperator):
         return end - timedelta(minutes=minutes), end
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from crispflow import promotion
+        from crispflow.model.registry import model_name
         from crispflow.monitoring.report import render_html, render_json
         from crispflow.monitoring.store import window_key
         from crispflow.monitoring.windows import ReferenceProfileMissing, load_reference_profile, report_title
         from crispflow.monitoring.windows import run_window as drift_window
-        from crispflow.registry import model_name
+        from crispflow.release import promotion
         from crispflow.serving.prediction_log import read_predictions
         from crispflow_airflow.hooks.mlflow import MlflowHook
 

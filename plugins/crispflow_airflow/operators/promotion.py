@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from crispflow.promotion import POOL
+from crispflow.release.promotion import POOL
 from crispflow_airflow.exceptions import as_airflow_errors
 from crispflow_airflow.operators._windows import display_path, predictions_root, run_window
 
@@ -28,8 +28,8 @@ def move_key(context: Context) -> str:
 
 
 def _clients(pipeline: str) -> tuple[Any, Any, str]:
-    from crispflow.promotion import Ledger
-    from crispflow.registry import model_name
+    from crispflow.model.registry import model_name
+    from crispflow.release.promotion import Ledger
     from crispflow.settings import Settings
     from crispflow_airflow.hooks.mlflow import MlflowHook
 
@@ -65,7 +65,7 @@ class DeployCanaryOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from crispflow import promotion
+        from crispflow.release import promotion
 
         mlf, ledger, model = _clients(self.pipeline)
         version = str(self.version)
@@ -98,10 +98,10 @@ class CanaryAnalysisOperator(BaseOperator):
     promote (canary → champion, old champion → `previous`), roll the canary back, or let it continue.
 
     Guardrails use the run's data interval (or the `window` before the run for manual runs); labelled evidence
-    uses everything since the canary was deployed (see `crispflow.canary`). No canary: nothing to do.
+    uses everything since the canary was deployed (see `crispflow.release.canary`). No canary: nothing to do.
 
     :param pipeline: pipeline spec name (templated)
-    :param policy: overrides of `crispflow.canary.CanaryPolicy` fields (templated)
+    :param policy: overrides of `crispflow.release.canary.CanaryPolicy` fields (templated)
     :param window: the analysis window of runs without a data interval
     """
 
@@ -116,9 +116,9 @@ class CanaryAnalysisOperator(BaseOperator):
         self.window = window
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from crispflow import promotion
-        from crispflow.canary import PROMOTE, ROLLBACK, CanaryPolicy, analyse, paired_from_log
-        from crispflow.registry import load_verified
+        from crispflow.model.registry import load_verified
+        from crispflow.release import promotion
+        from crispflow.release.canary import PROMOTE, ROLLBACK, CanaryPolicy, analyse, paired_from_log
 
         mlf, ledger, model = _clients(self.pipeline)
         key = move_key(context)
@@ -210,7 +210,7 @@ class RollbackOperator(BaseOperator):
         self.reason = reason
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from crispflow import promotion
+        from crispflow.release import promotion
 
         mlf, ledger, model = _clients(self.pipeline)
         key = move_key(context)

@@ -36,7 +36,7 @@ class PublishDatasetOperator(BaseOperator):
         self.batch_id = batch_id
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from crispflow.datasets import publish
+        from crispflow.data.datasets import publish
 
         run = run_identity(context)
         with as_airflow_errors():

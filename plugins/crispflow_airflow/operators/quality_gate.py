@@ -33,9 +33,9 @@ class DataQualityGateOperator(BaseOperator):
         self.batch_id = batch_id
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from crispflow.datasets import load_batch, store_outcome
-        from crispflow.quality import validate_batch
-        from crispflow.sources import Interval
+        from crispflow.data.datasets import load_batch, store_outcome
+        from crispflow.data.quality import validate_batch
+        from crispflow.data.sources import Interval
 
         with as_airflow_errors():
             spec, lake = spec_and_lake(self.pipeline)

@@ -1,7 +1,7 @@
 """Batch scoring operators: plan partitions → score each partition (mapped, any worker) → commit once.
 
-Thin shells around crispflow.scoring. XCom carries the output folder key and small dicts; each mapped task reads
-the plan from the lake, loads the pinned model version from the registry (hash-checked) and writes one part.
+Thin shells around crispflow.serving.batch_scoring. XCom carries the output folder key and small dicts; each mapped
+task reads the plan from the lake, loads the pinned model version from the registry (hash-checked) and writes one part.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ class PlanScoringOperator(BaseOperator):
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         from crispflow.errors import ParamsError
-        from crispflow.params import VERSION_ID, reject_unknown
-        from crispflow.scoring import newest_version, plan_partitions, resolve_model
+        from crispflow.run_requests import VERSION_ID, reject_unknown
+        from crispflow.serving.batch_scoring import newest_version, plan_partitions, resolve_model
         from crispflow_airflow.hooks.mlflow import MlflowHook
 
         with as_airflow_errors():
@@ -102,7 +102,7 @@ class ScorePartitionOperator(BaseOperator):
         self.chunk_rows = chunk_rows
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from crispflow.scoring import DEFAULT_CHUNK_ROWS, ModelRef, load_model, read_plan, score_partition
+        from crispflow.serving.batch_scoring import DEFAULT_CHUNK_ROWS, ModelRef, load_model, read_plan, score_partition
         from crispflow_airflow.hooks.lake import LakeHook
         from crispflow_airflow.hooks.mlflow import MlflowHook
 
@@ -138,7 +138,7 @@ class CommitScoresOperator(BaseOperator):
         self.results = results
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from crispflow.scoring import SUCCESS, commit
+        from crispflow.serving.batch_scoring import SUCCESS, commit
         from crispflow_airflow.hooks.lake import LakeHook
 
         run = run_identity(context)

@@ -60,9 +60,9 @@ class DriftSensor(BaseSensorOperator):
 
     def _target(self) -> tuple[str, str, str | None, dict[str, Any]]:
         from crispflow.errors import ParamsError
+        from crispflow.model.registry import model_name
         from crispflow.monitoring.episodes import DriftPolicy
-        from crispflow.params import NAME_PATTERN
-        from crispflow.registry import model_name
+        from crispflow.run_requests import NAME_PATTERN
         from crispflow.settings import Settings
 
         with as_airflow_errors():

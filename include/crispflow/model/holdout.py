@@ -34,7 +34,7 @@ def frozen_record(lake: Lake, pipeline: str) -> dict[str, Any]:
 def frozen_holdout(lake: Lake, spec: PipelineSpec, dataset: pd.DataFrame,
                    dataset_version_id: str) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The pipeline's holdout and its record; cut from `dataset` if this is the pipeline's first training."""
-    from crispflow.training import holdout_hash, holdout_split
+    from crispflow.model.training import holdout_hash, holdout_split
 
     pointer = _pointer(lake, spec.name)
     if not pointer.exists():

@@ -14,7 +14,7 @@ from crispflow.errors import DataRejected
 if TYPE_CHECKING:
     import pandas as pd
 
-    from crispflow.sources import Extract, Interval
+    from crispflow.data.sources import Extract, Interval
     from crispflow.spec import PipelineSpec
 
 SOURCE_COL = "_source"

@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from crispflow.cli.credentials import ADMIN_USER, Secrets, load_or_create_secrets, load_secrets, write_passwords_file
-from crispflow.cli.errors import StackError
-from crispflow.cli.health import check_ports, health_problem
-from crispflow.cli.paths import StackPaths
-from crispflow.cli.ports import Ports, StackState, resolve_ports
-from crispflow.cli.processes import (
+from crispflow.settings import Settings
+from crispflow.stack.credentials import ADMIN_USER, Secrets, load_or_create_secrets, load_secrets, write_passwords_file
+from crispflow.stack.errors import StackError
+from crispflow.stack.health import check_ports, health_problem
+from crispflow.stack.paths import StackPaths
+from crispflow.stack.ports import Ports, StackState, resolve_ports
+from crispflow.stack.processes import (
     STOP_TIMEOUT,
     PidRecord,
     is_ours,
@@ -33,7 +34,7 @@ from crispflow.cli.processes import (
     stop_records,
     tail,
 )
-from crispflow.cli.profiles import (
+from crispflow.stack.profiles import (
     DEFAULT_PROFILE,
     MODEL_SERVER,
     S3_SERVER,
@@ -42,7 +43,6 @@ from crispflow.cli.profiles import (
     Profile,
     build_profile,
 )
-from crispflow.settings import Settings
 
 UP_TIMEOUT = 180.0
 

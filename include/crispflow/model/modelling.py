@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from crispflow import registry
-from crispflow.datasets import load_version, read_manifest
+from crispflow.data.datasets import load_version, read_manifest
 from crispflow.lake import json_safe
+from crispflow.model import registry
 from crispflow.spec import PipelineSpec
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ class Job:
     @cached_property
     def frames(self) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
         """(train, holdout, holdout record): the dataset minus the frozen holdout's entities, and the holdout."""
-        from crispflow.holdout import frozen_holdout, training_rows
+        from crispflow.model.holdout import frozen_holdout, training_rows
 
         dataset = load_version(self.lake, self.dataset_version_id, self.spec.name)
         holdout, record = frozen_holdout(self.lake, self.spec, dataset, self.dataset_version_id)
@@ -89,7 +89,7 @@ def prepare(job: Job) -> dict[str, Any]:
 
 def run_candidate(job: Job, parent_run_id: str, config: dict[str, Any]) -> dict[str, Any]:
     """Cross-validate one configuration in a nested MLflow run (one per config, found again on retry)."""
-    from crispflow.training import cross_validate
+    from crispflow.model.training import cross_validate
 
     train, _, _ = job.frames
     result = cross_validate(job.spec, config, train)
@@ -108,8 +108,8 @@ def run_candidate(job: Job, parent_run_id: str, config: dict[str, Any]) -> dict[
 
 def register_challenger(job: Job, parent_run_id: str, results: list[dict[str, Any]]) -> dict[str, Any]:
     """Fit the best configuration (calibrated, thresholded) on all training rows; register it as `challenger`."""
-    from crispflow.features import features
-    from crispflow.training import best_config, fit_final
+    from crispflow.model.features import features
+    from crispflow.model.training import best_config, fit_final
 
     best = best_config(results)
     train, _, record = job.frames
@@ -134,7 +134,7 @@ def log_reference_profile(job: Job, version: str, run_id: str, model: Any, train
                           threshold: float) -> str:
     """The version's reference for drift monitoring, from its training rows (features, in-sample scores, labels):
     logged beside the model and named by the version tag `crispflow.reference_profile`."""
-    from crispflow.features import features, labels
+    from crispflow.model.features import features, labels
     from crispflow.monitoring.profile import build_profile
 
     x = features(job.spec, train)
@@ -149,8 +149,8 @@ def log_reference_profile(job: Job, version: str, run_id: str, model: Any, train
 
 def scores(job: Job, version: str, frame: pd.DataFrame) -> tuple[Any, np.ndarray]:
     """(model, positive-class scores) of a registry version, loaded only after its hash check."""
-    from crispflow.features import features
-    from crispflow.training import positive_proba
+    from crispflow.model.features import features
+    from crispflow.model.training import positive_proba
 
     model = registry.load_verified(job.mlf, job.model_name, version)
     return model, positive_proba(model, features(job.spec, frame))
@@ -158,9 +158,9 @@ def scores(job: Job, version: str, frame: pd.DataFrame) -> tuple[Any, np.ndarray
 
 def evaluate_version(job: Job, version: str) -> dict[str, Any]:
     """Holdout metrics with CIs, slices, latency, size and plots, logged to the version's run and tags."""
-    from crispflow.evaluation import evaluate, measure_latency, plot_curves
-    from crispflow.features import features, labels
-    from crispflow.training import positive_proba
+    from crispflow.model.evaluation import evaluate, measure_latency, plot_curves
+    from crispflow.model.features import features, labels
+    from crispflow.model.training import positive_proba
 
     _, holdout, record = job.frames
     mv = job.mlf.get_model_version(job.model_name, version)
@@ -207,8 +207,8 @@ def model_size(job: Job, version: str) -> int:
 def bless(job: Job, version: str) -> dict[str, Any]:
     """Judge `version` against the current champion on the frozen holdout; store the verdict as an artifact
     of the version's run, then tag the version (the tag is the commit point downstream tasks read)."""
-    from crispflow.blessing import decide
-    from crispflow.features import features, labels
+    from crispflow.model.blessing import decide
+    from crispflow.model.features import features, labels
 
     _, holdout, record = job.frames
     y = labels(job.spec, holdout)
@@ -248,8 +248,8 @@ def _costs(job: Job, models: dict[str, Any], x: pd.DataFrame, rounds: int = 5) -
     round kept, so a load spike on the machine hits all of them alike instead of the one timed at that moment."""
     import numpy as np
 
-    from crispflow.evaluation import measure_latency
-    from crispflow.training import positive_proba
+    from crispflow.model.evaluation import measure_latency
+    from crispflow.model.training import positive_proba
 
     p95: dict[str, list[float]] = {v: [] for v in models}
     for r in range(rounds):
@@ -277,7 +277,7 @@ def promote_cold_start(job: Job, version: str) -> dict[str, Any]:
         return {"action": "none", "reason": "not blessed", "version": version}
     if champion is not None and str(champion.version) != version:
         return {"action": "none", "reason": f"champion v{champion.version} exists: canary decides", "version": version}
-    from crispflow import promotion
+    from crispflow.release import promotion
     from crispflow.settings import Settings
 
     ledger = promotion.Ledger(Settings.from_env().ledger_url)
@@ -316,7 +316,7 @@ def write_model_card(job: Job, version: str) -> dict[str, str]:
     """Render the version's model card (Markdown and HTML) from its stored records and log both to its run."""
     import mlflow
 
-    from crispflow.model_card import ModelCardInput, render_html, render_markdown
+    from crispflow.model.card import ModelCardInput, render_html, render_markdown
 
     mv = job.mlf.get_model_version(job.model_name, version)
     stored = {name: json.loads(mlflow.artifacts.load_text(f"runs:/{mv.run_id}/{name}/v{version}.json"))

@@ -7,14 +7,14 @@ from typing import TYPE_CHECKING, Any
 
 from upath import UPath
 
-from crispflow.airflow_api import AirflowAPIError
-from crispflow.datasets import read_manifest
+from crispflow.data.datasets import read_manifest
 from crispflow.errors import CrispflowError
 from crispflow.lake import Lake
+from crispflow.stack.airflow_api import AirflowAPIError
 
 if TYPE_CHECKING:
-    from crispflow.airflow_api import AirflowAPI
     from crispflow.settings import Settings
+    from crispflow.stack.airflow_api import AirflowAPI
 
 INGEST = "ingest_validate"
 TRAIN = "train_evaluate_register"
@@ -85,7 +85,8 @@ def _loop_done(settings: Settings) -> bool:
 
 
 def _ledger_lines(settings: Settings) -> list[str]:
-    from crispflow import promotion, registry
+    from crispflow.model import registry
+    from crispflow.release import promotion
 
     entries = promotion.Ledger(settings.ledger_url).entries(registry.model_name(PIPELINE))
     return [f"#{e['seq']} {e['action']} {_moves(e['moves'])}" for e in entries]
@@ -111,8 +112,8 @@ def _data_summary(api: AirflowAPI, settings: Settings, ingest_run: str, publishe
 
 def holdout_traffic(settings: Settings) -> tuple[Any, list[int]]:
     """The frozen holdout's rows (features and entity key) and their true labels, to replay as live traffic."""
-    from crispflow.holdout import frozen_record
     from crispflow.lake import read_parquet
+    from crispflow.model.holdout import frozen_record
     from crispflow.spec import load_spec
 
     spec = load_spec(PIPELINE)
@@ -127,8 +128,9 @@ def canary_phase(api: AirflowAPI, settings: Settings, rounds: int = 6) -> dict[s
     analysis after each pass, until it promotes or rolls back the canary."""
     import requests
 
-    from crispflow import promotion, registry
-    from crispflow.traffic import replay
+    from crispflow.model import registry
+    from crispflow.release import promotion
+    from crispflow.stack.traffic import replay
 
     mlf = registry.client(settings.mlflow_tracking_uri)
     name = registry.model_name(PIPELINE)
@@ -168,7 +170,7 @@ def drift_phase(api: AirflowAPI, settings: Settings) -> dict[str, Any]:
     window; the blessed result goes canary and is promoted on labelled evidence, like any other model."""
     import math
 
-    from crispflow.traffic import replay
+    from crispflow.stack.traffic import replay
 
     for year, month in LATER_MONTHS:  # the monthly ingests (each too small to train on alone)
         end = f"{year + month // 12}-{month % 12 + 1:02d}-01"
@@ -212,7 +214,7 @@ def later_traffic(settings: Settings) -> tuple[Any, list[int]]:
     """The published rows of the later months (features, entity key) and their true labels."""
     import pandas as pd
 
-    from crispflow.datasets import load_version, published
+    from crispflow.data.datasets import load_version, published
     from crispflow.spec import load_spec
 
     spec = load_spec(PIPELINE)
@@ -293,7 +295,7 @@ def _wait_serving(settings: Settings, canary: str, timeout: float = 120) -> None
 
 
 def _model_summary(api: AirflowAPI, settings: Settings, train_run: str) -> dict[str, Any]:
-    from crispflow import registry
+    from crispflow.model import registry
 
     registered = api.xcom(TRAIN, train_run, "register")
     verdict = api.xcom(TRAIN, train_run, "bless")

@@ -19,9 +19,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crispflow import registry
 from crispflow.errors import CrispflowError
 from crispflow.lake import json_safe
+from crispflow.model import registry
 from crispflow.pools import PROMOTIONS
 
 if TYPE_CHECKING:

@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from crispflow.cli.errors import StackError
-from crispflow.cli.paths import StackPaths
-from crispflow.cli.profiles import ProcessSpec, SetupStep
+from crispflow.stack.errors import StackError
+from crispflow.stack.paths import StackPaths
+from crispflow.stack.profiles import ProcessSpec, SetupStep
 
 STOP_TIMEOUT = 20.0
 

@@ -19,10 +19,10 @@ from urllib.parse import quote
 
 import requests
 
-from crispflow.cli.credentials import ADMIN_USER, load_secrets
-from crispflow.cli.ports import HOST, resolve_ports
 from crispflow.errors import CrispflowError
 from crispflow.settings import Settings
+from crispflow.stack.credentials import ADMIN_USER, load_secrets
+from crispflow.stack.ports import HOST, resolve_ports
 
 log = logging.getLogger(__name__)
 

@@ -22,11 +22,12 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
 
-from crispflow.cli.credentials import MLFLOW_ADMIN_USER, Secrets
-from crispflow.cli.errors import StackError
-from crispflow.cli.paths import StackPaths
-from crispflow.cli.ports import HOST, PORT_ENV, Ports
-from crispflow.cli.profiles import (
+from crispflow.settings import Settings
+from crispflow.stack.credentials import MLFLOW_ADMIN_USER, Secrets
+from crispflow.stack.errors import StackError
+from crispflow.stack.paths import StackPaths
+from crispflow.stack.ports import HOST, PORT_ENV, Ports
+from crispflow.stack.profiles import (
     AIRFLOW_HEALTH_PATH,
     S3_SERVER,
     WORKER_PREFIX,
@@ -39,8 +40,7 @@ from crispflow.cli.profiles import (
     serve_spec,
     venv_bin,
 )
-from crispflow.cli.worker_identity import WORKER_NAME_ENV
-from crispflow.settings import Settings
+from crispflow.stack.worker_identity import WORKER_NAME_ENV
 
 PROD_LOCAL = "prod-local"
 POSTGRES_URL_ENV, REDIS_URL_ENV = "CRISPFLOW_POSTGRES_URL", "CRISPFLOW_REDIS_URL"
@@ -65,7 +65,7 @@ def _count(var: str, default: int) -> int:
     if not raw.isdigit() or not 1 <= int(raw) <= 16:
         raise StackError(f"{var}={raw!r}: expected a whole number from 1 to 16")
     return int(raw)
-HOSTNAME_CALLABLE = "crispflow.cli.worker_identity.hostname"
+HOSTNAME_CALLABLE = "crispflow.stack.worker_identity.hostname"
 
 
 @dataclass(frozen=True)
@@ -219,7 +219,7 @@ def build_prod_local_profile(settings: Settings, ports: Ports, creds: Secrets) -
         "MLFLOW_AUTH_DATABASE_URI": _pg(pg, ns.mlflow_db),
         **s3,
     }
-    module = (python, "-m", "crispflow.cli.prod_setup")
+    module = (python, "-m", "crispflow.stack.prod_setup")
     auth_config = paths.home / "mlflow" / "basic_auth.ini"
     setup = (
         SetupStep("reset-state", (*module, "reset-state", *ns.databases), setup_env),

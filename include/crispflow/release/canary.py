@@ -111,7 +111,7 @@ def psi(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> float | Non
 
 def _auc(score: np.ndarray, label: np.ndarray) -> float | None:
     """ROC AUC as the evaluation reports it; None with a single class."""
-    from crispflow.evaluation import compute_metric
+    from crispflow.model.evaluation import compute_metric
 
     value = compute_metric("roc_auc", label, score, label)
     return None if math.isnan(value) else value

@@ -100,10 +100,11 @@ def _estimator(spec: PipelineSpec, candidate: Candidate, params: dict[str, Any])
 
 
 def build_model(spec: PipelineSpec, candidate: Candidate, params: dict[str, Any]) -> Pipeline:
-    """An unfitted Pipeline: the spec's preprocessing (crispflow.features) followed by the candidate's estimator."""
+    """An unfitted Pipeline: the spec's preprocessing (crispflow.model.features), then the candidate's
+    estimator."""
     from sklearn.pipeline import Pipeline
 
-    from crispflow.features import build_preprocessor
+    from crispflow.model.features import build_preprocessor
 
     return Pipeline([("preprocess", build_preprocessor(spec)), ("model", _estimator(spec, candidate, params))])
 
@@ -156,7 +157,7 @@ def _time_holdout_mask(spec: PipelineSpec, frame: pd.DataFrame) -> np.ndarray:
     holdout is usually a little larger than the fraction. Rows without a time value stay in training.
     At least one period must remain for training.
     """
-    from crispflow.batch import to_utc_naive
+    from crispflow.data.extracts import to_utc_naive
 
     when = to_utc_naive(frame[spec.time_column])
     rows_per_period = when.value_counts().sort_index(ascending=False)  # newest first, NaT dropped
@@ -174,7 +175,7 @@ def _time_holdout_mask(spec: PipelineSpec, frame: pd.DataFrame) -> np.ndarray:
 def _stratified_holdout_mask(spec: PipelineSpec, frame: pd.DataFrame) -> np.ndarray:
     from sklearn.model_selection import StratifiedShuffleSplit
 
-    from crispflow.features import labels
+    from crispflow.model.features import labels
 
     y = labels(spec, frame)
     splitter = StratifiedShuffleSplit(n_splits=1, test_size=spec.split.holdout_fraction, random_state=spec.split.seed)
@@ -282,7 +283,7 @@ def cross_validate(spec: PipelineSpec, config: dict[str, Any], train: pd.DataFra
     with `training.selection_metric`. `fit_seconds` is the total fitting time over the folds."""
     from sklearn.base import clone
 
-    from crispflow.features import features, labels
+    from crispflow.model.features import features, labels
 
     training = _training(spec)
     model = build_model(spec, _candidate(spec, config["candidate"]), config["params"])
@@ -341,7 +342,7 @@ def fit_final(
     F1, or the OOF cost per row, at the threshold."""
     from sklearn.base import clone
 
-    from crispflow.features import features, labels
+    from crispflow.model.features import features, labels
 
     training = _training(spec)
     model = _final_estimator(spec, config)

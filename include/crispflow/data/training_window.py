@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from crispflow.datasets import Published, load_version, published
+from crispflow.data.datasets import Published, load_version, published
 from crispflow.errors import LakeError
 from crispflow.lake import Lake, canonical_json, create_exclusive, frame_digest, read_json, write_parquet
 

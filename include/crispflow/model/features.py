@@ -31,7 +31,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from crispflow.batch import to_utc_naive
+from crispflow.data.extracts import to_utc_naive
 from crispflow.errors import CrispflowError
 
 if TYPE_CHECKING:

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
+from crispflow.data.sources import Interval
 from crispflow.errors import ParamsError
-from crispflow.sources import Interval
 from crispflow.spec import NAME
 
 NAME_PATTERN = re.compile(NAME)
@@ -98,7 +98,7 @@ def training_request(conf: Mapping[str, Any] | None, events: list[Mapping[str, A
 def published_rows(spec: PipelineSpec, lake: Lake, version_id: str) -> tuple[int, int]:
     """(rows of the requested dataset version, rows training needs); a version that does not exist, or a
     pipeline without a training section, is a bad request (a forged event cannot point at nothing)."""
-    from crispflow.datasets import read_manifest
+    from crispflow.data.datasets import read_manifest
     from crispflow.errors import LakeError
 
     if spec.training is None:

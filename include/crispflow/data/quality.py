@@ -12,13 +12,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from crispflow.batch import SOURCE_COL, Rejections, conform, dedupe, new_rejections
+from crispflow.data.extracts import SOURCE_COL, Rejections, conform, dedupe, new_rejections
 from crispflow.errors import CrispflowError, DataRejected, GateMisconfigured
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from crispflow.sources import Interval
+    from crispflow.data.sources import Interval
     from crispflow.spec import PipelineSpec
 
 REDACTED = "<redacted>"

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
-from crispflow.datasets import read_manifest
+from crispflow.data.datasets import read_manifest
 from crispflow.errors import CrispflowError, LakeError
 from crispflow.lake import Lake, PathLike, canonical_json, create_exclusive, read_json
 
@@ -87,8 +87,8 @@ def part_name(index: int) -> str:
 
 
 def newest_version(lake: Lake, pipeline: str) -> str:
-    """The newest published dataset version of a pipeline (see `crispflow.datasets.latest_version`)."""
-    from crispflow.datasets import latest_version
+    """The newest published dataset version of a pipeline (see `crispflow.data.datasets.latest_version`)."""
+    from crispflow.data.datasets import latest_version
 
     try:
         return latest_version(lake, pipeline)["dataset_version_id"]
@@ -98,7 +98,7 @@ def newest_version(lake: Lake, pipeline: str) -> str:
 
 def resolve_model(mlf: MlflowClient, pipeline: str, alias: str) -> ModelRef:
     """Pin the complete version an alias points at now (its artifact hash and decision threshold recorded)."""
-    from crispflow import registry
+    from crispflow.model import registry
 
     name = registry.model_name(pipeline)
     mv = registry.alias_version(mlf, name, alias)
@@ -118,7 +118,7 @@ def resolve_model(mlf: MlflowClient, pipeline: str, alias: str) -> ModelRef:
 def load_model(mlf: MlflowClient, model: ModelRef) -> Any:
     """The pinned version from the registry, loaded only after its files match the recorded hash (one registry
     call: with an authenticated MLflow server each one costs the server a password hash)."""
-    from crispflow import registry
+    from crispflow.model import registry
 
     mv = mlf.get_model_version(model.name, model.version)
     if mv.tags.get(registry.SHA_TAG) != model.artifact_sha256:
@@ -306,7 +306,7 @@ def score_partition(lake: Lake, spec: PipelineSpec, plan: dict[str, Any], partit
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from crispflow.training import positive_proba
+    from crispflow.model.training import positive_proba
 
     index = partition.get("index")
     planned = next((p for p in plan["partitions"] if p["index"] == index), None)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy.stats import norm, rankdata
 
-from crispflow.evaluation import (
+from crispflow.model.evaluation import (
     HIGHER_IS_BETTER,
     METRICS,
     THRESHOLD_METRICS,

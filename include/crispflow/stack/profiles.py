@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crispflow.cli.credentials import ADMIN_USER, Secrets
-from crispflow.cli.errors import StackError
-from crispflow.cli.paths import StackPaths
-from crispflow.cli.ports import HOST, PORT_ENV, Ports
 from crispflow.pools import POOLS
 from crispflow.settings import Settings
+from crispflow.stack.credentials import ADMIN_USER, Secrets
+from crispflow.stack.errors import StackError
+from crispflow.stack.paths import StackPaths
+from crispflow.stack.ports import HOST, PORT_ENV, Ports
 
 DEFAULT_PROFILE = "local"
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
@@ -222,7 +222,7 @@ def build_local_profile(settings: Settings, ports: Ports, creds: Secrets) -> Pro
 
 
 def _build_prod_local_profile(settings: Settings, ports: Ports, creds: Secrets) -> Profile:
-    from crispflow.cli.prod_local import build_prod_local_profile  # it builds on this module
+    from crispflow.stack.prod_local import build_prod_local_profile  # it builds on this module
 
     return build_prod_local_profile(settings, ports, creds)
 

@@ -1,4 +1,4 @@
-"""Setup steps of the prod-local profile, run by `crispflow up` as `python -m crispflow.cli.prod_setup STEP`.
+"""Setup steps of the prod-local profile, run by `crispflow up` as `python -m crispflow.stack.prod_setup STEP`.
 
 - `reset-state DB...`: (re)create the profile's PostgreSQL databases empty and delete its Redis keys. It runs
   when the S3 server (moto, in memory) starts, so databases never point at artifacts or lake objects that died
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from crispflow.cli.errors import StackError
+from crispflow.stack.errors import StackError
 
 DB_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 WAIT_S3 = 30.0
@@ -139,7 +139,7 @@ def write_mlflow_auth_config(path: Path) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m crispflow.cli.prod_setup", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m crispflow.stack.prod_setup", description=__doc__)
     sub = parser.add_subparsers(dest="step", required=True)
     sub.add_parser("reset-state").add_argument("databases", nargs="+")
     sub.add_parser("buckets").add_argument("buckets", nargs="+")

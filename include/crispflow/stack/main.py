@@ -9,11 +9,11 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from crispflow.cli import stack
-from crispflow.cli.processes import STOP_TIMEOUT
-from crispflow.cli.profiles import DEFAULT_PROFILE, PROFILES
 from crispflow.errors import CrispflowError
 from crispflow.settings import Settings
+from crispflow.stack import control as stack
+from crispflow.stack.processes import STOP_TIMEOUT
+from crispflow.stack.profiles import DEFAULT_PROFILE, PROFILES
 
 
 def _echo(message: str) -> None:
@@ -43,8 +43,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     """`up`, then the end-to-end demo against the running stack, which is left running."""
-    from crispflow.airflow_api import AirflowAPI
-    from crispflow.demo import run_demo
+    from crispflow.stack.airflow_api import AirflowAPI
+    from crispflow.stack.demo import run_demo
 
     cmd_up(args, settings)
     if args.profile != DEFAULT_PROFILE:  # the demo talks to that profile's lake, MLflow and model server
@@ -83,9 +83,9 @@ def profile_client_settings(profile: str, settings: Settings) -> Settings:
     """Settings as a client of a running non-default profile sees them (its S3 lake, MLflow credentials)."""
     import os
 
-    from crispflow.cli.credentials import load_secrets
-    from crispflow.cli.ports import resolve_ports
-    from crispflow.cli.prod_local import client_env
+    from crispflow.stack.credentials import load_secrets
+    from crispflow.stack.ports import resolve_ports
+    from crispflow.stack.prod_local import client_env
 
     creds = load_secrets(settings.home)
     if profile == "prod-local" and creds is not None:

@@ -29,8 +29,8 @@ from crispflow.lake import (
 if TYPE_CHECKING:
     import pandas as pd
 
-    from crispflow.quality import GateOutcome
-    from crispflow.sources import Extract, Interval
+    from crispflow.data.quality import GateOutcome
+    from crispflow.data.sources import Extract, Interval
     from crispflow.spec import PipelineSpec
 
 BATCH = "batch.parquet"

@@ -10,8 +10,8 @@ import secrets
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from crispflow.cli.errors import StackError
-from crispflow.cli.paths import StackPaths
+from crispflow.stack.errors import StackError
+from crispflow.stack.paths import StackPaths
 
 ADMIN_USER = "admin"
 MLFLOW_ADMIN_USER = "admin"  # MLflow basic auth (prod-local profile)

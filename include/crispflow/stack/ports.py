@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from crispflow.cli.errors import StackError
-from crispflow.cli.paths import StackPaths
+from crispflow.stack.errors import StackError
+from crispflow.stack.paths import StackPaths
 
 HOST = "127.0.0.1"
 PORT_ENV = {

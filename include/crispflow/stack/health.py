@@ -8,9 +8,9 @@ from typing import Any
 
 import requests
 
-from crispflow.cli.errors import StackError
-from crispflow.cli.ports import port_in_use
-from crispflow.cli.profiles import ProcessSpec
+from crispflow.stack.errors import StackError
+from crispflow.stack.ports import port_in_use
+from crispflow.stack.profiles import ProcessSpec
 
 HEALTH_TIMEOUT = 10.0  # on SQLite the api-server can stall for seconds behind a locked write
 

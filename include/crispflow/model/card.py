@@ -49,14 +49,14 @@ _NOT_EVIDENCE = {"name", "passed", "reason", "slices"}
 
 @dataclass(frozen=True)
 class ModelCardInput:
-    """Everything a card says, as the model phases record it (see crispflow.modelling).
+    """Everything a card says, as the model phases record it (see crispflow.model.modelling).
 
-    - `dataset`: the dataset version's manifest (`crispflow.datasets.publish`).
-    - `holdout`: the frozen holdout's record (`crispflow.holdout.frozen_holdout`).
+    - `dataset`: the dataset version's manifest (`crispflow.data.datasets.publish`).
+    - `holdout`: the frozen holdout's record (`crispflow.model.holdout.frozen_holdout`).
     - `config`: the chosen configuration: `config_id`, `candidate`, `params` and, from its cross-validation
-      (`crispflow.training.cross_validate`), `metric`, `mean`, `std` and optionally `folds`.
-    - `evaluation`: the evaluation JSON (`crispflow.evaluation.evaluate` plus `latency`, `size_bytes`).
-    - `verdict`: the blessing verdict (`crispflow.blessing.decide` plus `champion_version` etc.).
+      (`crispflow.model.training.cross_validate`), `metric`, `mean`, `std` and optionally `folds`.
+    - `evaluation`: the evaluation JSON (`crispflow.model.evaluation.evaluate` plus `latency`, `size_bytes`).
+    - `verdict`: the blessing verdict (`crispflow.model.blessing.decide` plus `champion_version` etc.).
     - `lineage`: the version's tags (git commit, dag/run ids, spec hash, artifact sha256, ...).
     - `created`: a datetime, an ISO string, or epoch milliseconds (MLflow's `creation_timestamp`).
     - `threshold_objective_value`: the out-of-fold objective at the threshold (F1, or cost per row), if known.
@@ -722,7 +722,7 @@ def _limitations(card: ModelCardInput) -> _Section:
             "Loading the model needs ",
             _Code("crispflow"),
             " installed (same version): the artifact includes crispflow's typing step (",
-            _Code("crispflow.features.FrameTyper"),
+            _Code("crispflow.model.features.FrameTyper"),
             ").",
         )
     )

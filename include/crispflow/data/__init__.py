@@ -1,0 +1,1 @@
+"""Data phases: sources → extracts → quality gate → curated dataset versions."""

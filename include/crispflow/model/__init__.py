@@ -1,0 +1,1 @@
+"""Model phases: features, holdout, training, evaluation, blessing, model card, registry."""

@@ -1,0 +1,1 @@
+"""Release: promotion (alias moves through the ledger) and canary analysis."""
