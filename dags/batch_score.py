@@ -15,12 +15,11 @@ from datetime import timedelta
 
 from airflow.sdk import Param, dag
 
-from crispflow_airflow.dag_defaults import START_DATE, default_args
+from crispflow_airflow.dag_defaults import START_DATE, default_args, pipeline_param
 from crispflow_airflow.operators.scoring import CommitScoresOperator, PlanScoringOperator, ScorePartitionOperator
 
 PARAMS = {
-    "pipeline": Param("lending_club", type="string", pattern=r"^[a-z][a-z0-9_]{0,62}$",
-                      description="Pipeline spec name (include/pipelines/<name>.yaml)"),
+    "pipeline": pipeline_param("Pipeline spec name (include/pipelines/<name>.yaml)"),
     "dataset_version_id": Param(None, type=["null", "string"], pattern=r"^ds-[0-9a-f]{16}$",
                                 description="Curated dataset version to score; empty: the newest published"),
     "alias": Param("champion", type="string", pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$",

@@ -12,7 +12,7 @@ from datetime import timedelta
 from airflow.sdk import Param, dag
 from airflow.timetables.interval import DeltaDataIntervalTimetable
 
-from crispflow_airflow.dag_defaults import START_DATE, default_args
+from crispflow_airflow.dag_defaults import START_DATE, default_args, pipeline_param
 from crispflow_airflow.operators.promotion import CanaryAnalysisOperator
 
 
@@ -23,8 +23,7 @@ from crispflow_airflow.operators.promotion import CanaryAnalysisOperator
     max_active_runs=1,
     tags=["crispflow", "deployment"],
     params={
-        "pipeline": Param("lending_club", type="string", pattern=r"^[a-z][a-z0-9_]{0,62}$",
-                          description="Pipeline whose canary to judge"),
+        "pipeline": pipeline_param("Pipeline whose canary to judge"),
         "policy": Param({}, type="object", description="Overrides of CanaryPolicy (e.g. {\"min_labels\": 300})"),
     },
     default_args=default_args(execution_timeout=timedelta(minutes=10)),

@@ -11,14 +11,13 @@ from datetime import timedelta
 
 from airflow.sdk import CronDataIntervalTimetable, Param, dag
 
-from crispflow_airflow.dag_defaults import START_DATE, default_args
+from crispflow_airflow.dag_defaults import START_DATE, default_args, pipeline_param
 from crispflow_airflow.operators.ingest import IngestOperator
 from crispflow_airflow.operators.publish import PublishDatasetOperator
 from crispflow_airflow.operators.quality_gate import DataQualityGateOperator
 
 PARAMS = {
-    "pipeline": Param("lending_club", type="string", pattern=r"^[a-z][a-z0-9_]{0,62}$",
-                      description="Pipeline spec in include/pipelines/ (file name without .yaml)"),
+    "pipeline": pipeline_param("Pipeline spec in include/pipelines/ (file name without .yaml)"),
     "start": Param(None, type=["null", "string"], pattern=r"^\d{4}-\d{2}-\d{2}$",
                    description="First day to ingest (YYYY-MM-DD); empty: the run's data interval"),
     "end": Param(None, type=["null", "string"], pattern=r"^\d{4}-\d{2}-\d{2}$",

@@ -14,7 +14,7 @@ from datetime import timedelta
 from airflow.sdk import Param, dag
 from airflow.timetables.interval import DeltaDataIntervalTimetable
 
-from crispflow_airflow.dag_defaults import START_DATE, default_args
+from crispflow_airflow.dag_defaults import START_DATE, default_args, pipeline_param
 from crispflow_airflow.operators.monitoring import MAX_WINDOW_MINUTES, DriftMonitorOperator
 
 
@@ -25,8 +25,7 @@ from crispflow_airflow.operators.monitoring import MAX_WINDOW_MINUTES, DriftMoni
     max_active_runs=1,
     tags=["crispflow", "monitoring"],
     params={
-        "pipeline": Param("lending_club", type="string", pattern=r"^[a-z][a-z0-9_]{0,62}$",
-                          description="Pipeline whose served model to monitor"),
+        "pipeline": pipeline_param("Pipeline whose served model to monitor"),
         "window_minutes": Param(None, type=["null", "integer"], minimum=1, maximum=MAX_WINDOW_MINUTES,
                                 description="Manual runs: judge this many minutes before the run "
                                             "(empty = the run's data interval)"),

@@ -39,8 +39,9 @@ def retrain_on_drift() -> None:
         from crispflow.monitoring.episodes import check_event, retrain_run_id
         from crispflow.run_requests import reject_unknown
         from crispflow.settings import Settings
+        from crispflow_airflow.context import run_identity
         from crispflow_airflow.exceptions import as_airflow_errors
-        from crispflow_airflow.operators._common import run_identity, spec_and_lake
+        from crispflow_airflow.operators._common import spec_and_lake
         from crispflow_airflow.sensors.drift import read_episode
         from crispflow_airflow.triggers.drift import store_root
 

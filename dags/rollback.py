@@ -11,7 +11,7 @@ from datetime import timedelta
 
 from airflow.sdk import Param, dag
 
-from crispflow_airflow.dag_defaults import START_DATE, default_args
+from crispflow_airflow.dag_defaults import START_DATE, default_args, pipeline_param
 from crispflow_airflow.operators.promotion import RollbackOperator
 
 
@@ -22,8 +22,7 @@ from crispflow_airflow.operators.promotion import RollbackOperator
     max_active_runs=1,
     tags=["crispflow", "deployment"],
     params={
-        "pipeline": Param("lending_club", type="string", pattern=r"^[a-z][a-z0-9_]{0,62}$",
-                          description="Pipeline whose champion to roll back"),
+        "pipeline": pipeline_param("Pipeline whose champion to roll back"),
         "reason": Param(type="string", minLength=10, maxLength=500, description="Why (recorded in the ledger)"),
     },
     default_args=default_args(execution_timeout=timedelta(minutes=5)),

@@ -13,13 +13,12 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task
 
 from crispflow_airflow.assets import CURATED_DATASET
-from crispflow_airflow.dag_defaults import START_DATE, default_args
+from crispflow_airflow.dag_defaults import START_DATE, default_args, pipeline_param
 from crispflow_airflow.operators.blessing import BlessingGateOperator
 from crispflow_airflow.operators.promotion import DeployCanaryOperator
 
 PARAMS = {
-    "pipeline": Param(None, type=["null", "string"], pattern=r"^[a-z][a-z0-9_]{0,62}$",
-                      description="Pipeline spec name; empty: from the triggering dataset event"),
+    "pipeline": pipeline_param("Pipeline spec name; empty: from the triggering dataset event", default=None),
     "dataset_version_id": Param(None, type=["null", "string"], pattern=r"^ds-[0-9a-f]{16}$",
                                 description="Curated dataset version to train on (ds-...)"),
     "search_budget": Param(None, type=["null", "integer"], minimum=1, maximum=200,

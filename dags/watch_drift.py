@@ -13,7 +13,7 @@ from datetime import timedelta
 
 from airflow.sdk import Param, dag, task
 
-from crispflow_airflow.dag_defaults import START_DATE, default_args
+from crispflow_airflow.dag_defaults import START_DATE, default_args, pipeline_param
 from crispflow_airflow.sensors.drift import DriftSensor
 
 CHANNELS = [{"kind": "webhook", "conn_id": "crispflow_alerts_webhook", "optional": True},
@@ -27,8 +27,7 @@ CHANNELS = [{"kind": "webhook", "conn_id": "crispflow_alerts_webhook", "optional
     max_active_runs=1,  # one sensor at a time; the episode record makes even two safe
     tags=["crispflow", "monitoring"],
     params={
-        "pipeline": Param("lending_club", type="string", pattern=r"^[a-z][a-z0-9_]{0,62}$",
-                          description="Pipeline whose champion to watch"),
+        "pipeline": pipeline_param("Pipeline whose champion to watch"),
         "policy": Param({}, type="object", description="Overrides of DriftPolicy, e.g. {\"k\": 3, \"n\": 4}"),
         "alert_channels": Param(CHANNELS, type="array", items={"type": "object"},
                                 description="Alert channels: webhook / slack (http connection), email (smtp)"),

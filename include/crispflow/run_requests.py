@@ -9,9 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from crispflow.data.sources import Interval
 from crispflow.errors import ParamsError
-from crispflow.spec import NAME
-
-NAME_PATTERN = re.compile(NAME)
+from crispflow.names import NAME_PATTERN
 
 if TYPE_CHECKING:
     from crispflow.lake import Lake

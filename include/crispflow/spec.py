@@ -12,9 +12,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from crispflow.errors import SpecError
+from crispflow.names import NAME
 from crispflow.settings import Settings
 
-NAME = r"^[a-z][a-z0-9_]{0,62}$"
 ColumnType = Literal["int", "float", "string", "category", "bool", "datetime"]
 
 

@@ -26,7 +26,7 @@ from crispflow.model.features import features, labels
 from crispflow.monitoring.profile import build_profile
 from crispflow.monitoring.store import read_windows, window_key
 from crispflow.monitoring.windows import REFERENCE_TAG, ReferenceProfileMissing, load_reference_profile
-from crispflow.serving.prediction_log import PredictionLog
+from crispflow.predictions.writer import PredictionLog
 from crispflow.settings import Settings, project_root
 from crispflow.spec import load_spec
 
@@ -154,7 +154,7 @@ def test_a_calm_hour_has_no_drift_and_a_shifted_hour_has_drift(env, world) -> No
 
 
 def _root():
-    from crispflow.monitoring.store import root_of
+    from crispflow.predictions.store import root_of
 
     return root_of(Settings.from_env().predictions_url)
 

@@ -11,12 +11,9 @@ from typing import Any
 import pytest
 from support.servers import MotoS3
 
-from crispflow.serving.prediction_log import (
-    PredictionLog,
-    read_feedback,
-    read_predictions,
-    storage_options_from_env,
-)
+from crispflow.predictions.reader import read_feedback, read_predictions
+from crispflow.predictions.store import storage_options_from_env
+from crispflow.predictions.writer import PredictionLog
 
 pytest_plugins = ["support.servers"]
 pytestmark = pytest.mark.slow  # talks to a moto server started for the session

@@ -30,8 +30,8 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from support.servers import free_port, stop_process, wait_for_port
 
 from crispflow.model import registry
+from crispflow.predictions.reader import read_predictions
 from crispflow.serving.app import ServeConfig, create_app
-from crispflow.serving.prediction_log import read_predictions
 
 pytest_plugins = ["support.mlflow_server"]
 pytestmark = pytest.mark.slow

@@ -24,7 +24,8 @@ from crispflow.monitoring.windows import (
     run_window,
     window_data,
 )
-from crispflow.serving.prediction_log import PredictionLog, read_predictions
+from crispflow.predictions.reader import read_predictions
+from crispflow.predictions.writer import PredictionLog
 from crispflow.settings import project_root
 from crispflow.spec import load_spec
 

@@ -15,15 +15,10 @@ import pandas as pd
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from crispflow.serving.prediction_log import (
-    FEEDBACK_COLUMNS,
-    PREDICTION_COLUMNS,
-    PredictionLog,
-    PredictionLogError,
-    read_feedback,
-    read_predictions,
-    storage_options_from_env,
-)
+from crispflow.predictions.reader import read_feedback, read_predictions
+from crispflow.predictions.schema import FEEDBACK_COLUMNS, PREDICTION_COLUMNS, PredictionLogError
+from crispflow.predictions.store import storage_options_from_env
+from crispflow.predictions.writer import PredictionLog
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 MODEL = "credit-risk"

@@ -290,7 +290,7 @@ def check_event(extra: Mapping[str, Any] | None,
     matches a record in the monitoring store (which only the sensor writes, exclusively). `lookup(model,
     episode_id)` reads that record; it is called only once the fields are well-formed."""
     from crispflow.model.registry import model_name
-    from crispflow.run_requests import NAME_PATTERN
+    from crispflow.names import NAME_PATTERN
 
     if not isinstance(extra, Mapping):
         raise ParamsError(f"drift event: payload must be an object, got {type(extra).__name__}")

@@ -9,7 +9,7 @@ Layout under `<predictions root>/<model>/drift/` (window ends formatted `%Y%m%dT
 
 Every file is written atomically (write-then-rename locally, one PUT on S3); episode records are created
 exclusively, so two sensors can never fire the same episode twice. Roots are path-likes: pathlib.Path, UPath or
-Airflow's ObjectStoragePath (use `root_of(url)` for a URL string).
+Airflow's ObjectStoragePath (`crispflow.predictions.store.root_of(url)` for a URL string).
 """
 
 from __future__ import annotations
@@ -20,19 +20,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from crispflow.lake import PathLike, canonical_json, create_exclusive, json_safe, write_atomic
+from crispflow.predictions.store import drift_dir
 
 WINDOW_FORMAT = "%Y%m%dT%H%M%SZ"
-
-
-def root_of(url: str) -> PathLike:
-    """A path-like for a URL (file://, s3://, or a plain path), without Airflow."""
-    from upath import UPath
-
-    return UPath(url)
-
-
-def drift_dir(root: PathLike, model: str) -> PathLike:
-    return root / model / "drift"
 
 
 def window_key(end: datetime) -> str:

@@ -29,13 +29,14 @@ from crispflow.lake import PathLike
 from crispflow.monitoring.drift import DriftSettings, compute_drift
 from crispflow.monitoring.profile import DriftInputError, check_profile
 from crispflow.monitoring.report import render_html
-from crispflow.monitoring.store import drift_dir, summarise, window_key, write_window
+from crispflow.monitoring.store import summarise, window_key, write_window
+from crispflow.predictions.schema import FEATURE_PREFIX
+from crispflow.predictions.store import display_path, drift_dir
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 REFERENCE_TAG = "crispflow.reference_profile"
-FEATURE_PREFIX = "feature."  # the prediction log's feature columns (crispflow.serving.prediction_log)
 
 
 class ReferenceProfileMissing(DriftInputError):
@@ -201,16 +202,6 @@ def drift_of_window(profile: Mapping[str, Any], data: WindowData, *, settings: D
 def report_location(root: PathLike, model: str, alias: str, end: datetime) -> PathLike:
     """Where `store.write_window` puts a window's report.json (its documented layout)."""
     return drift_dir(root, model) / "reports" / alias / window_key(end) / "report.json"
-
-
-def display_path(path: Any) -> str:
-    """A path as text without credentials or an embedded connection id (`s3://conn@bucket/...`)."""
-    text = str(path)
-    if "://" not in text:
-        return text
-    scheme, rest = text.split("://", 1)
-    netloc, slash, tail = rest.partition("/")
-    return f"{scheme}://{netloc.rpartition('@')[2]}{slash}{tail}"
 
 
 def report_title(model: str, alias: str, version: str | int, start: datetime, end: datetime) -> str:

@@ -26,13 +26,13 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from crispflow.lake import json_safe
+from crispflow.predictions.schema import FEATURE_PREFIX
 
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
 PROMOTE, ROLLBACK, CONTINUE = "promote", "rollback", "continue"
-FEATURE_PREFIX = "feature."  # how the prediction log stores request features
 _EPS = 1e-6
 
 

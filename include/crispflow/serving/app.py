@@ -276,7 +276,7 @@ class ModelServer:
         self.metrics = ServingMetrics(self._log_stats)
         if config.predictions_url:  # the newest drift windows of the served versions, as gauges
             from crispflow.monitoring.gauges import DriftCollector
-            from crispflow.serving.prediction_log import storage_options_from_env
+            from crispflow.predictions.store import storage_options_from_env
 
             self.metrics.registry.register(DriftCollector(
                 config.predictions_url, config.model,
@@ -300,7 +300,8 @@ class ModelServer:
             return
         self._started = True
         if self.prediction_log is None and self.config.predictions_url:
-            from crispflow.serving.prediction_log import PredictionLog, storage_options_from_env
+            from crispflow.predictions.store import storage_options_from_env
+            from crispflow.predictions.writer import PredictionLog
 
             options = self.config.storage_options or storage_options_from_env(self.config.predictions_url)
             self.prediction_log = PredictionLog(self.config.predictions_url, self.config.model,

@@ -19,11 +19,6 @@ def spec_and_lake(pipeline: str) -> tuple[PipelineSpec, Lake]:
     return load_spec(pipeline), LakeHook().get_lake()
 
 
-def run_identity(context: Context) -> dict[str, Any]:
-    """Who did it: recorded in manifests and registry tags for lineage."""
-    ti = context["ti"]
-    return {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "try_number": ti.try_number}
-
 
 def training_job(request: dict[str, Any], context: Context) -> Any:
     """The `crispflow.model.modelling.Job` of a training run: spec, lake, MLflow client and the run key."""

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from crispflow_airflow.context import run_window
 from crispflow_airflow.exceptions import GateConfigurationError, InvalidRequest
-from crispflow_airflow.operators._windows import display_path, predictions_root, run_window
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -77,9 +77,11 @@ class DriftMonitorOperator(BaseOperator):
         from crispflow.monitoring.store import window_key
         from crispflow.monitoring.windows import ReferenceProfileMissing, load_reference_profile, report_title
         from crispflow.monitoring.windows import run_window as drift_window
+        from crispflow.predictions.reader import read_predictions
+        from crispflow.predictions.store import display_path
         from crispflow.release import promotion
-        from crispflow.serving.prediction_log import read_predictions
         from crispflow_airflow.hooks.mlflow import MlflowHook
+        from crispflow_airflow.hooks.predictions import PredictionStoreHook
 
         settings = self._drift_settings()
         start, end = self._window(context)
@@ -92,7 +94,7 @@ class DriftMonitorOperator(BaseOperator):
         if not state.get("champion"):
             self.log.info("%s has no champion: nothing is served, nothing to monitor", model)
             return out
-        root = predictions_root()
+        root = PredictionStoreHook().get_root()
         predictions = read_predictions(root, model, start, end)
         self.log.info("%s: %d logged predictions in [%s, %s)", model, len(predictions), start, end)
         missing: list[str] = []

@@ -12,19 +12,12 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from crispflow.release.promotion import POOL
+from crispflow_airflow.context import run_window, task_key
 from crispflow_airflow.exceptions import as_airflow_errors
-from crispflow_airflow.operators._windows import display_path, predictions_root, run_window
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-
-
-def move_key(context: Context) -> str:
-    """The identity of a move: the task instance without its try number, so a retry finds the first try's move."""
-    ti = context["ti"]
-    index = getattr(ti, "map_index", -1)
-    return f"{ti.dag_id}/{ti.run_id}/{ti.task_id}" + (f"[{index}]" if index is not None and index >= 0 else "")
 
 
 def _clients(pipeline: str) -> tuple[Any, Any, str]:
@@ -70,7 +63,7 @@ class DeployCanaryOperator(BaseOperator):
         mlf, ledger, model = _clients(self.pipeline)
         version = str(self.version)
         with as_airflow_errors():
-            if ledger.find(move_key(context)) is None:  # first try: is there anything to do?
+            if ledger.find(task_key(context)) is None:  # first try: is there anything to do?
                 if self.strategy == "none":
                     raise AirflowSkipException("deployment strategy 'none': the version stays `challenger`")
                 state = promotion.current_state(mlf, ledger, model)
@@ -83,8 +76,8 @@ class DeployCanaryOperator(BaseOperator):
                                               reason=str(self.reason), evidence={"verdict_blessed": True})
             else:
                 transition = None
-            entry = promotion.apply(mlf, ledger, model, transition, move_key=move_key(context),
-                                    actor=move_key(context))
+            entry = promotion.apply(mlf, ledger, model, transition, move_key=task_key(context),
+                                    actor=task_key(context))
         self.log.info("%s: %s v%s (%s), ledger entry %s", model, entry["action"], version, self.strategy, entry["seq"])
         return _summary(entry)
 
@@ -121,7 +114,7 @@ class CanaryAnalysisOperator(BaseOperator):
         from crispflow.release.canary import PROMOTE, ROLLBACK, CanaryPolicy, analyse, paired_from_log
 
         mlf, ledger, model = _clients(self.pipeline)
-        key = move_key(context)
+        key = task_key(context)
         with as_airflow_errors():
             recorded = ledger.find(key)
             if recorded is not None:  # a retry after the move was recorded: finish it, never move twice
@@ -174,9 +167,10 @@ def _deployed_at(ledger: Any, model: str, canary: str) -> Any:
 
 
 def _read(model: str, start: Any, end: Any) -> Any:
-    from crispflow.serving.prediction_log import read_predictions
+    from crispflow.predictions.reader import read_predictions
+    from crispflow_airflow.hooks.predictions import PredictionStoreHook
 
-    return read_predictions(predictions_root(), model, start, end)
+    return read_predictions(PredictionStoreHook().get_root(), model, start, end)
 
 
 def _store_report(mlf: Any, model: str, canary: str, context: Context, report: dict[str, Any]) -> str:
@@ -184,13 +178,15 @@ def _store_report(mlf: Any, model: str, canary: str, context: Context, report: d
     import json
 
     from crispflow.lake import write_atomic
+    from crispflow.predictions.store import canary_report_path, display_path
+    from crispflow_airflow.hooks.predictions import PredictionStoreHook
 
-    run = context["ti"].run_id.replace(":", "_").replace("+", "_")
-    path = predictions_root() / model / "canary" / f"v{canary}" / f"{run}.json"
+    run = context["ti"].run_id
+    path = canary_report_path(PredictionStoreHook().get_root(), model, canary, run)
     body = json.dumps(report, indent=2, default=str)
     write_atomic(path, body.encode())
     mv = mlf.get_model_version(model, canary)
-    mlf.log_text(mv.run_id, body, f"canary/{run}.json")
+    mlf.log_text(mv.run_id, body, f"canary/{path.name}")
     return display_path(path)
 
 
@@ -213,7 +209,7 @@ class RollbackOperator(BaseOperator):
         from crispflow.release import promotion
 
         mlf, ledger, model = _clients(self.pipeline)
-        key = move_key(context)
+        key = task_key(context)
         with as_airflow_errors():
             transition = None
             if ledger.find(key) is None:

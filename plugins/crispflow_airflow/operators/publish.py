@@ -9,8 +9,9 @@ from airflow.sdk import BaseOperator
 
 from crispflow.pools import ALIAS_EVENTS
 from crispflow_airflow.assets import CURATED_DATASET, CURATED_DATASET_PUBLISHED
+from crispflow_airflow.context import run_identity
 from crispflow_airflow.exceptions import as_airflow_errors
-from crispflow_airflow.operators._common import run_identity, spec_and_lake
+from crispflow_airflow.operators._common import spec_and_lake
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

@@ -62,7 +62,7 @@ class DriftSensor(BaseSensorOperator):
         from crispflow.errors import ParamsError
         from crispflow.model.registry import model_name
         from crispflow.monitoring.episodes import DriftPolicy
-        from crispflow.run_requests import NAME_PATTERN
+        from crispflow.names import NAME_PATTERN
         from crispflow.settings import Settings
 
         with as_airflow_errors():

@@ -12,13 +12,9 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 def store_root(url: str, conn_id: str | None) -> Any:
     """The predictions root (where the drift store lives): an ObjectStoragePath with the connection, if any."""
-    if conn_id:
-        from airflow.sdk import ObjectStoragePath
+    from crispflow_airflow.hooks.predictions import PredictionStoreHook
 
-        return ObjectStoragePath(url, conn_id=conn_id)
-    from crispflow.monitoring.store import root_of
-
-    return root_of(url)
+    return PredictionStoreHook(url, conn_id or "").get_root()
 
 
 def check_store(model: str, root_url: str, conn_id: str | None, policy: Mapping[str, Any],

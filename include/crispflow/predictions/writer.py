@@ -1,0 +1,409 @@
+"""The prediction store's writer: every prediction and feedback label of the model server, as partitioned Parquet.
+
+Each file is written once and never rewritten: locally to a hidden temporary name (``.part-...tmp``,
+fsynced) that is then renamed, on S3 as a single PUT; readers skip names starting with ``.`` (a process killed
+mid-write may leave such a temporary file behind, never a partial ``part-*``). Compression: zstd. Several writers
+(server workers, replicas) may share a root: file names never collide. Layout: `crispflow.predictions.store`;
+columns: `crispflow.predictions.schema`.
+
+Writing (:class:`PredictionLog`): ``log()`` only appends the row dicts to a deque under a lock (it never waits on
+I/O); a background thread builds the Arrow table and writes every ``flush_interval`` seconds or as soon as
+``batch_rows`` rows are pending. Memory is bounded: at most ``max_pending_rows`` rows (queued + being written);
+rows beyond it are dropped and counted in ``dropped``. A failed write keeps its rows (they stay within the bound)
+and is retried with exponential backoff; ``write_errors`` counts failures; only the hour files that failed are
+written again, so a retry never duplicates rows. ``close()`` (the server's shutdown hook: SIGTERM -> graceful
+shutdown -> close) writes everything left, retrying until its timeout; an atexit hook closes a forgotten log.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import uuid
+from collections import deque
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from crispflow.predictions.schema import (
+    FEEDBACK,
+    PREDICTIONS,
+    PredictionLogError,
+    check_model,
+    feedback_table,
+    prediction_table,
+)
+from crispflow.predictions.store import HOUR_US, open_store
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+log = logging.getLogger(__name__)
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
+
+
+def _hour_groups(table: pa.Table) -> list[tuple[datetime, Any]]:
+    """(UTC hour, row indices) for each hour present in the table's `ts` column."""
+    import numpy as np
+    import pyarrow as pa
+
+    micros = table.column("ts").cast(pa.int64()).to_numpy()
+    hours = micros // HOUR_US
+    unique, inverse = np.unique(hours, return_inverse=True)
+    return [(datetime.fromtimestamp(int(h) * 3600, UTC), np.flatnonzero(inverse == i)) for i, h in enumerate(unique)]
+
+
+
+class PredictionLog:
+    """Asynchronous, batched, bounded writer of predictions and feedback (see the module docstring).
+
+    :param root: the store's root: a local path, ``file://`` or ``s3://`` URL, or a UPath/ObjectStoragePath.
+    :param model: the registered model's name (a path segment of the layout).
+    :param batch_rows: write as soon as this many rows are pending.
+    :param flush_interval: otherwise write every this many seconds.
+    :param max_pending_rows: at most this many rows in memory (queued + being written); more are dropped.
+    :param storage_options: fsspec options for a str/PathLike root (e.g. from :func:`storage_options_from_env`).
+    :param retry_initial: the first backoff after a failed write, in seconds (doubles up to `retry_max`).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        model: str,
+        *,
+        batch_rows: int = 2000,
+        flush_interval: float = 1.0,
+        max_pending_rows: int = 200_000,
+        storage_options: dict[str, Any] | None = None,
+        retry_initial: float = 0.5,
+        retry_max: float = 30.0,
+    ) -> None:
+        for name, value in (("batch_rows", batch_rows), ("max_pending_rows", max_pending_rows)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise PredictionLogError(f"{name}: must be an integer >= 1, got {value!r}")
+        for name, value in (
+            ("flush_interval", flush_interval),
+            ("retry_initial", retry_initial),
+            ("retry_max", retry_max),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise PredictionLogError(f"{name}: must be a number > 0, got {value!r}")
+        self.model = check_model(model)
+        self._store = open_store(root, storage_options)
+        self.batch_rows = batch_rows
+        self.flush_interval = float(flush_interval)
+        self.max_pending_rows = max_pending_rows
+        self.retry_initial = float(retry_initial)
+        self.retry_max = float(retry_max)
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._io_lock = threading.Lock()  # one writer at a time (the thread, flush(), close())
+        self._predictions: deque[dict[str, Any]] = deque()
+        self._feedback: deque[dict[str, Any]] = deque()
+        self._in_flight = 0
+        self._dropped = 0
+        self._written = 0
+        self._feedback_written = 0
+        self._write_errors = 0
+        self._files_written = 0
+        self._failures = 0  # consecutive failed writes (drives the backoff)
+        self._retry_at = 0.0
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._closed = threading.Event()
+        self._close_deadline = 0.0
+        self._warned_closed = False
+
+    # counters, read by /metrics (plain int reads are atomic)
+    @property
+    def dropped(self) -> int:
+        """Rows dropped because the bound was reached, the log was closed, or close() timed out."""
+        return self._dropped
+
+    @property
+    def written(self) -> int:
+        """Prediction rows written."""
+        return self._written
+
+    @property
+    def feedback_written(self) -> int:
+        return self._feedback_written
+
+    @property
+    def pending(self) -> int:
+        """Rows in memory: queued plus being written."""
+        with self._lock:
+            return len(self._predictions) + len(self._feedback) + self._in_flight
+
+    @property
+    def write_errors(self) -> int:
+        """Failed write attempts (each is retried)."""
+        return self._write_errors
+
+    @property
+    def files_written(self) -> int:
+        return self._files_written
+
+    @property
+    def root(self) -> str:
+        """The root, without credentials."""
+        return self._store.display
+
+    def start(self) -> None:
+        """Start the background writer (idempotent). At interpreter exit, close() runs if nobody called it."""
+        with self._lock:
+            if self._closing:
+                raise PredictionLogError("start: the prediction log is closed")
+            if self._thread is not None:
+                return
+            import numpy  # noqa: F401  (imported here, not on the first write: the writer starts warm)
+            import pyarrow.parquet  # noqa: F401
+
+            self._next_flush = time.monotonic() + self.flush_interval
+            self._thread = threading.Thread(target=self._run, name=f"prediction-log-{self.model}", daemon=True)
+            self._thread.start()
+        atexit.register(self.close)
+
+    def log(self, rows: list[dict[str, Any]]) -> None:
+        """Queue prediction rows (never waits on I/O). Rows are kept as given: do not mutate them afterwards.
+
+        Each row needs ``request_id`` (str) and ``ts`` (tz-aware datetime); see the module docstring for the rest.
+        Rows beyond ``max_pending_rows``, or logged after close(), are dropped and counted in ``dropped``.
+        """
+        self._check_rows(rows, "log")
+        self._enqueue(self._predictions, rows)
+
+    def log_feedback(self, rows: list[dict[str, Any]]) -> None:
+        """Queue feedback rows ``{"request_id": str, "label": 0 | 1, "ts": tz-aware datetime}``."""
+        self._check_rows(rows, "log_feedback")
+        for i, row in enumerate(rows):
+            label = row.get("label")
+            if label not in (0, 1) or isinstance(label, float):
+                raise PredictionLogError(f"log_feedback: rows[{i}].label: must be 0 or 1, got {label!r}")
+        self._enqueue(self._feedback, [{**row, "label": int(row["label"])} for row in rows])
+
+    def flush(self) -> None:
+        """Write what is pending now, in the caller's thread; raises PredictionLogError if a write failed
+        (its rows stay queued for the next attempt)."""
+        error = self._write_pending()
+        if error is not None:
+            raise PredictionLogError(f"prediction log {self.root!r}: write failed, rows kept for retry: {error}")
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write everything pending (retrying failed writes until `timeout`), then stop the writer. Idempotent.
+
+        Rows still unwritten at the deadline are counted in ``dropped`` and reported in an error log line.
+        """
+        with self._wake:
+            first = not self._closing
+            if first:
+                self._closing = True
+                self._close_deadline = time.monotonic() + max(0.0, timeout)
+                self._wake.notify_all()
+            thread = self._thread
+        if not first:
+            self._closed.wait(timeout)
+            return
+        try:
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout + 5.0)
+            else:
+                self._drain()
+        finally:
+            self._closed.set()
+            atexit.unregister(self.close)
+
+    # --- internals ---------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_rows(rows: Any, method: str) -> None:
+        if not isinstance(rows, list):
+            raise PredictionLogError(f"{method}: rows must be a list of dicts, got {type(rows).__name__}")
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise PredictionLogError(f"{method}: rows[{i}] must be a dict, got {type(row).__name__}")
+            request_id = row.get("request_id")
+            if not isinstance(request_id, str) or not request_id:
+                raise PredictionLogError(
+                    f"{method}: rows[{i}].request_id: must be a non-empty string, got {request_id!r}"
+                )
+            ts = row.get("ts")
+            if not isinstance(ts, datetime) or ts.tzinfo is None:
+                raise PredictionLogError(f"{method}: rows[{i}].ts: must be a timezone-aware datetime, got {ts!r}")
+
+    def _enqueue(self, queue: deque[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        with self._lock:
+            if self._closing:
+                self._dropped += len(rows)
+                warn = not self._warned_closed
+                self._warned_closed = True
+            else:
+                warn = False
+                space = self.max_pending_rows - len(self._predictions) - len(self._feedback) - self._in_flight
+                if space >= len(rows):
+                    queue.extend(rows)
+                else:
+                    if space > 0:
+                        queue.extend(rows[:space])
+                    self._dropped += len(rows) - max(space, 0)
+                if len(self._predictions) + len(self._feedback) >= self.batch_rows:
+                    self._wake.notify()
+        if warn:
+            log.warning("prediction log for %r is closed: rows logged after close() are dropped", self.model)
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closing:
+                    now = time.monotonic()
+                    if self._failures:
+                        wake_at = self._retry_at
+                    elif len(self._predictions) + len(self._feedback) >= self.batch_rows:
+                        break
+                    else:
+                        wake_at = self._next_flush
+                    if now >= wake_at:
+                        break
+                    self._wake.wait(wake_at - now)
+                if self._closing:
+                    break
+            try:
+                self._write_pending()
+            except Exception:  # never let the writer die; _write_pending already counts and logs
+                log.exception("prediction log writer: unexpected error")
+            self._next_flush = time.monotonic() + self.flush_interval
+        self._drain()
+
+    def _drain(self) -> None:
+        """Write until nothing is pending or the close deadline passes; count what is left as dropped."""
+        while True:
+            self._write_pending()
+            with self._lock:
+                left = len(self._predictions) + len(self._feedback)
+                if not left:
+                    return
+                now = time.monotonic()
+                if now >= self._close_deadline:
+                    self._predictions.clear()
+                    self._feedback.clear()
+                    self._dropped += left
+                    break
+                pause = min(max(self._retry_at - now, 0.05), self._close_deadline - now)
+            time.sleep(pause)
+        log.error(
+            "prediction log %r: %d rows could not be written before the close deadline and are lost "
+            "(counted in dropped)",
+            self.root,
+            left,
+        )
+
+    def _write_pending(self) -> str | None:
+        """Take everything queued and write it; failed partitions go back to the front of the queue.
+        Returns a description of the first error, or None."""
+        with self._io_lock:
+            with self._lock:
+                predictions, self._predictions = self._predictions, deque()
+                feedback, self._feedback = self._feedback, deque()
+                taken = len(predictions) + len(feedback)
+                self._in_flight += taken
+            if not taken:
+                return None
+            kept_p, written_p, error_p = self._write_kind(PREDICTIONS, list(predictions))
+            kept_f, written_f, error_f = self._write_kind(FEEDBACK, list(feedback))
+            error = error_p or error_f
+            with self._lock:
+                self._in_flight -= taken
+                self._predictions.extendleft(reversed(kept_p))
+                self._feedback.extendleft(reversed(kept_f))
+                self._written += written_p
+                self._feedback_written += written_f
+                if error:
+                    self._write_errors += 1
+                    self._failures += 1
+                    backoff = min(self.retry_initial * 2 ** (self._failures - 1), self.retry_max)
+                    self._retry_at = time.monotonic() + backoff
+                else:
+                    self._failures = 0
+            if error:
+                log.warning(
+                    "prediction log %r: write failed (%s); %d rows kept, retry in %.1f s",
+                    self.root,
+                    error,
+                    len(kept_p) + len(kept_f),
+                    backoff,
+                )
+            return error
+
+    def _write_kind(self, kind: str, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int, str | None]:
+        """Write rows of one kind, one file per hour. Returns (rows to retry, rows written, first error)."""
+        if not rows:
+            return [], 0, None
+        try:
+            table = prediction_table(rows, self.model) if kind == PREDICTIONS else feedback_table(rows)
+            groups = _hour_groups(table)
+            files = [(hour, idx, _parquet_bytes(table.take(idx) if len(groups) > 1 else table)) for hour, idx in groups]
+        except Exception as exc:  # the rows themselves cannot be converted: retrying cannot help
+            with self._lock:
+                self._dropped += len(rows)
+            log.error(
+                "prediction log %r: %d %s rows dropped, they cannot be stored: %s: %s",
+                self.root,
+                len(rows),
+                kind,
+                type(exc).__name__,
+                exc,
+            )
+            return [], 0, None
+        kept: list[dict[str, Any]] = []
+        written = 0
+        error: str | None = None
+        for hour, indices, data in files:
+            try:
+                self._put(self._file_name(kind, hour), data)
+            except Exception as exc:
+                error = error or f"{type(exc).__name__}: {exc}"
+                kept.extend(rows[i] for i in indices)
+            else:
+                written += len(indices)
+        return kept, written, error
+
+    def _file_name(self, kind: str, hour: datetime) -> str:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        return f"{self.model}/{kind}/date={hour:%Y-%m-%d}/hour={hour:%H}/part-{stamp}-{uuid.uuid4().hex}.parquet"
+
+    def _put(self, relative: str, data: bytes) -> None:
+        """Publish one file atomically: temp + fsync + rename locally, a single PUT on object stores."""
+        store = self._store
+        target = store.join(relative)
+        if not store.local:
+            store.fs.pipe_file(target, data)
+            with self._lock:
+                self._files_written += 1
+            return
+        directory, name = os.path.split(target)
+        os.makedirs(directory, exist_ok=True)
+        tmp = os.path.join(directory, f".{name}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.rename(tmp, target)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        with self._lock:
+            self._files_written += 1
