@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from airflow.sdk import Asset, AssetAlias
 
 # Name-only assets: a URI with a scheme makes Airflow load every provider's URI handlers (~1.2 s) at parse time.
@@ -15,3 +18,18 @@ DRIFT_DETECTED = Asset(name="crispflow_drift_detected")
 # Batch scores of a dataset version by a model version; attached to the alias only by the run that committed them.
 BATCH_SCORES = Asset(name="crispflow_batch_scores")
 BATCH_SCORES_COMMITTED = AssetAlias(name="crispflow_batch_scores_committed")
+
+
+def emit_once(context: Any, made_by: Mapping[str, Any], extra: dict[str, Any], *, outlet: Asset | AssetAlias,
+              asset: Asset | None = None, keys: tuple[str, ...] = ("dag_id", "run_id")) -> bool:
+    """Emit the event of something stored exactly once: only when `made_by` (the stored record's author) is this
+    run (any try of it, so a retry after a crash still emits); a rerun that found it made by another run emits
+    nothing. Through an alias, `asset` is attached to it. Returns whether the event was emitted."""
+    ti = context["ti"]
+    if any(made_by.get(k) != getattr(ti, k) for k in keys):
+        return False
+    if asset is None:
+        context["outlet_events"][outlet].extra = extra
+    else:
+        context["outlet_events"][outlet].add(asset, extra=extra)
+    return True

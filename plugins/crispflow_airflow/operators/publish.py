@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from crispflow.pools import ALIAS_EVENTS
-from crispflow_airflow.assets import CURATED_DATASET, CURATED_DATASET_PUBLISHED
+from crispflow_airflow.assets import CURATED_DATASET, CURATED_DATASET_PUBLISHED, emit_once
 from crispflow_airflow.context import run_identity
 from crispflow_airflow.exceptions import as_airflow_errors
 from crispflow_airflow.operators._common import spec_and_lake
@@ -44,14 +44,14 @@ class PublishDatasetOperator(BaseOperator):
             spec, lake = spec_and_lake(self.pipeline)
             result = publish(lake, spec, self.batch_id, {k: run[k] for k in ("dag_id", "run_id")})
         manifest = result.manifest
-        by = manifest["published_by"]
-        ours = (by["dag_id"], by["run_id"]) == (run["dag_id"], run["run_id"])  # also a retry of this run
         extra = {"pipeline": spec.name, "dataset_version_id": result.version_id, "batch_id": self.batch_id,
                  "rows": manifest["rows"]["published"], "spec_hash": manifest["spec_hash"]}
+        ours = emit_once(context, manifest["published_by"], extra, outlet=CURATED_DATASET_PUBLISHED,
+                         asset=CURATED_DATASET)
         if ours:
-            context["outlet_events"][CURATED_DATASET_PUBLISHED].add(CURATED_DATASET, extra=extra)
             self.log.info("published %s (%d rows)", result.version_id, extra["rows"])
         else:
-            self.log.info("%s was already published by %s; no new event", result.version_id, by["run_id"])
+            self.log.info("%s was already published by %s; no new event", result.version_id,
+                          manifest["published_by"]["run_id"])
         return {**extra, "created": result.created, "event_emitted": ours,
                 "manifest": lake.relative(lake.manifest(spec.name, result.version_id))}

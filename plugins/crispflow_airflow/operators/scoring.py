@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from crispflow.pools import ALIAS_EVENTS
-from crispflow_airflow.assets import BATCH_SCORES, BATCH_SCORES_COMMITTED
+from crispflow_airflow.assets import BATCH_SCORES, BATCH_SCORES_COMMITTED, emit_once
 from crispflow_airflow.context import run_identity
 from crispflow_airflow.exceptions import as_airflow_errors
 from crispflow_airflow.operators._common import spec_and_lake
@@ -148,16 +148,15 @@ class CommitScoresOperator(BaseOperator):
             lake = LakeHook().get_lake()
             out = commit(lake, self.output_dir, {k: run[k] for k in ("dag_id", "run_id")}, reported)
         manifest = out["manifest"]
-        by = manifest["committed_by"]
-        ours = (by["dag_id"], by["run_id"]) == (run["dag_id"], run["run_id"])  # also a retry of this run
         extra = {"pipeline": manifest["pipeline"], "dataset_version_id": manifest["dataset_version_id"],
                  "model": manifest["model"]["name"], "model_version": manifest["model"]["version"],
                  "rows": manifest["rows"]["scored"], "output": self.output_dir}
+        ours = emit_once(context, manifest["committed_by"], extra, outlet=BATCH_SCORES_COMMITTED, asset=BATCH_SCORES)
         if ours:
-            context["outlet_events"][BATCH_SCORES_COMMITTED].add(BATCH_SCORES, extra=extra)
             self.log.info("committed %s: %d rows scored of %d", self.output_dir, manifest["rows"]["scored"],
                           manifest["rows"]["in"])
         else:
-            self.log.info("%s was already committed by %s; no new event", self.output_dir, by["run_id"])
+            self.log.info("%s was already committed by %s; no new event", self.output_dir,
+                          manifest["committed_by"]["run_id"])
         return {**extra, "rows_in": manifest["rows"]["in"], "created": out["created"], "event_emitted": ours,
                 "manifest": f"{self.output_dir}/{SUCCESS}"}
