@@ -44,7 +44,7 @@ def plain(settings: Settings, version_id: str, budget: int) -> tuple[float, dict
 
     steps["imports"] = time.perf_counter() - started
     spec = load_spec("lending_club")
-    job = modelling.Job(spec, Lake(UPath(settings.lake_url)), registry.client(settings.mlflow_tracking_uri),
+    job = modelling.TrainingJob(spec, Lake(UPath(settings.lake_url)), registry.client(settings.mlflow_tracking_uri),
                         version_id, f"bench/plain-{int(time.time())}")
     prepared = step("prepare", modelling.prepare, job)
     configs = step("plan", plan_search, spec, budget)

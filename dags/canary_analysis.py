@@ -13,7 +13,7 @@ from airflow.sdk import Param, dag
 from airflow.timetables.interval import DeltaDataIntervalTimetable
 
 from crispflow_airflow.dag_defaults import START_DATE, default_args, pipeline_param
-from crispflow_airflow.operators.promotion import CanaryAnalysisOperator
+from crispflow_airflow.operators.canary import CanaryAnalysisOperator
 
 
 @dag(

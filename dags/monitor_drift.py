@@ -15,7 +15,7 @@ from airflow.sdk import Param, dag
 from airflow.timetables.interval import DeltaDataIntervalTimetable
 
 from crispflow_airflow.dag_defaults import START_DATE, default_args, pipeline_param
-from crispflow_airflow.operators.monitoring import MAX_WINDOW_MINUTES, DriftMonitorOperator
+from crispflow_airflow.operators.drift import MAX_WINDOW_MINUTES, DriftMonitorOperator
 
 
 @dag(

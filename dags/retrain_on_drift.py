@@ -34,41 +34,16 @@ def retrain_on_drift() -> None:
     @task(multiple_outputs=True)
     def resolve(**context) -> dict:
         """Validate the newest drift event against the store; pick the dataset to retrain on."""
-        from crispflow.data import training_window
-        from crispflow.errors import LakeError, ParamsError
-        from crispflow.monitoring.episodes import check_event, retrain_run_id
-        from crispflow.run_requests import reject_unknown
-        from crispflow.settings import Settings
-        from crispflow_airflow.context import run_identity
+        from crispflow.monitoring.retrain import plan_retrain
+        from crispflow_airflow.context import run_identity, triggering_events
         from crispflow_airflow.exceptions import as_airflow_errors
-        from crispflow_airflow.operators._common import spec_and_lake
-        from crispflow_airflow.sensors.drift import read_episode
-        from crispflow_airflow.triggers.drift import store_root
+        from crispflow_airflow.hooks.lake import LakeHook
+        from crispflow_airflow.hooks.predictions import PredictionStoreHook
 
-        events = [e.extra for evs in (context.get("triggering_asset_events") or {}).values() for e in evs]
         with as_airflow_errors():
-            reject_unknown(context["dag_run"].conf, {"window_days"})
-            if not events:
-                raise ParamsError("drift event: this DAG runs on a crispflow_drift_detected event, none arrived")
-            extra = events[-1]  # the newest; older ones are coalesced (and each has its own deterministic run id)
-            settings = Settings.from_env()
-            root = store_root(settings.predictions_url, settings.lake_conn_id)
-            event = check_event(extra, lambda model, episode: read_episode(root, model, episode))
-            spec, lake = spec_and_lake(event["pipeline"])
-            if spec.training is None:
-                raise ParamsError(f"pipeline: {spec.name!r} has no training section in its spec")
-            try:
-                window = training_window.select(lake, spec.name, int(context["params"]["window_days"]))
-                published = training_window.compose(lake, spec, window, run_identity(context))
-            except LakeError as exc:
-                raise ParamsError(f"dataset: {exc}") from exc
-            rows = published.manifest["rows"]["published"]
-            if rows < spec.training.min_rows:
-                raise ParamsError(f"dataset: the training window {published.version_id} has {rows} rows "
-                                  f"< training.min_rows={spec.training.min_rows}")
-        return {"conf": {"pipeline": spec.name, "dataset_version_id": published.version_id},
-                "run_id": retrain_run_id(event["model"], event["episode_id"]), "episode_id": event["episode_id"],
-                "coalesced_events": len(events) - 1}
+            return plan_retrain(triggering_events(context), root=PredictionStoreHook().get_root(),
+                                lake=LakeHook().get_lake(), window_days=context["params"]["window_days"],
+                                run=run_identity(context), conf=context["dag_run"].conf)
 
     request = resolve()
     TriggerRunOperator(  # TriggerDagRunOperator, imported at run time (its module costs ~1.5 s at parse time)

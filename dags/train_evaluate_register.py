@@ -46,33 +46,32 @@ PARAMS = {
 def train_evaluate_register() -> None:
     @task
     def resolve(**context) -> dict:
-        """Validate the request (conf or the newest triggering asset event); skip datasets too small to train."""
+        """Validate the request (conf or the triggering asset events, newest first); skip datasets too small to
+        train."""
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from crispflow.run_requests import published_rows, reject_unknown, training_requests
+        from crispflow.run_requests import choose_training_request, published_rows, reject_unknown
+        from crispflow.spec import load_spec
+        from crispflow_airflow.context import triggering_events
         from crispflow_airflow.exceptions import as_airflow_errors
-        from crispflow_airflow.operators._common import spec_and_lake
+        from crispflow_airflow.hooks.lake import LakeHook
 
-        events = [e.extra for evs in (context.get("triggering_asset_events") or {}).values() for e in evs]
         with as_airflow_errors():
             reject_unknown(context["dag_run"].conf, set(PARAMS))
-            # Several events may arrive in one run (e.g. a monthly partition and a backfilled history):
-            # newest first, train on the first dataset large enough; the rest are coalesced into this run.
-            sizes = []
-            for request in training_requests(context["params"], events):
-                spec, lake = spec_and_lake(request["pipeline"])
-                rows, needed = published_rows(spec, lake, request["dataset_version_id"])
-                if rows >= needed:
-                    return request
-                sizes.append(f"{request['dataset_version_id']}: {rows} rows < training.min_rows={needed}")
-        raise AirflowSkipException(f"no dataset large enough to train on ({'; '.join(sizes)})")
+            lake = LakeHook().get_lake()
+            chosen = choose_training_request(context["params"], triggering_events(context),
+                                             lambda pipeline, version: published_rows(load_spec(pipeline), lake,
+                                                                                      version))
+        if isinstance(chosen, str):
+            raise AirflowSkipException(chosen)
+        return chosen
 
     @task(multiple_outputs=True)
     def prepare(request: dict, **context) -> dict:
         """Freeze (or reuse) the holdout and open the MLflow parent run."""
         from crispflow.model.modelling import prepare as run
         from crispflow_airflow.exceptions import as_airflow_errors
-        from crispflow_airflow.operators._common import training_job
+        from crispflow_airflow.jobs import training_job
 
         with as_airflow_errors():
             return run(training_job(request, context))
@@ -91,7 +90,7 @@ def train_evaluate_register() -> None:
     def cross_validate(request: dict, parent_run_id: str, config: dict, **context) -> dict:
         """One candidate configuration, k-fold cross-validated, in its own nested MLflow run."""
         from crispflow.model.modelling import run_candidate
-        from crispflow_airflow.operators._common import training_job
+        from crispflow_airflow.jobs import training_job
 
         return run_candidate(training_job(request, context), parent_run_id, config)
 
@@ -100,7 +99,7 @@ def train_evaluate_register() -> None:
         """Fit the best configuration with calibration and threshold; register it as `challenger`."""
         from crispflow.model.modelling import register_challenger
         from crispflow_airflow.exceptions import as_airflow_errors
-        from crispflow_airflow.operators._common import training_job
+        from crispflow_airflow.jobs import training_job
 
         with as_airflow_errors():
             return register_challenger(training_job(request, context), parent_run_id, list(results))
@@ -109,7 +108,7 @@ def train_evaluate_register() -> None:
     def evaluate(request: dict, version: str, **context) -> dict:
         """Holdout metrics with bootstrap CIs, slices, latency, size and plots, logged to MLflow."""
         from crispflow.model.modelling import evaluate_version
-        from crispflow_airflow.operators._common import training_job
+        from crispflow_airflow.jobs import training_job
 
         return evaluate_version(training_job(request, context), version)
 
@@ -123,7 +122,7 @@ def train_evaluate_register() -> None:
         """Record the approved override (approver, time, reason, the gate's reasons) beside the verdict."""
         from crispflow.model.modelling import force_bless
         from crispflow_airflow.exceptions import as_airflow_errors
-        from crispflow_airflow.operators._common import training_job
+        from crispflow_airflow.jobs import training_job
 
         approval = context["ti"].xcom_pull(task_ids="approve_forced_blessing") or {}
         with as_airflow_errors():

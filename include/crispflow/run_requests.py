@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -91,6 +91,23 @@ def training_request(conf: Mapping[str, Any] | None, events: list[Mapping[str, A
         raise ParamsError("force_reason: forcing a blessing needs a reason of at least 10 characters")
     return {"pipeline": pipeline, "dataset_version_id": version, "search_budget": budget, "source": source,
             "coalesced_events": max(0, len(events) - 1), "force_bless": force, "force_reason": reason}
+
+
+def choose_training_request(conf: Mapping[str, Any] | None, events: list[Mapping[str, Any]],
+                            rows_of: Callable[[str, str], tuple[int, int]]) -> dict[str, Any] | str:
+    """The request to train on, or the reason there is none (a skip, not an error).
+
+    Several events may arrive in one run (e.g. a monthly partition and a backfilled history): newest first, the
+    first dataset large enough wins and the rest are coalesced into this run. `rows_of(pipeline, version_id)`
+    gives (published rows, rows training needs), as `published_rows` does.
+    """
+    sizes = []
+    for request in training_requests(conf, events):
+        rows, needed = rows_of(request["pipeline"], request["dataset_version_id"])
+        if rows >= needed:
+            return request
+        sizes.append(f"{request['dataset_version_id']}: {rows} rows < training.min_rows={needed}")
+    return f"no dataset large enough to train on ({'; '.join(sizes)})"
 
 
 def published_rows(spec: PipelineSpec, lake: Lake, version_id: str) -> tuple[int, int]:

@@ -148,7 +148,7 @@ def test_one_event_and_one_digest_per_episode(env, receiver) -> None:
     assert dr2.state == "success" and tis2["watch"].state == "skipped" and tis2["alert"].state == "skipped"
     assert len(drift_events()) == before + 1 and len(receiver.posts) == 1
 
-    from crispflow_airflow.notifiers.alerts import acknowledge
+    from crispflow.monitoring.alerts import acknowledge
 
     acked = acknowledge(predictions, MODEL, body["dedup_key"], by="on-call")
     assert acked["acknowledged"] and acked["acknowledged_by"] == "on-call"

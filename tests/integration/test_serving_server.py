@@ -31,7 +31,8 @@ from support.servers import free_port, stop_process, wait_for_port
 
 from crispflow.model import registry
 from crispflow.predictions.reader import read_predictions
-from crispflow.serving.app import ServeConfig, create_app
+from crispflow.serving.app import create_app
+from crispflow.serving.config import ServeConfig
 
 pytest_plugins = ["support.mlflow_server"]
 pytestmark = pytest.mark.slow

@@ -146,12 +146,12 @@ def test_a_challenger_trained_on_shuffled_labels_is_not_blessed(env, tmp_path, m
 
     # A forced blessing needs an approver; when approved it is recorded beside the gate's own reasons.
     from crispflow.lake import Lake
-    from crispflow.model.modelling import Job, force_bless
+    from crispflow.model.modelling import TrainingJob, force_bless
     from crispflow.model.registry import RegistryError
     from crispflow.spec import load_spec
 
-    job = Job(load_spec("lending_club"), Lake(Path(os.environ["CRISPFLOW_LAKE_URL"].removeprefix("file://"))), mlf,
-              version_id, "test/force")
+    job = TrainingJob(load_spec("lending_club"), Lake(Path(os.environ["CRISPFLOW_LAKE_URL"].removeprefix("file://"))),
+                      mlf, version_id, "test/force")
     with pytest.raises(RegistryError, match="needs an approver"):
         force_bless(job, reg["version"], reason="business sign-off for the pilot", approver=None)
     force_bless(job, reg["version"], reason="business sign-off for the pilot", approver={"id": "ana", "name": "Ana"})

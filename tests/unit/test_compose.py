@@ -3,7 +3,7 @@
 The files are parsed, not run: the Compose Specification rules that hold without its schema, pinned images,
 healthchecks and dependencies, secrets only as ${VAR} references that .env.example defines with placeholders,
 auth on in Airflow and MLflow, Airflow settings that exist in the installed Airflow and that match the local
-stack (include/crispflow/stack/profiles.py) except for the listed, deliberate differences.
+stack (include/crispflow/stack/local.py) except for the listed, deliberate differences.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from support.airflow_config import airflow_config_options, package_dir
 from crispflow.pools import POOLS
 from crispflow.settings import Settings
 from crispflow.stack.credentials import Secrets
+from crispflow.stack.local import SIMPLE_AUTH_MANAGER, airflow_env
 from crispflow.stack.ports import Ports
 from crispflow.stack.prod_setup import AUTH_CONFIG
-from crispflow.stack.profiles import SIMPLE_AUTH_MANAGER, airflow_env
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yaml"
@@ -765,11 +765,11 @@ VALUE_FLAGS = {
 
 @functools.cache
 def prod_local_profile() -> Any:
-    from crispflow.stack.profiles import build_profile
+    from crispflow.stack.profiles import PROD_LOCAL, build_profile
 
     settings = Settings.from_env()
     creds = Secrets("admin-pw", "jwt", "api-key", "fernet", "mlflow-admin-pw", "flask")
-    return build_profile("prod-local", settings, Ports(), creds)
+    return build_profile(PROD_LOCAL, settings, Ports(), creds)
 
 
 def _words(argv: list[str] | tuple[str, ...]) -> tuple[list[str], set[str]]:

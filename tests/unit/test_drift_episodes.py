@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from crispflow.errors import ParamsError
+from crispflow.monitoring import store
 from crispflow.monitoring.episodes import (
     Decision,
     DriftPolicy,
+    check,
     check_event,
     episode_record,
     evaluate,
     retrain_run_id,
+    watch_request,
 )
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -235,3 +239,44 @@ def test_check_event_accepts_only_what_the_sensor_recorded() -> None:
     for message, payload in cases.items():
         with pytest.raises(ParamsError, match=message):
             check_event(payload, lookup)
+
+
+def test_watch_request_names_the_model_and_checks_the_policy() -> None:
+    assert watch_request("demo", None) == (MODEL, POLICY.to_dict())
+    assert watch_request("demo", '{"k": 3, "n": 4}')[1] == DriftPolicy(k=3, n=4).to_dict()
+    assert watch_request("demo", " ") == watch_request("demo", {}) == (MODEL, POLICY.to_dict())
+    cases = {"pipeline: '../x' is not a valid pipeline name": ("../x", None),
+             "pipeline: None": (None, None),
+             "policy: '{k' is not a JSON object": ("demo", "{k"),
+             "policy: must be an object, got list": ("demo", [1]),
+             r"policy: unknown field\(s\) \['q'\]": ("demo", {"q": 1}),
+             "policy.k: 5 must be <= policy.n": ("demo", {"k": 5})}
+    for message, (pipeline, policy) in cases.items():
+        with pytest.raises(ParamsError, match=message):
+            watch_request(pipeline, policy)
+
+
+def test_check_reads_the_store_and_evaluates(tmp_path: Path) -> None:
+    assert check(tmp_path, MODEL, POLICY, at(3)).blocked_by == "no_episode"  # an empty store
+    for w in series([0.0, 0.3, 0.3]):
+        store.write_window(tmp_path, w, {}, "")
+    store.write_window(tmp_path, window(5, 0.9, alias="canary"), {}, "")  # another alias: not read
+    d = check(tmp_path, MODEL, {"k": 2, "n": 3}, at(3))
+    assert d == evaluate(series([0.0, 0.3, 0.3]), [], POLICY, at(3), model=MODEL)
+    assert d.fire and d.episode_id == "champion-20260301T020000Z"
+    record = fire(d)
+    assert store.claim_episode(tmp_path, MODEL, record) == record
+    assert check(tmp_path, MODEL, POLICY, at(3)).blocked_by == "already_fired"
+
+
+def test_an_episode_is_claimed_once_and_read_back(tmp_path: Path) -> None:
+    d = evaluate(series([0.3, 0.3]), [], POLICY, at(1), model=MODEL)
+    first = episode_record(d, pipeline="demo", fired_at=at(1), fired_by={"run_id": "r1"})
+    second = episode_record(d, pipeline="demo", fired_at=at(2), fired_by={"run_id": "r2"})
+    assert store.read_episode(tmp_path, MODEL, d.episode_id) is None
+    assert store.claim_episode(tmp_path, MODEL, first) == first
+    assert store.claim_episode(tmp_path, MODEL, second) == first  # the earlier record wins, unchanged
+    assert store.read_episode(tmp_path, MODEL, d.episode_id) == first
+    assert store.episode_path(tmp_path, MODEL, d.episode_id) == \
+        tmp_path / MODEL / "drift" / "episodes" / f"{d.episode_id}.json"
+    assert store.read_episodes(tmp_path, MODEL) == [first]

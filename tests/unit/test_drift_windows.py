@@ -20,8 +20,8 @@ from crispflow.monitoring.store import read_windows
 from crispflow.monitoring.windows import (
     display_path,
     drift_of_window,
+    judge_window,
     report_location,
-    run_window,
     window_data,
 )
 from crispflow.predictions.reader import read_predictions
@@ -105,13 +105,13 @@ def test_drifted_and_stable_windows_are_told_apart_and_stored(tmp_path: Path, sp
     summaries = []
     for start in (T0, T0 + HOUR):
         log = read_predictions(tmp_path, MODEL, start, start + HOUR)
-        summary, report = run_window(profile, log, root=tmp_path, model=MODEL, alias="champion", version="1",
-                                     start=start, end=start + HOUR)
+        summary, report, page = judge_window(profile, log, root=tmp_path, model=MODEL, alias="champion",
+                                             version="1", start=start, end=start + HOUR)
         summaries.append(summary)
         where = Path(summary["report"])
         assert where == report_location(tmp_path, MODEL, "champion", start + HOUR)
         assert json.loads(where.read_text())["status"] == report["status"]
-        assert "<svg" in (where.parent / "report.html").read_text()
+        assert (where.parent / "report.html").read_text() == page and "<svg" in page
     calm, drift = summaries
     assert calm["status"] == "no_drift" and not calm["drift"] and calm["rows"] == 400
     assert drift["status"] == "drift" and drift["drift"]
@@ -122,8 +122,8 @@ def test_drifted_and_stable_windows_are_told_apart_and_stored(tmp_path: Path, sp
 
 def test_an_empty_window_is_an_explicit_insufficient_data_summary(tmp_path: Path, profile) -> None:
     log = read_predictions(tmp_path, MODEL, T0, T0 + HOUR)  # nothing logged at all
-    summary, report = run_window(profile, log, root=tmp_path, model=MODEL, alias="champion", version="1",
-                                 start=T0, end=T0 + HOUR)
+    summary, report, _ = judge_window(profile, log, root=tmp_path, model=MODEL, alias="champion", version="1",
+                                      start=T0, end=T0 + HOUR)
     assert summary["status"] == "insufficient_data" and summary["rows"] == 0 and not summary["drift"]
     assert report["reasons"] and Path(summary["report"]).exists()
     assert read_windows(tmp_path, MODEL) == [summary]
@@ -133,9 +133,9 @@ def test_rerunning_a_window_rewrites_the_same_content(tmp_path: Path, spec, loan
     write_log(tmp_path, log_rows(spec, months(loans, 10, 12, 200, seed=4), T0))
     log = read_predictions(tmp_path, MODEL, T0, T0 + HOUR)
     kwargs = {"root": tmp_path, "model": MODEL, "alias": "champion", "version": "1", "start": T0, "end": T0 + HOUR}
-    first, _ = run_window(profile, log, **kwargs)
+    first = judge_window(profile, log, **kwargs).summary
     before = sorted((p.relative_to(tmp_path), p.read_bytes()) for p in tmp_path.rglob("*") if p.is_file())
-    second, _ = run_window(profile, log, **kwargs)
+    second = judge_window(profile, log, **kwargs).summary
     after = sorted((p.relative_to(tmp_path), p.read_bytes()) for p in tmp_path.rglob("*") if p.is_file())
     assert first == second and before == after
 
@@ -178,11 +178,11 @@ def test_bad_input_is_a_typed_error_naming_the_field(tmp_path: Path, profile) ->
         window_data(pd.DataFrame({"version": ["1"]}), version="1")
     log = read_predictions(tmp_path, MODEL, T0, T0 + HOUR)
     with pytest.raises(DriftInputError, match="window: start"):
-        run_window(profile, log, root=tmp_path, model=MODEL, alias="champion", version="1", start=T0 + HOUR,
-                   end=T0)
+        judge_window(profile, log, root=tmp_path, model=MODEL, alias="champion", version="1", start=T0 + HOUR,
+                     end=T0)
     with pytest.raises(DriftInputError, match="window: start"):
-        run_window(profile, log, root=tmp_path, model=MODEL, alias="champion", version="1",
-                   start=T0.replace(tzinfo=None), end=T0 + HOUR)
+        judge_window(profile, log, root=tmp_path, model=MODEL, alias="champion", version="1",
+                     start=T0.replace(tzinfo=None), end=T0 + HOUR)
     with pytest.raises(DriftInputError, match="drift settings: alpha"):
         DriftSettings(alpha=2.0)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import json
 import math
 import sys
@@ -256,35 +255,3 @@ def test_plot_curves_writes_four_pngs_even_for_degenerate_input(lending: dict) -
         assert all(png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 2000 for png in images.values())
     pyplot = sys.modules.get("matplotlib.pyplot")
     assert pyplot is None or not pyplot.get_fignums()  # nothing left open
-
-
-def imported_modules(path: Path) -> dict[str, int]:
-    """Top-level package of every import in a source file -> the indentation of the import (0 = module level)."""
-    found: dict[str, int] = {}
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import | ast.ImportFrom):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-            for name in names:
-                found[name.split(".")[0]] = min(found.get(name.split(".")[0], 99), node.col_offset)
-    return found
-
-
-@pytest.mark.parametrize("module", ["evaluation", "blessing"])
-def test_modules_import_neither_airflow_nor_mlflow(module: str) -> None:
-    imports = imported_modules(ROOT / "include" / "crispflow" / "model" / f"{module}.py")
-    assert not {"airflow", "mlflow"} & set(imports), imports
-    assert set(imports) <= {
-        "__future__",
-        "io",
-        "math",
-        "time",
-        "collections",
-        "typing",
-        "numpy",
-        "pandas",
-        "scipy",
-        "sklearn",
-        "matplotlib",
-        "crispflow",
-    }, imports
-    assert imports.get("matplotlib", 4) > 0 and imports.get("sklearn", 4) > 0  # only inside functions

@@ -17,7 +17,7 @@ from crispflow.lake import json_safe
 from crispflow.model.blessing import decide
 from crispflow.model.card import SECTIONS, UNDEFINED, ModelCardInput, render_html, render_markdown
 from crispflow.model.evaluation import evaluate
-from crispflow.model.training import holdout_hash, holdout_split
+from crispflow.model.holdout import holdout_hash, holdout_split
 from crispflow.spec import PipelineSpec, load_spec
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from crispflow.errors import ParamsError
-from crispflow.run_requests import training_request, training_requests
+from crispflow.run_requests import choose_training_request, training_request, training_requests
 
 GOOD = {"pipeline": "lending_club", "dataset_version_id": "ds-0123456789abcdef"}
 
@@ -51,3 +51,27 @@ def test_all_events_are_candidates_newest_first() -> None:
     assert [r["dataset_version_id"] for r in training_requests(GOOD, [older])] == [GOOD["dataset_version_id"]]
     with pytest.raises(ParamsError, match="asset event: pipeline"):
         training_requests({}, [GOOD, {"pipeline": "Bad Name", "dataset_version_id": GOOD["dataset_version_id"]}])
+
+
+def test_the_newest_dataset_large_enough_is_chosen() -> None:
+    older = {"pipeline": "lending_club", "dataset_version_id": "ds-" + "a" * 16}
+    newest = {"pipeline": "lending_club", "dataset_version_id": "ds-" + "b" * 16}
+    rows = {older["dataset_version_id"]: 5000, newest["dataset_version_id"]: 10}
+    asked = []
+
+    def rows_of(pipeline: str, version: str) -> tuple[int, int]:
+        asked.append((pipeline, version))
+        return rows[version], 1000
+
+    chosen = choose_training_request({"pipeline": None}, [older, newest], rows_of)
+    assert chosen["dataset_version_id"] == older["dataset_version_id"] and chosen["source"] == "asset event"
+    assert asked == [("lending_club", newest["dataset_version_id"]), ("lending_club", older["dataset_version_id"])]
+    assert choose_training_request(GOOD, [], lambda p, v: (1000, 1000))["source"] == "conf"  # exactly enough
+
+
+def test_no_dataset_large_enough_is_a_reason_not_an_error() -> None:
+    reason = choose_training_request(GOOD, [], lambda p, v: (999, 1000))
+    assert reason == f"no dataset large enough to train on ({GOOD['dataset_version_id']}: 999 rows < " \
+                     "training.min_rows=1000)"
+    with pytest.raises(ParamsError, match="give both in conf"):  # a malformed request is still refused
+        choose_training_request({}, [], lambda p, v: (0, 0))

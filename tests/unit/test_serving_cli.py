@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from crispflow.errors import CrispflowError
-from crispflow.serving.app import ServeConfig, ServeConfigError
 from crispflow.serving.cli import add_arguments, build_config, default_model
+from crispflow.serving.config import ServeConfig, ServeConfigError
 from crispflow.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -24,6 +24,7 @@ from crispflow.stack import main as cli
 from crispflow.stack.airflow_api import AirflowAPI, AirflowAPIError
 from crispflow.stack.credentials import Secrets, load_or_create_secrets, write_passwords_file
 from crispflow.stack.errors import StackError
+from crispflow.stack.local import airflow_env
 from crispflow.stack.paths import StackPaths
 from crispflow.stack.ports import Ports, StackState, port_in_use, resolve_ports
 from crispflow.stack.processes import (
@@ -38,7 +39,8 @@ from crispflow.stack.processes import (
     stop_records,
     write_pid_record,
 )
-from crispflow.stack.profiles import ProcessSpec, Profile, airflow_env, build_profile
+from crispflow.stack.profiles import build_profile
+from crispflow.stack.topology import ProcessSpec, Profile
 
 PORTS = Ports(airflow=18081, mlflow=15001, serve=18001, s3=19001)
 
@@ -622,7 +624,7 @@ def test_worker_reports_its_own_host_name(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_the_pool_the_stack_creates_is_the_one_the_promotion_operators_use() -> None:
     from crispflow.release.promotion import POOL
-    from crispflow.stack.profiles import POOLS
+    from crispflow.stack.local import POOLS
 
     source = (Path(__file__).resolve().parents[2] / "plugins/crispflow_airflow/operators/promotion.py").read_text()
     assert POOLS[0][0] == POOL and "from crispflow.release.promotion import POOL" in source

@@ -18,14 +18,13 @@ from threadpoolctl import threadpool_limits
 from crispflow.data.extracts import conform, new_rejections
 from crispflow.errors import CrispflowError, SpecError
 from crispflow.model.features import features, labels
+from crispflow.model.holdout import holdout_hash, holdout_split
 from crispflow.model.training import (
     best_config,
     build_model,
     choose_threshold,
     cross_validate,
     fit_final,
-    holdout_hash,
-    holdout_split,
     plan_search,
     positive_proba,
 )

@@ -91,6 +91,26 @@ class Published:
     manifest: dict[str, Any]
 
 
+def version_id_of(digest: str) -> str:
+    """A dataset version's id: named by its content (`frame_digest` of the rows)."""
+    return "ds-" + digest[:16]
+
+
+def already_published(lake: Lake, pipeline: str, version_id: str) -> Published | None:
+    """The version if its manifest exists (the content was published before), else None."""
+    path = lake.manifest(pipeline, version_id)
+    return Published(version_id, False, read_json(path)) if path.exists() else None
+
+
+def commit_version(lake: Lake, pipeline: str, version_id: str, manifest: dict[str, Any]) -> Published:
+    """Create the version's manifest exclusively, after its data files: the single commit point. If a concurrent
+    publisher won, theirs is the version."""
+    path = lake.manifest(pipeline, version_id)
+    if not create_exclusive(path, canonical_json(manifest)):
+        return Published(version_id, False, read_json(path))
+    return Published(version_id, True, manifest)
+
+
 def publish(lake: Lake, spec: PipelineSpec, batch_id: str, run: dict[str, Any]) -> Published:
     """Publish the validated rows of a batch as a content-addressed version; a no-op if it already exists.
 
@@ -105,10 +125,9 @@ def publish(lake: Lake, spec: PipelineSpec, batch_id: str, run: dict[str, Any]) 
     ingest = read_json(folder / INGEST)
     valid = read_parquet(folder / VALIDATED)
     digest = frame_digest(valid)
-    version_id = "ds-" + digest[:16]
-    manifest_path = lake.manifest(spec.name, version_id)
-    if manifest_path.exists():
-        return Published(version_id, False, read_json(manifest_path))
+    version_id = version_id_of(digest)
+    if existing := already_published(lake, spec.name, version_id):
+        return existing
     rows = {"in": summary["rows_in"], "published": len(valid), "quarantined": summary["rows_quarantined"]}
     if rows["in"] != rows["published"] + rows["quarantined"]:
         raise LakeError(f"batch {batch_id}: rows_in != published + quarantined ({rows})")
@@ -135,9 +154,7 @@ def publish(lake: Lake, spec: PipelineSpec, batch_id: str, run: dict[str, Any]) 
                   "quality_html": lake.relative(vdir / QUALITY_HTML), "quarantine": summary["files"]["quarantine"]},
         "published_by": {**run, "at": datetime.now(UTC).isoformat()},
     }
-    if not create_exclusive(manifest_path, canonical_json(manifest)):
-        return Published(version_id, False, read_json(manifest_path))
-    return Published(version_id, True, manifest)
+    return commit_version(lake, spec.name, version_id, manifest)
 
 
 def read_manifest(lake: Lake, version_id: str, pipeline: str | None = None) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 A retrain wants the newest data, but monthly ingests publish small versions (a month of loans is below
 `training.min_rows`). `compose` unions the versions whose intervals end within `window_days` of the newest one,
 keeps the most recently published row for a key that appears in several, and publishes the result like any
-other version: content-addressed, manifest written last and exclusively, `parents` naming every source version.
+other version (`crispflow.data.datasets` commits it: content-addressed, manifest written last and exclusively),
+with `parents` naming every source version.
 """
 
 from __future__ import annotations
@@ -11,9 +12,16 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from crispflow.data.datasets import Published, load_version, published
+from crispflow.data.datasets import (
+    Published,
+    already_published,
+    commit_version,
+    load_version,
+    published,
+    version_id_of,
+)
 from crispflow.errors import LakeError
-from crispflow.lake import Lake, canonical_json, create_exclusive, frame_digest, read_json, write_parquet
+from crispflow.lake import Lake, frame_digest, write_parquet
 
 if TYPE_CHECKING:
     from crispflow.spec import PipelineSpec
@@ -47,10 +55,9 @@ def compose(lake: Lake, spec: PipelineSpec, parents: list[dict[str, Any]], run: 
     union = union.drop_duplicates(spec.key, keep="last").drop(columns="_order").sort_values(spec.key)
     union = union.reset_index(drop=True)
     digest = frame_digest(union)
-    version_id = "ds-" + digest[:16]
-    path = lake.manifest(spec.name, version_id)
-    if path.exists():
-        return Published(version_id, False, read_json(path))
+    version_id = version_id_of(digest)
+    if existing := already_published(lake, spec.name, version_id):
+        return existing
     newest = parents[-1]
     vdir = lake.version_dir(spec.name, version_id)
     write_parquet(vdir / "data.parquet", union)
@@ -70,6 +77,4 @@ def compose(lake: Lake, spec: PipelineSpec, parents: list[dict[str, Any]], run: 
         "files": {**newest["files"], "data": lake.relative(vdir / "data.parquet")},
         "published_by": {**run, "at": datetime.now(UTC).isoformat()},
     }
-    if not create_exclusive(path, canonical_json(manifest)):
-        return Published(version_id, False, read_json(path))
-    return Published(version_id, True, manifest)
+    return commit_version(lake, spec.name, version_id, manifest)

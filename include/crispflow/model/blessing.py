@@ -1,7 +1,8 @@
 """The blessing gate: may a challenger replace the champion? Statistics on a frozen holdout, not a point comparison.
 
-Pure numpy/scipy: this module never imports Airflow or MLflow. `decide` returns a JSON verdict. With a champion
-(both models scored on the same holdout rows) the checks are:
+Pure numpy/scipy: this module never imports Airflow or MLflow (DeLong, resampling, Holm and Benjamini-Hochberg
+come from `crispflow.stats`). `decide` returns a JSON verdict. With a champion (both models scored on the same
+holdout rows) the checks are:
 
 - **non_inferiority** of the primary metric: the difference challenger - champion, sign-adjusted so that positive
   is better (also for brier), with a two-sided (1 - 2 alpha) CI; passes when its lower bound (a one-sided alpha
@@ -28,86 +29,28 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy.stats import norm, rankdata
+from scipy.stats import norm
 
 from crispflow.model.evaluation import (
     HIGHER_IS_BETTER,
     METRICS,
     THRESHOLD_METRICS,
-    as_inputs,
     compute_metric,
-    quantile_interval,
-    resample_counts,
     slice_groups,
     weighted_metrics,
+)
+from crispflow.stats import (
+    CORRECTIONS,
+    NAN,
+    as_inputs,
+    bootstrap_p_value,
+    delong,
+    percentile_interval,
+    resample_counts,
 )
 
 if TYPE_CHECKING:
     from crispflow.spec import Blessing
-
-NAN = float("nan")
-
-
-# ------------------------------------------------------------------------------------- multiple testing
-
-
-def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm's step-down adjusted p-values (family-wise error rate), in the input order."""
-    p = np.asarray(p_values, dtype=float)
-    m = p.size
-    order = np.argsort(p, kind="stable")
-    stepped = np.maximum.accumulate((m - np.arange(m)) * p[order])
-    adjusted = np.empty(m)
-    adjusted[order] = np.minimum(stepped, 1.0)
-    return adjusted.tolist()
-
-
-def benjamini_hochberg(p_values: Sequence[float]) -> list[float]:
-    """Benjamini-Hochberg step-up adjusted p-values (false discovery rate), in the input order."""
-    p = np.asarray(p_values, dtype=float)
-    m = p.size
-    order = np.argsort(p, kind="stable")
-    scaled = p[order] * m / np.arange(1, m + 1)
-    stepped = np.minimum.accumulate(scaled[::-1])[::-1]
-    adjusted = np.empty(m)
-    adjusted[order] = np.minimum(stepped, 1.0)
-    return adjusted.tolist()
-
-
-CORRECTIONS = {"holm": holm, "benjamini_hochberg": benjamini_hochberg}
-
-
-# ------------------------------------------------------------------------------------------------ DeLong
-
-
-def delong(y_true: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> dict[str, float]:
-    """DeLong's test for two correlated ROC AUCs on the same rows (Sun & Xu 2014, O(n log n) with midranks).
-
-    Returns auc_a, auc_b, difference (a - b), its variance and standard error; NaN when undefined (fewer than
-    two positives or negatives, or a non-finite score).
-    """
-    y, a = as_inputs(y_true, score_a)
-    _, b = as_inputs(y, score_b)
-    m, n = int(y.sum()), int((~y).sum())
-    if m < 2 or n < 2 or not (np.isfinite(a).all() and np.isfinite(b).all()):
-        return {"auc_a": NAN, "auc_b": NAN, "difference": NAN, "variance": NAN, "se": NAN}
-    scores = np.stack([a, b])
-    pos, neg = scores[:, y], scores[:, ~y]
-    tx, ty = rankdata(pos, axis=1), rankdata(neg, axis=1)  # midranks within each class
-    tz = rankdata(np.concatenate([pos, neg], axis=1), axis=1)  # midranks over all rows
-    auc = (tz[:, :m].sum(axis=1) - m * (m + 1) / 2) / (m * n)
-    v10 = (tz[:, :m] - tx) / n  # structural components of the positives
-    v01 = 1.0 - (tz[:, m:] - ty) / m  # and of the negatives
-    cov = np.cov(v10) / m + np.cov(v01) / n
-    contrast = np.array([1.0, -1.0])
-    variance = max(float(contrast @ cov @ contrast), 0.0)
-    return {
-        "auc_a": float(auc[0]),
-        "auc_b": float(auc[1]),
-        "difference": float(auc[0] - auc[1]),
-        "variance": variance,
-        "se": math.sqrt(variance),
-    }
 
 
 # ------------------------------------------------------------------------------------ paired bootstrap
@@ -165,15 +108,6 @@ def paired_bootstrap(
     return estimate, np.concatenate(diffs) if diffs else np.full(n_boot, np.nan)
 
 
-def _tail(diffs: np.ndarray, margin: float, worse: bool) -> float:
-    """Bootstrap p-value (1 + k) / (1 + B): k resamples at or below -margin (worse) or at or above it."""
-    valid = diffs[np.isfinite(diffs)]
-    if not valid.size:
-        return NAN
-    hits = np.sum(valid <= -margin) if worse else np.sum(valid >= -margin)
-    return float((1 + hits) / (1 + valid.size))
-
-
 # ---------------------------------------------------------------------------------------------- comparisons
 
 
@@ -200,14 +134,14 @@ def _compare(policy: Blessing, y: np.ndarray, challenger: tuple, champion: tuple
             "p_regression": p_regression,
         }
     est, diffs = paired_bootstrap(metric, y, *challenger, *champion, n_boot=policy.bootstrap_samples, seed=seed)
-    low, high = quantile_interval(diffs, 2 * alpha)
+    low, high = percentile_interval(diffs, 2 * alpha)
     return {
         "method": "paired_bootstrap",
         "estimate": est,
         "ci_low": low,
         "ci_high": high,
-        "p_inferior": _tail(diffs, margin, worse=True),
-        "p_regression": _tail(diffs, margin, worse=False),
+        "p_inferior": bootstrap_p_value(diffs, -margin, lower_tail=True),
+        "p_regression": bootstrap_p_value(diffs, -margin, lower_tail=False),
     }
 
 

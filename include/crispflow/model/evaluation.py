@@ -1,6 +1,7 @@
 """Honest evaluation on a frozen holdout: metrics with bootstrap CIs, per-slice metrics, latency and curves.
 
-Pure numpy/scipy/sklearn/matplotlib: this module never imports Airflow or MLflow. Conventions:
+Pure numpy/pandas/sklearn/matplotlib: this module never imports Airflow or MLflow. The statistics (ranking
+kernel, stratified resampling, percentile intervals, label checks) are `crispflow.stats`'s. Conventions:
 
 - `y_true` is boolean (True = the positive class), `score` the model's probability of the positive class, and a
   row is predicted positive when `score >= threshold`.
@@ -22,11 +23,13 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from crispflow.stats import as_inputs, as_labels, percentile_interval, ranking_metrics, ratio, resample_counts
 
 METRICS = ("precision", "recall", "f1", "roc_auc", "average_precision", "brier")
 HIGHER_IS_BETTER = {
@@ -39,42 +42,12 @@ HIGHER_IS_BETTER = {
 }
 THRESHOLD_METRICS = frozenset({"precision", "recall", "f1"})
 MISSING = "<missing>"
-_MAX_CELLS = 1_000_000  # resampling counts per block (B x n float64: 8 MB, stays in the allocator's pool)
-
-
-# --------------------------------------------------------------------------------------------------- inputs
-
-
-def as_labels(values: Any, what: str = "y_true") -> np.ndarray:
-    """A 1-d bool array from booleans or 0/1; anything else (e.g. the strings "good"/"bad") is a ValueError."""
-    arr = np.asarray(values).ravel()
-    if arr.dtype == bool:
-        return arr
-    if arr.dtype.kind in "iufO" and np.isin(arr, [0, 1]).all():
-        return arr.astype(bool)
-    raise ValueError(f"{what} must be boolean or 0/1 (True = the positive class), got dtype {arr.dtype}")
-
-
-def as_inputs(y_true: Any, score: Any) -> tuple[np.ndarray, np.ndarray]:
-    """`y_true` as a 1-d bool array and `score` as float; raises ValueError on bad labels or a length mismatch."""
-    y = as_labels(y_true)
-    s = np.asarray(score, dtype=float).ravel()
-    if y.shape != s.shape:
-        raise ValueError(f"y_true has {y.size} rows but score has {s.size}")
-    return y, s
 
 
 def _check_metrics(names: Sequence[str]) -> None:
     unknown = [n for n in names if n not in HIGHER_IS_BETTER]
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; known: {list(METRICS)}")
-
-
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    """num / den, NaN where den is 0."""
-    out = np.full(np.shape(num), np.nan)
-    np.divide(num, den, out=out, where=den > 0)
-    return out
 
 
 # --------------------------------------------------------------------------------------------------- kernel
@@ -89,56 +62,10 @@ def _per_row(counts: np.ndarray, y: np.ndarray, score: np.ndarray, pred: np.ndar
 
 def _threshold_metric(name: str, c: dict[str, np.ndarray]) -> np.ndarray:
     if name == "precision":
-        return _ratio(c["tp"], c["tp"] + c["fp"])
+        return ratio(c["tp"], c["tp"] + c["fp"])
     if name == "recall":
-        return _ratio(c["tp"], c["tp"] + c["fn"])
-    return _ratio(2 * c["tp"], 2 * c["tp"] + c["fp"] + c["fn"])
-
-
-def _layout(score: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Rows by descending score and, for each distinct score holding positives: the index of its first positive
-    among the positive rows, and its first and last row (positions in the sorted order)."""
-    order = np.argsort(-score, kind="stable")
-    s = score[order]
-    positives = np.flatnonzero(y[order])
-    new = np.r_[True, s[1:] != s[:-1]]
-    starts = np.flatnonzero(new)
-    ends = np.r_[starts[1:], s.size] - 1
-    hit, first = np.unique((np.cumsum(new) - 1)[positives], return_index=True)
-    return order, positives, first, starts[hit], ends[hit]
-
-
-def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.einsum("ij,ij->i", a, b)
-
-
-def _ranking(counts: np.ndarray, y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """roc_auc (Mann-Whitney, ties count 1/2) and average precision (sklearn's step-wise sum) per resample.
-
-    A threshold at a distinct score predicts positive every row scored at or above it. Only the thresholds at
-    scores holding positives contribute, so the weight predicted positive is needed there alone: segment sums
-    between consecutive such scores (one pass over the counts) and a cumulative sum over the positives.
-    """
-    order, positives, first, g_start, g_end = _layout(score, y)
-    if not positives.size:
-        return np.full(counts.shape[0], np.nan), np.full(counts.shape[0], np.nan)
-    w = counts if np.array_equal(order, np.arange(order.size)) else np.take(counts, order, axis=1)
-    head = w[:, : g_end[-1] + 1]
-    pos = w[:, positives]
-    if first.size < positives.size:  # several positives share a score
-        pos = np.add.reduceat(pos, first, axis=1)
-    predicted = np.cumsum(np.add.reduceat(head, np.r_[0, g_end[:-1] + 1], axis=1), axis=1)
-    if np.any(g_end > g_start):  # ties: the whole weight at each of those scores
-        total = np.add.reduceat(head, np.column_stack([g_start, g_end + 1]).ravel()[:-1], axis=1)[:, ::2]
-    else:
-        total = pos
-    tp = np.cumsum(pos, axis=1)
-    n_pos = tp[:, -1]
-    n_neg = counts.sum(axis=1) - n_pos
-    # a positive at score s beats the negatives scored lower (n_neg - fp(s)) and half those tied at s
-    beaten = n_pos * n_neg - _dot(pos, predicted - tp) + 0.5 * _dot(pos, total - pos)
-    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    return _ratio(beaten, n_pos * n_neg), _ratio(_dot(pos, precision), n_pos)
+        return ratio(c["tp"], c["tp"] + c["fn"])
+    return ratio(2 * c["tp"], 2 * c["tp"] + c["fp"] + c["fn"])
 
 
 def weighted_metrics(
@@ -156,9 +83,9 @@ def weighted_metrics(
     if THRESHOLD_METRICS.intersection(names) or "brier" in names:
         c = _per_row(counts, y, np.where(np.isfinite(score), score, 0.0), pred)
         out.update({n: _threshold_metric(n, c) for n in names if n in THRESHOLD_METRICS})
-        out["brier"] = _ratio(c["sq"], c["total"]) if finite else nan
+        out["brier"] = ratio(c["sq"], c["total"]) if finite else nan
     if {"roc_auc", "average_precision"}.intersection(names):
-        auc, ap = _ranking(counts, y, score) if finite else (nan, nan)
+        auc, ap = ranking_metrics(counts, y, score) if finite else (nan, nan)
         out.update({k: v for k, v in (("roc_auc", auc), ("average_precision", ap)) if k in names})
     return {n: out[n] for n in names}
 
@@ -186,24 +113,6 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, int]:
 # ------------------------------------------------------------------------------------------------ bootstrap
 
 
-def resample_counts(y_true: np.ndarray, n_boot: int, seed: int | Sequence[int] = 0) -> Iterator[np.ndarray]:
-    """Stratified bootstrap resamples as blocks of row multiplicities (block x n float arrays, B rows in all).
-
-    Positives and negatives are drawn separately with replacement, so each resample keeps the class counts.
-    The same seed yields the same resamples, so two models scored on the same rows can be paired.
-    """
-    rng = np.random.default_rng(seed)
-    y = np.asarray(y_true).astype(bool).ravel()
-    n = y.size
-    strata = [g.astype(np.int32) for g in (np.flatnonzero(y), np.flatnonzero(~y)) if g.size]
-    block = max(1, _MAX_CELLS // max(n, 1))
-    for start in range(0, n_boot if n else 0, block):
-        b = min(block, n_boot - start)
-        rows = np.concatenate([g[rng.integers(0, g.size, size=(b, g.size), dtype=np.int32)] for g in strata], axis=1)
-        flat = (rows + (np.arange(b, dtype=np.int32) * n)[:, None]).ravel()
-        yield np.bincount(flat, minlength=b * n).reshape(b, n).astype(float)
-
-
 def bootstrap_metrics(
     y: np.ndarray, score: np.ndarray, pred: np.ndarray, names: Sequence[str], n_boot: int, seed: int | Sequence[int]
 ) -> dict[str, np.ndarray]:
@@ -212,16 +121,6 @@ def bootstrap_metrics(
     y, score, pred = y[order], score[order], pred[order]
     parts = [weighted_metrics(c, y, score, pred, names) for c in resample_counts(y, n_boot, seed)]
     return {n: np.concatenate([p[n] for p in parts]) if parts else np.full(n_boot, np.nan) for n in names}
-
-
-def quantile_interval(samples: np.ndarray, alpha: float) -> tuple[float, float]:
-    """The (alpha/2, 1 - alpha/2) percentile interval of the finite samples; NaN if there are none."""
-    valid = np.asarray(samples, dtype=float)
-    valid = valid[np.isfinite(valid)]
-    if not valid.size:
-        return float("nan"), float("nan")
-    low, high = np.quantile(valid, [alpha / 2, 1 - alpha / 2])
-    return float(low), float(high)
 
 
 def bootstrap_ci(
@@ -243,7 +142,7 @@ def bootstrap_ci(
     boots = bootstrap_metrics(y, s, pred, names, n_boot, seed)
     out = {}
     for name in names:
-        low, high = quantile_interval(boots[name], alpha)
+        low, high = percentile_interval(boots[name], alpha)
         out[name] = {"value": float(point[name][0]), "ci_low": low, "ci_high": high}
     return out
 
@@ -371,8 +270,8 @@ def _reliability(y: np.ndarray, s: np.ndarray, bins: int = 10) -> tuple[np.ndarr
     edges = np.unique(np.quantile(s, np.linspace(0, 1, bins + 1)))
     which = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, max(edges.size - 2, 0))
     count = np.bincount(which, minlength=max(edges.size - 1, 1)).astype(float)
-    mean_score = _ratio(np.bincount(which, weights=s, minlength=count.size), count)
-    rate = _ratio(np.bincount(which, weights=y.astype(float), minlength=count.size), count)
+    mean_score = ratio(np.bincount(which, weights=s, minlength=count.size), count)
+    rate = ratio(np.bincount(which, weights=y.astype(float), minlength=count.size), count)
     return mean_score, rate, count
 
 

@@ -1,8 +1,9 @@
 """The frozen holdout: cut once per pipeline, content-hashed, stored, and reused for every comparison.
 
 Champion and challenger are only ever compared on the same rows. The first training run of a pipeline cuts the
-holdout from its dataset version (time-based or stratified, per the spec) and commits a pointer exclusively;
-later runs train on their dataset minus the holdout's keys (no leakage) and evaluate on the same holdout.
+holdout from its dataset version (time-based or stratified, per the spec, seeded by `split.seed`) and commits a
+pointer exclusively; later runs train on their dataset minus the holdout's keys (no leakage) and evaluate on the
+same holdout.
 """
 
 from __future__ import annotations
@@ -10,13 +11,80 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from crispflow.errors import LakeError
+from crispflow.errors import CrispflowError, LakeError
 from crispflow.lake import Lake, canonical_json, create_exclusive, read_json, read_parquet, write_parquet
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
     from crispflow.spec import PipelineSpec
+
+
+# --- the cut ----------------------------------------------------------------------------------------------
+
+
+def _time_holdout_mask(spec: PipelineSpec, frame: pd.DataFrame) -> np.ndarray:
+    """The latest whole periods (distinct time values) holding at least `holdout_fraction` of the rows.
+
+    Periods are taken newest first until the holdout has >= fraction * rows; no period is ever split, so the
+    holdout is usually a little larger than the fraction. Rows without a time value stay in training.
+    At least one period must remain for training.
+    """
+    import numpy as np
+
+    from crispflow.data.extracts import to_utc_naive
+
+    when = to_utc_naive(frame[spec.time_column])
+    rows_per_period = when.value_counts().sort_index(ascending=False)  # newest first, NaT dropped
+    need = spec.split.holdout_fraction * len(frame)
+    taken = int(np.searchsorted(rows_per_period.cumsum().to_numpy(), need)) + 1  # periods in the holdout
+    if taken >= len(rows_per_period):
+        raise CrispflowError(
+            f"{spec.name}: split: a time holdout of {spec.split.holdout_fraction:.0%} of {len(frame)} rows needs "
+            f"{taken} of the {len(rows_per_period)} periods of {spec.time_column!r}, leaving none for training"
+        )
+    cutoff = rows_per_period.index[taken - 1]
+    return (when >= cutoff).to_numpy(dtype=bool)
+
+
+def _stratified_holdout_mask(spec: PipelineSpec, frame: pd.DataFrame) -> np.ndarray:
+    import numpy as np
+    from sklearn.model_selection import StratifiedShuffleSplit
+
+    from crispflow.model.features import labels
+
+    y = labels(spec, frame)
+    splitter = StratifiedShuffleSplit(n_splits=1, test_size=spec.split.holdout_fraction, random_state=spec.split.seed)
+    _, holdout = next(splitter.split(np.zeros((len(y), 1)), y))
+    mask = np.zeros(len(y), dtype=bool)
+    mask[holdout] = True
+    return mask
+
+
+def holdout_split(spec: PipelineSpec, frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, holdout), each in the frame's row order with its index. `split.strategy` "time": the latest whole
+    periods (see `_time_holdout_mask`); "stratified": StratifiedShuffleSplit by label, seeded by `split.seed`."""
+    choose = _time_holdout_mask if spec.split.strategy == "time" else _stratified_holdout_mask
+    mask = choose(spec, frame)
+    return frame[~mask], frame[mask]
+
+
+def holdout_hash(spec: PipelineSpec, holdout: pd.DataFrame) -> str:
+    """Content hash of a holdout, independent of row order and index: `frame_digest` of the rows sorted by
+    `spec.key`, as stored in parquet (so an in-memory frame and its stored copy hash alike: object text columns
+    read back as pandas `str`)."""
+    import io
+
+    import pandas as pd
+
+    from crispflow.lake import frame_digest, parquet_bytes
+
+    ordered = holdout.sort_values(spec.key, kind="mergesort")
+    return frame_digest(pd.read_parquet(io.BytesIO(parquet_bytes(ordered))))
+
+
+# --- frozen once per pipeline -----------------------------------------------------------------------------
 
 
 def _pointer(lake: Lake, pipeline: str) -> Any:
@@ -34,8 +102,6 @@ def frozen_record(lake: Lake, pipeline: str) -> dict[str, Any]:
 def frozen_holdout(lake: Lake, spec: PipelineSpec, dataset: pd.DataFrame,
                    dataset_version_id: str) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The pipeline's holdout and its record; cut from `dataset` if this is the pipeline's first training."""
-    from crispflow.model.training import holdout_hash, holdout_split
-
     pointer = _pointer(lake, spec.name)
     if not pointer.exists():
         _, holdout = holdout_split(spec, dataset)

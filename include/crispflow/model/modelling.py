@@ -1,7 +1,7 @@
 """The model phases as plain functions: prepare → cross-validate candidates → register → evaluate → bless.
 
-Each takes a `Job` (what is being trained, where things live) and returns a small JSON dict for XCom. Every side
-effect is keyed by the job's run key, so a retried or repeated step finds what it made before.
+Each takes a `TrainingJob` (what is being trained, where things live) and returns a small JSON dict for XCom.
+Every side effect is keyed by the job's run key, so a retried or repeated step finds what it made before.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ CHALLENGER, CHAMPION = "challenger", "champion"
 
 
 @dataclass
-class Job:
+class TrainingJob:
     """One training run: the pipeline, the dataset version it trains on, and the Airflow run that does it."""
 
     spec: PipelineSpec
@@ -77,7 +77,7 @@ def git_commit() -> str:
     return out.stdout.strip() or "unknown"
 
 
-def prepare(job: Job) -> dict[str, Any]:
+def prepare(job: TrainingJob) -> dict[str, Any]:
     """Freeze (or reuse) the holdout and open the parent MLflow run."""
     train, holdout, record = job.frames
     parent = job.parent_run()
@@ -87,7 +87,7 @@ def prepare(job: Job) -> dict[str, Any]:
             "n_holdout": len(holdout)}
 
 
-def run_candidate(job: Job, parent_run_id: str, config: dict[str, Any]) -> dict[str, Any]:
+def run_candidate(job: TrainingJob, parent_run_id: str, config: dict[str, Any]) -> dict[str, Any]:
     """Cross-validate one configuration in a nested MLflow run (one per config, found again on retry)."""
     from crispflow.model.training import cross_validate
 
@@ -106,7 +106,7 @@ def run_candidate(job: Job, parent_run_id: str, config: dict[str, Any]) -> dict[
     return json_safe({**result, "mlflow_run_id": run})
 
 
-def register_challenger(job: Job, parent_run_id: str, results: list[dict[str, Any]]) -> dict[str, Any]:
+def register_challenger(job: TrainingJob, parent_run_id: str, results: list[dict[str, Any]]) -> dict[str, Any]:
     """Fit the best configuration (calibrated, thresholded) on all training rows; register it as `challenger`."""
     from crispflow.model.features import features
     from crispflow.model.training import best_config, fit_final
@@ -130,7 +130,7 @@ def register_challenger(job: Job, parent_run_id: str, results: list[dict[str, An
                       "threshold": threshold, "artifact_sha256": reg.artifact_sha256, **info})
 
 
-def log_reference_profile(job: Job, version: str, run_id: str, model: Any, train: pd.DataFrame,
+def log_reference_profile(job: TrainingJob, version: str, run_id: str, model: Any, train: pd.DataFrame,
                           threshold: float) -> str:
     """The version's reference for drift monitoring, from its training rows (features, in-sample scores, labels):
     logged beside the model and named by the version tag `crispflow.reference_profile`."""
@@ -147,7 +147,7 @@ def log_reference_profile(job: Job, version: str, run_id: str, model: Any, train
     return uri
 
 
-def scores(job: Job, version: str, frame: pd.DataFrame) -> tuple[Any, np.ndarray]:
+def scores(job: TrainingJob, version: str, frame: pd.DataFrame) -> tuple[Any, np.ndarray]:
     """(model, positive-class scores) of a registry version, loaded only after its hash check."""
     from crispflow.model.features import features
     from crispflow.model.training import positive_proba
@@ -156,7 +156,7 @@ def scores(job: Job, version: str, frame: pd.DataFrame) -> tuple[Any, np.ndarray
     return model, positive_proba(model, features(job.spec, frame))
 
 
-def evaluate_version(job: Job, version: str) -> dict[str, Any]:
+def evaluate_version(job: TrainingJob, version: str) -> dict[str, Any]:
     """Holdout metrics with CIs, slices, latency, size and plots, logged to the version's run and tags."""
     from crispflow.model.evaluation import evaluate, measure_latency, plot_curves
     from crispflow.model.features import features, labels
@@ -194,7 +194,7 @@ def _image(png: bytes) -> Any:
     return Image.open(io.BytesIO(png))
 
 
-def model_size(job: Job, version: str) -> int:
+def model_size(job: TrainingJob, version: str) -> int:
     """Bytes of the serialised model file in the registry artifact."""
     from pathlib import Path
 
@@ -204,7 +204,7 @@ def model_size(job: Job, version: str) -> int:
     return sum(p.stat().st_size for p in local.glob("model.*"))
 
 
-def bless(job: Job, version: str) -> dict[str, Any]:
+def bless(job: TrainingJob, version: str) -> dict[str, Any]:
     """Judge `version` against the current champion on the frozen holdout; store the verdict as an artifact
     of the version's run, then tag the version (the tag is the commit point downstream tasks read)."""
     from crispflow.model.blessing import decide
@@ -243,7 +243,7 @@ def bless(job: Job, version: str) -> dict[str, Any]:
     return verdict
 
 
-def _costs(job: Job, models: dict[str, Any], x: pd.DataFrame, rounds: int = 5) -> dict[str, dict[str, float]]:
+def _costs(job: TrainingJob, models: dict[str, Any], x: pd.DataFrame, rounds: int = 5) -> dict[str, dict[str, float]]:
     """Single-row p95 latency and size of each model. The models are timed in alternating rounds and the median
     round kept, so a load spike on the machine hits all of them alike instead of the one timed at that moment."""
     import numpy as np
@@ -259,7 +259,7 @@ def _costs(job: Job, models: dict[str, Any], x: pd.DataFrame, rounds: int = 5) -
     return {v: {"latency_p95_ms": float(np.median(p95[v])), "size_bytes": model_size(job, v)} for v in models}
 
 
-def read_verdict(job: Job, version: str) -> dict[str, Any]:
+def read_verdict(job: TrainingJob, version: str) -> dict[str, Any]:
     """The stored verdict of a version (never a log line or an XCom): what promotion acts on."""
     import mlflow
 
@@ -269,7 +269,7 @@ def read_verdict(job: Job, version: str) -> dict[str, Any]:
     return json.loads(mlflow.artifacts.load_text(uri))
 
 
-def promote_cold_start(job: Job, version: str) -> dict[str, Any]:
+def promote_cold_start(job: TrainingJob, version: str) -> dict[str, Any]:
     """The first blessed model of a pipeline becomes `champion`; later ones stay `challenger` for the canary."""
     verdict = read_verdict(job, version)
     champion = registry.alias_version(job.mlf, job.model_name, CHAMPION)
@@ -288,7 +288,7 @@ def promote_cold_start(job: Job, version: str) -> dict[str, Any]:
     return {"action": "champion", "version": version}
 
 
-def force_bless(job: Job, version: str, *, reason: str, approver: Mapping[str, str] | None) -> dict[str, Any]:
+def force_bless(job: TrainingJob, version: str, *, reason: str, approver: Mapping[str, str] | None) -> dict[str, Any]:
     """Record a human's override of a "not blessed" verdict: the gate's verdict stays in the record, beside who
     approved, when and why. Never without an approver and a reason."""
     from datetime import UTC, datetime
@@ -312,7 +312,7 @@ def force_bless(job: Job, version: str, *, reason: str, approver: Mapping[str, s
     return promote_cold_start(job, version)
 
 
-def write_model_card(job: Job, version: str) -> dict[str, str]:
+def write_model_card(job: TrainingJob, version: str) -> dict[str, str]:
     """Render the version's model card (Markdown and HTML) from its stored records and log both to its run."""
     import mlflow
 

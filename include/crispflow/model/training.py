@@ -1,7 +1,8 @@
-"""Model selection and fitting: holdout split, search plan, cross-validation, calibration and decision threshold.
+"""Model selection and fitting: search plan, cross-validation, calibration and decision threshold (the holdout is
+in crispflow.model.holdout).
 
-Pure pandas / numpy / scikit-learn, never Airflow or MLflow. Deterministic given `split.seed`: the holdout, the
-search plan, the CV folds, the calibration folds and the estimators' random state all derive from it. pandas and
+Pure pandas / numpy / scikit-learn, never Airflow or MLflow. Deterministic given `split.seed`: the search plan,
+the CV folds, the calibration folds and the estimators' random state all derive from it. pandas and
 scikit-learn are imported inside the functions that use them, so importing this module at DAG parse time is cheap.
 
 What travels between tasks (search plan, CV results) is plain JSON-serialisable data: configs are
@@ -11,9 +12,8 @@ writes as the (non-standard) token `NaN`.
 
 The decision rule everywhere is: positive iff calibrated probability >= threshold.
 
-Fits run with native thread pools (BLAS, OpenMP) limited to `CRISPFLOW_TRAIN_THREADS` (default 1): the search
-parallelises across mapped tasks, and nested thread pools on a shared worker oversubscribe the CPUs (measured:
-logistic regression 30x, gradient boosting up to 15x slower on a busy 2-CPU machine).
+Fits run with native thread pools (BLAS, OpenMP) limited to `CRISPFLOW_TRAIN_THREADS` (default 1; see
+crispflow.native_threads): the search parallelises across mapped tasks instead.
 """
 
 from __future__ import annotations
@@ -21,15 +21,14 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import random
 import time
-from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from crispflow.errors import CrispflowError, SpecError
+from crispflow.native_threads import thread_limit
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -109,18 +108,6 @@ def build_model(spec: PipelineSpec, candidate: Candidate, params: dict[str, Any]
     return Pipeline([("preprocess", build_preprocessor(spec)), ("model", _estimator(spec, candidate, params))])
 
 
-def _thread_limit() -> AbstractContextManager[Any]:
-    """Limit BLAS/OpenMP threads while fitting (see the module docstring)."""
-    from threadpoolctl import threadpool_limits
-
-    raw = os.environ.get("CRISPFLOW_TRAIN_THREADS", "1")
-    try:
-        threads = int(raw)
-    except ValueError:
-        raise CrispflowError(f"CRISPFLOW_TRAIN_THREADS: expected a whole number, got {raw!r}") from None
-    return threadpool_limits(limits=max(threads, 1))
-
-
 def _folds(spec: PipelineSpec) -> StratifiedKFold:
     from sklearn.model_selection import StratifiedKFold
 
@@ -145,66 +132,6 @@ def positive_proba(model: ClassifierMixin, X: pd.DataFrame) -> np.ndarray:
     """P(positive) from a fitted classifier trained on boolean labels."""
     proba = model.predict_proba(X)
     return proba[:, list(model.classes_).index(True)]
-
-
-# --- holdout ----------------------------------------------------------------------------------------------
-
-
-def _time_holdout_mask(spec: PipelineSpec, frame: pd.DataFrame) -> np.ndarray:
-    """The latest whole periods (distinct time values) holding at least `holdout_fraction` of the rows.
-
-    Periods are taken newest first until the holdout has >= fraction * rows; no period is ever split, so the
-    holdout is usually a little larger than the fraction. Rows without a time value stay in training.
-    At least one period must remain for training.
-    """
-    from crispflow.data.extracts import to_utc_naive
-
-    when = to_utc_naive(frame[spec.time_column])
-    rows_per_period = when.value_counts().sort_index(ascending=False)  # newest first, NaT dropped
-    need = spec.split.holdout_fraction * len(frame)
-    taken = int(np.searchsorted(rows_per_period.cumsum().to_numpy(), need)) + 1  # periods in the holdout
-    if taken >= len(rows_per_period):
-        raise CrispflowError(
-            f"{spec.name}: split: a time holdout of {spec.split.holdout_fraction:.0%} of {len(frame)} rows needs "
-            f"{taken} of the {len(rows_per_period)} periods of {spec.time_column!r}, leaving none for training"
-        )
-    cutoff = rows_per_period.index[taken - 1]
-    return (when >= cutoff).to_numpy(dtype=bool)
-
-
-def _stratified_holdout_mask(spec: PipelineSpec, frame: pd.DataFrame) -> np.ndarray:
-    from sklearn.model_selection import StratifiedShuffleSplit
-
-    from crispflow.model.features import labels
-
-    y = labels(spec, frame)
-    splitter = StratifiedShuffleSplit(n_splits=1, test_size=spec.split.holdout_fraction, random_state=spec.split.seed)
-    _, holdout = next(splitter.split(np.zeros((len(y), 1)), y))
-    mask = np.zeros(len(y), dtype=bool)
-    mask[holdout] = True
-    return mask
-
-
-def holdout_split(spec: PipelineSpec, frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, holdout), each in the frame's row order with its index. `split.strategy` "time": the latest whole
-    periods (see `_time_holdout_mask`); "stratified": StratifiedShuffleSplit by label, seeded by `split.seed`."""
-    choose = _time_holdout_mask if spec.split.strategy == "time" else _stratified_holdout_mask
-    mask = choose(spec, frame)
-    return frame[~mask], frame[mask]
-
-
-def holdout_hash(spec: PipelineSpec, holdout: pd.DataFrame) -> str:
-    """Content hash of a holdout, independent of row order and index: `frame_digest` of the rows sorted by
-    `spec.key`, as stored in parquet (so an in-memory frame and its stored copy hash alike: object text columns
-    read back as pandas `str`)."""
-    import io
-
-    import pandas as pd
-
-    from crispflow.lake import frame_digest, parquet_bytes
-
-    ordered = holdout.sort_values(spec.key, kind="mergesort")
-    return frame_digest(pd.read_parquet(io.BytesIO(parquet_bytes(ordered))))
 
 
 # --- search plan ------------------------------------------------------------------------------------------
@@ -290,7 +217,7 @@ def cross_validate(spec: PipelineSpec, config: dict[str, Any], train: pd.DataFra
     X, y = features(spec, train), labels(spec, train)
     folds: list[float] = []
     fit_seconds = 0.0
-    with _thread_limit():
+    with thread_limit("CRISPFLOW_TRAIN_THREADS"):
         for fit_rows, val_rows in _folds(spec).split(np.zeros((len(y), 1)), y):
             start = time.perf_counter()
             fitted = clone(model).fit(X.iloc[fit_rows], y[fit_rows])
@@ -349,7 +276,7 @@ def fit_final(
     base = build_model(spec, _candidate(spec, config["candidate"]), config["params"])
     X, y = features(spec, train), labels(spec, train)
     oof = np.full(len(y), np.nan)
-    with _thread_limit():
+    with thread_limit("CRISPFLOW_TRAIN_THREADS"):
         for fit_rows, val_rows in _folds(spec).split(np.zeros((len(y), 1)), y):
             oof[val_rows] = positive_proba(clone(base).fit(X.iloc[fit_rows], y[fit_rows]), X.iloc[val_rows])
         final = clone(model).fit(X, y)

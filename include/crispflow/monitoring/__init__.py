@@ -1,7 +1,10 @@
 """Monitoring: reference profiles per model version, drift of windows against them, and drift reports.
 
-Pure numpy/scipy/pandas (no Airflow, no MLflow): `build_profile` at training time, `compute_drift` per window,
-`crispflow.monitoring.report` for the JSON and HTML report, `crispflow drift` (crispflow.monitoring.cli).
+The statistics are pure numpy/scipy/pandas (no Airflow, no MLflow): `build_profile` at training time,
+`compute_drift` per window, `crispflow.monitoring.report` for the JSON and HTML report, `crispflow drift`
+(crispflow.monitoring.cli). Around them: `windows` (one window of the prediction log, judged and stored),
+`monitor` (every served alias of a model, with MLflow), `store` (the drift store), `episodes` (when drift fires a
+retrain), `alerts` (one digest per episode), `retrain` (the training run an episode asks for), `gauges`.
 Names are imported lazily: `crispflow --help` must not pay for scipy.
 """
 

@@ -2,7 +2,8 @@
 
 Every window is binned once against the profile's edges/categories (`searchsorted` / hash-factorise, then
 `bincount`), so one pass over the data gives everything below. Tests treat the reference counts as a sample too
-(two-sample tests on counts), so large windows do not turn reference noise into false alarms:
+(two-sample tests on counts), so large windows do not turn reference noise into false alarms. The binning, the
+tests, PSI and the multiple-testing correction come from `crispflow.stats`; this module decides:
 
 - **numeric** features: Kolmogorov-Smirnov on the binned CDFs with effective n = n·m/(n+m) (asymptotic
   Kolmogorov p-value with Stephens' small-sample correction; binning only makes it conservative), plus, when
@@ -18,12 +19,12 @@ Every window is binned once against the profile's edges/categories (`searchsorte
   analytic 95 % CIs; one-sided z-test of "the window is worse" with both standard errors.
 
 **Decisions.** All p-values of a window (features, prediction, label, performance) are adjusted together with
-Benjamini-Hochberg (`crispflow.model.blessing.benjamini_hochberg`). A feature has drifted when its adjusted p-value is
-<= `alpha` AND its PSI >= `min_psi` (a calibrated test that the change is real, and an effect-size floor so that
-huge windows do not flag trivial changes). The overall verdict is "drift" when the importance-weighted share of
-drifted features is >= `min_drift_share`, or the prediction or label has drifted, or a metric has degraded;
-"insufficient_data" when the window has fewer than `min_rows` rows; else "no_drift". Under no drift the chance
-of a "drift" verdict is at most `alpha` (BH controls the family-wise error under the global null).
+Benjamini-Hochberg. A feature has drifted when its adjusted p-value is <= `alpha` AND its PSI >= `min_psi` (a
+calibrated test that the change is real, and an effect-size floor so that huge windows do not flag trivial
+changes). The overall verdict is "drift" when the importance-weighted share of drifted features is >=
+`min_drift_share`, or the prediction or label has drifted, or a metric has degraded; "insufficient_data" when the
+window has fewer than `min_rows` rows; else "no_drift". Under no drift the chance of a "drift" verdict is at most
+`alpha` (BH controls the family-wise error under the global null).
 
 Defaults (`DriftSettings`): alpha 0.01, min_psi 0.01, min_drift_share 0.1 (importance weights normalised to sum
 1 over the features; equal weights by default), min_rows 30. NaN, ±inf, unseen categories, constant columns and
@@ -42,25 +43,30 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import special
-from scipy.stats import fisher_exact, wasserstein_distance
 
-from crispflow.model.blessing import benjamini_hochberg
 from crispflow.monitoring.profile import (
     PERFORMANCE_METRICS,
     DriftInputError,
     as_bool_labels,
     as_scores,
-    bin_sums,
     category_codes,
     check_profile,
-    numeric_codes,
     numeric_values,
     performance_metrics,
 )
+from crispflow.stats import (
+    benjamini_hochberg,
+    bin_codes,
+    bin_sums,
+    chi2_homogeneity,
+    js_distance,
+    ks_binned,
+    psi,
+    rate_test,
+    wasserstein_binned,
+)
 
 REPORT_FORMAT = "crispflow.drift_report/1"
-MIN_EXPECTED = 5.0  # chi-square cells expected below this are pooled
-_SMOOTH = 0.5  # pseudo-count per bin for PSI (keeps log ratios finite)
 
 
 @dataclass(frozen=True)
@@ -80,81 +86,6 @@ class DriftSettings:
         for name, ok, rule in checks:
             if not ok:
                 raise DriftInputError(f"drift settings: {name}: {getattr(self, name)!r} {rule}")
-
-
-# ------------------------------------------------------------------------------------------------ statistics
-
-
-def ks_binned(ref: np.ndarray, cur: np.ndarray) -> tuple[float, float]:
-    """(D, p): two-sample KS on binned counts with effective n = n·m/(n+m); NaN, 1.0 when a side is empty."""
-    n, m = float(ref.sum()), float(cur.sum())
-    if n == 0 or m == 0:
-        return math.nan, 1.0
-    d = float(np.abs(np.cumsum(ref) / n - np.cumsum(cur) / m).max())
-    root = math.sqrt(n * m / (n + m))
-    return d, float(special.kolmogorov((root + 0.12 + 0.11 / root) * d))
-
-
-def chi2_homogeneity(ref: np.ndarray, cur: np.ndarray) -> tuple[float, float, int]:
-    """(statistic, p, dof) of the chi-square homogeneity test on the 2 x k table; sparse cells pooled."""
-    ref, cur = np.asarray(ref, dtype=float), np.asarray(cur, dtype=float)
-    n, m = ref.sum(), cur.sum()
-    if n == 0 or m == 0:
-        return math.nan, 1.0, 0
-    keep = (ref + cur) > 0
-    ref, cur = ref[keep], cur[keep]
-    small = min(n, m) * (ref + cur) / (n + m) < MIN_EXPECTED
-    if small.any():
-        ref = np.append(ref[~small], ref[small].sum())
-        cur = np.append(cur[~small], cur[small].sum())
-        if ref.size > 1 and min(n, m) * (ref[-1] + cur[-1]) / (n + m) < MIN_EXPECTED:
-            target = int(np.argmin((ref + cur)[:-1]))  # still sparse: merge into the smallest other cell
-            ref[target] += ref[-1]
-            cur[target] += cur[-1]
-            ref, cur = ref[:-1], cur[:-1]
-    if ref.size < 2:
-        return 0.0, 1.0, 0
-    total = ref + cur
-    e_ref, e_cur = n * total / (n + m), m * total / (n + m)
-    stat = float(((ref - e_ref) ** 2 / e_ref).sum() + ((cur - e_cur) ** 2 / e_cur).sum())
-    dof = ref.size - 1
-    return stat, float(special.chdtrc(dof, stat)), dof
-
-
-def rate_test(ref_hits: int, ref_rows: int, cur_hits: int, cur_rows: int) -> float:
-    """Fisher's exact two-sided p-value for equal rates (1.0 when a side has no rows)."""
-    if ref_rows == 0 or cur_rows == 0:
-        return 1.0
-    table = [[ref_hits, ref_rows - ref_hits], [cur_hits, cur_rows - cur_hits]]
-    return float(fisher_exact(table).pvalue)
-
-
-def psi(ref: np.ndarray, cur: np.ndarray) -> float:
-    """Population stability index over the bins either side uses (pseudo-count 0.5 per bin)."""
-    used = (ref + cur) > 0
-    r, c = ref[used] + _SMOOTH, cur[used] + _SMOOTH
-    p, q = r / r.sum(), c / c.sum()
-    return float(((q - p) * np.log(q / p)).sum())
-
-
-def js_distance(ref: np.ndarray, cur: np.ndarray) -> float:
-    """Jensen-Shannon distance (base 2, in [0, 1]) between the two binned distributions."""
-    p, q = ref / ref.sum(), cur / cur.sum()
-    mid = (p + q) / 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        kl_p = np.where(p > 0, p * np.log2(p / mid), 0.0).sum()
-        kl_q = np.where(q > 0, q * np.log2(q / mid), 0.0).sum()
-    return float(math.sqrt(max((kl_p + kl_q) / 2, 0.0)))
-
-
-def wasserstein_binned(ref_counts: np.ndarray, ref_means: np.ndarray, cur_counts: np.ndarray,
-                       cur_means: np.ndarray) -> float:
-    """Wasserstein-1 between the bins' finite means weighted by their counts (NaN when a side has none)."""
-    r_ok = (ref_counts > 0) & np.isfinite(ref_means)
-    c_ok = (cur_counts > 0) & np.isfinite(cur_means)
-    if not r_ok.any() or not c_ok.any():
-        return math.nan
-    return float(wasserstein_distance(ref_means[r_ok], cur_means[c_ok], ref_counts[r_ok], cur_counts[c_ok]))
 
 
 # ------------------------------------------------------------------------------------------------ per column
@@ -181,7 +112,7 @@ def _numeric(feat: Mapping[str, Any], series: pd.Series, min_rows: int) -> dict[
     edges = np.asarray(feat["edges"], dtype=float)
     ref = np.asarray(feat["counts"], dtype=float)
     values = numeric_values(series)
-    cur, cur_means = bin_sums(values, numeric_codes(values, edges), edges.size + 2)
+    cur, cur_means = bin_sums(values, bin_codes(values, edges), edges.size + 2)
     cur = cur.astype(float)
     ref_means = np.array([math.nan if v is None else v for v in feat["centroids"]], dtype=float)
     out: dict[str, Any] = {"kind": "numeric", "test": "ks", "rows": int(values.size)}

@@ -1,4 +1,4 @@
-"""Drift episodes: when persistent drift should fire a retrain, and when it must not (pure logic, no Airflow).
+"""Drift episodes: when persistent drift should fire a retrain, and when it must not (no Airflow).
 
 The monitoring DAG stores one summary per window (`crispflow.monitoring.store`). `evaluate` replays those
 summaries, oldest first, through a small state machine with hysteresis:
@@ -24,10 +24,13 @@ episode: a drift longer than the lookback is still the same episode, never a sec
 Defaults (`DriftPolicy`): k=2 of n=3, enter_share 0.1 (the drift report's own `min_drift_share`), exit_share 0.05,
 exit_windows 2, cooldown 6 h, budget 3 retrains per 7 days, min_new_labels 0, lookback 168 windows (a week of
 hourly windows), alias "champion".
+
+Everything is pure except `check`, which reads the windows and episodes from the store and calls `evaluate`.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -36,6 +39,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from crispflow.errors import ParamsError
+from crispflow.lake import PathLike
 
 USABLE = frozenset({"drift", "no_drift"})
 EPISODE_ID = re.compile(r"^[a-z][a-z0-9_]{0,62}-\d{8}T\d{6}Z$")
@@ -93,6 +97,24 @@ class DriftPolicy:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def watch_request(pipeline: Any, policy: Any) -> tuple[str, dict[str, Any]]:
+    """The model to watch and the checked policy (as a dict) of a watch request; ParamsError names the field.
+    `policy` may be JSON text (a template rendered without native objects), an object, or None."""
+    from crispflow.model.registry import model_name
+    from crispflow.names import NAME_PATTERN
+
+    if not isinstance(pipeline, str) or not NAME_PATTERN.match(pipeline):
+        raise ParamsError(f"pipeline: {pipeline!r} is not a valid pipeline name")
+    if isinstance(policy, str):
+        try:
+            policy = json.loads(policy) if policy.strip() else {}
+        except ValueError:
+            raise ParamsError(f"policy: {policy!r} is not a JSON object") from None
+    if policy is not None and not isinstance(policy, Mapping):
+        raise ParamsError(f"policy: must be an object, got {type(policy).__name__}")
+    return model_name(pipeline), DriftPolicy.from_dict(policy).to_dict()
 
 
 def _int(name: str, value: Any, minimum: int) -> None:
@@ -264,6 +286,16 @@ def evaluate(windows: Sequence[Mapping[str, Any]], episodes: Sequence[Mapping[st
     elif labels < policy.min_new_labels:
         blocked = "labels"
     return Decision(blocked is None, episode.episode_id, blocked, reason)
+
+
+def check(root: PathLike, model: str, policy: DriftPolicy | Mapping[str, Any], now: datetime) -> Decision:
+    """One check of the store: read the newest `lookback` windows and the recorded episodes, then `evaluate`
+    (blocking I/O: the trigger runs it in a thread)."""
+    from crispflow.monitoring.store import read_episodes, read_windows
+
+    p = policy if isinstance(policy, DriftPolicy) else DriftPolicy.from_dict(policy)
+    windows = read_windows(root, model, alias=p.alias, last=p.lookback)
+    return evaluate(windows, read_episodes(root, model), p, now, model=model)
 
 
 def episode_record(decision: Decision, *, pipeline: str, fired_at: datetime,

@@ -8,7 +8,8 @@
   the maximum. A value's bin is ``searchsorted(edges, x, side="right")``: bin 0 is "below the reference minimum",
   the last value bin "above the reference maximum" (both empty in the reference, so out-of-range values show up
   as drift), ±inf fall into those outer bins, NaN gets its own last bin. Stored with each bin's count and the mean
-  of its finite values (for the Wasserstein distance), plus mean/std/min/max of the finite values.
+  of its finite values (for the Wasserstein distance), plus mean/std/min/max of the finite values. The binning
+  and the standard errors below are `crispflow.stats`'s (quantile_edges, bin_codes, bin_sums, hanley_mcneil_se).
 - **categorical** (spec types category/string/bool, other dtypes without a spec): the ``top_k`` most frequent
   values as text (ties by name) and their counts, then "other" (every remaining value; unseen values land here in a
   window) and "missing". For a spec column marked ``pii: true`` the values are stored as ``sha256:<16 hex>``
@@ -27,8 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +36,8 @@ import numpy as np
 import pandas as pd
 
 from crispflow.errors import CrispflowError
+from crispflow.lake import write_atomic
+from crispflow.stats import bin_codes, bin_sums, hanley_mcneil_se, quantile_edges
 
 if TYPE_CHECKING:
     from crispflow.spec import PipelineSpec
@@ -84,26 +85,6 @@ def category_codes(series: pd.Series, categories: Sequence[str], hashed: bool = 
     return lookup[codes], unseen
 
 
-def numeric_codes(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Bin index of each value: 0..len(edges) by `searchsorted(side="right")`, NaN → len(edges) + 1."""
-    codes = np.searchsorted(edges, values, side="right")
-    nan = np.isnan(values)
-    if nan.any():
-        codes[nan] = edges.size + 1
-    return codes
-
-
-def bin_sums(values: np.ndarray, codes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(count, sum of finite values) per bin, by two `bincount`s."""
-    counts = np.bincount(codes, minlength=size)
-    finite = np.isfinite(values)
-    sums = np.bincount(codes, weights=np.where(finite, values, 0.0), minlength=size)
-    if not finite.all():  # the centroid of a bin is the mean of its finite values only
-        finite_counts = np.bincount(codes[finite], minlength=size)
-        return counts, np.divide(sums, finite_counts, out=np.full(size, np.nan), where=finite_counts > 0)
-    return counts, np.divide(sums, counts, out=np.full(size, np.nan), where=counts > 0)
-
-
 def _json_float(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
@@ -118,16 +99,13 @@ def _floats(values: Any) -> list[float | None]:
 def numeric_profile(values: np.ndarray, bins: int = DEFAULT_BINS) -> dict[str, Any]:
     """Quantile edges, counts (below-min, bins..., above-max, missing) and per-bin means of one numeric column."""
     finite = values[np.isfinite(values)]
+    edges = quantile_edges(finite, bins)
     if finite.size:
-        levels = np.linspace(0, 1, bins + 1)[1:-1]
-        interior = np.quantile(finite, levels, method="higher") if levels.size else np.empty(0)
         low, high = float(finite.min()), float(finite.max())
-        edges = np.unique(np.concatenate([[low], interior, [np.nextafter(high, np.inf)]]))
         stats = {"mean": float(finite.mean()), "std": float(finite.std()), "min": low, "max": high}
     else:
-        edges = np.empty(0)
         stats = {"mean": None, "std": None, "min": None, "max": None}
-    counts, centroids = bin_sums(values, numeric_codes(values, edges), edges.size + 2)
+    counts, centroids = bin_sums(values, bin_codes(values, edges), edges.size + 2)
     return {
         "kind": "numeric",
         "edges": edges.tolist(),
@@ -176,13 +154,6 @@ def feature_kinds(frame: pd.DataFrame, spec: PipelineSpec | None = None) -> dict
     return out
 
 
-def _auc_se(auc: float, positives: int, negatives: int) -> float:
-    """Hanley-McNeil standard error of a ROC AUC."""
-    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
-    var = (auc * (1 - auc) + (positives - 1) * (q1 - auc**2) + (negatives - 1) * (q2 - auc**2))
-    return math.sqrt(max(var, 0.0) / (positives * negatives))
-
-
 def performance_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, Any]:
     """Precision, recall (at `threshold`) and ROC AUC, each {"value", "se", "ci_low", "ci_high"} (95 %, analytic).
 
@@ -202,7 +173,7 @@ def performance_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float
             out[name] = {"value": None, "se": None, "ci_low": None, "ci_high": None}
             continue
         if name == "roc_auc":
-            se = _auc_se(value, positives, negatives)
+            se = hanley_mcneil_se(value, positives, negatives)
         else:
             se = math.sqrt(value * (1 - value) / (predicted if name == "precision" else positives))
         out[name] = {"value": value, "se": se,
@@ -319,18 +290,9 @@ def profile_json(profile: Mapping[str, Any]) -> str:
 
 
 def save_profile(profile: Mapping[str, Any], path: str | Path) -> Path:
-    """Write atomically (temp file + rename): a reader sees the old file or the whole new one, never a part."""
+    """Write atomically (`crispflow.lake.write_atomic`): a reader sees the old file or the whole new one."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    text = profile_json(check_profile(profile))
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(target, profile_json(check_profile(profile)).encode())
     return target
 
 

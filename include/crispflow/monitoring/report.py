@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import html
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from crispflow.lake import write_atomic
 
 REF_COLOUR, CUR_COLOUR = "#4c78a8", "#f58518"
 
@@ -117,19 +117,9 @@ def render_html(report: Mapping[str, Any], title: str = "Drift report") -> str:
 
 
 def write_report(report: Mapping[str, Any], directory: str | Path, stem: str = "drift") -> dict[str, Path]:
-    """Write `<stem>.json` and `<stem>.html` into `directory`, each atomically (temp file + rename)."""
-    target = Path(directory)
-    target.mkdir(parents=True, exist_ok=True)
-    out = {}
-    for ext, text in (("json", render_json(report)), ("html", render_html(report))):
-        path = target / f"{stem}.{ext}"
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=target)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        out[ext] = path
+    """Write `<stem>.json` and `<stem>.html` into `directory`, each atomically (`crispflow.lake.write_atomic`)."""
+    texts = {"json": render_json(report), "html": render_html(report)}
+    out = {ext: Path(directory) / f"{stem}.{ext}" for ext in texts}
+    for ext, text in texts.items():
+        write_atomic(out[ext], text.encode())
     return out

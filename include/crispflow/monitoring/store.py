@@ -78,10 +78,27 @@ def read_windows(root: PathLike, model: str, *, alias: str | None = "champion",
     return [json.loads((folder / n).read_bytes()) for n in names]
 
 
+def episode_path(root: PathLike, model: str, episode_id: str) -> PathLike:
+    return drift_dir(root, model) / "episodes" / f"{episode_id}.json"
+
+
 def record_episode(root: PathLike, model: str, episode_id: str, record: Mapping[str, Any]) -> bool:
     """Record that `episode_id` fired a retrain; True only for the one caller that created the record."""
-    return create_exclusive(drift_dir(root, model) / "episodes" / f"{episode_id}.json",
-                            canonical_json(json_safe(dict(record))))
+    return create_exclusive(episode_path(root, model, episode_id), canonical_json(json_safe(dict(record))))
+
+
+def read_episode(root: PathLike, model: str, episode_id: str) -> dict[str, Any] | None:
+    """The stored record of an episode, or None."""
+    path = episode_path(root, model, episode_id)
+    return json.loads(path.read_bytes()) if path.exists() else None
+
+
+def claim_episode(root: PathLike, model: str, record: Mapping[str, Any]) -> dict[str, Any]:
+    """The stored record of `record`'s episode: `record` itself if this call created it, else the one stored
+    earlier (by another sensor, or by a previous try of this one; its `fired_by` says which). {} if it vanished."""
+    if record_episode(root, model, record["episode_id"], record):
+        return dict(record)
+    return read_episode(root, model, record["episode_id"]) or {}
 
 
 def read_episodes(root: PathLike, model: str) -> list[dict[str, Any]]:

@@ -10,8 +10,9 @@ prediction log, its drift report, stored (`crispflow.monitoring.store`) and summ
   performance drift from the labelled rows. When every row is labelled that is one call (one Benjamini-Hochberg
   family); otherwise the labelled rows are a second call with its own family, and its label/performance
   findings are merged into the verdict (so the false-alarm bound is at most twice `alpha` in that case).
-- `run_window(...)`: all of the above, then `store.write_window` (report JSON + HTML, then the summary); returns
-  the summary. An empty or tiny window is an explicit "insufficient_data" summary, written like any other.
+- `judge_window(...)`: all of the above, then `store.write_window` (report JSON + HTML, then the summary); returns
+  the summary, the report and its HTML page (rendered once). An empty or tiny window is an explicit
+  "insufficient_data" summary, written like any other.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -208,10 +209,18 @@ def report_title(model: str, alias: str, version: str | int, start: datetime, en
     return f"Drift of {model} {alias} v{version}: {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC"
 
 
-def run_window(profile: Mapping[str, Any], predictions: pd.DataFrame, *, root: PathLike, model: str, alias: str,
-               version: str | int, start: datetime, end: datetime, settings: DriftSettings | None = None,
-               importance: Mapping[str, float] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Drift of `alias` v`version` over [start, end) of `predictions`, stored under `root`; (summary, report).
+class JudgedWindow(NamedTuple):
+    """A stored window: its summary, its full report and the report's HTML page."""
+
+    summary: dict[str, Any]
+    report: dict[str, Any]
+    html: str
+
+
+def judge_window(profile: Mapping[str, Any], predictions: pd.DataFrame, *, root: PathLike, model: str, alias: str,
+                 version: str | int, start: datetime, end: datetime, settings: DriftSettings | None = None,
+                 importance: Mapping[str, float] | None = None) -> JudgedWindow:
+    """Drift of `alias` v`version` over [start, end) of `predictions`, stored under `root`.
 
     Safe to run twice (the same window is rewritten with the same content) and concurrently for other windows
     or aliases (every file is written atomically under its own name).
@@ -226,6 +235,7 @@ def run_window(profile: Mapping[str, Any], predictions: pd.DataFrame, *, root: P
     summary = summarise(report, model=model, alias=alias, version=str(version), start=start, end=end,
                         rows=data.rows, labelled_rows=data.labelled_rows,
                         report_path=display_path(report_location(root, model, alias, end)))
-    write_window(root, summary, report, render_html(report, title=report_title(model, alias, version, start, end)))
-    return summary, report
+    page = render_html(report, title=report_title(model, alias, version, start, end))
+    write_window(root, summary, report, page)
+    return JudgedWindow(summary, report, page)
 

@@ -1,9 +1,9 @@
-"""The prediction store's readers.
+"""The prediction store's readers: :func:`read_predictions` and :func:`read_feedback`, as pandas frames.
 
-Reading (:func:`read_predictions`, :func:`read_feedback`): only the hour partitions overlapping ``[start, end)``
-are listed and read. Feedback often arrives after its prediction's window, so ``read_predictions`` looks for
-labels in ``[start, end + feedback_horizon)`` (default one day) and joins them by ``request_id``; the latest label
-of a request wins.
+Only the hour partitions overlapping ``[start, end)`` are listed and read, files in parallel; names starting with
+``.`` (a writer's temporary files) are skipped. Feedback often arrives after its prediction's window, so
+``read_predictions`` looks for labels in ``[start, end + feedback_horizon)`` (default one day) and joins them by
+``request_id``; the latest label of a request wins.
 """
 
 from __future__ import annotations
@@ -24,12 +24,11 @@ from crispflow.predictions.schema import (
     check_model,
     utc,
 )
-from crispflow.predictions.store import PART_RE, Store, open_store
+from crispflow.predictions.store import PART_RE, Store, open_store, partition
 
 if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
-
 
 
 def _window(start: Any, end: Any) -> tuple[datetime, datetime]:
@@ -61,7 +60,7 @@ def _list_files(store: Store, model: str, kind: str, start: datetime, end: datet
         if len(hours) == 24:
             listings.append(f"{base}/date={day}")
         else:
-            listings.extend(f"{base}/date={day}/hour={h:%H}" for h in hours)
+            listings.extend(f"{base}/{partition(h)}" for h in hours)
     hour_keys = {(f"{h:%Y-%m-%d}", f"{h:%H}") for h in wanted}
 
     def listing(path: str) -> list[str]:
@@ -198,9 +197,9 @@ def read_predictions(
     """Prediction rows with ``start <= ts < end`` (only the overlapping hour partitions are read), ordered by
     ``ts`` then ``request_id``.
 
-    Columns: the base columns of the module docstring, then ``feature.<name>`` columns (sorted), then, with
-    `with_feedback`, ``label`` (Int8, <NA> when no label yet) and ``label_ts``: the latest feedback for the
-    request id found in ``[start, end + feedback_horizon)`` (labels arrive after predictions; a label later than
+    Columns: ``PREDICTION_COLUMNS`` (`crispflow.predictions.schema`), then ``feature.<name>`` columns (sorted),
+    then, with `with_feedback`, ``label`` (Int8, <NA> when no label yet) and ``label_ts``: the latest feedback for
+    the request id found in ``[start, end + feedback_horizon)`` (labels arrive after predictions; a label later than
     the horizon is not seen). An empty window gives an empty frame with the base (and label) columns.
     """
     if not isinstance(feedback_horizon, timedelta) or feedback_horizon < timedelta(0):

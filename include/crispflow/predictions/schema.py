@@ -7,6 +7,9 @@ from the batch (so drift monitoring reads features columnar). A feature whose va
 scalar type (e.g. ``True`` and ``1``, ``"a"`` and ``2``, an int beyond int64) is stored as strings (``str(v)``),
 dicts and lists as JSON strings; across files, a feature stored with different types is read back as strings.
 Feedback columns: ``request_id`` (string), ``label`` (int8, 0/1), ``ts`` (timestamp[us, UTC]).
+
+The writer turns row dicts into tables with :func:`prediction_table` / :func:`feedback_table`; readers cast files
+back to :func:`arrow_schema` of the same fields.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 FEATURE_PREFIX = "feature."
-PREDICTIONS = "predictions"
+PREDICTIONS = "predictions"  # the two kinds of rows, each its own folder under <root>/<model>/
 FEEDBACK = "feedback"
 PREDICTION_FIELDS: tuple[tuple[str, str], ...] = (
     ("request_id", "string"),
@@ -45,13 +48,14 @@ _MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]*$")
 
 
 class PredictionLogError(CrispflowError, ValueError):
-    """Bad input to the prediction log (the message names the field and the rule), or a store it cannot read."""
+    """Bad input to the prediction store (the message names the field and the rule), or a store it cannot read."""
 
 
-# --- roots ------------------------------------------------------------------------------------------------------
+# --- checks -----------------------------------------------------------------------------------------------------
 
 
 def check_model(model: Any) -> str:
+    """`model` if it is a registered model name that is safe as a path segment, else PredictionLogError."""
     if not isinstance(model, str) or not _MODEL_RE.match(model) or model.endswith((" ", ".")):
         raise PredictionLogError(
             f"model: must be a registered model name of letters, digits, '.', '_', '-' or "
@@ -61,12 +65,15 @@ def check_model(model: Any) -> str:
 
 
 def utc(field: str, value: Any) -> datetime:
+    """A timezone-aware datetime converted to UTC; PredictionLogError (naming `field`) for anything else."""
     if not isinstance(value, datetime):
         raise PredictionLogError(f"{field}: must be a datetime, got {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() is None:
         raise PredictionLogError(f"{field}: must be timezone-aware (UTC), got naive {value.isoformat()}")
     return value.astimezone(UTC)
 
+
+# --- Arrow ------------------------------------------------------------------------------------------------------
 
 
 def _arrow_type(kind: str) -> pa.DataType:
@@ -82,6 +89,7 @@ def _arrow_type(kind: str) -> pa.DataType:
 
 
 def arrow_schema(fields: Iterable[tuple[str, str]]) -> pa.Schema:
+    """The Arrow schema of (name, kind) fields such as PREDICTION_FIELDS."""
     import pyarrow as pa
 
     return pa.schema([(name, _arrow_type(kind)) for name, kind in fields])
@@ -121,6 +129,8 @@ def _feature_column(values: list[Any]) -> pa.Array:
 
 
 def prediction_table(rows: list[dict[str, Any]], model: str) -> pa.Table:
+    """Prediction rows as a table: the base columns (``model`` defaults to `model`), then ``feature.<name>``
+    columns (sorted) from each row's ``features`` dict."""
     import pyarrow as pa
 
     columns: dict[str, pa.Array] = {}
@@ -135,6 +145,7 @@ def prediction_table(rows: list[dict[str, Any]], model: str) -> pa.Table:
 
 
 def feedback_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Feedback rows as a table of FEEDBACK_COLUMNS."""
     import pyarrow as pa
 
     return pa.table({name: _typed_column([r.get(name) for r in rows], kind) for name, kind in FEEDBACK_FIELDS})

@@ -7,28 +7,29 @@ Under the root (a local folder, ``file://``, ``s3://`` or an Airflow ``ObjectSto
     <root>/<model>/drift/...                      drift windows, reports, episodes, alerts (crispflow.monitoring)
     <root>/<model>/canary/v<version>/<run>.json   canary analysis reports (crispflow.release)
 
-A file's partition is the UTC hour of its rows' ``ts``.
+A file's partition is the UTC hour of its rows' ``ts`` (a batch spanning an hour boundary writes one file per
+hour); the UTC write time and a uuid in its name keep the files of concurrent writers apart.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 from crispflow.predictions.schema import PredictionLogError, check_model
 
 HOUR_US = 3_600_000_000
-PART_RE = re.compile(r"date=(\d{4}-\d{2}-\d{2})/hour=(\d{2})/([^/]+)$")
-
+PART_RE = re.compile(r"date=(\d{4}-\d{2}-\d{2})/hour=(\d{2})/([^/]+)$")  # date, hour, file name
 
 
 @dataclass(frozen=True)
 class Store:
-    """Where the log lives: an fsspec filesystem and a path on it; `local` is set for the local filesystem."""
+    """Where the store lives: an fsspec filesystem and a path on it; `local` is set for the local filesystem."""
 
     fs: Any
     path: str
@@ -37,13 +38,6 @@ class Store:
 
     def join(self, *parts: str) -> str:
         return "/".join([self.path.rstrip("/"), *parts])
-
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        return parts._replace(netloc=parts.hostname or "").geturl()
-    return url
 
 
 def open_store(root: Any, storage_options: Mapping[str, Any] | None) -> Store:
@@ -67,7 +61,7 @@ def open_store(root: Any, storage_options: Mapping[str, Any] | None) -> Store:
     protocol = path.protocol or "file"
     local = protocol in ("file", "local")
     display = path.path if local else f"{protocol}://{path.path}"
-    return Store(fs=path.fs, path=path.path.rstrip("/") or "/", local=local, display=_redact(display))
+    return Store(fs=path.fs, path=path.path.rstrip("/") or "/", local=local, display=display_path(display))
 
 
 def storage_options_from_env(
@@ -107,7 +101,19 @@ def root_of(url: str) -> Any:
     return UPath(url)
 
 
+def partition(hour: datetime) -> str:
+    """The partition folder of a UTC hour: ``date=YYYY-MM-DD/hour=HH``."""
+    return f"date={hour:%Y-%m-%d}/hour={hour:%H}"
+
+
+def new_part_name(model: str, kind: str, hour: datetime) -> str:
+    """A new file's path under the root: ``<model>/<kind>/<partition>/part-<UTC write time>-<uuid>.parquet``."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    return f"{model}/{kind}/{partition(hour)}/part-{stamp}-{uuid.uuid4().hex}.parquet"
+
+
 def model_dir(root: Any, model: str) -> Any:
+    """A model's folder under the root; PredictionLogError unless `model` is a safe registered model name."""
     return root / check_model(model)
 
 

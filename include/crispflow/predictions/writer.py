@@ -22,7 +22,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 from collections import deque
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -35,7 +34,7 @@ from crispflow.predictions.schema import (
     feedback_table,
     prediction_table,
 )
-from crispflow.predictions.store import HOUR_US, open_store
+from crispflow.predictions.store import HOUR_US, new_part_name, open_store
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -61,7 +60,6 @@ def _hour_groups(table: pa.Table) -> list[tuple[datetime, Any]]:
     hours = micros // HOUR_US
     unique, inverse = np.unique(hours, return_inverse=True)
     return [(datetime.fromtimestamp(int(h) * 3600, UTC), np.flatnonzero(inverse == i)) for i, h in enumerate(unique)]
-
 
 
 class PredictionLog:
@@ -177,7 +175,8 @@ class PredictionLog:
     def log(self, rows: list[dict[str, Any]]) -> None:
         """Queue prediction rows (never waits on I/O). Rows are kept as given: do not mutate them afterwards.
 
-        Each row needs ``request_id`` (str) and ``ts`` (tz-aware datetime); see the module docstring for the rest.
+        Each row needs ``request_id`` (str) and ``ts`` (tz-aware datetime); the other columns and ``features``:
+        `crispflow.predictions.schema`.
         Rows beyond ``max_pending_rows``, or logged after close(), are dropped and counted in ``dropped``.
         """
         self._check_rows(rows, "log")
@@ -371,17 +370,13 @@ class PredictionLog:
         error: str | None = None
         for hour, indices, data in files:
             try:
-                self._put(self._file_name(kind, hour), data)
+                self._put(new_part_name(self.model, kind, hour), data)
             except Exception as exc:
                 error = error or f"{type(exc).__name__}: {exc}"
                 kept.extend(rows[i] for i in indices)
             else:
                 written += len(indices)
         return kept, written, error
-
-    def _file_name(self, kind: str, hour: datetime) -> str:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        return f"{self.model}/{kind}/date={hour:%Y-%m-%d}/hour={hour:%H}/part-{stamp}-{uuid.uuid4().hex}.parquet"
 
     def _put(self, relative: str, data: bytes) -> None:
         """Publish one file atomically: temp + fsync + rename locally, a single PUT on object stores."""

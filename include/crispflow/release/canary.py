@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from crispflow.lake import json_safe
 from crispflow.predictions.schema import FEATURE_PREFIX
+from crispflow.stats import quantile_psi as psi
 
 if TYPE_CHECKING:
     import numpy as np
@@ -92,21 +93,6 @@ def paired_from_log(rows: pd.DataFrame, score: Callable[[str, pd.DataFrame], np.
     features = labelled[feature_columns].rename(columns=lambda c: c.removeprefix(FEATURE_PREFIX))
     features = features.reset_index(drop=True)
     return paired_differences(score(canary, features), score(champion, features), labelled["label"].to_numpy(float))
-
-
-def psi(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> float | None:
-    """Population stability index of `actual` against quantile bins of `expected` (the drift monitor's PSI on
-    those bin counts); None if either is empty."""
-    import numpy as np
-
-    from crispflow.monitoring.drift import psi as binned_psi
-
-    if len(expected) == 0 or len(actual) == 0:
-        return None
-    edges = np.unique(np.quantile(expected, np.linspace(0, 1, bins + 1)[1:-1]))
-    e = np.bincount(np.searchsorted(edges, expected, side="right"), minlength=len(edges) + 1)
-    a = np.bincount(np.searchsorted(edges, actual, side="right"), minlength=len(edges) + 1)
-    return binned_psi(e, a)
 
 
 def _auc(score: np.ndarray, label: np.ndarray) -> float | None:

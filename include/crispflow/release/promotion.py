@@ -312,3 +312,49 @@ def rollback(state: Mapping[str, str | None], reason: str) -> Transition:
     return Transition("rollback", {CHAMPION: previous, PREVIOUS: None, CANARY: None},
                       {CHAMPION: champion, PREVIOUS: previous}, reason, {"rolled_back": champion},
                       {CANARY_SHARE_TAG: "0"})
+
+
+# --------------------------------------------------------------------------- the moves the release tasks make
+
+ROLLED_BACK_TAG = "crispflow.rolled_back"
+
+
+def entry_summary(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A ledger entry as a task reports it (small, JSON-safe): seq, action, versions, moves, reason, replayed."""
+    return {k: entry[k] for k in ("seq", "action", "from_version", "to_version", "moves", "reason", "replayed")}
+
+
+def deploy_version(mlf: MlflowClient, ledger: Ledger, model: str, version: str, *, strategy: str, share: float,
+                   reason: str, move_key: str) -> dict[str, Any]:
+    """Put a blessed `version` live beside the champion with `strategy` (see `deploy`), once per `move_key`.
+
+    Nothing to do — strategy `none`, a version that is not blessed, or one that is the champion already (cold
+    start) — comes back as `{"skipped": why}`; otherwise the ledger entry's summary. A retry (an entry exists
+    for `move_key`) decides nothing again: it only completes the registry moves.
+    """
+    transition = None
+    if ledger.find(move_key) is None:  # first try: is there anything to do?
+        if strategy == "none":
+            return {"skipped": "deployment strategy 'none': the version stays `challenger`"}
+        state = current_state(mlf, ledger, model)
+        if not is_blessed(mlf, model, version):
+            return {"skipped": f"{model} v{version} is not blessed: not deployed"}
+        if state.get(CHAMPION) in (None, version):
+            return {"skipped": f"{model} v{version} is the champion already (cold start): no canary needed"}
+        transition = deploy(state, version, strategy=strategy, share=share, reason=reason,
+                            evidence={"verdict_blessed": True})
+    return entry_summary(apply(mlf, ledger, model, transition, move_key=move_key, actor=move_key))
+
+
+def rollback_champion(mlf: MlflowClient, ledger: Ledger, model: str, reason: str, *,
+                      move_key: str) -> dict[str, Any]:
+    """`champion` back to `previous` (see `rollback`), once per `move_key`; the rolled-back version is tagged
+    `crispflow.rolled_back` with the move key. Returns the ledger entry's summary."""
+    transition = None
+    if ledger.find(move_key) is None:
+        transition = rollback(current_state(mlf, ledger, model), reason)
+    entry = apply(mlf, ledger, model, transition, move_key=move_key, actor=move_key)
+    rolled_back = entry["moves"][CHAMPION][0]
+    if rolled_back:
+        mlf.set_model_version_tag(model, str(rolled_back), ROLLED_BACK_TAG, move_key)
+    return entry_summary(entry)

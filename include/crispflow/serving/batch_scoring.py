@@ -23,7 +23,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from crispflow.data.datasets import read_manifest
 from crispflow.errors import CrispflowError, LakeError
 from crispflow.lake import Lake, PathLike, canonical_json, create_exclusive, read_json
+from crispflow.native_threads import thread_limit
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -266,18 +266,6 @@ def read_plan(lake: Lake, output: str) -> dict[str, Any]:
 # --- score --------------------------------------------------------------------------------------------------
 
 
-def _thread_limit() -> Any:
-    """One BLAS/OpenMP thread per scoring process by default: scale-out comes from processes (workers)."""
-    from threadpoolctl import threadpool_limits
-
-    raw = os.environ.get("CRISPFLOW_SCORE_THREADS", "1")
-    try:
-        threads = int(raw)
-    except ValueError:
-        raise ScoringError(f"CRISPFLOW_SCORE_THREADS: expected a whole number, got {raw!r}") from None
-    return threadpool_limits(limits=max(threads, 1))
-
-
 def _part_info(path: PathLike) -> dict[str, Any]:
     """What a part file says about itself (footer only): rows and the partition it was written for."""
     pf, handle = _parquet(path)
@@ -326,7 +314,7 @@ def score_partition(lake: Lake, spec: PipelineSpec, plan: dict[str, Any], partit
     rows: list[Any] = []
     scores: list[Any] = []
     pf, handle = _parquet(lake.root / plan["data"])
-    with handle, _thread_limit():
+    with handle, thread_limit("CRISPFLOW_SCORE_THREADS", ScoringError):
         for first, batch in read_range(pf, planned["start"], planned["stop"], columns, chunk_rows):
             frame = batch.to_pandas()
             score = np.asarray(positive_proba(model, frame[spec.feature_columns]), dtype="float64")

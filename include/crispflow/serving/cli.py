@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from crispflow.errors import CrispflowError
 
 if TYPE_CHECKING:
-    from crispflow.serving.app import ServeConfig
+    from crispflow.serving.config import ServeConfig
     from crispflow.settings import Settings
 
 MODEL_ENV = "CRISPFLOW_SERVE_MODEL"
@@ -91,7 +91,7 @@ def feedback_labels(settings: Settings, model: str) -> tuple[tuple[str, ...], tu
 
 
 def build_config(args: argparse.Namespace, settings: Settings) -> ServeConfig:
-    from crispflow.serving.app import ServeConfig
+    from crispflow.serving.config import ServeConfig
 
     model = args.model or default_model(settings)
     predictions = args.predictions_url or settings.predictions_url

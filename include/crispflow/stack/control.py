@@ -34,15 +34,8 @@ from crispflow.stack.processes import (
     stop_records,
     tail,
 )
-from crispflow.stack.profiles import (
-    DEFAULT_PROFILE,
-    MODEL_SERVER,
-    S3_SERVER,
-    WORKER_PREFIX,
-    ProcessSpec,
-    Profile,
-    build_profile,
-)
+from crispflow.stack.profiles import DEFAULT_PROFILE, build_profile
+from crispflow.stack.topology import MODEL_SERVER, S3_SERVER, WORKER_PREFIX, ProcessSpec, Profile
 
 UP_TIMEOUT = 180.0
 

@@ -10,7 +10,7 @@ import requests
 
 from crispflow.stack.errors import StackError
 from crispflow.stack.ports import port_in_use
-from crispflow.stack.profiles import ProcessSpec
+from crispflow.stack.topology import ProcessSpec
 
 HEALTH_TIMEOUT = 10.0  # on SQLite the api-server can stall for seconds behind a locked write
 

@@ -1,4 +1,4 @@
-"""`crispflow up | down | status | demo`: the local stack and the demo, from one console script."""
+"""`crispflow up | down | status | demo | serve | drift`: the stack tool's one command line (a console script)."""
 
 from __future__ import annotations
 
@@ -85,10 +85,10 @@ def profile_client_settings(profile: str, settings: Settings) -> Settings:
 
     from crispflow.stack.credentials import load_secrets
     from crispflow.stack.ports import resolve_ports
-    from crispflow.stack.prod_local import client_env
+    from crispflow.stack.prod_local import PROD_LOCAL, client_env
 
     creds = load_secrets(settings.home)
-    if profile == "prod-local" and creds is not None:
+    if profile == PROD_LOCAL and creds is not None:
         os.environ.update(client_env(settings, resolve_ports(settings.home), creds))
     return Settings.from_env()
 

@@ -20,7 +20,7 @@ from typing import TypeVar
 
 from crispflow.stack.errors import StackError
 from crispflow.stack.paths import StackPaths
-from crispflow.stack.profiles import ProcessSpec, SetupStep
+from crispflow.stack.topology import ProcessSpec, SetupStep
 
 STOP_TIMEOUT = 20.0
 

@@ -19,28 +19,26 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-from sqlalchemy.engine import URL, make_url
+from typing import TYPE_CHECKING
 
 from crispflow.settings import Settings
 from crispflow.stack.credentials import MLFLOW_ADMIN_USER, Secrets
 from crispflow.stack.errors import StackError
-from crispflow.stack.paths import StackPaths
-from crispflow.stack.ports import HOST, PORT_ENV, Ports
-from crispflow.stack.profiles import (
+from crispflow.stack.local import (
     AIRFLOW_HEALTH_PATH,
-    S3_SERVER,
-    WORKER_PREFIX,
-    ProcessSpec,
-    Profile,
-    SetupStep,
     airflow_env,
     airflow_setup_steps,
     mlflow_spec,
     serve_spec,
     venv_bin,
 )
+from crispflow.stack.paths import StackPaths
+from crispflow.stack.ports import HOST, PORT_ENV, Ports
+from crispflow.stack.topology import S3_SERVER, WORKER_PREFIX, ProcessSpec, Profile, SetupStep
 from crispflow.stack.worker_identity import WORKER_NAME_ENV
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 PROD_LOCAL = "prod-local"
 POSTGRES_URL_ENV, REDIS_URL_ENV = "CRISPFLOW_POSTGRES_URL", "CRISPFLOW_REDIS_URL"
@@ -55,6 +53,7 @@ CELERY_EXTRA_CONFIG = json.dumps({"imports": ["crispflow_airflow.worker_preload"
 WORKERS_ENV, CONCURRENCY_ENV = "CRISPFLOW_CELERY_WORKERS", "CRISPFLOW_CELERY_WORKER_CONCURRENCY"
 WORKERS = 2
 WORKER_CONCURRENCY = 2  # 2 workers x 2 task processes on a 2-core machine
+HOSTNAME_CALLABLE = "crispflow.stack.worker_identity.hostname"  # `[core] hostname_callable` of the workers
 
 
 def _count(var: str, default: int) -> int:
@@ -65,7 +64,6 @@ def _count(var: str, default: int) -> int:
     if not raw.isdigit() or not 1 <= int(raw) <= 16:
         raise StackError(f"{var}={raw!r}: expected a whole number from 1 to 16")
     return int(raw)
-HOSTNAME_CALLABLE = "crispflow.stack.worker_identity.hostname"
 
 
 @dataclass(frozen=True)
@@ -104,6 +102,8 @@ class Namespace:
 
 
 def _server_url(env_name: str, default: str, schemes: tuple[str, ...]) -> URL:
+    from sqlalchemy.engine import make_url  # only when this profile is built: `crispflow status` stays light
+
     raw = os.environ.get(env_name) or default
     try:
         url = make_url(raw)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from crispflow_airflow.exceptions import as_airflow_errors
-from crispflow_airflow.operators._common import training_job
+from crispflow_airflow.jobs import training_job
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

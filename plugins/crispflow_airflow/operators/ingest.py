@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from crispflow_airflow.exceptions import as_airflow_errors
-from crispflow_airflow.operators._common import spec_and_lake
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -38,6 +37,8 @@ class IngestOperator(BaseOperator):
         from crispflow.data.datasets import stage
         from crispflow.data.extracts import assemble
         from crispflow.run_requests import reject_unknown, resolve_interval
+        from crispflow.spec import load_spec
+        from crispflow_airflow.hooks.lake import LakeHook
         from crispflow_airflow.hooks.sources import extract
 
         with as_airflow_errors():
@@ -46,7 +47,7 @@ class IngestOperator(BaseOperator):
                 reject_unknown(dag_run.conf, set(self.allowed_conf))
             interval = resolve_interval(self.start, self.end, context.get("data_interval_start"),
                                         context.get("data_interval_end"))
-            spec, lake = spec_and_lake(self.pipeline)
+            spec, lake = load_spec(self.pipeline), LakeHook().get_lake()
             extracts = [extract(source, interval) for source in spec.sources]
             batch, report = assemble(spec, extracts, interval)
             report = stage(lake, spec, interval, extracts, batch, report)

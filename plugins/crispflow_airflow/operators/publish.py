@@ -11,7 +11,6 @@ from crispflow.pools import ALIAS_EVENTS
 from crispflow_airflow.assets import CURATED_DATASET, CURATED_DATASET_PUBLISHED, emit_once
 from crispflow_airflow.context import run_identity
 from crispflow_airflow.exceptions import as_airflow_errors
-from crispflow_airflow.operators._common import spec_and_lake
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -38,10 +37,12 @@ class PublishDatasetOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from crispflow.data.datasets import publish
+        from crispflow.spec import load_spec
+        from crispflow_airflow.hooks.lake import LakeHook
 
         run = run_identity(context)
         with as_airflow_errors():
-            spec, lake = spec_and_lake(self.pipeline)
+            spec, lake = load_spec(self.pipeline), LakeHook().get_lake()
             result = publish(lake, spec, self.batch_id, {k: run[k] for k in ("dag_id", "run_id")})
         manifest = result.manifest
         extra = {"pipeline": spec.name, "dataset_version_id": result.version_id, "batch_id": self.batch_id,

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from crispflow_airflow.exceptions import as_airflow_errors
-from crispflow_airflow.operators._common import spec_and_lake
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -36,9 +35,11 @@ class DataQualityGateOperator(BaseOperator):
         from crispflow.data.datasets import load_batch, store_outcome
         from crispflow.data.quality import validate_batch
         from crispflow.data.sources import Interval
+        from crispflow.spec import load_spec
+        from crispflow_airflow.hooks.lake import LakeHook
 
         with as_airflow_errors():
-            spec, lake = spec_and_lake(self.pipeline)
+            spec, lake = load_spec(self.pipeline), LakeHook().get_lake()
             batch, ingest = load_batch(lake, spec.name, self.batch_id)
             outcome = validate_batch(spec, batch, Interval.from_json(ingest["interval"]), self.batch_id)
             summary = store_outcome(lake, spec, self.batch_id, outcome)

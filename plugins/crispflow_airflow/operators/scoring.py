@@ -15,7 +15,6 @@ from crispflow.pools import ALIAS_EVENTS
 from crispflow_airflow.assets import BATCH_SCORES, BATCH_SCORES_COMMITTED, emit_once
 from crispflow_airflow.context import run_identity
 from crispflow_airflow.exceptions import as_airflow_errors
-from crispflow_airflow.operators._common import spec_and_lake
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -51,6 +50,8 @@ class PlanScoringOperator(BaseOperator):
         from crispflow.errors import ParamsError
         from crispflow.run_requests import VERSION_ID, reject_unknown
         from crispflow.serving.batch_scoring import newest_version, plan_partitions, resolve_model
+        from crispflow.spec import load_spec
+        from crispflow_airflow.hooks.lake import LakeHook
         from crispflow_airflow.hooks.mlflow import MlflowHook
 
         with as_airflow_errors():
@@ -60,7 +61,7 @@ class PlanScoringOperator(BaseOperator):
                 rows = int(str(self.partition_rows))
             except ValueError:
                 raise ParamsError(f"partition_rows: {self.partition_rows!r} is not a whole number") from None
-            spec, lake = spec_and_lake(self.pipeline)
+            spec, lake = load_spec(self.pipeline), LakeHook().get_lake()
             version_id = (self.dataset_version_id or "").strip() or newest_version(lake, spec.name)
             if not VERSION_ID.match(version_id):
                 raise ParamsError(f"dataset_version_id: {version_id!r} is not a dataset version id (ds-<16 hex>)")
@@ -104,13 +105,14 @@ class ScorePartitionOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from crispflow.serving.batch_scoring import DEFAULT_CHUNK_ROWS, ModelRef, load_model, read_plan, score_partition
+        from crispflow.spec import load_spec
         from crispflow_airflow.hooks.lake import LakeHook
         from crispflow_airflow.hooks.mlflow import MlflowHook
 
         with as_airflow_errors():
             lake = LakeHook().get_lake()
             plan = read_plan(lake, self.output_dir)
-            spec, _ = spec_and_lake(plan["pipeline"])
+            spec = load_spec(plan["pipeline"])
             model = ModelRef.from_json(plan["model"])
             result = score_partition(lake, spec, plan, dict(self.partition),
                                      lambda: load_model(MlflowHook().get_client(), model),

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
-from crispflow_airflow.assets import DRIFT_DETECTED
+from crispflow_airflow.assets import DRIFT_DETECTED, emit_once
 from crispflow_airflow.exceptions import as_airflow_errors
-from crispflow_airflow.triggers.drift import DriftTrigger, check_store, store_root
+from crispflow_airflow.triggers.drift import DriftTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-
-def read_episode(root: Any, model: str, episode_id: str) -> dict[str, Any] | None:
-    """The stored record of an episode, or None."""
-    from crispflow.monitoring.store import drift_dir
-
-    path = drift_dir(root, model) / "episodes" / f"{episode_id}.json"
-    return json.loads(path.read_bytes()) if path.exists() else None
 
 
 class DriftSensor(BaseSensorOperator):
@@ -56,44 +47,29 @@ class DriftSensor(BaseSensorOperator):
         self.conn_id = conn_id
         self.deferrable = deferrable
 
-    # --- resolution ---------------------------------------------------------------------------------------------
-
-    def _target(self) -> tuple[str, str, str | None, dict[str, Any]]:
-        from crispflow.errors import ParamsError
-        from crispflow.model.registry import model_name
-        from crispflow.monitoring.episodes import DriftPolicy
-        from crispflow.names import NAME_PATTERN
-        from crispflow.settings import Settings
+    def _request(self) -> tuple[str, dict[str, Any]]:
+        """The model and the checked policy; a malformed request fails with InvalidRequest."""
+        from crispflow.monitoring.episodes import watch_request
 
         with as_airflow_errors():
-            if not isinstance(self.pipeline, str) or not NAME_PATTERN.match(self.pipeline):
-                raise ParamsError(f"pipeline: {self.pipeline!r} is not a valid pipeline name")
-            policy = self.policy
-            if isinstance(policy, str):  # rendered without native objects
-                try:
-                    policy = json.loads(policy) if policy.strip() else {}
-                except ValueError:
-                    raise ParamsError(f"policy: {policy!r} is not a JSON object") from None
-            if policy is not None and not isinstance(policy, Mapping):
-                raise ParamsError(f"policy: must be an object, got {type(policy).__name__}")
-            checked = DriftPolicy.from_dict(policy).to_dict()
-        settings = Settings.from_env()
-        conn = self.conn_id if self.conn_id is not None else settings.lake_conn_id
-        return model_name(self.pipeline), self.root_url or settings.predictions_url, conn, checked
+            return watch_request(self.pipeline, self.policy)
+
+    def _trigger(self, model: str, policy: Mapping[str, Any], **kwargs: Any) -> DriftTrigger:
+        return DriftTrigger(model=model, root_url=self.root_url, conn_id=self.conn_id, policy=policy, **kwargs)
 
     # --- waiting ------------------------------------------------------------------------------------------------
 
     def poke(self, context: Context) -> PokeReturnValue:
-        model, url, conn, policy = self._target()
-        decision = check_store(model, url, conn, policy)
+        model, policy = self._request()
+        decision = self._trigger(model, policy).check()
         self.log.info("%s: fire=%s blocked_by=%s", model, decision["fire"], decision["blocked_by"])
         return PokeReturnValue(is_done=decision["fire"], xcom_value=decision)
 
     def execute(self, context: Context) -> Any:
         if not self.deferrable:
             return self._complete(context, super().execute(context))
-        model, url, conn, policy = self._target()
-        decision = check_store(model, url, conn, policy)
+        model, policy = self._request()
+        decision = self._trigger(model, policy).check()
         if decision["fire"]:
             return self._complete(context, decision)
         self.log.info("%s: no retrain yet (%s); deferring", model, decision["blocked_by"])
@@ -101,8 +77,7 @@ class DriftSensor(BaseSensorOperator):
         deadline = (datetime.now(UTC) + timedelta(seconds=timeout)).isoformat()
         interval = self.poke_interval.total_seconds() if isinstance(self.poke_interval, timedelta) else float(
             self.poke_interval)
-        self.defer(trigger=DriftTrigger(model=model, root_url=url, conn_id=conn, policy=policy,
-                                        poll_interval=interval, deadline=deadline),
+        self.defer(trigger=self._trigger(model, policy, poll_interval=interval, deadline=deadline),
                    method_name="execute_complete")
 
     def execute_complete(self, context: Context, event: Mapping[str, Any]) -> dict[str, Any]:
@@ -120,22 +95,18 @@ class DriftSensor(BaseSensorOperator):
         from airflow.sdk.exceptions import AirflowSkipException
 
         from crispflow.monitoring.episodes import Decision, episode_record
-        from crispflow.monitoring.store import record_episode
+        from crispflow.monitoring.store import claim_episode
+        from crispflow_airflow.hooks.predictions import PredictionStoreHook
 
-        model, url, conn, _ = self._target()
+        model, _ = self._request()
         ti = context["ti"]
-        me = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id}
         record = episode_record(Decision(**decision), pipeline=self.pipeline, fired_at=datetime.now(UTC),
-                                fired_by=me)
-        root = store_root(url, conn)
-        if not record_episode(root, model, record["episode_id"], record):
-            existing = read_episode(root, model, record["episode_id"]) or {}
-            by = existing.get("fired_by") or {}
-            if {k: by.get(k) for k in me} != me:
-                raise AirflowSkipException(f"episode {record['episode_id']} of {model} already fired "
-                                           f"(by {by.get('dag_id')}/{by.get('run_id')}): no second event")
-            record = existing  # a retry of the run that recorded it: emit its event
-        context["outlet_events"][DRIFT_DETECTED].extra = record
-        self.log.info("drift episode %s of %s: retrain requested (features: %s)", record["episode_id"], model,
-                      ", ".join(record["features"]) or "-")
-        return record
+                                fired_by={"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id})
+        stored = claim_episode(PredictionStoreHook(self.root_url, self.conn_id).get_root(), model, record)
+        by = stored.get("fired_by") or {}
+        if not emit_once(context, by, stored, outlet=DRIFT_DETECTED, keys=("dag_id", "run_id", "task_id")):
+            raise AirflowSkipException(f"episode {record['episode_id']} of {model} already fired "
+                                       f"(by {by.get('dag_id')}/{by.get('run_id')}): no second event")
+        self.log.info("drift episode %s of %s: retrain requested (features: %s)", stored["episode_id"], model,
+                      ", ".join(stored["features"]) or "-")
+        return stored

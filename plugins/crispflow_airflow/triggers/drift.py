@@ -10,26 +10,6 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 
-def store_root(url: str, conn_id: str | None) -> Any:
-    """The predictions root (where the drift store lives): an ObjectStoragePath with the connection, if any."""
-    from crispflow_airflow.hooks.predictions import PredictionStoreHook
-
-    return PredictionStoreHook(url, conn_id or "").get_root()
-
-
-def check_store(model: str, root_url: str, conn_id: str | None, policy: Mapping[str, Any],
-                now: datetime | None = None) -> dict[str, Any]:
-    """One check: read the newest windows and the recorded episodes, decide (blocking I/O; run it in a thread)."""
-    from crispflow.monitoring.episodes import DriftPolicy, evaluate
-    from crispflow.monitoring.store import read_episodes, read_windows
-
-    p = DriftPolicy.from_dict(policy)
-    root = store_root(root_url, conn_id)
-    windows = read_windows(root, model, alias=p.alias, last=p.lookback)
-    episodes = read_episodes(root, model)
-    return evaluate(windows, episodes, p, now or datetime.now(UTC), model=model).to_dict()
-
-
 class DriftTrigger(BaseTrigger):
     """Fires a TriggerEvent `{"status": "fire", "decision": ...}` when drift persists (see
     `crispflow.monitoring.episodes`), or `{"status": "timeout", ...}` at the deadline.
@@ -37,14 +17,15 @@ class DriftTrigger(BaseTrigger):
     Holds no state that matters: every poll re-reads the store, so a triggerer restart simply resumes.
 
     :param model: registered model name (crispflow-<pipeline>)
-    :param root_url: URL of the predictions root holding `<model>/drift/`
-    :param conn_id: Airflow connection for the root (an aws connection for s3://), or None
+    :param root_url: URL of the predictions root holding `<model>/drift/`; None: the settings' predictions URL
+    :param conn_id: Airflow connection for the root (an aws connection for s3://); None: the lake's connection,
+        "": none
     :param policy: `DriftPolicy` overrides
     :param poll_interval: seconds between checks
     :param deadline: ISO timestamp (UTC) after which a timeout event is sent
     """
 
-    def __init__(self, *, model: str, root_url: str, conn_id: str | None = None,
+    def __init__(self, *, model: str, root_url: str | None = None, conn_id: str | None = None,
                  policy: Mapping[str, Any] | None = None, poll_interval: float = 300.0,
                  deadline: str | None = None) -> None:
         super().__init__()
@@ -60,6 +41,14 @@ class DriftTrigger(BaseTrigger):
                 {"model": self.model, "root_url": self.root_url, "conn_id": self.conn_id,
                  "policy": dict(self.policy), "poll_interval": self.poll_interval, "deadline": self.deadline})
 
+    def check(self) -> dict[str, Any]:
+        """One check of the store (blocking I/O: `run` calls it in a thread)."""
+        from crispflow.monitoring.episodes import check
+        from crispflow_airflow.hooks.predictions import PredictionStoreHook
+
+        root = PredictionStoreHook(self.root_url, self.conn_id).get_root()
+        return check(root, self.model, self.policy, datetime.now(UTC)).to_dict()
+
     def _deadline(self) -> datetime | None:
         return datetime.fromisoformat(self.deadline) if self.deadline else None
 
@@ -68,7 +57,7 @@ class DriftTrigger(BaseTrigger):
         checks = 0
         while True:
             try:
-                decision = await asyncio.to_thread(check_store, self.model, self.root_url, self.conn_id, self.policy)
+                decision = await asyncio.to_thread(self.check)
             except Exception as exc:  # the store unreachable: keep polling until the deadline
                 self.log.warning("drift check of %s failed (%s: %s); retrying", self.model, type(exc).__name__, exc)
                 decision = None

@@ -112,42 +112,20 @@ def test_a_restarted_trigger_resumes_and_fires_exactly_once(tmp_path: Path) -> N
     assert again["status"] == "timeout" and again["decision"]["blocked_by"] == "already_fired"
 
 
+def test_without_a_root_url_the_settings_predictions_url_is_watched(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("CRISPFLOW_PREDICTIONS_URL", tmp_path.as_uri())
+    monkeypatch.delenv("CRISPFLOW_LAKE_CONN_ID", raising=False)
+    for i, share in enumerate([0.3, 0.3]):
+        write(tmp_path, i, share)
+    t = DriftTrigger(model=MODEL, policy={"k": 2, "n": 3}, poll_interval=0.05,
+                     deadline=(datetime.now(UTC) + timedelta(seconds=10)).isoformat())
+    assert t.serialize()[1]["root_url"] is None and t.serialize()[1]["conn_id"] is None
+    event = asyncio.run(first_event(restored(t)))
+    assert event["status"] == "fire" and event["decision"]["episode_id"] == "champion-20260301T010000Z"
+
+
 def test_a_broken_store_is_retried_until_the_deadline(tmp_path: Path) -> None:
     (tmp_path / MODEL / "drift" / "windows").mkdir(parents=True)
     (tmp_path / MODEL / "drift" / "windows" / "20260301T010000Z-champion.json").write_text("{not json")
     event = asyncio.run(first_event(trigger(tmp_path, 0.3)))
     assert event["status"] == "timeout" and event["decision"] is None and event["checks"] >= 2
-
-
-def test_alert_claims_are_exclusive_and_channels_are_validated(tmp_path: Path) -> None:
-    from crispflow.errors import ParamsError
-    from crispflow_airflow.notifiers.alerts import (
-        AlertNotFound,
-        acknowledge,
-        check_channels,
-        claim,
-        digest,
-        severity,
-        slack_payload,
-    )
-
-    record = {"model": MODEL, "pipeline": "demo", "alias": "champion", "episode_id": "champion-20260301T020000Z",
-              "features": ["a", "b"], "statistics": {"a": {"psi": 0.2}}, "max_drift_share": 0.6,
-              "prediction_drift": False, "windows": [{"drifted_features": ["a"]}, {"drifted_features": ["a", "b"]}]}
-    assert [severity({**record, "max_drift_share": s}) for s in (0.1, 0.25, 0.5)] == ["warning", "high", "critical"]
-    d = digest(record)
-    assert d["severity"] == "critical" and [(g["feature"], g["windows"]) for g in d["groups"]] == [("a", 2), ("b", 1)]
-    assert slack_payload(d)["text"] == d["title"]
-    first = claim(tmp_path, MODEL, d, {"run_id": "r1"})
-    assert first is not None and first["acknowledged"] is False
-    assert claim(tmp_path, MODEL, d, {"run_id": "r2"}) is None  # another notifier: suppressed
-    assert claim(tmp_path, MODEL, d, {"run_id": "r1"}) == first  # a retry of the first: resumes
-    assert acknowledge(tmp_path, MODEL, d["dedup_key"], "ana")["acknowledged_by"] == "ana"
-    assert acknowledge(tmp_path, MODEL, d["dedup_key"], "bob")["acknowledged_by"] == "ana"  # idempotent
-    with pytest.raises(AlertNotFound, match="dedup_key"):
-        acknowledge(tmp_path, MODEL, "nope", "ana")
-    assert check_channels('[{"kind": "email", "to": ["x@example.org"]}]')[0]["conn_id"] == "smtp_default"
-    for bad, message in (({"kind": "pager"}, "kind"), ({"kind": "webhook"}, "conn_id"),
-                         ({"kind": "email", "to": []}, "to"), ({"kind": "slack", "conn_id": "s", "x": 1}, "unknown")):
-        with pytest.raises(ParamsError, match=message):
-            check_channels([bad])

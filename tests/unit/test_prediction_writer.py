@@ -1,5 +1,6 @@
-"""The prediction log on a local folder and on a flaky in-memory filesystem: rows in == rows read, hour
-partitions, the feedback join, bounds, close(), concurrency and recovery from failing writes."""
+"""The prediction store's writer (PredictionLog) on a local folder and on a flaky in-memory filesystem: rows in ==
+rows read, one file per hour partition, typed feature columns, bounds, close(), concurrency, recovery from failing
+writes and input checks."""
 
 from __future__ import annotations
 
@@ -15,9 +16,8 @@ import pandas as pd
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from crispflow.predictions.reader import read_feedback, read_predictions
-from crispflow.predictions.schema import FEEDBACK_COLUMNS, PREDICTION_COLUMNS, PredictionLogError
-from crispflow.predictions.store import storage_options_from_env
+from crispflow.predictions.reader import read_predictions
+from crispflow.predictions.schema import PREDICTION_COLUMNS, PredictionLogError
 from crispflow.predictions.writer import PredictionLog
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -58,7 +58,7 @@ def wait_until(condition: Any, timeout_s: float = 20.0) -> None:
         time.sleep(0.01)
 
 
-# --- writing and reading back ------------------------------------------------------------------------------------
+# --- writing and reading back -----------------------------------------------------------------------------------------
 
 
 def test_rows_in_equal_rows_read_with_typed_feature_columns(tmp_path: Path) -> None:
@@ -112,31 +112,6 @@ def test_a_non_utc_timestamp_is_partitioned_by_its_utc_hour(tmp_path: Path) -> N
     assert df["ts"].tolist() == [pd.Timestamp("2026-02-28 22:30", tz="UTC")]
 
 
-def test_only_partitions_overlapping_the_window_are_read(tmp_path: Path) -> None:
-    plog = PredictionLog(tmp_path, MODEL)
-    plog.log([prediction(i, T0 + timedelta(minutes=30 * i)) for i in range(6)])  # 09:00 .. 11:30
-    plog.close()
-    # A corrupt file in a partition outside the window must not even be opened.
-    outside = tmp_path / MODEL / "predictions" / "date=2026-03-01" / "hour=13"
-    outside.mkdir(parents=True)
-    (outside / "part-corrupt.parquet").write_bytes(b"not parquet")
-
-    df = read_predictions(tmp_path, MODEL, T0 + timedelta(minutes=45), T0 + timedelta(hours=2, minutes=1))
-    assert df["request_id"].tolist() == ["req-2", "req-3", "req-4"]  # 10:00, 10:30, 11:00; start/end honoured
-    with pytest.raises(PredictionLogError, match=r"part-corrupt\.parquet.*cannot be read"):
-        read_predictions(tmp_path, MODEL, T0, T0 + timedelta(hours=5))
-
-
-def test_whole_days_and_partial_days_are_both_found(tmp_path: Path) -> None:
-    days = [T0 + timedelta(days=d, hours=h) for d in range(3) for h in (0, 5, 14)]
-    plog = PredictionLog(tmp_path, MODEL)
-    plog.log([prediction(i, ts) for i, ts in enumerate(days)])
-    plog.close()
-    start = T0 + timedelta(hours=5)  # partial first day, one whole day, partial last day
-    df = read_predictions(tmp_path, MODEL, start, T0 + timedelta(days=2, hours=6), with_feedback=False)
-    assert df["ts"].tolist() == [pd.Timestamp(ts) for ts in days if start <= ts < T0 + timedelta(days=2, hours=6)]
-
-
 def test_features_with_mixed_or_nested_values_become_strings(tmp_path: Path) -> None:
     plog = PredictionLog(tmp_path, MODEL)
     plog.log(
@@ -162,17 +137,6 @@ def test_features_with_mixed_or_nested_values_become_strings(tmp_path: Path) -> 
     assert df["feature.n"].tolist()[2:] == ["2.5", "unknown"]
 
 
-def test_int_and_float_features_across_files_read_back_as_float(tmp_path: Path) -> None:
-    plog = PredictionLog(tmp_path, MODEL)
-    plog.log([prediction(1, T0, features={"x": 1})])
-    plog.flush()
-    plog.log([prediction(2, T0 + timedelta(seconds=1), features={"x": 2.5})])
-    plog.close()
-    df = read_predictions(tmp_path, MODEL, T0, T0 + timedelta(hours=1), with_feedback=False)
-    assert df["feature.x"].tolist() == [1.0, 2.5]
-    assert str(df["feature.x"].dtype) == "float64"
-
-
 def test_version_numbers_become_strings_and_missing_fields_nulls(tmp_path: Path) -> None:
     plog = PredictionLog(tmp_path, MODEL)
     plog.log([{"request_id": "r", "ts": T0, "version": 7, "score": None}])
@@ -183,93 +147,7 @@ def test_version_numbers_become_strings_and_missing_fields_nulls(tmp_path: Path)
     assert pd.isna(row["score"]) and pd.isna(row["entity"]) and pd.isna(row["label"])
 
 
-# --- feedback -----------------------------------------------------------------------------------------------------
-
-
-def test_feedback_join_takes_the_latest_label_within_the_horizon(tmp_path: Path) -> None:
-    plog = PredictionLog(tmp_path, MODEL)
-    plog.log([prediction(i, T0 + timedelta(minutes=i)) for i in range(5)])
-    plog.log_feedback(
-        [
-            feedback("req-0", 1, T0 + timedelta(minutes=10)),
-            feedback("req-1", 0, T0 + timedelta(minutes=20)),  # superseded by a later correction
-            feedback("req-1", 1, T0 + timedelta(hours=5)),  # late: after the window, within the horizon
-            feedback("req-2", 1, T0 + timedelta(days=3)),  # beyond the default one-day horizon
-            feedback("req-9", 1, T0 + timedelta(minutes=1)),  # unknown request: not a row of its own
-        ]
-    )
-    plog.close()
-    end = T0 + timedelta(hours=1)
-
-    df = read_predictions(tmp_path, MODEL, T0, end)
-    assert df["request_id"].tolist() == [f"req-{i}" for i in range(5)]
-    assert df["label"].tolist() == [1, 1, pd.NA, pd.NA, pd.NA]
-    assert str(df["label"].dtype) == "Int8"
-    assert df["label_ts"].tolist()[:2] == [
-        pd.Timestamp(T0 + timedelta(minutes=10)),
-        pd.Timestamp(T0 + timedelta(hours=5)),
-    ]
-    longer = read_predictions(tmp_path, MODEL, T0, end, feedback_horizon=timedelta(days=4))
-    assert longer["label"].tolist() == [1, 1, 1, pd.NA, pd.NA]
-    bare = read_predictions(tmp_path, MODEL, T0, end, with_feedback=False)
-    assert "label" not in bare.columns and "label_ts" not in bare.columns
-
-    raw = read_feedback(tmp_path, MODEL, T0, T0 + timedelta(days=4))
-    assert raw["request_id"].tolist() == ["req-9", "req-0", "req-1", "req-1", "req-2"]
-    assert list(raw.columns) == list(FEEDBACK_COLUMNS)
-    latest = read_feedback(tmp_path, MODEL, T0, T0 + timedelta(days=4), latest_only=True)
-    assert dict(zip(latest["request_id"], latest["label"], strict=True)) == {
-        "req-9": 1,
-        "req-0": 1,
-        "req-1": 1,
-        "req-2": 1,
-    }
-
-
-def test_equal_feedback_timestamps_the_last_written_wins(tmp_path: Path) -> None:
-    plog = PredictionLog(tmp_path, MODEL)
-    plog.log([prediction(1, T0)])
-    plog.log_feedback([feedback("req-1", 1, T0 + timedelta(minutes=1))])
-    plog.flush()
-    plog.log_feedback([feedback("req-1", 0, T0 + timedelta(minutes=1))])
-    plog.close()
-    assert read_predictions(tmp_path, MODEL, T0, T0 + timedelta(hours=1))["label"].tolist() == [0]
-
-
-def test_a_shadow_row_shares_the_label_of_its_request(tmp_path: Path) -> None:
-    plog = PredictionLog(tmp_path, MODEL)
-    plog.log([prediction(1, T0), prediction(1, T0, alias="shadow", served=False, version="4")])
-    plog.log_feedback([feedback("req-1", 1, T0 + timedelta(minutes=3))])
-    plog.close()
-    df = read_predictions(tmp_path, MODEL, T0, T0 + timedelta(hours=1))
-    assert sorted(zip(df["alias"], df["label"], strict=True)) == [("champion", 1), ("shadow", 1)]
-
-
-def test_empty_window_gives_an_empty_frame_with_the_expected_columns(tmp_path: Path) -> None:
-    df = read_predictions(tmp_path / "nothing-here", MODEL, T0, T0 + timedelta(hours=2))
-    assert df.empty
-    assert list(df.columns) == [*PREDICTION_COLUMNS, "label", "label_ts"]
-    assert str(df["ts"].dtype) == "datetime64[us, UTC]" and str(df["label"].dtype) == "Int8"
-    assert str(df["label_ts"].dtype) == "datetime64[us, UTC]" and str(df["score"].dtype) == "float64"
-    assert read_predictions(tmp_path, MODEL, T0, T0).empty  # start == end: an empty window
-    fb = read_feedback(tmp_path, MODEL, T0, T0 + timedelta(hours=1))
-    assert fb.empty and list(fb.columns) == list(FEEDBACK_COLUMNS)
-
-
-@pytest.mark.parametrize(
-    ("start", "end", "message"),
-    [
-        (datetime(2026, 3, 1), T0, "start: must be timezone-aware"),
-        (T0, "2026-03-02", "end: must be a datetime"),
-        (T0, T0 - timedelta(seconds=1), "end: must not be before start"),
-    ],
-)
-def test_bad_windows_are_refused(tmp_path: Path, start: Any, end: Any, message: str) -> None:
-    with pytest.raises(PredictionLogError, match=message):
-        read_predictions(tmp_path, MODEL, start, end)
-
-
-# --- bounds, close, concurrency -----------------------------------------------------------------------------------
+# --- bounds, close, concurrency ---------------------------------------------------------------------------------------
 
 
 def test_rows_beyond_the_bound_are_dropped_and_counted_without_blocking(tmp_path: Path) -> None:
@@ -365,7 +243,7 @@ def test_concurrent_log_from_eight_threads_loses_nothing(tmp_path: Path) -> None
     assert df["label"].notna().sum() == 32
 
 
-# --- failures ------------------------------------------------------------------------------------------------------
+# --- failures ---------------------------------------------------------------------------------------------------------
 
 
 def test_a_blocked_local_root_recovers_without_losing_rows(tmp_path: Path) -> None:
@@ -482,7 +360,7 @@ def test_only_the_failed_partition_is_retried(flaky_root: Any) -> None:
     assert df["request_id"].tolist() == ["req-1", "req-2"]
 
 
-# --- input checks --------------------------------------------------------------------------------------------------
+# --- input checks -----------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -523,32 +401,3 @@ def test_bad_rows_are_refused_with_the_field_named(tmp_path: Path, method: str, 
 def test_storage_options_with_a_upath_root_are_refused(flaky_root: Any) -> None:
     with pytest.raises(PredictionLogError, match="storage_options: must be None"):
         PredictionLog(flaky_root, MODEL, storage_options={"key": "k"})
-
-
-def test_storage_options_from_env() -> None:
-    env = {
-        "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
-        "AWS_ACCESS_KEY_ID": "AK",
-        "AWS_SECRET_ACCESS_KEY": "SK",
-        "AWS_DEFAULT_REGION": "eu-west-1",
-    }
-    assert storage_options_from_env("s3://bucket/predictions", env) == {
-        "key": "AK",
-        "secret": "SK",
-        "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000", "region_name": "eu-west-1"},
-    }
-    assert storage_options_from_env("s3://bucket/p", {"AWS_ENDPOINT_URL": "http://h:1"}) == {
-        "client_kwargs": {"endpoint_url": "http://h:1"}
-    }
-    assert storage_options_from_env("s3://bucket/p", {}) is None
-    assert storage_options_from_env("/var/lib/predictions", env) is None
-    assert storage_options_from_env(Path("/tmp/p"), env) is None
-
-
-def test_the_root_shown_in_messages_carries_no_credentials() -> None:
-    plog = PredictionLog(
-        "s3://AKIDEXAMPLE:s3cr3t@bucket/predictions",
-        MODEL,
-        storage_options={"client_kwargs": {"endpoint_url": "http://127.0.0.1:1"}},
-    )
-    assert "s3cr3t" not in plog.root and "bucket/predictions" in plog.root

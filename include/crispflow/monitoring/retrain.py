@@ -1,0 +1,58 @@
+"""Retrain on drift: from the drift events of a run to the request for one training run.
+
+The newest event is trusted only if it matches the episode the drift sensor recorded in the store
+(`crispflow.monitoring.episodes.check_event`); older events of the same run are coalesced (each has its own
+deterministic training run id). The dataset is a training window (`crispflow.data.training_window`): the curated
+versions ending within `window_days` of the newest one, composed into one version. ParamsError names the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from crispflow.errors import LakeError, ParamsError
+
+if TYPE_CHECKING:
+    from crispflow.lake import Lake, PathLike
+
+RETRAIN_CONF = frozenset({"window_days"})
+
+
+def plan_retrain(events: Sequence[Mapping[str, Any] | None], *, root: PathLike, lake: Lake, window_days: int,
+                 run: Mapping[str, Any], conf: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The training run a drift event asks for: `conf` of train_evaluate_register (pipeline, composed dataset
+    version), its `run_id` (one per episode), the `episode_id` and how many older events were coalesced.
+
+    :param events: the `extra` of the triggering drift events, oldest first
+    :param root: the prediction store's root (where the episode records are)
+    :param lake: the data lake the training window is composed in
+    :param window_days: curated versions ending within this many days of the newest one
+    :param run: who composes the window (recorded in its manifest)
+    :param conf: the run's conf (only `window_days` is allowed)
+    """
+    from crispflow.data import training_window
+    from crispflow.monitoring.episodes import check_event, retrain_run_id
+    from crispflow.monitoring.store import read_episode
+    from crispflow.run_requests import reject_unknown
+    from crispflow.spec import load_spec
+
+    reject_unknown(conf, set(RETRAIN_CONF))
+    if not events:
+        raise ParamsError("drift event: this DAG runs on a crispflow_drift_detected event, none arrived")
+    event = check_event(events[-1], lambda model, episode: read_episode(root, model, episode))
+    spec = load_spec(event["pipeline"])
+    if spec.training is None:
+        raise ParamsError(f"pipeline: {spec.name!r} has no training section in its spec")
+    try:
+        window = training_window.select(lake, spec.name, int(window_days))
+        published = training_window.compose(lake, spec, window, dict(run))
+    except LakeError as exc:
+        raise ParamsError(f"dataset: {exc}") from exc
+    rows = published.manifest["rows"]["published"]
+    if rows < spec.training.min_rows:
+        raise ParamsError(f"dataset: the training window {published.version_id} has {rows} rows "
+                          f"< training.min_rows={spec.training.min_rows}")
+    return {"conf": {"pipeline": spec.name, "dataset_version_id": published.version_id},
+            "run_id": retrain_run_id(event["model"], event["episode_id"]), "episode_id": event["episode_id"],
+            "coalesced_events": len(events) - 1}

@@ -1,0 +1,95 @@
+"""Settle a live canary: read its traffic from the prediction store, re-score the labelled requests with both
+hash-checked models, judge it (`crispflow.release.canary.analyse`), store the report, and act on the decision:
+promote the canary, roll it back (both through the promotion ledger), or let it run on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from crispflow.release import promotion
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    from crispflow.release.promotion import Ledger
+
+log = logging.getLogger(__name__)
+NEVER = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def settle_canary(mlf: MlflowClient, ledger: Ledger, model: str, root: Any, *, start: datetime, end: datetime,
+                  policy: Mapping[str, Any] | None, move_key: str, run_key: str) -> dict[str, Any]:
+    """Judge the canary of `model` against its champion and act on it, once per `move_key`.
+
+    Guardrails use [start, end); labelled evidence uses everything since the canary was deployed. The report
+    (JSON) goes to `canary_report_path(root, model, canary, run_key)` and into the canary version's run.
+    Returns `{"decision", "reasons", "report", "champion", "canary", "ledger"}` (`ledger`: the summary of the
+    move, or None); `{"decision": "none", ...}` when no canary is live; and, for a retry whose move was already
+    recorded, that move's ledger summary (the registry moves completed, nothing decided again).
+
+    :param root: the prediction store's root (a path-like: local path, UPath or ObjectStoragePath)
+    :param policy: overrides of `CanaryPolicy` fields
+    """
+    from crispflow.model.registry import load_verified
+    from crispflow.predictions.reader import read_predictions
+    from crispflow.release.canary import PROMOTE, ROLLBACK, CanaryPolicy, analyse, paired_from_log
+
+    if ledger.find(move_key) is not None:  # a retry after the move was recorded: finish it, never move twice
+        return promotion.entry_summary(promotion.apply(mlf, ledger, model, None, move_key=move_key, actor=move_key))
+    state = promotion.current_state(mlf, ledger, model)
+    champion, canary = state.get(promotion.CHAMPION), state.get(promotion.CANARY)
+    if canary is None or champion is None:
+        log.info("%s: no canary live (champion %s): nothing to analyse", model, champion)
+        return {"decision": "none", "reasons": ["no canary deployed"]}
+    deployed = deployed_at(ledger, model, canary)
+    since = read_predictions(root, model, min(deployed, start), end)
+    live = since[since["ts"] >= deployed]
+    models = {v: load_verified(mlf, model, v) for v in (champion, canary)}  # hash-checked
+    paired = paired_from_log(live, lambda v, x: _score(models[v], x), champion=champion, canary=canary)
+    report = analyse(since[since["ts"] >= start], live, champion=champion, canary=canary,
+                     policy=CanaryPolicy(**dict(policy or {})), paired=paired)
+    report["interval"] = {"start": start.isoformat(), "end": end.isoformat(), "deployed_at": deployed.isoformat()}
+    where = store_report(mlf, root, model, canary, run_key, report)
+    reason = "; ".join(report["reasons"])
+    log.info("%s canary v%s vs champion v%s: %s (%s)", model, canary, champion, report["decision"], reason)
+    evidence = {"report": where, "guardrails": report["guardrails"], "labelled": report["labelled"]}
+    move = {PROMOTE: promotion.promote_canary, ROLLBACK: promotion.abort_canary}.get(report["decision"])
+    entry = None
+    if move is not None:
+        entry = promotion.apply(mlf, ledger, model, move(state, canary, reason, evidence), move_key=move_key,
+                                actor=move_key)
+    return {"decision": report["decision"], "reasons": report["reasons"], "report": where,
+            "champion": champion, "canary": canary, "ledger": promotion.entry_summary(entry) if entry else None}
+
+
+def deployed_at(ledger: Ledger, model: str, canary: str) -> datetime:
+    """When `canary` was last deployed as the canary, per the ledger; the epoch for a canary alias set outside
+    crispflow (then the analysis judges whatever the log holds for it)."""
+    deploys = [e for e in ledger.entries(model) if e["action"] == "deploy_canary" and e["to_version"] == canary]
+    return datetime.fromisoformat(deploys[-1]["at"]) if deploys else NEVER
+
+
+def store_report(mlf: MlflowClient, root: Any, model: str, canary: str, run_key: str, report: Mapping[str, Any]) -> str:
+    """The report as JSON next to the prediction log, and as an artifact of the canary version's run; returns
+    where it is (for messages: no credentials)."""
+    from crispflow.lake import write_atomic
+    from crispflow.predictions.store import canary_report_path, display_path
+
+    path = canary_report_path(root, model, canary, run_key)
+    body = json.dumps(report, indent=2, default=str)
+    write_atomic(path, body.encode())
+    mlf.log_text(mlf.get_model_version(model, canary).run_id, body, f"canary/{path.name}")
+    return display_path(path)
+
+
+def _score(model: Any, features: pd.DataFrame) -> np.ndarray:
+    """Positive-class scores of logged features (only the columns the model was fitted on, e.g. no entity key)."""
+    columns = getattr(model, "feature_names_in_", None)
+    return model.predict_proba(features[list(columns)] if columns is not None else features)[:, 1]

@@ -1,0 +1,344 @@
+"""The statistics the gates and monitors share: ROC AUC and DeLong, bootstraps, multiple testing, binning and PSI,
+two-sample tests on binned counts.
+
+One owner for each: evaluation and blessing (crispflow.model), drift and reference profiles (crispflow.monitoring)
+and the canary analysis (crispflow.release) call these and keep none of their own. Pure numpy; scipy is imported
+inside the functions that need it, so importing this module stays cheap. Never Airflow, MLflow or pandas.
+
+Conventions: labels are boolean (True = the positive class); a statistic undefined on the data is NaN, never an
+exception; p-value lists keep the input order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+NAN = float("nan")
+MIN_EXPECTED = 5.0  # chi-square cells expected below this are pooled
+PSI_SMOOTHING = 0.5  # pseudo-count per bin for PSI (keeps log ratios finite)
+_MAX_CELLS = 1_000_000  # resampling counts per block (B x n float64: 8 MB, stays in the allocator's pool)
+
+
+# --------------------------------------------------------------------------------------------------- inputs
+
+
+def as_labels(values: Any, what: str = "y_true") -> np.ndarray:
+    """A 1-d bool array from booleans or 0/1; anything else (e.g. the strings "good"/"bad") is a ValueError."""
+    arr = np.asarray(values).ravel()
+    if arr.dtype == bool:
+        return arr
+    if arr.dtype.kind in "iufO" and np.isin(arr, [0, 1]).all():
+        return arr.astype(bool)
+    raise ValueError(f"{what} must be boolean or 0/1 (True = the positive class), got dtype {arr.dtype}")
+
+
+def as_inputs(y_true: Any, score: Any) -> tuple[np.ndarray, np.ndarray]:
+    """`y_true` as a 1-d bool array and `score` as float; raises ValueError on bad labels or a length mismatch."""
+    y = as_labels(y_true)
+    s = np.asarray(score, dtype=float).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"y_true has {y.size} rows but score has {s.size}")
+    return y, s
+
+
+def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den, NaN where den is 0."""
+    out = np.full(np.shape(num), np.nan)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
+# ------------------------------------------------------------------------------------- multiple testing
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error rate), in the input order."""
+    p = np.asarray(p_values, dtype=float)
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    stepped = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    adjusted = np.empty(m)
+    adjusted[order] = np.minimum(stepped, 1.0)
+    return adjusted.tolist()
+
+
+def benjamini_hochberg(p_values: Sequence[float]) -> list[float]:
+    """Benjamini-Hochberg step-up adjusted p-values (false discovery rate), in the input order."""
+    p = np.asarray(p_values, dtype=float)
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    scaled = p[order] * m / np.arange(1, m + 1)
+    stepped = np.minimum.accumulate(scaled[::-1])[::-1]
+    adjusted = np.empty(m)
+    adjusted[order] = np.minimum(stepped, 1.0)
+    return adjusted.tolist()
+
+
+CORRECTIONS = {"holm": holm, "benjamini_hochberg": benjamini_hochberg}
+
+
+# ------------------------------------------------------------------------------------------------- ROC AUC
+
+
+def _layout(score: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Rows by descending score and, for each distinct score holding positives: the index of its first positive
+    among the positive rows, and its first and last row (positions in the sorted order)."""
+    order = np.argsort(-score, kind="stable")
+    s = score[order]
+    positives = np.flatnonzero(y[order])
+    new = np.r_[True, s[1:] != s[:-1]]
+    starts = np.flatnonzero(new)
+    ends = np.r_[starts[1:], s.size] - 1
+    hit, first = np.unique((np.cumsum(new) - 1)[positives], return_index=True)
+    return order, positives, first, starts[hit], ends[hit]
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", a, b)
+
+
+def ranking_metrics(counts: np.ndarray, y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ROC AUC (Mann-Whitney, ties count 1/2) and average precision (sklearn's step-wise sum) for each row of
+    `counts` (a B x n matrix of row multiplicities or weights); NaN without a positive. Scores must be finite.
+
+    A threshold at a distinct score predicts positive every row scored at or above it. Only the thresholds at
+    scores holding positives contribute, so the weight predicted positive is needed there alone: segment sums
+    between consecutive such scores (one pass over the counts) and a cumulative sum over the positives. Fastest
+    when the rows are already sorted by descending score (no reordering of `counts` is needed).
+    """
+    order, positives, first, g_start, g_end = _layout(score, y)
+    if not positives.size:
+        return np.full(counts.shape[0], np.nan), np.full(counts.shape[0], np.nan)
+    w = counts if np.array_equal(order, np.arange(order.size)) else np.take(counts, order, axis=1)
+    head = w[:, : g_end[-1] + 1]
+    pos = w[:, positives]
+    if first.size < positives.size:  # several positives share a score
+        pos = np.add.reduceat(pos, first, axis=1)
+    predicted = np.cumsum(np.add.reduceat(head, np.r_[0, g_end[:-1] + 1], axis=1), axis=1)
+    if np.any(g_end > g_start):  # ties: the whole weight at each of those scores
+        total = np.add.reduceat(head, np.column_stack([g_start, g_end + 1]).ravel()[:-1], axis=1)[:, ::2]
+    else:
+        total = pos
+    tp = np.cumsum(pos, axis=1)
+    n_pos = tp[:, -1]
+    n_neg = counts.sum(axis=1) - n_pos
+    # a positive at score s beats the negatives scored lower (n_neg - fp(s)) and half those tied at s
+    beaten = n_pos * n_neg - _dot(pos, predicted - tp) + 0.5 * _dot(pos, total - pos)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    return ratio(beaten, n_pos * n_neg), ratio(_dot(pos, precision), n_pos)
+
+
+def hanley_mcneil_se(auc: float, positives: int, negatives: int) -> float:
+    """Hanley-McNeil standard error of a ROC AUC from `positives` and `negatives` rows."""
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = (auc * (1 - auc) + (positives - 1) * (q1 - auc**2) + (negatives - 1) * (q2 - auc**2))
+    return math.sqrt(max(var, 0.0) / (positives * negatives))
+
+
+def delong(y_true: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> dict[str, float]:
+    """DeLong's test for two correlated ROC AUCs on the same rows (Sun & Xu 2014, O(n log n) with midranks).
+
+    Returns auc_a, auc_b, difference (a - b), its variance and standard error; NaN when undefined (fewer than
+    two positives or negatives, or a non-finite score).
+    """
+    from scipy.stats import rankdata
+
+    y, a = as_inputs(y_true, score_a)
+    _, b = as_inputs(y, score_b)
+    m, n = int(y.sum()), int((~y).sum())
+    if m < 2 or n < 2 or not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return {"auc_a": NAN, "auc_b": NAN, "difference": NAN, "variance": NAN, "se": NAN}
+    scores = np.stack([a, b])
+    pos, neg = scores[:, y], scores[:, ~y]
+    tx, ty = rankdata(pos, axis=1), rankdata(neg, axis=1)  # midranks within each class
+    tz = rankdata(np.concatenate([pos, neg], axis=1), axis=1)  # midranks over all rows
+    auc = (tz[:, :m].sum(axis=1) - m * (m + 1) / 2) / (m * n)
+    v10 = (tz[:, :m] - tx) / n  # structural components of the positives
+    v01 = 1.0 - (tz[:, m:] - ty) / m  # and of the negatives
+    cov = np.cov(v10) / m + np.cov(v01) / n
+    contrast = np.array([1.0, -1.0])
+    variance = max(float(contrast @ cov @ contrast), 0.0)
+    return {
+        "auc_a": float(auc[0]),
+        "auc_b": float(auc[1]),
+        "difference": float(auc[0] - auc[1]),
+        "variance": variance,
+        "se": math.sqrt(variance),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ bootstrap
+
+
+def resample_counts(y_true: np.ndarray, n_boot: int, seed: int | Sequence[int] = 0) -> Iterator[np.ndarray]:
+    """Stratified bootstrap resamples as blocks of row multiplicities (block x n float arrays, B rows in all).
+
+    Positives and negatives are drawn separately with replacement, so each resample keeps the class counts.
+    The same seed yields the same resamples, so two models scored on the same rows can be paired. The counts
+    are drawn in blocks of ~1M cells, so memory stays flat whatever the number of resamples.
+    """
+    rng = np.random.default_rng(seed)
+    y = np.asarray(y_true).astype(bool).ravel()
+    n = y.size
+    strata = [g.astype(np.int32) for g in (np.flatnonzero(y), np.flatnonzero(~y)) if g.size]
+    block = max(1, _MAX_CELLS // max(n, 1))
+    for start in range(0, n_boot if n else 0, block):
+        b = min(block, n_boot - start)
+        rows = np.concatenate([g[rng.integers(0, g.size, size=(b, g.size), dtype=np.int32)] for g in strata], axis=1)
+        flat = (rows + (np.arange(b, dtype=np.int32) * n)[:, None]).ravel()
+        yield np.bincount(flat, minlength=b * n).reshape(b, n).astype(float)
+
+
+def percentile_interval(samples: np.ndarray, alpha: float) -> tuple[float, float]:
+    """The (alpha/2, 1 - alpha/2) percentile interval of the finite samples; NaN if there are none."""
+    valid = np.asarray(samples, dtype=float)
+    valid = valid[np.isfinite(valid)]
+    if not valid.size:
+        return NAN, NAN
+    low, high = np.quantile(valid, [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)
+
+
+def bootstrap_p_value(samples: np.ndarray, bound: float, *, lower_tail: bool) -> float:
+    """One-sided bootstrap p-value (1 + k) / (1 + B) over the B finite samples: k of them at or below `bound`
+    (`lower_tail`) or at or above it; NaN if there are none. With B resamples it is never below 1 / (1 + B)."""
+    valid = samples[np.isfinite(samples)]
+    if not valid.size:
+        return NAN
+    hits = np.sum(valid <= bound) if lower_tail else np.sum(valid >= bound)
+    return float((1 + hits) / (1 + valid.size))
+
+
+# -------------------------------------------------------------------------------------------------- binning
+
+
+def quantile_edges(values: np.ndarray, bins: int) -> np.ndarray:
+    """Bin edges of the finite values: their minimum, the interior quantiles of `bins` equal-frequency bins (ties
+    collapse, so a 0/1 column gets 2 bins) and just above their maximum; empty when no value is finite."""
+    finite = values[np.isfinite(values)]
+    if not finite.size:
+        return np.empty(0)
+    levels = np.linspace(0, 1, bins + 1)[1:-1]
+    interior = np.quantile(finite, levels, method="higher") if levels.size else np.empty(0)
+    return np.unique(np.concatenate([[finite.min()], interior, [np.nextafter(finite.max(), np.inf)]]))
+
+
+def bin_codes(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Bin index of each value: 0..len(edges) by `searchsorted(side="right")`, NaN → len(edges) + 1.
+
+    Bin 0 is "below the first edge", bin len(edges) "at or above the last" (±inf land there), then missing."""
+    codes = np.searchsorted(edges, values, side="right")
+    nan = np.isnan(values)
+    if nan.any():
+        codes[nan] = edges.size + 1
+    return codes
+
+
+def bin_sums(values: np.ndarray, codes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(count, mean of the finite values) per bin, by `bincount`s; the mean is NaN in a bin without one."""
+    counts = np.bincount(codes, minlength=size)
+    finite = np.isfinite(values)
+    sums = np.bincount(codes, weights=np.where(finite, values, 0.0), minlength=size)
+    if not finite.all():  # the centroid of a bin is the mean of its finite values only
+        finite_counts = np.bincount(codes[finite], minlength=size)
+        return counts, np.divide(sums, finite_counts, out=np.full(size, np.nan), where=finite_counts > 0)
+    return counts, np.divide(sums, counts, out=np.full(size, np.nan), where=counts > 0)
+
+
+# ------------------------------------------------------------------------ comparing two binned distributions
+
+
+def psi(ref: np.ndarray, cur: np.ndarray) -> float:
+    """Population stability index of two count vectors over the bins either side uses (pseudo-count 0.5 per bin)."""
+    used = (ref + cur) > 0
+    r, c = ref[used] + PSI_SMOOTHING, cur[used] + PSI_SMOOTHING
+    p, q = r / r.sum(), c / c.sum()
+    return float(((q - p) * np.log(q / p)).sum())
+
+
+def quantile_psi(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> float | None:
+    """PSI of the sample `actual` against the sample `expected`, on `bins` bins cut at the interior quantiles of
+    `expected` (ties collapse); None if either sample is empty."""
+    if len(expected) == 0 or len(actual) == 0:
+        return None
+    edges = np.unique(np.quantile(expected, np.linspace(0, 1, bins + 1)[1:-1]))
+    e = np.bincount(np.searchsorted(edges, expected, side="right"), minlength=len(edges) + 1)
+    a = np.bincount(np.searchsorted(edges, actual, side="right"), minlength=len(edges) + 1)
+    return psi(e, a)
+
+
+def js_distance(ref: np.ndarray, cur: np.ndarray) -> float:
+    """Jensen-Shannon distance (base 2, in [0, 1]) between the two binned distributions."""
+    p, q = ref / ref.sum(), cur / cur.sum()
+    mid = (p + q) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl_p = np.where(p > 0, p * np.log2(p / mid), 0.0).sum()
+        kl_q = np.where(q > 0, q * np.log2(q / mid), 0.0).sum()
+    return float(math.sqrt(max((kl_p + kl_q) / 2, 0.0)))
+
+
+def ks_binned(ref: np.ndarray, cur: np.ndarray) -> tuple[float, float]:
+    """(D, p): two-sample KS on binned counts with effective n = n·m/(n+m) (asymptotic Kolmogorov p-value with
+    Stephens' small-sample correction; binning only makes it conservative); NaN, 1.0 when a side is empty."""
+    from scipy import special
+
+    n, m = float(ref.sum()), float(cur.sum())
+    if n == 0 or m == 0:
+        return math.nan, 1.0
+    d = float(np.abs(np.cumsum(ref) / n - np.cumsum(cur) / m).max())
+    root = math.sqrt(n * m / (n + m))
+    return d, float(special.kolmogorov((root + 0.12 + 0.11 / root) * d))
+
+
+def chi2_homogeneity(ref: np.ndarray, cur: np.ndarray) -> tuple[float, float, int]:
+    """(statistic, p, dof) of the chi-square homogeneity test on the 2 x k table; sparse cells pooled."""
+    from scipy import special
+
+    ref, cur = np.asarray(ref, dtype=float), np.asarray(cur, dtype=float)
+    n, m = ref.sum(), cur.sum()
+    if n == 0 or m == 0:
+        return math.nan, 1.0, 0
+    keep = (ref + cur) > 0
+    ref, cur = ref[keep], cur[keep]
+    small = min(n, m) * (ref + cur) / (n + m) < MIN_EXPECTED
+    if small.any():
+        ref = np.append(ref[~small], ref[small].sum())
+        cur = np.append(cur[~small], cur[small].sum())
+        if ref.size > 1 and min(n, m) * (ref[-1] + cur[-1]) / (n + m) < MIN_EXPECTED:
+            target = int(np.argmin((ref + cur)[:-1]))  # still sparse: merge into the smallest other cell
+            ref[target] += ref[-1]
+            cur[target] += cur[-1]
+            ref, cur = ref[:-1], cur[:-1]
+    if ref.size < 2:
+        return 0.0, 1.0, 0
+    total = ref + cur
+    e_ref, e_cur = n * total / (n + m), m * total / (n + m)
+    stat = float(((ref - e_ref) ** 2 / e_ref).sum() + ((cur - e_cur) ** 2 / e_cur).sum())
+    dof = ref.size - 1
+    return stat, float(special.chdtrc(dof, stat)), dof
+
+
+def rate_test(ref_hits: int, ref_rows: int, cur_hits: int, cur_rows: int) -> float:
+    """Fisher's exact two-sided p-value for equal rates (1.0 when a side has no rows)."""
+    from scipy.stats import fisher_exact
+
+    if ref_rows == 0 or cur_rows == 0:
+        return 1.0
+    table = [[ref_hits, ref_rows - ref_hits], [cur_hits, cur_rows - cur_hits]]
+    return float(fisher_exact(table).pvalue)
+
+
+def wasserstein_binned(ref_counts: np.ndarray, ref_means: np.ndarray, cur_counts: np.ndarray,
+                       cur_means: np.ndarray) -> float:
+    """Wasserstein-1 between the bins' finite means weighted by their counts (NaN when a side has none)."""
+    from scipy.stats import wasserstein_distance
+
+    r_ok = (ref_counts > 0) & np.isfinite(ref_means)
+    c_ok = (cur_counts > 0) & np.isfinite(cur_means)
+    if not r_ok.any() or not c_ok.any():
+        return math.nan
+    return float(wasserstein_distance(ref_means[r_ok], cur_means[c_ok], ref_counts[r_ok], cur_counts[c_ok]))

@@ -1,0 +1,51 @@
+"""CanaryAnalysisOperator: judge the live canary and promote it, roll it back, or let it run on."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+
+from crispflow.release.promotion import POOL
+from crispflow_airflow.context import run_window, task_key
+from crispflow_airflow.exceptions import as_airflow_errors
+from crispflow_airflow.operators.promotion import release_clients
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+class CanaryAnalysisOperator(BaseOperator):
+    """Judge the live canary against the champion from the prediction log, store the report, and act on it:
+    promote (canary → champion, old champion → `previous`), roll the canary back, or let it continue.
+
+    Guardrails use the run's data interval (or the `window` before the run for manual runs); labelled evidence
+    uses everything since the canary was deployed (see `crispflow.release.canary`). No canary: nothing to do.
+    The work is `crispflow.release.canary_analysis.settle_canary`.
+
+    :param pipeline: pipeline spec name (templated)
+    :param policy: overrides of `crispflow.release.canary.CanaryPolicy` fields (templated)
+    :param window: the analysis window of runs without a data interval
+    """
+
+    template_fields: Sequence[str] = ("pipeline", "policy")
+    ui_color = "#fff8e1"
+
+    def __init__(self, *, pipeline: str, policy: Mapping[str, Any] | None = None,
+                 window: timedelta = timedelta(minutes=10), pool: str = POOL, **kwargs: Any) -> None:
+        super().__init__(pool=pool, **kwargs)
+        self.pipeline = pipeline
+        self.policy = policy
+        self.window = window
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from crispflow.release.canary_analysis import settle_canary
+        from crispflow_airflow.hooks.predictions import PredictionStoreHook
+
+        mlf, ledger, model = release_clients(self.pipeline)
+        start, end = run_window(context, self.window)
+        with as_airflow_errors():
+            return settle_canary(mlf, ledger, model, PredictionStoreHook().get_root(), start=start, end=end,
+                                 policy=self.policy, move_key=task_key(context), run_key=context["ti"].run_id)

@@ -1,0 +1,154 @@
+"""CanaryAnalysisOperator: templated fields render, the XCom is the decision (or the replayed move), the report lands
+under the prediction store's root keyed by the run, a tampered model fails without retry (a real MLflow server, a
+real prediction log, a SQLite ledger)."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from crispflow.model import registry
+from crispflow.predictions.store import canary_report_path
+from crispflow.predictions.writer import PredictionLog
+from crispflow.release import promotion
+from crispflow.release.promotion import Ledger
+
+pytest_plugins = ["support.mlflow_server"]
+PIPELINE = "t_canary_op"
+MODEL = f"crispflow-{PIPELINE}"
+FEATURES = ["int_rate", "annual_inc"]
+PARAMS = {"pipeline": PIPELINE, "policy": {}}
+LENIENT = {"min_requests": 20, "min_labels": 50}
+
+
+@pytest.fixture(scope="module")
+def loans() -> pd.DataFrame:
+    return pd.read_parquet("include/data/lending_club.parquet").head(1000)
+
+
+@pytest.fixture(scope="module")
+def versions(mlflow_server, loans) -> list[str]:
+    """Three complete, blessed versions of a small model."""
+    mlf = registry.client(mlflow_server.url)
+    x, y = loans[FEATURES].astype("float64"), loans["Class"] == "bad"
+    out = []
+    for i, c in enumerate((1.0, 0.9, 0.8)):
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=300)).fit(x, y)
+        run_id = registry.find_or_create_run(mlf, PIPELINE, f"dag/r{i}/train", "train")
+        out.append(registry.register(mlf, name=MODEL, run_id=run_id, run_key=f"dag/r{i}/train", model=model,
+                                     example=x, tags={"crispflow.blessed": "true"}).version)
+    return out
+
+
+@pytest.fixture
+def env(mlflow_server, versions, tmp_path, monkeypatch):
+    """The task's settings (MLflow server, a fresh ledger and prediction store); only v1 live (the champion).
+    Returns (client, ledger, prediction store root)."""
+    root = tmp_path / "predictions"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+    monkeypatch.setenv("CRISPFLOW_LEDGER_URL", f"sqlite:///{tmp_path / 'ledger.db'}")
+    monkeypatch.setenv("CRISPFLOW_PREDICTIONS_URL", root.as_uri())
+    mlf = registry.client(mlflow_server.url)
+    for alias in promotion.SERVING_ALIASES:
+        if registry.alias_version(mlf, MODEL, alias):
+            mlf.delete_registered_model_alias(MODEL, alias)
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    promotion.apply(mlf, ledger, MODEL, promotion.cold_start({}, versions[0], "first"), move_key="cold", actor="t")
+    return mlf, ledger, root
+
+
+def go_canary(mlf, ledger: Ledger, root: Path, loans: pd.DataFrame, canary: str, champion: str) -> None:
+    """Deploy `canary` through the ledger, then log labelled traffic to both arms after it (in the past by the
+    time the analysis runs)."""
+    promotion.deploy_version(mlf, ledger, MODEL, canary, strategy="canary", share=0.5, reason="t", move_key="dep")
+    start = datetime.fromisoformat(ledger.find("dep")["at"])
+    rows, feedback = [], []
+    for i, (_, loan) in enumerate(loans.head(300).iterrows()):
+        alias, ts = ("canary" if i % 2 else "champion"), start + timedelta(milliseconds=i + 1)
+        rows.append({"request_id": f"r{i}", "ts": ts, "model": MODEL, "version": canary if i % 2 else champion,
+                     "alias": alias, "served": True, "entity": str(loan["loan_id"]), "score": 0.1 + (i % 7) / 10,
+                     "latency_ms": 3.0 + i % 3, "status": "ok", "features": {f: float(loan[f]) for f in FEATURES}})
+        feedback.append({"request_id": f"r{i}", "label": int(loan["Class"] == "bad"), "ts": ts})
+    plog = PredictionLog(root, MODEL)
+    plog.log(rows)
+    plog.log_feedback(feedback)
+    plog.close()
+    time.sleep(0.5)
+
+
+def operator(**kwargs):
+    from crispflow_airflow.operators.canary import CanaryAnalysisOperator
+
+    return CanaryAnalysisOperator(task_id="analyse_and_act", **{"pipeline": "{{ params.pipeline }}", **kwargs})
+
+
+def test_templated_fields_render() -> None:
+    from crispflow.release.promotion import POOL
+
+    op = operator(policy={"min_labels": "{{ params.n }}"})
+    assert tuple(op.template_fields) == ("pipeline", "policy")
+    op.render_template_fields({"params": {"pipeline": PIPELINE, "n": 300}})
+    assert (op.pipeline, op.policy) == (PIPELINE, {"min_labels": "300"})
+    assert op.pool == POOL and op.window == timedelta(minutes=10)
+
+
+def test_no_canary_is_nothing_to_do(run_alone, env) -> None:
+    dr, ti = run_alone(operator, PARAMS, {"pipeline": PIPELINE})
+    assert dr.state == "success"
+    assert ti.xcom_pull(task_ids="analyse_and_act") == {"decision": "none", "reasons": ["no canary deployed"]}
+
+
+def test_a_good_canary_is_promoted_and_a_retry_replays_the_move(run_alone, env, versions, loans) -> None:
+    mlf, ledger, root = env
+    v1, v2, _ = versions
+    go_canary(mlf, ledger, root, loans, v2, v1)
+    dr, ti = run_alone(lambda: operator(policy=LENIENT), PARAMS, {"pipeline": PIPELINE})
+    assert dr.state == "success"
+    out = ti.xcom_pull(task_ids="analyse_and_act")
+    assert set(out) == {"decision", "reasons", "report", "champion", "canary", "ledger"}
+    assert out["decision"] == "promote" and (out["champion"], out["canary"]) == (v1, v2), out["reasons"]
+    assert out["ledger"]["action"] == "promote" and not out["ledger"]["replayed"]
+    assert promotion.registry_state(mlf, MODEL) == {"champion": v2, "canary": None, "shadow": None, "previous": v1}
+    # the report under the store's root, one per run; the move recorded under the task's key
+    path = canary_report_path(root, MODEL, v2, dr.run_id)
+    assert out["report"].removeprefix("file://") == str(path)
+    assert json.loads(path.read_text())["labelled"]["labels"] == 300
+    key = f"{ti.dag_id}/{ti.run_id}/analyse_and_act"
+    assert ledger.find(key)["seq"] == out["ledger"]["seq"]
+
+    # a retry of the same task instance: the recorded move replayed, nothing decided or moved again
+    op = operator(policy=LENIENT)
+    op.render_template_fields({"params": PARAMS})
+    again = op.execute({"ti": ti, "dag_run": dr, "data_interval_start": None, "data_interval_end": None})
+    assert again == {**out["ledger"], "replayed": True}
+    assert len(ledger.entries(MODEL)) == 3
+
+
+def test_a_tampered_canary_is_refused_without_retry(run_alone, env, versions, loans, mlflow_server) -> None:
+    import crispflow_airflow.exceptions as exceptions
+
+    mlf, ledger, root = env
+    v1, _, v3 = versions
+    go_canary(mlf, ledger, root, loans, v3, v1)
+    source = mlf.get_model_version(MODEL, v3).source.rsplit("/", 1)[-1]
+    (target,) = [p for p in mlflow_server.artifacts.rglob("model.skops") if source in p.parts]
+    original = target.read_bytes()
+    target.write_bytes(original + b"\0")
+    try:
+        dr, ti = run_alone(lambda: operator(policy=LENIENT, retries=2), PARAMS, {"pipeline": PIPELINE})
+        assert dr.state == "failed" and ti.state == "failed" and ti.try_number == 1
+        op = operator(policy=LENIENT)
+        op.render_template_fields({"params": PARAMS})
+        with pytest.raises(exceptions.ModelRefused, match="model refused"):
+            op.execute({"ti": ti, "dag_run": dr, "data_interval_start": None, "data_interval_end": None})
+    finally:
+        target.write_bytes(original)
+    assert promotion.registry_state(mlf, MODEL)["canary"] == v3 and len(ledger.entries(MODEL)) == 2

@@ -1,0 +1,140 @@
+"""DeployCanaryOperator and RollbackOperator: templated fields render, the XCom is the ledger summary, "nothing to
+do" is a skip with the reason, a refused move fails without retry (a real MLflow server, a SQLite ledger)."""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from crispflow.model import registry
+from crispflow.release import promotion
+from crispflow.release.promotion import Ledger
+
+pytest_plugins = ["support.mlflow_server"]
+PIPELINE = "t_promo_ops"
+MODEL = f"crispflow-{PIPELINE}"
+SUMMARY = {"seq", "action", "from_version", "to_version", "moves", "reason", "replayed"}
+
+
+@pytest.fixture(scope="module")
+def versions(mlflow_server) -> list[str]:
+    """v1, v2 blessed, v3 not."""
+    mlf = registry.client(mlflow_server.url)
+    df = pd.read_parquet("include/data/lending_club.parquet").head(1000)
+    x = df[["int_rate", "annual_inc"]].astype("float64")
+    out = []
+    for i in range(3):
+        model = LogisticRegression(C=0.1 * (i + 1), max_iter=300).fit(x, df["Class"] == "bad")
+        run_id = registry.find_or_create_run(mlf, PIPELINE, f"dag/r{i}/train", "train")
+        out.append(registry.register(mlf, name=MODEL, run_id=run_id, run_key=f"dag/r{i}/train", model=model,
+                                     example=x, tags={"crispflow.blessed": "true" if i < 2 else "false"}).version)
+    return out
+
+
+@pytest.fixture
+def env(mlflow_server, versions, tmp_path, monkeypatch):
+    """The task's settings (MLflow server, a fresh ledger); in the registry only v1 is live (the champion)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+    monkeypatch.setenv("CRISPFLOW_LEDGER_URL", f"sqlite:///{tmp_path / 'ledger.db'}")
+    mlf = registry.client(mlflow_server.url)
+    for alias in promotion.SERVING_ALIASES:
+        if registry.alias_version(mlf, MODEL, alias):
+            mlf.delete_registered_model_alias(MODEL, alias)
+    registry.set_alias(mlf, MODEL, "champion", versions[0])
+    return mlf, Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+
+
+def deploy_op(**kwargs):
+    from crispflow_airflow.operators.promotion import DeployCanaryOperator
+
+    templated = {"pipeline": "{{ params.pipeline }}", "version": "{{ params.version }}",
+                 "strategy": "{{ params.strategy }}"}
+    return DeployCanaryOperator(task_id="deploy", **{**templated, **kwargs})
+
+
+def rollback_op(**kwargs):
+    from crispflow_airflow.operators.promotion import RollbackOperator
+
+    return RollbackOperator(task_id="rollback", **{"pipeline": "{{ params.pipeline }}", "reason": "{{ params.reason }}",
+                                                   **kwargs})
+
+
+PARAMS = {"pipeline": PIPELINE, "version": "", "share": 0.2, "strategy": "canary", "reason": ""}
+
+
+def test_templated_fields_render() -> None:
+    from crispflow.release.promotion import POOL
+
+    op = deploy_op(share="{{ params.share }}", reason="{{ params.reason }}")
+    assert tuple(op.template_fields) == ("pipeline", "version", "share", "strategy", "reason")
+    op.render_template_fields({"params": {"pipeline": PIPELINE, "version": 7, "share": 0.3, "strategy": "shadow",
+                                          "reason": "why"}})
+    assert (op.pipeline, op.version, op.share, op.strategy, op.reason) == (PIPELINE, "7", "0.3", "shadow", "why")
+    back = rollback_op()
+    assert tuple(back.template_fields) == ("pipeline", "reason")
+    back.render_template_fields({"params": {"pipeline": PIPELINE, "reason": "complaints"}})
+    assert (back.pipeline, back.reason) == (PIPELINE, "complaints")
+    assert op.pool == back.pool == POOL
+
+
+def test_deploy_pushes_the_ledger_summary(run_alone, env, versions) -> None:
+    mlf, ledger = env
+    dr, ti = run_alone(lambda: deploy_op(share="{{ params.share }}"), PARAMS,
+                       {"pipeline": PIPELINE, "version": versions[1], "share": 0.3})
+    assert dr.state == "success"
+    out = ti.xcom_pull(task_ids="deploy")
+    assert set(out) == SUMMARY and out["action"] == "deploy_canary" and out["to_version"] == versions[1]
+    assert promotion.registry_state(mlf, MODEL)["canary"] == versions[1]
+    assert mlf.get_registered_model(MODEL).tags[promotion.CANARY_SHARE_TAG] == "0.3"
+    assert ledger.find(f"{ti.dag_id}/{ti.run_id}/deploy")["seq"] == out["seq"]  # the move key: the task
+
+
+@pytest.mark.parametrize(("strategy", "which", "message"), [
+    ("none", 1, "deployment strategy 'none': the version stays `challenger`"),
+    ("canary", 2, "v{v} is not blessed: not deployed"),
+    ("canary", 0, "v{v} is the champion already (cold start): no canary needed"),
+])
+def test_nothing_to_deploy_is_a_skip_with_the_reason(run_alone, env, versions, strategy, which, message) -> None:
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    mlf, ledger = env
+    conf = {"pipeline": PIPELINE, "version": versions[which], "strategy": strategy}
+    dr, ti = run_alone(deploy_op, PARAMS, conf)
+    assert ti.state == "skipped" and dr.state == "success"
+    op = deploy_op()
+    op.render_template_fields({"params": conf})
+    with pytest.raises(AirflowSkipException, match=re.escape(message.format(v=versions[which]))):
+        op.execute({"ti": ti})
+    assert ledger.entries(MODEL) == [] and promotion.registry_state(mlf, MODEL)["canary"] is None
+
+
+def test_rollback_pushes_the_ledger_summary(run_alone, env, versions) -> None:
+    mlf, ledger = env
+    promotion.deploy_version(mlf, ledger, MODEL, versions[1], strategy="blue_green", share=1.0, reason="switch",
+                             move_key="t/switch")
+    dr, ti = run_alone(rollback_op, PARAMS, {"pipeline": PIPELINE, "reason": "complaints about the new scores"})
+    assert dr.state == "success"
+    out = ti.xcom_pull(task_ids="rollback")
+    assert set(out) == SUMMARY and out["action"] == "rollback" and out["moves"]["champion"] == list(versions[1::-1])
+    assert promotion.registry_state(mlf, MODEL)["champion"] == versions[0]
+    key = f"{ti.dag_id}/{ti.run_id}/rollback"
+    assert mlf.get_model_version(MODEL, versions[1]).tags[promotion.ROLLED_BACK_TAG] == key
+    assert ledger.find(key)["reason"] == "complaints about the new scores"
+
+
+def test_a_refused_rollback_fails_without_retry(run_alone, env) -> None:
+    import crispflow_airflow.exceptions as exceptions
+
+    _, ledger = env
+    conf = {"pipeline": PIPELINE, "reason": "nothing to go back to"}
+    dr, ti = run_alone(lambda: rollback_op(retries=2), PARAMS, conf)
+    assert dr.state == "failed" and ti.state == "failed" and ti.try_number == 1
+    op = rollback_op()
+    op.render_template_fields({"params": conf})
+    with pytest.raises(exceptions.PromotionAborted, match="no previous champion to roll back to") as err:
+        op.execute({"ti": ti})
+    assert isinstance(err.value, exceptions.AirflowFailException)
+    assert ledger.entries(MODEL) == []

@@ -1,0 +1,127 @@
+"""DriftSensor: templated fields render, malformed requests fail as InvalidRequest, one episode fires one asset event
+(a second run, or a second sensor, emits nothing; a retry of the recording run emits its own record), no episode
+before the deadline skips the task (deferred to the trigger in between). Real store folder, real dag.test()
+(`run_alone` in tests/airflow/conftest.py)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from crispflow.monitoring import store
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+EPISODE = "champion-20260301T010000Z"
+
+
+def window(model: str, i: int, share: float) -> dict:
+    status = "drift" if share >= 0.1 else "no_drift"
+    drifted = ["int_rate"] if status == "drift" else []
+    return {"model": model, "alias": "champion", "version": "1", "window_start": (T0 + timedelta(hours=i)).isoformat(),
+            "window_end": (T0 + timedelta(hours=i + 1)).isoformat(), "rows": 400, "labelled_rows": 0,
+            "status": status, "drift": status == "drift", "drift_share": share, "drifted_features": drifted,
+            "statistics": {}, "prediction_drift": False, "report": f"w{i}"}
+
+
+def sensor(**kwargs):
+    from crispflow_airflow.sensors.drift import DriftSensor
+
+    return DriftSensor(task_id="watch", **{"pipeline": "{{ params.pipeline }}", "policy": "{{ params.policy }}",
+                                           **kwargs})
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path, monkeypatch) -> str:
+    monkeypatch.setenv("CRISPFLOW_PREDICTIONS_URL", tmp_path.as_uri())
+    monkeypatch.delenv("CRISPFLOW_LAKE_CONN_ID", raising=False)
+    return f"t_sensor_{uuid.uuid4().hex[:6]}"
+
+
+def watch(run_alone, pipeline: str, **kwargs):
+    """The sensor alone in a fresh DAG, run by dag.test() (a deferral runs its trigger inline)."""
+    return run_alone(lambda: sensor(poke_interval=0.1, **kwargs), {"pipeline": pipeline, "policy": {}})
+
+
+def drift_events(dag_id: str) -> list:
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as s:
+        rows = s.scalars(select(AssetEvent).where(AssetEvent.source_dag_id == dag_id)).all()
+        s.expunge_all()
+        return rows
+
+
+def test_templated_fields_render() -> None:
+    op = sensor(root_url="{{ params.root }}")
+    assert tuple(op.template_fields) == ("pipeline", "policy", "root_url")
+    op.render_template_fields({"params": {"pipeline": "demo", "policy": '{"k": 3}', "root": "s3://b/p"}})
+    assert (op.pipeline, op.policy, op.root_url) == ("demo", '{"k": 3}', "s3://b/p")
+    assert op.deferrable and op.timeout == timedelta(minutes=55).total_seconds()
+
+
+@pytest.mark.parametrize(("pipeline", "policy", "message"), [
+    ("../x", None, "invalid request: pipeline: '../x' is not a valid pipeline name"),
+    ("demo", "{k", "invalid request: policy: '{k' is not a JSON object"),
+    ("demo", {"k": 4, "n": 3}, "invalid request: policy.k: 4 must be <= policy.n (3)"),
+])
+def test_malformed_requests_fail_as_invalid_request(pipeline, policy, message) -> None:
+    import crispflow_airflow.exceptions as exceptions
+
+    with pytest.raises(exceptions.InvalidRequest, match=re.escape(message)):
+        sensor(pipeline=pipeline, policy=policy).execute({})
+
+
+def test_one_episode_fires_one_event_and_an_idle_store_skips(run_alone, pipeline, tmp_path: Path) -> None:
+    model = f"crispflow-{pipeline}"
+    store.write_window(tmp_path, window(model, 0, 0.0), {}, "")
+    dr, ti = watch(run_alone, pipeline, timeout=1.0)  # no episode: deferred, the trigger times out, the task skips
+    assert dr.state == "success" and ti.state == "skipped" and not drift_events(dr.dag_id)
+
+    for i in (1, 2):
+        store.write_window(tmp_path, window(model, i, 0.3), {}, "")
+    dr, ti = watch(run_alone, pipeline)
+    assert ti.state == "success"
+    (event,) = drift_events(dr.dag_id)
+    recorded = store.read_episode(tmp_path, model, "champion-20260301T020000Z")  # windows 1 and 2 are hot
+    assert event.extra == recorded == ti.xcom_pull(task_ids="watch")
+    assert recorded["fired_by"] == {"dag_id": dr.dag_id, "run_id": dr.run_id, "task_id": "watch"}
+
+    dr2, ti2 = watch(run_alone, pipeline, timeout=1.0)  # drift persists: the episode already fired, nothing is emitted
+    assert ti2.state == "skipped" and not drift_events(dr2.dag_id)
+
+
+def test_only_the_run_that_recorded_the_episode_emits_its_event(pipeline, tmp_path: Path) -> None:
+    from airflow.sdk.exceptions import AirflowSkipException
+    from airflow.sdk.execution_time.context import OutletEventAccessors
+
+    from crispflow.monitoring.episodes import check
+    from crispflow_airflow.assets import DRIFT_DETECTED
+
+    model = f"crispflow-{pipeline}"
+    for i in (0, 1):
+        store.write_window(tmp_path, window(model, i, 0.3), {}, "")
+    decision = check(tmp_path, model, {}, T0 + timedelta(hours=3)).to_dict()
+
+    def complete(run_id: str) -> tuple[dict | None, OutletEventAccessors]:
+        events = OutletEventAccessors()
+        ti = SimpleNamespace(dag_id="watch_drift", run_id=run_id, task_id="watch")
+        try:
+            out = sensor(pipeline=pipeline, policy={}).execute_complete(
+                {"ti": ti, "outlet_events": events}, {"status": "fire", "decision": decision})
+        except AirflowSkipException:
+            out = None
+        return out, events
+
+    first, events = complete("r1")
+    assert first["episode_id"] == EPISODE and events[DRIFT_DETECTED].extra == first
+    again, events = complete("r1")  # a retry of the recording run (after a crash) emits the stored record
+    assert again == first and events[DRIFT_DETECTED].extra == first
+    other, events = complete("r2")  # another run: skipped, no event
+    assert other is None and events[DRIFT_DETECTED].extra == {}
