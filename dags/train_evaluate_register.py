@@ -119,15 +119,19 @@ def train_evaluate_register() -> None:
 
     @task
     def record_forced_blessing(request: dict, version: str, **context) -> dict:
-        """Record the approved override (approver, time, reason, the gate's reasons) beside the verdict."""
+        """Record the approved override (approver, time, reason, the gate's reasons) beside the verdict; a first
+        model then becomes champion, as a blessed one would."""
         from crispflow.model.modelling import force_bless
+        from crispflow.release.promotion import promote_first_blessed
         from crispflow_airflow.exceptions import as_airflow_errors
-        from crispflow_airflow.jobs import training_job
+        from crispflow_airflow.jobs import release_clients, training_job
 
         approval = context["ti"].xcom_pull(task_ids="approve_forced_blessing") or {}
         with as_airflow_errors():
-            return force_bless(training_job(request, context), version, reason=request["force_reason"],
-                               approver=approval.get("responded_by_user"))
+            job = training_job(request, context)
+            force_bless(job, version, reason=request["force_reason"], approver=approval.get("responded_by_user"))
+            _, ledger, _ = release_clients(job.spec.name)
+            return promote_first_blessed(job.mlf, ledger, job.model_name, version, run_key=job.run_key)
 
     request = resolve()
     prepared = prepare(request)

@@ -23,7 +23,7 @@ from sklearn.preprocessing import StandardScaler
 
 from crispflow.model import registry
 from crispflow.model.features import features, labels
-from crispflow.monitoring.profile import build_profile
+from crispflow.model.reference_profile import build_profile
 from crispflow.monitoring.store import read_windows, window_key
 from crispflow.monitoring.windows import REFERENCE_TAG, ReferenceProfileMissing, load_reference_profile
 from crispflow.predictions.writer import PredictionLog

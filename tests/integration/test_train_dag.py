@@ -84,7 +84,7 @@ def test_cold_start_registers_blesses_and_crowns_a_champion(env) -> None:
                 "crispflow.git_commit", "crispflow.dag_id", "crispflow.run_id", registry.SHA_TAG,
                 "crispflow.threshold", "crispflow.holdout_roc_auc", "crispflow.reference_profile"):
         assert mv.tags.get(tag), tag
-    from crispflow.monitoring.profile import check_profile
+    from crispflow.model.reference_profile import check_profile
 
     profile = check_profile(json.loads(mlflow.artifacts.load_text(mv.tags["crispflow.reference_profile"])))
     assert profile["rows"] > 2000 and "int_rate" in profile["features"]

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crispflow.monitoring.profile import (
+from crispflow.model.reference_profile import (
     FORMAT,
     DriftInputError,
     build_profile,

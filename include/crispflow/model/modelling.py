@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from crispflow.data.datasets import load_version, read_manifest
 from crispflow.lake import json_safe
 from crispflow.model import registry
+from crispflow.model.registry import CHALLENGER, CHAMPION
 from crispflow.spec import PipelineSpec
 
 if TYPE_CHECKING:
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 
     from crispflow.lake import Lake
 
-CHALLENGER, CHAMPION = "challenger", "champion"
 
 
 @dataclass
@@ -135,7 +135,7 @@ def log_reference_profile(job: TrainingJob, version: str, run_id: str, model: An
     """The version's reference for drift monitoring, from its training rows (features, in-sample scores, labels):
     logged beside the model and named by the version tag `crispflow.reference_profile`."""
     from crispflow.model.features import features, labels
-    from crispflow.monitoring.profile import build_profile
+    from crispflow.model.reference_profile import build_profile
 
     x = features(job.spec, train)
     profile = build_profile(job.spec, x, scores=model.predict_proba(x)[:, 1], labels=labels(job.spec, train),
@@ -269,25 +269,6 @@ def read_verdict(job: TrainingJob, version: str) -> dict[str, Any]:
     return json.loads(mlflow.artifacts.load_text(uri))
 
 
-def promote_cold_start(job: TrainingJob, version: str) -> dict[str, Any]:
-    """The first blessed model of a pipeline becomes `champion`; later ones stay `challenger` for the canary."""
-    verdict = read_verdict(job, version)
-    champion = registry.alias_version(job.mlf, job.model_name, CHAMPION)
-    if not verdict.get("blessed"):
-        return {"action": "none", "reason": "not blessed", "version": version}
-    if champion is not None and str(champion.version) != version:
-        return {"action": "none", "reason": f"champion v{champion.version} exists: canary decides", "version": version}
-    from crispflow.release import promotion
-    from crispflow.settings import Settings
-
-    ledger = promotion.Ledger(Settings.from_env().ledger_url)
-    state = promotion.current_state(job.mlf, ledger, job.model_name)
-    key = f"{job.run_key}/cold_start/v{version}"
-    transition = None if ledger.find(key) else promotion.cold_start(state, version, "first blessed model")
-    promotion.apply(job.mlf, ledger, job.model_name, transition, move_key=key, actor=job.run_key)
-    return {"action": "champion", "version": version}
-
-
 def force_bless(job: TrainingJob, version: str, *, reason: str, approver: Mapping[str, str] | None) -> dict[str, Any]:
     """Record a human's override of a "not blessed" verdict: the gate's verdict stays in the record, beside who
     approved, when and why. Never without an approver and a reason."""
@@ -309,7 +290,7 @@ def force_bless(job: TrainingJob, version: str, *, reason: str, approver: Mappin
     job.mlf.set_model_version_tag(job.model_name, version, "crispflow.forced_by", approver["id"])
     job.mlf.set_model_version_tag(job.model_name, version, "crispflow.verdict", f"runs:/{mv.run_id}/{path}")
     job.mlf.set_model_version_tag(job.model_name, version, "crispflow.blessed", "true")
-    return promote_cold_start(job, version)
+    return {"action": "forced", "version": version}
 
 
 def write_model_card(job: TrainingJob, version: str) -> dict[str, str]:

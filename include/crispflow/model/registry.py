@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 
 RUN_KEY = "crispflow.run_key"
 SHA_TAG = "crispflow.artifact_sha256"
+# The registry's vocabulary, one owner: the aliases crispflow moves and the tags the model server reads.
+CHALLENGER, CHAMPION, CANARY, SHADOW, PREVIOUS = "challenger", "champion", "canary", "shadow", "previous"
+CANARY_SHARE_TAG, SHADOW_SHARE_TAG, ENTITY_KEY_TAG = "crispflow.canary_share", "crispflow.shadow_share", (
+    "crispflow.entity_key")
 TRUSTED_MODULES = ("numpy", "scipy", "sklearn", "crispflow")  # crispflow: the typing step of its pipelines
 _NOT_HASHED = {"registered_model_meta"}  # written by the registry after logging
 

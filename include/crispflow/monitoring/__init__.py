@@ -15,10 +15,10 @@ from typing import Any
 _EXPORTS = {
     "DriftSettings": "crispflow.monitoring.drift",
     "compute_drift": "crispflow.monitoring.drift",
-    "DriftInputError": "crispflow.monitoring.profile",
-    "build_profile": "crispflow.monitoring.profile",
-    "load_profile": "crispflow.monitoring.profile",
-    "save_profile": "crispflow.monitoring.profile",
+    "DriftInputError": "crispflow.model.reference_profile",
+    "build_profile": "crispflow.model.reference_profile",
+    "load_profile": "crispflow.model.reference_profile",
+    "save_profile": "crispflow.model.reference_profile",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -106,8 +106,8 @@ def _scores(frame: pd.DataFrame, column: str | None, what: str) -> Any:
 
 def compare(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """The drift report for the parsed arguments (BadInput / DriftInputError / SpecError on bad input)."""
+    from crispflow.model.reference_profile import build_profile, load_profile
     from crispflow.monitoring.drift import DriftSettings, compute_drift
-    from crispflow.monitoring.profile import build_profile, load_profile
 
     spec = read_spec(args.spec, settings) if args.spec else None
     drift_settings = DriftSettings(alpha=args.alpha, min_psi=args.min_psi, min_drift_share=args.min_drift_share,

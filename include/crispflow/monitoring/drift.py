@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
-from crispflow.monitoring.profile import (
+from crispflow.model.reference_profile import (
     PERFORMANCE_METRICS,
     DriftInputError,
     as_bool_labels,

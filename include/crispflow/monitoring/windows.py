@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 
 from crispflow.lake import PathLike
+from crispflow.model.reference_profile import DriftInputError, check_profile
 from crispflow.monitoring.drift import DriftSettings, compute_drift
-from crispflow.monitoring.profile import DriftInputError, check_profile
 from crispflow.monitoring.report import render_html
 from crispflow.monitoring.store import summarise, window_key, write_window
 from crispflow.predictions.schema import FEATURE_PREFIX

@@ -22,6 +22,14 @@ from typing import TYPE_CHECKING, Any
 from crispflow.errors import CrispflowError
 from crispflow.lake import json_safe
 from crispflow.model import registry
+from crispflow.model.registry import (
+    CANARY,
+    CANARY_SHARE_TAG,
+    CHAMPION,
+    PREVIOUS,
+    SHADOW,
+    SHADOW_SHARE_TAG,
+)
 from crispflow.pools import PROMOTIONS
 
 if TYPE_CHECKING:
@@ -29,10 +37,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
 POOL = PROMOTIONS  # the Airflow pool (one slot) every alias move runs in; `crispflow up` creates it
-CHAMPION, CANARY, SHADOW, PREVIOUS = "champion", "canary", "shadow", "previous"
 SERVING_ALIASES = (CHAMPION, CANARY, SHADOW, PREVIOUS)
-CANARY_SHARE_TAG, SHADOW_SHARE_TAG, ENTITY_KEY_TAG = "crispflow.canary_share", "crispflow.shadow_share", (
-    "crispflow.entity_key")
 ACTIONS = ("cold_start", "deploy_canary", "deploy_shadow", "blue_green", "promote", "abort_canary", "rollback")
 
 
@@ -344,6 +349,22 @@ def deploy_version(mlf: MlflowClient, ledger: Ledger, model: str, version: str, 
         transition = deploy(state, version, strategy=strategy, share=share, reason=reason,
                             evidence={"verdict_blessed": True})
     return entry_summary(apply(mlf, ledger, model, transition, move_key=move_key, actor=move_key))
+
+
+def promote_first_blessed(mlf: MlflowClient, ledger: Ledger, model: str, version: str, *,
+                          run_key: str) -> dict[str, Any]:
+    """The first blessed model of a pipeline becomes `champion` (cold start); later ones stay `challenger` for
+    the canary. Once per training run (`run_key`): a retry only completes the recorded move."""
+    champion = registry.alias_version(mlf, model, CHAMPION)
+    if not is_blessed(mlf, model, version):
+        return {"action": "none", "reason": "not blessed", "version": version}
+    if champion is not None and str(champion.version) != version:
+        return {"action": "none", "reason": f"champion v{champion.version} exists: canary decides", "version": version}
+    key = f"{run_key}/cold_start/v{version}"
+    transition = None if ledger.find(key) else cold_start(current_state(mlf, ledger, model), version,
+                                                          "first blessed model")
+    apply(mlf, ledger, model, transition, move_key=key, actor=run_key)
+    return {"action": "champion", "version": version}
 
 
 def rollback_champion(mlf: MlflowClient, ledger: Ledger, model: str, reason: str, *,

@@ -17,14 +17,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-CHAMPION = "champion"
-CANARY = "canary"
-SHADOW = "shadow"
-ALIASES = (CHAMPION, CANARY, SHADOW)
+from crispflow.model.registry import CANARY, CANARY_SHARE_TAG, CHAMPION, ENTITY_KEY_TAG, SHADOW, SHADOW_SHARE_TAG
 
-CANARY_SHARE_TAG = "crispflow.canary_share"
-SHADOW_SHARE_TAG = "crispflow.shadow_share"
-ENTITY_KEY_TAG = "crispflow.entity_key"
+ALIASES = (CHAMPION, CANARY, SHADOW)
 _SCALE = float(16**15)
 
 

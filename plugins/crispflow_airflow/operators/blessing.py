@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from crispflow_airflow.exceptions import as_airflow_errors
-from crispflow_airflow.jobs import training_job
+from crispflow_airflow.jobs import release_clients, training_job
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -37,13 +37,15 @@ class BlessingGateOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from crispflow.model.blessing import verdict_summary
-        from crispflow.model.modelling import bless, promote_cold_start, write_model_card
+        from crispflow.model.modelling import bless, write_model_card
+        from crispflow.release.promotion import promote_first_blessed
 
         with as_airflow_errors():
             job = training_job(self.request, context)
             verdict = bless(job, str(self.version))
             self.log.info("verdict for %s v%s: %s", job.model_name, self.version, verdict_summary(verdict))
-            action = promote_cold_start(job, str(self.version))
+            _, ledger, _ = release_clients(job.spec.name)
+            action = promote_first_blessed(job.mlf, ledger, job.model_name, str(self.version), run_key=job.run_key)
             card = write_model_card(job, str(self.version))
         self.log.info("promotion: %s; model card: %s", action, card["html"])
         return {"version": str(self.version), "blessed": verdict["blessed"], "mode": verdict["mode"],

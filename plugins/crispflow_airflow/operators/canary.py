@@ -11,7 +11,7 @@ from airflow.sdk import BaseOperator
 from crispflow.release.promotion import POOL
 from crispflow_airflow.context import run_window, task_key
 from crispflow_airflow.exceptions import as_airflow_errors
-from crispflow_airflow.operators.promotion import release_clients
+from crispflow_airflow.jobs import release_clients
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

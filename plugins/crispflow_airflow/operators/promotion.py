@@ -13,22 +13,11 @@ from airflow.sdk import BaseOperator
 from crispflow.release.promotion import POOL
 from crispflow_airflow.context import task_key
 from crispflow_airflow.exceptions import as_airflow_errors
+from crispflow_airflow.jobs import release_clients
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-    from mlflow import MlflowClient
 
-    from crispflow.release.promotion import Ledger
-
-
-def release_clients(pipeline: str) -> tuple[MlflowClient, Ledger, str]:
-    """The MLflow client (MlflowHook), the promotion ledger (`Settings.ledger_url`) and the registered model name."""
-    from crispflow.model.registry import model_name
-    from crispflow.release.promotion import Ledger
-    from crispflow.settings import Settings
-    from crispflow_airflow.hooks.mlflow import MlflowHook
-
-    return MlflowHook().get_client(), Ledger(Settings.from_env().ledger_url), model_name(pipeline)
 
 
 class DeployCanaryOperator(BaseOperator):
