@@ -27,4 +27,9 @@ class LakeHook(BaseHook):
         settings = Settings.from_env()
         url = self.url or settings.lake_url
         conn_id = self.conn_id or settings.lake_conn_id
-        return Lake(ObjectStoragePath(url, conn_id=conn_id) if conn_id else ObjectStoragePath(url))
+        return Lake(object_path(url, conn_id))
+
+
+def object_path(url: str, conn_id: str | None) -> ObjectStoragePath:
+    """A root URL as an ObjectStoragePath, with its Airflow connection when there is one."""
+    return ObjectStoragePath(url, conn_id=conn_id) if conn_id else ObjectStoragePath(url)

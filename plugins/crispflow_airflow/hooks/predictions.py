@@ -5,6 +5,7 @@ from __future__ import annotations
 from airflow.sdk import BaseHook, ObjectStoragePath
 
 from crispflow.settings import Settings
+from crispflow_airflow.hooks.lake import object_path
 
 
 class PredictionStoreHook(BaseHook):
@@ -26,4 +27,4 @@ class PredictionStoreHook(BaseHook):
         settings = Settings.from_env()
         url = self.url or settings.predictions_url
         conn_id = self.conn_id if self.conn_id is not None else settings.lake_conn_id
-        return ObjectStoragePath(url, conn_id=conn_id) if conn_id else ObjectStoragePath(url)
+        return object_path(url, conn_id)
