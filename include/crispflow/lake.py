@@ -16,6 +16,7 @@ import json
 import math
 import os
 import uuid
+from collections.abc import Mapping
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -50,9 +51,10 @@ def canonical_json(obj: Any) -> bytes:
 
 
 def json_safe(obj: Any) -> Any:
-    """Strict JSON (XCom, REST, other languages): NaN and ±inf become null, numpy scalars plain numbers."""
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
+    """Strict JSON (XCom, REST, reports, other languages): NaN and ±inf become null, numpy scalars plain numbers,
+    mapping keys strings."""
+    if isinstance(obj, Mapping):
+        return {k if isinstance(k, str) else str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [json_safe(v) for v in obj]
     if hasattr(obj, "item") and not isinstance(obj, str | bytes):

@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
+from crispflow.lake import json_safe
 from crispflow.model.reference_profile import (
     PERFORMANCE_METRICS,
     DriftInputError,
@@ -203,21 +204,6 @@ def _performance(profile: Mapping[str, Any], scores: np.ndarray, labels: np.ndar
             entry.update(p_value=p, status="ok")
         out["metrics"][name] = entry
     return out
-
-
-def json_safe(value: Any) -> Any:
-    """Plain JSON types throughout: numpy scalars to Python, non-finite floats to None."""
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, bool | np.bool_):
-        return bool(value)
-    if isinstance(value, int | np.integer):
-        return int(value)
-    if isinstance(value, float | np.floating):
-        return float(value) if math.isfinite(value) else None
-    return value
 
 
 def _empty_report(profile: Mapping[str, Any], rows: int, settings: DriftSettings) -> dict[str, Any]:
