@@ -29,6 +29,8 @@ Result = tuple[dict[str, bool], float, dict[str, float]]
 
 
 def _crispflow(ref: pd.DataFrame, cur: pd.DataFrame, cfg: dict[str, Any]) -> Result:
+    import scipy.stats  # noqa: F401  (imports are not timed; crispflow.monitoring loads scipy.stats lazily)
+
     from crispflow.monitoring import build_profile, compute_drift
 
     started = time.perf_counter()

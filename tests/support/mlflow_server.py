@@ -54,3 +54,19 @@ def mlflow_server() -> Iterator[MlflowServer]:
     finally:
         stop_process(proc)
         log.close()
+
+
+def register_versions(mlf: object, name: str, experiment: str, x: object, models: list[object],
+                      blessed: list[bool] | None = None) -> list[str]:
+    """Register each fitted model as a complete version of `name`, each from its own run (`dag/r<i>/train`),
+    tagged blessed (all, unless `blessed` says otherwise). Returns the versions."""
+    from crispflow.model import registry
+
+    out = []
+    for i, model in enumerate(models):
+        run_key = f"dag/r{i}/train"
+        run_id = registry.find_or_create_run(mlf, experiment, run_key, "train")
+        tag = "true" if blessed is None or blessed[i] else "false"
+        out.append(registry.register(mlf, name=name, run_id=run_id, run_key=run_key, model=model, example=x,
+                                     tags={"crispflow.blessed": tag}).version)
+    return out

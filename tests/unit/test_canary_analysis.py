@@ -13,6 +13,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from support.mlflow_server import register_versions
 
 from crispflow.model import registry
 from crispflow.predictions.store import canary_report_path
@@ -41,13 +42,8 @@ def mlf(mlflow_server):
 def versions(mlf, loans) -> list[str]:
     """Two complete, blessed versions of a small model (close to each other)."""
     x, y = loans[FEATURES].astype("float64"), loans["Class"] == "bad"
-    out = []
-    for i, c in enumerate((1.0, 0.9)):
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=300)).fit(x, y)
-        run_id = registry.find_or_create_run(mlf, "t_settle", f"dag/r{i}/train", "train")
-        out.append(registry.register(mlf, name=NAME, run_id=run_id, run_key=f"dag/r{i}/train", model=model,
-                                     example=x, tags={"crispflow.blessed": "true"}).version)
-    return out
+    models = [make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=300)).fit(x, y) for c in (1.0, 0.9)]
+    return register_versions(mlf, NAME, "t_settle", x, models)
 
 
 @pytest.fixture

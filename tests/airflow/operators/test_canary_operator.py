@@ -14,6 +14,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from support.mlflow_server import register_versions
 
 from crispflow.model import registry
 from crispflow.predictions.store import canary_report_path
@@ -39,13 +40,8 @@ def versions(mlflow_server, loans) -> list[str]:
     """Three complete, blessed versions of a small model."""
     mlf = registry.client(mlflow_server.url)
     x, y = loans[FEATURES].astype("float64"), loans["Class"] == "bad"
-    out = []
-    for i, c in enumerate((1.0, 0.9, 0.8)):
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=300)).fit(x, y)
-        run_id = registry.find_or_create_run(mlf, PIPELINE, f"dag/r{i}/train", "train")
-        out.append(registry.register(mlf, name=MODEL, run_id=run_id, run_key=f"dag/r{i}/train", model=model,
-                                     example=x, tags={"crispflow.blessed": "true"}).version)
-    return out
+    models = [make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=300)).fit(x, y) for c in (1.0, 0.9, 0.8)]
+    return register_versions(mlf, MODEL, PIPELINE, x, models)
 
 
 @pytest.fixture

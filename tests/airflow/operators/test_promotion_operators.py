@@ -8,6 +8,7 @@ import re
 import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
+from support.mlflow_server import register_versions
 
 from crispflow.model import registry
 from crispflow.release import promotion
@@ -25,13 +26,8 @@ def versions(mlflow_server) -> list[str]:
     mlf = registry.client(mlflow_server.url)
     df = pd.read_parquet("include/data/lending_club.parquet").head(1000)
     x = df[["int_rate", "annual_inc"]].astype("float64")
-    out = []
-    for i in range(3):
-        model = LogisticRegression(C=0.1 * (i + 1), max_iter=300).fit(x, df["Class"] == "bad")
-        run_id = registry.find_or_create_run(mlf, PIPELINE, f"dag/r{i}/train", "train")
-        out.append(registry.register(mlf, name=MODEL, run_id=run_id, run_key=f"dag/r{i}/train", model=model,
-                                     example=x, tags={"crispflow.blessed": "true" if i < 2 else "false"}).version)
-    return out
+    models = [LogisticRegression(C=0.1 * (i + 1), max_iter=300).fit(x, df["Class"] == "bad") for i in range(3)]
+    return register_versions(mlf, MODEL, PIPELINE, x, models, blessed=[True, True, False])
 
 
 @pytest.fixture
