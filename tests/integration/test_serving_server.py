@@ -21,17 +21,16 @@ from typing import Any
 import httpx
 import pandas as pd
 import pytest
-import uvicorn
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from support.servers import free_port, stop_process, wait_for_port
+from support.serving import Running
 
 from crispflow.model import registry
 from crispflow.predictions.reader import read_predictions
-from crispflow.serving.app import create_app
 from crispflow.serving.config import ServeConfig
 
 pytest_plugins = ["support.mlflow_server"]
@@ -81,27 +80,6 @@ def _records(data: pd.DataFrame) -> list[dict[str, Any]]:
     frame = data[["loan_id", *FEATURES]]
     return [{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
             for row in frame.to_dict(orient="records")]
-
-
-class Running:
-    """A uvicorn server on a thread of this process, with its own prediction log folder."""
-
-    def __init__(self, config: ServeConfig) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.app = create_app(config)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    access_log=False, lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> Running:
-        self.thread.start()
-        wait_for_port(self.port, 60)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
 
 
 def _wait(check, timeout: float = 30.0, what: str = "condition") -> Any:

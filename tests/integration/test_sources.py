@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 import pandas as pd
 import pytest
 import yaml
-from support.servers import JsonHttpServer, MotoS3, Reply, Request, Route, ScratchDatabase
+from support.servers import LOOPBACK, JsonHttpServer, MotoS3, Reply, Request, Route, ScratchDatabase, run_http_server
 
 from crispflow.data.datasets import load_batch, load_version, publish, read_manifest, stage, store_outcome
 from crispflow.data.extracts import SOURCE_COL, assemble, conform, new_rejections
@@ -154,6 +154,27 @@ def api(http_json_server: JsonHttpServer, monkeypatch: pytest.MonkeyPatch) -> It
     """The loopback server behind the `crispflow_http` connection (routes are added by each test)."""
     monkeypatch.setenv(f"AIRFLOW_CONN_{HTTP_CONN.upper()}", http_json_server.http_conn())
     yield http_json_server
+
+
+@pytest.fixture
+def elsewhere() -> Iterator[JsonHttpServer]:
+    """A second loopback server, on another port: another origin, which must never see the connection's secrets."""
+    with run_http_server() as server:
+        server.route("/loans", lambda req: Reply.of_json({"data": [], "next": None}))
+        yield server
+
+
+@pytest.fixture
+def secret_api(http_json_server: JsonHttpServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[JsonHttpServer]:
+    """The `crispflow_http` connection with credentials: basic auth and an API-key header from its extra."""
+    conn = {"conn_type": "http", "host": LOOPBACK, "port": http_json_server.port, "schema": "http",
+            "login": "svc", "password": "s3cret-pw", "extra": {"X-Api-Key": "s3cret-key"}}
+    monkeypatch.setenv(f"AIRFLOW_CONN_{HTTP_CONN.upper()}", json.dumps(conn))
+    yield http_json_server
+
+
+def carries_credentials(req: Request) -> bool:
+    return req.headers.get("X-Api-Key") == "s3cret-key" and req.headers.get("Authorization", "").startswith("Basic ")
 
 
 # --- S3 ----------------------------------------------------------------------------------------------------------
@@ -301,6 +322,51 @@ def test_http_reads_every_page_of_the_interval(api: JsonHttpServer, relative_nex
     assert fp["params"] == {"start": INTERVAL.start.isoformat(), "end": INTERVAL.end.isoformat()}
     assert fp["response_sha256"] == sha256(b"\n".join(bodies)) and ex.raw == b"\n".join(bodies)
     assert fp["etags"] == [reply.headers["ETag"].strip('"') for _, reply in served]
+
+
+def test_http_next_link_to_another_origin_is_refused_before_any_request(secret_api: JsonHttpServer,
+                                                                        elsewhere: JsonHttpServer) -> None:
+    link = elsewhere.url("/loans?page=2&token=leak")
+    secret_api.route("/loans", lambda req: Reply.of_json({"data": records(demo_frame().head(3)), "next": link}))
+    spec = spec_with(http_source())
+
+    with pytest.raises(SourceError, match=rf"source 'loans_api': next_path 'next' points to http://127\.0\.0\.1:"
+                                          rf"{elsewhere.port}, not the connection's origin http://127\.0\.0\.1:"
+                                          rf"{secret_api.port} \[rule: only relative or same-origin") as info:
+        extract(spec.sources[0], INTERVAL)
+
+    assert info.value.retryable is False and "token" not in str(info.value) and "page=2" not in str(info.value)
+    assert all(carries_credentials(req) for req, _ in secret_api.replies())  # the connection does send them...
+    assert elsewhere.replies() == []  # ...but the other origin saw no request at all
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_http_redirect_to_another_origin_is_refused(secret_api: JsonHttpServer, elsewhere: JsonHttpServer,
+                                                    status: int) -> None:
+    secret_api.route("/loans", lambda req: Reply(status, headers={"Location": elsewhere.url("/loans?k=leak")}))
+    spec = spec_with(http_source())
+
+    with pytest.raises(SourceError, match=rf"a redirect \({status}\) points to http://127\.0\.0\.1:{elsewhere.port}, "
+                                          r"not the connection's origin") as info:
+        extract(spec.sources[0], INTERVAL)
+
+    assert info.value.retryable is False and "leak" not in str(info.value)
+    assert len(secret_api.replies("/loans")) == 1 and elsewhere.replies() == []
+
+
+def test_http_same_origin_redirect_is_followed_with_the_credentials(secret_api: JsonHttpServer) -> None:
+    secret_api.route("/loans", lambda req: Reply(302, headers={"Location": "/v2/loans?page=1"}))
+    secret_api.route("/v2/loans", lambda req: Reply.of_json({"data": records(demo_frame().head(3)), "next": None}))
+    spec = spec_with(http_source())
+
+    ex = extract(spec.sources[0], INTERVAL)
+
+    assert len(ex.frame) == 3 and ex.fingerprint["pages"] == 1
+    assert [(req.path, req.query) for req, _ in secret_api.replies()] == [
+        ("/loans", {"start": INTERVAL.start.isoformat(), "end": INTERVAL.end.isoformat()}),
+        ("/v2/loans", {"page": "1"}),  # the Location's own query
+    ]
+    assert all(carries_credentials(req) for req, _ in secret_api.replies())
 
 
 @pytest.mark.parametrize(("status", "retryable"), [(500, True), (503, True), (429, True), (404, False), (401, False)])

@@ -2,7 +2,8 @@
 
 Airflow-free: the Airflow hooks (plugins/crispflow_airflow/hooks) resolve connections into the path, engine or
 fetch function these take. Each reader returns an `Extract`: the frame, the exact bytes to keep in the raw zone
-and a fingerprint that identifies what was read.
+and a fingerprint that identifies what was read. An HTTP source only ever requests URLs of its connection's
+origin (`same_origin`): the fetch function carries the connection's credentials.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urljoin, urlsplit
 
 from crispflow.errors import SourceError
 from crispflow.lake import PathLike, sha256
@@ -24,8 +26,9 @@ if TYPE_CHECKING:
     from crispflow.spec import FileSource, HttpSource, SqlSource
 
 _UTC_SESSION = {"postgresql": "SET TIME ZONE 'UTC'", "mysql": "SET time_zone = '+00:00'"}
-# (url or endpoint, query params) -> (body, response headers)
+# (absolute url of the connection's origin, query params) -> (body, response headers)
 Fetch = Callable[[str, Mapping[str, str]], tuple[bytes, Mapping[str, str]]]
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True)
@@ -148,15 +151,46 @@ def _dig(doc: Any, dotted: str | None) -> Any:
     return doc
 
 
-def read_http(spec: HttpSource, fetch: Fetch, interval: Interval) -> Extract:
-    """GET the endpoint with the interval as query parameters, following `next_path` links; JSON records."""
+def origin(url: str) -> str:
+    """`scheme://host:port` of a URL (default port filled in, no credentials, path or query); "" if it has none."""
+    try:
+        parts = urlsplit(url)
+        scheme, host = parts.scheme.lower(), parts.hostname or ""
+        port = parts.port or _DEFAULT_PORTS.get(scheme)
+    except ValueError:  # a port that is not a number
+        return ""
+    if not scheme or not host or port is None:
+        return ""
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def same_origin(source: str, url: str, base_url: str, what: str) -> str:
+    """`url` if its scheme, host and port are the connection's (`base_url`); else a non-retryable `SourceError`.
+
+    The message shows the offending URL's origin only, never its credentials, path or query.
+    """
+    allowed = origin(base_url)
+    if allowed and origin(url) == allowed:
+        return url
+    raise SourceError(source, f"{what} points to {origin(url) or 'a URL without an origin'}, not the connection's "
+                              f"origin {allowed or '(none)'} [rule: only relative or same-origin URLs are "
+                              f"requested, so the connection's credentials never leave it]")
+
+
+def read_http(spec: HttpSource, fetch: Fetch, interval: Interval, base_url: str) -> Extract:
+    """GET the endpoint with the interval as query parameters, following `next_path` links; JSON records.
+
+    The endpoint is relative to `base_url` (the connection's); a next link is resolved against the page that
+    carried it. Both must stay on the connection's origin (`same_origin`).
+    """
     import pandas as pd
 
     params = {spec.start_param: interval.start.isoformat(), spec.end_param: interval.end.isoformat()}
     bodies: list[bytes] = []
     records: list[Any] = []
     etags: list[str] = []
-    target: str | None = spec.endpoint
+    endpoint = spec.endpoint if "://" in spec.endpoint else f"{base_url.rstrip('/')}/{spec.endpoint.lstrip('/')}"
+    target: str | None = same_origin(spec.name, endpoint, base_url, f"endpoint {spec.endpoint!r}")
     while target:
         if len(bodies) >= spec.max_pages:
             raise SourceError(spec.name, f"more than max_pages={spec.max_pages} pages", retryable=False)
@@ -173,7 +207,7 @@ def read_http(spec: HttpSource, fetch: Fetch, interval: Interval) -> Extract:
             where = f"at {spec.records_path!r}" if spec.records_path else "at the top level"
             raise SourceError(spec.name, f"expected a list of records {where}, got {type(page).__name__}")
         records.extend(page)
-        target = _dig(doc, spec.next_path) if spec.next_path else None
+        target = _next_url(spec, _dig(doc, spec.next_path) if spec.next_path else None, target, base_url)
     if any(not isinstance(r, dict) for r in records):
         raise SourceError(spec.name, "every record must be a JSON object")
     raw = b"\n".join(bodies)
@@ -188,3 +222,12 @@ def read_http(spec: HttpSource, fetch: Fetch, interval: Interval) -> Extract:
         **({"etags": etags} if etags else {}),
     }
     return Extract(spec.name, pd.DataFrame.from_records(records), raw, "jsonl", fingerprint)
+
+
+def _next_url(spec: HttpSource, link: Any, page_url: str, base_url: str) -> str | None:
+    """The next page's URL: `link` resolved against the current page, on the connection's origin; None at the end."""
+    if link is None or link == "":
+        return None
+    if not isinstance(link, str):
+        raise SourceError(spec.name, f"next_path {spec.next_path!r} holds a {type(link).__name__}, not a URL")
+    return same_origin(spec.name, urljoin(page_url, link), base_url, f"next_path {spec.next_path!r}")

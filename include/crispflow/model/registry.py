@@ -32,6 +32,7 @@ CHALLENGER, CHAMPION, CANARY, SHADOW, PREVIOUS = "challenger", "champion", "cana
 CANARY_SHARE_TAG, SHADOW_SHARE_TAG, ENTITY_KEY_TAG = "crispflow.canary_share", "crispflow.shadow_share", (
     "crispflow.entity_key")
 TRUSTED_MODULES = ("numpy", "scipy", "sklearn", "crispflow")  # crispflow: the typing step of its pipelines
+SKOPS, SKOPS_FILE = "skops", "model.skops"  # the only format and file crispflow writes and reads
 _NOT_HASHED = {"registered_model_meta"}  # written by the registry after logging
 
 
@@ -102,15 +103,37 @@ def pip_requirements() -> list[str]:
 
 
 def trusted_types(model: Any) -> list[str]:
-    """Types skops may load for this model: only those of numpy, scipy, sklearn and crispflow itself."""
+    """Types skops may load for this model: only classes of numpy, scipy, sklearn and crispflow itself."""
     import_skops()
     import skops.io as sio
 
-    untrusted = sio.get_untrusted_types(data=sio.dumps(model))
-    foreign = [t for t in untrusted if t.split(".")[0] not in TRUSTED_MODULES]
+    return allowed_types(sio.get_untrusted_types(data=sio.dumps(model)), "the model")
+
+
+def allowed_types(untrusted: list[str], what: str) -> list[str]:
+    """`untrusted` (skops' names of the types it does not trust by default) if every one is a class of
+    TRUSTED_MODULES; a RegistryError naming the others. Names outside TRUSTED_MODULES are never imported."""
+    foreign = [t for t in untrusted if t.split(".")[0] not in TRUSTED_MODULES or not _is_class(t)]
     if foreign:
-        raise RegistryError(f"the model references types outside {TRUSTED_MODULES}: {foreign}")
+        raise RegistryError(f"{what}: skops types {foreign} are not allowed (only classes of {TRUSTED_MODULES} "
+                            f"are): refusing it")
     return untrusted
+
+
+def _is_class(dotted: str) -> bool:
+    """Whether `dotted` (module path, then attributes) names a class: a function or method never is."""
+    import importlib
+
+    parts = dotted.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            found: Any = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attr in parts[cut:]:
+            found = getattr(found, attr, None)
+        return isinstance(found, type)
+    return False
 
 
 @dataclass(frozen=True)
@@ -203,19 +226,58 @@ def load_verified(mlf: MlflowClient, name: str, version: str, cache: Path | None
 
 
 def load_files(local: Path) -> Any:
-    """The sklearn model in a local copy made by `verified_copy`."""
-    import mlflow.sklearn
+    """The sklearn model in a local copy made by `verified_copy`, read by crispflow's rules, not the MLmodel's.
 
+    MLflow's own loader takes the format and skops' trusted types from the MLmodel, which anyone with write access
+    to MLflow can write: here only a skops file is read, with the types `allowed_types` accepts, and MLflow's
+    loaders are switched off in this process (MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false).
+    """
+    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
     import_skops()
-    return mlflow.sklearn.load_model(str(local))
+    import skops.io as sio
+
+    path, trusted = loadable(local, str(local))
+    return sio.load(path, trusted=trusted)
 
 
 def verified_copy(mv: Any, cache: Path | None = None) -> Path:
-    """A model version's files, checked against the hash recorded at registration.
+    """A model version's files, checked against the hash recorded at registration and by `loadable`.
 
     Kept in `cache` (default: the settings' model cache) under that hash: a worker or server downloads a version
     once, the copy is put in place atomically (concurrent loads are safe) and hashed again at every use.
     """
+    local = _hash_checked_copy(mv, cache)
+    loadable(local, f"{mv.name} v{mv.version}")
+    return local
+
+
+def loadable(local: Path, what: str) -> tuple[Path, list[str]]:
+    """(skops file, types to trust) of a model copy, read without deserializing anything; RegistryError unless
+    the MLmodel's sklearn flavor says skops and the file holds only `allowed_types`."""
+    import yaml
+
+    import_skops()
+    import skops.io as sio
+
+    try:
+        flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["sklearn"]
+        fmt, file = flavor.get("serialization_format"), flavor.get("pickled_model")
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
+        raise RegistryError(f"{what}: MLmodel has no readable flavors.sklearn ({exc!r}): refusing it") from None
+    if fmt != SKOPS:
+        raise RegistryError(f"{what}: MLmodel flavors.sklearn.serialization_format is {fmt!r}; crispflow loads "
+                            f"only {SKOPS!r} (pickle runs code on load): refusing it")
+    if file != SKOPS_FILE or not (local / file).is_file():
+        raise RegistryError(f"{what}: MLmodel flavors.sklearn.pickled_model is {file!r}; crispflow loads only "
+                            f"its own {SKOPS_FILE!r}: refusing it")
+    try:
+        untrusted = sio.get_untrusted_types(file=local / file)
+    except Exception as exc:  # not a zip, no schema: skops cannot even list it
+        raise RegistryError(f"{what}: {file} is not a readable skops file ({exc!r}): refusing it") from None
+    return local / file, allowed_types(untrusted, f"{what}: {file}")
+
+
+def _hash_checked_copy(mv: Any, cache: Path | None) -> Path:
     expected = mv.tags.get(SHA_TAG)
     if not expected:
         raise RegistryError(f"{mv.name} v{mv.version} has no recorded artifact hash: refusing to load it")

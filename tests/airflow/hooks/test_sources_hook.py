@@ -1,6 +1,6 @@
 """Source hooks: one entry point per kind of source; a file path is the project's, a connection that cannot be used
-is a retryable SourceError (SourceUnavailable in Airflow), a client error is not retried (S3, SQL and HTTP in
-depth: tests/integration/test_sources.py)."""
+is a retryable SourceError (SourceUnavailable in Airflow), a client error or a link to another origin is not retried
+(S3, SQL and HTTP in depth: tests/integration/test_sources.py)."""
 
 from __future__ import annotations
 
@@ -49,3 +49,20 @@ def test_http_status_decides_retry(http_json_server, monkeypatch, status: int, e
         extract(source, JAN)
     query = http_json_server.replies("/loans")[0][0].query
     assert query == {"start": JAN.start.isoformat(), "end": JAN.end.isoformat()}
+
+
+def test_http_next_link_to_another_origin_is_not_retried(http_json_server, monkeypatch) -> None:
+    from support.servers import Reply, run_http_server
+
+    import crispflow_airflow.exceptions as exceptions
+
+    with run_http_server() as elsewhere:
+        link = elsewhere.url("/loans?page=2")
+        http_json_server.route("/loans", lambda req: Reply.of_json({"data": [{"id": 1}], "next": link}))
+        monkeypatch.setenv("AIRFLOW_CONN_T_API", http_json_server.http_conn())
+        source = HttpSource(name="loans_api", kind="http", conn_id="t_api", endpoint="/loans", records_path="data",
+                            next_path="next")
+        with pytest.raises(exceptions.DataQualityFailed, match="next_path 'next' points to"), \
+                exceptions.as_airflow_errors():
+            extract(source, JAN)
+        assert elsewhere.replies() == []
