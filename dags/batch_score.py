@@ -6,7 +6,8 @@ version, resolved when the run starts), `alias` (default `champion`; the version
 whole run) and `partition_rows`. Predictions land in
 `scores/<pipeline>/<dataset_version_id>/v<model_version>/part-<index>.parquet`, each created once, and a
 `_SUCCESS` manifest (rows in == rows scored, model version and hash, lineage) is written last; the run that
-commits emits `crispflow_batch_scores`. Reruns and concurrent duplicates produce the same files.
+commits emits `crispflow_batch_scores` (partition key `<pipeline>/<dataset_version_id>.v<model_version>`). Reruns
+and concurrent duplicates produce the same files and no second event. One run scores one pipeline.
 """
 
 from __future__ import annotations

@@ -3,15 +3,19 @@ its feedback, store the report, and promote it (old champion kept as `previous`)
 
 Nothing to do when no canary is live. Runs in the `crispflow_promotions` pool (one slot), and every alias move is
 a check-and-set on the promotion ledger: concurrent promotions are serialised and the loser aborts.
+
+Per pipeline: `pipelines` lists every pipeline whose model has a champion (or only the `pipeline` param of a
+manual run) and `analyse_and_act` is mapped over them, each judging its own model's canary on its own traffic.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import Param, dag
+from airflow.sdk import Param, dag, task
 from airflow.timetables.interval import DeltaDataIntervalTimetable
 
+from crispflow.pools import PROMOTIONS
 from crispflow_airflow.dag_defaults import START_DATE, default_args, pipeline_param
 from crispflow_airflow.operators.canary import CanaryAnalysisOperator
 
@@ -23,7 +27,8 @@ from crispflow_airflow.operators.canary import CanaryAnalysisOperator
     max_active_runs=1,
     tags=["crispflow", "deployment"],
     params={
-        "pipeline": pipeline_param("Pipeline whose canary to judge"),
+        "pipeline": pipeline_param("Pipeline whose canary to judge; empty: every pipeline with a champion",
+                                   default=None),
         "policy": Param({}, type="object", description="Overrides of CanaryPolicy (e.g. {\"min_labels\": 300})"),
     },
     default_args=default_args(execution_timeout=timedelta(minutes=10)),
@@ -31,7 +36,17 @@ from crispflow_airflow.operators.canary import CanaryAnalysisOperator
     doc_md=__doc__,
 )
 def canary_analysis() -> None:
-    CanaryAnalysisOperator(task_id="analyse_and_act", pipeline="{{ params.pipeline }}", policy="{{ params.policy }}")
+    @task
+    def pipelines(**context) -> list[str]:
+        """The pipelines to judge: the `pipeline` param, else every pipeline with a champion."""
+        from crispflow_airflow.targets import served_pipelines
+
+        return served_pipelines(context, allowed_conf=("pipeline", "policy"))
+
+    CanaryAnalysisOperator.partial(  # the pool explicitly: a mapped task does not see the operator's default
+        task_id="analyse_and_act", policy="{{ params.policy }}", pool=PROMOTIONS,
+        map_index_template="{{ task.pipeline }}",
+    ).expand(pipeline=pipelines())
 
 
 canary_analysis()

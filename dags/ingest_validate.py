@@ -1,15 +1,17 @@
-"""Data phases of CRISP-ML(Q): ingest every source for the interval → GX quality gate → publish a dataset version.
+"""Data phases of CRISP-ML(Q): ingest every source for an interval → GX quality gate → publish a dataset version.
 
-Monthly by default (each run reads its own data interval); trigger by hand or through the REST API with
-`pipeline` and, for a manual range, `start`/`end`. Bad rows are quarantined with reasons, bad batches fail
-without retries, and a published version emits `crispflow_curated_dataset` with its id in `extra`.
+One pipeline per run: `ingest_monthly` triggers one run per spec each month (last month's interval); trigger it
+by hand or through the REST API with `pipeline` and `start`/`end` for any range. Bad rows are quarantined with
+reasons, bad batches fail without retries, and a published version emits `crispflow_curated_dataset` with its id
+in `extra` and the partition key `<pipeline>/<dataset_version_id>`, which starts exactly one
+`train_evaluate_register` run for it (a rerun that finds the version already published emits nothing).
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import CronDataIntervalTimetable, Param, dag
+from airflow.sdk import Param, dag
 
 from crispflow_airflow.dag_defaults import START_DATE, default_args, pipeline_param
 from crispflow_airflow.operators.ingest import IngestOperator
@@ -27,8 +29,7 @@ BATCH_ID = "{{ ti.xcom_pull(task_ids='ingest')['batch_id'] }}"
 
 
 @dag(
-    # Airflow 3 cron strings have zero-length intervals; each run here reads last month, so ask for intervals.
-    schedule=CronDataIntervalTimetable("@monthly", timezone="UTC"),
+    schedule=None,  # ingest_monthly starts one run per pipeline; by hand or REST for any range
     start_date=START_DATE,
     catchup=False,
     max_active_runs=2,

@@ -5,13 +5,17 @@ Per alias and window: a JSON report and an HTML page with a plot per feature nex
 (`<predictions>/<model>/drift/`), a small summary the DriftSensor and the Prometheus gauges read, and the report
 as artifacts of the version's MLflow run (`drift/<window>-<alias>.json|.html`). An empty window is recorded as
 "insufficient_data", not a failure. A manual run judges the `window_minutes` (default 60) before it.
+
+Per pipeline: `pipelines` lists every pipeline whose model has a champion (or only the `pipeline` param, when a
+manual run gives one) and `compute_drift` is mapped over them — one task instance per pipeline, each on its own
+model's prediction log, reference profile and drift store, so two pipelines' windows never mix.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import Param, dag
+from airflow.sdk import Param, dag, task
 from airflow.timetables.interval import DeltaDataIntervalTimetable
 
 from crispflow_airflow.dag_defaults import START_DATE, default_args, pipeline_param
@@ -25,7 +29,8 @@ from crispflow_airflow.operators.drift import MAX_WINDOW_MINUTES, DriftMonitorOp
     max_active_runs=1,
     tags=["crispflow", "monitoring"],
     params={
-        "pipeline": pipeline_param("Pipeline whose served model to monitor"),
+        "pipeline": pipeline_param("Pipeline whose served model to monitor; empty: every pipeline with a champion",
+                                   default=None),
         "window_minutes": Param(None, type=["null", "integer"], minimum=1, maximum=MAX_WINDOW_MINUTES,
                                 description="Manual runs: judge this many minutes before the run "
                                             "(empty = the run's data interval)"),
@@ -37,8 +42,17 @@ from crispflow_airflow.operators.drift import MAX_WINDOW_MINUTES, DriftMonitorOp
     doc_md=__doc__,
 )
 def monitor_drift() -> None:
-    DriftMonitorOperator(task_id="compute_drift", pipeline="{{ params.pipeline }}",
-                         window_minutes="{{ params.window_minutes }}", settings="{{ params.settings }}")
+    @task
+    def pipelines(**context) -> list[str]:
+        """The pipelines to monitor: the `pipeline` param, else every pipeline with a champion."""
+        from crispflow_airflow.targets import served_pipelines
+
+        return served_pipelines(context, allowed_conf=("pipeline", "window_minutes", "settings"))
+
+    DriftMonitorOperator.partial(
+        task_id="compute_drift", window_minutes="{{ params.window_minutes }}", settings="{{ params.settings }}",
+        map_index_template="{{ task.pipeline }}",
+    ).expand(pipeline=pipelines())
 
 
 monitor_drift()

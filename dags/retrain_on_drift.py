@@ -1,7 +1,9 @@
 """Maintenance phase: retrain when the drift sensor reports an episode, through the blessing gate and the canary.
 
-Scheduled on `crispflow_drift_detected`. The event is only trusted if it matches the episode the sensor recorded in
-the monitoring store (a malformed or forged event fails with InvalidRequest). Training runs on a training window:
+Scheduled on `crispflow_drift_detected`, partitioned by `<pipeline>/<episode_id>` (a `PartitionedAssetTimetable`):
+one run per drift episode, retraining the pipeline that drifted — two pipelines' episodes never share a run. The
+event is only trusted if it matches the run's partition key and the episode the sensor recorded in the monitoring
+store (a malformed or forged event fails with InvalidRequest). Training runs on a training window:
 the curated versions whose intervals end within `window_days` of the newest one (monthly ingests are too small
 alone), composed into one version whose manifest names its parents. `train_evaluate_register` is triggered with a
 run id derived from the episode, so duplicate events coalesce into one training run, and its gate and `deploy`
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, PartitionedAssetTimetable, dag, task
 
 from crispflow_airflow.assets import DRIFT_DETECTED
 from crispflow_airflow.dag_defaults import START_DATE, default_args
@@ -20,7 +22,7 @@ from crispflow_airflow.operators.trigger_run import TriggerRunOperator
 
 
 @dag(
-    schedule=[DRIFT_DETECTED],
+    schedule=PartitionedAssetTimetable(assets=DRIFT_DETECTED),  # one run per `<pipeline>/<episode_id>` key
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
@@ -35,13 +37,16 @@ def retrain_on_drift() -> None:
     def resolve(**context) -> dict:
         """Validate the newest drift event against the store; pick the dataset to retrain on."""
         from crispflow.monitoring.retrain import plan_retrain
+        from crispflow.run_requests import check_partition
         from crispflow_airflow.context import run_identity, triggering_events
         from crispflow_airflow.exceptions import as_airflow_errors
         from crispflow_airflow.hooks.lake import LakeHook
         from crispflow_airflow.hooks.predictions import PredictionStoreHook
 
         with as_airflow_errors():
-            return plan_retrain(triggering_events(context), root=PredictionStoreHook().get_root(),
+            events = triggering_events(context)
+            check_partition(context["dag_run"].partition_key, events, "episode_id")
+            return plan_retrain(events, root=PredictionStoreHook().get_root(),
                                 lake=LakeHook().get_lake(), window_days=context["params"]["window_days"],
                                 run=run_identity(context), conf=context["dag_run"].conf)
 

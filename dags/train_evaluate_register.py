@@ -1,8 +1,12 @@
 """Model phases of CRISP-ML(Q): frozen holdout → tuned candidates (one mapped task each) → calibrated challenger
 registered in MLflow → holdout evaluation with confidence intervals → blessing gate → champion on cold start.
 
-Runs when a new curated dataset version is published (the asset event names it), or by hand / REST with
-`pipeline` and `dataset_version_id`. Every step is idempotent per run: retries find what they made.
+Runs once per published curated dataset version: `crispflow_curated_dataset` events are partitioned by
+`<pipeline>/<dataset_version_id>` and this DAG is scheduled with a `PartitionedAssetTimetable`, so the scheduler
+creates one run per key — several pipelines publishing in the same second get one training run each, and a run
+never sees another pipeline's event (the `resolve` task checks that every event matches the run's key). Runs wait
+for each other (`max_active_runs`), none is dropped. Or by hand / REST with `pipeline` and `dataset_version_id`.
+Every step is idempotent per run: retries find what they made.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, PartitionedAssetTimetable, dag, task
 
 from crispflow_airflow.assets import CURATED_DATASET
 from crispflow_airflow.dag_defaults import START_DATE, default_args, pipeline_param
@@ -34,7 +38,7 @@ PARAMS = {
 
 
 @dag(
-    schedule=[CURATED_DATASET],
+    schedule=PartitionedAssetTimetable(assets=CURATED_DATASET),  # one run per `<pipeline>/<version>` key
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
@@ -46,11 +50,11 @@ PARAMS = {
 def train_evaluate_register() -> None:
     @task
     def resolve(**context) -> dict:
-        """Validate the request (conf or the triggering asset events, newest first); skip datasets too small to
-        train."""
+        """Validate the request (conf, or the triggering asset events of this run's partition key, newest first);
+        skip datasets too small to train."""
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from crispflow.run_requests import choose_training_request, published_rows, reject_unknown
+        from crispflow.run_requests import check_partition, choose_training_request, published_rows, reject_unknown
         from crispflow.spec import load_spec
         from crispflow_airflow.context import triggering_events
         from crispflow_airflow.exceptions import as_airflow_errors
@@ -58,12 +62,15 @@ def train_evaluate_register() -> None:
 
         with as_airflow_errors():
             reject_unknown(context["dag_run"].conf, set(PARAMS))
+            events = triggering_events(context)
+            check_partition(context["dag_run"].partition_key, events, "dataset_version_id")
             lake = LakeHook().get_lake()
-            chosen = choose_training_request(context["params"], triggering_events(context),
+            chosen = choose_training_request(context["params"], events,
                                              lambda pipeline, version: published_rows(load_spec(pipeline), lake,
                                                                                       version))
-        if isinstance(chosen, str):
-            raise AirflowSkipException(chosen)
+            if isinstance(chosen, str):
+                raise AirflowSkipException(chosen)
+            check_partition(context["dag_run"].partition_key, [chosen], "dataset_version_id")  # a keyed REST run
         return chosen
 
     @task(multiple_outputs=True)

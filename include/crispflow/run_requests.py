@@ -123,3 +123,38 @@ def published_rows(spec: PipelineSpec, lake: Lake, version_id: str) -> tuple[int
     except LakeError:
         raise ParamsError(f"dataset_version_id: {version_id} is not a published version of {spec.name!r}") from None
     return manifest["rows"]["published"], spec.training.min_rows
+
+
+PARTITION_ITEM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,180}$")
+
+
+def partition_key(pipeline: str, item: str) -> str:
+    """The partition key of a pipeline's asset event: `<pipeline>/<item>` (item: a dataset version, a drift episode,
+    a scored version). One key, one consumer run: events of two pipelines never share a key."""
+    if not NAME_PATTERN.match(pipeline):
+        raise ParamsError(f"pipeline: {pipeline!r} is not a valid pipeline name")
+    if not PARTITION_ITEM.match(item):
+        raise ParamsError(f"partition key: {item!r} is not a valid item id")
+    return f"{pipeline}/{item}"
+
+
+def check_partition(key: str | None, events: list[Mapping[str, Any]], item_field: str) -> None:
+    """A partitioned run trusts its events only if each one names the run's own key: the `pipeline` and
+    `item_field` of every event's payload must make `key`. Runs without a key (manual, REST) are not checked."""
+    if key is None:
+        return
+    for event in events:
+        named = f"{event.get('pipeline')}/{event.get(item_field)}"
+        if named != key:
+            raise ParamsError(f"asset event: pipeline/{item_field} {named!r} does not match the run's partition "
+                              f"key {key!r}")
+
+
+def target_pipelines(requested: str | None, available: list[str], serving: Callable[[str], bool]) -> list[str]:
+    """The pipelines a monitoring run acts on: the one requested (a manual run), else every pipeline spec whose
+    model is being served (`serving(pipeline)`, e.g. it has a champion), in name order."""
+    if requested:
+        if not NAME_PATTERN.match(requested):
+            raise ParamsError(f"pipeline: {requested!r} is not a valid pipeline name")
+        return [requested]
+    return [name for name in sorted(available) if serving(name)]

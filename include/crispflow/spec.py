@@ -1,4 +1,8 @@
-"""Pipeline specs: one YAML per model in include/pipelines/, validated with errors that name the field."""
+"""Pipeline specs: one YAML per model in include/pipelines/, validated with errors that name the field.
+
+Every field carries a `description`: the README's spec reference is generated from these models
+(crispflow.spec_reference) and a test keeps it in step.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from crispflow.errors import SpecError
 from crispflow.names import NAME
@@ -25,48 +29,56 @@ class _Model(BaseModel):
 class FileSource(_Model):
     """A CSV/Parquet/JSON-lines file: a local path (relative to the project root), file:// or s3:// URL."""
 
-    name: str = Field(pattern=NAME)
-    kind: Literal["file"]
-    url: str
-    format: Literal["parquet", "csv", "jsonl"] = "parquet"
-    conn_id: str | None = None  # Airflow connection for the object store (an aws connection for s3://)
+    name: str = Field(pattern=NAME, description="Source name, unique in the spec (used in fingerprints and "
+                      "reconciliation).")
+    kind: Literal["file"] = Field(description="`file`.")
+    url: str = Field(description="A path relative to the project root, `file:///abs/path` or `s3://bucket/key`.")
+    format: Literal["parquet", "csv", "jsonl"] = Field(default="parquet", description="File format.")
+    conn_id: str | None = Field(default=None, description="Airflow connection for the object store (an `aws` "
+                                "connection for `s3://`).")
 
 
 class SqlSource(_Model):
     """A SQL query run through an Airflow connection; `:start` and `:end` bind the run's data interval."""
 
-    name: str = Field(pattern=NAME)
-    kind: Literal["sql"]
-    conn_id: str
-    query: str
+    name: str = Field(pattern=NAME, description="Source name, unique in the spec.")
+    kind: Literal["sql"] = Field(description="`sql`.")
+    conn_id: str = Field(description="Airflow connection of the database (its DB-API hook runs the query).")
+    query: str = Field(description="The query; `:start` and `:end` are bound to the run's data interval.")
 
 
 class HttpSource(_Model):
     """An HTTP JSON endpoint through an Airflow http connection; the interval goes in as query parameters."""
 
-    name: str = Field(pattern=NAME)
-    kind: Literal["http"]
-    conn_id: str
-    endpoint: str = "/"
-    records_path: str | None = None  # dotted key of the list of records in the response, e.g. "data.items"
-    next_path: str | None = None  # dotted key of the next page's URL, for paginated APIs
-    start_param: str = "start"
-    end_param: str = "end"
-    max_pages: int = Field(default=1000, ge=1)
+    name: str = Field(pattern=NAME, description="Source name, unique in the spec.")
+    kind: Literal["http"] = Field(description="`http`.")
+    conn_id: str = Field(description="Airflow `http` connection (base URL, auth).")
+    endpoint: str = Field(default="/", description="Path requested on the connection's host.")
+    records_path: str | None = Field(default=None, description="Dotted key of the list of records in the "
+                                     "response, e.g. `data.items`; omitted: the response is the list.")
+    next_path: str | None = Field(default=None, description="Dotted key of the next page's URL, for paginated "
+                                  "APIs (only same-origin or relative links and redirects are followed).")
+    start_param: str = Field(default="start", description="Query parameter carrying the interval's start.")
+    end_param: str = Field(default="end", description="Query parameter carrying the interval's end.")
+    max_pages: int = Field(default=1000, ge=1, description="Pages read at most; more is an error.")
 
 
 Source = Annotated[FileSource | SqlSource | HttpSource, Field(discriminator="kind")]
 
 
 class Column(_Model):
-    name: str = Field(min_length=1)
-    type: ColumnType
-    nullable: bool = False
-    allowed: list[str | int | float | bool] | None = None
-    min: float | None = None
-    max: float | None = None
-    pii: bool = False
-    description: str = ""
+    """A declared column: the gate checks its type, nullability, allowed values and range."""
+
+    name: str = Field(min_length=1, description="Column name, as in the source.")
+    type: ColumnType = Field(description="Logical type; a column mostly of another type fails the batch.")
+    nullable: bool = Field(default=False, description="Whether missing values are allowed (else the row is "
+                           "quarantined).")
+    allowed: list[str | int | float | bool] | None = Field(default=None, description="The allowed values; "
+                                                           "others quarantine the row.")
+    min: float | None = Field(default=None, description="Smallest allowed value (numeric types).")
+    max: float | None = Field(default=None, description="Largest allowed value (numeric types).")
+    pii: bool = Field(default=False, description="Personal data: masked in every stored result and log.")
+    description: str = Field(default="", description="Documentation, carried into the model card.")
 
     @model_validator(mode="after")
     def _range(self) -> Column:
@@ -77,23 +89,61 @@ class Column(_Model):
         return self
 
 
+TaskKind = Literal["binary", "multiclass", "regression"]
+
+
 class Target(_Model):
-    column: str
-    positive: str | int | bool
+    """What the model predicts. `task` defaults to binary when `positive` is given (the original form)."""
+
+    column: str = Field(description="The column the model predicts.")
+    task: TaskKind | None = Field(default=None, description="What kind of model; omitted: binary (then "
+                                  "`positive` is required).")
+    positive: str | int | bool | None = Field(default=None, description="binary: the value that is the "
+                                              "positive class (the one whose probability is the score).")
+    classes: list[str | int | bool] | None = Field(default=None, description="multiclass: the classes, in "
+                                                   "the order the model reports probabilities; omitted: the "
+                                                   "target column's `allowed` values.")
+
+    @model_validator(mode="after")
+    def _task(self) -> Target:
+        kind = self.kind
+        if kind == "binary" and self.positive is None:
+            raise ValueError("positive: a binary target needs `positive` (the positive class)")
+        if kind != "binary" and self.positive is not None:
+            raise ValueError(f"positive: only a binary target has a positive class, not a {kind} one")
+        if kind != "multiclass" and self.classes is not None:
+            raise ValueError(f"classes: only a multiclass target lists classes, not a {kind} one")
+        if self.classes is not None:
+            if len(self.classes) < 3:
+                raise ValueError(f"classes: a multiclass target needs at least 3 classes (2 is task: binary), "
+                                 f"got {self.classes}")
+            if len({str(c) for c in self.classes}) != len(self.classes):
+                raise ValueError(f"classes: duplicate classes in {self.classes}")
+        return self
+
+    @property
+    def kind(self) -> TaskKind:
+        """The task, with the original form (`positive` only) read as binary."""
+        return self.task or "binary"
 
 
 class RowRule(_Model):
     """A row-level rule: rows that break it are quarantined with the rule's name as reason."""
 
-    name: str = Field(pattern=NAME)
-    kind: Literal["between", "in_set", "regex", "not_null", "greater_or_equal_column"]
-    column: str
-    min: float | None = None
-    max: float | None = None
-    strict: bool = False
-    values: list[str | int | float | bool] | None = None
-    pattern: str | None = None
-    other_column: str | None = None
+    name: str = Field(pattern=NAME, description="Rule name: the quarantine reason is `<column>:<name>`.")
+    kind: Literal["between", "in_set", "regex", "not_null", "greater_or_equal_column"] = Field(
+        description="`between` (min/max/strict), `in_set` (values), `regex` (pattern), `not_null`, "
+        "`greater_or_equal_column` (other_column).")
+    column: str = Field(description="The declared column the rule checks.")
+    min: float | None = Field(default=None, description="between: lower bound.")
+    max: float | None = Field(default=None, description="between: upper bound.")
+    strict: bool = Field(default=False, description="between: exclude the bounds themselves.")
+    values: list[str | int | float | bool] | None = Field(default=None, description="in_set: the allowed "
+                                                          "values.")
+    pattern: str | None = Field(default=None, description="regex: a Python regular expression the whole value "
+                                "must match.")
+    other_column: str | None = Field(default=None, description="greater_or_equal_column: the declared column "
+                                     "`column` must be >= to.")
 
     @model_validator(mode="after")
     def _args(self) -> RowRule:
@@ -115,103 +165,235 @@ class RowRule(_Model):
 class BatchRule(_Model):
     """A batch-level rule: if it fails, the whole batch fails (nothing is published)."""
 
-    name: str = Field(pattern=NAME)
-    kind: Literal["mean_between", "null_fraction_at_most"]
-    column: str
-    min: float | None = None
-    max: float | None = None
+    name: str = Field(pattern=NAME, description="Rule name, reported when the batch fails.")
+    kind: Literal["mean_between", "null_fraction_at_most"] = Field(description="`mean_between` (min/max) or "
+                                                                   "`null_fraction_at_most` (max).")
+    column: str = Field(description="The declared column the rule checks.")
+    min: float | None = Field(default=None, description="mean_between: lower bound of the column's mean.")
+    max: float | None = Field(default=None, description="Upper bound (of the mean, or of the null fraction).")
 
 
 class GxExpectation(_Model):
-    """Any Great Expectations expectation by its snake_case type, e.g. expect_column_value_lengths_to_be_between."""
+    """Any Great Expectations expectation by its snake_case type, e.g. `{name: state_codes, type:
+    expect_column_value_lengths_to_be_between, kwargs: {column: addr_state, min_value: 2, max_value: 2}, level: row}`.
+    """
 
-    name: str = Field(pattern=NAME)
-    type: str = Field(pattern=r"^expect_[a-z0-9_]+$")
-    kwargs: dict[str, Any] = {}
-    level: Literal["row", "batch"] = "batch"
+    name: str = Field(pattern=NAME, description="Name reported for its failures.")
+    type: str = Field(pattern=r"^expect_[a-z0-9_]+$", description="The GX expectation type in snake_case.")
+    kwargs: dict[str, Any] = Field(default={}, description="The expectation's arguments, e.g. `column`.")
+    level: Literal["row", "batch"] = Field(default="batch", description="`row`: failing rows are quarantined; "
+                                           "`batch`: a failure fails the batch.")
 
 
 class Quality(_Model):
-    row_rules: list[RowRule] = []
-    batch_rules: list[BatchRule] = []
-    expectations: list[GxExpectation] = []
+    """Checks beyond the column declarations."""
+
+    row_rules: list[RowRule] = Field(default=[], description="Rows breaking them are quarantined.")
+    batch_rules: list[BatchRule] = Field(default=[], description="A failure fails the whole batch.")
+    expectations: list[GxExpectation] = Field(default=[], description="Custom Great Expectations "
+                                              "expectations.")
 
 
 class Gate(_Model):
-    max_quarantine_fraction: float = Field(default=0.05, ge=0, le=1)
-    min_rows: int = Field(default=1, ge=0)
-    max_rows: int | None = Field(default=None, ge=1)
-    freshness_sla_days: float | None = Field(default=None, gt=0)  # newest time value vs the interval's end
-    allow_extra_columns: bool = False  # True: unknown columns are dropped (and recorded) instead of failing
+    """When a validated batch is published."""
+
+    max_quarantine_fraction: float = Field(default=0.05, ge=0, le=1, description="More quarantined rows than "
+                                           "this fraction fails the whole batch.")
+    min_rows: int = Field(default=1, ge=0, description="Fewer rows fail the batch.")
+    max_rows: int | None = Field(default=None, ge=1, description="More rows fail the batch.")
+    freshness_sla_days: float | None = Field(default=None, gt=0, description="The newest `time_column` value "
+                                             "must be within this many days of the interval's end.")
+    allow_extra_columns: bool = Field(default=False, description="true: undeclared columns are dropped (and "
+                                      "recorded); false: they fail the batch.")
 
 
 class Split(_Model):
-    strategy: Literal["time", "stratified"] = "stratified"
-    holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
-    seed: int = 42
+    """How the frozen holdout is cut (once per pipeline)."""
+
+    strategy: Literal["time", "stratified", "random"] = Field(
+        default="stratified", description="`time` (the latest whole periods; needs `time_column`), `stratified` "
+        "(by class; classification only) or `random`. Default: stratified; random for regression.")
+    holdout_fraction: float = Field(default=0.2, gt=0, lt=1, description="Share of the rows held out.")
+    seed: int = Field(default=42, description="Seed of the split, CV folds, search plan and estimators.")
 
 
-Estimator = Literal["logistic_regression", "hist_gradient_boosting"]
-Metric = Literal["roc_auc", "average_precision", "f1", "precision", "recall", "brier"]
+Metric = Literal[
+    # binary
+    "roc_auc", "average_precision", "f1", "precision", "recall", "brier", "log_loss",
+    # multiclass
+    "macro_f1", "micro_f1", "accuracy", "ovr_roc_auc",
+    # regression
+    "rmse", "mae", "r2",
+]
+# Which metrics each task has (log_loss serves binary and multiclass). The first is the default primary metric.
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "binary": ("roc_auc", "average_precision", "f1", "precision", "recall", "brier", "log_loss"),
+    "multiclass": ("log_loss", "macro_f1", "micro_f1", "accuracy", "ovr_roc_auc"),
+    "regression": ("rmse", "mae", "r2"),
+}
+LOWER_IS_BETTER = frozenset({"brier", "log_loss", "rmse", "mae"})
+# Default (training.selection_metric, blessing.primary_metric) per task.
+TASK_DEFAULT_METRICS: dict[str, tuple[str, str]] = {
+    "binary": ("average_precision", "roc_auc"),
+    "multiclass": ("log_loss", "log_loss"),
+    "regression": ("rmse", "rmse"),
+}
+# Training fields that only classification uses, and the tasks each applies to.
+CLASSIFICATION_ONLY: dict[str, tuple[str, ...]] = {
+    "class_weight": ("binary", "multiclass"),
+    "calibration": ("binary", "multiclass"),
+    "threshold": ("binary",),
+}
 
 
 class Candidate(_Model):
     """One model family and the hyperparameter grid the search samples from."""
 
-    name: str = Field(pattern=NAME)
-    estimator: Estimator
-    grid: dict[str, list[Any]] = {}
+    name: str = Field(pattern=NAME, description="Candidate name, unique in `training.candidates`.")
+    estimator: str = Field(min_length=1, description="A built-in name (`logistic_regression`, "
+                           "`hist_gradient_boosting`, `ridge`, `random_forest`) or an import path "
+                           "`package.module.Class` under `sklearn.` or a prefix in `training.allowed_estimators`; "
+                           "checked against the task at load.")
+    params: dict[str, Any] = Field(default={}, description="Fixed constructor parameters of every configuration.")
+    grid: dict[str, list[Any]] = Field(default={}, description="Parameter name -> values; the search samples "
+                                       "configurations from the product.")
+
+    @model_validator(mode="after")
+    def _params(self) -> Candidate:
+        for name, values in self.grid.items():
+            if not values:
+                raise ValueError(f"grid.{name}: no values")
+        both = sorted(set(self.params) & set(self.grid))
+        if both:
+            raise ValueError(f"params: {both} are also in the grid (a parameter is either fixed or searched)")
+        return self
 
 
 class Threshold(_Model):
-    """How the decision threshold is chosen on the validation folds."""
+    """How the decision threshold is chosen on the validation folds (binary only)."""
 
-    objective: Literal["f1", "cost"] = "f1"
-    cost_false_positive: float = Field(default=1.0, ge=0)
-    cost_false_negative: float = Field(default=1.0, ge=0)
+    objective: Literal["f1", "cost"] = Field(default="f1", description="Maximise F1, or minimise the expected "
+                                             "cost below.")
+    cost_false_positive: float = Field(default=1.0, ge=0, description="cost objective: cost of a false "
+                                       "positive.")
+    cost_false_negative: float = Field(default=1.0, ge=0, description="cost objective: cost of a false "
+                                       "negative.")
 
 
 class Training(_Model):
-    candidates: list[Candidate] = Field(min_length=1)
-    min_rows: int = Field(default=1000, ge=10)  # smaller dataset versions (e.g. one month) do not trigger training
-    cv_folds: int = Field(default=5, ge=2, le=20)
-    search_budget: int = Field(default=8, ge=1, le=200)  # configurations tried, across all candidates
-    selection_metric: Metric = "average_precision"
-    class_weight: Literal["balanced"] | None = "balanced"
-    calibration: Literal["sigmoid", "isotonic"] | None = "sigmoid"
-    threshold: Threshold = Threshold()
-    slices: list[str] = []  # categorical columns reported (and gated) per value
+    """Model selection: candidates, cross-validation, search budget; calibration and threshold (classification)."""
+
+    candidates: list[Candidate] = Field(min_length=1, description="The model families searched.")
+    allowed_estimators: list[str] = Field(default=[], description="Module prefixes whose classes "
+                                          "`candidates[].estimator` may name besides `sklearn.` (e.g. "
+                                          "`lightgbm.`).")
+    min_rows: int = Field(default=1000, ge=10, description="Smaller dataset versions (e.g. one month) are "
+                          "published but do not trigger training.")
+    cv_folds: int = Field(default=5, ge=2, le=20, description="Cross-validation folds.")
+    search_budget: int = Field(default=8, ge=1, le=200, description="Configurations tried, across all "
+                               "candidates.")
+    selection_metric: Metric = Field(default="average_precision", description="Metric the search maximises (or "
+                                     "minimises). Default: binary average_precision, multiclass log_loss, "
+                                     "regression rmse.")
+    class_weight: Literal["balanced"] | None = Field(default="balanced", description="Classification: class "
+                                                     "weighting, for estimators that take one. Regression: "
+                                                     "none (setting it is an error).")
+    calibration: Literal["sigmoid", "isotonic"] | None = Field(default="sigmoid", description="Classification: "
+                                                               "probability calibration. Regression: none "
+                                                               "(setting it is an error).")
+    threshold: Threshold = Field(default=Threshold(), description="Binary only: how the decision threshold is "
+                                 "chosen (setting it for another task is an error).")
+    interval_coverage: float = Field(default=0.9, gt=0, lt=1, description="Regression: coverage of the "
+                                     "split-conformal prediction interval served with each prediction.")
+    slices: list[str] = Field(default=[], description="Categorical columns whose values are reported (and "
+                              "gated) one by one.")
+
+    @field_validator("allowed_estimators")
+    @classmethod
+    def _prefixes(cls, value: list[str]) -> list[str]:
+        from crispflow.estimators import valid_prefix
+
+        bad = [p for p in value if not valid_prefix(p)]
+        if bad:
+            raise ValueError(f"{bad} are not module prefixes (like `lightgbm.` or `my_pkg.models`)")
+        return value
+
+    @model_validator(mode="after")
+    def _unique(self) -> Training:
+        names = [c.name for c in self.candidates]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"candidates: duplicate names {dup}")
+        return self
 
 
 class Blessing(_Model):
     """The gate a challenger must pass against the champion (or, with no champion, absolute thresholds)."""
 
-    primary_metric: Metric = "roc_auc"
-    non_inferiority_margin: float = Field(default=0.01, ge=0)  # challenger may be this much worse, no more
-    alpha: float = Field(default=0.05, gt=0, lt=0.5)
-    bootstrap_samples: int = Field(default=1000, ge=100, le=100_000)
-    slice_correction: Literal["holm", "benjamini_hochberg"] = "holm"
-    min_slice_rows: int = Field(default=50, ge=1)
-    max_latency_ratio: float = Field(default=1.5, gt=0)  # challenger p95 latency / champion's
-    max_size_ratio: float = Field(default=3.0, gt=0)
-    min_metrics: dict[Metric, float] = {}  # cold start (and always): absolute floors on the holdout
+    primary_metric: Metric = Field(default="roc_auc", description="Metric of the paired challenger-vs-champion "
+                                   "test. Default: binary roc_auc, multiclass log_loss, regression rmse.")
+    non_inferiority_margin: float = Field(default=0.01, ge=0, description="How much worse than the champion "
+                                          "the challenger may be, in the primary metric's units.")
+    alpha: float = Field(default=0.05, gt=0, lt=0.5, description="Significance level of the tests.")
+    bootstrap_samples: int = Field(default=1000, ge=100, le=100_000, description="Bootstrap resamples for CIs "
+                                   "and paired tests.")
+    slice_correction: Literal["holm", "benjamini_hochberg"] = Field(default="holm", description="Multiple-"
+                                                                    "testing correction of per-slice tests.")
+    min_slice_rows: int = Field(default=50, ge=1, description="Slices with fewer holdout rows are skipped "
+                                "(and listed).")
+    max_latency_ratio: float = Field(default=1.5, gt=0, description="Challenger p95 latency / champion's, at "
+                                     "most.")
+    max_size_ratio: float = Field(default=3.0, gt=0, description="Challenger artifact size / champion's, at "
+                                  "most.")
+    min_metrics: dict[Metric, float] = Field(default={}, description="Absolute floors on the holdout, always "
+                                             "applied; empty: a first model must beat no skill significantly.")
 
 
 class PipelineSpec(_Model):
-    name: str = Field(pattern=NAME)
-    description: str = ""
-    intended_use: str = ""
-    owner: str = ""
-    sources: list[Source] = Field(min_length=1)
-    key: str
-    time_column: str | None = None
-    target: Target
-    columns: list[Column] = Field(min_length=1)
-    quality: Quality = Quality()
-    gate: Gate = Gate()
-    split: Split = Split()
-    training: Training | None = None
-    blessing: Blessing = Blessing()
+    """One pipeline: where the data comes from, what it must look like, and what model it feeds."""
+
+    name: str = Field(pattern=NAME, description="Pipeline name; equals the file name.")
+    description: str = Field(default="", description="What the model does (model card).")
+    intended_use: str = Field(default="", description="Who may use it for what (model card).")
+    owner: str = Field(default="", description="Owning team or person (model card).")
+    sources: list[Source] = Field(min_length=1, description="Unioned in the order given; that order is the "
+                                  "priority when keys collide.")
+    key: str = Field(description="Entity key column (not nullable); duplicates after the first are quarantined "
+                     "as `<key>:duplicate_key`.")
+    time_column: str | None = Field(default=None, description="Datetime column; a run keeps the rows of its "
+                                    "interval `[start, end)`.")
+    target: Target = Field(description="What the model predicts.")
+    columns: list[Column] = Field(min_length=1, description="Every column the gate accepts.")
+    quality: Quality = Field(default=Quality(), description="Row and batch rules, custom expectations.")
+    gate: Gate = Field(default=Gate(), description="When a batch is published.")
+    split: Split = Field(default=Split(), description="The frozen holdout.")
+    training: Training | None = Field(default=None, description="Model selection; omitted: the pipeline only "
+                                      "ingests and publishes data.")
+    blessing: Blessing = Field(default=Blessing(), description="When a challenger replaces the champion.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, data: Any) -> Any:
+        """Defaults that depend on the task: metrics, the split strategy, classification-only training fields."""
+        if not isinstance(data, dict) or not isinstance(data.get("target"), dict):
+            return data
+        kind = data["target"].get("task") or "binary"
+        if kind not in TASK_METRICS:
+            return data  # the Target model reports the bad task
+        selection, primary = TASK_DEFAULT_METRICS[kind]
+        data = dict(data)
+        if isinstance(data.get("training"), dict):
+            training = data["training"]
+            _check_classification_only(kind, training)
+            fill = {"selection_metric": selection}
+            if kind == "regression":
+                fill |= {"class_weight": None, "calibration": None}
+            data["training"] = {**fill, **training}
+        if isinstance(data.get("blessing"), dict | None):
+            data["blessing"] = {"primary_metric": primary, **(data.get("blessing") or {})}
+        if kind == "regression" and isinstance(data.get("split"), dict | None):
+            data["split"] = {"strategy": "random", **(data.get("split") or {})}
+        return data
 
     @model_validator(mode="after")
     def _references(self) -> PipelineSpec:
@@ -235,12 +417,83 @@ class PipelineSpec(_Model):
             raise ValueError(f"time_column: {self.time_column!r} must have type datetime")
         if cols[self.key].nullable:
             raise ValueError(f"key: column {self.key!r} must not be nullable")
-        target = cols[self.target.column]
-        if target.allowed is not None and self.target.positive not in target.allowed:
-            raise ValueError(f"target.positive: {self.target.positive!r} is not in {target.allowed}")
+        self._check_target(cols[self.target.column])
+        self._check_metrics()
         if self.split.strategy == "time" and not self.time_column:
             raise ValueError("split.strategy: 'time' needs a time_column")
+        self._check_estimators()
         return self
+
+    def _check_target(self, target: Column) -> None:
+        kind = self.target.kind
+        if kind == "regression" and target.type not in ("int", "float"):
+            raise ValueError(f"target.column: a regression target must have type int or float, "
+                             f"{target.name!r} has type {target.type!r}")
+        if kind == "binary" and target.allowed is not None and self.target.positive not in target.allowed:
+            raise ValueError(f"target.positive: {self.target.positive!r} is not in {target.allowed}")
+        if kind == "multiclass":
+            self._check_classes(target)
+        if self.split.strategy == "stratified" and kind == "regression":
+            raise ValueError("split.strategy: 'stratified' needs a class label; a regression target splits "
+                             "'random' or 'time'")
+
+    def _check_classes(self, target: Column) -> None:
+        classes, allowed = self.target.classes, target.allowed
+        if classes is None and allowed is None:
+            raise ValueError(f"target.classes: a multiclass target needs `classes` (or `allowed` values on "
+                             f"column {target.name!r})")
+        if classes is None and len(allowed or []) < 3:
+            raise ValueError(f"target.classes: a multiclass target needs at least 3 classes, column "
+                             f"{target.name!r} allows {allowed}")
+        if classes is not None and allowed is not None:
+            unknown = [c for c in classes if c not in allowed]
+            if unknown:
+                raise ValueError(f"target.classes: {unknown} not in column {target.name!r}'s allowed values "
+                                 f"{allowed}")
+            missing = [a for a in allowed if a not in classes]
+            if missing:
+                raise ValueError(f"target.classes: column {target.name!r} allows {missing}, which are not "
+                                 f"classes (every allowed value must be a class)")
+
+    def _check_metrics(self) -> None:
+        kind, allowed = self.target.kind, TASK_METRICS[self.target.kind]
+        used = [("blessing.primary_metric", self.blessing.primary_metric)]
+        used += [(f"blessing.min_metrics.{m}", m) for m in self.blessing.min_metrics]
+        used += [("training.selection_metric", self.training.selection_metric)] if self.training else []
+        for field, metric in used:
+            if metric not in allowed:
+                raise ValueError(f"{field}: {metric!r} is not a {kind} metric (one of {list(allowed)})")
+
+    def _check_estimators(self) -> None:
+        """Each candidate's estimator exists, is allowed and fits the task. Built-in names are checked without
+        importing anything; import paths are imported (and instantiated) here, at load."""
+        if self.training is None:
+            return
+        from crispflow.estimators import check_name, is_builtin, make_estimator
+
+        allowed = self.training.allowed_estimators
+        for candidate in self.training.candidates:
+            field = f"training.candidates[{candidate.name}].estimator"
+            problem = check_name(self.task, candidate.estimator, allowed=allowed)
+            if problem:
+                raise ValueError(f"{field}: {problem}")
+            if not is_builtin(candidate.estimator):
+                try:
+                    make_estimator(self.task, candidate.estimator, allowed=allowed, field=field)
+                except SpecError as exc:
+                    raise ValueError(str(exc)) from None
+
+    @property
+    def task(self) -> TaskKind:
+        return self.target.kind
+
+    @property
+    def class_labels(self) -> list[str | int | bool]:
+        """The classes in model order: binary [negative-or-other, positive] is not listed (labels are booleans);
+        multiclass: `target.classes` or the column's `allowed` values; regression: []."""
+        if self.target.kind != "multiclass":
+            return []
+        return list(self.target.classes or self.column(self.target.column).allowed or [])
 
     def column(self, name: str) -> Column:
         return next(c for c in self.columns if c.name == name)
@@ -260,11 +513,35 @@ class PipelineSpec(_Model):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def _check_classification_only(kind: str, training: dict[str, Any]) -> None:
+    """Reject training fields set in the YAML that the task does not use (instead of ignoring them)."""
+    for name, tasks in CLASSIFICATION_ONLY.items():
+        if kind in tasks or name not in training:
+            continue
+        if name == "threshold" or training[name] is not None:
+            raise ValueError(f"training.{name}: applies to {' and '.join(tasks)} targets only, not {kind} "
+                             f"(remove it)")
+
+
+_SUBFIELD = re.compile(r"^([A-Za-z_][\w.\[\]]*): ")
+
+
 def _field(loc: tuple[object, ...]) -> str:
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
+    return out
+
+
+def _message(origin: str, loc: tuple[object, ...], msg: str) -> str:
+    """`origin: field: message`. A model-level check names its own field at the start of its message
+    ("target.column: ..."); that field is joined to the location instead of printed after it."""
+    where = _field(loc)
+    sub = _SUBFIELD.match(msg)
+    if sub:
+        where = f"{where}.{sub.group(1)}" if where else sub.group(1)
+        msg = msg[sub.end():]
+    return f"{origin}: {where or '(top level)'}: {msg}"
 
 
 def parse_spec(data: object, origin: str = "<spec>") -> PipelineSpec:
@@ -277,7 +554,7 @@ def parse_spec(data: object, origin: str = "<spec>") -> PipelineSpec:
         lines = []
         for err in exc.errors():
             loc = tuple(p for p in err["loc"] if p not in ("file", "sql", "http"))  # drop union tags
-            lines.append(f"{origin}: {_field(loc)}: {err['msg'].removeprefix('Value error, ')}")
+            lines.append(_message(origin, loc, err["msg"].removeprefix("Value error, ")))
         raise SpecError("\n".join(lines)) from None
 
 

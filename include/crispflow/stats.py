@@ -5,8 +5,8 @@ One owner for each: evaluation and blessing (crispflow.model), drift and referen
 and the canary analysis (crispflow.release) call these and keep none of their own. Pure numpy; scipy is imported
 inside the functions that need it, so importing this module stays cheap. Never Airflow, MLflow or pandas.
 
-Conventions: labels are boolean (True = the positive class); a statistic undefined on the data is NaN, never an
-exception; p-value lists keep the input order.
+Conventions: labels are boolean (True = the positive class), or int class codes for the multiclass resampler; a
+statistic undefined on the data is NaN, never an exception; p-value lists keep the input order.
 """
 
 from __future__ import annotations
@@ -174,6 +174,18 @@ def delong(y_true: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> dict
 # ------------------------------------------------------------------------------------------------ bootstrap
 
 
+def _strata_counts(strata: list[np.ndarray], n: int, n_boot: int, seed: int | Sequence[int]) -> Iterator[np.ndarray]:
+    """Resamples drawing each stratum (an array of row indices) separately with replacement, as count blocks."""
+    rng = np.random.default_rng(seed)
+    strata = [g.astype(np.int32) for g in strata if g.size]
+    block = max(1, _MAX_CELLS // max(n, 1))
+    for start in range(0, n_boot if n else 0, block):
+        b = min(block, n_boot - start)
+        rows = np.concatenate([g[rng.integers(0, g.size, size=(b, g.size), dtype=np.int32)] for g in strata], axis=1)
+        flat = (rows + (np.arange(b, dtype=np.int32) * n)[:, None]).ravel()
+        yield np.bincount(flat, minlength=b * n).reshape(b, n).astype(float)
+
+
 def resample_counts(y_true: np.ndarray, n_boot: int, seed: int | Sequence[int] = 0) -> Iterator[np.ndarray]:
     """Stratified bootstrap resamples as blocks of row multiplicities (block x n float arrays, B rows in all).
 
@@ -181,16 +193,21 @@ def resample_counts(y_true: np.ndarray, n_boot: int, seed: int | Sequence[int] =
     The same seed yields the same resamples, so two models scored on the same rows can be paired. The counts
     are drawn in blocks of ~1M cells, so memory stays flat whatever the number of resamples.
     """
-    rng = np.random.default_rng(seed)
     y = np.asarray(y_true).astype(bool).ravel()
-    n = y.size
-    strata = [g.astype(np.int32) for g in (np.flatnonzero(y), np.flatnonzero(~y)) if g.size]
-    block = max(1, _MAX_CELLS // max(n, 1))
-    for start in range(0, n_boot if n else 0, block):
-        b = min(block, n_boot - start)
-        rows = np.concatenate([g[rng.integers(0, g.size, size=(b, g.size), dtype=np.int32)] for g in strata], axis=1)
-        flat = (rows + (np.arange(b, dtype=np.int32) * n)[:, None]).ravel()
-        yield np.bincount(flat, minlength=b * n).reshape(b, n).astype(float)
+    return _strata_counts([np.flatnonzero(y), np.flatnonzero(~y)], y.size, n_boot, seed)
+
+
+def class_resample_counts(codes: np.ndarray, n_boot: int, seed: int | Sequence[int] = 0) -> Iterator[np.ndarray]:
+    """Stratified resamples for integer class codes (multiclass): each class drawn separately, so every resample
+    keeps the holdout's class counts. Blocks as in `resample_counts`."""
+    codes = np.asarray(codes).ravel()
+    strata = [np.flatnonzero(codes == c) for c in np.unique(codes)]
+    return _strata_counts(strata, codes.size, n_boot, seed)
+
+
+def plain_resample_counts(n: int, n_boot: int, seed: int | Sequence[int] = 0) -> Iterator[np.ndarray]:
+    """Ordinary (unstratified) bootstrap resamples of n rows (regression). Blocks as in `resample_counts`."""
+    return _strata_counts([np.arange(n)], n, n_boot, seed)
 
 
 def percentile_interval(samples: np.ndarray, alpha: float) -> tuple[float, float]:

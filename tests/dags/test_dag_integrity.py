@@ -82,3 +82,24 @@ def test_plugins_folder_loads_only_the_plugin_file() -> None:
 
     scanned = [Path(p) for p in find_path_from_directory(str(ROOT / "plugins"), ".airflowignore", "glob")]
     assert sorted(p.name for p in scanned if p.suffix == ".py") == ["crispflow_plugin.py"]
+
+
+def test_asset_scheduled_dags_get_one_run_per_pipeline_partition(dagbag) -> None:
+    """Every DAG scheduled on a crispflow asset is partitioned (one run per `<pipeline>/<id>` key, never a run that
+    coalesces two pipelines' events), and every producer emits that asset directly (an alias cannot carry keys)."""
+    from airflow.sdk import Asset, AssetAlias, PartitionedAssetTimetable
+    from airflow.sdk.definitions.asset import BaseAsset
+
+    consumers = {dag_id: dag for dag_id, dag in dagbag.dags.items()
+                 if isinstance(getattr(dag.timetable, "asset_condition", None), BaseAsset)}
+    assert set(consumers) == {"train_evaluate_register", "retrain_on_drift"}
+    for dag in consumers.values():
+        assert isinstance(dag.timetable, PartitionedAssetTimetable), dag.dag_id
+    outlets = {(dag.dag_id, task.task_id): task.outlets for dag in dagbag.dags.values() for task in dag.tasks
+               if task.outlets}
+    assert all(isinstance(o, Asset) and not isinstance(o, AssetAlias) for os_ in outlets.values() for o in os_)
+    assert {k: [o.name for o in v] for k, v in outlets.items()} == {
+        ("ingest_validate", "publish"): ["crispflow_curated_dataset"],
+        ("watch_drift", "watch"): ["crispflow_drift_detected"],
+        ("batch_score", "commit"): ["crispflow_batch_scores"],
+    }

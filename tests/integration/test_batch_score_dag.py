@@ -94,6 +94,19 @@ def published(env) -> tuple[str, registry.Registered]:
     return version_id, register(mlf, version_id, lake, "test/score/champion", "champion")
 
 
+def score_events() -> list[tuple[str | None, str]]:
+    """(partition key, source run id) of every batch-scores asset event, oldest first."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.execute(select(AssetEvent.partition_key, AssetEvent.source_run_id)
+                               .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+                               .where(AssetModel.name == "crispflow_batch_scores").order_by(AssetEvent.id)).all()
+        return [tuple(r) for r in rows]
+
+
 def files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
@@ -101,6 +114,7 @@ def files(folder: Path) -> dict[str, bytes]:
 def test_every_row_is_scored_once_by_mapped_tasks_and_a_rerun_changes_nothing(env, published) -> None:
     mlf, lake = env
     version_id, reg = published
+    events_before = score_events()
     dr, tis = run("batch_score", {"pipeline": PIPELINE, "partition_rows": 1_000})  # version: the newest
     assert dr.state == "success", {k: ti.state for k, ti in tis.items()}
     summary = tis[("plan", -1)].xcom_pull(task_ids="plan", key="plan")
@@ -113,6 +127,7 @@ def test_every_row_is_scored_once_by_mapped_tasks_and_a_rerun_changes_nothing(en
     rows_in = read_json(lake.manifest(PIPELINE, version_id))["rows"]["published"]
     assert committed["rows_in"] == committed["rows"] == rows_in
     assert committed["created"] and committed["event_emitted"]
+    assert score_events() == [*events_before, (f"{PIPELINE}/{version_id}.v{reg.version}", dr.run_id)]  # keyed
     out = Path(lake.root) / summary["output"]
     assert summary["output"] == f"scores/{PIPELINE}/{version_id}/v{reg.version}"
     manifest = read_json(out / scoring.SUCCESS)
@@ -139,6 +154,7 @@ def test_every_row_is_scored_once_by_mapped_tasks_and_a_rerun_changes_nothing(en
     assert not any(ti.xcom_pull(task_ids="score", map_indexes=k[1])["created"] for k, ti in tis2.items()
                    if k[0] == "score")
     assert files(out) == before
+    assert len(score_events()) == len(events_before) + 1
 
 
 def test_a_tampered_model_is_refused_and_nothing_is_written(env, published, mlflow_server) -> None:

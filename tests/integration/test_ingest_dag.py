@@ -174,7 +174,8 @@ def test_misconfigured_gate_is_reported_as_configuration_error(dag, pipelines, c
     [
         ({"pipeline": "lending_club", "pipline": "x"}, "unknown field(s) ['pipline']"),
         ({"pipeline": "lending_club", "start": "2026-02-30", "end": "2026-03-01"}, "start: '2026-02-30' is not a date"),
-        ({"pipeline": "no_such_spec"}, "no such pipeline spec"),
+        ({"pipeline": "no_such_spec", **JAN}, "no such pipeline spec"),
+        ({"pipeline": "lending_club"}, "this run has no data interval"),
     ],
 )
 def test_bad_conf_is_rejected_with_a_clear_message(dag, capfd, conf, message) -> None:

@@ -109,14 +109,17 @@ def world(env):
 
 
 def run(logical_date: datetime, conf: dict | None = None, expect: str = "success"):
+    """One monitor_drift run for PIPELINE (a manual run names it: one mapped `compute_drift`, index 0)."""
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     assert not bag.import_errors
     dr = bag.dags["monitor_drift"].test(logical_date=logical_date, run_conf={"pipeline": PIPELINE, **(conf or {})})
-    (ti,) = dr.get_task_instances()
+    tis = {(ti.task_id, ti.map_index): ti for ti in dr.get_task_instances()}
+    assert set(tis) == {("pipelines", -1), ("compute_drift", 0)}, tis
+    ti = tis[("compute_drift", 0)]
     assert dr.state == expect, ti.state
-    return ti.xcom_pull(task_ids="compute_drift") if expect == "success" else ti
+    return ti.xcom_pull(task_ids="compute_drift", map_indexes=0) if expect == "success" else ti
 
 
 def by_alias(out: dict) -> dict[str, dict]:
@@ -204,3 +207,27 @@ def test_a_manual_run_judges_the_minutes_before_it_and_refuses_bad_params(env, w
     assert by_alias(out)["champion"]["status"] == "insufficient_data"
     assert np.isclose(by_alias(out)["champion"]["drift_share"], 0.0)
     run(None, {"settings": {"alpha": 5}}, expect="failed")
+
+
+def test_a_scheduled_run_is_mapped_over_the_pipelines_with_a_champion(env, world, tmp_path, monkeypatch) -> None:
+    """No `pipeline` param (a scheduled run): one `compute_drift` per pipeline spec whose model has a champion;
+    a spec without a registered model is left out. Unknown conf keys are refused before anything runs."""
+    import yaml
+    from airflow.dag_processing.dagbag import DagBag
+
+    demo = yaml.safe_load((ROOT / "include" / "pipelines" / "lending_club.yaml").read_text())
+    for name in (PIPELINE, "t_unserved"):
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({**demo, "name": name}))
+    monkeypatch.setenv("CRISPFLOW_PIPELINES_DIR", str(tmp_path))
+    dag = DagBag(dag_folder=str(ROOT / "dags")).dags["monitor_drift"]
+    dr = dag.test(logical_date=CALM_END)
+    tis = {(ti.task_id, ti.map_index): ti for ti in dr.get_task_instances()}
+    assert dr.state == "success" and set(tis) == {("pipelines", -1), ("compute_drift", 0)}, tis
+    assert tis[("pipelines", -1)].xcom_pull(task_ids="pipelines") == [PIPELINE]
+    assert tis[("compute_drift", 0)].rendered_map_index == PIPELINE
+    out = tis[("compute_drift", 0)].xcom_pull(task_ids="compute_drift", map_indexes=0)
+    assert out["model"] == MODEL
+
+    bad = DagBag(dag_folder=str(ROOT / "dags")).dags["monitor_drift"].test(run_conf={"pipline": PIPELINE})
+    assert bad.state == "failed"
+    assert {ti.task_id: ti.state for ti in bad.get_task_instances()}["pipelines"] == "failed"

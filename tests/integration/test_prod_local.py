@@ -1,5 +1,8 @@
 """The prod-local profile end to end: `crispflow up --profile prod-local` → the demo through the REST API → `down`.
 
+The three shipped pipelines (binary, regression, multiclass) run the whole demo story at the same time on this one
+stack: ingest → gate → train → bless → serve → canary → drift → retrain, each on its own model, routes and stores.
+
 The production topology as processes (include/crispflow/stack/prod_local.py): Airflow with the CeleryExecutor on
 the local PostgreSQL and Redis, two Celery workers, MLflow on PostgreSQL with basic auth and artifacts on S3,
 a moto S3 server for the lake, the artifacts and the prediction log, and the model server. One stack for the
@@ -32,6 +35,7 @@ from crispflow.stack.prod_local import LAKE_BUCKET, Namespace, client_env, prod_
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 ROOT = Path(__file__).resolve().parents[2]
+LINEAR = {"lending_club": "logreg", "lending_club_rate": "ridge", "lending_club_verification": "logreg"}
 PROCESSES = {
     "s3",
     "mlflow",
@@ -71,12 +75,13 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProdStack]:
         if _unreachable("127.0.0.1", port):
             pytest.skip(f"{name} is not reachable on 127.0.0.1:{port}; the prod-local profile needs it")
     base = tmp_path_factory.mktemp("prod")
-    pipelines = base / "pipelines"  # the demo spec with logistic regression only: the same scenario, minutes less
+    pipelines = base / "pipelines"  # the shipped specs with one linear candidate each: the same story, minutes less
     pipelines.mkdir()
-    spec = yaml.safe_load((ROOT / "include" / "pipelines" / "lending_club.yaml").read_text())
-    spec["training"]["candidates"] = [c for c in spec["training"]["candidates"] if c["name"] == "logreg"]
-    spec["training"]["search_budget"] = 4
-    (pipelines / "lending_club.yaml").write_text(yaml.safe_dump(spec))
+    for name, linear in LINEAR.items():
+        spec = yaml.safe_load((ROOT / "include" / "pipelines" / f"{name}.yaml").read_text())
+        spec["training"]["candidates"] = [c for c in spec["training"]["candidates"] if c["name"] == linear]
+        spec["training"]["search_budget"] = 2
+        (pipelines / f"{name}.yaml").write_text(yaml.safe_dump(spec))
     airflow, mlflow, serve, s3 = free_ports(4)
     ports = Ports(airflow=airflow, mlflow=mlflow, serve=serve, s3=s3)
     env = clean_env() | {
@@ -100,15 +105,26 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProdStack]:
 
 
 @pytest.fixture(scope="module")
-def demo(live: ProdStack) -> Iterator[dict[str, Any]]:
-    """The demo scenario (ingest through the gate, asset-triggered training) as a client of the stack would run it."""
+def demos(live: ProdStack) -> Iterator[dict[str, dict[str, Any]]]:
+    """The demo scenario (ingest through the gate, asset-triggered training, drift loop, canary) for the three
+    pipelines at once, as three clients of the stack would run it."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from crispflow.stack.demo import run_demo
 
     with pytest.MonkeyPatch.context() as mp:
         for key, value in live.client_env().items():
             mp.setenv(key, value)
         mp.setenv("CRISPFLOW_PIPELINES_DIR", live.env["CRISPFLOW_PIPELINES_DIR"])
-        yield run_demo(live.api(), live.settings())
+        api, settings = live.api(), live.settings()
+        with ThreadPoolExecutor(len(LINEAR)) as pool:
+            futures = {name: pool.submit(run_demo, api, settings, name) for name in LINEAR}
+            yield {name: future.result() for name, future in futures.items()}
+
+
+@pytest.fixture(scope="module")
+def demo(demos: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return demos["lending_club"]
 
 
 def test_every_process_of_the_topology_is_healthy(live: ProdStack) -> None:
@@ -147,6 +163,28 @@ def test_the_drift_loop_completes_on_the_production_topology(demo: dict[str, Any
     assert any(": drift " in w for w in loop["windows"]), loop["windows"]
     assert loop["canary decision"].startswith("promote"), loop
     assert [line.split()[1] for line in loop["promotion ledger"]] == ["cold_start", "deploy_canary", "promote"]
+
+
+@pytest.mark.parametrize("pipeline", ["lending_club_rate", "lending_club_verification"])
+def test_regression_and_multiclass_pipelines_complete_the_loop_beside_the_demo(
+        live: ProdStack, demos: dict[str, dict[str, Any]], pipeline: str) -> None:
+    """Each pipeline: its first model blessed against no skill and champion; drift found on its own traffic; its
+    own sensor episode and retraining; the retrained model deployed as canary and judged on its own labels."""
+    from crispflow.model import registry
+
+    summary = demos[pipeline]
+    name = registry.model_name(pipeline)
+    assert summary["blessed"].startswith("True (cold_start)"), summary
+    loop = summary["drift loop"]
+    assert any(": drift " in w for w in loop["windows"]), loop["windows"]
+    assert f"/models/{name}" in loop["model server"], loop
+    assert loop["canary decision"].split(":")[0] in ("promote", "rollback", "continue"), loop
+    actions = [line.split()[1] for line in loop["promotion ledger"]]
+    assert actions[:2] == ["cold_start", "deploy_canary"], actions
+    report = json.loads(requests.get(f"{live.status()['serve_url']}/models/{name}", timeout=10).text)
+    assert report["model"] == name and "champion" in report["aliases"], report
+    others = {registry.model_name(p) for p in LINEAR} - {name}
+    assert not any(other in " ".join(loop["windows"]) for other in others), "windows of two pipelines mixed"
 
 
 def test_lake_objects_are_in_s3(live: ProdStack, demo: dict[str, Any]) -> None:

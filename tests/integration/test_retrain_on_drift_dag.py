@@ -154,13 +154,19 @@ def test_one_event_and_one_digest_per_episode(env, receiver) -> None:
     assert acked["acknowledged"] and acked["acknowledged_by"] == "on-call"
 
 
+class Attached(list):
+    """The AssetEvent rows to attach to the next run, and its partition key (None: a run without one)."""
+
+    key: str | None = None
+
+
 @pytest.fixture
-def with_events(monkeypatch):
-    """dag.test() makes a manual run; the scheduler would attach the triggering asset events to an asset-triggered
-    run. Do the same: attach the given AssetEvent rows to the run dag.test() creates."""
+def with_events(monkeypatch) -> Attached:
+    """dag.test() makes a manual run; the scheduler would make a partitioned asset-triggered run (its key, its
+    events). Do the same: give the run dag.test() creates the partition key and attach the given AssetEvent rows."""
     import airflow.models.dagrun as dagrun
 
-    attached: list = []
+    attached = Attached()
     original = dagrun.get_or_create_dagrun
 
     def create(**kwargs):
@@ -169,6 +175,7 @@ def with_events(monkeypatch):
         session = kwargs["session"]
         dr = original(**kwargs)
         dr.consumed_asset_events.extend(session.get(AssetEvent, e.id) for e in attached)
+        dr.partition_key = attached.key
         session.commit()
         return dr
 
@@ -224,6 +231,7 @@ def test_retrain_refuses_forged_events_and_queues_one_training_run_per_episode(e
     assert tis["watch"].state == "success"
     real = drift_events()[-1]
     extra = dict(real.extra)
+    assert real.partition_key == f"{PIPELINE}/{extra['episode_id']}"  # one retrain run per pipeline and episode
 
     # no event at all (a manual run), then forged events: the resolve step fails without retries
     cases = {"none arrived": [],
@@ -239,11 +247,19 @@ def test_retrain_refuses_forged_events_and_queues_one_training_run_per_episode(e
         out = capfd.readouterr()
         assert "InvalidRequest: invalid request: drift event: " in out.out + out.err and message in out.out + out.err
 
+    # the real event in a run of another pipeline's (or episode's) partition: refused, nothing is trained
+    with_events[:], with_events.key = [real], f"other_pipeline/{extra['episode_id']}"
+    capfd.readouterr()
+    dr, tis = retrain()
+    assert dr.state == "failed" and tis["resolve"].state == "failed" and tis["resolve"].try_number == 1
+    out = capfd.readouterr()
+    assert "does not match the run's partition key 'other_pipeline/" in out.out + out.err
+
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
-    with_events[:] = [real]
+    with_events[:], with_events.key = [real], real.partition_key
     dr, tis = retrain()
     assert dr.state == "success", {k: ti.state for k, ti in tis.items()}
     resolved = tis["resolve"].xcom_pull(task_ids="resolve")

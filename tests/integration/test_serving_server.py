@@ -1,5 +1,9 @@
 """The model server against a real MLflow server, over real HTTP (uvicorn on a free port), with the real
-prediction log: alias switches under load, bad payloads, tampered artifacts, canary and shadow, SIGTERM."""
+prediction log: alias switches under load, bad payloads, tampered artifacts, canary and shadow, SIGTERM; several
+models side by side (binary, regression, multiclass), per-model routes, discovery of a model registered after the
+start, per-task feedback validation, the default routes with several models, the LRU bound on loaded models.
+
+Every server here is narrowed (`only`) to this module's models: the MLflow server is shared by the session."""
 
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import pandas as pd
 import pytest
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from support.servers import free_port, stop_process, wait_for_port
@@ -63,7 +67,7 @@ def _pipeline(c: float) -> Pipeline:
 def model(mlf, data) -> dict[str, Any]:
     """`crispflow-t_serve_<id>` with versions 1, 2 (good) and 3 (to be tampered); champion = v1."""
     name = f"crispflow-t_serve_{uuid.uuid4().hex[:8]}"
-    x = data[FEATURES].copy()
+    x = data[FEATURES].copy()  # registered without the pipeline tag: found by the crispflow- name convention
     x.loc[x.index[3], "revol_util"] = float("nan")  # the signature marks revol_util optional
     y = data["Class"] == "bad"
     versions = []
@@ -102,7 +106,7 @@ def server(model, mlflow_server, tmp_path_factory) -> Iterator[Running]:
     log_root = tmp_path_factory.mktemp("predictions")
     config = ServeConfig(model=model["name"], tracking_uri=mlflow_server.url, predictions_url=str(log_root),
                          poll_interval=0.2, log_flush_interval=0.2, positive_labels=("bad",),
-                         negative_labels=("good",))
+                         negative_labels=("good",), only=(model["name"],))
     with Running(config) as running:
         running.log_root = log_root  # type: ignore[attr-defined]
         _wait(lambda: _ready_version(running.url), 60, "champion loaded")
@@ -157,7 +161,7 @@ def test_alias_switch_under_load_fails_no_request(server, mlf, model) -> None:
     after = [r[2] for r in results if r[0] >= switched_to_v1]
     assert after and all(v == {v1} for v in after)
     metrics = httpx.get(f"{server.url}/metrics").text
-    assert 'crispflow_serve_reloads_total{alias="champion"}' in metrics
+    assert f'crispflow_serve_reloads_total{{alias="champion",model="{name}"}}' in metrics
     assert "crispflow_drift_store_up" in metrics  # the drift gauges ride on the same registry
 
 
@@ -215,7 +219,7 @@ def test_each_bad_payload_gets_a_field_level_4xx(server, body, content_type, sta
     assert any(d["rule"] == rule and d["field"] == field and d["message"] for d in detail), detail
 
 
-def test_random_payloads_never_get_a_500(server) -> None:
+def test_random_payloads_never_get_a_500(server, model) -> None:
     rng = random.Random(7)
     values = [None, True, 0, -1, 2**64, 1.5, float("inf"), "", "x", "12.5", [], [1], {}, {"a": 1}]
 
@@ -239,7 +243,8 @@ def test_random_payloads_never_get_a_500(server) -> None:
             if reply.status_code != 200:
                 assert reply.json()["detail"][0]["message"]
     assert 200 in statuses and 422 in statuses
-    assert 'crispflow_serve_validation_failures_total{rule="type"}' in httpx.get(f"{server.url}/metrics").text
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert f'crispflow_serve_validation_failures_total{{model="{model["name"]}",rule="type"}}' in metrics
 
 
 def test_the_response_carries_scores_labels_versions_and_ids(server, model) -> None:
@@ -288,9 +293,10 @@ def test_a_tampered_version_is_refused_and_the_old_champion_keeps_serving(server
         reply = httpx.post(f"{server.url}/predict", json={"record": GOOD})
         assert reply.status_code == 200 and reply.json()["predictions"][0]["model_version"] == v1
         metrics = httpx.get(f"{server.url}/metrics").text
-        assert 'crispflow_serve_refused_loads_total{reason="hash_mismatch"} 1.0' in metrics
+        assert f'crispflow_serve_refused_loads_total{{model="{name}",reason="hash_mismatch"}} 1.0' in metrics
         # a server starting now has nothing trustworthy to serve: not ready, and it says why
-        config = ServeConfig(model=name, tracking_uri=mlflow_server.url, predictions_url=None, poll_interval=0.2)
+        config = ServeConfig(model=name, tracking_uri=mlflow_server.url, predictions_url=None, poll_interval=0.2,
+                             only=(name,))
         with Running(config) as fresh:
             reason = _wait(lambda: (r := httpx.get(f"{fresh.url}/ready")).status_code == 503
                            and "hash" in r.json()["reason"] and r.json()["reason"], 30, "not ready")
@@ -341,7 +347,7 @@ def test_canary_assignment_is_sticky_and_close_to_the_share(server, mlf, model) 
     share = sum(arm == "canary" for arm, _ in passes[0].values()) / len(passes[0])
     assert abs(share - 0.3) < 0.05
     metrics = httpx.get(f"{server.url}/metrics").text
-    assert f'crispflow_serve_predictions_total{{alias="canary",version="{v2}"}}' in metrics
+    assert f'crispflow_serve_predictions_total{{alias="canary",model="{name}",version="{v2}"}}' in metrics
 
 
 def test_shadow_results_are_logged_never_returned(server, mlf, model) -> None:
@@ -386,7 +392,7 @@ def test_sigterm_under_load_loses_no_logged_prediction(model, mlflow_server, tmp
     log_root = tmp_path / "predictions"
     env = {**os.environ, "CRISPFLOW_HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1"}
     argv = [_cli(), "serve", "--model", model["name"], "--port", str(port), "--tracking-uri", mlflow_server.url,
-            "--predictions-url", str(log_root), "--poll-interval", "0.5"]
+            "--predictions-url", str(log_root), "--poll-interval", "0.5", "--only", model["name"]]
     out = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     answered: list[str] = []
@@ -431,7 +437,8 @@ def test_sigterm_under_load_loses_no_logged_prediction(model, mlflow_server, tmp
 
 def test_a_server_starts_before_the_model_exists_and_picks_the_champion_up(model, mlf, mlflow_server) -> None:
     name = f"crispflow-t_late_{uuid.uuid4().hex[:8]}"
-    config = ServeConfig(model=name, tracking_uri=mlflow_server.url, predictions_url=None, poll_interval=0.2)
+    config = ServeConfig(model=name, tracking_uri=mlflow_server.url, predictions_url=None, poll_interval=0.2,
+                         only=(name,))
     with Running(config) as late:
         assert httpx.get(f"{late.url}/health").status_code == 200
         reason = _wait(lambda: (r := httpx.get(f"{late.url}/ready")).status_code == 503
@@ -449,3 +456,237 @@ def test_a_server_starts_before_the_model_exists_and_picks_the_champion_up(model
         assert reply.status_code == 200 and reply.json()["predictions"][0]["model_version"] == str(copy.version)
         assert httpx.post(f"{late.url}/feedback", json={"request_id": str(uuid.uuid4()), "label": 1}).status_code \
             == 503  # no prediction log configured: feedback cannot be stored
+
+
+# --- 7. several models side by side: binary, regression, multiclass -----------------------------------------------
+
+MULTI = uuid.uuid4().hex[:8]  # in the names of this section's models only: its servers serve `*MULTI*`
+CLASSES = ["Not_Verified", "Source_Verified", "Verified"]  # verification_status, in model (code) order
+HALFWIDTH = 2500.0
+
+
+def _register(mlf, name: str, model: Any, x: pd.DataFrame, tags: dict[str, str], *, pipeline: str | None,
+              output: Any = None) -> str:
+    run_id = registry.find_or_create_run(mlf, "t_serve_multi", f"{name}/0", "train")
+    reg = registry.register(mlf, name=name, run_id=run_id, run_key=f"{name}/0", model=model, example=x.head(50),
+                            tags=tags, output=output)
+    if pipeline is not None:  # what training sets at registration; without it the crispflow- name is used
+        mlf.set_registered_model_tag(name, "crispflow.pipeline", pipeline)
+    registry.set_alias(mlf, name, "champion", reg.version)
+    return reg.version
+
+
+def _regressor() -> Pipeline:
+    columns = ColumnTransformer([
+        ("num", Pipeline([("impute", SimpleImputer()), ("scale", StandardScaler())]), [*NUMERIC, "delinq_2yrs"]),
+        ("cat", OneHotEncoder(handle_unknown="ignore"), ["term"]),
+    ])
+    return Pipeline([("columns", columns), ("model", Ridge())])
+
+
+@pytest.fixture(scope="module")
+def models(mlf, data) -> dict[str, Any]:
+    """Three models of three tasks, each with a champion: binary and regression carry the pipeline tag, the
+    multiclass one only the crispflow- name (a model registered before the tag existed)."""
+    x = data[FEATURES].copy()
+    names = {task: f"crispflow-t_{task}_{MULTI}" for task in ("binary", "regression", "multiclass")}
+    _register(mlf, names["binary"], _pipeline(1.0).fit(x, data["Class"] == "bad"), x,
+              {"crispflow.threshold": "0.3", "crispflow.task": "binary"}, pipeline=f"t_binary_{MULTI}")
+    interval = {"coverage": 0.9, "halfwidth": HALFWIDTH, "method": "split_conformal_oof"}
+    _register(mlf, names["regression"], _regressor().fit(x, data["funded_amnt"].astype(float)), x,
+              {"crispflow.task": "regression", "crispflow.interval": json.dumps(interval)},
+              pipeline=f"t_regression_{MULTI}")
+    codes = data["verification_status"].map({c: i for i, c in enumerate(CLASSES)}).astype("int64")
+    classifier = _pipeline(1.0).fit(x, codes)
+    _register(mlf, names["multiclass"], classifier, x,
+              {"crispflow.task": "multiclass", "crispflow.classes": json.dumps(CLASSES)}, pipeline=None,
+              output=classifier.predict_proba(x.head(50)))
+    return names
+
+
+def _ready_models(url: str, expected: set[str]) -> dict[str, Any] | None:
+    reply = httpx.get(f"{url}/ready", timeout=5)
+    body = reply.json()
+    return body if reply.status_code == 200 and expected <= set(body["models"]) else None
+
+
+@pytest.fixture(scope="module")
+def fleet(models, mlflow_server, tmp_path_factory) -> Iterator[Running]:
+    log_root = tmp_path_factory.mktemp("fleet-predictions")
+    config = ServeConfig(tracking_uri=mlflow_server.url, predictions_url=str(log_root), poll_interval=0.2,
+                         log_flush_interval=0.2, only=(f"*{MULTI}*",),
+                         feedback_labels={models["binary"]: (("bad",), ("good",))})
+    with Running(config) as running:
+        running.log_root = log_root  # type: ignore[attr-defined]
+        _wait(lambda: _ready_models(running.url, set(models.values())), 60, "three champions loaded")
+        yield running
+
+
+def test_three_models_are_served_side_by_side_each_per_its_task(fleet, models) -> None:
+    listing = httpx.get(f"{fleet.url}/models").json()
+    by_name = {m["name"]: m for m in listing["models"]}
+    assert set(by_name) == set(models.values()) and listing["default"] is None
+    assert {by_name[n]["task"] for n in models.values()} == {"binary", "regression", "multiclass"}
+    assert by_name[models["binary"]]["pipeline"] == f"t_binary_{MULTI}"
+    assert by_name[models["multiclass"]]["pipeline"] is None  # found by its crispflow- name
+    assert all(m["state"] == "ready" for m in listing["models"])
+    assert by_name[models["regression"]]["routes"]["predict"] == f"/models/{models['regression']}/predict"
+
+    binary = httpx.post(f"{fleet.url}/models/{models['binary']}/predict", json={"records": [GOOD, GOOD]})
+    assert binary.status_code == 200, binary.text
+    assert binary.json()["model"] == models["binary"]
+    for item in binary.json()["predictions"]:
+        assert set(item) == {"request_id", "score", "label", "model_version", "alias"}
+        assert 0 <= item["score"] <= 1 and item["label"] == int(item["score"] >= 0.3)
+
+    regression = httpx.post(f"{fleet.url}/models/{models['regression']}/predict", json={"record": GOOD})
+    assert regression.status_code == 200, regression.text
+    (item,) = regression.json()["predictions"]
+    assert set(item) == {"request_id", "prediction", "interval", "model_version", "alias"}
+    assert 1000 < item["prediction"] < 40000  # a loan amount
+    assert item["interval"] == pytest.approx({"low": item["prediction"] - HALFWIDTH,
+                                              "high": item["prediction"] + HALFWIDTH, "coverage": 0.9})
+
+    multiclass = httpx.post(f"{fleet.url}/models/{models['multiclass']}/predict", json={"records": [GOOD] * 3})
+    assert multiclass.status_code == 200, multiclass.text
+    for item in multiclass.json()["predictions"]:
+        assert set(item) == {"request_id", "prediction", "probabilities", "model_version", "alias"}
+        assert list(item["probabilities"]) == CLASSES and sum(item["probabilities"].values()) == pytest.approx(1)
+        assert item["prediction"] == max(CLASSES, key=item["probabilities"].__getitem__)
+
+    described = httpx.get(f"{fleet.url}/models/{models['multiclass']}").json()
+    assert described["task"] == "multiclass" and described["aliases"]["champion"]["classes"] == CLASSES
+    assert httpx.get(f"{fleet.url}/models/{models['regression']}").json()["aliases"]["champion"]["interval"][
+        "halfwidth"] == HALFWIDTH
+    unknown = httpx.post(f"{fleet.url}/models/crispflow-nope/predict", json={"record": GOOD})
+    assert unknown.status_code == 404 and "crispflow-nope" in unknown.json()["detail"][0]["message"]
+
+    metrics = httpx.get(f"{fleet.url}/metrics").text
+    for name in models.values():
+        assert f'crispflow_serve_ready{{model="{name}"}} 1.0' in metrics
+        assert f'code="200",endpoint="predict",model="{name}"' in metrics
+
+    ids = {task: [i["request_id"] for i in reply.json()["predictions"]]
+           for task, reply in (("regression", regression), ("multiclass", multiclass))}
+
+    def logged(task: str) -> pd.DataFrame | None:
+        since = datetime.now(UTC) - timedelta(minutes=5)
+        frame = read_predictions(str(fleet.log_root), models[task], since, datetime.now(UTC) + timedelta(minutes=1),
+                                 with_feedback=False)
+        mine = frame[frame["request_id"].isin(ids[task])]
+        return mine if len(mine) == len(ids[task]) else None
+
+    reg_rows = _wait(lambda: logged("regression"), 30, "regression rows logged")
+    row = reg_rows.iloc[0]
+    assert row["model"] == models["regression"] and row["interval_high"] - row["interval_low"] == \
+        pytest.approx(2 * HALFWIDTH) and row["score"] == pytest.approx(row["interval_low"] + HALFWIDTH)
+    mc_rows = _wait(lambda: logged("multiclass"), 30, "multiclass rows logged")
+    for _, row in mc_rows.iterrows():
+        assert row["predicted"] in CLASSES and len(row["probabilities"]) == 3
+        assert row["score"] == pytest.approx(max(row["probabilities"]))
+
+
+def test_default_routes_need_a_default_when_several_models_are_served(fleet, models, mlflow_server) -> None:
+    for method, path in (("post", "/predict"), ("post", "/feedback"), ("get", "/model")):
+        reply = getattr(httpx, method)(f"{fleet.url}{path}", **({"json": {"record": GOOD}} if method == "post"
+                                                                  else {}))
+        assert reply.status_code == 404, (path, reply.text)
+        assert "/models/{name}/" in reply.json()["detail"][0]["message"]
+    # with exactly one model, it is the default; a configured default wins over the rule
+    one = ServeConfig(tracking_uri=mlflow_server.url, predictions_url=None, poll_interval=0.2,
+                      only=(models["regression"],))
+    chosen = ServeConfig(model=models["multiclass"], tracking_uri=mlflow_server.url, predictions_url=None,
+                         poll_interval=0.2, only=(f"*{MULTI}*",))
+    with Running(one) as single, Running(chosen) as defaulted:
+        body = _wait(lambda: _ready_models(single.url, {models["regression"]}), 60, "single model ready")
+        assert body["model"] == models["regression"]
+        reply = httpx.post(f"{single.url}/predict", json={"record": GOOD})
+        assert reply.status_code == 200 and "interval" in reply.json()["predictions"][0]
+        assert httpx.get(f"{single.url}/model").json()["task"] == "regression"
+        _wait(lambda: _ready_models(defaulted.url, set(models.values())), 60, "all ready")
+        reply = httpx.post(f"{defaulted.url}/predict", json={"record": GOOD})
+        assert reply.status_code == 200 and reply.json()["model"] == models["multiclass"]
+
+
+def test_feedback_is_validated_per_task(fleet, models) -> None:
+    def predict(task: str) -> str:
+        reply = httpx.post(f"{fleet.url}/models/{models[task]}/predict", json={"record": GOOD})
+        return reply.json()["predictions"][0]["request_id"]
+
+    def feedback(task: str, label: Any, raw: str | None = None) -> httpx.Response:
+        url = f"{fleet.url}/models/{models[task]}/feedback"
+        if raw is not None:
+            return httpx.post(url, content=raw.encode(), headers={"content-type": "application/json"})
+        return httpx.post(url, json={"request_id": rid[task], "label": label})
+
+    rid = {task: predict(task) for task in models}
+    since = datetime.now(UTC) - timedelta(seconds=5)
+    refused = [("binary", 2, "type"), ("binary", "maybe", "type"),
+               ("multiclass", "Platinum", "class"), ("multiclass", 1, "class"), ("multiclass", None, "missing"),
+               ("regression", "12.5", "type"), ("regression", True, "type")]
+    for task, label, rule in refused:
+        reply = feedback(task, label)
+        assert reply.status_code == 422, (task, label, reply.text)
+        (detail,) = reply.json()["detail"]
+        assert (detail["field"], detail["rule"]) == ("label", rule), (task, label, detail)
+        assert detail["message"]
+    nan = feedback("regression", None, f'{{"request_id": "{rid["regression"]}", "label": NaN}}')
+    assert nan.status_code == 422 and nan.json()["detail"][0]["rule"] == "finite"
+    assert "Verified" in feedback("multiclass", "x").json()["detail"][0]["message"]  # names the classes
+
+    accepted = {"binary": ("bad", 1.0), "multiclass": ("Verified", 2.0), "regression": (12500.5, 12500.5)}
+    for task, (label, _) in accepted.items():
+        reply = feedback(task, label)
+        assert reply.status_code == 202 and reply.json() == {"accepted": 1}, reply.text
+
+    def stored(task: str) -> float | None:
+        frame = read_predictions(str(fleet.log_root), models[task], since, datetime.now(UTC) + timedelta(minutes=1))
+        labels = frame.loc[frame["request_id"] == rid[task], "label"].dropna()
+        return float(labels.iloc[0]) if len(labels) else None
+
+    for task, (_, expected) in accepted.items():
+        assert _wait(lambda t=task: stored(t), 30, f"{task} feedback stored") == expected
+
+
+def test_a_model_registered_after_the_start_is_discovered(fleet, models, mlf, data) -> None:
+    name = f"crispflow-t_later_{MULTI}"
+    assert name not in {m["name"] for m in httpx.get(f"{fleet.url}/models").json()["models"]}
+    assert httpx.post(f"{fleet.url}/models/{name}/predict", json={"record": GOOD}).status_code == 404
+    x = data[FEATURES].copy()
+    version = _register(mlf, name, _regressor().fit(x, data["int_rate"]), x, {"crispflow.task": "regression"},
+                        pipeline=f"t_later_{MULTI}")
+    body = _wait(lambda: _ready_models(fleet.url, {name}), 60, "the new model discovered and loaded")
+    assert body["models"][name] == {"champion": version, "task": "regression", "aliases": {"champion": version}}
+    reply = httpx.post(f"{fleet.url}/models/{name}/predict", json={"record": GOOD})
+    assert reply.status_code == 200, reply.text
+    item = reply.json()["predictions"][0]
+    assert item["model_version"] == version and item["interval"] is None  # no interval tag: none served
+    assert set(body["models"]) >= set(models.values())  # the others are still served
+
+
+def test_at_most_max_models_are_loaded_and_an_idle_one_loads_on_request(models, mlflow_server, tmp_path) -> None:
+    config = ServeConfig(tracking_uri=mlflow_server.url, predictions_url=str(tmp_path), poll_interval=0.2,
+                         log_flush_interval=60, max_models=1, only=(models["binary"], models["regression"]))
+    with Running(config) as small:
+        _wait(lambda: httpx.get(f"{small.url}/ready").status_code == 200, 60, "ready")
+
+        def states() -> dict[str, str]:
+            return {m["name"]: m["state"] for m in httpx.get(f"{small.url}/models").json()["models"]}
+
+        first = states()
+        assert sorted(first.values()) == ["idle", "ready"]
+        loaded, idle = (next(n for n, s in first.items() if s == state) for state in ("ready", "idle"))
+        assert httpx.get(f"{small.url}/ready").json()["idle"] == [idle]
+        assert httpx.post(f"{small.url}/models/{loaded}/predict", json={"record": GOOD}).status_code == 200
+        reply = httpx.post(f"{small.url}/models/{idle}/predict", json={"record": GOOD})
+        assert reply.status_code == 200, reply.text  # loaded on request
+        assert states() == {idle: "ready", loaded: "idle"}  # the least recently requested one was unloaded
+
+        def flushed() -> pd.DataFrame | None:  # unloading closed its prediction log: its row is on disk already
+            frame = read_predictions(str(tmp_path), loaded, datetime.now(UTC) - timedelta(minutes=5),
+                                     datetime.now(UTC) + timedelta(minutes=1), with_feedback=False)
+            return frame if len(frame) == 1 else None
+
+        _wait(flushed, 30, "the unloaded model's log flushed")
+        assert httpx.post(f"{small.url}/models/{loaded}/predict", json={"record": GOOD}).status_code == 200
+        assert 'crispflow_serve_models{state="idle"} 1.0' in httpx.get(f"{small.url}/metrics").text

@@ -110,7 +110,7 @@ def test_ingest_validate_publishes_a_dataset_version(live: Stack) -> None:
 
 
 def test_a_deferred_drift_sensor_survives_a_triggerer_restart(live: Stack) -> None:
-    """The hourly watch_drift run waits in the triggerer; the triggerer is killed; drift arrives; `up` restarts the
+    """A watch_drift run waits in the triggerer; the triggerer is killed; drift arrives; `up` restarts the
     triggerer, whose new trigger instance re-reads the store and fires the episode exactly once."""
     import signal
     from datetime import UTC, datetime, timedelta
@@ -119,15 +119,14 @@ def test_a_deferred_drift_sensor_survives_a_triggerer_restart(live: Stack) -> No
 
     api = live.api()
     api.wait_for_dag("watch_drift", timeout=180)
+    # The hourly runs watch every pipeline with a champion (none here): a run for the demo pipeline names it.
+    run_id = api.trigger("watch_drift", conf={"pipeline": "lending_club"})
     deadline = time.monotonic() + 180
-    run_id = None
-    while run_id is None:  # the scheduler starts the latest hourly run itself (catchup off)
-        assert time.monotonic() < deadline, "no watch_drift run was scheduled"
-        runs = api.dag_runs("watch_drift", limit=10)
-        for run in runs:
-            states = {t["task_id"]: t["state"] for t in api.task_instances("watch_drift", run["dag_run_id"])}
-            if states.get("watch") == "deferred":
-                run_id = run["dag_run_id"]
+    while True:
+        assert time.monotonic() < deadline, "the watch_drift sensor never deferred"
+        states = {t["task_id"]: t["state"] for t in api.task_instances("watch_drift", run_id)}
+        if states.get("watch") == "deferred":
+            break
         time.sleep(2)
 
     triggerer = next(r for r in live.pid_records() if r.name == "airflow-triggerer")
@@ -144,7 +143,7 @@ def test_a_deferred_drift_sensor_survives_a_triggerer_restart(live: Stack) -> No
     assert live.run("up", timeout=300).returncode == 0  # starts the missing triggerer only
 
     assert api.wait_for_run("watch_drift", run_id, timeout=240) == "success"
-    fired = api.xcom("watch_drift", run_id, "watch")
+    fired = api.xcom("watch_drift", run_id, "watch", map_index=0)  # mapped over pipelines: one here
     assert fired["features"] == ["int_rate"] and fired["episode_id"].startswith("champion-")
     episodes = store.read_episodes(live.home / "lake" / "predictions", "crispflow-lending_club")
     assert [e["episode_id"] for e in episodes] == [fired["episode_id"]]

@@ -255,7 +255,7 @@ def test_live_canary_is_promoted_and_rolled_back(env, model_server, monkeypatch)
     # canary's fifth of the requests swings with whatever else runs, so its budget is wide
     latency = {"max_p95_ratio": 3.0, "p95_slack_ms": 50.0}
     _, tis = run("canary_analysis", {"pipeline": "lending_club", "policy": latency})
-    outcome = tis[("analyse_and_act", -1)].xcom_pull(task_ids="analyse_and_act")
+    outcome = tis[("analyse_and_act", 0)].xcom_pull(task_ids="analyse_and_act", map_indexes=0)
     assert outcome["decision"] == "promote", outcome["reasons"]
     assert registry.alias_version(mlf, MODEL, "champion").version == canary
     assert registry.alias_version(mlf, MODEL, "previous").version == champion
@@ -270,4 +270,4 @@ def test_live_canary_is_promoted_and_rolled_back(env, model_server, monkeypatch)
     assert actions[-3:] == ["deploy_canary", "promote", "rollback"]
     # nothing left to analyse: the next analysis run is a no-op
     _, tis = run("canary_analysis", {"pipeline": "lending_club"})
-    assert tis[("analyse_and_act", -1)].xcom_pull(task_ids="analyse_and_act")["decision"] == "none"
+    assert tis[("analyse_and_act", 0)].xcom_pull(task_ids="analyse_and_act", map_indexes=0)["decision"] == "none"

@@ -221,9 +221,24 @@ def test_cold_start_passes_or_fails_on_the_floors(lending: dict) -> None:
     assert any(r.startswith("roc_auc = 0.5") and "is not >= floor 0.6" in r for r in failed["reasons"])
     no_positive_predicted = decide(Blessing(min_metrics={"precision": 0.1}), y, good, 2.0)
     assert no_positive_predicted["reasons"] == ["precision is NaN/missing"]
-    nothing_to_check = decide(Blessing(), y, good, 0.05)
-    assert not nothing_to_check["blessed"] and "min_metrics is empty" in nothing_to_check["reasons"][0]
     assert verdict_summary(passed) == "BLESSED (cold_start); 3/3 checks passed"
+
+
+def test_cold_start_without_floors_is_judged_against_no_skill(lending: dict) -> None:
+    """Empty `min_metrics`: the floor is "significantly better than no skill" (ROC AUC CI above 0.5), and the
+    verdict says so; a random score fails it."""
+    y, good = lending["y"], lending["good"]
+    blessed = decide(Blessing(), y, good, 0.05)
+    assert blessed["blessed"], blessed["reasons"]
+    floor = check(blessed, "no_skill_floor")
+    assert [c["name"] for c in blessed["checks"]] == ["no_skill_floor"]
+    assert floor["metric"] == "roc_auc" and floor["method"] == "delong" and floor["ci_low"] > 0.5
+    assert floor["value"] == pytest.approx(roc_auc_score(y, good))
+    assert "ROC AUC > 0.5" in floor["rule"] and "min_metrics is empty" in floor["why"]
+    noise = np.random.default_rng(1).random(y.size)
+    refused = decide(Blessing(), y, noise, 0.5)
+    assert not refused["blessed"] and refused["reasons"][0].startswith("no_skill_floor: not significantly better")
+    assert check(refused, "no_skill_floor")["ci_low"] < 0.5 < check(refused, "no_skill_floor")["ci_high"]
 
 
 # --------------------------------------------------------------------------------------------------- slices

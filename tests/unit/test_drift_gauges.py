@@ -143,13 +143,13 @@ def test_bad_arguments_are_refused() -> None:
 def exported_names(tmp_path: Path) -> set[str]:
     """Every series name the model server's /metrics shows once each metric has a sample, drift gauges included."""
     metrics = ServingMetrics(lambda: {"written": 1, "dropped": 0, "pending": 0})
-    metrics.requests.labels("predict", "200").inc()
-    metrics.records.labels("3", "champion").inc()
-    metrics.latency.labels("3", "champion").observe(0.01)
-    metrics.scores.labels("3", "champion").observe(0.2)
+    metrics.requests.labels(MODEL, "predict", "200").inc()
+    metrics.records.labels(MODEL, "3", "champion").inc()
+    metrics.latency.labels(MODEL, "3", "champion").observe(0.01)
+    metrics.scores.labels(MODEL, "3", "champion").observe(0.2)
     metrics.errors.labels("model").inc()
-    metrics.set_served({"champion": "3"})
-    metrics.registry.register(DriftCollector(tmp_path, MODEL))
+    metrics.set_served(MODEL, {"champion": "3"})
+    metrics.drift.add(MODEL, DriftCollector(tmp_path, MODEL))
     store(tmp_path, T0, drifted=("a",))
     text = generate_latest(metrics.registry).decode()
     return {s.name for f in text_string_to_metric_families(text) for s in f.samples}

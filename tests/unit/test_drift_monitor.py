@@ -127,3 +127,50 @@ def test_without_a_champion_nothing_is_judged(mlf, profile, tmp_path: Path) -> N
     assert out == {"model": model, "window_start": START.isoformat(), "window_end": END.isoformat(),
                    "summaries": []}
     assert not (tmp_path / model).exists()
+
+
+@pytest.mark.slow
+def test_monitor_judges_a_regression_champion_and_refuses_a_profile_of_another_task(mlf, tmp_path: Path) -> None:
+    """The version's `crispflow.task` tag and its profile must agree; a regression window's label drift (observed
+    rates 3 points higher than the model's reference) is judged from the float64 feedback."""
+    import numpy as np
+    import pandas as pd
+
+    from crispflow.model.features import features
+    from crispflow.monitoring import build_profile
+    from crispflow.monitoring.store import read_windows
+    from crispflow.predictions.writer import PredictionLog
+    from crispflow.settings import project_root
+    from crispflow.spec import load_spec
+
+    spec = load_spec("lending_club_rate")
+    loans = pd.read_parquet(project_root() / "include" / "data" / "lending_club.parquet").head(3000)
+    rate = loans["int_rate"].to_numpy(float)
+    prediction = rate + np.random.default_rng(0).normal(0, 2.0, len(rate))  # a stand-in model with RMSE ~2
+    profile = build_profile(spec, features(spec, loans.head(2000)), scores=prediction[:2000], labels=rate[:2000])
+    model = f"crispflow-t_mon_{uuid.uuid4().hex[:6]}"
+    champion, canary = registered(mlf, model, [profile, profile])
+    mlf.set_model_version_tag(model, champion, "crispflow.task", "regression")
+    mlf.set_model_version_tag(model, canary, "crispflow.task", "multiclass")  # the profile is a regression one
+    mlf.set_registered_model_alias(model, "champion", champion)
+    mlf.set_registered_model_alias(model, "canary", canary)
+    window = loans.iloc[2000:3000]
+    x = features(spec, window)
+    step = (END - START) / (len(window) + 1)
+    rows = [{"request_id": f"r{i}", "ts": START + step * (i + 1), "version": champion, "alias": "champion",
+             "served": True, "score": float(prediction[2000 + i]), "latency_ms": 2.0, "status": "ok",
+             "features": x.iloc[i].to_dict()} for i in range(len(window))]
+    plog = PredictionLog(tmp_path, model)
+    plog.log(rows)
+    plog.log_feedback([{"request_id": f"r{i}", "label": float(rate[2000 + i]) + 3.0, "ts": END}
+                       for i in range(len(window))])
+    plog.close()
+    with pytest.raises(ReferenceProfilesMissing, match=r"task: the profile is for a regression model, the "
+                                                       r"version's tag 'crispflow\.task' says 'multiclass'"):
+        monitor(mlf, tmp_path, model, start=START, end=END)
+    (summary,) = read_windows(tmp_path, model)  # the champion was judged and stored before the error
+    assert summary["drift"] and summary["labelled_rows"] == 1000 and not summary["prediction_drift"]
+    report = json.loads(Path(summary["report"]).read_text())
+    assert report["task"] == "regression" and report["label"]["drifted"]
+    assert report["performance"]["metrics"]["rmse"]["degraded"]
+    assert report["performance"]["metrics"]["rmse"]["current"] > report["performance"]["metrics"]["rmse"]["reference"]

@@ -70,6 +70,8 @@ def test_bad_requests_name_the_field(world) -> None:
              (r"conf: unknown field\(s\) \['bogus'\]", [RECORD], {"conf": {"bogus": 1}}),
              ("was never recorded by the drift sensor", [{**RECORD, "episode_id": "champion-20990101T000000Z"}], {}),
              ("features \\['a'\\] does not match the recorded episode", [{**RECORD, "features": ["a"]}], {}),
+             (r"events of several pipelines \['lending_club', 'other'\]",
+              [{**RECORD, "pipeline": "other", "model": "crispflow-other"}, RECORD], {}),
              ("dataset: lending_club has no published dataset version", [RECORD], {})]
     for message, events, kwargs in cases:
         with pytest.raises(ParamsError, match=message):

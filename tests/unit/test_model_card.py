@@ -18,6 +18,7 @@ from crispflow.model.blessing import decide
 from crispflow.model.card import SECTIONS, UNDEFINED, ModelCardInput, render_html, render_markdown
 from crispflow.model.evaluation import evaluate
 from crispflow.model.holdout import holdout_hash, holdout_split
+from crispflow.model.tasks import no_skill_output
 from crispflow.spec import PipelineSpec, load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -401,3 +402,113 @@ def test_limitations_are_derived_from_the_records(card: ModelCardInput, rendered
     assert card.spec.description in limitations
     assert "Not for real lending decisions" in section(md, "Intended use").split("### Out-of-scope use")[1]
     assert "simulated" in html.unescape(page)
+
+
+# ------------------------------------------------------------------------------------ regression, multiclass
+
+
+def task_spec(spec: PipelineSpec, drop: tuple[str, ...] = (), **changes: object) -> PipelineSpec:
+    """The demo spec turned into another task (same columns and data), validated as a user's spec would be."""
+    raw = spec.model_dump(mode="json", exclude_none=True)
+    drop = ("threshold", "selection_metric", *drop)
+    training = {k: v for k, v in raw["training"].items() if k not in drop}
+    training["candidates"] = [c for c in training["candidates"] if c["name"] == "hgb"]  # serves every task
+    raw.update(training=training, **changes)
+    return PipelineSpec.model_validate(raw)
+
+
+def task_card(spec: PipelineSpec, holdout: pd.DataFrame, y: np.ndarray, output: np.ndarray, verdict: dict,
+              evaluation: dict) -> ModelCardInput:
+    evaluation.update(latency=LATENCY, size_bytes=48_213, holdout_hash=holdout_hash(spec, holdout))
+    verdict.update(version="3", champion_version=None if verdict["mode"] == "cold_start" else "2")
+    return ModelCardInput(
+        model_name=f"crispflow-{spec.name}", version="3", spec=spec, dataset=manifest(spec),
+        holdout={"holdout_hash": evaluation["holdout_hash"], "rows": len(holdout), "cut_from": "ds-0123456789abcdef",
+                 "strategy": spec.split.strategy, "frozen_at": "2024-05-01T10:05:00+00:00"},
+        config={"config_id": "hgb-1", "candidate": "hgb", "params": {}, "metric": spec.training.selection_metric,
+                "mean": 1.1, "std": 0.05},
+        threshold=None, evaluation=json_safe(evaluation), verdict=json_safe(verdict))
+
+
+def test_a_regression_card(spec: PipelineSpec, holdout: pd.DataFrame) -> None:
+    reg = task_spec(spec, ("class_weight", "calibration"), name="interest_rate", description="",
+                    target={"column": "int_rate", "task": "regression"}, split={"strategy": "random"},
+                    blessing={"primary_metric": "rmse", "non_inferiority_margin": 0.1, "bootstrap_samples": 200})
+    y = holdout["int_rate"].to_numpy(float)
+    rng = np.random.default_rng(5)
+    prediction = y + rng.normal(scale=1.5, size=y.size)
+    champion = y + rng.normal(scale=1.0, size=y.size)  # better: the challenger fails non-inferiority
+    slices = {"term": holdout["term"].astype(str).to_numpy()}
+    evaluation = evaluate(y, prediction, task="regression", slices=slices, n_boot=200)
+    evaluation["interval"] = {"coverage": 0.9, "halfwidth": 2.47, "method": "split_conformal_oof",
+                              "holdout_coverage": 0.897}
+    verdict = decide(reg.blessing, y, prediction, None, task="regression", champion_score=champion, slices=slices,
+                     challenger_cost=COST, champion_cost=COST)
+    card = task_card(reg, holdout, y, prediction, verdict, evaluation)
+    md, page = render_markdown(card), render_html(card)
+    plain = unescape_md(md)
+    for title in SECTIONS:
+        assert f"\n## {title}\n" in md and f"<h2>{html.escape(title)}</h2>" in page
+    check_md_tables(md)
+    summary = section(plain, "Summary")
+    assert "is a regressor `hgb` for the pipeline `interest_rate`. It predicts `int_rate` (regression)." in summary
+    assert "It predicts `int_rate` (regression). Each prediction is served with a 90 % prediction interval of " \
+        "± 2.4700" in summary
+    rmse = evaluation["metrics"]["rmse"]
+    ci = f"[{rmse['ci_low']:.4f}, {rmse['ci_high']:.4f}]"
+    assert f"RMSE (lower is better) {rmse['value']:.4f}, 95 % CI {ci}" in summary
+    for name, label in (("rmse", "RMSE (lower is better)"), ("mae", "MAE (lower is better)"), ("r2", "R²")):
+        m = evaluation["metrics"][name]
+        assert f"| {label} | {m['value']:.4f} | [{m['ci_low']:.4f}, {m['ci_high']:.4f}] |" in md
+    assert "| Mean (bias; positive = under-prediction) | " in md and "### Residuals" in md
+    assert "prediction ± 2.4700 (90 % target coverage, split_conformal_oof)" in plain
+    assert "| Holdout rows inside their interval | 89.7 % |" in plain
+    assert "Target: `int_rate` (regression)" in plain and "a random 20% of the rows (seed 42)" in plain
+    assert "| Value | Rows | Mean residual | RMSE (lower is better) |" in md
+    for absent in ("Decision threshold", "positive class", "positive)", "Class weight", "Confusion matrix",
+                   "Base rate"):
+        assert absent not in plain, absent
+    assert "Slice comparisons (rmse, holm)" in plain and "| Slice | Rows | Estimate |" in md
+    assert not card.verdict["blessed"] and card.verdict["reasons"][0] in plain
+    assert "Errors are in the target's units" in section(plain, "Limitations and caveats")
+    assert not re.search(r"(?i:\bnan\b(?!/missing)|\binf\b)|\bNone\b", md)
+
+
+def test_a_multiclass_cold_start_card(spec: PipelineSpec, holdout: pd.DataFrame) -> None:
+    mc = task_spec(spec, name="verification", target={"column": "verification_status", "task": "multiclass"},
+                   blessing={"primary_metric": "log_loss", "bootstrap_samples": 200})
+    classes = [str(c) for c in mc.class_labels]
+    y = np.array([classes.index(v) for v in holdout["verification_status"].astype(str)])
+    rng = np.random.default_rng(6)
+    logits = rng.normal(size=(y.size, len(classes)))
+    logits[np.arange(y.size), y] += 1.5
+    proba = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    baseline = no_skill_output("multiclass", y, y.size, len(classes))
+    evaluation = evaluate(y, proba, task="multiclass", class_labels=classes,
+                          slices={"term": holdout["term"].astype(str).to_numpy()}, n_boot=200)
+    verdict = decide(mc.blessing, y, proba, None, task="multiclass", baseline_output=baseline)
+    card = task_card(mc, holdout, y, proba, verdict, evaluation)
+    md, page = render_markdown(card), render_html(card)
+    plain = unescape_md(md)
+    check_md_tables(md)
+    assert card.verdict["blessed"], card.verdict["reasons"]
+    summary = section(plain, "Summary")
+    assert "among 3 classes (Not_Verified, Verified, Source_Verified), with a probability for each" in summary
+    assert "**Blessed** (cold_start): all 1 checks passed." in summary
+    assert "Target: `verification_status` (multiclass; classes `Not_Verified`, `Verified`, `Source_Verified`" in plain
+    for label in classes:
+        entry = evaluation["per_class"][label]
+        p = entry["precision"]
+        cell = f"| `{label}` | {entry['support']:,} | "
+        assert cell in md and f"{p['value']:.4f} | [{p['ci_low']:.4f}, {p['ci_high']:.4f}]" in md
+    matrix = evaluation["confusion_matrix"]["matrix"]
+    assert f"| `Not_Verified` | {' | '.join(f'{v:,}' for v in matrix[0])} |" in md
+    assert "| Actual → predicted | Not_Verified | Verified | Source_Verified |" in unescape_md(md)
+    assert "| Value | Rows | Log loss (lower is better) | Macro F1 | Accuracy | Status |" in md
+    assert "`no_skill_floor`" in md and "log loss - no-skill log loss < 0" in plain
+    limitations = section(plain, "Limitations and caveats")
+    assert "Cold start with no floors in `blessing.min_metrics`: judged only against no skill" in limitations
+    assert "Class shares on the holdout" in limitations or "Class imbalance on the holdout" in limitations
+    for absent in ("Decision threshold", "positive class", "positive)", "Base rate"):
+        assert absent not in plain, absent
+    assert "<td>Macro F1</td>" in page

@@ -58,7 +58,7 @@ def test_empty_window_gives_an_empty_frame_with_the_expected_columns(tmp_path: P
     df = read_predictions(tmp_path / "nothing-here", MODEL, T0, T0 + timedelta(hours=2))
     assert df.empty
     assert list(df.columns) == [*PREDICTION_COLUMNS, "label", "label_ts"]
-    assert str(df["ts"].dtype) == "datetime64[us, UTC]" and str(df["label"].dtype) == "Int8"
+    assert str(df["ts"].dtype) == "datetime64[us, UTC]" and str(df["label"].dtype) == "float64"
     assert str(df["label_ts"].dtype) == "datetime64[us, UTC]" and str(df["score"].dtype) == "float64"
     assert read_predictions(tmp_path, MODEL, T0, T0).empty  # start == end: an empty window
     fb = read_feedback(tmp_path, MODEL, T0, T0 + timedelta(hours=1))
@@ -98,14 +98,14 @@ def test_feedback_join_takes_the_latest_label_within_the_horizon(tmp_path: Path)
 
     df = read_predictions(tmp_path, MODEL, T0, end)
     assert df["request_id"].tolist() == [f"req-{i}" for i in range(5)]
-    assert df["label"].tolist() == [1, 1, pd.NA, pd.NA, pd.NA]
-    assert str(df["label"].dtype) == "Int8"
+    assert df["label"].tolist()[:2] == [1.0, 1.0] and df["label"].iloc[2:].isna().all()
+    assert str(df["label"].dtype) == "float64"
     assert df["label_ts"].tolist()[:2] == [
         pd.Timestamp(T0 + timedelta(minutes=10)),
         pd.Timestamp(T0 + timedelta(hours=5)),
     ]
     longer = read_predictions(tmp_path, MODEL, T0, end, feedback_horizon=timedelta(days=4))
-    assert longer["label"].tolist() == [1, 1, 1, pd.NA, pd.NA]
+    assert longer["label"].tolist()[:3] == [1.0, 1.0, 1.0] and longer["label"].iloc[3:].isna().all()
     bare = read_predictions(tmp_path, MODEL, T0, end, with_feedback=False)
     assert "label" not in bare.columns and "label_ts" not in bare.columns
 

@@ -363,8 +363,10 @@ def test_bad_settings_are_refused(tmp_path: Path, kwargs: dict[str, Any], messag
         ("log", [("r", T0)], r"rows\[0\] must be a dict"),
         ("log", [{"ts": T0}], r"rows\[0\]\.request_id: must be a non-empty string"),
         ("log", [{"request_id": "r", "ts": datetime(2026, 3, 1)}], r"rows\[0\]\.ts: must be a timezone-aware"),
-        ("log_feedback", [{"request_id": "r", "ts": T0, "label": 2}], r"rows\[0\]\.label: must be 0 or 1"),
-        ("log_feedback", [{"request_id": "r", "ts": T0, "label": 1.0}], r"rows\[0\]\.label: must be 0 or 1"),
+        ("log_feedback", [{"request_id": "r", "ts": T0, "label": "1"}], r"rows\[0\]\.label: must be a finite number"),
+        ("log_feedback", [{"request_id": "r", "ts": T0, "label": float("nan")}],
+         r"rows\[0\]\.label: must be a finite number"),
+        ("log_feedback", [{"request_id": "r", "ts": T0, "label": None}], r"rows\[0\]\.label: must be a finite number"),
     ],
 )
 def test_bad_rows_are_refused_with_the_field_named(tmp_path: Path, method: str, rows: Any, message: str) -> None:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from crispflow.errors import CrispflowError
 from crispflow.serving.cli import add_arguments, build_config, default_model
 from crispflow.serving.config import ServeConfig, ServeConfigError
 from crispflow.settings import Settings
@@ -48,21 +47,49 @@ def test_options_and_the_environment_win(settings, monkeypatch) -> None:
     assert (config.model, config.predictions_url, config.poll_interval, config.max_records) == ("m", None, 0.5, 5)
 
 
-def test_no_model_and_no_single_spec_is_a_clear_error(settings) -> None:
-    shutil.copy(settings.pipelines_dir / "lending_club.yaml", settings.pipelines_dir / "other.yaml")
-    with pytest.raises(CrispflowError, match="--model"):
-        default_model(settings)
+def test_several_specs_need_no_model_and_each_binary_spec_gets_its_feedback_labels(settings) -> None:
+    text = (settings.pipelines_dir / "lending_club.yaml").read_text()
+    (settings.pipelines_dir / "other.yaml").write_text(text.replace("name: lending_club", "name: other", 1))
+    assert default_model(settings) is None  # the server then defaults to the only registered model, if one
+    config = build_config(_parse("--only", "crispflow-lending*", "--only", "crispflow-other", "--max-models", "3"),
+                          settings)
+    assert config.model is None and config.discover
+    assert config.only == ("crispflow-lending*", "crispflow-other") and config.max_models == 3
+    assert config.feedback_labels == {"crispflow-lending_club": (("bad",), ("good",)),
+                                      "crispflow-other": (("bad",), ("good",))}
+    assert config.positive_labels == ()  # no default model: the labels are per model
 
 
-@pytest.mark.parametrize("argv", [("--poll-interval", "0"), ("--max-records", "-1"), ("--max-body-bytes", "x")])
+def test_a_specs_allowed_estimators_are_the_only_extra_modules_its_model_may_hold(settings) -> None:
+    path = settings.pipelines_dir / "lending_club.yaml"
+    path.write_text(path.read_text().replace("training:\n", "training:\n  allowed_estimators: [lightgbm.]\n", 1))
+    config = build_config(_parse(), settings)
+    assert config.trusted == {"crispflow-lending_club": ("lightgbm.",)}
+
+
+def test_no_specs_at_all_is_fine(settings) -> None:
+    (settings.pipelines_dir / "lending_club.yaml").unlink()
+    config = build_config(_parse(), settings)
+    assert config.model is None and config.feedback_labels == {}
+
+
+@pytest.mark.parametrize("argv", [("--poll-interval", "0"), ("--max-records", "-1"), ("--max-body-bytes", "x"),
+                                  ("--max-models", "0")])
 def test_bad_options_are_refused(argv) -> None:
     with pytest.raises(SystemExit):
         _parse(*argv)
 
 
 @pytest.mark.parametrize(("field", "value"), [("poll_interval", 0), ("max_records", 0), ("max_body_bytes", True),
-                                              ("model", " ")])
+                                              ("model", " "), ("max_models", 0), ("only", "crispflow-*"),
+                                              ("only", ("",))])
 def test_bad_config_names_the_field(field, value) -> None:
     kwargs = {"model": "m", field: value}
     with pytest.raises(ServeConfigError, match=field):
         ServeConfig(**kwargs)
+
+
+def test_serving_only_the_default_model_needs_one() -> None:
+    with pytest.raises(ServeConfigError, match="discover"):
+        ServeConfig(discover=False)
+    assert ServeConfig().model is None

@@ -164,9 +164,34 @@ def test_model_server_is_a_managed_process_with_the_stack_settings(settings: Set
     assert not [k for k in server.env if k.startswith("AIRFLOW")], "the server gets no Airflow secrets"
 
 
+def test_the_model_server_needs_no_model_with_several_specs(settings: Settings, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+    import dataclasses
+
+    from crispflow.serving.cli import add_arguments, build_config
+
+    profile = build_profile("local", settings, PORTS, Secrets.generate())
+    server = {p.name: p for p in profile.processes}["model-server"]
+    assert "--model" not in server.argv and "CRISPFLOW_SERVE_MODEL" not in server.env
+    monkeypatch.delenv("CRISPFLOW_SERVE_MODEL", raising=False)
+    pipelines = tmp_path / "several"
+    pipelines.mkdir()
+    spec = (Path(__file__).resolve().parents[2] / "include/pipelines/lending_club.yaml").read_text()
+    for name in ("lending_club", "second", "third"):
+        (pipelines / f"{name}.yaml").write_text(spec.replace("name: lending_club", f"name: {name}", 1))
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    config = build_config(parser.parse_args(list(server.argv[2:])), dataclasses.replace(settings,
+                                                                                         pipelines_dir=pipelines))
+    assert config.model is None and config.discover and config.only == ()  # every pipeline's model
+    assert set(config.feedback_labels) == {"crispflow-lending_club", "crispflow-second", "crispflow-third"}
+
+
 def test_status_prints_the_model_server_url(settings: Settings) -> None:
     text = stack.format_status(stack.collect_status(settings))
     assert "Model server  http://127.0.0.1:8000" in text
+    assert "http://127.0.0.1:8000/models" in text
     assert "model-server" in text
 
 

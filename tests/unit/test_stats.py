@@ -26,12 +26,14 @@ from crispflow.stats import (
     bin_sums,
     bootstrap_p_value,
     chi2_homogeneity,
+    class_resample_counts,
     delong,
     hanley_mcneil_se,
     holm,
     js_distance,
     ks_binned,
     percentile_interval,
+    plain_resample_counts,
     psi,
     quantile_edges,
     quantile_psi,
@@ -251,3 +253,19 @@ def test_wasserstein_binned_with_one_value_per_bin_is_exact() -> None:
     exact = scipy_stats.wasserstein_distance(np.repeat(means, ref), np.repeat(means, cur))
     assert wasserstein_binned(ref, means, cur, means) == pytest.approx(exact)
     assert math.isnan(wasserstein_binned(np.zeros(3), means, cur, means))
+
+
+def test_class_and_plain_resamples() -> None:
+    codes = np.random.default_rng(1).choice(4, size=300, p=[0.5, 0.3, 0.15, 0.05])
+    counts = np.concatenate(list(class_resample_counts(codes, 40, seed=2)))
+    assert counts.shape == (40, 300)
+    per_class = np.stack([counts[:, codes == c].sum(axis=1) for c in range(4)], axis=1)
+    assert (per_class == np.bincount(codes, minlength=4)).all()  # every resample keeps the class counts
+    assert np.array_equal(counts, np.concatenate(list(class_resample_counts(codes, 40, seed=2))))
+    plain = np.concatenate(list(plain_resample_counts(300, 40, seed=2)))
+    assert (plain.sum(axis=1) == 300).all() and plain.std(axis=0).mean() > 0.5
+    assert not np.array_equal(plain, np.concatenate(list(plain_resample_counts(300, 40, seed=3))))
+    # a binary label array resampled as class codes keeps its counts too (the strata differ only in order)
+    y = codes == 0
+    binary = np.concatenate(list(resample_counts(y, 40, seed=2)))
+    assert (binary[:, y].sum(axis=1) == y.sum()).all()

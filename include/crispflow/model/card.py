@@ -7,6 +7,12 @@ list of sections, so the two documents always say the same thing.
 
 Records read back from MLflow went through `json_safe`, so an undefined metric arrives as None; in memory it is
 NaN. Both render as "n/a (undefined)".
+
+The card follows the spec's task: binary cards show the threshold, confusion counts and base rate; multiclass
+cards the classes, per-class precision/recall and the k x k confusion matrix; regression cards the residuals
+and, when the evaluation has an "interval" record (`crispflow.model.evaluation.interval_report`: {"coverage",
+"halfwidth", "method"} and optionally "holdout_coverage", the share of holdout rows inside their interval), the
+prediction intervals.
 """
 
 from __future__ import annotations
@@ -30,8 +36,18 @@ METRIC_LABELS = {
     "precision": "Precision",
     "recall": "Recall",
     "brier": "Brier score (lower is better)",
+    "log_loss": "Log loss (lower is better)",
+    "macro_f1": "Macro F1",
+    "micro_f1": "Micro F1",
+    "accuracy": "Accuracy",
+    "ovr_roc_auc": "One-vs-rest ROC AUC (macro)",
+    "rmse": "RMSE (lower is better)",
+    "mae": "MAE (lower is better)",
+    "r2": "R²",
 }
 SLICE_METRICS = ("roc_auc", "average_precision", "precision", "recall")
+TASK_SLICE_METRICS = {"binary": SLICE_METRICS, "multiclass": ("log_loss", "macro_f1", "accuracy"),
+                      "regression": ("rmse", "mae", "r2")}
 SECTIONS = (
     "Summary",
     "Intended use",
@@ -59,6 +75,7 @@ class ModelCardInput:
     - `verdict`: the blessing verdict (`crispflow.model.blessing.decide` plus `champion_version` etc.).
     - `lineage`: the version's tags (git commit, dag/run ids, spec hash, artifact sha256, ...).
     - `created`: a datetime, an ISO string, or epoch milliseconds (MLflow's `creation_timestamp`).
+    - `threshold`: the binary decision threshold; None for multiclass and regression.
     - `threshold_objective_value`: the out-of-fold objective at the threshold (F1, or cost per row), if known.
     - `caveats`: extra limitations to list verbatim.
     """
@@ -69,7 +86,7 @@ class ModelCardInput:
     dataset: Mapping[str, Any]
     holdout: Mapping[str, Any]
     config: Mapping[str, Any]
-    threshold: float
+    threshold: float | None
     evaluation: Mapping[str, Any]
     verdict: Mapping[str, Any]
     aliases: Sequence[str] = ()
@@ -250,6 +267,39 @@ def _blessing_line(verdict: Mapping[str, Any]) -> Text:
     return _t(_Bold("Not blessed", "bad"), f" ({mode}): {reasons[0]}{more}.")
 
 
+def _task(card: ModelCardInput) -> str:
+    return card.spec.task
+
+
+def _classes(card: ModelCardInput) -> list[str]:
+    return [str(c) for c in card.evaluation.get("classes") or card.spec.class_labels]
+
+
+def _interval_text(card: ModelCardInput) -> str:
+    interval = card.evaluation.get("interval") or {}
+    if _undefined(interval.get("halfwidth")):
+        return ""
+    coverage = interval.get("coverage")
+    level = UNDEFINED if _undefined(coverage) else f"{100 * float(coverage):g} %"
+    return f" Each prediction is served with a {level} prediction interval of ± {_num(interval['halfwidth'])}."
+
+
+def _summary_task(card: ModelCardInput, calibrated: str, candidate: str) -> Text:
+    """The summary's middle for multiclass and regression (binary keeps its original wording)."""
+    spec, ev = card.spec, card.evaluation
+    kind = "regressor" if _task(card) == "regression" else f"{calibrated}classifier"
+    what = f": {spec.description.strip().rstrip('.')}. " if spec.description.strip() else ". "
+    if _task(card) == "regression":
+        predicts = _t("It predicts ", _Code(spec.target.column), " (regression).", _interval_text(card))
+    else:
+        predicts = _t("It predicts ", _Code(spec.target.column), f" among {len(_classes(card))} classes (",
+                      ", ".join(_classes(card)), "), with a probability for each.")
+    return _t(f" is a {kind} ", _Code(candidate), " for the pipeline ", _Code(spec.name), what,
+              predicts, " It was trained on dataset version ",
+              _Code(str(card.dataset.get("dataset_version_id", "unknown"))),
+              f" and evaluated on the frozen holdout ({_count(ev.get('n'))} rows): ")
+
+
 def _summary(card: ModelCardInput) -> _Section:
     spec, ev, verdict = card.spec, card.evaluation, card.verdict
     training = spec.training
@@ -257,6 +307,15 @@ def _summary(card: ModelCardInput) -> _Section:
     calibrated = f"{training.calibration}-calibrated " if training and training.calibration else ""
     primary = str(verdict.get("primary_metric") or "roc_auc")
     entry = (ev.get("metrics") or {}).get(primary) or {}
+    if _task(card) != "binary":
+        text = _t(
+            _Code(card.model_name),
+            f" version {card.version} (aliases: {_aliases(card)}; registered {_when(card.created)})",
+            _summary_task(card, calibrated, str(candidate)),
+            f"{_label(primary)} {_num(entry.get('value'))}, {_ci_level(ev)} CI {_ci(entry)}. ",
+            _blessing_line(verdict),
+        )
+        return _Section("Summary", (_Para(text),))
     what = spec.description.strip() or f"the probability that {spec.target.column} is {spec.target.positive!r}"
     text = _t(
         _Code(card.model_name),
@@ -305,6 +364,12 @@ def _intended_use(card: ModelCardInput) -> _Section:
         _t(
             "Decisions taken on the score alone, without the threshold's context (objective and costs under Model) "
             "and the caveats below."
+        )
+        if _task(card) == "binary"
+        else _t(
+            "Decisions taken on a single prediction without its uncertainty (the "
+            + ("prediction interval" if _task(card) == "regression" else "class probabilities")
+            + ") and the caveats below."
         ),
         _t("Scoring outside crispflow: the artifact contains crispflow's typing step."),
     ]
@@ -338,6 +403,8 @@ def _holdout_how(card: ModelCardInput) -> Text:
         )
     elif strategy == "stratified":
         how = _t(f"a stratified random {fraction} by label (seed {spec.split.seed})")
+    elif strategy == "random":
+        how = _t(f"a random {fraction} of the rows (seed {spec.split.seed})")
     else:
         how = _t(f"strategy {strategy!r}")
     return _t(
@@ -438,6 +505,21 @@ def _threshold_objective(card: ModelCardInput) -> str:
     return text + (value if card.threshold_objective_value is not None else "")
 
 
+def _interval_fact(interval: Mapping[str, Any]) -> str:
+    coverage = interval.get("coverage")
+    level = UNDEFINED if _undefined(coverage) else f"{100 * float(coverage):g} %"
+    return f"prediction ± {_num(interval.get('halfwidth'))} ({level} target coverage, {interval.get('method', '?')})"
+
+
+def _target_detail(card: ModelCardInput) -> Text:
+    if _task(card) == "regression":
+        return _t(" (regression)")
+    if _task(card) == "multiclass":
+        classes = [part for c in _classes(card) for part in (", ", _Code(c))][1:]
+        return _t(" (multiclass; classes ", *classes, " in model order)")
+    return _t(" (positive class ", _Code(str(card.spec.target.positive)), ")")
+
+
 def _model(card: ModelCardInput) -> _Section:
     spec, cfg = card.spec, card.config
     training = spec.training
@@ -456,11 +538,20 @@ def _model(card: ModelCardInput) -> _Section:
         ("Estimator", _Code(estimator or "unknown")),
         ("Configuration", _Code(str(cfg.get("config_id", "unknown")))),
         (f"CV {_label(metric)} (mean ± std)", cv),
-        ("Class weight", str(training.class_weight or "none") if training else "unknown"),
-        ("Calibration", str(training.calibration or "none") if training else "unknown"),
-        ("Decision threshold", f"{_num(card.threshold)} (a row is flagged when score >= threshold)"),
-        ("Threshold objective", _threshold_objective(card)),
     ]
+    if _task(card) != "regression":
+        facts += [
+            ("Class weight", str(training.class_weight or "none") if training else "unknown"),
+            ("Calibration", str(training.calibration or "none") if training else "unknown"),
+        ]
+    if _task(card) == "binary":
+        facts += [
+            ("Decision threshold", f"{_num(card.threshold)} (a row is flagged when score >= threshold)"),
+            ("Threshold objective", _threshold_objective(card)),
+        ]
+    interval = card.evaluation.get("interval") or {}
+    if _task(card) == "regression" and interval:
+        facts.append(("Prediction interval", _interval_fact(interval)))
     params = cfg.get("params") or {}
     blocks: list[Block] = [
         _table(("Field", "Value"), facts),
@@ -480,9 +571,8 @@ def _model(card: ModelCardInput) -> _Section:
             _t(
                 "Target: ",
                 _Code(spec.target.column),
-                " (positive class ",
-                _Code(str(spec.target.positive)),
-                "); key ",
+                _target_detail(card),
+                "; key ",
                 _Code(spec.key),
                 (", time column ", _Code(spec.time_column)) if spec.time_column else (),
                 " (not features). Preprocessing (typing, imputation, scaling, one-hot) is inside the artifact.",
@@ -503,7 +593,8 @@ def _slice_cell(report: Mapping[str, Any], metric: str) -> str:
     return UNDEFINED if _undefined(value) else f"{_num(value)} {_ci(entry)}"
 
 
-def _metrics(card: ModelCardInput) -> _Section:
+def _binary_blocks(card: ModelCardInput) -> list[Block]:
+    """The binary head of the metrics section: holdout facts, metric table, 2 x 2 confusion matrix."""
     ev = card.evaluation
     level = _ci_level(ev)
     n, positives = ev.get("n"), ev.get("positives")
@@ -531,18 +622,131 @@ def _metrics(card: ModelCardInput) -> _Section:
             ],
         )
     )
-    blocks.append(_Heading("Slices"))
+    return blocks
+
+
+def _holdout_para(card: ModelCardInput, what: str) -> _Para:
+    ev = card.evaluation
+    boot = ev.get("bootstrap") or {}
+    return _Para(
+        _t(
+            f"Holdout {_count(ev.get('n'))} rows{what}, hash ",
+            _Code(str(ev.get("holdout_hash") or card.holdout.get("holdout_hash", "unknown"))),
+            f". Intervals: {_ci_level(ev)} {boot.get('method', 'bootstrap')} bootstrap, "
+            f"{boot.get('samples', '?')} resamples (seed {boot.get('seed', '?')}).",
+        )
+    )
+
+
+def _multiclass_blocks(card: ModelCardInput) -> list[Block]:
+    """Holdout facts, metric table, per-class precision/recall and the k x k confusion matrix."""
+    ev = card.evaluation
+    level, classes = _ci_level(ev), _classes(card)
+    counts = ev.get("class_counts") or {}
+    per_class = ev.get("per_class") or {}
+    blocks: list[Block] = [
+        _holdout_para(card, f" in {len(classes)} classes"),
+        _table(("Metric", "Value", f"{level} CI"), _metric_rows(ev.get("metrics") or {})),
+        _Heading("Per-class precision and recall"),
+        _table(
+            ("Class", "Rows", "Share", "Precision", f"{level} CI", "Recall", f"{level} CI"),
+            [
+                (
+                    _Code(c),
+                    _count(counts.get(c)),
+                    _pct(counts.get(c), ev.get("n")),
+                    _num(((per_class.get(c) or {}).get("precision") or {}).get("value")),
+                    _ci((per_class.get(c) or {}).get("precision") or {}),
+                    _num(((per_class.get(c) or {}).get("recall") or {}).get("value")),
+                    _ci((per_class.get(c) or {}).get("recall") or {}),
+                )
+                for c in classes
+            ],
+        ),
+        _Heading("Confusion matrix"),
+    ]
+    matrix = (ev.get("confusion_matrix") or {}).get("matrix") or []
+    if matrix:
+        blocks.append(_Para(_t("Rows: actual class; columns: predicted class (the most probable one).")))
+        blocks.append(
+            _table(
+                ("Actual → predicted", *classes),
+                [(_Code(c), *(_count(v) for v in row)) for c, row in zip(classes, matrix, strict=False)],
+            )
+        )
+    else:
+        blocks.append(_Para(_t("No confusion matrix recorded.")))
+    return blocks
+
+
+RESIDUAL_ROWS = (
+    ("mean", "Mean (bias; positive = under-prediction)"),
+    ("std", "Standard deviation"),
+    ("q05", "5th percentile"),
+    ("median", "Median"),
+    ("q95", "95th percentile"),
+    ("mean_abs", "Mean absolute"),
+    ("max_abs", "Largest absolute"),
+)
+
+
+def _regression_blocks(card: ModelCardInput) -> list[Block]:
+    """Holdout facts, metric table, residual summary and the prediction intervals (if recorded)."""
+    ev = card.evaluation
+    level = _ci_level(ev)
+    observed = ev.get("observed") or {}
+    what = f" (observed mean {_num(observed.get('mean'), '.4g')}, std {_num(observed.get('std'), '.4g')})"
+    residuals = ev.get("residuals") or {}
+    blocks: list[Block] = [
+        _holdout_para(card, what if observed else ""),
+        _table(("Metric", "Value", f"{level} CI"), _metric_rows(ev.get("metrics") or {})),
+        _Heading("Residuals"),
+        _Para(_t("Residual = observed - predicted.")),
+        _table(("Statistic", "Value"), [(label, _num(residuals.get(key), ".4g")) for key, label in RESIDUAL_ROWS]),
+        _Heading("Prediction intervals"),
+    ]
+    interval = ev.get("interval") or {}
+    if interval:
+        rows = [("Interval", _interval_fact(interval))]
+        if "holdout_coverage" in interval:
+            rows.append(("Holdout rows inside their interval", _pct(interval.get("holdout_coverage"), 1)))
+        blocks.append(_table(("Field", "Value"), rows))
+    else:
+        blocks.append(_Para(_t("No prediction interval recorded for this version.")))
+    return blocks
+
+
+def _slice_blocks(card: ModelCardInput) -> list[Block]:
+    ev, task = card.evaluation, _task(card)
+    level = _ci_level(ev)
+    metrics = TASK_SLICE_METRICS[task]
+    blocks: list[Block] = [_Heading("Slices")]
     slices = ev.get("slices") or {}
     if not slices:
         blocks.append(_Para(_t("No slices configured (`training.slices`).")))
+    extra = {"binary": ("Positives",), "regression": ("Mean residual",)}.get(task, ())
     for column, values in slices.items():
         rows = []
         for value, report in values.items():
             status = f"skipped: {report['skipped']}" if report.get("skipped") else "evaluated"
-            cells = [UNDEFINED if report.get("skipped") else _slice_cell(report, m) for m in SLICE_METRICS]
-            rows.append((_Code(str(value)), _count(report.get("n")), _count(report.get("positives")), *cells, status))
+            cells = [UNDEFINED if report.get("skipped") else _slice_cell(report, m) for m in metrics]
+            if task == "binary":
+                more = (_count(report.get("positives")),)
+            elif task == "regression":
+                more = (_num((report.get("residuals") or {}).get("mean"), ".4g"),)
+            else:
+                more = ()
+            rows.append((_Code(str(value)), _count(report.get("n")), *more, *cells, status))
         blocks.append(_Para(_t("By ", _Code(str(column)), f" (value and {level} CI):")))
-        blocks.append(_table(("Value", "Rows", "Positives", *(_label(m) for m in SLICE_METRICS), "Status"), rows))
+        blocks.append(_table(("Value", "Rows", *extra, *(_label(m) for m in metrics), "Status"), rows))
+    return blocks
+
+
+def _metrics(card: ModelCardInput) -> _Section:
+    ev = card.evaluation
+    task = _task(card)
+    blocks = {"binary": _binary_blocks, "multiclass": _multiclass_blocks, "regression": _regression_blocks}[task](card)
+    blocks += _slice_blocks(card)
     lat = ev.get("latency") or {}
     blocks += [
         _Heading("Latency and size"),
@@ -584,7 +788,12 @@ def _blessing(card: ModelCardInput) -> _Section:
             f"{v.get('primary_metric', '?')}, non-inferiority margin {_num(v.get('margin'), 'g')}, "
             f"alpha {_num(v.get('alpha'), 'g')}",
         ),
-        ("Holdout", f"{_count(v.get('n'))} rows, {_count(v.get('positives'))} positive"),
+        (
+            "Holdout",
+            f"{_count(v.get('n'))} rows, {_count(v.get('positives'))} positive"
+            if _task(card) == "binary"
+            else f"{_count(v.get('n'))} rows",
+        ),
     ]
     if v.get("judged_by"):
         facts.append(("Judged by", _Code(str(v["judged_by"]))))
@@ -611,17 +820,19 @@ def _blessing(card: ModelCardInput) -> _Section:
         )
     else:
         blocks.append(_Para(_t("No checks recorded.")))
+    binary = _task(card) == "binary"
     for c in checks:
         if c.get("slices"):
             blocks.append(_Heading(f"Slice comparisons ({c.get('metric', '?')}, {c.get('correction', '?')})"))
             blocks.append(
                 _table(
-                    ("Slice", "Rows", "Positives", "Estimate", "CI", "p", "p adjusted", "Outcome"),
+                    ("Slice", "Rows", *(("Positives",) if binary else ()), "Estimate", "CI", "p", "p adjusted",
+                     "Outcome"),
                     [
                         (
                             _Code(f"{e.get('column')}={e.get('value')}"),
                             _count(e.get("n")),
-                            _count(e.get("positives")),
+                            *((_count(e.get("positives")),) if binary else ()),
                             *(
                                 ("", "", "", "", f"skipped: {e['skipped']}")
                                 if e.get("skipped")
@@ -657,6 +868,36 @@ def _undefined_metrics(ev: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _class_balance(card: ModelCardInput) -> list[Text]:
+    """Multiclass: the class shares on the holdout, flagging classes rarer than IMBALANCE_BELOW / k."""
+    ev = card.evaluation
+    counts, n = ev.get("class_counts") or {}, ev.get("n")
+    if not counts or _undefined(n) or not float(n):
+        return []
+    shares = ", ".join(f"{c} {_pct(v, n)}" for c, v in counts.items())
+    rare = [c for c, v in counts.items() if not _undefined(v) and float(v) / float(n) < IMBALANCE_BELOW / len(counts)]
+    if rare:
+        return [_t(f"Class imbalance on the holdout ({shares}): the rare classes {', '.join(rare)} have few rows, so "
+                   "their per-class metrics have wide intervals and weigh as much as the others in macro F1.")]
+    return [_t(f"Class shares on the holdout: {shares}.")]
+
+
+def _regression_caveats(card: ModelCardInput) -> list[Text]:
+    ev = card.evaluation
+    items = [_t("Errors are in the target's units; R² depends on the holdout's spread of the target.")]
+    interval = ev.get("interval") or {}
+    if _undefined(interval.get("halfwidth")):
+        items.append(_t("No prediction interval is recorded: predictions come without a stated uncertainty."))
+    else:
+        items.append(
+            _t(
+                "The prediction interval has one width for every row (split conformal on out-of-fold residuals): "
+                "its coverage holds on average, not for each kind of row."
+            )
+        )
+    return items
+
+
 def _limitations(card: ModelCardInput) -> _Section:
     spec, ev, verdict = card.spec, card.evaluation, card.verdict
     items: list[Text] = []
@@ -686,7 +927,11 @@ def _limitations(card: ModelCardInput) -> _Section:
             _t("Slices too small to evaluate were skipped (no metrics, and not gated): " + "; ".join(skipped) + ".")
         )
     n, positives = ev.get("n"), ev.get("positives")
-    if not _undefined(n) and not _undefined(positives) and float(n):
+    if _task(card) == "multiclass":
+        items += _class_balance(card)
+    elif _task(card) == "regression":
+        items += _regression_caveats(card)
+    elif not _undefined(n) and not _undefined(positives) and float(n):
         rate = float(positives) / float(n)
         minority = min(rate, 1 - rate)
         if minority < IMBALANCE_BELOW:
@@ -711,7 +956,15 @@ def _limitations(card: ModelCardInput) -> _Section:
                 + ". Their handling (redaction, access) follows the spec, not this card."
             )
         )
-    if verdict.get("mode") == "cold_start":
+    no_skill = next((c for c in verdict.get("checks") or [] if c.get("name") == "no_skill_floor"), None)
+    if verdict.get("mode") == "cold_start" and no_skill is not None:
+        items.append(
+            _t(
+                "Cold start with no floors in `blessing.min_metrics`: judged only against no skill, not against a "
+                f"champion. The rule: {no_skill.get('rule', '?')}."
+            )
+        )
+    elif verdict.get("mode") == "cold_start":
         items.append(
             _t("Cold start: judged only against the absolute floors (`blessing.min_metrics`), not against a champion.")
         )

@@ -33,6 +33,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from crispflow.data.extracts import to_utc_naive
 from crispflow.errors import CrispflowError
+from crispflow.model import tasks
 
 if TYPE_CHECKING:
     from crispflow.spec import PipelineSpec
@@ -57,22 +58,9 @@ def features(spec: PipelineSpec, frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def labels(spec: PipelineSpec, frame: pd.DataFrame) -> np.ndarray:
-    """Boolean labels: target == positive (compared as values, or as text: "1" matches 1, "True" matches True).
-
-    A missing label is an error, never silently a negative.
-    """
-    target = spec.target.column
-    _require(frame, [target], "labels")
-    series = frame[target]
-    if series.isna().any():
-        raise CrispflowError(f"labels: target column {target!r} has {int(series.isna().sum())} missing values")
-    positive = spec.target.positive
-    as_text = series.astype("string").eq(str(positive)).to_numpy(dtype=bool, na_value=False)
-    try:
-        as_value = series.eq(positive).to_numpy(dtype=bool, na_value=False)
-    except TypeError:  # e.g. a numeric column against a text positive: only the text comparison applies
-        as_value = np.zeros(len(series), dtype=bool)
-    return as_value | as_text
+    """The task's labels (crispflow.model.tasks.labels): binary booleans, target == positive (compared as values,
+    or as text: "1" matches 1, "True" matches True). A missing label is an error, never silently a negative."""
+    return tasks.labels(spec, frame)
 
 
 def column_groups(spec: PipelineSpec) -> dict[str, tuple[str, ...]]:

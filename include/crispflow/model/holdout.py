@@ -1,9 +1,9 @@
 """The frozen holdout: cut once per pipeline, content-hashed, stored, and reused for every comparison.
 
 Champion and challenger are only ever compared on the same rows. The first training run of a pipeline cuts the
-holdout from its dataset version (time-based or stratified, per the spec, seeded by `split.seed`) and commits a
-pointer exclusively; later runs train on their dataset minus the holdout's keys (no leakage) and evaluate on the
-same holdout.
+holdout from its dataset version (time-based, stratified by class or random, per the spec, seeded by `split.seed`)
+and commits a pointer exclusively; later runs train on their dataset minus the holdout's keys (no leakage) and
+evaluate on the same holdout.
 """
 
 from __future__ import annotations
@@ -48,25 +48,48 @@ def _time_holdout_mask(spec: PipelineSpec, frame: pd.DataFrame) -> np.ndarray:
     return (when >= cutoff).to_numpy(dtype=bool)
 
 
+def _mask(rows: int, picked: np.ndarray) -> np.ndarray:
+    import numpy as np
+
+    mask = np.zeros(rows, dtype=bool)
+    mask[picked] = True
+    return mask
+
+
 def _stratified_holdout_mask(spec: PipelineSpec, frame: pd.DataFrame) -> np.ndarray:
+    """StratifiedShuffleSplit by class label (binary or multiclass), seeded by `split.seed`."""
     import numpy as np
     from sklearn.model_selection import StratifiedShuffleSplit
 
-    from crispflow.model.features import labels
+    from crispflow.model.tasks import labels
 
+    if spec.task == "regression":
+        raise CrispflowError(f"{spec.name}: split.strategy: 'stratified' needs class labels; a regression target "
+                             f"splits 'random' or 'time'")
     y = labels(spec, frame)
     splitter = StratifiedShuffleSplit(n_splits=1, test_size=spec.split.holdout_fraction, random_state=spec.split.seed)
     _, holdout = next(splitter.split(np.zeros((len(y), 1)), y))
-    mask = np.zeros(len(y), dtype=bool)
-    mask[holdout] = True
-    return mask
+    return _mask(len(y), holdout)
+
+
+def _random_holdout_mask(spec: PipelineSpec, frame: pd.DataFrame) -> np.ndarray:
+    """ShuffleSplit of the rows, seeded by `split.seed` (any task)."""
+    import numpy as np
+    from sklearn.model_selection import ShuffleSplit
+
+    splitter = ShuffleSplit(n_splits=1, test_size=spec.split.holdout_fraction, random_state=spec.split.seed)
+    _, holdout = next(splitter.split(np.zeros((len(frame), 1))))
+    return _mask(len(frame), holdout)
+
+
+_STRATEGIES = {"time": _time_holdout_mask, "stratified": _stratified_holdout_mask, "random": _random_holdout_mask}
 
 
 def holdout_split(spec: PipelineSpec, frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train, holdout), each in the frame's row order with its index. `split.strategy` "time": the latest whole
-    periods (see `_time_holdout_mask`); "stratified": StratifiedShuffleSplit by label, seeded by `split.seed`."""
-    choose = _time_holdout_mask if spec.split.strategy == "time" else _stratified_holdout_mask
-    mask = choose(spec, frame)
+    periods (see `_time_holdout_mask`); "stratified": StratifiedShuffleSplit by class; "random": ShuffleSplit;
+    both seeded by `split.seed`."""
+    mask = _STRATEGIES[spec.split.strategy](spec, frame)
     return frame[~mask], frame[mask]
 
 

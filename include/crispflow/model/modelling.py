@@ -42,6 +42,11 @@ class TrainingJob:
     def model_name(self) -> str:
         return registry.model_name(self.spec.name)
 
+    @property
+    def trusted(self) -> list[str]:
+        """Module prefixes whose classes this pipeline's models may hold (`training.allowed_estimators`)."""
+        return list(self.spec.training.allowed_estimators) if self.spec.training else []
+
     @cached_property
     def manifest(self) -> dict[str, Any]:
         return read_manifest(self.lake, self.dataset_version_id, self.spec.name)
@@ -106,23 +111,41 @@ def run_candidate(job: TrainingJob, parent_run_id: str, config: dict[str, Any]) 
     return json_safe({**result, "mlflow_run_id": run})
 
 
+def task_tags(spec: PipelineSpec, threshold: float | None, info: Mapping[str, Any]) -> dict[str, str]:
+    """The version tags that tell servers and monitors what the model predicts, without the spec: the task, and
+    the binary threshold, the regression interval (JSON) or the multiclass classes (JSON list of str)."""
+    tags = {registry.TASK_TAG: spec.task}
+    if spec.task == "binary":
+        tags[registry.THRESHOLD_TAG] = repr(threshold)
+    elif spec.task == "regression":
+        tags[registry.INTERVAL_TAG] = json.dumps(info["interval"])
+    else:
+        tags[registry.CLASSES_TAG] = json.dumps([str(c) for c in spec.class_labels])
+    return tags
+
+
 def register_challenger(job: TrainingJob, parent_run_id: str, results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Fit the best configuration (calibrated, thresholded) on all training rows; register it as `challenger`."""
+    """Fit the best configuration on all training rows (calibrated and thresholded, or with its prediction
+    interval, per the task); register it as `challenger`."""
     from crispflow.model.features import features
+    from crispflow.model.tasks import model_output
     from crispflow.model.training import best_config, fit_final
 
     best = best_config(results)
     train, _, record = job.frames
     model, threshold, info = fit_final(job.spec, best, train)
+    oof = info.pop("oof_output")
     tags = {**job.lineage_tags(), "crispflow.holdout_hash": record["holdout_hash"],
-            "crispflow.config_id": best["config_id"], "crispflow.threshold": repr(threshold),
+            "crispflow.config_id": best["config_id"], **task_tags(job.spec, threshold, info),
             f"crispflow.cv_{best['metric']}": repr(best["mean"])}
+    example = features(job.spec, train).head(20)
     reg = registry.register(job.mlf, name=job.model_name, run_id=parent_run_id, run_key=f"{job.run_key}/register",
-                            model=model, example=features(job.spec, train).head(20), tags=tags,
-                            description=job.spec.description)
+                            model=model, example=example, output=model_output(job.spec, model, example), tags=tags,
+                            description=job.spec.description, trusted=job.trusted)
+    job.mlf.set_registered_model_tag(job.model_name, registry.PIPELINE_TAG, job.spec.name)
     selection = json_safe({**best, **info, "threshold": threshold})
     job.mlf.log_text(parent_run_id, json.dumps(selection, indent=2), f"selection/v{reg.version}.json")
-    log_reference_profile(job, reg.version, parent_run_id, model, train, threshold)
+    log_reference_profile(job, reg.version, parent_run_id, train, oof, threshold)
     registry.set_alias(job.mlf, job.model_name, CHALLENGER, reg.version)
     if job.spec.key:  # the model server's sticky canary split hashes this record field
         job.mlf.set_registered_model_tag(job.model_name, "crispflow.entity_key", job.spec.key)
@@ -130,15 +153,16 @@ def register_challenger(job: TrainingJob, parent_run_id: str, results: list[dict
                       "threshold": threshold, "artifact_sha256": reg.artifact_sha256, **info})
 
 
-def log_reference_profile(job: TrainingJob, version: str, run_id: str, model: Any, train: pd.DataFrame,
-                          threshold: float) -> str:
-    """The version's reference for drift monitoring, from its training rows (features, in-sample scores, labels):
+def log_reference_profile(job: TrainingJob, version: str, run_id: str, train: pd.DataFrame, oof: np.ndarray,
+                          threshold: float | None) -> str:
+    """The version's reference for drift monitoring, from its training rows (features, out-of-fold model output
+    — in-sample output would make every live window look degraded — labels; the threshold for binary models):
     logged beside the model and named by the version tag `crispflow.reference_profile`."""
-    from crispflow.model.features import features, labels
+    from crispflow.model.features import features
     from crispflow.model.reference_profile import build_profile
+    from crispflow.model.tasks import labels
 
-    x = features(job.spec, train)
-    profile = build_profile(job.spec, x, scores=model.predict_proba(x)[:, 1], labels=labels(job.spec, train),
+    profile = build_profile(job.spec, features(job.spec, train), scores=oof, labels=labels(job.spec, train),
                             threshold=threshold)
     path = f"reference_profile/v{version}.json"
     job.mlf.log_text(run_id, json.dumps(profile), path)
@@ -148,36 +172,46 @@ def log_reference_profile(job: TrainingJob, version: str, run_id: str, model: An
 
 
 def scores(job: TrainingJob, version: str, frame: pd.DataFrame) -> tuple[Any, np.ndarray]:
-    """(model, positive-class scores) of a registry version, loaded only after its hash check."""
+    """(model, model output in the task's convention, crispflow.model.tasks) of a registry version, loaded only
+    after its hash check."""
     from crispflow.model.features import features
-    from crispflow.model.training import positive_proba
+    from crispflow.model.tasks import model_output
 
-    model = registry.load_verified(job.mlf, job.model_name, version)
-    return model, positive_proba(model, features(job.spec, frame))
+    model = registry.load_verified(job.mlf, job.model_name, version, trusted=job.trusted)
+    return model, model_output(job.spec, model, features(job.spec, frame))
+
+
+def _slices(job: TrainingJob, holdout: pd.DataFrame) -> dict[str, np.ndarray]:
+    training = job.spec.training
+    return {c: holdout[c].astype(str).to_numpy() for c in (training.slices if training else [])}
 
 
 def evaluate_version(job: TrainingJob, version: str) -> dict[str, Any]:
     """Holdout metrics with CIs, slices, latency, size and plots, logged to the version's run and tags."""
     from crispflow.model.evaluation import evaluate, measure_latency, plot_curves
-    from crispflow.model.features import features, labels
-    from crispflow.model.training import positive_proba
+    from crispflow.model.features import features
+    from crispflow.model.tasks import labels, model_output
 
+    spec = job.spec
     _, holdout, record = job.frames
     mv = job.mlf.get_model_version(job.model_name, version)
-    threshold = float(mv.tags["crispflow.threshold"])
-    model, score = scores(job, version, holdout)
-    y = labels(job.spec, holdout)
-    training = job.spec.training
-    slices = {c: holdout[c].astype(str).to_numpy() for c in (training.slices if training else [])}
-    report = evaluate(y, score, threshold, slices=slices, n_boot=job.spec.blessing.bootstrap_samples,
-                      alpha=job.spec.blessing.alpha, min_slice_rows=job.spec.blessing.min_slice_rows)
-    x = features(job.spec, holdout)
-    report["latency"] = measure_latency(lambda f: positive_proba(model, f), x)
+    threshold = registry.version_threshold(mv)
+    model, output = scores(job, version, holdout)
+    y = labels(spec, holdout)
+    report = evaluate(y, output, threshold, task=spec.task, class_labels=spec.class_labels,
+                      slices=_slices(job, holdout), n_boot=spec.blessing.bootstrap_samples,
+                      alpha=spec.blessing.alpha, min_slice_rows=spec.blessing.min_slice_rows)
+    x = features(spec, holdout)
+    report["latency"] = measure_latency(lambda f: model_output(spec, model, f), x)
     report["size_bytes"] = model_size(job, version)
     report["holdout_hash"] = record["holdout_hash"]
+    if registry.INTERVAL_TAG in mv.tags:  # regression: how often the served interval held on the holdout
+        from crispflow.model.evaluation import interval_report
+
+        report["interval"] = interval_report(y, output, json.loads(mv.tags[registry.INTERVAL_TAG]))
     run_id = mv.run_id
     job.mlf.log_text(run_id, json.dumps(json_safe(report), indent=2), f"evaluation/v{version}.json")
-    for name, png in plot_curves(y, score, threshold).items():
+    for name, png in plot_curves(y, output, threshold, task=spec.task, class_labels=spec.class_labels).items():
         job.mlf.log_image(run_id, _image(png), f"evaluation/v{version}/{name}")
     for name, m in report["metrics"].items():
         job.mlf.log_metric(run_id, f"holdout_{name}", m["value"])
@@ -206,35 +240,45 @@ def model_size(job: TrainingJob, version: str) -> int:
 
 def bless(job: TrainingJob, version: str) -> dict[str, Any]:
     """Judge `version` against the current champion on the frozen holdout; store the verdict as an artifact
-    of the version's run, then tag the version (the tag is the commit point downstream tasks read)."""
-    from crispflow.model.blessing import decide
-    from crispflow.model.features import features, labels
+    of the version's run, then tag the version (the tag is the commit point downstream tasks read).
 
-    _, holdout, record = job.frames
-    y = labels(job.spec, holdout)
-    x = features(job.spec, holdout)
+    With no champion (or one trained for another task, which cannot be compared), the cold-start floors apply:
+    `blessing.min_metrics`, or better than no skill (the training labels' prior) when none are set."""
+    from crispflow.model.blessing import decide
+    from crispflow.model.features import features
+    from crispflow.model.tasks import labels, no_skill_output
+
+    spec = job.spec
+    train, holdout, record = job.frames
+    y = labels(spec, holdout)
+    x = features(spec, holdout)
     mv = job.mlf.get_model_version(job.model_name, version)
-    model, score = scores(job, version, holdout)
+    model, output = scores(job, version, holdout)
     champion = registry.alias_version(job.mlf, job.model_name, CHAMPION)
     if champion is not None and str(champion.version) == str(version):
         champion = None  # re-judging the champion itself: only the absolute floors apply
+    other_task = champion is not None and registry.version_task(champion) != spec.task
+    compared = None if other_task else champion
     models = {str(version): model}
     kwargs: dict[str, Any] = {}
-    if champion is not None:
-        champ_model, champ_score = scores(job, str(champion.version), holdout)
-        models[str(champion.version)] = champ_model
-        kwargs = {"champion_score": champ_score, "champion_threshold": float(champion.tags["crispflow.threshold"])}
+    if compared is not None:
+        champ_model, champ_output = scores(job, str(compared.version), holdout)
+        models[str(compared.version)] = champ_model
+        kwargs = {"champion_score": champ_output, "champion_threshold": registry.version_threshold(compared)}
     costs = _costs(job, models, x)
-    if champion is not None:
-        kwargs["champion_cost"] = costs[str(champion.version)]
-    training = job.spec.training
-    slices = {c: holdout[c].astype(str).to_numpy() for c in (training.slices if training else [])}
-    verdict = decide(job.spec.blessing, y, score, float(mv.tags["crispflow.threshold"]), slices=slices,
-                     challenger_cost=costs[str(version)], **kwargs)
+    if compared is not None:
+        kwargs["champion_cost"] = costs[str(compared.version)]
+    baseline = no_skill_output(spec.task, labels(spec, train), len(y), len(spec.class_labels))
+    verdict = decide(spec.blessing, y, output, registry.version_threshold(mv), task=spec.task,
+                     slices=_slices(job, holdout), challenger_cost=costs[str(version)], baseline_output=baseline,
+                     **kwargs)
     verdict.update({"model": job.model_name, "version": str(version), "holdout_hash": record["holdout_hash"],
                     "champion_version": None if champion is None else str(champion.version),
                     "dataset_version_id": mv.tags.get("crispflow.dataset_version_id"),
                     "judged_by": job.run_key})
+    if other_task:
+        verdict["champion_not_compared"] = (f"champion v{champion.version} is a {registry.version_task(champion)} "
+                                            f"model; this {spec.task} model was judged by the cold-start floors")
     path = f"blessing/v{version}.json"
     verdict = json_safe(verdict)
     job.mlf.log_text(mv.run_id, json.dumps(verdict, indent=2, default=str), path)
@@ -244,17 +288,19 @@ def bless(job: TrainingJob, version: str) -> dict[str, Any]:
 
 
 def _costs(job: TrainingJob, models: dict[str, Any], x: pd.DataFrame, rounds: int = 5) -> dict[str, dict[str, float]]:
-    """Single-row p95 latency and size of each model. The models are timed in alternating rounds and the median
-    round kept, so a load spike on the machine hits all of them alike instead of the one timed at that moment."""
+    """Single-row p95 latency (of the task's model output) and size of each model. The models are timed in
+    alternating rounds and the median round kept, so a load spike on the machine hits all of them alike instead
+    of the one timed at that moment."""
     import numpy as np
 
     from crispflow.model.evaluation import measure_latency
-    from crispflow.model.training import positive_proba
+    from crispflow.model.tasks import model_output
 
     p95: dict[str, list[float]] = {v: [] for v in models}
     for r in range(rounds):
         for v in list(models) if r % 2 == 0 else list(reversed(models)):
-            timing = measure_latency(lambda f, m=models[v]: positive_proba(m, f), x, single_rows=50, repeats=1)
+            timing = measure_latency(lambda f, m=models[v]: model_output(job.spec, m, f), x, single_rows=50,
+                                     repeats=1)
             p95[v].append(timing["latency_p95_ms"])
     return {v: {"latency_p95_ms": float(np.median(p95[v])), "size_bytes": model_size(job, v)} for v in models}
 
@@ -304,7 +350,7 @@ def write_model_card(job: TrainingJob, version: str) -> dict[str, str]:
               for name in ("evaluation", "selection")}
     card = ModelCardInput(
         model_name=job.model_name, version=version, spec=job.spec, dataset=job.manifest, holdout=job.frames[2],
-        config=stored["selection"], threshold=float(mv.tags["crispflow.threshold"]),
+        config=stored["selection"], threshold=registry.version_threshold(mv),
         evaluation=stored["evaluation"], verdict=read_verdict(job, version),
         aliases=list(job.mlf.get_model_version(job.model_name, version).aliases or []),
         created=mv.creation_timestamp, threshold_objective_value=stored["selection"].get("threshold_objective"),

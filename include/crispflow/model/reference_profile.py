@@ -14,9 +14,21 @@
   values as text (ties by name) and their counts, then "other" (every remaining value; unseen values land here in a
   window) and "missing". For a spec column marked ``pii: true`` the values are stored as ``sha256:<16 hex>``
   pseudonyms of their text, never in clear.
-- **prediction** (if `scores` are given): the score's numeric profile; **label** (if `labels` are given): row count
-  and positive rate; **performance** (both given): precision/recall (at `threshold`, default 0.5) and ROC AUC with
-  their analytic standard errors, so a window's metrics can be compared with both samples' noise accounted for.
+- **prediction**, **label** and **performance** follow the task (`spec.task`, recorded as the profile's `task`;
+  a profile without one is binary). `scores` is the model's output in `crispflow.model.tasks` convention and
+  `labels` the task's labels (`tasks.labels`):
+
+  - binary: prediction = numeric profile of P(positive); label = rows and positives; performance = precision,
+    recall (at `threshold`, default 0.5) and ROC AUC.
+  - regression: prediction = numeric profile of the predictions; label = numeric profile of the observed values;
+    performance = RMSE and MAE.
+  - multiclass: prediction = numeric profile of P(predicted class), plus `predicted_class` = the predicted-class
+    counts (categorical, one category per class in model order, listed in `classes`); label = the class counts
+    (same categories); performance = log loss and accuracy.
+
+  Every performance metric carries its analytic standard error (binomial for precision, recall and accuracy,
+  Hanley-McNeil for ROC AUC, the standard error of the mean per-row loss for log loss and MAE, its delta-method
+  transform for RMSE), so a window's metrics can be compared with both samples' noise accounted for.
   Pass out-of-fold or holdout scores here: in-sample scores make the reference look better than it is.
 
 Datetime columns are skipped. Everything is JSON-safe (NaN → null) and deterministic: the same data gives the same
@@ -45,7 +57,11 @@ if TYPE_CHECKING:
 FORMAT = "crispflow.drift_profile/1"
 DEFAULT_BINS = 20
 DEFAULT_TOP_K = 20
-PERFORMANCE_METRICS = ("precision", "recall", "roc_auc")
+PERFORMANCE_METRICS = ("precision", "recall", "roc_auc")  # binary
+TASK_PERFORMANCE: dict[str, tuple[str, ...]] = {
+    "binary": PERFORMANCE_METRICS, "multiclass": ("log_loss", "accuracy"), "regression": ("rmse", "mae")}
+LOWER_IS_BETTER = frozenset({"log_loss", "rmse", "mae"})
+TASKS = tuple(TASK_PERFORMANCE)
 PREDICTION = "__prediction__"
 
 
@@ -155,7 +171,8 @@ def feature_kinds(frame: pd.DataFrame, spec: PipelineSpec | None = None) -> dict
 
 
 def performance_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, Any]:
-    """Precision, recall (at `threshold`) and ROC AUC, each {"value", "se", "ci_low", "ci_high"} (95 %, analytic).
+    """Binary: precision, recall (at `threshold`) and ROC AUC, each {"value", "se", "ci_low", "ci_high"} (95 %,
+    analytic).
 
     Standard errors: binomial for precision and recall, Hanley-McNeil for ROC AUC. An undefined metric (no
     predicted positive, one class only, non-finite scores) has None everywhere.
@@ -170,15 +187,59 @@ def performance_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float
     for name in PERFORMANCE_METRICS:
         value = float(point[name][0])
         if not math.isfinite(value):
-            out[name] = {"value": None, "se": None, "ci_low": None, "ci_high": None}
+            out[name] = _estimate(None, None)
             continue
         if name == "roc_auc":
             se = hanley_mcneil_se(value, positives, negatives)
         else:
             se = math.sqrt(value * (1 - value) / (predicted if name == "precision" else positives))
-        out[name] = {"value": value, "se": se,
-                     "ci_low": max(0.0, value - 1.96 * se), "ci_high": min(1.0, value + 1.96 * se)}
+        out[name] = _estimate(value, se, high=1.0)
     return out
+
+
+def _estimate(value: float | None, se: float | None, high: float = math.inf) -> dict[str, Any]:
+    """{"value", "se", "ci_low", "ci_high"}: a 95 % normal interval clipped to [0, high]; None where undefined."""
+    if value is None or not math.isfinite(value) or se is None or not math.isfinite(se):
+        return {"value": None if value is None or not math.isfinite(value) else value, "se": None,
+                "ci_low": None, "ci_high": None}
+    return {"value": value, "se": se, "ci_low": max(0.0, value - 1.96 * se),
+            "ci_high": _json_float(min(high, value + 1.96 * se))}
+
+
+def _mean_estimate(values: np.ndarray) -> tuple[float | None, float | None]:
+    """The mean of per-row values and its standard error (None with fewer than two rows)."""
+    if values.size == 0:
+        return None, None
+    mean = float(values.mean())
+    return mean, float(values.std(ddof=1) / math.sqrt(values.size)) if values.size > 1 else None
+
+
+def task_performance(task: str, labels: np.ndarray, output: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
+    """The task's performance metrics (`TASK_PERFORMANCE`) of `output` against `labels`, each with its analytic
+    standard error and 95 % CI (see the module docstring). Rows with a non-finite output are left out (counted in
+    `unscored`); `rows` is the number of rows judged."""
+    if task == "binary":
+        return performance_metrics(output, labels, threshold)
+    from crispflow.model.tasks import per_row_loss
+
+    finite = np.isfinite(output).all(axis=1) if output.ndim == 2 else np.isfinite(output)
+    y, out = labels[finite], output[finite]
+    result: dict[str, Any] = {"rows": int(y.size), "unscored": int((~finite).sum())}
+    if task == "regression":
+        error = out - y
+        mse, se_mse = _mean_estimate(error**2)
+        rmse = math.sqrt(mse) if mse is not None else None
+        se_rmse = se_mse / (2 * rmse) if se_mse is not None and rmse else (0.0 if se_mse is not None else None)
+        result["rmse"] = _estimate(rmse, se_rmse)
+        result["mae"] = _estimate(*_mean_estimate(np.abs(error)))
+        return result
+    loss, se_loss = _mean_estimate(per_row_loss("multiclass", y, out))
+    result["log_loss"] = _estimate(loss, se_loss)
+    correct = (np.argmax(out, axis=1) == y).astype(float) if y.size else np.empty(0)
+    accuracy = float(correct.mean()) if y.size else None
+    se = math.sqrt(accuracy * (1 - accuracy) / y.size) if accuracy is not None and y.size > 1 else None
+    result["accuracy"] = _estimate(accuracy, se, high=1.0)
+    return result
 
 
 def as_bool_labels(labels: Any, rows: int, what: str = "labels") -> np.ndarray:
@@ -200,6 +261,100 @@ def as_scores(scores: Any, rows: int, what: str = "scores") -> np.ndarray:
     return arr
 
 
+def as_task_labels(task: str, labels: Any, rows: int, classes: int = 0, what: str = "labels") -> np.ndarray:
+    """The task's labels as an array of `rows` values: binary bool, regression finite float64, multiclass int64
+    class codes in [0, classes); anything else is a DriftInputError naming `what`."""
+    if task == "binary":
+        return as_bool_labels(labels, rows, what)
+    try:
+        arr = np.asarray(labels, dtype=float).ravel()
+    except (TypeError, ValueError):
+        raise DriftInputError(f"{what}: must be numbers for a {task} target") from None
+    if arr.size != rows:
+        raise DriftInputError(f"{what}: {arr.size} values for {rows} rows")
+    if not np.isfinite(arr).all():
+        raise DriftInputError(f"{what}: {int((~np.isfinite(arr)).sum())} values are missing or not finite")
+    if task == "regression":
+        return arr
+    if not ((arr == np.round(arr)) & (arr >= 0) & (arr < classes)).all():
+        bad = sorted({float(v) for v in arr[(arr != np.round(arr)) | (arr < 0) | (arr >= classes)]})[:5]
+        raise DriftInputError(f"{what}: multiclass labels are class codes 0..{classes - 1}, got {bad}")
+    return arr.astype(np.int64)
+
+
+def as_task_output(task: str, scores: Any, rows: int, classes: int = 0, what: str = "scores") -> np.ndarray:
+    """The model's output as an array: (rows,) for binary and regression, (rows, classes) probabilities for
+    multiclass (a row of NaN = no output for that row); DriftInputError naming `what` otherwise."""
+    if task != "multiclass":
+        return as_scores(scores, rows, what)
+    arr = np.asarray(scores, dtype=float)
+    if arr.ndim != 2 or arr.shape != (rows, classes):
+        raise DriftInputError(f"{what}: multiclass output must be {rows} x {classes} class probabilities, "
+                              f"got shape {arr.shape}")
+    return arr
+
+
+def predicted_codes(output: np.ndarray) -> np.ndarray:
+    """Multiclass: the predicted class code per row; -1 for a row without a finite output."""
+    finite = np.isfinite(output).all(axis=1)
+    codes = np.full(output.shape[0], -1, dtype=np.int64)
+    if finite.any():
+        codes[finite] = np.argmax(output[finite], axis=1)
+    return codes
+
+
+def class_texts(codes: np.ndarray, classes: Sequence[str]) -> pd.Series:
+    """Class codes as the class labels' text (what the class profiles count); -1 (no class) is missing."""
+    names = np.array([*classes, None], dtype=object)
+    return pd.Series(names[np.where((codes >= 0) & (codes < len(classes)), codes, len(classes))], dtype=object)
+
+
+def class_profile(codes: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """A categorical profile with one category per class, in model order (never truncated to top_k)."""
+    k = len(classes)
+    valid = (codes >= 0) & (codes < k)
+    counts = np.bincount(codes[valid], minlength=k)
+    return {"kind": "categorical", "categories": [str(c) for c in classes],
+            "counts": [int(c) for c in counts] + [0, int((~valid).sum())], "hashed": False}
+
+
+def _task_of(spec: PipelineSpec | None, task: str | None, classes: Sequence[Any] | None) -> tuple[str, list[str]]:
+    if spec is not None:
+        if task is not None and task != spec.task:
+            raise DriftInputError(f"task: {task!r} differs from the spec's task {spec.task!r}")
+        task, classes = spec.task, spec.class_labels
+    task = task or "binary"
+    if task not in TASKS:
+        raise DriftInputError(f"task: {task!r} is not one of {list(TASKS)}")
+    names = [str(c) for c in classes or []]
+    if task == "multiclass" and len(names) < 3:
+        raise DriftInputError(f"classes: a multiclass profile needs its classes in model order, got {names}")
+    return task, names if task == "multiclass" else []
+
+
+def _outcome_profiles(task: str, classes: list[str], output: np.ndarray | None, labels: np.ndarray | None,
+                      bins: int, threshold: float) -> dict[str, Any]:
+    """The profile's prediction, predicted_class, label and performance entries (see the module docstring)."""
+    rows = None if output is None else output.shape[0]
+    rows = rows if labels is None else labels.size
+    out: dict[str, Any] = {"prediction": None, "label": None, "performance": None}
+    if output is not None:
+        score = output if task != "multiclass" else np.max(output, axis=1)
+        out["prediction"] = numeric_profile(score, bins)
+        if task == "multiclass":
+            out["predicted_class"] = class_profile(predicted_codes(output), classes)
+    if labels is not None:
+        if task == "binary":
+            out["label"] = {"rows": rows, "positives": int(labels.sum())}
+        elif task == "regression":
+            out["label"] = numeric_profile(labels, bins) | {"rows": rows}
+        else:
+            out["label"] = class_profile(labels, classes) | {"rows": rows}
+    if output is not None and labels is not None and rows:
+        out["performance"] = task_performance(task, labels, output, threshold)
+    return out
+
+
 def build_profile(
     spec: PipelineSpec | None,
     frame: pd.DataFrame,
@@ -209,16 +364,24 @@ def build_profile(
     bins: int = DEFAULT_BINS,
     top_k: int = DEFAULT_TOP_K,
     threshold: float = 0.5,
+    task: str | None = None,
+    classes: Sequence[Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON-safe reference profile of `frame` (see the module docstring).
 
-    :param spec: chooses the features and their types (and PII columns); None infers them from dtypes.
-    :param scores: the model's positive-class scores for the rows of `frame` (optional).
-    :param labels: boolean labels for the rows (optional); with a spec and no labels, the target column is used
-        if `frame` has it.
+    :param spec: chooses the features and their types (and PII columns) and the task; None infers the features
+        from dtypes and takes `task` (default binary) and `classes`.
+    :param scores: the model's output for the rows of `frame` (`crispflow.model.tasks.model_output`: binary
+        P(positive), regression the predictions, multiclass (n, k) probabilities), optional.
+    :param labels: the task's labels for the rows (`crispflow.model.tasks.labels`), optional; with a spec and no
+        labels, the target column is used if `frame` has it.
+    :param threshold: binary only: the decision threshold of precision and recall.
+    :param task: without a spec: binary | multiclass | regression (with a spec it must match `spec.task`).
+    :param classes: without a spec, multiclass: the class labels in model order.
     """
     if bins < 1 or top_k < 1:
         raise DriftInputError(f"bins ({bins}) and top_k ({top_k}) must be >= 1")
+    task, class_names = _task_of(spec, task, classes)
     kinds = feature_kinds(frame, spec)
     missing = [c for c in kinds if c not in frame.columns]
     if missing:
@@ -234,25 +397,30 @@ def build_profile(
         else:
             features[name] = categorical_profile(frame[name], top_k, hashed=name in pii)
     if labels is None and spec is not None and spec.target.column in frame.columns:
-        from crispflow.model.features import labels as spec_labels
+        from crispflow.model.tasks import labels as task_labels
 
-        labels = spec_labels(spec, frame)
-    score_arr = as_scores(scores, rows) if scores is not None else None
-    label_arr = as_bool_labels(labels, rows) if labels is not None else None
+        labels = task_labels(spec, frame)
+    k = len(class_names)
+    output = as_task_output(task, scores, rows, k) if scores is not None else None
+    label_arr = as_task_labels(task, labels, rows, k) if labels is not None else None
     profile: dict[str, Any] = {
         "format": FORMAT,
+        "task": task,
         "rows": rows,
         "pipeline": {"name": spec.name, "spec_hash": spec.spec_hash(), "target": spec.target.column}
         if spec is not None else None,
         "settings": {"bins": bins, "top_k": top_k},
         "features": features,
-        "prediction": numeric_profile(score_arr, bins) if score_arr is not None else None,
-        "label": {"rows": rows, "positives": int(label_arr.sum())} if label_arr is not None else None,
-        "performance": None,
+        **_outcome_profiles(task, class_names, output, label_arr, bins, threshold),
     }
-    if score_arr is not None and label_arr is not None and rows:
-        profile["performance"] = performance_metrics(score_arr, label_arr, threshold)
+    if task == "multiclass":
+        profile["classes"] = class_names
     return profile
+
+
+def profile_task(profile: Mapping[str, Any]) -> str:
+    """The task a profile was built for (profiles written before tasks existed are binary)."""
+    return str(profile.get("task") or "binary")
 
 
 # ------------------------------------------------------------------------------------------------- storage
@@ -281,6 +449,12 @@ def check_profile(profile: Any, origin: str = "profile") -> dict[str, Any]:
             raise DriftInputError(f"{origin}: features.{name}.counts: expected {size} counts, got {got}")
     if not isinstance(profile.get("rows"), int) or profile["rows"] < 0:
         raise DriftInputError(f"{origin}: rows: expected a non-negative integer")
+    task = profile_task(profile)
+    if task not in TASKS:
+        raise DriftInputError(f"{origin}: task: expected one of {list(TASKS)}, got {task!r}")
+    classes = profile.get("classes")
+    if task == "multiclass" and (not isinstance(classes, list) or len(classes) < 3):
+        raise DriftInputError(f"{origin}: classes: a multiclass profile needs its class labels (>= 3), got {classes!r}")
     return dict(profile)
 
 

@@ -15,13 +15,16 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crispflow.errors import CrispflowError
+from crispflow.spec import TASK_METRICS
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
     from mlflow import MlflowClient
 
@@ -31,6 +34,13 @@ SHA_TAG = "crispflow.artifact_sha256"
 CHALLENGER, CHAMPION, CANARY, SHADOW, PREVIOUS = "challenger", "champion", "canary", "shadow", "previous"
 CANARY_SHARE_TAG, SHADOW_SHARE_TAG, ENTITY_KEY_TAG = "crispflow.canary_share", "crispflow.shadow_share", (
     "crispflow.entity_key")
+# What a version predicts (set at registration, read by servers and monitors without the spec): the task; binary:
+# the decision threshold; regression: the prediction interval (JSON); multiclass: the classes in model order (JSON
+# list of str). Registered-model tag PIPELINE_TAG names the spec the model belongs to.
+TASK_TAG, THRESHOLD_TAG, INTERVAL_TAG, CLASSES_TAG = (
+    "crispflow.task", "crispflow.threshold", "crispflow.interval", "crispflow.classes")
+PIPELINE_TAG = "crispflow.pipeline"
+TASKS = tuple(TASK_METRICS)  # binary, multiclass, regression
 TRUSTED_MODULES = ("numpy", "scipy", "sklearn", "crispflow")  # crispflow: the typing step of its pipelines
 SKOPS, SKOPS_FILE = "skops", "model.skops"  # the only format and file crispflow writes and reads
 _NOT_HASHED = {"registered_model_meta"}  # written by the registry after logging
@@ -102,20 +112,29 @@ def pip_requirements() -> list[str]:
             f"numpy=={numpy.__version__}", f"scipy=={scipy.__version__}", f"skops=={skops.__version__}"]
 
 
-def trusted_types(model: Any) -> list[str]:
-    """Types skops may load for this model: only classes of numpy, scipy, sklearn and crispflow itself."""
+def trusted_types(model: Any, *, trusted: Sequence[str] = ()) -> list[str]:
+    """Types skops may load for this model: only classes of numpy, scipy, sklearn and crispflow itself, and of
+    the `trusted` module prefixes (a spec's `training.allowed_estimators`)."""
     import_skops()
     import skops.io as sio
 
-    return allowed_types(sio.get_untrusted_types(data=sio.dumps(model)), "the model")
+    return allowed_types(sio.get_untrusted_types(data=sio.dumps(model)), "the model", trusted=trusted)
 
 
-def allowed_types(untrusted: list[str], what: str) -> list[str]:
+def _trusted_name(dotted: str, trusted: Sequence[str]) -> bool:
+    if dotted.split(".")[0] in TRUSTED_MODULES:
+        return True
+    return any(dotted.startswith(p if p.endswith(".") else p + ".") for p in trusted)
+
+
+def allowed_types(untrusted: list[str], what: str, *, trusted: Sequence[str] = ()) -> list[str]:
     """`untrusted` (skops' names of the types it does not trust by default) if every one is a class of
-    TRUSTED_MODULES; a RegistryError naming the others. Names outside TRUSTED_MODULES are never imported."""
-    foreign = [t for t in untrusted if t.split(".")[0] not in TRUSTED_MODULES or not _is_class(t)]
+    TRUSTED_MODULES or of a `trusted` module prefix (e.g. `lightgbm.`); a RegistryError naming the others.
+    Names outside those modules are never imported."""
+    foreign = [t for t in untrusted if not _trusted_name(t, trusted) or not _is_class(t)]
     if foreign:
-        raise RegistryError(f"{what}: skops types {foreign} are not allowed (only classes of {TRUSTED_MODULES} "
+        allowed = [*TRUSTED_MODULES, *trusted]
+        raise RegistryError(f"{what}: skops types {foreign} are not allowed (only classes of {allowed} "
                             f"are): refusing it")
     return untrusted
 
@@ -151,8 +170,15 @@ def find_version(mlf: MlflowClient, name: str, run_key: str) -> Any | None:
 
 
 def register(mlf: MlflowClient, *, name: str, run_id: str, run_key: str, model: Any, example: pd.DataFrame,
-             tags: dict[str, str], description: str = "") -> Registered:
+             tags: dict[str, str], description: str = "", output: np.ndarray | None = None,
+             trusted: Sequence[str] = ()) -> Registered:
     """Log the sklearn model in `run_id` and register it once per `run_key`; tag it; hash its artifact.
+
+    :param example: model input rows; the first 5 are logged as the input example, all shape the signature.
+    :param output: the model's output for `example` (crispflow.model.tasks.model_output), for the signature;
+        default: the positive-class probability of a classifier, the prediction of a regressor.
+    :param trusted: module prefixes whose classes the model may hold besides numpy/scipy/sklearn/crispflow
+        (`training.allowed_estimators`); loading it needs the same list.
 
     Safe to retry at any point: an existing version for the run key is completed (hash + tags), not duplicated.
     """
@@ -165,9 +191,9 @@ def register(mlf: MlflowClient, *, name: str, run_id: str, run_key: str, model: 
     if existing is None:
         with mlflow.start_run(run_id=run_id):
             info = mlflow.sklearn.log_model(
-                model, name="model", signature=infer_signature(example, model.predict_proba(example)[:, 1]),
+                model, name="model", signature=infer_signature(example, _signature_output(model, example, output)),
                 input_example=example.head(5), pip_requirements=pip_requirements(),
-                skops_trusted_types=trusted_types(model))
+                skops_trusted_types=trusted_types(model, trusted=trusted))
         with contextlib.suppress(Exception):  # it exists already
             mlf.create_registered_model(name, description=description)
         existing = mlf.create_model_version(name, source=info.model_uri, run_id=run_id, tags={RUN_KEY: run_key},
@@ -177,6 +203,14 @@ def register(mlf: MlflowClient, *, name: str, run_id: str, run_key: str, model: 
     for key, value in {**tags, SHA_TAG: sha}.items():
         mlf.set_model_version_tag(name, version.version, key, str(value))
     return Registered(name, str(version.version), version.run_id, sha, created)
+
+
+def _signature_output(model: Any, example: pd.DataFrame, output: np.ndarray | None) -> np.ndarray:
+    if output is not None:
+        return output
+    if hasattr(model, "predict_proba"):
+        return model.predict_proba(example)[:, 1]
+    return model.predict(example)
 
 
 def _wait_ready(mlf: MlflowClient, name: str, version: str, timeout: float = 120) -> Any:
@@ -211,6 +245,54 @@ def alias_version(mlf: MlflowClient, name: str, alias: str) -> Any | None:
         return None
 
 
+@dataclass(frozen=True)
+class VersionTask:
+    """What a registered version predicts, from its tags: what `crispflow.model.tasks.model_output` needs of a
+    spec (`task`, `class_labels`), for code that scores a version without its spec."""
+
+    task: str = "binary"
+    class_labels: tuple[str, ...] = ()
+
+
+def task_of(tags: Mapping[str, str]) -> VersionTask:
+    """The task of a version from its tags (`crispflow.task`, absent = binary: versions registered before tasks
+    existed; multiclass `crispflow.classes`, a JSON list of class labels in model order); RegistryError naming the
+    tag if they are unusable."""
+    import json
+
+    task = tags.get(TASK_TAG) or "binary"
+    if task not in TASKS:
+        raise RegistryError(f"{TASK_TAG}: {task!r} is not one of {list(TASKS)}")
+    if task != "multiclass":
+        return VersionTask(task)
+    try:
+        classes = json.loads(tags.get(CLASSES_TAG) or "null")
+    except ValueError:
+        classes = None
+    if not isinstance(classes, list) or len(classes) < 3:
+        raise RegistryError(f"{CLASSES_TAG}: a multiclass version needs a JSON list of >= 3 class labels, got "
+                            f"{tags.get(CLASSES_TAG)!r}")
+    return VersionTask(task, tuple(str(c) for c in classes))
+
+
+def version_task(mv: Any) -> str:
+    """The task a registered version was trained for (versions registered before the tag existed are binary)."""
+    return task_of(mv.tags or {}).task
+
+
+def version_threshold(mv: Any) -> float | None:
+    """A binary version's decision threshold; None for the other tasks, which have none. RegistryError when a
+    binary version has no valid threshold tag."""
+    if version_task(mv) != "binary":
+        return None
+    raw = mv.tags.get(THRESHOLD_TAG)
+    try:
+        return float(raw)
+    except (TypeError, ValueError):
+        raise RegistryError(f"{mv.name} v{mv.version}: binary version without a valid {THRESHOLD_TAG} tag "
+                            f"({raw!r})") from None
+
+
 def set_alias(mlf: MlflowClient, name: str, alias: str, version: str) -> None:
     """Point an alias at a complete version only (one whose artifact hash is recorded)."""
     mv = mlf.get_model_version(name, version)
@@ -220,12 +302,14 @@ def set_alias(mlf: MlflowClient, name: str, alias: str, version: str) -> None:
     mlf.set_registered_model_alias(name, alias, str(version))
 
 
-def load_verified(mlf: MlflowClient, name: str, version: str, cache: Path | None = None) -> Any:
-    """Load a registered sklearn model after checking its files against the recorded hash."""
-    return load_files(verified_copy(mlf.get_model_version(name, version), cache))
+def load_verified(mlf: MlflowClient, name: str, version: str, cache: Path | None = None, *,
+                  trusted: Sequence[str] = ()) -> Any:
+    """Load a registered sklearn model after checking its files against the recorded hash (`trusted`: extra
+    module prefixes whose classes it may hold, see `allowed_types`)."""
+    return load_files(verified_copy(mlf.get_model_version(name, version), cache, trusted=trusted), trusted=trusted)
 
 
-def load_files(local: Path) -> Any:
+def load_files(local: Path, *, trusted: Sequence[str] = ()) -> Any:
     """The sklearn model in a local copy made by `verified_copy`, read by crispflow's rules, not the MLmodel's.
 
     MLflow's own loader takes the format and skops' trusted types from the MLmodel, which anyone with write access
@@ -236,22 +320,22 @@ def load_files(local: Path) -> Any:
     import_skops()
     import skops.io as sio
 
-    path, trusted = loadable(local, str(local))
-    return sio.load(path, trusted=trusted)
+    path, types = loadable(local, str(local), trusted=trusted)
+    return sio.load(path, trusted=types)
 
 
-def verified_copy(mv: Any, cache: Path | None = None) -> Path:
+def verified_copy(mv: Any, cache: Path | None = None, *, trusted: Sequence[str] = ()) -> Path:
     """A model version's files, checked against the hash recorded at registration and by `loadable`.
 
     Kept in `cache` (default: the settings' model cache) under that hash: a worker or server downloads a version
     once, the copy is put in place atomically (concurrent loads are safe) and hashed again at every use.
     """
     local = _hash_checked_copy(mv, cache)
-    loadable(local, f"{mv.name} v{mv.version}")
+    loadable(local, f"{mv.name} v{mv.version}", trusted=trusted)
     return local
 
 
-def loadable(local: Path, what: str) -> tuple[Path, list[str]]:
+def loadable(local: Path, what: str, *, trusted: Sequence[str] = ()) -> tuple[Path, list[str]]:
     """(skops file, types to trust) of a model copy, read without deserializing anything; RegistryError unless
     the MLmodel's sklearn flavor says skops and the file holds only `allowed_types`."""
     import yaml
@@ -274,7 +358,7 @@ def loadable(local: Path, what: str) -> tuple[Path, list[str]]:
         untrusted = sio.get_untrusted_types(file=local / file)
     except Exception as exc:  # not a zip, no schema: skops cannot even list it
         raise RegistryError(f"{what}: {file} is not a readable skops file ({exc!r}): refusing it") from None
-    return local / file, allowed_types(untrusted, f"{what}: {file}")
+    return local / file, allowed_types(untrusted, f"{what}: {file}", trusted=trusted)
 
 
 def _hash_checked_copy(mv: Any, cache: Path | None) -> Path:

@@ -1,16 +1,25 @@
-"""Model selection and fitting: search plan, cross-validation, calibration and decision threshold (the holdout is
-in crispflow.model.holdout).
+"""Model selection and fitting: search plan, cross-validation, calibration, decision threshold and prediction
+intervals (the holdout is in crispflow.model.holdout).
 
 Pure pandas / numpy / scikit-learn, never Airflow or MLflow. Deterministic given `split.seed`: the search plan,
 the CV folds, the calibration folds and the estimators' random state all derive from it. pandas and
 scikit-learn are imported inside the functions that use them, so importing this module at DAG parse time is cheap.
 
+Every phase follows the spec's task (`spec.task`, see crispflow.model.tasks for labels and outputs):
+
+| task | estimator | CV folds | final model | decision / interval |
+|---|---|---|---|---|
+| binary | classifier | StratifiedKFold | calibrated (`training.calibration`) | threshold on OOF probabilities |
+| multiclass | classifier | StratifiedKFold | calibrated (`training.calibration`) | none (most probable class) |
+| regression | regressor | KFold | as fitted | split-conformal halfwidth from OOF residuals |
+
 What travels between tasks (search plan, CV results) is plain JSON-serialisable data: configs are
 `{"config_id", "candidate", "params"}`; CV results add `metric`, `folds`, `mean`, `std`, `fit_seconds`. A fold
 metric that is undefined (a validation fold with one class, non-finite probabilities) is NaN, which Python's json
-writes as the (non-standard) token `NaN`.
+writes as the (non-standard) token `NaN`. Metrics are `crispflow.model.evaluation.metric`'s, the one
+implementation evaluation and blessing use too.
 
-The decision rule everywhere is: positive iff calibrated probability >= threshold.
+The binary decision rule everywhere is: positive iff calibrated probability >= threshold.
 
 Fits run with native thread pools (BLAS, OpenMP) limited to `CRISPFLOW_TRAIN_THREADS` (default 1; see
 crispflow.native_threads): the search parallelises across mapped tasks instead.
@@ -23,30 +32,31 @@ import json
 import math
 import random
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from crispflow.errors import CrispflowError, SpecError
 from crispflow.native_threads import thread_limit
+from crispflow.spec import LOWER_IS_BETTER
 
 if TYPE_CHECKING:
     import pandas as pd
     from sklearn.base import BaseEstimator, ClassifierMixin
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import BaseCrossValidator
     from sklearn.pipeline import Pipeline
 
     from crispflow.spec import Candidate, PipelineSpec, Threshold, Training
 
-LOGREG_MAX_ITER = 5000
-LOWER_IS_BETTER = frozenset({"brier"})
-RANKING_METRICS = frozenset({"roc_auc", "average_precision"})
-# Estimator parameters crispflow sets itself: a grid may not override them.
+# Estimator parameters crispflow sets itself (when the estimator has them): a grid may not override them.
 RESERVED_PARAMS = {
     "class_weight": "training.class_weight",
     "random_state": "split.seed",
     "early_stopping": "crispflow (always off, for determinism)",
 }
+INTERVAL_METHOD = "split_conformal_oof"
+SELECTION_CUT = 0.5  # binary threshold metrics during model selection
 
 
 # --- spec helpers -----------------------------------------------------------------------------------------
@@ -65,24 +75,31 @@ def _candidate(spec: PipelineSpec, name: str) -> Candidate:
     raise SpecError(f"{spec.name}: training.candidates: no candidate named {name!r}")
 
 
+def is_classification(spec: PipelineSpec) -> bool:
+    return spec.task != "regression"
+
+
 # --- the model --------------------------------------------------------------------------------------------
 
 
-def _base_estimator(spec: PipelineSpec, estimator: str) -> BaseEstimator:
-    class_weight = _training(spec).class_weight
-    if estimator == "logistic_regression":
-        from sklearn.linear_model import LogisticRegression
+def _base_estimator(spec: PipelineSpec, candidate: Candidate) -> BaseEstimator:
+    """The candidate's estimator (crispflow.estimators) with the parameters crispflow fixes: class_weight
+    (classification), random_state and early_stopping=False, each only where the estimator has it."""
+    from crispflow.estimators import accepts, make_estimator
 
-        return LogisticRegression(max_iter=LOGREG_MAX_ITER, class_weight=class_weight, random_state=spec.split.seed)
-    from sklearn.ensemble import HistGradientBoostingClassifier
-
-    return HistGradientBoostingClassifier(class_weight=class_weight, early_stopping=False, random_state=spec.split.seed)
+    training = _training(spec)
+    est = make_estimator(spec.task, candidate.estimator, allowed=training.allowed_estimators,
+                         field=f"{spec.name}: training.candidates[{candidate.name}].estimator")
+    fixed: dict[str, Any] = {"random_state": spec.split.seed, "early_stopping": False}
+    if is_classification(spec):
+        fixed["class_weight"] = training.class_weight
+    return est.set_params(**{name: value for name, value in fixed.items() if accepts(est, name)})
 
 
 def _estimator(spec: PipelineSpec, candidate: Candidate, params: dict[str, Any]) -> BaseEstimator:
     """The candidate's estimator with `params` set; unknown, reserved or invalid parameters are SpecErrors."""
     where = f"{spec.name}: training.candidates[{candidate.name}]"
-    est = _base_estimator(spec, candidate.estimator)
+    est = _base_estimator(spec, candidate)
     valid = est.get_params(deep=False)
     for name in params:
         if name in RESERVED_PARAMS:
@@ -90,9 +107,11 @@ def _estimator(spec: PipelineSpec, candidate: Candidate, params: dict[str, Any])
         if name not in valid:
             allowed = sorted(set(valid) - set(RESERVED_PARAMS))
             raise SpecError(f"{where}: unknown parameter {name!r} for {candidate.estimator} (known: {allowed})")
-    est.set_params(**params)
     try:
-        est._validate_params()  # sklearn's own type/range check, run now rather than at fit time
+        est.set_params(**params)
+        validate = getattr(est, "_validate_params", None)  # sklearn's own type/range check, now, not at fit time
+        if validate is not None:
+            validate()
     except (TypeError, ValueError) as exc:
         raise SpecError(f"{where}: invalid parameters {params}: {exc}") from None
     return est
@@ -108,20 +127,23 @@ def build_model(spec: PipelineSpec, candidate: Candidate, params: dict[str, Any]
     return Pipeline([("preprocess", build_preprocessor(spec)), ("model", _estimator(spec, candidate, params))])
 
 
-def _folds(spec: PipelineSpec) -> StratifiedKFold:
-    from sklearn.model_selection import StratifiedKFold
+def _folds(spec: PipelineSpec) -> BaseCrossValidator:
+    """`training.cv_folds` shuffled folds seeded by `split.seed`: stratified by class for classification."""
+    from sklearn.model_selection import KFold, StratifiedKFold
 
-    return StratifiedKFold(n_splits=_training(spec).cv_folds, shuffle=True, random_state=spec.split.seed)
+    splitter = StratifiedKFold if is_classification(spec) else KFold
+    return splitter(n_splits=_training(spec).cv_folds, shuffle=True, random_state=spec.split.seed)
 
 
-def _final_estimator(spec: PipelineSpec, config: dict[str, Any]) -> ClassifierMixin:
-    """The config's pipeline, wrapped in CalibratedClassifierCV (k folds, seeded) when the spec calibrates.
+def _final_estimator(spec: PipelineSpec, config: dict[str, Any]) -> Any:
+    """The config's pipeline, wrapped in CalibratedClassifierCV (k folds, seeded) when the spec calibrates a
+    classifier (binary or multiclass; a regressor is never wrapped).
 
     `ensemble=False`: the calibrator is fitted on out-of-fold scores and one pipeline is fitted on all rows
     (k + 1 fits, one pipeline in the artifact) instead of an ensemble of k calibrated pipelines."""
     model = build_model(spec, _candidate(spec, config["candidate"]), config["params"])
     method = _training(spec).calibration
-    if method is None:
+    if method is None or not is_classification(spec):
         return model
     from sklearn.calibration import CalibratedClassifierCV
 
@@ -129,7 +151,7 @@ def _final_estimator(spec: PipelineSpec, config: dict[str, Any]) -> ClassifierMi
 
 
 def positive_proba(model: ClassifierMixin, X: pd.DataFrame) -> np.ndarray:
-    """P(positive) from a fitted classifier trained on boolean labels."""
+    """P(positive) from a fitted classifier trained on boolean labels (binary tasks)."""
     proba = model.predict_proba(X)
     return proba[:, list(model.classes_).index(True)]
 
@@ -186,31 +208,22 @@ def plan_search(spec: PipelineSpec, budget: int | None = None) -> list[dict[str,
 # --- metrics and cross-validation -------------------------------------------------------------------------
 
 
-def metric_value(metric: str, y_true: np.ndarray, proba: np.ndarray) -> float:
-    """One of the spec's metrics from probabilities; f1/precision/recall at 0.5. NaN when undefined
-    (no rows, non-finite probabilities, or a ranking metric on a single class)."""
-    from sklearn import metrics
+def _metric(spec: PipelineSpec, name: str, y: np.ndarray, output: np.ndarray) -> float:
+    """`name` scored by crispflow.model.evaluation.metric (NaN when undefined); binary f1/precision/recall cut
+    the probabilities at 0.5 (the threshold is chosen after selection)."""
+    from crispflow.model.evaluation import metric
 
-    y, p = np.asarray(y_true, dtype=bool), np.asarray(proba, dtype=float)
-    if y.size == 0 or not np.all(np.isfinite(p)):
-        return math.nan
-    if metric in RANKING_METRICS:
-        if y.all() or not y.any():
-            return math.nan
-        fn = metrics.roc_auc_score if metric == "roc_auc" else metrics.average_precision_score
-        return float(fn(y, p))
-    if metric == "brier":
-        return float(metrics.brier_score_loss(y, p, pos_label=True))
-    scorer = {"f1": metrics.f1_score, "precision": metrics.precision_score, "recall": metrics.recall_score}[metric]
-    return float(scorer(y, p >= 0.5, zero_division=0.0))
+    return float(metric(name, spec.task, y, output, threshold=SELECTION_CUT if spec.task == "binary" else None))
 
 
 def cross_validate(spec: PipelineSpec, config: dict[str, Any], train: pd.DataFrame) -> dict[str, Any]:
-    """Stratified k-fold CV (`training.cv_folds`, shuffled with `split.seed`) of one config's pipeline, scored
-    with `training.selection_metric`. `fit_seconds` is the total fitting time over the folds."""
+    """k-fold CV (`training.cv_folds`, shuffled with `split.seed`; stratified for classification) of one config's
+    pipeline, scored with `training.selection_metric` on the model output of each validation fold.
+    `fit_seconds` is the total fitting time over the folds."""
     from sklearn.base import clone
 
-    from crispflow.model.features import features, labels
+    from crispflow.model.features import features
+    from crispflow.model.tasks import labels, model_output
 
     training = _training(spec)
     model = build_model(spec, _candidate(spec, config["candidate"]), config["params"])
@@ -222,8 +235,8 @@ def cross_validate(spec: PipelineSpec, config: dict[str, Any], train: pd.DataFra
             start = time.perf_counter()
             fitted = clone(model).fit(X.iloc[fit_rows], y[fit_rows])
             fit_seconds += time.perf_counter() - start
-            proba = positive_proba(fitted, X.iloc[val_rows])
-            folds.append(metric_value(training.selection_metric, y[val_rows], proba))
+            output = model_output(spec, fitted, X.iloc[val_rows])
+            folds.append(_metric(spec, training.selection_metric, y[val_rows], output))
     return {
         "config_id": config["config_id"],
         "candidate": config["candidate"],
@@ -237,8 +250,8 @@ def cross_validate(spec: PipelineSpec, config: dict[str, Any], train: pd.DataFra
 
 
 def best_config(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """The result with the best mean (highest; lowest for brier), ties broken by lower std, then config_id.
-    Results whose mean is not finite never win; if none is finite, CrispflowError."""
+    """The result with the best mean (highest; lowest for the metrics in spec.LOWER_IS_BETTER), ties broken by
+    lower std, then config_id. Results whose mean is not finite never win; if none is finite, CrispflowError."""
     finite = [r for r in results if isinstance(r.get("mean"), int | float) and math.isfinite(r["mean"])]
     if not finite:
         ids = [r.get("config_id") for r in results]
@@ -256,42 +269,119 @@ def best_config(results: list[dict[str, Any]]) -> dict[str, Any]:
     return min(finite, key=rank)
 
 
-# --- final fit and threshold ------------------------------------------------------------------------------
+# --- final fit: calibration, threshold, intervals ---------------------------------------------------------
+
+
+@dataclass
+class _Scored:
+    """Probabilities computed elsewhere, posing as a fitted classifier so tasks.model_output orders them."""
+
+    classes_: np.ndarray
+    proba: np.ndarray
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        return self.proba
+
+
+def _response_method(spec: PipelineSpec, model: Any) -> str:
+    """What the out-of-fold predictions are: the regressor's predictions, the classifier's probabilities, or,
+    under calibration, the raw response CalibratedClassifierCV calibrates (decision_function if the model has
+    one, else predict_proba)."""
+    if not is_classification(spec):
+        return "predict"
+    if _training(spec).calibration is not None and hasattr(model, "decision_function"):
+        return "decision_function"
+    return "predict_proba"
+
+
+def _calibrated(final: Any, raw: np.ndarray) -> np.ndarray:
+    """The probabilities `final` (a CalibratedClassifierCV, ensemble=False) gives rows whose uncalibrated response
+    is `raw`: its calibrators applied per class, as scikit-learn's `_CalibratedClassifier.predict_proba` does.
+    Columns follow `final.classes_`."""
+    calibrators = final.calibrated_classifiers_[0].calibrators
+    raw = np.asarray(raw, dtype="float64").reshape(len(raw), -1)
+    if len(calibrators) == 1:  # binary: one calibrator, for the positive class's response
+        p = calibrators[0].predict(raw[:, -1])
+        return np.column_stack([1.0 - p, p])
+    proba = np.column_stack([c.predict(raw[:, j]) for j, c in enumerate(calibrators)])
+    total = proba.sum(axis=1, keepdims=True)
+    return np.divide(proba, total, out=np.full_like(proba, 1.0 / proba.shape[1]), where=total != 0)
+
+
+def _oof_output(spec: PipelineSpec, final: Any, X: pd.DataFrame, y: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """Out-of-fold predictions in the task's output convention (crispflow.model.tasks), calibrated like `final`."""
+    from crispflow.model.tasks import model_output
+
+    if not is_classification(spec):
+        return np.asarray(raw, dtype="float64")
+    if _training(spec).calibration is not None:
+        return model_output(spec, _Scored(final.classes_, _calibrated(final, raw)), X)
+    return model_output(spec, _Scored(np.unique(y), np.asarray(raw, dtype="float64")), X)
+
+
+def conformal_halfwidth(residuals: np.ndarray, coverage: float) -> float:
+    """Split-conformal halfwidth: the ceil((n + 1) * coverage)-th smallest absolute residual, i.e. the residuals'
+    finite-sample quantile at ceil((n + 1) * coverage) / n. CrispflowError when n is too small for `coverage`."""
+    r = np.abs(np.asarray(residuals, dtype="float64"))
+    if r.size == 0 or not np.all(np.isfinite(r)):
+        raise CrispflowError(f"prediction interval: need finite residuals, got {r.size} (some not finite?)")
+    if not 0 < coverage < 1:
+        raise CrispflowError(f"prediction interval: coverage must be in (0, 1), got {coverage}")
+    k = math.ceil((r.size + 1) * coverage)
+    if k > r.size:
+        raise CrispflowError(f"prediction interval: {r.size} residuals are too few for {coverage:.0%} coverage "
+                             f"(need at least {math.ceil(coverage / (1 - coverage))})")
+    return float(np.partition(r, k - 1)[k - 1])
 
 
 def fit_final(
     spec: PipelineSpec, config: dict[str, Any], train: pd.DataFrame
-) -> tuple[ClassifierMixin, float, dict[str, Any]]:
-    """Fit the (calibrated) model on all of `train` and choose the threshold on out-of-fold probabilities.
+) -> tuple[Any, float | None, dict[str, Any]]:
+    """Fit the final model on all of `train`; judge it on out-of-fold predictions. Returns (model, threshold,
+    info); the threshold is None unless the task is binary.
 
-    The out-of-fold scores come from the same seeded folds the calibrator was fitted on, passed through that
-    calibrator: 2k + 1 fits in all. Returns (model, threshold, info); `info["threshold_objective"]` is the OOF
-    F1, or the OOF cost per row, at the threshold."""
+    Out-of-fold predictions come from the same seeded folds the calibrator is fitted on and pass through that
+    calibrator (2k + 1 fits in all when calibrating). Per task:
+    - binary: the threshold minimising cost (or maximising F1) on the OOF probabilities;
+      `info["threshold_objective"]` is the OOF F1, or the OOF cost per row, at it.
+    - multiclass: no threshold (the most probable class); `info["class_counts"]` per class label.
+    - regression: no calibration, no threshold; `info["interval"]` is the split-conformal prediction interval
+      (`{"coverage", "halfwidth", "method"}`) at `training.interval_coverage`, from OOF absolute residuals.
+    """
     from sklearn.base import clone
+    from sklearn.model_selection import cross_val_predict
 
-    from crispflow.model.features import features, labels
+    from crispflow.model.features import features
+    from crispflow.model.tasks import labels
 
     training = _training(spec)
     model = _final_estimator(spec, config)
     base = build_model(spec, _candidate(spec, config["candidate"]), config["params"])
     X, y = features(spec, train), labels(spec, train)
-    oof = np.full(len(y), np.nan)
+    method = _response_method(spec, base)
     with thread_limit("CRISPFLOW_TRAIN_THREADS"):
-        for fit_rows, val_rows in _folds(spec).split(np.zeros((len(y), 1)), y):
-            oof[val_rows] = positive_proba(clone(base).fit(X.iloc[fit_rows], y[fit_rows]), X.iloc[val_rows])
+        raw = cross_val_predict(clone(base), X, y, cv=_folds(spec), method=method)
         final = clone(model).fit(X, y)
-    if training.calibration is not None:
-        oof = final.calibrated_classifiers_[0].calibrators[0].predict(oof)
-    threshold, objective = _best_threshold(y, oof, training.threshold)
-    info = {
+    oof = _oof_output(spec, final, X, y, raw)
+    info: dict[str, Any] = {
         "config_id": config["config_id"],
+        "task": spec.task,
         "metric": training.selection_metric,
-        "oof_metric": metric_value(training.selection_metric, y, oof),
-        "threshold_objective": objective,
+        "oof_metric": _metric(spec, training.selection_metric, y, oof),
         "n_train": len(y),
-        "positives": int(y.sum()),
+        "oof_output": oof,  # popped by the caller: the honest reference for drift (never in-sample output)
     }
-    return final, threshold, info
+    if spec.task == "binary":
+        threshold, objective = _best_threshold(y, oof, training.threshold)
+        return final, threshold, {**info, "threshold_objective": objective, "positives": int(y.sum())}
+    if spec.task == "multiclass":
+        counts = np.bincount(y, minlength=len(spec.class_labels))
+        return final, None, {**info, "class_counts": {str(c): int(n) for c, n in zip(spec.class_labels, counts,
+                                                                                       strict=True)}}
+    coverage = training.interval_coverage
+    halfwidth = conformal_halfwidth(y - oof, coverage)
+    return final, None, {**info, "interval": {"coverage": coverage, "halfwidth": halfwidth,
+                                              "method": INTERVAL_METHOD}}
 
 
 def _threshold_curve(y: np.ndarray, score: np.ndarray, spec: Threshold) -> tuple[np.ndarray, np.ndarray]:

@@ -2,11 +2,13 @@
 
 REF is a stored profile (`.json`, from `build_profile`/`save_profile`) or a data file (CSV or Parquet, profiled
 on the fly); CUR is a data file. With `--spec` (a pipeline name or a YAML path) the spec chooses the features and
-their types, redacts PII categories and, when both files hold a fully labelled target column, adds the label-rate
+their types, redacts PII categories and, when both files hold a fully labelled target column, adds the label
 test; without it every non-datetime column of REF is a feature, typed by dtype. `--score-column` names the
-model's score in both files (prediction drift). Exit codes: 0 no drift, 1 drift, 2 bad input (message on stderr
-naming the file, column or field) — including a CUR with fewer rows than `--min-rows`, where no decision is
-possible (the report is still printed).
+model's score in both files (prediction drift): binary P(positive), regression the prediction; for a multiclass
+spec it is a prefix, the probability of class C being column `<prefix>C` (batch scoring's `proba.` columns). The
+spec's task decides the label and performance tests (`crispflow.monitoring.drift`). Exit codes: 0 no drift,
+1 drift, 2 bad input (message on stderr naming the file, column or field) — including a CUR with fewer rows
+than `--min-rows`, where no decision is possible (the report is still printed).
 """
 
 from __future__ import annotations
@@ -89,19 +91,29 @@ def read_importance(path: str) -> dict[str, float]:
 def _labels(spec: PipelineSpec | None, frame: pd.DataFrame) -> Any:
     if spec is None or spec.target.column not in frame.columns or frame[spec.target.column].isna().any():
         return None
-    from crispflow.model.features import labels
+    from crispflow.model.tasks import labels
 
     return labels(spec, frame)
 
 
-def _scores(frame: pd.DataFrame, column: str | None, what: str) -> Any:
+def score_columns(spec: PipelineSpec | None, column: str) -> list[str]:
+    """The file columns holding the model's output: `column`, or `<column><class>` per class for multiclass."""
+    if spec is not None and spec.task == "multiclass":
+        return [f"{column}{c}" for c in spec.class_labels]
+    return [column]
+
+
+def _scores(frame: pd.DataFrame, column: str | None, what: str, spec: PipelineSpec | None = None) -> Any:
     if column is None:
         return None
-    if column not in frame.columns:
-        raise BadInput(f"{what}: no score column {column!r}")
+    columns = score_columns(spec, column)
+    absent = [c for c in columns if c not in frame.columns]
+    if absent:
+        raise BadInput(f"{what}: no score column(s) {absent}")
     import pandas as pd
 
-    return pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float)
+    values = frame[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    return values if len(columns) > 1 else values[:, 0]
 
 
 def compare(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -117,8 +129,8 @@ def compare(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     else:
         ref = read_data(args.reference, "reference")
         if args.score_column:  # the score is the model's output, not a feature
-            ref_scores = _scores(ref, args.score_column, f"reference {args.reference}")
-            ref = ref.drop(columns=[args.score_column])
+            ref_scores = _scores(ref, args.score_column, f"reference {args.reference}", spec)
+            ref = ref.drop(columns=score_columns(spec, args.score_column))
         else:
             ref_scores = None
         if spec is None and not len(ref.columns):
@@ -129,7 +141,7 @@ def compare(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     missing = [c for c in profile["features"] if c not in cur.columns]
     if missing and len(cur):
         raise BadInput(f"current {args.current}: missing column(s) {missing} (present in the reference)")
-    return compute_drift(profile, cur, scores=_scores(cur, args.score_column, f"current {args.current}"),
+    return compute_drift(profile, cur, scores=_scores(cur, args.score_column, f"current {args.current}", spec),
                          labels=_labels(spec, cur) if profile.get("label") else None,
                          importance=importance, settings=drift_settings)
 

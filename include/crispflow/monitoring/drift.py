@@ -13,10 +13,18 @@ tests, PSI and the multiple-testing correction come from `crispflow.stats`; this
 - **categorical** features: chi-square test of homogeneity on the 2 x k table (top-k values, "other", "missing";
   cells expected below 5 are pooled). Unseen values fall into "other" and are listed (not for PII columns).
   Reported: PSI and Jensen-Shannon distance.
-- **prediction** (scores in the window and in the profile): the numeric test on the score.
-- **label** (labels in both): Fisher's exact test of the positive rate.
-- **performance** (scores and labels in both): precision, recall (at the profile's threshold) and ROC AUC with
-  analytic 95 % CIs; one-sided z-test of "the window is worse" with both standard errors.
+- **prediction**, **label** and **performance** follow the profile's task (`crispflow.model.reference_profile`):
+
+  - binary: prediction = the numeric test of P(positive); label = Fisher's exact test of the positive rate;
+    performance = precision, recall (at the profile's threshold) and ROC AUC.
+  - regression: prediction = the numeric test of the predictions (KS, PSI); label = the numeric test of the
+    observed values; performance = RMSE and MAE.
+  - multiclass: prediction = the numeric test of P(predicted class), and `predicted_class` = the chi-square test
+    (and PSI) of the predicted-class counts; label = the chi-square test of the class counts; performance = log
+    loss (of the true class) and accuracy.
+
+  Performance metrics come with analytic 95 % CIs; each is a one-sided z-test of "the window is worse" (lower
+  for precision/recall/AUC/accuracy, higher for log loss/RMSE/MAE) with both samples' standard errors.
 
 **Decisions.** All p-values of a window (features, prediction, label, performance) are adjusted together with
 Benjamini-Hochberg. A feature has drifted when its adjusted p-value is <= `alpha` AND its PSI >= `min_psi` (a
@@ -46,14 +54,18 @@ from scipy import special
 
 from crispflow.lake import json_safe
 from crispflow.model.reference_profile import (
-    PERFORMANCE_METRICS,
+    LOWER_IS_BETTER,
+    TASK_PERFORMANCE,
     DriftInputError,
-    as_bool_labels,
-    as_scores,
+    as_task_labels,
+    as_task_output,
     category_codes,
     check_profile,
+    class_texts,
     numeric_values,
-    performance_metrics,
+    predicted_codes,
+    profile_task,
+    task_performance,
 )
 from crispflow.stats import (
     benjamini_hochberg,
@@ -189,21 +201,46 @@ def _weights(features: list[str], importance: Mapping[str, float] | None) -> dic
     return {f: float(importance.get(f, 0.0)) / total for f in features}
 
 
-def _performance(profile: Mapping[str, Any], scores: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+def _performance(profile: Mapping[str, Any], task: str, output: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     ref = profile["performance"]
-    cur = performance_metrics(scores, labels, ref["threshold"])
-    out: dict[str, Any] = {"threshold": ref["threshold"], "rows": cur["rows"], "metrics": {}}
-    for name in PERFORMANCE_METRICS:
+    cur = task_performance(task, labels, output, ref.get("threshold", 0.5))
+    out: dict[str, Any] = {"threshold": ref.get("threshold"), "rows": cur["rows"], "metrics": {}}
+    enough = cur["positives"] >= 1 if task == "binary" else cur["rows"] >= 2
+    for name in TASK_PERFORMANCE[task]:
         r, c = ref.get(name) or {}, cur[name]
         entry = {"reference": r.get("value"), "current": c["value"], "ci_low": c["ci_low"], "ci_high": c["ci_high"],
                  "p_value": None, "status": "insufficient_data"}
-        if r.get("value") is not None and c["value"] is not None and cur["positives"] >= 1:
+        if r.get("value") is not None and c["value"] is not None and c["se"] is not None and enough:
             se = math.sqrt((r.get("se") or 0.0) ** 2 + c["se"] ** 2)
-            diff = r["value"] - c["value"]
-            p = float(special.ndtr(-diff / se)) if se > 0 else float(diff <= 0)
+            worse_by = c["value"] - r["value"] if name in LOWER_IS_BETTER else r["value"] - c["value"]
+            p = float(special.ndtr(-worse_by / se)) if se > 0 else float(worse_by <= 0)
             entry.update(p_value=p, status="ok")
         out["metrics"][name] = entry
     return out
+
+
+def _label(profile: Mapping[str, Any], task: str, labels: np.ndarray, min_rows: int) -> dict[str, Any]:
+    """The label test of the window (see the module docstring)."""
+    ref, rows = profile["label"], int(labels.size)
+    if task == "binary":
+        return {"reference_rate": ref["positives"] / ref["rows"] if ref["rows"] else None,
+                "current_rate": float(labels.mean()), "rows": rows,
+                "p_value": rate_test(ref["positives"], ref["rows"], int(labels.sum()), rows), "status": "ok"}
+    if task == "regression":
+        return _numeric(ref, pd.Series(labels), min_rows)
+    return _categorical(ref, class_texts(labels, profile["classes"]), min_rows)
+
+
+def label_reason(label: Mapping[str, Any], suffix: str = "") -> str:
+    """The verdict's reason for a drifted label (any task)."""
+    if "reference_rate" in label:
+        return f"label rate {label['reference_rate']:.3f} -> {label['current_rate']:.3f}{suffix}"
+    return (f"label distribution drift ({label.get('test')} {label['statistic']:.3f}, PSI "
+            f"{label.get('psi', 0.0):.3f}){suffix}")
+
+
+def performance_reason(name: str, metric: Mapping[str, Any]) -> str:
+    return f"{name} degraded: {metric['reference']:.3f} -> {metric['current']:.3f}"
 
 
 def _empty_report(profile: Mapping[str, Any], rows: int, settings: DriftSettings) -> dict[str, Any]:
@@ -213,7 +250,8 @@ def _empty_report(profile: Mapping[str, Any], rows: int, settings: DriftSettings
         "drifted_features": [], "reasons": [f"the window has {rows} rows, fewer than min_rows={settings.min_rows}"],
         "features": {name: {"kind": feat["kind"], "status": "insufficient_data", "drifted": False, "rows": rows}
                      for name, feat in profile["features"].items()},
-        "prediction": None, "label": None, "performance": None,
+        "prediction": None, "label": None, "performance": None, "task": profile_task(profile),
+        **({"predicted_class": None} if profile_task(profile) == "multiclass" else {}),
     }
 
 
@@ -228,12 +266,16 @@ def compute_drift(
 ) -> dict[str, Any]:
     """The JSON-safe drift report of `window` against `profile` (see the module docstring for every field).
 
-    :param scores: the model's scores for the window's rows (prediction and performance drift), optional.
-    :param labels: boolean labels for the window's rows (label and performance drift), optional.
+    :param scores: the model's output for the window's rows in the profile's task convention (binary P(positive),
+        regression the predictions, multiclass (n, k) probabilities; a NaN row = no output): prediction and
+        performance drift, optional.
+    :param labels: the task's labels for the window's rows (binary boolean or 0/1, regression values, multiclass
+        class codes): label and performance drift, optional.
     :param importance: feature -> weight >= 0 for the verdict; features not named weigh 0; default equal.
     """
     settings = settings or DriftSettings()
     profile = check_profile(profile)
+    task = profile_task(profile)
     names = list(profile["features"])
     weights = _weights(names, importance)
     rows = len(window)
@@ -249,21 +291,26 @@ def compute_drift(
         features[name] = check(feat, window[name], settings.min_rows) | {"weight": weights[name]}
     tests: list[tuple[str, dict[str, Any]]] = [(n, r) for n, r in features.items() if r["p_value"] is not None]
 
-    prediction = label = performance = None
-    score_arr = as_scores(scores, rows) if scores is not None else None
-    label_arr = as_bool_labels(labels, rows) if labels is not None else None
-    if score_arr is not None and profile.get("prediction"):
-        prediction = _numeric(profile["prediction"], pd.Series(score_arr), settings.min_rows)
+    k = len(profile.get("classes") or [])
+    prediction = predicted = label = performance = None
+    output = as_task_output(task, scores, rows, k) if scores is not None else None
+    label_arr = as_task_labels(task, labels, rows, k) if labels is not None else None
+    if output is not None and profile.get("prediction"):
+        score = output if task != "multiclass" else np.max(output, axis=1)
+        prediction = _numeric(profile["prediction"], pd.Series(score), settings.min_rows)
         if prediction["p_value"] is not None:
             tests.append(("prediction", prediction))
+    if output is not None and profile.get("predicted_class"):
+        codes = predicted_codes(output)
+        predicted = _categorical(profile["predicted_class"], class_texts(codes, profile["classes"]), settings.min_rows)
+        if predicted["p_value"] is not None:
+            tests.append(("predicted_class", predicted))
     if label_arr is not None and profile.get("label"):
-        ref = profile["label"]
-        label = {"reference_rate": ref["positives"] / ref["rows"] if ref["rows"] else None,
-                 "current_rate": float(label_arr.mean()), "rows": rows,
-                 "p_value": rate_test(ref["positives"], ref["rows"], int(label_arr.sum()), rows), "status": "ok"}
-        tests.append(("label", label))
-    if score_arr is not None and label_arr is not None and profile.get("performance"):
-        performance = _performance(profile, score_arr, label_arr)
+        label = _label(profile, task, label_arr, settings.min_rows)
+        if label["p_value"] is not None:
+            tests.append(("label", label))
+    if output is not None and label_arr is not None and profile.get("performance"):
+        performance = _performance(profile, task, output, label_arr)
         tests += [(f"performance.{n}", m) for n, m in performance["metrics"].items() if m["p_value"] is not None]
 
     adjusted = benjamini_hochberg([t["p_value"] for _, t in tests]) if tests else []
@@ -273,7 +320,7 @@ def compute_drift(
         significant = p_adj <= settings.alpha
         result["drifted"] = bool(significant and result.get("psi", math.inf) >= settings.min_psi)
     reasons: list[str] = []
-    for result in [*features.values(), *(x for x in (prediction, label) if x)]:
+    for result in [*features.values(), *(x for x in (prediction, predicted, label) if x)]:
         result.setdefault("drifted", False)
         result.setdefault("p_adjusted", None)
     if performance:
@@ -293,17 +340,24 @@ def compute_drift(
     if prediction and prediction["drifted"]:
         reasons.append(f"prediction drift (KS {prediction['statistic']:.3f}, p_adj {prediction['p_adjusted']:.2g})")
         alarm = True
+    if predicted and predicted["drifted"]:
+        reasons.append(f"predicted-class drift (chi2 {predicted['statistic']:.1f}, PSI {predicted['psi']:.3f}, "
+                       f"p_adj {predicted['p_adjusted']:.2g})")
+        alarm = True
     if label and label["drifted"]:
-        reasons.append(f"label rate {label['reference_rate']:.3f} -> {label['current_rate']:.3f}")
+        reasons.append(label_reason(label))
         alarm = True
     for name, metric in (performance or {}).get("metrics", {}).items():
         if metric["degraded"]:
-            reasons.append(f"{name} degraded: {metric['reference']:.3f} -> {metric['current']:.3f}")
+            reasons.append(performance_reason(name, metric))
             alarm = True
     tested = [r for r in features.values() if r["status"] == "ok"]
     status = "drift" if alarm else ("no_drift" if tested or prediction else "insufficient_data")
-    return json_safe({
+    report = {
         "format": REPORT_FORMAT, "status": status, "drift": alarm, "rows": rows, "reference_rows": profile["rows"],
         "settings": asdict(settings), "drift_share": share, "drifted_features": drifted, "reasons": reasons,
-        "features": features, "prediction": prediction, "label": label, "performance": performance,
-    })
+        "features": features, "prediction": prediction, "label": label, "performance": performance, "task": task,
+    }
+    if task == "multiclass":
+        report["predicted_class"] = predicted
+    return json_safe(report)

@@ -29,7 +29,7 @@ def _num(value: Any, spec: str = ".4g") -> str:
 
 def _rows(report: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
     rows = list(report.get("features", {}).items())
-    rows += [(name, report[name]) for name in ("prediction", "label") if report.get(name)]
+    rows += [(name, report[name]) for name in ("prediction", "predicted_class", "label") if report.get(name)]
     return rows
 
 
@@ -47,7 +47,8 @@ def render_table(report: Mapping[str, Any]) -> str:
     perf = report.get("performance")
     if perf:
         out.append("")
-        out.append(f"performance at threshold {perf['threshold']:.3g} ({perf['rows']} labelled rows):")
+        at = f" at threshold {perf['threshold']:.3g}" if perf.get("threshold") is not None else ""
+        out.append(f"performance{at} ({perf['rows']} labelled rows):")
         for name, m in perf["metrics"].items():
             out.append(f"  {name}: reference {_num(m['reference'], '.3f')}, current {_num(m['current'], '.3f')} "
                        f"[{_num(m['ci_low'], '.3f')}, {_num(m['ci_high'], '.3f')}], p_adjusted "

@@ -2,8 +2,9 @@
 
 The newest event is trusted only if it matches the episode the drift sensor recorded in the store
 (`crispflow.monitoring.episodes.check_event`); older events of the same run are coalesced (each has its own
-deterministic training run id). The dataset is a training window (`crispflow.data.training_window`): the curated
-versions ending within `window_days` of the newest one, composed into one version. ParamsError names the field.
+deterministic training run id); events of several pipelines in one run are refused, never coalesced. The dataset
+is a training window (`crispflow.data.training_window`): the curated versions ending within `window_days` of the
+newest one, composed into one version. ParamsError names the field.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ def plan_retrain(events: Sequence[Mapping[str, Any] | None], *, root: PathLike, 
     reject_unknown(conf, set(RETRAIN_CONF))
     if not events:
         raise ParamsError("drift event: this DAG runs on a crispflow_drift_detected event, none arrived")
+    pipelines = sorted({str(e.get("pipeline")) for e in events if isinstance(e, Mapping)})
+    if len(pipelines) > 1:  # coalescing would retrain one pipeline and silently drop the others' episodes
+        raise ParamsError(f"drift event: one run got events of several pipelines {pipelines}: each pipeline's "
+                          "episodes must trigger their own run")
     event = check_event(events[-1], lambda model, episode: read_episode(root, model, episode))
     spec = load_spec(event["pipeline"])
     if spec.training is None:

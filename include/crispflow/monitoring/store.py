@@ -45,7 +45,7 @@ def summarise(report: Mapping[str, Any], *, model: str, alias: str, version: str
         "drift_share": float(report.get("drift_share") or 0.0), "drifted_features": drifted,
         "statistics": {name: {k: features[name].get(k) for k in ("test", "statistic", "p_adjusted", "psi")}
                        for name in drifted if name in features},
-        "prediction_drift": bool((report.get("prediction") or {}).get("drifted")),
+        "prediction_drift": any(bool((report.get(k) or {}).get("drifted")) for k in ("prediction", "predicted_class")),
         "report": report_path,
     })
 

@@ -5,11 +5,15 @@ prediction log, its drift report, stored (`crispflow.monitoring.store`) and summ
   `crispflow.reference_profile` (an MLflow artifact URI, logged at training time); a version without one, or one
   whose artifact is gone or is not a profile, raises `ReferenceProfileMissing` naming the version and the URI.
 - `window_data(predictions, version=, alias=)`: the rows the version answered (`served` and `status == "ok"`;
-  shadow rows are never served), features without their `feature.` prefix, scores, and labels where feedback came.
-- `drift_of_window(profile, data)`: `compute_drift` over every row (features and prediction); label and
-  performance drift from the labelled rows. When every row is labelled that is one call (one Benjamini-Hochberg
-  family); otherwise the labelled rows are a second call with its own family, and its label/performance
-  findings are merged into the verdict (so the false-alarm bound is at most twice `alpha` in that case).
+  shadow rows are never served), features without their `feature.` prefix, scores (the log's `score`), the
+  multiclass `probabilities` (a row without them is NaN), and labels (float64) where feedback came.
+- `drift_of_window(profile, data)`: `compute_drift` over every row (features and prediction) in the profile's
+  task (binary: `score` = P(positive); regression: `score` = the prediction; multiclass: the logged class
+  probabilities, so both P(predicted class) and the predicted class are judged); label and performance drift
+  from the labelled rows (labels as the task's: 0/1, the observed value, the class code). When every row is
+  labelled that is one call (one Benjamini-Hochberg family); otherwise the labelled rows are a second call with
+  its own family, and its label/performance findings are merged into the verdict (so the false-alarm bound is
+  at most twice `alpha` in that case).
 - `judge_window(...)`: all of the above, then `store.write_window` (report JSON + HTML, then the summary); returns
   the summary, the report and its HTML page (rendered once). An empty or tiny window is an explicit
   "insufficient_data" summary, written like any other.
@@ -27,8 +31,8 @@ import numpy as np
 import pandas as pd
 
 from crispflow.lake import PathLike
-from crispflow.model.reference_profile import DriftInputError, check_profile
-from crispflow.monitoring.drift import DriftSettings, compute_drift
+from crispflow.model.reference_profile import DriftInputError, check_profile, profile_task
+from crispflow.monitoring.drift import DriftSettings, compute_drift, label_reason, performance_reason
 from crispflow.monitoring.report import render_html
 from crispflow.monitoring.store import summarise, window_key, write_window
 from crispflow.predictions.schema import FEATURE_PREFIX
@@ -38,6 +42,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 REFERENCE_TAG = "crispflow.reference_profile"
+TASK_TAG = "crispflow.task"
 
 
 class ReferenceProfileMissing(DriftInputError):
@@ -94,9 +99,14 @@ def load_reference_profile(mlf: MlflowClient, model: str, version: str | int) ->
     except json.JSONDecodeError as exc:
         raise ReferenceProfileMissing(f"{origin}: not JSON: {exc}") from None
     try:
-        return check_profile(data, origin)
+        profile = check_profile(data, origin)
     except DriftInputError as exc:
         raise ReferenceProfileMissing(str(exc)) from None
+    tagged = (mv.tags or {}).get(TASK_TAG)
+    if tagged and tagged != profile_task(profile):
+        raise ReferenceProfileMissing(f"{origin}: task: the profile is for a {profile_task(profile)} model, the "
+                                      f"version's tag {TASK_TAG!r} says {tagged!r}")
+    return profile
 
 
 # --------------------------------------------------------------------------------------------- the window
@@ -104,11 +114,14 @@ def load_reference_profile(mlf: MlflowClient, model: str, version: str | int) ->
 
 @dataclass(frozen=True)
 class WindowData:
-    """The rows one version answered in a window: features (unprefixed), scores, labels (NaN = no feedback)."""
+    """The rows one version answered in a window: features (unprefixed), scores (the log's `score`), labels
+    (float64, NaN = no feedback) and, for a multiclass model, the (n, k) class probabilities (NaN rows where the
+    log holds none; None when no row has any)."""
 
     features: pd.DataFrame
     scores: np.ndarray
     labels: np.ndarray
+    probabilities: np.ndarray | None = None
 
     @property
     def rows(self) -> int:
@@ -122,9 +135,28 @@ class WindowData:
     def labelled_rows(self) -> int:
         return int(self.labelled.sum())
 
+    def output(self, task: str) -> np.ndarray | None:
+        """The model's output in `task`'s convention (`compute_drift`'s `scores`), or None if the log has none."""
+        out = self.probabilities if task == "multiclass" else self.scores
+        return out if out is not None and self.rows and not np.isnan(out).all() else None
 
-def window_data(predictions: pd.DataFrame, *, version: str | int, alias: str | None = None) -> WindowData:
-    """The served, successful rows of `version` (and `alias`, if given) in a `read_predictions` frame."""
+
+def _probabilities(column: pd.Series) -> np.ndarray | None:
+    """The logged probability lists as an (n, k) array (NaN rows where missing); None if no row has any."""
+    lists = [None if v is None or (isinstance(v, float) and np.isnan(v)) else list(v) for v in column]
+    sizes = {len(v) for v in lists if v is not None}
+    if not sizes:
+        return None
+    if len(sizes) > 1:
+        raise DriftInputError(f"prediction log: probabilities: rows of one version hold {sorted(sizes)} classes")
+    k = sizes.pop()
+    return np.array([[np.nan] * k if v is None else v for v in lists], dtype="float64")
+
+
+def window_data(predictions: pd.DataFrame, *, version: str | int, alias: str | None = None,
+                model: str | None = None) -> WindowData:
+    """The served, successful rows of `version` (and `alias`, and `model`, if given) in a `read_predictions`
+    frame. Version numbers are per model: `model` keeps another model's rows out of a frame that holds several."""
     required = ("version", "served", "status")
     absent = [c for c in (*required, *(("alias",) if alias is not None else ())) if c not in predictions.columns]
     if absent and len(predictions):
@@ -136,14 +168,18 @@ def window_data(predictions: pd.DataFrame, *, version: str | int, alias: str | N
     keep &= (predictions["status"] == "ok").fillna(False)
     if alias is not None:
         keep &= (predictions["alias"] == alias).fillna(False)
+    if model is not None and "model" in predictions.columns:
+        keep &= (predictions["model"] == model).fillna(False)
     rows = predictions[keep.to_numpy(dtype=bool)]
     columns = [c for c in rows.columns if c.startswith(FEATURE_PREFIX)]
     frame = rows[columns].rename(columns=lambda c: c.removeprefix(FEATURE_PREFIX)).reset_index(drop=True)
     scores = pd.to_numeric(rows["score"], errors="coerce").to_numpy(dtype="float64", na_value=np.nan) \
         if "score" in rows.columns else np.full(len(rows), np.nan)
-    labels = rows["label"].astype("Float64").to_numpy(dtype="float64", na_value=np.nan) \
+    labels = pd.to_numeric(rows["label"], errors="coerce").astype("Float64").to_numpy(dtype="float64",
+                                                                                     na_value=np.nan) \
         if "label" in rows.columns else np.full(len(rows), np.nan)
-    return WindowData(frame, scores, labels)
+    probabilities = _probabilities(rows["probabilities"]) if "probabilities" in rows.columns else None
+    return WindowData(frame, scores, labels, probabilities)
 
 
 def _with_profile_columns(profile: Mapping[str, Any], frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -159,11 +195,10 @@ def _labelled_findings(sub: Mapping[str, Any]) -> list[str]:
     reasons: list[str] = []
     label = sub.get("label") or {}
     if label.get("drifted"):
-        reasons.append(f"label rate {label['reference_rate']:.3f} -> {label['current_rate']:.3f} "
-                       f"({label['rows']} labelled rows)")
+        reasons.append(label_reason(label, f" ({label['rows']} labelled rows)"))
     for name, metric in ((sub.get("performance") or {}).get("metrics") or {}).items():
         if metric.get("degraded"):
-            reasons.append(f"{name} degraded: {metric['reference']:.3f} -> {metric['current']:.3f}")
+            reasons.append(performance_reason(name, metric))
     return reasons
 
 
@@ -172,19 +207,24 @@ def drift_of_window(profile: Mapping[str, Any], data: WindowData, *, settings: D
     """The drift report of a window (see the module docstring for how labels are used)."""
     settings = settings or DriftSettings()
     profile = check_profile(profile)
+    task = profile_task(profile)
     frame, absent = _with_profile_columns(profile, data.features)
-    scores = data.scores if data.rows and not np.isnan(data.scores).all() else None
+    scores = data.output(task)
+    k = len(profile.get("classes") or [])
+    if scores is not None and task == "multiclass" and scores.shape[1] != k:
+        raise DriftInputError(f"prediction log: probabilities hold {scores.shape[1]} classes, the reference "
+                              f"profile's model has {k} ({profile['classes']})")
+    labels = data.labels.astype(bool) if task == "binary" else data.labels
     labelled = data.labelled
     if data.rows and labelled.all() and scores is not None:
-        report = compute_drift(profile, frame, scores=scores, labels=data.labels.astype(bool),
-                               importance=importance, settings=settings)
+        report = compute_drift(profile, frame, scores=scores, labels=labels, importance=importance, settings=settings)
         report["feedback"] = {"labelled_rows": data.labelled_rows, "family": "joint"}
     else:
         report = compute_drift(profile, frame, scores=scores, importance=importance, settings=settings)
         report["feedback"] = {"labelled_rows": data.labelled_rows, "family": None}
         if scores is not None and data.labelled_rows >= settings.min_rows and report["status"] != "insufficient_data":
             sub = compute_drift(profile, frame[labelled].reset_index(drop=True), scores=scores[labelled],
-                                labels=data.labels[labelled].astype(bool), importance=importance, settings=settings)
+                                labels=labels[labelled], importance=importance, settings=settings)
             report["label"], report["performance"] = sub["label"], sub["performance"]
             report["feedback"]["family"] = "labelled_rows"
             findings = _labelled_findings(sub)
@@ -228,7 +268,7 @@ def judge_window(profile: Mapping[str, Any], predictions: pd.DataFrame, *, root:
     if not (isinstance(start, datetime) and isinstance(end, datetime)) or start.tzinfo is None \
             or end.tzinfo is None or not start < end:
         raise DriftInputError(f"window: start ({start!r}) and end ({end!r}) must be timezone-aware, start < end")
-    data = window_data(predictions, version=version, alias=alias)
+    data = window_data(predictions, version=version, alias=alias, model=model)
     report = drift_of_window(profile, data, settings=settings, importance=importance)
     report["window"] = {"model": model, "alias": alias, "version": str(version), "start": start.isoformat(),
                         "end": end.isoformat(), "labelled_rows": data.labelled_rows}

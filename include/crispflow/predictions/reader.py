@@ -161,7 +161,7 @@ def _read(
 def _frame(table: pa.Table) -> pd.DataFrame:
     df = table.to_pandas()
     if "label" in df.columns:
-        df["label"] = df["label"].astype("Int8")
+        df["label"] = df["label"].astype("float64")
     return df
 
 
@@ -174,8 +174,9 @@ def read_feedback(
     storage_options: Mapping[str, Any] | None = None,
     latest_only: bool = False,
 ) -> pd.DataFrame:
-    """Feedback rows with ``start <= ts < end``, ordered by ``ts``: columns ``request_id``, ``label`` (Int8),
-    ``ts`` (UTC). With `latest_only`, one row per request id: its latest label (ties: the last written)."""
+    """Feedback rows with ``start <= ts < end``, ordered by ``ts``: columns ``request_id``, ``label`` (float64:
+    0/1, a class code or an observed value; older int8 files are cast), ``ts`` (UTC). With `latest_only`, one
+    row per request id: its latest label (ties: the last written)."""
     table = _read(root, model, FEEDBACK, start, end, storage_options)
     df = _frame(table)
     df = df.sort_values("ts", kind="stable").reset_index(drop=True)
@@ -198,7 +199,7 @@ def read_predictions(
     ``ts`` then ``request_id``.
 
     Columns: ``PREDICTION_COLUMNS`` (`crispflow.predictions.schema`), then ``feature.<name>`` columns (sorted),
-    then, with `with_feedback`, ``label`` (Int8, <NA> when no label yet) and ``label_ts``: the latest feedback for
+    then, with `with_feedback`, ``label`` (float64, NaN when no label yet) and ``label_ts``: the latest feedback for
     the request id found in ``[start, end + feedback_horizon)`` (labels arrive after predictions; a label later than
     the horizon is not seen). An empty window gives an empty frame with the base (and label) columns.
     """
@@ -215,5 +216,5 @@ def read_predictions(
     )
     labels = labels.rename(columns={"ts": "label_ts"})[["request_id", "label", "label_ts"]]
     df = df.merge(labels, on="request_id", how="left", sort=False)
-    df["label"] = df["label"].astype("Int8")
+    df["label"] = df["label"].astype("float64")
     return df

@@ -2,11 +2,19 @@
 
 Prediction columns: ``request_id`` (string), ``ts`` (timestamp[us, UTC]), ``model``, ``version``, ``alias``
 (string), ``served`` (bool), ``entity`` (string, nullable), ``score`` (float64, nullable), ``latency_ms``
-(float64), ``status`` (string), then one column per feature named ``feature.<name>``, typed as Arrow infers it
-from the batch (so drift monitoring reads features columnar). A feature whose values in a batch have no common
-scalar type (e.g. ``True`` and ``1``, ``"a"`` and ``2``, an int beyond int64) is stored as strings (``str(v)``),
-dicts and lists as JSON strings; across files, a feature stored with different types is read back as strings.
-Feedback columns: ``request_id`` (string), ``label`` (int8, 0/1), ``ts`` (timestamp[us, UTC]).
+(float64), ``status`` (string), then the task's own outputs, all nullable: ``predicted`` (string: the predicted
+class label, multiclass), ``probabilities`` (list<float64>: the class probabilities in the model's class order,
+multiclass), ``interval_low`` and ``interval_high`` (float64: the prediction interval, regression). ``score`` is
+P(positive) for binary, P(predicted class) for multiclass and the predicted value for regression. Then one column
+per feature named ``feature.<name>``, typed as Arrow infers it from the batch (so drift monitoring reads features
+columnar). A feature whose values in a batch have no common scalar type (e.g. ``True`` and ``1``, ``"a"`` and
+``2``, an int beyond int64) is stored as strings (``str(v)``), dicts and lists as JSON strings; across files, a
+feature stored with different types is read back as strings.
+Feedback columns: ``request_id`` (string), ``label`` (float64: 0/1 for binary, the class code for multiclass, the
+observed value for regression), ``ts`` (timestamp[us, UTC]).
+
+Files written before these columns existed still read: a missing base column is filled with nulls, and the int8
+labels of older feedback files are cast to float64.
 
 The writer turns row dicts into tables with :func:`prediction_table` / :func:`feedback_table`; readers cast files
 back to :func:`arrow_schema` of the same fields.
@@ -39,8 +47,12 @@ PREDICTION_FIELDS: tuple[tuple[str, str], ...] = (
     ("score", "float64"),
     ("latency_ms", "float64"),
     ("status", "string"),
+    ("predicted", "string"),
+    ("probabilities", "list_float64"),
+    ("interval_low", "float64"),
+    ("interval_high", "float64"),
 )
-FEEDBACK_FIELDS: tuple[tuple[str, str], ...] = (("request_id", "string"), ("label", "int8"), ("ts", "ts"))
+FEEDBACK_FIELDS: tuple[tuple[str, str], ...] = (("request_id", "string"), ("label", "float64"), ("ts", "ts"))
 PREDICTION_COLUMNS = tuple(name for name, _ in PREDICTION_FIELDS)
 FEEDBACK_COLUMNS = tuple(name for name, _ in FEEDBACK_FIELDS)
 
@@ -85,6 +97,7 @@ def _arrow_type(kind: str) -> pa.DataType:
         "float64": pa.float64(),
         "int8": pa.int8(),
         "ts": pa.timestamp("us", tz="UTC"),
+        "list_float64": pa.list_(pa.float64()),
     }[kind]
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import threading
 import time
@@ -183,13 +184,15 @@ class PredictionLog:
         self._enqueue(self._predictions, rows)
 
     def log_feedback(self, rows: list[dict[str, Any]]) -> None:
-        """Queue feedback rows ``{"request_id": str, "label": 0 | 1, "ts": tz-aware datetime}``."""
+        """Queue feedback rows ``{"request_id": str, "label": number, "ts": tz-aware datetime}``: the label is 0/1
+        (binary), the class code (multiclass) or the observed value (regression), stored as float64. The server
+        validates labels against the model's task; here any finite number (or bool) is accepted."""
         self._check_rows(rows, "log_feedback")
         for i, row in enumerate(rows):
             label = row.get("label")
-            if label not in (0, 1) or isinstance(label, float):
-                raise PredictionLogError(f"log_feedback: rows[{i}].label: must be 0 or 1, got {label!r}")
-        self._enqueue(self._feedback, [{**row, "label": int(row["label"])} for row in rows])
+            if not isinstance(label, int | float) or not math.isfinite(label):
+                raise PredictionLogError(f"log_feedback: rows[{i}].label: must be a finite number, got {label!r}")
+        self._enqueue(self._feedback, [{**row, "label": float(row["label"])} for row in rows])
 
     def flush(self) -> None:
         """Write what is pending now, in the caller's thread; raises PredictionLogError if a write failed

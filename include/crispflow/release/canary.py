@@ -7,10 +7,23 @@ large shift means the models disagree, which holds a promotion until labels deci
 
 Labelled evidence uses every labelled request since the canary was deployed, *paired*: both registered models
 re-score each labelled request's logged features, and the per-request difference `loss(canary) - loss(champion)`
-(log loss) is tested. Pairing removes the between-request variance that makes two-arm comparisons need tens of
-thousands of labels. The test is a mixture sequential probability ratio test (mSPRT, Johari et al. 2017): its
-confidence sequence is valid however often the DAG looks, so checking every ten minutes does not inflate the
-error rate. Without pairs (models not loadable), the arms' own labelled losses are compared unpaired. Decision:
+is tested. The loss follows the task (`crispflow.model.tasks.per_row_loss`; feedback labels are float64):
+
+- binary: log loss of P(positive) against the 0/1 label (nats);
+- multiclass: log loss of the probability given to the true class (the label is the class code; nats);
+- regression: squared error of the prediction against the observed value (target units squared).
+
+The policy's `margin` (non-inferiority margin on the mean per-row loss) and `tau` (the mSPRT's mixing scale):
+binary and multiclass: in nats of log loss (defaults 0.02 and 0.05); regression: fractions of the champion's mean
+squared error on the labelled requests (defaults 0.02 and 0.05, i.e. the canary's MSE may be at most 2 % above
+the champion's, about 1 % in RMSE), because a squared error has the target's scale squared and one number would
+be meaningless across targets. The report shows the margin in loss units (`labelled.margin`).
+
+Pairing removes the between-request variance that makes two-arm comparisons need tens of thousands of labels.
+The test is a mixture sequential probability ratio test (mSPRT, Johari et al. 2017): its confidence sequence is
+valid however often the DAG looks, so checking every ten minutes does not inflate the error rate. Without pairs
+(models not loadable), the arms' own labelled losses are compared unpaired (multiclass: from the logged
+`probabilities`). Decision:
 
 - rollback: a guardrail fails, or the canary's loss is significantly higher (lower bound > 0);
 - promote: at least `min_labels` labelled requests (and the canary arm served `min_requests` in the window), no
@@ -22,8 +35,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from crispflow.lake import json_safe
 from crispflow.predictions.schema import FEATURE_PREFIX
@@ -39,17 +52,31 @@ _EPS = 1e-6
 
 @dataclass(frozen=True)
 class CanaryPolicy:
-    """Thresholds of the canary analysis (defaults suit a low-traffic service; tune per pipeline)."""
+    """Thresholds of the canary analysis (defaults suit a low-traffic service; tune per pipeline).
+
+    `margin` and `tau`: nats of log loss for binary and multiclass, fractions of the champion's mean squared
+    error for regression (see the module docstring); `resolved` turns them into loss units.
+    """
 
     min_requests: int = 50  # per arm in the window before guardrails judge
     min_labels: int = 200  # labelled requests since deployment before labelled evidence can promote
     alpha: float = 0.05  # error level of the sequential test and of the error-rate test
-    margin: float = 0.02  # non-inferiority margin on the mean log loss
-    tau: float = 0.05  # mixing scale of the mSPRT (the size of differences it is tuned to find)
+    margin: float = 0.02  # non-inferiority margin on the mean per-row loss (regression: relative to the MSE)
+    tau: float = 0.05  # mixing scale of the mSPRT (the size of differences it is tuned to find; as `margin`)
     max_error_rate_increase: float = 0.01
     max_p95_ratio: float = 1.5
     p95_slack_ms: float = 5.0
     max_score_psi: float = 0.25
+
+    def resolved(self, task: str = "binary", reference_loss: float | None = None) -> CanaryPolicy:
+        """The policy with `margin` and `tau` in loss units: unchanged for log-loss tasks; for regression times
+        `reference_loss` (the champion's mean squared error; unchanged without one)."""
+        if task != "regression" or not reference_loss or not math.isfinite(reference_loss):
+            return self
+        return replace(self, margin=self.margin * reference_loss, tau=self.tau * reference_loss)
+
+
+LOSS_NAMES = {"binary": "log_loss", "multiclass": "log_loss", "regression": "squared_error"}
 
 
 def log_loss_per_row(score: np.ndarray, label: np.ndarray) -> np.ndarray:
@@ -58,6 +85,15 @@ def log_loss_per_row(score: np.ndarray, label: np.ndarray) -> np.ndarray:
     p = np.clip(score.astype(float), _EPS, 1 - _EPS)
     y = label.astype(float)
     return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+def loss_per_row(task: str, output: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Each request's loss in the task (see the module docstring); binary keeps the canary's own clipping."""
+    if task == "binary":
+        return log_loss_per_row(output, label)
+    from crispflow.model.tasks import per_row_loss
+
+    return per_row_loss(task, label, output)
 
 
 def msprt_interval(a: np.ndarray, b: np.ndarray | None, alpha: float, tau: float) -> dict[str, float] | None:
@@ -77,22 +113,54 @@ def msprt_interval(a: np.ndarray, b: np.ndarray | None, alpha: float, tau: float
     return {"diff": diff, "lower": diff - half, "upper": diff + half, "half_width": half}
 
 
-def paired_differences(canary_scores: np.ndarray, champion_scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per request: log loss of the canary's score minus the champion's, on the same features and label."""
-    return log_loss_per_row(canary_scores, labels) - log_loss_per_row(champion_scores, labels)
+def paired_differences(canary_scores: np.ndarray, champion_scores: np.ndarray, labels: np.ndarray,
+                       task: str = "binary") -> np.ndarray:
+    """Per request: the canary's loss minus the champion's, on the same features and label (`task`'s loss:
+    binary/multiclass log loss, regression squared error; outputs in `crispflow.model.tasks` convention)."""
+    return loss_per_row(task, canary_scores, labels) - loss_per_row(task, champion_scores, labels)
 
 
 def paired_from_log(rows: pd.DataFrame, score: Callable[[str, pd.DataFrame], np.ndarray], *, champion: str,
-                    canary: str) -> np.ndarray | None:
-    """Paired differences for the labelled, served, successful requests of `rows`: `score(version, features)`
-    re-scores the logged features (columns `feature.<name>`) with each version. None if nothing is labelled."""
+                    canary: str, task: str = "binary") -> PairedLosses | None:
+    """Paired losses for the labelled, served, successful requests of `rows`: `score(version, features)`
+    re-scores the logged features (columns `feature.<name>`) with each version (its output in the task's
+    convention). None if nothing is labelled."""
     labelled = rows[rows["served"] & (rows["status"] == "ok") & rows["label"].notna()]
     if labelled.empty:
         return None
     feature_columns = [c for c in labelled.columns if c.startswith(FEATURE_PREFIX)]
     features = labelled[feature_columns].rename(columns=lambda c: c.removeprefix(FEATURE_PREFIX))
     features = features.reset_index(drop=True)
-    return paired_differences(score(canary, features), score(champion, features), labelled["label"].to_numpy(float))
+    labels = labelled["label"].to_numpy(float)
+    canary_out, champion_out = score(canary, features), score(champion, features)
+    _check_labels(task, labels, canary_out)
+    canary_loss = loss_per_row(task, canary_out, labels)
+    champion_loss = loss_per_row(task, champion_out, labels)
+    return PairedLosses(canary_loss - champion_loss, float(champion_loss.mean()))
+
+
+def _check_labels(task: str, labels: np.ndarray, output: np.ndarray) -> None:
+    """Multiclass feedback must be class codes of the model's classes (the server validates it; a log written
+    around it is refused here, naming the values, rather than indexing out of range)."""
+    if task != "multiclass" or not len(labels):
+        return
+    import numpy as np
+
+    k = output.shape[1]
+    bad = (labels != np.round(labels)) | (labels < 0) | (labels >= k)
+    if bad.any():
+        from crispflow.errors import CrispflowError
+
+        raise CrispflowError(f"feedback label: multiclass labels are class codes 0..{k - 1}, the log holds "
+                             f"{sorted(set(labels[bad].tolist()))[:5]}")
+
+
+class PairedLosses(NamedTuple):
+    """Per labelled request loss(canary) - loss(champion), and the champion's mean loss on them (the scale of a
+    regression margin)."""
+
+    differences: np.ndarray
+    champion_loss: float
 
 
 def _auc(score: np.ndarray, label: np.ndarray) -> float | None:
@@ -103,13 +171,29 @@ def _auc(score: np.ndarray, label: np.ndarray) -> float | None:
     return None if math.isnan(value) else value
 
 
-def arm_summary(rows: pd.DataFrame) -> dict[str, Any]:
-    """Requests, errors, latency and score quantiles, and labelled metrics of one arm."""
+def _labelled_output(rows: pd.DataFrame, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """(output, label) of an arm's successful labelled requests, as logged: binary/regression the `score`,
+    multiclass the `probabilities` (requests logged without them are left out)."""
+    import numpy as np
+
+    labelled = rows[(rows["status"] == "ok") & rows["label"].notna()]
+    if task != "multiclass":
+        return labelled["score"].to_numpy(float), labelled["label"].to_numpy(float)
+    if "probabilities" not in labelled.columns:
+        return np.empty((0, 0)), np.empty(0)
+    has = labelled["probabilities"].map(lambda v: v is not None and not (isinstance(v, float) and math.isnan(v)))
+    kept = labelled[has.to_numpy(dtype=bool)]
+    output = np.array([list(v) for v in kept["probabilities"]], dtype=float) if len(kept) else np.empty((0, 0))
+    label = kept["label"].to_numpy(float)
+    _check_labels(task, label, output)
+    return output, label
+
+
+def arm_summary(rows: pd.DataFrame, task: str = "binary") -> dict[str, Any]:
+    """Requests, errors, latency and score quantiles, and labelled metrics of one arm (per task)."""
     import numpy as np
 
     ok = rows[rows["status"] == "ok"]
-    labelled = ok[ok["label"].notna()]
-    loss = log_loss_per_row(labelled["score"].to_numpy(), labelled["label"].to_numpy())
     out: dict[str, Any] = {
         "requests": len(rows),
         "errors": int((rows["status"] != "ok").sum()),
@@ -117,13 +201,26 @@ def arm_summary(rows: pd.DataFrame) -> dict[str, Any]:
         "latency_p50_ms": float(np.percentile(rows["latency_ms"], 50)) if len(rows) else None,
         "latency_p95_ms": float(np.percentile(rows["latency_ms"], 95)) if len(rows) else None,
         "mean_score": float(ok["score"].mean()) if len(ok) else None,
-        "labels": len(labelled),
-        "label_rate": float(labelled["label"].astype(float).mean()) if len(labelled) else None,
-        "log_loss": float(loss.mean()) if len(loss) else None,
-        "log_loss_ci95": _mean_ci(loss),
-        "roc_auc": _auc(labelled["score"].to_numpy(), labelled["label"].to_numpy()) if len(labelled) else None,
     }
-    return out
+    output, label = _labelled_output(rows, task)
+    if task == "binary":
+        loss = log_loss_per_row(output, label)
+        return out | {
+            "labels": len(label),
+            "label_rate": float(label.mean()) if len(label) else None,
+            "log_loss": float(loss.mean()) if len(loss) else None,
+            "log_loss_ci95": _mean_ci(loss),
+            "roc_auc": _auc(output, label) if len(label) else None,
+        }
+    loss = loss_per_row(task, output, label) if len(label) else np.empty(0)
+    out |= {"labels": len(label), "loss": LOSS_NAMES[task], "mean_loss": float(loss.mean()) if len(loss) else None,
+            "mean_loss_ci95": _mean_ci(loss)}
+    if task == "regression":
+        return out | {"rmse": math.sqrt(float(loss.mean())) if len(loss) else None,
+                      "mae": float(np.abs(output - label).mean()) if len(loss) else None,
+                      "mean_label": float(label.mean()) if len(label) else None}
+    correct = np.argmax(output, axis=1) == label.astype(int) if len(label) else np.empty(0)
+    return out | {"log_loss": out["mean_loss"], "accuracy": float(correct.mean()) if len(label) else None}
 
 
 def _mean_ci(values: np.ndarray) -> list[float] | None:
@@ -138,19 +235,27 @@ def _arm(frame: pd.DataFrame, alias: str, version: str) -> pd.DataFrame:
 
 
 def analyse(window: pd.DataFrame, since_deploy: pd.DataFrame, *, champion: str, canary: str,
-            policy: CanaryPolicy | None = None, paired: np.ndarray | None = None) -> dict[str, Any]:
+            policy: CanaryPolicy | None = None, paired: np.ndarray | PairedLosses | None = None,
+            task: str = "binary") -> dict[str, Any]:
     """The canary report: both arms, the guardrails, the labelled test and the decision with its reasons.
 
     `window` holds the analysis interval's rows, `since_deploy` every row since the canary went live; both are
-    prediction-log frames (columns alias, version, served, status, score, latency_ms, label). `paired`: per
-    labelled request, loss(canary) - loss(champion), both models scoring the same logged features
-    (`paired_differences`).
+    prediction-log frames (columns alias, version, served, status, score, latency_ms, label; multiclass also
+    probabilities). `paired`: per labelled request, loss(canary) - loss(champion), both models scoring the same
+    logged features (`paired_differences`, or `paired_from_log`'s PairedLosses). `task` chooses the loss (see the
+    module docstring).
     """
     import numpy as np
 
-    policy = policy or CanaryPolicy()
     champ_w, can_w = _arm(window, "champion", champion), _arm(window, "canary", canary)
     champ_all, can_all = _arm(since_deploy, "champion", champion), _arm(since_deploy, "canary", canary)
+    reference_loss = paired.champion_loss if isinstance(paired, PairedLosses) else None
+    paired = paired.differences if isinstance(paired, PairedLosses) else paired
+    if reference_loss is None and task == "regression":
+        _, champion_losses = _losses(champ_all, task)
+        reference_loss = float(champion_losses.mean()) if len(champion_losses) else None
+    configured = policy or CanaryPolicy()
+    policy = configured.resolved(task, reference_loss)
     reasons: list[str] = []
     failed: list[str] = []
     guardrails: dict[str, Any] = {}
@@ -180,21 +285,22 @@ def analyse(window: pd.DataFrame, since_deploy: pd.DataFrame, *, champion: str, 
         reasons.append(f"window has {len(can_w)} canary / {len(champ_w)} champion requests "
                        f"(< {policy.min_requests} each): guardrails wait")
 
-    def labelled_loss(arm: pd.DataFrame) -> np.ndarray:
-        rows = arm[(arm["status"] == "ok") & arm["label"].notna()]
-        return log_loss_per_row(rows["score"].to_numpy(float), rows["label"].to_numpy(float))
-
     if paired is not None and len(paired) >= 2:
         test, n_labels, design = msprt_interval(paired, None, policy.alpha, policy.tau), len(paired), "paired"
     else:
-        loss_c, loss_b = labelled_loss(can_all), labelled_loss(champ_all)
+        loss_c, loss_b = _losses(can_all, task)[1], _losses(champ_all, task)[1]
         test, design = msprt_interval(loss_c, loss_b, policy.alpha, policy.tau), "unpaired"
         n_labels = min(len(loss_c), len(loss_b))
-    labelled = {"labels": n_labels, "design": design, "metric": "log_loss (canary - champion)",
+    loss_name = LOSS_NAMES[task]
+    labelled = {"labels": n_labels, "design": design, "metric": f"{loss_name} (canary - champion)",
                 "test": "mSPRT (always-valid)", "margin": policy.margin, "interval": test}
+    if task != "binary":
+        labelled |= {"task": task, "reference_loss": reference_loss}
+    if task == "regression":
+        labelled["margin_relative"] = configured.margin
 
     if test is not None and test["lower"] > 0 and n_labels >= policy.min_labels // 3:
-        failed.append(f"canary log loss higher than champion by {test['diff']:.4f} "
+        failed.append(f"canary {loss_name.replace('_', ' ')} higher than champion by {test['diff']:.4f} "
                       f"(always-valid interval [{test['lower']:.4f}, {test['upper']:.4f}], {design})")
     if failed:
         decision = ROLLBACK
@@ -203,21 +309,27 @@ def analyse(window: pd.DataFrame, since_deploy: pd.DataFrame, *, champion: str, 
           and enough and not guardrails["score_psi"]["held"]):
         decision = PROMOTE
         reasons.append(f"canary non-inferior: loss difference {test['diff']:+.4f}, upper bound "
-                       f"{test['upper']:.4f} < margin {policy.margin} on {n_labels} labelled requests ({design})")
+                       f"{test['upper']:.4f} < margin {policy.margin:.4g} on {n_labels} labelled requests ({design})")
     else:
         decision = CONTINUE
         if test is None or n_labels < policy.min_labels:
             reasons.append(f"{n_labels} labelled requests ({design}) < {policy.min_labels}")
         elif test["upper"] >= policy.margin:
-            reasons.append(f"not yet shown non-inferior: upper bound {test['upper']:.4f} >= margin {policy.margin}")
+            reasons.append(f"not yet shown non-inferior: upper bound {test['upper']:.4f} >= margin {policy.margin:.4g}")
         if enough and guardrails["score_psi"]["held"]:
             reasons.append(f"score distributions differ (PSI {guardrails['score_psi']['value']:.3f})")
     return json_safe({
         "decision": decision, "reasons": reasons, "champion_version": str(champion), "canary_version": str(canary),
-        "policy": asdict(policy), "guardrails": guardrails, "labelled": labelled,
-        "window": {"champion": arm_summary(champ_w), "canary": arm_summary(can_w)},
-        "since_deploy": {"champion": arm_summary(champ_all), "canary": arm_summary(can_all)},
-    })
+        "policy": asdict(configured), "guardrails": guardrails, "labelled": labelled,
+        "window": {"champion": arm_summary(champ_w, task), "canary": arm_summary(can_w, task)},
+        "since_deploy": {"champion": arm_summary(champ_all, task), "canary": arm_summary(can_all, task)},
+    } | ({"task": task} if task != "binary" else {}))
+
+
+def _losses(arm: pd.DataFrame, task: str) -> tuple[int, np.ndarray]:
+    """(labelled requests, their per-row losses) of an arm's logged outputs."""
+    output, label = _labelled_output(arm, task)
+    return len(label), loss_per_row(task, output, label) if len(label) else output[:0].ravel()
 
 
 def _z(alpha: float) -> float:

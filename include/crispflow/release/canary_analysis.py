@@ -1,13 +1,18 @@
 """Settle a live canary: read its traffic from the prediction store, re-score the labelled requests with both
 hash-checked models, judge it (`crispflow.release.canary.analyse`), store the report, and act on the decision:
 promote the canary, roll it back (both through the promotion ledger), or let it run on.
+
+The task comes from the versions' tags (`crispflow.task`, `crispflow.classes`; untagged versions are binary):
+both models' outputs are `crispflow.model.tasks.model_output` of the logged features, and the paired loss is the
+task's (`crispflow.release.canary`). A canary of another task (or other classes) than its champion cannot be
+compared: GateMisconfigured, nothing moves.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +23,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from mlflow import MlflowClient
 
+    from crispflow.model.registry import VersionTask
     from crispflow.release.promotion import Ledger
 
 log = logging.getLogger(__name__)
@@ -25,7 +31,8 @@ NEVER = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def settle_canary(mlf: MlflowClient, ledger: Ledger, model: str, root: Any, *, start: datetime, end: datetime,
-                  policy: Mapping[str, Any] | None, move_key: str, run_key: str) -> dict[str, Any]:
+                  policy: Mapping[str, Any] | None, move_key: str, run_key: str,
+                  trusted: Sequence[str] = ()) -> dict[str, Any]:
     """Judge the canary of `model` against its champion and act on it, once per `move_key`.
 
     Guardrails use [start, end); labelled evidence uses everything since the canary was deployed. The report
@@ -36,8 +43,10 @@ def settle_canary(mlf: MlflowClient, ledger: Ledger, model: str, root: Any, *, s
 
     :param root: the prediction store's root (a path-like: local path, UPath or ObjectStoragePath)
     :param policy: overrides of `CanaryPolicy` fields
+    :param trusted: module prefixes the models' files may hold classes of besides sklearn's (the spec's
+        `training.allowed_estimators`)
     """
-    from crispflow.model.registry import load_verified
+    from crispflow.model.registry import load_files, task_of, verified_copy
     from crispflow.predictions.reader import read_predictions
     from crispflow.release.canary import PROMOTE, ROLLBACK, CanaryPolicy, analyse, paired_from_log
 
@@ -51,10 +60,14 @@ def settle_canary(mlf: MlflowClient, ledger: Ledger, model: str, root: Any, *, s
     deployed = deployed_at(ledger, model, canary)
     since = read_predictions(root, model, min(deployed, start), end)
     live = since[since["ts"] >= deployed]
-    models = {v: load_verified(mlf, model, v) for v in (champion, canary)}  # hash-checked
-    paired = paired_from_log(live, lambda v, x: _score(models[v], x), champion=champion, canary=canary)
+    versions = {v: mlf.get_model_version(model, v) for v in (champion, canary)}
+    task = same_task(model, {v: task_of(mv.tags or {}) for v, mv in versions.items()})
+    models = {v: load_files(verified_copy(mv, trusted=trusted), trusted=trusted)  # hash-checked
+              for v, mv in versions.items()}
+    paired = paired_from_log(live, lambda v, x: _score(models[v], x, task), champion=champion, canary=canary,
+                             task=task.task)
     report = analyse(since[since["ts"] >= start], live, champion=champion, canary=canary,
-                     policy=CanaryPolicy(**dict(policy or {})), paired=paired)
+                     policy=CanaryPolicy(**dict(policy or {})), paired=paired, task=task.task)
     report["interval"] = {"start": start.isoformat(), "end": end.isoformat(), "deployed_at": deployed.isoformat()}
     where = store_report(mlf, root, model, canary, run_key, report)
     reason = "; ".join(report["reasons"])
@@ -89,7 +102,23 @@ def store_report(mlf: MlflowClient, root: Any, model: str, canary: str, run_key:
     return display_path(path)
 
 
-def _score(model: Any, features: pd.DataFrame) -> np.ndarray:
-    """Positive-class scores of logged features (only the columns the model was fitted on, e.g. no entity key)."""
+def same_task(model: str, tasks: Mapping[str, VersionTask]) -> VersionTask:
+    """The one task of the compared versions; GateMisconfigured naming them if they differ."""
+    from crispflow.errors import GateMisconfigured
+
+    found = set(tasks.values())
+    if len(found) != 1:
+        described = ", ".join(f"v{v}: {t.task}{' ' + str(list(t.class_labels)) if t.class_labels else ''}"
+                              for v, t in tasks.items())
+        raise GateMisconfigured(f"{model}: the canary and the champion predict different things ({described}): "
+                                "their losses cannot be compared; roll the canary back by hand")
+    return found.pop()
+
+
+def _score(model: Any, features: pd.DataFrame, task: VersionTask) -> np.ndarray:
+    """The model's output for logged features in the task's convention (only the columns the model was fitted
+    on, e.g. no entity key)."""
+    from crispflow.model.tasks import model_output
+
     columns = getattr(model, "feature_names_in_", None)
-    return model.predict_proba(features[list(columns)] if columns is not None else features)[:, 1]
+    return model_output(task, model, features[list(columns)] if columns is not None else features)

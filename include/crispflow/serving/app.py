@@ -1,15 +1,21 @@
-"""The model server's HTTP API (FastAPI): predict, feedback, health, readiness, metrics and a description.
+"""The model server's HTTP API (FastAPI): predict, feedback and describe per model, the same routes for the default
+model, a model listing, health, readiness and metrics.
 
-`create_app(ServeConfig(model=...))` builds the app; `crispflow serve` runs it with uvicorn. Handlers are thin:
-the body is read (bounded) on the event loop, then /predict goes to the scoring thread (batcher.py) and the
-work is done by `ModelServer` (server.py); its typed errors become 4xx/5xx problem responses here."""
+Routes: `POST /models/{name}/predict`, `POST /models/{name}/feedback`, `GET /models/{name}` (describe),
+`GET /models` (every served model, its state and routes); `POST /predict`, `POST /feedback`, `GET /model` for
+the default model (fleet.py: `--model`, else the only model; several models and no default → 404 naming the
+per-model routes); `GET /health`, `GET /ready`, `GET /metrics`, `GET /` (the listing).
+
+`create_app(ServeConfig(...))` builds the app; `crispflow serve` runs it with uvicorn. Handlers are thin: the body
+is read (bounded) on the event loop, then /predict goes to the model's scoring thread (batcher.py) and the work is
+done by its `ModelServer` (server.py); typed errors become 4xx/5xx problem responses here."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -17,8 +23,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from crispflow.serving.fleet import Fleet, NoDefaultModel, UnknownModel
 from crispflow.serving.metrics import CONTENT_TYPE
-from crispflow.serving.server import ModelFailure, ModelServer, NotReady
+from crispflow.serving.server import LogFactory, ModelFailure, ModelServer, NotReady
 from crispflow.serving.validation import PayloadError, check_content_type, problem
 
 if TYPE_CHECKING:
@@ -52,83 +59,134 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(config: ServeConfig, *, prediction_log: Any | None = None,
+def create_app(config: ServeConfig, *, prediction_log: LogFactory | None = None,
                client: Callable[[], MlflowClient] | None = None) -> FastAPI:
-    """The server app. `prediction_log` (anything with the PredictionLog interface) replaces the one built from
-    `config.predictions_url`; `client` builds the MLflow client (default: `registry.client(tracking_uri)`)."""
-    server = ModelServer(config, prediction_log=prediction_log, client=client)
-    metrics = server.metrics
+    """The server app. `prediction_log` builds a model's prediction log from its name (anything with the
+    PredictionLog interface; default: a `PredictionLog` under `config.predictions_url`); `client` builds the
+    MLflow client (default: `registry.client(tracking_uri)`)."""
+    fleet = Fleet(config, log_factory=prediction_log, client=client)
+    metrics = fleet.metrics
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await run_in_threadpool(server.start)
+        fleet.start()
+        app.state.serving = True
         try:
             yield
         finally:
-            await run_in_threadpool(server.close)
+            app.state.serving = False
+            await run_in_threadpool(fleet.close)
 
-    app = FastAPI(title=f"crispflow model server: {config.model}", lifespan=lifespan, docs_url=None,
-                  redoc_url=None, openapi_url=None)
-    app.state.server = server
+    app = FastAPI(title="crispflow model server", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.fleet = fleet
+    app.state.serving = False
 
-    def answer(endpoint: str, status: int, payload: Any) -> Response:
-        metrics.requests.labels(endpoint, str(status)).inc()
+    def answer(model: str, endpoint: str, status: int, payload: Any) -> Response:
+        metrics.requests.labels(model, endpoint, str(status)).inc()
         return _json(status, payload)
 
-    def refused(endpoint: str, exc: PayloadError) -> Response:
-        metrics.validation_failures.labels(exc.details[0]["rule"] if exc.details else "unknown").inc()
-        return answer(endpoint, exc.status, {"detail": exc.details})
+    def failure(model: str, endpoint: str, exc: Exception) -> Response:
+        """The problem response of a typed error (anything else is a bug: re-raised, answered 500 below)."""
+        if isinstance(exc, PayloadError):
+            metrics.validation_failures.labels(model, exc.details[0]["rule"] if exc.details else "unknown").inc()
+            return answer(model, endpoint, exc.status, {"detail": exc.details})
+        if isinstance(exc, UnknownModel | NoDefaultModel):
+            return answer("", endpoint, 404, {"detail": [problem(None, "model", "model", str(exc))]})
+        if isinstance(exc, NotReady):
+            return answer(model, endpoint, 503, {"detail": [problem(None, None, "not_ready", str(exc))]})
+        if isinstance(exc, ModelFailure):
+            return answer(model, endpoint, 500, {"detail": [{**problem(None, None, "model_error", str(exc)),
+                                                             "request_ids": exc.request_ids}]})
+        raise exc
 
-    @app.post("/predict")
-    async def predict(request: Request) -> Response:
+    async def pick(name: str | None) -> ModelServer:
+        """The model of a route (None: the default), loaded; loading an idle model happens off the event loop."""
+        found = fleet.default(load=False) if name is None else fleet.get(name, load=False)
+        if found is not None:
+            return found
+        if name is None:
+            return await run_in_threadpool(fleet.default)
+        return await run_in_threadpool(fleet.get, name)
+
+    def label(name: str | None) -> str:
+        """The `model` label of a request: only names the server serves (a URL must not mint series)."""
+        if name is None:
+            return fleet.default_name() or ""
+        return name if fleet.known(name) else ""
+
+    async def predict(request: Request, name: str | None) -> Response:
         try:
+            server = await pick(name)
             check_content_type(request.headers.get("content-type"))
             body = await _read_body(request, config.max_body_bytes)
-            if server.batcher.running:
-                result = await asyncio.wrap_future(server.batcher.submit(body))
-            else:  # the app runs without its lifespan (no scoring thread): score in the threadpool
+            future = server.submit(body) if app.state.serving else None
+            if future is not None:
+                result = await asyncio.wrap_future(future)
+            else:  # no lifespan (or shutting down): score in the threadpool
                 result = await run_in_threadpool(server.predict, body)
-        except PayloadError as exc:
-            return refused("predict", exc)
-        except NotReady as exc:
-            return answer("predict", 503, {"detail": [problem(None, None, "not_ready", str(exc))]})
-        except ModelFailure as exc:
-            return answer("predict", 500, {"detail": [{**problem(None, None, "model_error", str(exc)),
-                                                       "request_ids": exc.request_ids}]})
-        return answer("predict", 200, result)
+        except (PayloadError, UnknownModel, NoDefaultModel, NotReady, ModelFailure) as exc:
+            return failure(label(name), "predict", exc)
+        return answer(server.name, "predict", 200, result)
 
-    @app.post("/feedback")
-    async def feedback(request: Request) -> Response:
+    async def feedback(request: Request, name: str | None) -> Response:
         try:
+            server = await pick(name)
             check_content_type(request.headers.get("content-type"))
             body = await _read_body(request, config.max_body_bytes)
             accepted = await run_in_threadpool(server.feedback, body)
-        except PayloadError as exc:
-            return refused("feedback", exc)
-        except NotReady as exc:
-            return answer("feedback", 503, {"detail": [problem(None, None, "not_ready", str(exc))]})
-        return answer("feedback", 202, {"accepted": accepted})
+        except (PayloadError, UnknownModel, NoDefaultModel, NotReady) as exc:
+            return failure(label(name), "feedback", exc)
+        return answer(server.name, "feedback", 202, {"accepted": accepted})
+
+    async def describe(name: str | None) -> Response:
+        try:
+            server = await pick(name)
+        except (UnknownModel, NoDefaultModel, NotReady) as exc:
+            return failure(label(name), "describe", exc)
+        return _json(200, server.describe())
+
+    def route(handler: Callable[..., Awaitable[Response]]) -> tuple[Any, Any]:
+        async def default(request: Request) -> Response:
+            return await handler(request, None)
+
+        async def named(name: str, request: Request) -> Response:
+            return await handler(request, name)
+
+        return default, named
+
+    default_predict, named_predict = route(predict)
+    default_feedback, named_feedback = route(feedback)
+    app.post("/predict")(default_predict)
+    app.post("/models/{name}/predict")(named_predict)
+    app.post("/feedback")(default_feedback)
+    app.post("/models/{name}/feedback")(named_feedback)
+
+    @app.get("/model")
+    async def describe_default() -> Response:
+        return await describe(None)
+
+    @app.get("/models/{name}")
+    async def describe_named(name: str) -> Response:
+        return await describe(name)
+
+    @app.get("/")
+    @app.get("/models")
+    def listing() -> Response:
+        return _json(200, fleet.listing())
 
     @app.get("/health")
     def health() -> Response:
-        return answer("health", 200, {"status": "ok"})
+        return answer("", "health", 200, {"status": "ok"})
 
     @app.get("/ready")
     def ready() -> Response:
-        snap = server.store.snapshot
-        if snap.champion is None:
-            return answer("ready", 503, {"ready": False, "reason": snap.not_ready or "no champion loaded"})
-        return answer("ready", 200, {"ready": True, "model": config.model, "champion": snap.champion.version,
-                                     "aliases": {a: m.version for a, m in snap.arms.items()}})
+        ok, body = fleet.readiness()
+        return answer("", "ready", 200 if ok else 503, body)
 
     @app.get("/metrics")
     def prometheus() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
-
-    @app.get("/")
-    @app.get("/model")
-    def describe() -> Response:
-        return _json(200, server.describe())
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> Response:

@@ -2,8 +2,16 @@
 
 Layout under the lake root (one folder per dataset version and model version, so outputs never mix):
     scores/<pipeline>/<dataset_version_id>/v<model_version>/_plan.json        the partitions (first plan wins)
-    scores/<pipeline>/<dataset_version_id>/v<model_version>/part-<index>.parquet   key, _row, score, prediction
+    scores/<pipeline>/<dataset_version_id>/v<model_version>/part-<index>.parquet   key, _row, the task's columns
     scores/<pipeline>/<dataset_version_id>/v<model_version>/_SUCCESS          the manifest: written last
+
+The columns follow the version's task (tag `crispflow.task`; untagged versions are binary), see `output_columns`:
+- binary: `score` (P(positive)) and `prediction` (score >= the version's `crispflow.threshold`);
+- regression: `prediction` and its conformal interval `interval_low`, `interval_high` (prediction -/+ the
+  halfwidth of the version's `crispflow.interval` tag, at its coverage; null for a version without the tag,
+  as the model server serves it);
+- multiclass: `prediction` (the predicted class label, as text) and `proba.<class>` per class (class order of the
+  version's `crispflow.classes` tag).
 
 - `plan_partitions` reads only the Parquet footer: partitions are contiguous row ranges aligned to row groups
   (a row group larger than a partition is split into even offset ranges). The plan is created exclusively, so
@@ -23,8 +31,8 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any
@@ -32,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from crispflow.data.datasets import read_manifest
 from crispflow.errors import CrispflowError, LakeError
 from crispflow.lake import Lake, PathLike, canonical_json, create_exclusive, read_json
+from crispflow.model.registry import INTERVAL_TAG, THRESHOLD_TAG, VersionTask, task_of
 from crispflow.native_threads import thread_limit
 
 if TYPE_CHECKING:
@@ -49,6 +58,8 @@ SUCCESS = "_SUCCESS"
 ROW = "_row"
 SCORE = "score"
 PREDICTION = "prediction"
+INTERVAL_LOW, INTERVAL_HIGH = "interval_low", "interval_high"
+PROBA_PREFIX = "proba."
 _META = b"crispflow.partition"
 
 
@@ -58,21 +69,48 @@ class ScoringError(CrispflowError):
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A registry model version pinned for one scoring run (an alias may move while the run is going)."""
+    """A registry model version pinned for one scoring run (an alias may move while the run is going).
+
+    `threshold`: binary only; `classes`: multiclass only; `interval`: regression only, the version's
+    `crispflow.interval` tag ({"coverage", "halfwidth", "method"}).
+    """
 
     name: str
     version: str
     alias: str
     artifact_sha256: str
     run_id: str
-    threshold: float
+    threshold: float | None
+    task: str = "binary"
+    classes: tuple[str, ...] = ()
+    interval: dict[str, Any] | None = field(default=None, hash=False, compare=True)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["classes"] = list(self.classes)
+        if self.task == "binary":  # a binary pin is what it was before tasks existed (same plans, same bytes)
+            for name in ("task", "classes", "interval"):
+                data.pop(name)
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ModelRef:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        values = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        values["classes"] = tuple(values.get("classes") or ())
+        return cls(**values)
+
+    @property
+    def task_view(self) -> VersionTask:
+        return VersionTask(self.task, self.classes)
+
+
+def output_columns(key: str, model: ModelRef) -> list[str]:
+    """The columns of a scored part, in order (see the module docstring)."""
+    if model.task == "regression":
+        return [key, ROW, PREDICTION, INTERVAL_LOW, INTERVAL_HIGH]
+    if model.task == "multiclass":
+        return [key, ROW, PREDICTION, *(PROBA_PREFIX + c for c in model.classes)]
+    return [key, ROW, SCORE, PREDICTION]
 
 
 # --- where things are ------------------------------------------------------------------------------------
@@ -97,7 +135,8 @@ def newest_version(lake: Lake, pipeline: str) -> str:
 
 
 def resolve_model(mlf: MlflowClient, pipeline: str, alias: str) -> ModelRef:
-    """Pin the complete version an alias points at now (its artifact hash and decision threshold recorded)."""
+    """Pin the complete version an alias points at now: its artifact hash and task, and what its outputs need
+    (binary: the decision threshold; multiclass: the classes; regression: the conformal interval)."""
     from crispflow.model import registry
 
     name = registry.model_name(pipeline)
@@ -107,24 +146,48 @@ def resolve_model(mlf: MlflowClient, pipeline: str, alias: str) -> ModelRef:
     sha = mv.tags.get(registry.SHA_TAG)
     if not sha:
         raise ScoringError(f"alias: {name} v{mv.version} ({alias}) has no recorded artifact hash: not scoring with it")
-    raw = mv.tags.get("crispflow.threshold")
     try:
-        threshold = float(raw)
-    except (TypeError, ValueError):
-        raise ScoringError(f"alias: {name} v{mv.version} has no valid crispflow.threshold tag ({raw!r})") from None
-    return ModelRef(name, str(mv.version), alias, sha, str(mv.run_id), threshold)
+        task = task_of(mv.tags)
+    except ScoringError as exc:
+        raise ScoringError(f"alias: {name} v{mv.version}: {exc}") from None
+    threshold = interval = None
+    if task.task == "binary":
+        raw = mv.tags.get(THRESHOLD_TAG)
+        try:
+            threshold = float(raw)
+        except (TypeError, ValueError):
+            raise ScoringError(f"alias: {name} v{mv.version} has no valid {THRESHOLD_TAG} tag ({raw!r})") from None
+    if task.task == "regression" and mv.tags.get(INTERVAL_TAG) is not None:
+        interval = _interval(mv.tags[INTERVAL_TAG], f"alias: {name} v{mv.version}")
+    return ModelRef(name, str(mv.version), alias, sha, str(mv.run_id), threshold, task.task, task.class_labels,
+                    interval)
 
 
-def load_model(mlf: MlflowClient, model: ModelRef) -> Any:
+def _interval(raw: str | None, where: str) -> dict[str, Any]:
+    """The `crispflow.interval` tag, checked: a finite halfwidth >= 0 and a coverage in (0, 1)."""
+    try:
+        data = json.loads(raw or "null")
+        halfwidth, coverage = float(data["halfwidth"]), float(data["coverage"])
+    except (ValueError, TypeError, KeyError):
+        raise ScoringError(f"{where}: {INTERVAL_TAG}: {raw!r} is not a JSON object with coverage and "
+                           "halfwidth") from None
+    if not (math.isfinite(halfwidth) and halfwidth >= 0 and 0 < coverage < 1):
+        raise ScoringError(f"{where}: {INTERVAL_TAG}: halfwidth {halfwidth} must be finite >= 0 and coverage "
+                           f"{coverage} in (0, 1)")
+    return {**data, "halfwidth": halfwidth, "coverage": coverage}
+
+
+def load_model(mlf: MlflowClient, model: ModelRef, trusted: Sequence[str] = ()) -> Any:
     """The pinned version from the registry, loaded only after its files match the recorded hash (one registry
-    call: with an authenticated MLflow server each one costs the server a password hash)."""
+    call: with an authenticated MLflow server each one costs the server a password hash). `trusted`: module
+    prefixes its file may hold classes of besides sklearn's (the spec's `training.allowed_estimators`)."""
     from crispflow.model import registry
 
     mv = mlf.get_model_version(model.name, model.version)
     if mv.tags.get(registry.SHA_TAG) != model.artifact_sha256:
         raise registry.RegistryError(f"{model.name} v{model.version}: recorded artifact hash changed since the "
                                      f"run was planned: refusing to load it")
-    return registry.load_files(registry.verified_copy(mv))
+    return registry.load_files(registry.verified_copy(mv, trusted=trusted), trusted=trusted)
 
 
 # --- Parquet access with bounded memory -------------------------------------------------------------------
@@ -217,6 +280,9 @@ def plan_partitions(lake: Lake, spec: PipelineSpec, dataset_version_id: str, mod
     """
     if not isinstance(partition_rows, int) or partition_rows < MIN_PARTITION_ROWS:
         raise ScoringError(f"partition_rows: must be a whole number >= {MIN_PARTITION_ROWS}, got {partition_rows!r}")
+    if spec.task != model.task:
+        raise ScoringError(f"model: {model.name} v{model.version} is a {model.task} model, the spec of "
+                           f"{spec.name!r} says task {spec.task!r}: not scoring with it")
     out = scores_dir(lake, spec.name, dataset_version_id, model.version)
     if (out / PLAN).exists():
         return {"plan": _checked_plan(read_json(out / PLAN), spec.name, dataset_version_id, model), "created": False}
@@ -294,8 +360,6 @@ def score_partition(lake: Lake, spec: PipelineSpec, plan: dict[str, Any], partit
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from crispflow.model.training import positive_proba
-
     index = partition.get("index")
     planned = next((p for p in plan["partitions"] if p["index"] == index), None)
     if planned is None or planned != {k: partition.get(k) for k in ("index", "start", "stop")}:
@@ -312,28 +376,27 @@ def score_partition(lake: Lake, spec: PipelineSpec, plan: dict[str, Any], partit
     columns = [spec.key, *spec.feature_columns]
     keys: list[Any] = []
     rows: list[Any] = []
-    scores: list[Any] = []
+    outputs: list[Any] = []
     pf, handle = _parquet(lake.root / plan["data"])
     with handle, thread_limit("CRISPFLOW_SCORE_THREADS", ScoringError):
         for first, batch in read_range(pf, planned["start"], planned["stop"], columns, chunk_rows):
-            frame = batch.to_pandas()
-            score = np.asarray(positive_proba(model, frame[spec.feature_columns]), dtype="float64")
-            bad = int((~np.isfinite(score)).sum())
+            output = _output(model_ref, model, batch.to_pandas()[spec.feature_columns])
+            bad = int((~np.isfinite(output).reshape(len(output), -1).all(axis=1)).sum())
             if bad:
                 raise ScoringError(f"partition {index}: {bad} rows from row {first} got no finite score")
             keys.append(batch.column(spec.key))
             rows.append(np.arange(first, first + batch.num_rows, dtype="int64"))
-            scores.append(score)
-    n = sum(len(s) for s in scores)
+            outputs.append(output)
+    n = sum(len(s) for s in outputs)
     if n != planned["stop"] - planned["start"]:
         raise ScoringError(f"partition {index}: read {n} rows, planned {planned['stop'] - planned['start']}")
-    score_all = np.concatenate(scores) if scores else np.empty(0, dtype="float64")
+    width = (len(model_ref.classes),) if model_ref.task == "multiclass" else ()
+    output_all = np.concatenate(outputs) if outputs else np.empty((0, *width), dtype="float64")
     key_type = pf.schema_arrow.field(spec.key).type
     table = pa.table({
         spec.key: pa.concat_arrays(keys) if keys else pa.array([], type=key_type),
         ROW: np.concatenate(rows) if rows else np.empty(0, dtype="int64"),
-        SCORE: score_all,
-        PREDICTION: score_all >= model_ref.threshold,
+        **_task_columns(model_ref, output_all),
     }).replace_schema_metadata({_META: canonical_json(expected)})
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
@@ -341,6 +404,38 @@ def score_partition(lake: Lake, spec: PipelineSpec, plan: dict[str, Any], partit
     if not created:  # a concurrent duplicate won: its file must be the same partition
         _check_part(target, expected)
     return {"index": index, "rows": n, "file": lake.relative(target), "created": created}
+
+
+def _output(model_ref: ModelRef, model: Any, x: Any) -> Any:
+    """The model's output for `x` in the task's convention (`crispflow.model.tasks.model_output`)."""
+    import numpy as np
+
+    if model_ref.task == "binary":  # the same call as training and serving (bit-identical scores)
+        from crispflow.model.training import positive_proba
+
+        return np.asarray(positive_proba(model, x), dtype="float64")
+    from crispflow.model.tasks import model_output
+
+    return model_output(model_ref.task_view, model, x)  # duck-typed: task and class_labels, as a spec has
+
+
+def _task_columns(model_ref: ModelRef, output: Any) -> dict[str, Any]:
+    """The task's output columns of a part (see the module docstring), in `output_columns` order."""
+    import numpy as np
+    import pyarrow as pa
+
+    if model_ref.task == "binary":
+        return {SCORE: output, PREDICTION: output >= model_ref.threshold}
+    if model_ref.task == "regression":
+        if model_ref.interval is None:
+            empty = pa.nulls(len(output), type=pa.float64())
+            return {PREDICTION: output, INTERVAL_LOW: empty, INTERVAL_HIGH: empty}
+        half = float(model_ref.interval["halfwidth"])
+        return {PREDICTION: output, INTERVAL_LOW: output - half, INTERVAL_HIGH: output + half}
+    labels = np.array(model_ref.classes, dtype=object)
+    predicted = labels[np.argmax(output, axis=1)] if len(output) else labels[:0]
+    return {PREDICTION: pa.array(predicted.tolist(), type=pa.string()),
+            **{PROBA_PREFIX + c: output[:, i] for i, c in enumerate(model_ref.classes)}}
 
 
 # --- commit -------------------------------------------------------------------------------------------------
@@ -378,7 +473,7 @@ def commit(lake: Lake, output: str, run: dict[str, Any],
         "dataset_content_sha256": plan["content_sha256"], "data": plan["data"],
         "model": model.to_json(), "rows": {"in": plan["rows"], "scored": scored},
         "partitions": parts, "partition_rows": plan["partition_rows"],
-        "columns": [plan["key"], ROW, SCORE, PREDICTION],
+        "columns": output_columns(plan["key"], model),
         "committed_by": {**run, "at": datetime.now(UTC).isoformat()},
     }
     if not create_exclusive(out / SUCCESS, canonical_json(manifest)):

@@ -5,7 +5,6 @@ requests per second; an idle one scores a request at once (no timer)."""
 from __future__ import annotations
 
 import logging
-import math
 import os
 import queue
 import threading
@@ -37,7 +36,7 @@ def request_ids(n: int) -> list[str]:
 
 @dataclass(slots=True)
 class PreparedRequest:
-    """One parsed, validated /predict request waiting for its scores (filled in by `score_parts`)."""
+    """One parsed, validated /predict request waiting for its outputs (filled in by `score_parts`)."""
 
     slot: int
     records: list[dict[str, Any]]
@@ -48,18 +47,24 @@ class PreparedRequest:
     allowed: tuple[str, ...]
     start: float
     ts: datetime
-    scores: list[float]
+    scores: list[Any]  # per record: the model's output (see `LoadedModel.rows`)
 
 
 def score_parts(model: LoadedModel, parts: list[tuple[PreparedRequest, list[int]]]) -> None:
-    """One `predict_proba` over the given records of several requests; scores written back to each request."""
+    """One model call over the given records of several requests; each record's output (a float, or the class
+    probabilities of a multiclass model) written back to its request."""
     if len(parts) == 1 and len(parts[0][1]) == len(parts[0][0].records):
         records = parts[0][0].records
     else:
         records = [p.records[i] for p, index in parts for i in index]
-    values = model.score(model.schema.frame(records)).tolist()
-    if not all(map(math.isfinite, values)):
-        raise ValueError("the model returned a non-finite probability")
+    import numpy as np
+
+    out = model.output(model.schema.frame(records))
+    if len(out) != len(records):
+        raise ValueError(f"the model returned {len(out)} outputs for {len(records)} records")
+    if not np.isfinite(out).all():
+        raise ValueError("the model returned a non-finite output")
+    values = out.tolist()
     position = 0
     for p, index in parts:
         for i in index:

@@ -1,9 +1,11 @@
 """`crispflow serve`: run the model server in the foreground (uvicorn, one worker, no reload).
 
-The model defaults to `CRISPFLOW_SERVE_MODEL`, else to the model of the only pipeline spec in the pipelines
-folder. The server starts without a registered model (/health 200, /ready 503) and picks the champion up when
-it appears. SIGTERM or Ctrl-C: uvicorn stops accepting, finishes in-flight requests, then the app's lifespan
-shutdown flushes the prediction log.
+The server serves every crispflow model of the registry (`--only` narrows it by name patterns) and loads models
+as they appear. The default model of the single-model routes (/predict, /feedback, /model) is `--model`, else
+`CRISPFLOW_SERVE_MODEL`, else the model of the only pipeline spec in the pipelines folder, else (several specs)
+the only registered model when there is exactly one. The server starts without any registered model (/health
+200, /ready 503) and picks champions up when they appear. SIGTERM or Ctrl-C: uvicorn stops accepting, finishes
+in-flight requests, then the app's lifespan shutdown flushes the prediction logs.
 """
 
 from __future__ import annotations
@@ -43,8 +45,15 @@ def _positive_int(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help=f"registered model name (default: ${MODEL_ENV}, else the model of the only "
-                                        "pipeline spec)")
+    parser.add_argument("--model", help=f"the default model of /predict, /feedback and /model (default: ${MODEL_ENV}, "
+                                        "else the model of the only pipeline spec, else the only registered model); "
+                                        "every crispflow model is served under /models/{name}/ either way")
+    parser.add_argument("--only", action="append", default=[], metavar="PATTERN",
+                        help="serve only the models whose name matches this fnmatch pattern (repeatable; "
+                             "default: every crispflow model)")
+    parser.add_argument("--max-models", type=_positive_int, default=32,
+                        help="models kept loaded at once; the least recently requested is unloaded beyond it "
+                             "(default 32)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default CRISPFLOW_SERVE_PORT or 8000)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default MLFLOW_TRACKING_URI)")
@@ -58,36 +67,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="most records per /predict request (default 1000)")
 
 
-def default_model(settings: Settings) -> str:
-    """$CRISPFLOW_SERVE_MODEL, else `crispflow-<name>` of the only spec in the pipelines folder."""
+def default_model(settings: Settings) -> str | None:
+    """$CRISPFLOW_SERVE_MODEL, else `crispflow-<name>` of the only spec in the pipelines folder, else None (the
+    server then defaults to the only registered model, if there is exactly one)."""
     from crispflow.model.registry import model_name
 
     if env := os.environ.get(MODEL_ENV, "").strip():
         return env
     specs = sorted(settings.pipelines_dir.glob("*.yaml"))
-    if len(specs) != 1:
-        raise CrispflowError(f"--model: not given, ${MODEL_ENV} is unset and {settings.pipelines_dir} holds "
-                             f"{len(specs)} pipeline specs (need exactly one to choose by default)")
-    return model_name(specs[0].stem)
+    return model_name(specs[0].stem) if len(specs) == 1 else None
 
 
-def feedback_labels(settings: Settings, model: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The target values of the spec behind `model` (e.g. "bad" → 1, "good" → 0), so /feedback accepts them."""
+def pipeline_options(settings: Settings) -> tuple[dict[str, tuple[tuple[str, ...], tuple[str, ...]]],
+                                                  dict[str, tuple[str, ...]]]:
+    """What the specs in the pipelines folder tell the server, per model: the (positive, negative) target values
+    of a binary spec (e.g. "bad" → 1, "good" → 0), so its /feedback accepts them, and the module prefixes its
+    artifact may hold (`training.allowed_estimators`). Specs that do not load are skipped (the server needs none)."""
     from crispflow.model.registry import model_name
     from crispflow.spec import load_spec_file
 
+    labels: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+    trusted: dict[str, tuple[str, ...]] = {}
     for path in sorted(settings.pipelines_dir.glob("*.yaml")):
-        if model_name(path.stem) != model:
-            continue
         try:
             spec = load_spec_file(path)
         except CrispflowError:
-            return (), ()
+            continue
+        name = model_name(path.stem)
+        allowed_estimators = tuple(getattr(spec.training, "allowed_estimators", None) or ())
+        if allowed_estimators:
+            trusted[name] = allowed_estimators
+        if getattr(spec, "task", "binary") != "binary":
+            continue
         positive = str(spec.target.positive)
         column = next((c for c in spec.columns if c.name == spec.target.column), None)
         allowed = [str(v) for v in (getattr(column, "allowed", None) or [])]
-        return (positive,), tuple(v for v in allowed if v != positive)
-    return (), ()
+        labels[name] = ((positive,), tuple(v for v in allowed if v != positive))
+    return labels, trusted
+
+
+def target_values(settings: Settings) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """Per model of a binary spec: its (positive, negative) target values (see `pipeline_options`)."""
+    return pipeline_options(settings)[0]
+
+
+def feedback_labels(settings: Settings, model: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The target values of the binary spec behind `model`, or ((), ()) when there is none."""
+    return target_values(settings).get(model, ((), ()))
 
 
 def build_config(args: argparse.Namespace, settings: Settings) -> ServeConfig:
@@ -95,11 +121,14 @@ def build_config(args: argparse.Namespace, settings: Settings) -> ServeConfig:
 
     model = args.model or default_model(settings)
     predictions = args.predictions_url or settings.predictions_url
-    positive, negative = feedback_labels(settings, model)
+    labels, trusted = pipeline_options(settings)
+    positive, negative = labels.get(model, ((), ())) if model else ((), ())
     return ServeConfig(model=model, tracking_uri=args.tracking_uri or settings.mlflow_tracking_uri,
                        predictions_url=None if predictions.lower() == "none" else predictions,
                        poll_interval=args.poll_interval, max_body_bytes=args.max_body_bytes,
-                       max_records=args.max_records, positive_labels=positive, negative_labels=negative)
+                       max_records=args.max_records, positive_labels=positive, negative_labels=negative,
+                       only=tuple(args.only), max_models=args.max_models, feedback_labels=labels,
+                       trusted=trusted)
 
 
 def _without_credentials(url: str) -> str:
@@ -120,7 +149,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     config = build_config(args, settings)
     port = args.port or settings.serve_port
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("crispflow.serving").info("serving %s on http://%s:%s (registry %s)", config.model,
+    served = "every crispflow model" + (f" matching {', '.join(config.only)}" if config.only else "")
+    default = f"default {config.model}" if config.model else "no default model unless exactly one is registered"
+    logging.getLogger("crispflow.serving").info("serving %s (%s) on http://%s:%s (registry %s)", served, default,
                                                 args.host, port, _without_credentials(config.tracking_uri or ""))
     uvicorn.run(create_app(config), host=args.host, port=port, workers=1, log_level="warning", access_log=False,
                 timeout_graceful_shutdown=30)

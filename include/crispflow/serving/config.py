@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from crispflow.errors import CrispflowError
@@ -14,9 +15,16 @@ class ServeConfigError(CrispflowError):
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """Everything the server needs. `predictions_url` None or "" disables the prediction log (and /feedback)."""
+    """Everything the server needs. `predictions_url` None or "" disables the prediction log (and /feedback).
 
-    model: str
+    The server serves every crispflow model of the registry (registered-model tag `crispflow.pipeline`, or a name
+    `crispflow-<pipeline>` of models registered before the tag existed) whose name matches one of `only` (fnmatch
+    patterns; empty: all), plus `model`. `model` is the default model of the single-model routes (/predict,
+    /feedback, /model); without it, the only served model is the default when there is exactly one.
+    At most `max_models` models are kept loaded: the least recently requested one is unloaded to make room and
+    loaded again on its next request."""
+
+    model: str | None = None
     tracking_uri: str | None = None
     predictions_url: str | None = None
     poll_interval: float = 2.0
@@ -30,15 +38,26 @@ class ServeConfig:
     log_flush_interval: float = 1.0
     close_timeout: float = 30.0  # seconds the prediction log may take to flush at shutdown
     batch_requests: int = 64  # most /predict requests scored together (micro-batching); 1 turns batching off
+    discover: bool = True  # False: serve `model` only
+    only: tuple[str, ...] = ()  # fnmatch patterns of the model names to serve (empty: every crispflow model)
+    max_models: int = 32  # models kept loaded at once (least recently requested unloaded first)
+    # per model: (positive, negative) target values of a binary pipeline, e.g. ("bad",), ("good",)
+    feedback_labels: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=dict)
+    # per model: module prefixes its artifact may hold classes of (the spec's training.allowed_estimators)
+    trusted: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.model, str) or not self.model.strip():
-            raise ServeConfigError(f"model: must be a registered model name, got {self.model!r}")
+        if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
+            raise ServeConfigError(f"model: must be a registered model name or None, got {self.model!r}")
+        if not self.discover and self.model is None:
+            raise ServeConfigError("discover: False needs a model to serve (model is None)")
+        if isinstance(self.only, str) or not all(isinstance(p, str) and p for p in self.only):
+            raise ServeConfigError(f"only: must be a tuple of non-empty name patterns, got {self.only!r}")
         for name in ("poll_interval", "refused_retry", "log_flush_interval", "close_timeout"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not value > 0:
                 raise ServeConfigError(f"{name}: must be a number > 0, got {value!r}")
-        for name in ("max_body_bytes", "max_records", "shadow_queue", "batch_requests"):
+        for name in ("max_body_bytes", "max_records", "shadow_queue", "batch_requests", "max_models"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ServeConfigError(f"{name}: must be an integer >= 1, got {value!r}")

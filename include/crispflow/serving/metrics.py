@@ -1,81 +1,141 @@
 """The model server's Prometheus metrics, in a registry of its own (one per app, so tests can run several).
 
-Per arm (`version`, `alias`): records scored, request latency and score distribution. Per kind: errors,
-validation failures (by rule), model reloads, refused loads (hash mismatch, bad metadata, unavailable registry).
-The prediction log's own counters (written, dropped, pending) are read at scrape time.
+Every per-model series carries a `model` label (the registered model name; "" on endpoints of no model such as
+/health). Per arm (`model`, `version`, `alias`): records scored, request latency and score distribution (binary
+P(positive), multiclass P(predicted class); regression predictions are not observed: their scale is the
+target's). Per model: validation failures (by rule), reloads, refused loads (hash mismatch, bad metadata,
+unavailable registry), feedback, served versions and readiness. Per kind: errors. The prediction logs' counters
+(written, dropped, pending) and the drift gauges of each model are read at scrape time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 SCORE_BUCKETS = tuple(round(i / 20, 2) for i in range(1, 21))
 
 
-class _PredictionLogCollector(Collector):
-    """Reads `written`, `dropped` and `pending` of the prediction log (or the shadow queue) when scraped."""
+LogStats = Callable[[], "Mapping[str, float] | Mapping[str, Mapping[str, float]] | None"]
 
-    def __init__(self, source: Callable[[], dict[str, float] | None]) -> None:
+
+class _PredictionLogCollector(Collector):
+    """Reads `written`, `dropped` and `pending` of the prediction logs when scraped: `source` returns one log's
+    counters, or counters per model (then each series has a `model` label)."""
+
+    def __init__(self, source: LogStats) -> None:
         self._source = source
 
     def collect(self) -> Iterator[Any]:
         values = self._source() or {}
+        per_model = {m: v for m, v in values.items() if isinstance(v, Mapping)}
+        single = {k: v for k, v in values.items() if not isinstance(v, Mapping)}
         for name, kind, text in (("written", "counter", "prediction rows written to the prediction store"),
                                  ("dropped", "counter", "prediction rows dropped because the log was full"),
                                  ("pending", "gauge", "prediction rows waiting to be written")):
-            if name not in values:
-                continue
             metric = f"crispflow_serve_prediction_log_{name}"
-            family = CounterMetricFamily(metric, text) if kind == "counter" else GaugeMetricFamily(metric, text)
-            family.add_metric([], float(values[name]))
-            yield family
+            labels = ["model"] if per_model else []
+            family = CounterMetricFamily(metric, text, labels=labels) if kind == "counter" \
+                else GaugeMetricFamily(metric, text, labels=labels)
+            found = False
+            if name in single:
+                family.add_metric([], float(single[name]))
+                found = True
+            for model, stats in sorted(per_model.items()):
+                if name in stats:
+                    family.add_metric([model], float(stats[name]))
+                    found = True
+            if found:
+                yield family
+
+
+class _DriftCollectors(Collector):
+    """The drift gauges of every served model in one set of families, each series labelled with its `model`
+    (each model's `DriftCollector` alone would repeat the same family names)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_model: dict[str, Collector] = {}
+
+    def add(self, model: str, collector: Collector) -> None:
+        with self._lock:
+            self._by_model.setdefault(model, collector)
+
+    def describe(self) -> Iterator[Any]:
+        return iter(())
+
+    def collect(self) -> Iterator[Any]:
+        with self._lock:
+            collectors = sorted(self._by_model.items())
+        merged: dict[str, Any] = {}
+        for model, collector in collectors:
+            for family in collector.collect():
+                out = merged.get(family.name)
+                if out is None:
+                    out = merged[family.name] = Metric(family.name, family.documentation, family.type)
+                out.samples.extend(Sample(s.name, {"model": model, **s.labels}, s.value, s.timestamp, s.exemplar)
+                                   for s in family.samples)
+        yield from merged.values()
 
 
 class ServingMetrics:
-    """All metrics of one server. `log_stats` returns the prediction log's counters (None while it has none)."""
+    """All metrics of one server. `log_stats` returns the prediction logs' counters (None while there are none)."""
 
-    def __init__(self, log_stats: Callable[[], dict[str, float] | None] = lambda: None) -> None:
+    def __init__(self, log_stats: LogStats = lambda: None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
-        self.requests = Counter("crispflow_serve_requests", "HTTP requests by endpoint and status code",
-                                ["endpoint", "code"], registry=reg)
-        self.records = Counter("crispflow_serve_predictions", "records scored, by model version and alias",
-                               ["version", "alias"], registry=reg)
+        self.requests = Counter("crispflow_serve_requests", "HTTP requests by model, endpoint and status code",
+                                ["model", "endpoint", "code"], registry=reg)
+        self.records = Counter("crispflow_serve_predictions", "records scored, by model, version and alias",
+                               ["model", "version", "alias"], registry=reg)
         self.latency = Histogram("crispflow_serve_request_latency_seconds",
-                                 "time to answer a /predict request, by the version and alias that served it",
-                                 ["version", "alias"], buckets=LATENCY_BUCKETS, registry=reg)
-        self.scores = Histogram("crispflow_serve_score", "positive-class probability returned, by version and alias",
-                                ["version", "alias"], buckets=SCORE_BUCKETS, registry=reg)
+                                 "time to answer a /predict request, by the model, version and alias that served it",
+                                 ["model", "version", "alias"], buckets=LATENCY_BUCKETS, registry=reg)
+        self.scores = Histogram("crispflow_serve_score",
+                                "probability returned (binary: positive class; multiclass: predicted class)",
+                                ["model", "version", "alias"], buckets=SCORE_BUCKETS, registry=reg)
         self.errors = Counter("crispflow_serve_errors", "server-side errors by kind (model, internal, shadow, poll)",
                               ["kind"], registry=reg)
         self.validation_failures = Counter("crispflow_serve_validation_failures",
-                                           "rejected requests by the first rule broken", ["rule"], registry=reg)
-        self.reloads = Counter("crispflow_serve_reloads", "alias switches to a newly served version", ["alias"],
-                               registry=reg)
+                                           "rejected requests by model and the first rule broken",
+                                           ["model", "rule"], registry=reg)
+        self.reloads = Counter("crispflow_serve_reloads", "alias switches to a newly served version",
+                               ["model", "alias"], registry=reg)
         self.refused_loads = Counter("crispflow_serve_refused_loads",
                                      "model versions not loaded, by reason (hash_mismatch, invalid, unavailable)",
-                                     ["reason"], registry=reg)
+                                     ["model", "reason"], registry=reg)
         self.shadow_dropped = Counter("crispflow_serve_shadow_dropped", "mirrored records dropped (queue full)",
-                                      registry=reg)
-        self.feedback = Counter("crispflow_serve_feedback", "feedback labels accepted", registry=reg)
-        self.served = Gauge("crispflow_serve_model_info", "1 for each (alias, version) being served",
-                            ["alias", "version"], registry=reg)
-        self.ready = Gauge("crispflow_serve_ready", "1 when a champion is loaded", registry=reg)
+                                      ["model"], registry=reg)
+        self.feedback = Counter("crispflow_serve_feedback", "feedback labels accepted", ["model"], registry=reg)
+        self.served = Gauge("crispflow_serve_model_info", "1 for each (model, alias, version) being served",
+                            ["model", "alias", "version"], registry=reg)
+        self.ready = Gauge("crispflow_serve_ready", "1 when the model's champion is loaded", ["model"],
+                           registry=reg)
+        self.models = Gauge("crispflow_serve_models", "registered models the server knows, by state "
+                            "(loaded, idle: discovered but not in memory)", ["state"], registry=reg)
         reg.register(_PredictionLogCollector(log_stats))
+        self.drift = _DriftCollectors()
+        reg.register(self.drift)
+        self._served_lock = threading.Lock()
+        self._served: dict[str, dict[str, str]] = {}
 
-    def set_served(self, served: dict[str, str]) -> None:
-        """Replace the (alias, version) info series by `served` (alias → version)."""
-        self.served.clear()
-        for alias, version in served.items():
-            self.served.labels(alias, version).set(1)
-        self.ready.set(1 if "champion" in served else 0)
+    def set_served(self, model: str, served: Mapping[str, str]) -> None:
+        """Replace the (alias, version) info series of `model` by `served` (alias → version)."""
+        with self._served_lock:
+            for alias, version in self._served.pop(model, {}).items():
+                self.served.remove(model, alias, version)
+            for alias, version in served.items():
+                self.served.labels(model, alias, version).set(1)
+            self._served[model] = dict(served)
+            self.ready.labels(model).set(1 if "champion" in served else 0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -6,20 +6,30 @@ checked against the hash recorded at registration), then one immutable `Snapshot
 replaces the previous one in a single reference assignment. A request reads the snapshot once, so it is scored
 entirely by the old or entirely by the new models, and nothing is ever half-loaded.
 
-A version that cannot be trusted (hash mismatch, no recorded hash, a bad threshold tag) is refused, logged and
-counted; it is retried only after `refused_retry` seconds. If the champion alias moves to a refused version, the
-previously loaded champion keeps serving; a refused canary or shadow simply has no traffic. A registry outage
-never stops serving: the last snapshot stays.
+Each version is served per its task (version tag `crispflow.task`, absent = binary), with the semantics of
+`crispflow.model.tasks.model_output` rebuilt from the version's tags (the server has no spec): binary P(positive)
+and a label from `crispflow.threshold`; multiclass class probabilities in the order of `crispflow.classes`
+(a JSON list of labels; the model's classes are the codes 0..k-1); regression the predicted value and, from
+`crispflow.interval` (`{"coverage", "halfwidth", "method"}`), the interval prediction ± halfwidth.
+
+The fleet (fleet.py) polls the registry once for every model and hands each store its aliases and tags
+(`apply`); a store on its own (`poll_once`, `start`) reads its registered model itself.
+
+A version that cannot be trusted (hash mismatch, no recorded hash, a bad threshold, task, classes or interval tag)
+is refused, logged and counted; it is retried only after `refused_retry` seconds. If the champion alias moves
+to a refused version, the previously loaded champion keeps serving; a refused canary or shadow simply has no
+traffic. A registry outage never stops serving: the last snapshot stays.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +45,9 @@ if TYPE_CHECKING:
     from crispflow.serving.metrics import ServingMetrics
 
 log = logging.getLogger("crispflow.serving")
-THRESHOLD_TAG = "crispflow.threshold"
+THRESHOLD_TAG, TASK_TAG = registry.THRESHOLD_TAG, registry.TASK_TAG
+CLASSES_TAG, INTERVAL_TAG = registry.CLASSES_TAG, registry.INTERVAL_TAG
+TASKS = registry.TASKS
 DEFAULT_THRESHOLD = 0.5
 
 
@@ -48,27 +60,95 @@ class RefusedModel(registry.RegistryError):
 
 
 @dataclass(frozen=True)
+class Interval:
+    """A regression version's split-conformal interval: prediction ± `halfwidth` covers `coverage` of values."""
+
+    coverage: float
+    halfwidth: float
+    method: str = ""
+
+
+@dataclass(frozen=True)
 class LoadedModel:
-    """One verified model version in memory, with what scoring needs: threshold and input schema."""
+    """One verified model version in memory, with what scoring needs: task, threshold or classes or interval,
+    and the input schema."""
 
     name: str
     version: str
-    model: Any  # an sklearn estimator with predict_proba
-    threshold: float
-    threshold_source: str  # "tag" or "default"
+    model: Any  # an sklearn estimator: predict_proba (binary, multiclass) or predict (regression)
+    threshold: float | None  # binary only
+    threshold_source: str  # "tag" or "default" ("none" when the task has no threshold)
     schema: InputSchema
     sha256: str
     run_id: str
     loaded_at: float
+    task: str = "binary"
+    classes: tuple[str, ...] = ()  # multiclass labels, in model (code) order
+    interval: Interval | None = None  # regression
+
+    def output(self, frame: pd.DataFrame) -> np.ndarray:
+        """The task's output (`crispflow.model.tasks.model_output`): binary (n,) P(positive), multiclass (n, k)
+        probabilities in `classes` order, regression (n,) predicted values."""
+        import numpy as np
+
+        if self.task == "regression":
+            return np.asarray(self.model.predict(frame), dtype="float64")
+        proba = np.asarray(self.model.predict_proba(frame), dtype="float64")
+        codes = list(self.model.classes_)
+        if self.task == "binary":
+            return proba[:, codes.index(True) if True in codes else 1]
+        out = np.zeros((len(frame), len(self.classes)))
+        for column, code in enumerate(codes):  # a class absent from training keeps probability 0
+            out[:, int(code)] = proba[:, column]
+        return out
 
     def score(self, frame: pd.DataFrame) -> np.ndarray:
-        """Positive-class probabilities, one per row."""
-        return self.model.predict_proba(frame)[:, 1]
+        """One number per row: binary P(positive), multiclass P(predicted class), regression the prediction."""
+        out = self.output(frame)
+        return out.max(axis=1) if out.ndim == 2 else out
+
+    def logged(self, value: Any) -> dict[str, Any]:
+        """The prediction log's task columns of one row's output (`crispflow.predictions.schema`)."""
+        if value is None:
+            return {"score": None}
+        if self.task == "multiclass":
+            best = _argmax(value)
+            return {"score": value[best], "predicted": self.classes[best], "probabilities": list(value)}
+        if self.task == "regression" and self.interval is not None:
+            return {"score": value, "interval_low": value - self.interval.halfwidth,
+                    "interval_high": value + self.interval.halfwidth}
+        return {"score": value}
+
+    def answer(self, value: Any) -> dict[str, Any]:
+        """One prediction of the response body (without request id, version and alias)."""
+        if self.task == "multiclass":
+            return {"prediction": self.classes[_argmax(value)],
+                    "probabilities": dict(zip(self.classes, value, strict=True))}
+        if self.task == "regression":
+            interval = None if self.interval is None else {
+                "low": value - self.interval.halfwidth, "high": value + self.interval.halfwidth,
+                "coverage": self.interval.coverage}
+            return {"prediction": value, "interval": interval}
+        threshold = DEFAULT_THRESHOLD if self.threshold is None else self.threshold
+        return {"score": value, "label": int(value >= threshold)}
 
     def describe(self) -> dict[str, Any]:
-        return {"version": self.version, "threshold": self.threshold, "threshold_source": self.threshold_source,
-                "artifact_sha256": self.sha256, "run_id": self.run_id, "loaded_at": self.loaded_at,
-                "signature": self.schema.to_dict()}
+        found: dict[str, Any] = {"version": self.version, "task": self.task, "threshold": self.threshold,
+                                 "threshold_source": self.threshold_source, "artifact_sha256": self.sha256,
+                                 "run_id": self.run_id, "loaded_at": self.loaded_at,
+                                 "signature": self.schema.to_dict()}
+        if self.task == "multiclass":
+            found["classes"] = list(self.classes)
+        if self.task == "regression":
+            found["interval"] = None if self.interval is None else {
+                "coverage": self.interval.coverage, "halfwidth": self.interval.halfwidth,
+                "method": self.interval.method}
+        return found
+
+
+def _argmax(values: list[float]) -> int:
+    """The index of the largest value (ties: the lowest index, as `tasks.predicted_class`)."""
+    return max(range(len(values)), key=values.__getitem__)
 
 
 def parse_threshold(raw: str | None) -> tuple[float, str]:
@@ -84,17 +164,81 @@ def parse_threshold(raw: str | None) -> tuple[float, str]:
     return value, "tag"
 
 
-def load_version(mlf: MlflowClient, name: str, version: str) -> LoadedModel:
-    """Load `name` v`version` only if its files match the recorded hash; raise `RefusedModel` otherwise."""
+def parse_task(raw: str | None) -> str:
+    """The version's task from its tag; absent → binary (versions registered before tasks existed)."""
+    if raw is None or raw == "":
+        return "binary"
+    if raw not in TASKS:
+        raise RefusedModel("invalid", f"tag {TASK_TAG}: {raw!r} is not one of {list(TASKS)}")
+    return raw
+
+
+def parse_classes(raw: str | None) -> tuple[str, ...]:
+    """A multiclass version's class labels: a JSON list of at least two distinct strings."""
+    try:
+        value = json.loads(raw) if raw is not None else None
+    except ValueError:
+        value = None
+    if not isinstance(value, list) or len(value) < 2 or not all(isinstance(v, str) for v in value) \
+            or len(set(value)) != len(value):
+        raise RefusedModel("invalid", f"tag {CLASSES_TAG}: {raw!r} is not a JSON list of two or more distinct "
+                                      "class labels (strings)")
+    return tuple(value)
+
+
+def parse_interval(raw: str | None) -> Interval | None:
+    """A regression version's interval; absent → None (no interval served); malformed → RefusedModel."""
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+        coverage, halfwidth = float(value["coverage"]), float(value["halfwidth"])
+        method = str(value.get("method", ""))
+    except (ValueError, TypeError, KeyError):
+        raise RefusedModel("invalid", f"tag {INTERVAL_TAG}: {raw!r} is not a JSON object with coverage and "
+                                      "halfwidth") from None
+    if not (0.0 < coverage < 1.0 and math.isfinite(halfwidth) and halfwidth >= 0.0):
+        raise RefusedModel("invalid", f"tag {INTERVAL_TAG}: coverage must be in (0, 1) and halfwidth a finite "
+                                      f"number >= 0, got {raw!r}")
+    return Interval(coverage, halfwidth, method)
+
+
+def _task_fields(tags: Mapping[str, str]) -> tuple[str, float | None, str, tuple[str, ...], Interval | None]:
+    """(task, threshold, threshold source, classes, interval) from a version's tags."""
+    task = parse_task(tags.get(TASK_TAG))
+    if task == "binary":
+        threshold, source = parse_threshold(tags.get(THRESHOLD_TAG))
+        return task, threshold, source, (), None
+    if task == "multiclass":
+        return task, None, "none", parse_classes(tags.get(CLASSES_TAG)), None
+    return task, None, "none", (), parse_interval(tags.get(INTERVAL_TAG))
+
+
+def _check_model(name: str, version: str, model: Any, task: str, classes: tuple[str, ...]) -> None:
+    method = "predict" if task == "regression" else "predict_proba"
+    if not callable(getattr(model, method, None)):
+        raise RefusedModel("invalid", f"{name} v{version}: a {task} model needs {method}, this one has none")
+    if task == "multiclass":
+        codes = list(getattr(model, "classes_", []))
+        if not all(isinstance(c, int | float) or hasattr(c, "__index__") for c in codes) \
+                or not all(0 <= int(c) < len(classes) for c in codes):
+            raise RefusedModel("invalid", f"{name} v{version}: the model's classes {codes[:10]} are not codes "
+                                          f"0..{len(classes) - 1} of tag {CLASSES_TAG}")
+
+
+def load_version(mlf: MlflowClient, name: str, version: str, *, trusted: Sequence[str] = ()) -> LoadedModel:
+    """Load `name` v`version` only if its files match the recorded hash; raise `RefusedModel` otherwise.
+    `trusted`: module prefixes whose classes the model may hold besides numpy/scipy/sklearn/crispflow (the spec's
+    `training.allowed_estimators`; never read from the registry, which anyone with write access can tag)."""
     from mlflow.exceptions import MlflowException
     from mlflow.models import Model
 
     try:
         mv = mlf.get_model_version(name, version)
-        threshold, source = parse_threshold(mv.tags.get(THRESHOLD_TAG))
-        local = registry.verified_copy(mv)  # every file, MLmodel included, matches the recorded hash
+        task, threshold, source, classes, interval = _task_fields(mv.tags)
+        local = registry.verified_copy(mv, trusted=trusted)  # every file matches the recorded hash
         signature = Model.load(str(local)).signature
-        model = registry.load_files(local)
+        model = registry.load_files(local, trusted=trusted)
     except RefusedModel:
         raise
     except registry.RegistryError as exc:
@@ -102,10 +246,9 @@ def load_version(mlf: MlflowClient, name: str, version: str) -> LoadedModel:
         raise RefusedModel(reason, str(exc)) from None
     except (MlflowException, OSError) as exc:
         raise RefusedModel("unavailable", f"{name} v{version}: could not be fetched: {exc}") from None
-    if not callable(getattr(model, "predict_proba", None)):
-        raise RefusedModel("invalid", f"{name} v{version}: the model has no predict_proba")
+    _check_model(name, str(version), model, task, classes)
     return LoadedModel(name, str(version), model, threshold, source, InputSchema.from_signature(signature),
-                       mv.tags.get(registry.SHA_TAG, ""), mv.run_id or "", time.time())
+                       mv.tags.get(registry.SHA_TAG, ""), mv.run_id or "", time.time(), task, classes, interval)
 
 
 @dataclass(frozen=True)
@@ -133,6 +276,13 @@ class Snapshot:
 Loader = Callable[["MlflowClient", str, str], LoadedModel]
 
 
+def registry_state(model: Any) -> tuple[dict[str, str], dict[str, str]]:
+    """(alias → version, tags) of a registered model (as `get_registered_model`/`search_registered_models` give
+    it), versions as strings."""
+    aliases = {str(a): str(v) for a, v in (getattr(model, "aliases", None) or {}).items()}
+    return aliases, {str(k): str(v) for k, v in (getattr(model, "tags", None) or {}).items()}
+
+
 class ModelStore:
     """Holds the current `Snapshot` and keeps it in step with the registry from a background thread."""
 
@@ -153,6 +303,7 @@ class ModelStore:
         self._thread: threading.Thread | None = None
         self._poll_lock = threading.Lock()
         self.snapshot = Snapshot()
+        self.unloaded = False  # set by `unload`, cleared by the next `apply`
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -185,15 +336,21 @@ class ModelStore:
 
     def poll_once(self) -> Snapshot:
         """Read aliases and tags, load what changed, swap the snapshot. Serialised (one poll at a time)."""
+        return self.apply(self.read_registry())
+
+    def apply(self, found: tuple[Mapping[str, str], Mapping[str, str]] | str) -> Snapshot:
+        """Serve what the registry says: `found` is (alias → version, registered-model tags), or why the registry
+        could not be read (then the last snapshot keeps serving). Loads what changed, then swaps the snapshot."""
         with self._poll_lock:
             old = self.snapshot
-            found = self._read_registry()
             if isinstance(found, str):  # the registry could not be read: keep serving, say why
                 if old.champion is None:
                     self.snapshot = Snapshot(old.arms, old.policy, old.registry_aliases, old.refused, found,
                                              old.polled_at)
                 return self.snapshot
-            aliases, tags = found
+            if self._client is None:
+                self._client = self._client_factory()
+            aliases, tags = dict(found[0]), found[1]
             policy = policy_from_tags(tags)
             for problem in policy.problems:
                 if problem not in old.policy.problems:
@@ -212,9 +369,22 @@ class ModelStore:
             not_ready = None if CHAMPION in arms else self._why_not_ready(aliases, refused)
             new = Snapshot(arms, policy, aliases, refused, not_ready, time.time())
             self._publish(old, new)
+            self.unloaded = False
             return new
 
-    def _read_registry(self) -> tuple[dict[str, str], dict[str, str]] | str:
+    def unload(self, reason: str) -> None:
+        """Drop every loaded version (the fleet evicts the least recently used model); the next `apply` loads
+        them again."""
+        with self._poll_lock:
+            old = self.snapshot
+            self._cache.clear()
+            self.snapshot = Snapshot({}, old.policy, old.registry_aliases, old.refused, reason, old.polled_at)
+            self.unloaded = True
+            if self.metrics is not None:
+                self.metrics.set_served(self.name, {})
+
+    def read_registry(self) -> tuple[dict[str, str], dict[str, str]] | str:
+        """(aliases, tags) of this registered model, or why they could not be read."""
         from mlflow.exceptions import MlflowException
 
         try:
@@ -229,8 +399,7 @@ class ModelStore:
         except Exception as exc:  # connection refused, timeout: transient
             self._count_error("poll")
             return f"the registry could not be read: {type(exc).__name__}"
-        aliases = {str(a): str(v) for a, v in (model.aliases or {}).items()}
-        return aliases, {str(k): str(v) for k, v in (model.tags or {}).items()}
+        return registry_state(model)
 
     def _get(self, version: str, refused: dict[str, str]) -> LoadedModel | None:
         if version in self._cache:
@@ -246,7 +415,7 @@ class ModelStore:
         except RefusedModel as exc:
             log.error("refusing %s v%s (%s): %s", self.name, version, exc.reason, exc)
             if self.metrics is not None:
-                self.metrics.refused_loads.labels(exc.reason).inc()
+                self.metrics.refused_loads.labels(self.name, exc.reason).inc()
             refused[version] = f"{exc.reason}: {exc}"
             if exc.reason != "unavailable":  # a transient failure is retried at the next poll
                 self._refused[version] = (refused[version], time.monotonic())
@@ -272,9 +441,9 @@ class ModelStore:
             if before.get(alias) != version:
                 log.info("%s: %s now serves v%s (was %s)", self.name, alias, version, before.get(alias, "none"))
                 if self.metrics is not None:
-                    self.metrics.reloads.labels(alias).inc()
+                    self.metrics.reloads.labels(self.name, alias).inc()
         if self.metrics is not None and (before != after or old.polled_at is None):
-            self.metrics.set_served(after)
+            self.metrics.set_served(self.name, after)
 
     def _count_error(self, kind: str) -> None:
         if self.metrics is not None:

@@ -1,35 +1,41 @@
-"""The state behind the HTTP API (`ModelServer`): predict, feedback and describe, plus the start and stop of the
-model store, the scoring thread (batcher.py), the shadow worker (shadow.py) and the prediction log.
+"""One served model (`ModelServer`): predict, feedback and describe of one registered model, with its own model
+store (aliases, traffic policy, loaded versions), scoring thread (batcher.py), shadow worker (shadow.py) and
+prediction log folder (`<predictions root>/<model>/`). The fleet (fleet.py) holds one per registered model.
 
 A batch of /predict requests is scored against one snapshot of the served models: each request's records are
 validated against their arm's signature (arm from policy.py), then each arm scores the records of the whole batch
-in one `predict_proba`. Ids, validation, metrics and logging stay per request, and one request's bad input or model
+in one model call. Ids, validation, metrics and logging stay per request, and one request's bad input or model
 failure never fails another. The prediction rows are queued to the prediction log before the response is returned
-(never waiting on I/O), so a clean shutdown (SIGTERM → uvicorn drains requests → lifespan shutdown → log closed)
-loses no answered prediction."""
+(never waiting on I/O), so a clean shutdown (SIGTERM → uvicorn drains requests → lifespan shutdown → logs closed)
+loses no answered prediction. The threads and the log of a model start on its first request: a model nobody
+calls costs no thread."""
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from crispflow.errors import CrispflowError
 from crispflow.serving.batcher import Arrival, Batcher, PreparedRequest, request_ids, score_parts
-from crispflow.serving.metrics import ServingMetrics
-from crispflow.serving.models import LoadedModel, ModelStore, Snapshot
+from crispflow.serving.models import LoadedModel, ModelStore, Snapshot, load_version
 from crispflow.serving.policy import CANARY, SHADOW
 from crispflow.serving.shadow import ShadowWorker
-from crispflow.serving.validation import PayloadError, feedback_items, parse_json, records_of
+from crispflow.serving.validation import LabelRule, PayloadError, feedback_pairs, parse_json, records_of
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
     from crispflow.serving.config import ServeConfig
+    from crispflow.serving.metrics import ServingMetrics
 
 log = logging.getLogger("crispflow.serving")
+LogFactory = Callable[[str], Any]  # model name → a started-or-not PredictionLog-like object
 
 
 class NotReady(CrispflowError):
@@ -45,76 +51,104 @@ class ModelFailure(CrispflowError):
 
 
 class ModelServer:
-    """The state behind the app: config, metrics, the model store, the prediction log and the shadow worker."""
+    """One registered model behind the app: its store, scoring thread, shadow worker and prediction log."""
 
-    def __init__(self, config: ServeConfig, *, prediction_log: Any | None = None,
-                 client: Callable[[], MlflowClient] | None = None) -> None:
+    def __init__(self, name: str, config: ServeConfig, metrics: ServingMetrics,
+                 client: Callable[[], MlflowClient], *, log_factory: LogFactory | None = None,
+                 reload: Callable[[], object] | None = None,
+                 storage_options: Mapping[str, Any] | None = None) -> None:
+        self.name = name
         self.config = config
-        self.prediction_log = prediction_log
-        self.metrics = ServingMetrics(self._log_stats)
-        self._storage_options: dict[str, Any] | None = None
-        if config.predictions_url:  # the newest drift windows of the served versions, as gauges
+        self.metrics = metrics
+        self.prediction_log: Any | None = None
+        self._log_factory = log_factory
+        self._reload = reload  # loads the model again after the fleet unloaded it (a request was on its way)
+        if config.predictions_url:  # the newest drift windows of the model, as gauges on /metrics
             from crispflow.monitoring.gauges import DriftCollector
-            from crispflow.predictions.store import storage_options_from_env
 
-            self._storage_options = config.storage_options or storage_options_from_env(config.predictions_url)
-            self.metrics.registry.register(DriftCollector(config.predictions_url, config.model,
-                                                          storage_options=self._storage_options))
-        if client is None:
-            from crispflow.model import registry
-
-            def client() -> MlflowClient:
-                return registry.client(config.tracking_uri)
-
-        self.store = ModelStore(config.model, client, poll_interval=config.poll_interval,
-                                refused_retry=config.refused_retry, metrics=self.metrics)
-        self.shadow = ShadowWorker(config.model, self._log, self.metrics, config.shadow_queue)
+            metrics.drift.add(name, DriftCollector(config.predictions_url, name, storage_options=storage_options))
+        trusted = tuple(config.trusted.get(name, ()))
+        self.store = ModelStore(name, client, poll_interval=config.poll_interval,
+                                refused_retry=config.refused_retry, metrics=metrics,
+                                loader=functools.partial(load_version, trusted=trusted) if trusted else load_version)
+        self.shadow = ShadowWorker(name, self._log, metrics, config.shadow_queue)
         self.batcher = Batcher(self.predict_batch, config.batch_requests)
-        self._started = False
+        self._lock = threading.Lock()  # the closed flag, the log and the batcher/shadow swap of `release`
+        self._closed = False
+        self._closed_logs = {"written": 0, "dropped": 0}  # counters of logs closed by `release`
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        if self._started:
-            return
-        self._started = True
-        if self.prediction_log is None and self.config.predictions_url:
-            from crispflow.predictions.writer import PredictionLog
-
-            self.prediction_log = PredictionLog(self.config.predictions_url, self.config.model,
-                                                flush_interval=self.config.log_flush_interval,
-                                                storage_options=self._storage_options)
-        if self.prediction_log is not None:
-            self.prediction_log.start()
-        else:
-            log.warning("no prediction log configured: predictions are not recorded and /feedback answers 503")
-        self.shadow.start()
-        self.batcher.start()
-        self.store.start()
+    def submit(self, body: bytes) -> Future[dict[str, Any]] | None:
+        """Queue a /predict body on this model's scoring thread (started on first use); None once closed (the
+        caller then scores in its own thread)."""
+        with self._lock:  # queued under the lock: `release` never closes a batcher that still gets work
+            if self._closed:
+                return None
+            self.batcher.start()
+            return self.batcher.submit(body)
 
     def close(self) -> None:
-        """Stop polling, finish shadow work, flush the prediction log (SIGTERM reaches here via uvicorn)."""
-        self.store.stop()
+        """Finish queued scoring and shadow work, flush the prediction log (SIGTERM reaches here via uvicorn)."""
+        with self._lock:
+            self._closed = True
         self.batcher.close(self.config.close_timeout)
         self.shadow.close(self.config.close_timeout)
-        if self.prediction_log is not None:
-            self.prediction_log.close(self.config.close_timeout)
-            log.info("prediction log closed: %s rows written, %s dropped", self.prediction_log.written,
-                     self.prediction_log.dropped)
+        with self._lock:
+            plog = self.prediction_log
+        if plog is not None:
+            plog.close(self.config.close_timeout)
+            log.info("prediction log closed (%s): %s rows written, %s dropped", self.name, plog.written,
+                     plog.dropped)
 
-    def _log_stats(self) -> dict[str, float] | None:
-        plog = self.prediction_log
-        if plog is None:
+    def release(self) -> None:
+        """Stop this model's threads and close its prediction log (the fleet unloaded the model): queued work is
+        finished first, and everything starts again on the model's next request."""
+        with self._lock:
+            if self._closed:
+                return
+            batcher, shadow = self.batcher, self.shadow
+            self.batcher = Batcher(self.predict_batch, self.config.batch_requests)
+            self.shadow = ShadowWorker(self.name, self._log, self.metrics, self.config.shadow_queue)
+        batcher.close(self.config.close_timeout)
+        shadow.close(self.config.close_timeout)
+        with self._lock:
+            plog, self.prediction_log = self.prediction_log, None
+        if plog is not None:
+            plog.close(self.config.close_timeout)
+            with self._lock:
+                self._closed_logs["written"] += plog.written
+                self._closed_logs["dropped"] += plog.dropped
+
+    def _plog_locked(self) -> Any | None:
+        """The prediction log, created and started on first use (None when logging is off); hold `_lock`."""
+        if self.prediction_log is None and self._log_factory is not None and not self._closed:
+            plog = self._log_factory(self.name)
+            plog.start()
+            self.prediction_log = plog
+        return self.prediction_log
+
+    def log_stats(self) -> dict[str, float] | None:
+        """The prediction log's counters (those of logs closed by `release` included); None before any log."""
+        with self._lock:
+            plog, closed = self.prediction_log, dict(self._closed_logs)
+        if plog is None and not any(closed.values()):
             return None
-        return {"written": plog.written, "dropped": plog.dropped, "pending": plog.pending}
+        if plog is None:
+            return {**closed, "pending": 0}
+        return {"written": closed["written"] + plog.written, "dropped": closed["dropped"] + plog.dropped,
+                "pending": plog.pending}
 
     def _log(self, rows: list[dict[str, Any]]) -> None:
-        if self.prediction_log is None or not rows:
+        if not rows:
             return
         try:
-            self.prediction_log.log(rows)
+            with self._lock:  # log() only appends: holding the lock keeps `release` from closing it meanwhile
+                plog = self._plog_locked()
+                if plog is not None:
+                    plog.log(rows)
         except Exception:  # logging must never fail a request
-            log.exception("prediction log refused %d rows", len(rows))
+            log.exception("prediction log of %s refused %d rows", self.name, len(rows))
             self.metrics.errors.labels("log").inc()
 
     # --- predict -----------------------------------------------------------------------------------------------
@@ -128,9 +162,9 @@ class ModelServer:
 
     def predict_batch(self, requests: Sequence[Arrival]) -> list[dict[str, Any] | Exception]:
         """Score several requests together against ONE snapshot: each arm scores the valid records of all of them
-        in one `predict_proba`. Returns, per request and in order, its response or its exception (PayloadError,
+        in one model call. Returns, per request and in order, its response or its exception (PayloadError,
         NotReady, ModelFailure): a request never fails because of another one in the batch."""
-        snap = self.store.snapshot
+        snap = self.snapshot()
         outcomes: list[dict[str, Any] | Exception | None] = [None] * len(requests)
         prepared: list[PreparedRequest] = []
         for slot, (body, start, ts) in enumerate(requests):
@@ -144,12 +178,21 @@ class ModelServer:
                 outcomes[p.slot] = failures.get(p.slot) or self._finish(p, snap)
         return outcomes  # type: ignore[return-value]
 
+    def snapshot(self) -> Snapshot:
+        """The served models now; loaded again first if the fleet unloaded this model after a request for it was
+        routed here (so the LRU never fails a request)."""
+        snap = self.store.snapshot
+        if snap.champion is None and self.store.unloaded and self._reload is not None:
+            self._reload()
+            snap = self.store.snapshot
+        return snap
+
     def _prepare(self, slot: int, body: bytes, start: float, ts: datetime, snap: Snapshot) -> PreparedRequest:
         """Parse and validate one request, and assign each record an arm (PayloadError / NotReady if it cannot)."""
         records = records_of(parse_json(body), self.config.max_records)
         if snap.champion is None:
             raise NotReady(snap.not_ready or "no champion loaded")
-        name, policy, arms = self.config.model, snap.policy, snap.arms
+        name, policy, arms = self.name, snap.policy, snap.arms
         ids = request_ids(len(records))
         has_canary = CANARY in arms
         entities = [policy.entity_of(r) if isinstance(r, dict) else None for r in records]
@@ -192,10 +235,11 @@ class ModelServer:
     def _model_failed(self, alias: str, model: LoadedModel, part: tuple[PreparedRequest, list[int]], exc: Exception,
                       failures: dict[int, ModelFailure]) -> None:
         p, index = part
-        log.error("%s v%s failed on %d valid records", alias, model.version, len(index), exc_info=exc)
+        log.error("%s %s v%s failed on %d valid records", self.name, alias, model.version, len(index), exc_info=exc)
         self.metrics.errors.labels("model").inc()
         latency_ms = (time.perf_counter() - p.start) * 1000
-        self._log([self._row(p.ids[i], p.ts, model, alias, p.entities[i], None, latency_ms, "error", p.records[i])
+        self._log([self._row(p.ids[i], p.ts, model, alias, p.entities[i], {"score": None}, latency_ms, "error",
+                             p.records[i])
                    for i in index])
         failure = ModelFailure(alias, model.version, exc, p.ids)
         failure.__cause__ = exc
@@ -203,23 +247,25 @@ class ModelServer:
 
     def _finish(self, p: PreparedRequest, snap: Snapshot) -> dict[str, Any]:
         """Metrics, response items, prediction log rows and shadow mirroring of one scored request."""
-        name, policy, arms = self.config.model, snap.policy, snap.arms
-        records, ids, scores, chosen = p.records, p.ids, p.scores, p.chosen
+        name, policy, arms = self.name, snap.policy, snap.arms
+        records, ids, outputs, chosen = p.records, p.ids, p.scores, p.chosen
         elapsed = time.perf_counter() - p.start
+        logged = [arms[a].logged(outputs[i]) for i, a in enumerate(chosen)]
         for alias, index in p.groups.items():
-            version = arms[alias].version
-            self.metrics.records.labels(version, alias).inc(len(index))
-            self.metrics.latency.labels(version, alias).observe(elapsed)
-            observe = self.metrics.scores.labels(version, alias).observe
-            for i in index:
-                observe(scores[i])
+            model = arms[alias]
+            self.metrics.records.labels(name, model.version, alias).inc(len(index))
+            self.metrics.latency.labels(name, model.version, alias).observe(elapsed)
+            if model.task != "regression":  # probabilities only: a regression's scale is its target's
+                observe = self.metrics.scores.labels(name, model.version, alias).observe
+                for i in index:
+                    observe(logged[i]["score"])
         items = []
         for i, alias in enumerate(chosen):
             model = arms[alias]
-            items.append({"request_id": ids[i], "score": scores[i], "label": int(scores[i] >= model.threshold),
-                          "model_version": model.version, "alias": alias})
+            items.append({"request_id": ids[i], **model.answer(outputs[i]), "model_version": model.version,
+                          "alias": alias})
         latency_ms = elapsed * 1000
-        self._log([self._row(ids[i], p.ts, arms[a], a, p.entities[i], scores[i], latency_ms, "ok", records[i])
+        self._log([self._row(ids[i], p.ts, arms[a], a, p.entities[i], logged[i], latency_ms, "ok", records[i])
                    for i, a in enumerate(chosen)])
         shadow = arms.get(SHADOW)
         if shadow is not None and policy.shadow_share > 0:
@@ -230,25 +276,44 @@ class ModelServer:
         return {"model": name, "predictions": items}
 
     def _row(self, request_id: str, ts: datetime, model: LoadedModel, alias: str, entity: str | None,
-             score: float | None, latency_ms: float, status: str, record: dict[str, Any]) -> dict[str, Any]:
-        return {"request_id": request_id, "ts": ts, "model": self.config.model, "version": model.version,
-                "alias": alias, "served": True, "entity": entity, "score": score, "latency_ms": latency_ms,
+             output: Mapping[str, Any], latency_ms: float, status: str, record: dict[str, Any]) -> dict[str, Any]:
+        return {"request_id": request_id, "ts": ts, "model": self.name, "version": model.version,
+                "alias": alias, "served": True, "entity": entity, **output, "latency_ms": latency_ms,
                 "status": status, "features": record}
 
+    # --- feedback and describe ---------------------------------------------------------------------------------
+
+    def label_rule(self, champion: LoadedModel) -> LabelRule:
+        """How this model's feedback labels are read: by the champion's task (binary: also the pipeline's own
+        target values, from the config)."""
+        positive, negative = self.config.feedback_labels.get(
+            self.name, (self.config.positive_labels, self.config.negative_labels))
+        return LabelRule(champion.task, tuple(positive), tuple(negative), champion.classes)
+
     def feedback(self, body: bytes) -> int:
-        if self.prediction_log is None:
+        """Validate labels per the champion's task and queue them to the prediction log; the number accepted."""
+        if self._log_factory is None and self.prediction_log is None:
             raise NotReady("the prediction log is disabled: feedback cannot be stored")
-        pairs = feedback_items(parse_json(body), self.config.max_records, self.config.positive_labels,
-                               self.config.negative_labels)
+        champion = self.snapshot().champion
+        if champion is None:
+            raise NotReady(f"{self.name}: no champion is loaded, so the task its feedback labels follow is unknown "
+                           f"({self.store.snapshot.not_ready or 'not loaded'})")
+        pairs = feedback_pairs(parse_json(body), self.config.max_records, self.label_rule(champion))
         now = datetime.now(UTC)
-        self.prediction_log.log_feedback([{"request_id": rid, "label": label, "ts": now} for rid, label in pairs])
-        self.metrics.feedback.inc(len(pairs))
+        with self._lock:
+            plog = self._plog_locked()
+            if plog is None:
+                raise NotReady("the prediction log is closed: feedback cannot be stored")
+            plog.log_feedback([{"request_id": rid, "label": label, "ts": now} for rid, label in pairs])
+        self.metrics.feedback.labels(self.name).inc(len(pairs))
         return len(pairs)
 
     def describe(self) -> dict[str, Any]:
         plog = self.prediction_log
-        return {"model": self.config.model, **self.store.snapshot.describe(),
+        snap = self.store.snapshot
+        root = getattr(plog, "root", None) if plog is not None else None
+        return {"model": self.name, "task": snap.champion.task if snap.champion else None, **snap.describe(),
                 "limits": {"max_body_bytes": self.config.max_body_bytes, "max_records": self.config.max_records},
                 "poll_interval": self.config.poll_interval,
-                "prediction_log": None if plog is None else {"root": getattr(plog, "root", None),
-                                                             **(self._log_stats() or {})}}
+                "prediction_log": None if self._log_factory is None and plog is None
+                else {"root": root, **(self.log_stats() or {})}}

@@ -33,20 +33,32 @@ class ShadowWorker:
         self._sink = sink
         self._metrics = metrics
         self._jobs: queue.Queue[ShadowJob | None] = queue.Queue(max_jobs)
-        self._thread = threading.Thread(target=self._run, name="crispflow-shadow", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"crispflow-shadow-{model}", daemon=True)
+        self._start_lock = threading.Lock()
+        self._closed = False
 
     def start(self) -> None:
-        self._thread.start()
+        """Start the worker thread (idempotent; `submit` starts it on first use, so an unused shadow costs none)."""
+        with self._start_lock:
+            if not self._closed and not self._thread.is_alive():
+                self._thread.start()
 
     def submit(self, job: ShadowJob) -> None:
-        """Queue a mirrored request; when the queue is full it is dropped and counted, never waited on."""
+        """Queue a mirrored request; when the queue is full (or the worker is closed) it is dropped and counted,
+        never waited on."""
+        self.start()
+        if self._closed:
+            self._metrics.shadow_dropped.labels(self.model).inc(len(job[1]))
+            return
         try:
             self._jobs.put_nowait(job)
         except queue.Full:
-            self._metrics.shadow_dropped.inc(len(job[1]))
+            self._metrics.shadow_dropped.labels(self.model).inc(len(job[1]))
 
     def close(self, timeout: float) -> None:
         """Score what is queued, then stop."""
+        with self._start_lock:
+            self._closed = True
         if self._thread.is_alive():
             self._jobs.put(None)
             self._thread.join(timeout)
@@ -63,11 +75,11 @@ class ShadowWorker:
                entities: list[str | None], ts: datetime, allowed: tuple[str, ...]) -> None:
         start = time.perf_counter()
         valid = [i for i, r in enumerate(records) if not model.schema.check_record(i, r, allowed)]
-        scores: dict[int, float] = {}
+        outputs: dict[int, Any] = {}
         if valid:
             try:
-                values = model.score(model.schema.frame([records[i] for i in valid]))
-                scores = {i: float(s) for i, s in zip(valid, values, strict=True)}
+                out = model.output(model.schema.frame([records[i] for i in valid]))
+                outputs = dict(zip(valid, out.tolist(), strict=True))
             except Exception:
                 log.exception("shadow model v%s failed", model.version)
                 self._metrics.errors.labels("shadow").inc()
@@ -76,6 +88,6 @@ class ShadowWorker:
         latency_ms = (time.perf_counter() - start) * 1000
         if self._sink is not None:
             self._sink([{"request_id": ids[i], "ts": ts, "model": self.model, "version": model.version,
-                         "alias": SHADOW, "served": False, "entity": entities[i], "score": scores.get(i),
-                         "latency_ms": latency_ms, "status": "ok" if i in scores else "error",
+                         "alias": SHADOW, "served": False, "entity": entities[i], **model.logged(outputs.get(i)),
+                         "latency_ms": latency_ms, "status": "ok" if i in outputs else "error",
                          "features": records[i]} for i in range(len(records))])

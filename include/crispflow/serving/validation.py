@@ -251,9 +251,66 @@ def parse_label(value: Any, positive: Iterable[str] = (), negative: Iterable[str
     return None
 
 
+@dataclass(frozen=True)
+class LabelRule:
+    """How a model's `/feedback` labels are read, per task: binary 1/0 (also true/false, yes/no and the
+    pipeline's own target values), multiclass one of `classes` (stored as its code), regression a finite number."""
+
+    task: str = "binary"
+    positive: tuple[str, ...] = ()
+    negative: tuple[str, ...] = ()
+    classes: tuple[str, ...] = ()
+
+    def parse(self, value: Any) -> tuple[float | None, str, str]:
+        """(label, rule, message): the label as stored (float), or None with the rule broken and why."""
+        shown = repr(value)[:40]
+        if value is None:
+            return None, "missing", f"expected {self.expected()}, got nothing"
+        if self.task == "regression":
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return None, "type", f"expected {self.expected()}, got {_json_type(value)}"
+            if not math.isfinite(value):
+                return None, "finite", f"expected {self.expected()}, got {shown}"
+            return float(value), "", ""
+        if self.task == "multiclass":
+            text = _class_text(value)
+            if text is not None and text in self.classes:
+                return float(self.classes.index(text)), "", ""
+            return None, "class", f"expected {self.expected()}, got {shown}"
+        label = parse_label(value, self.positive, self.negative)
+        return (None, "type", f"expected {self.expected()}, got {shown}") if label is None else (float(label), "", "")
+
+    def expected(self) -> str:
+        if self.task == "regression":
+            return "a finite number (the observed value)"
+        if self.task == "multiclass":
+            return f"one of the classes {list(self.classes)[:20]}"
+        return "1/0, true/false or a class name"
+
+
+def _class_text(value: Any) -> str | None:
+    """A multiclass label as the text of a class: strings as they are, integral numbers without a fraction."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return str(int(value)) if value.is_integer() else str(value)
+    return None
+
+
 def feedback_items(payload: Any, max_items: int, positive: Iterable[str] = (),
                    negative: Iterable[str] = ()) -> list[tuple[str, int]]:
-    """(request_id, label) pairs from a `/feedback` body: one `{"request_id", "label"}` object or a list of them."""
+    """(request_id, 0/1) pairs of a binary model's `/feedback` body (see `feedback_pairs`)."""
+    rule = LabelRule("binary", tuple(positive), tuple(negative))
+    return [(rid, int(label)) for rid, label in feedback_pairs(payload, max_items, rule)]
+
+
+def feedback_pairs(payload: Any, max_items: int, rule: LabelRule) -> list[tuple[str, float]]:
+    """(request_id, label) pairs from a `/feedback` body: one `{"request_id", "label"}` object or a list of them;
+    labels read by `rule` (the model's task). Every problem is reported per item and field (422)."""
     items = payload if isinstance(payload, list) else [payload]
     if not items:
         raise PayloadError(422, [problem(None, "body", "body", "expected at least one feedback item, got none")])
@@ -261,7 +318,7 @@ def feedback_items(payload: Any, max_items: int, positive: Iterable[str] = (),
         raise PayloadError(413, [problem(None, "body", "max_records",
                                          f"{len(items)} feedback items exceed the limit of {max_items}")])
     found: list[dict[str, Any]] = []
-    pairs: list[tuple[str, int]] = []
+    pairs: list[tuple[str, float]] = []
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             found.append(problem(i, None, "type", f"expected a JSON object, got {_json_type(item)}"))
@@ -271,17 +328,15 @@ def feedback_items(payload: Any, max_items: int, positive: Iterable[str] = (),
                      for k in item if k not in ("request_id", "label"))
         request_id = item.get("request_id")
         if not isinstance(request_id, str) or not _is_uuid(request_id):
-            rule = "missing" if request_id is None else "format"
+            kind = "missing" if request_id is None else "format"
             shown = repr(request_id)[:40] if isinstance(request_id, str) else _json_type(request_id)
-            found.append(problem(i, "request_id", rule, "expected the request id (a UUID string) returned by "
+            found.append(problem(i, "request_id", kind, "expected the request id (a UUID string) returned by "
                                                         f"/predict, got {shown}"))
-        label = parse_label(item.get("label"), positive, negative)
+        label, broken, message = rule.parse(item.get("label"))
         if label is None:
-            rule = "missing" if item.get("label") is None else "type"
-            shown = repr(item.get("label"))[:40]
-            found.append(problem(i, "label", rule, f"expected 1/0, true/false or a class name, got {shown}"))
+            found.append(problem(i, "label", broken, message))
         if not found or found[-1]["record"] != i:
-            pairs.append((str(request_id), int(label)))  # type: ignore[arg-type]
+            pairs.append((str(request_id), float(label)))  # type: ignore[arg-type]
     if found:
         raise PayloadError(422, found)
     return pairs

@@ -187,9 +187,12 @@ class AirflowAPI:
             raise
         return created["dag_run_id"]
 
-    def dag_runs(self, dag_id: str, limit: int = 100) -> list[dict[str, Any]]:
-        """Up to `limit` runs of a DAG, as the API orders them (oldest first)."""
-        return self.request("GET", f"/api/v2/dags/{_q(dag_id)}/dagRuns", params={"limit": limit})["dag_runs"]
+    def dag_runs(self, dag_id: str, limit: int = 100, *, newest_first: bool = False) -> list[dict[str, Any]]:
+        """Up to `limit` runs of a DAG, oldest first (as the API orders them), or the newest `limit`, newest first."""
+        params: dict[str, Any] = {"limit": limit}
+        if newest_first:
+            params["order_by"] = "-id"
+        return self.request("GET", f"/api/v2/dags/{_q(dag_id)}/dagRuns", params=params)["dag_runs"]
 
     def dag_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         return self.request("GET", f"/api/v2/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}")

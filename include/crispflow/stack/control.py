@@ -156,7 +156,8 @@ def format_access(status: StackStatus) -> str:
     """The URLs, login and paths a person needs (the only secret printed is the admin login)."""
     login = f"{status.username} / {status.password}" if status.password else "(created by `crispflow up`)"
     mlflow_auth = "no authentication" if status.mlflow_auth.startswith("none") else status.mlflow_auth
-    serve = [f"Model server  {status.serve_url}"] if status.serve_url else []
+    serve = [f"Model server  {status.serve_url}  (every pipeline's model: {status.serve_url}/models)"] \
+        if status.serve_url else []
     return "\n".join(
         [
             f"Airflow UI:  {status.airflow_url}",

@@ -39,11 +39,14 @@ def run_and_wait(api: AirflowAPI, dag_id: str, run_id: str | None, conf: dict[st
     return run_id
 
 
-def training_run_for(api: AirflowAPI, version_id: str, timeout: float = 600) -> str | None:
-    """The training run the dataset's asset event started (matched on what its `resolve` task read)."""
+def training_run_for(api: AirflowAPI, version_id: str, timeout: float = 600, pipeline: str = PIPELINE) -> str | None:
+    """The training run the dataset's asset event started: the run of partition key `<pipeline>/<version_id>` (one
+    per published version), or for runs without a key, the one whose `resolve` task read that version."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for run in api.dag_runs(TRAIN, limit=20):
+        for run in api.dag_runs(TRAIN, limit=20, newest_first=True):
+            if run.get("partition_key") == f"{pipeline}/{version_id}":
+                return run["dag_run_id"]
             try:
                 request = api.xcom(TRAIN, run["dag_run_id"], "resolve")
             except AirflowAPIError:
@@ -60,42 +63,44 @@ def ingest_and_train(api: AirflowAPI, conf: dict[str, Any]) -> dict[str, Any]:
     published = api.xcom(INGEST, ingest_run, "publish")
     version_id = published["dataset_version_id"]
     # A newly published version starts training through its asset event; otherwise train on it explicitly.
-    train_run = training_run_for(api, version_id) if published["event_emitted"] else None
+    train_run = training_run_for(api, version_id, pipeline=conf["pipeline"]) if published["event_emitted"] else None
     train_run = run_and_wait(api, TRAIN, train_run, {"pipeline": conf["pipeline"], "dataset_version_id": version_id},
                              timeout=1800)
     return {"ingest_run": ingest_run, "published": published, "train_run": train_run}
 
 
-def run_demo(api: AirflowAPI, settings: Settings) -> dict[str, Any]:
+def run_demo(api: AirflowAPI, settings: Settings, pipeline: str = PIPELINE) -> dict[str, Any]:
     """The lifecycle through the REST API: ingest → validate → publish → train → evaluate → bless (the first model
     becomes champion); then the later months arrive as live traffic, drift is found, the drift sensor retrains, and
-    the blessed retrained model goes canary and is promoted on labelled evidence."""
-    first = ingest_and_train(api, DEMO_CONF)
-    summary = _data_summary(api, settings, first["ingest_run"], first["published"])
-    summary.update(_model_summary(api, settings, first["train_run"]))
-    summary["drift loop"] = drift_phase(api, settings) if not _loop_done(settings) else {
+    the blessed retrained model goes canary and is judged on labelled evidence. Any pipeline whose data has the
+    demo's months (the three shipped specs) can run it; several can run at once on one stack."""
+    first = ingest_and_train(api, {**DEMO_CONF, "pipeline": pipeline})
+    summary = _data_summary(api, settings, first["ingest_run"], first["published"], pipeline)
+    summary.update(_model_summary(api, settings, first["train_run"], pipeline))
+    summary["drift loop"] = drift_phase(api, settings, pipeline) if not _loop_done(settings, pipeline) else {
         "already completed by an earlier demo run (the cooldown holds further retrains)": "see the ledger",
-        "promotion ledger": _ledger_lines(settings)}
+        "promotion ledger": _ledger_lines(settings, pipeline)}
     return summary
 
 
-def _loop_done(settings: Settings) -> bool:
-    """An earlier demo run on this stack already promoted a retrained model."""
-    return any(line.split()[1] == "promote" for line in _ledger_lines(settings))
+def _loop_done(settings: Settings, pipeline: str) -> bool:
+    """An earlier demo run on this stack already settled a retrained model's canary."""
+    return any(line.split()[1] in ("promote", "rollback", "abort") for line in _ledger_lines(settings, pipeline))
 
 
-def _ledger_lines(settings: Settings) -> list[str]:
+def _ledger_lines(settings: Settings, pipeline: str = PIPELINE) -> list[str]:
     from crispflow.model import registry
     from crispflow.release import promotion
 
-    entries = promotion.Ledger(settings.ledger_url).entries(registry.model_name(PIPELINE))
+    entries = promotion.Ledger(settings.ledger_url).entries(registry.model_name(pipeline))
     return [f"#{e['seq']} {e['action']} {_moves(e['moves'])}" for e in entries]
 
 
-def _data_summary(api: AirflowAPI, settings: Settings, ingest_run: str, published: dict[str, Any]) -> dict[str, Any]:
+def _data_summary(api: AirflowAPI, settings: Settings, ingest_run: str, published: dict[str, Any],
+                  pipeline: str) -> dict[str, Any]:
     version_id = published["dataset_version_id"]
     lake_root = UPath(settings.lake_url)
-    manifest = read_manifest(Lake(lake_root), version_id, PIPELINE)
+    manifest = read_manifest(Lake(lake_root), version_id, pipeline)
     where = {key: str(lake_root / rel) for key, rel in manifest["files"].items()}
     return {
         "ingest run": f"{api.base_url}/dags/{INGEST}/runs/{ingest_run}",
@@ -110,20 +115,30 @@ def _data_summary(api: AirflowAPI, settings: Settings, ingest_run: str, publishe
     }
 
 
-def holdout_traffic(settings: Settings) -> tuple[Any, list[int]]:
+def feedback_labels(spec: Any, frame: Any) -> list[Any]:
+    """The true labels of `frame` as the model server's /feedback takes them: binary 0/1, multiclass the class,
+    regression the value."""
+    from crispflow.model.tasks import labels
+
+    y = labels(spec, frame)
+    if spec.task == "multiclass":
+        return [str(spec.class_labels[code]) for code in y]
+    return [int(v) for v in y] if spec.task == "binary" else [float(v) for v in y]
+
+
+def holdout_traffic(settings: Settings, pipeline: str = PIPELINE) -> tuple[Any, list[Any]]:
     """The frozen holdout's rows (features and entity key) and their true labels, to replay as live traffic."""
     from crispflow.lake import read_parquet
     from crispflow.model.holdout import frozen_record
     from crispflow.spec import load_spec
 
-    spec = load_spec(PIPELINE)
+    spec = load_spec(pipeline)
     lake = Lake(UPath(settings.lake_url))
-    frame = read_parquet(lake.root / frozen_record(lake, PIPELINE)["file"])
-    labels = (frame[spec.target.column].astype(str) == str(spec.target.positive)).astype(int).tolist()
-    return frame[[spec.key, *spec.feature_columns]], labels
+    frame = read_parquet(lake.root / frozen_record(lake, pipeline)["file"])
+    return frame[[spec.key, *spec.feature_columns]], feedback_labels(spec, frame)
 
 
-def canary_phase(api: AirflowAPI, settings: Settings, rounds: int = 6) -> dict[str, Any]:
+def canary_phase(api: AirflowAPI, settings: Settings, pipeline: str = PIPELINE, rounds: int = 6) -> dict[str, Any]:
     """Replay the holdout through the model server (labels fed back two seconds later) and run the canary
     analysis after each pass, until it promotes or rolls back the canary."""
     import requests
@@ -133,22 +148,22 @@ def canary_phase(api: AirflowAPI, settings: Settings, rounds: int = 6) -> dict[s
     from crispflow.stack.traffic import replay
 
     mlf = registry.client(settings.mlflow_tracking_uri)
-    name = registry.model_name(PIPELINE)
+    name = registry.model_name(pipeline)
     canary = registry.alias_version(mlf, name, promotion.CANARY)
     if canary is None:
         return {"canary": "none deployed (the second model was not blessed, or is the champion already)"}
-    _wait_serving(settings, str(canary.version))
+    _wait_serving(settings, name, str(canary.version))
     share = mlf.get_registered_model(name).tags.get(promotion.CANARY_SHARE_TAG)
-    rows, labels = holdout_traffic(settings)
+    rows, labels = holdout_traffic(settings, pipeline)
     decision, traffic, analysis_run = {"decision": "continue"}, {}, None
     for _ in range(rounds):
-        stats = replay(settings.serve_url, rows, labels, batch=10, feedback_delay=2.0)
+        stats = replay(settings.serve_url, rows, labels, batch=10, feedback_delay=2.0, model=name)
         traffic = stats.as_dict()
         if stats.failed:
             raise CrispflowError(f"the model server failed {stats.failed} records: {stats.errors}")
         time.sleep(2.5)  # the server's prediction log flushes every second
-        analysis_run = run_and_wait(api, CANARY, None, {"pipeline": PIPELINE}, timeout=600)
-        decision = api.xcom(CANARY, analysis_run, "analyse_and_act")
+        analysis_run = run_and_wait(api, CANARY, None, {"pipeline": pipeline}, timeout=600)
+        decision = api.xcom(CANARY, analysis_run, "analyse_and_act", map_index=0)  # mapped: one per pipeline
         if decision["decision"] != "continue":
             break
     metrics = requests.get(f"{settings.serve_url}/metrics", timeout=10).text
@@ -158,42 +173,45 @@ def canary_phase(api: AirflowAPI, settings: Settings, rounds: int = 6) -> dict[s
         "canary analysis": f"{api.base_url}/dags/{CANARY}/runs/{analysis_run}",
         "canary decision": f"{decision['decision']}: {'; '.join(decision.get('reasons', []))}",
         "canary report": decision.get("report", "none"),
-        "promotion ledger": _ledger_lines(settings),
-        "model server": f"{settings.serve_url} (metrics: {settings.serve_url}/metrics)",
-        "served records by version (metrics)": _served(metrics),
+        "promotion ledger": _ledger_lines(settings, pipeline),
+        "model server": f"{settings.serve_url}/models/{name} (metrics: {settings.serve_url}/metrics)",
+        "served records by version (metrics)": _served(metrics, name),
     }
 
 
-def drift_phase(api: AirflowAPI, settings: Settings) -> dict[str, Any]:
+def drift_phase(api: AirflowAPI, settings: Settings, pipeline: str = PIPELINE) -> dict[str, Any]:
     """The maintenance loop: the later, riskier months are ingested and arrive as live traffic; two monitoring
     windows find drift; the drift sensor fires once and alerts; the retraining DAG trains on the composed training
     window; the blessed result goes canary and is promoted on labelled evidence, like any other model."""
     import math
 
+    from crispflow.model.registry import model_name
     from crispflow.stack.traffic import replay
 
     for year, month in LATER_MONTHS:  # the monthly ingests (each too small to train on alone)
         end = f"{year + month // 12}-{month % 12 + 1:02d}-01"
-        run_and_wait(api, INGEST, None, {"pipeline": PIPELINE, "start": f"{year}-{month:02d}-01", "end": end})
-    rows, labels = later_traffic(settings)
+        run_and_wait(api, INGEST, None, {"pipeline": pipeline, "start": f"{year}-{month:02d}-01", "end": end})
+    rows, labels = later_traffic(settings, pipeline)
     started = time.time()
     windows = []
     half = len(rows) // 2
     for chunk in (slice(0, half), slice(half, len(rows))):
         began = time.monotonic()
-        stats = replay(settings.serve_url, rows.iloc[chunk], labels[chunk], batch=10, feedback_delay=1.0)
+        stats = replay(settings.serve_url, rows.iloc[chunk], labels[chunk], batch=10, feedback_delay=1.0,
+                       model=model_name(pipeline))
         if stats.failed:
             raise CrispflowError(f"the model server failed {stats.failed} records: {stats.errors}")
         time.sleep(2.5)  # the prediction log flushes every second
         minutes = max(1, math.ceil((time.monotonic() - began) / 60))
-        run = run_and_wait(api, MONITOR, None, {"pipeline": PIPELINE, "window_minutes": minutes}, timeout=600)
-        windows.extend(api.xcom(MONITOR, run, "compute_drift")["summaries"])
-    # The hourly watch_drift run may already be waiting in the triggerer and fire first; else start one.
+        run = run_and_wait(api, MONITOR, None, {"pipeline": pipeline, "window_minutes": minutes}, timeout=600)
+        windows.extend(api.xcom(MONITOR, run, "compute_drift", map_index=0)["summaries"])  # mapped per pipeline
+    # The hourly watch_drift run may already be waiting in the triggerer and fire first; else start one (the
+    # episode is claimed exclusively: two sensors never fire it twice).
     if not _active_runs(api, WATCH):
-        api.trigger(WATCH, conf={"pipeline": PIPELINE})
-    retrain = _run_after(api, RETRAIN, started, timeout=900)
+        api.trigger(WATCH, conf={"pipeline": pipeline})
+    retrain = _run_after(api, RETRAIN, started, timeout=900, pipeline=pipeline)
     run_and_wait(api, RETRAIN, retrain, timeout=2400)
-    watch, fired, alert = _fired_watch(api, started)
+    watch, fired, alert = _fired_watch(api, started, pipeline)
     resolved = api.xcom(RETRAIN, retrain, "resolve")
     out: dict[str, Any] = {
         "windows": [f"{w['alias']} v{w['version']} {w['window_end']}: {w['status']} (drift share "
@@ -205,34 +223,34 @@ def drift_phase(api: AirflowAPI, settings: Settings) -> dict[str, Any]:
         "retraining": f"{api.base_url}/dags/{RETRAIN}/runs/{retrain} → training window "
         f"{resolved['conf']['dataset_version_id']}",
     }
-    out.update(_model_summary(api, settings, resolved["run_id"]))
-    out.update(canary_phase(api, settings))
+    out.update(_model_summary(api, settings, resolved["run_id"], pipeline))
+    out.update(canary_phase(api, settings, pipeline))
     return out
 
 
-def later_traffic(settings: Settings) -> tuple[Any, list[int]]:
+def later_traffic(settings: Settings, pipeline: str = PIPELINE) -> tuple[Any, list[Any]]:
     """The published rows of the later months (features, entity key) and their true labels."""
     import pandas as pd
 
     from crispflow.data.datasets import load_version, published
     from crispflow.spec import load_spec
 
-    spec = load_spec(PIPELINE)
+    spec = load_spec(pipeline)
     lake = Lake(UPath(settings.lake_url))
     starts = {f"{y}-{m:02d}" for y, m in LATER_MONTHS}
-    versions = [m["dataset_version_id"] for m in published(lake, PIPELINE) if m["interval"]["start"][:7] in starts
+    versions = [m["dataset_version_id"] for m in published(lake, pipeline) if m["interval"]["start"][:7] in starts
                 and m["interval"]["end"][:7] != m["interval"]["start"][:7] and not m.get("parents")]
-    frame = pd.concat([load_version(lake, v, PIPELINE) for v in versions], ignore_index=True)
+    frame = pd.concat([load_version(lake, v, pipeline) for v in versions], ignore_index=True)
     frame = frame.drop_duplicates(spec.key).sort_values(spec.time_column, kind="stable").reset_index(drop=True)
-    labels = (frame[spec.target.column].astype(str) == str(spec.target.positive)).astype(int).tolist()
-    return frame[[spec.key, *spec.feature_columns]], labels
+    return frame[[spec.key, *spec.feature_columns]], feedback_labels(spec, frame)
 
 
 def _active_runs(api: AirflowAPI, dag_id: str) -> list[dict[str, Any]]:
     return [r for r in api.dag_runs(dag_id) if r["state"] in ("queued", "running")]
 
 
-def _fired_watch(api: AirflowAPI, after: float, timeout: float = 120) -> tuple[str, dict[str, Any], Any]:
+def _fired_watch(api: AirflowAPI, after: float, pipeline: str = PIPELINE,
+                 timeout: float = 120) -> tuple[str, dict[str, Any], Any]:
     """The watch_drift run whose sensor fired after `after`: (run id, the episode it recorded, the alert sent)."""
     from datetime import UTC, datetime
 
@@ -244,20 +262,37 @@ def _fired_watch(api: AirflowAPI, after: float, timeout: float = 120) -> tuple[s
                 continue
             if datetime.fromisoformat(ended).astimezone(UTC).timestamp() < after:
                 continue
-            fired = api.xcom(WATCH, run["dag_run_id"], "watch")
+            fired = _mapped_xcom(api, WATCH, run["dag_run_id"], "watch", pipeline)
             if fired:
-                return run["dag_run_id"], fired, api.xcom(WATCH, run["dag_run_id"], "alert")
+                index, record = fired
+                return run["dag_run_id"], record, api.xcom(WATCH, run["dag_run_id"], "alert", map_index=index)
         time.sleep(3)
     raise CrispflowError(f"no {WATCH} run fired within {timeout:.0f} s of the retrain")
 
 
-def _run_after(api: AirflowAPI, dag_id: str, after: float, timeout: float) -> str:
-    """The id of the first run of `dag_id` queued after the UNIX time `after` (an asset-scheduled run)."""
+def _mapped_xcom(api: AirflowAPI, dag_id: str, run_id: str, task_id: str,
+                 pipeline: str = PIPELINE) -> tuple[int, Any] | None:
+    """(map index, XCom) of a pipeline's instance of a task mapped over pipelines, or None (not there, or it pushed
+    nothing: a skipped sensor)."""
+    for ti in api.task_instances(dag_id, run_id):
+        if ti["task_id"] == task_id and ti.get("rendered_map_index") == pipeline and ti["state"] == "success":
+            try:
+                return ti["map_index"], api.xcom(dag_id, run_id, task_id, map_index=ti["map_index"])
+            except AirflowAPIError:
+                return None
+    return None
+
+
+def _run_after(api: AirflowAPI, dag_id: str, after: float, timeout: float, pipeline: str = PIPELINE) -> str:
+    """The id of the first run of `dag_id` for `pipeline` (its partition key `<pipeline>/...`) queued after the UNIX
+    time `after` (an asset-scheduled run)."""
     from datetime import UTC, datetime
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for run in api.dag_runs(dag_id):
+            if not str(run.get("partition_key") or "").startswith(f"{pipeline}/"):
+                continue
             if datetime.fromisoformat(run["run_after"]).astimezone(UTC).timestamp() >= after - 1:
                 return run["dag_run_id"]
         time.sleep(3)
@@ -272,20 +307,21 @@ def _v(version: str | None) -> str:
     return f"v{version}" if version else "-"
 
 
-def _served(metrics: str) -> str:
-    """The server's per-version, per-alias record counters, from its Prometheus text."""
-    lines = [line for line in metrics.splitlines() if line.startswith("crispflow_serve_predictions_total{")]
+def _served(metrics: str, model: str) -> str:
+    """The server's per-version, per-alias record counters of `model`, from its Prometheus text."""
+    lines = [line for line in metrics.splitlines()
+             if line.startswith("crispflow_serve_predictions_total{") and f'model="{model}"' in line]
     return "; ".join(lines) or "none"
 
 
-def _wait_serving(settings: Settings, canary: str, timeout: float = 120) -> None:
-    """Until the model server has picked up the canary alias (it polls the registry every few seconds)."""
+def _wait_serving(settings: Settings, model: str, canary: str, timeout: float = 120) -> None:
+    """Until the model server has picked up `model`'s canary alias (it polls the registry every few seconds)."""
     import requests
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            arms = requests.get(f"{settings.serve_url}/model", timeout=5).json().get("aliases", {})
+            arms = requests.get(f"{settings.serve_url}/models/{model}", timeout=5).json().get("aliases", {})
             if str(arms.get("canary", {}).get("version")) == canary:
                 return
         except (requests.RequestException, ValueError):
@@ -294,13 +330,13 @@ def _wait_serving(settings: Settings, canary: str, timeout: float = 120) -> None
     raise CrispflowError(f"the model server at {settings.serve_url} did not load canary v{canary} in {timeout:.0f} s")
 
 
-def _model_summary(api: AirflowAPI, settings: Settings, train_run: str) -> dict[str, Any]:
+def _model_summary(api: AirflowAPI, settings: Settings, train_run: str, pipeline: str) -> dict[str, Any]:
     from crispflow.model import registry
 
     registered = api.xcom(TRAIN, train_run, "register")
     verdict = api.xcom(TRAIN, train_run, "bless")
     mlf = registry.client(settings.mlflow_tracking_uri)
-    name, version = registry.model_name("lending_club"), str(registered["version"])
+    name, version = registry.model_name(pipeline), str(registered["version"])
     mv = mlf.get_model_version(name, version)
     experiment = mlf.get_run(mv.run_id).info.experiment_id
     champion = registry.alias_version(mlf, name, "champion")
@@ -308,7 +344,7 @@ def _model_summary(api: AirflowAPI, settings: Settings, train_run: str) -> dict[
     run_url = f"{base}/#/experiments/{experiment}/runs/{mv.run_id}"
     return {
         "training run": f"{api.base_url}/dags/{TRAIN}/runs/{train_run}",
-        "model": f"{name} v{version} ({registered['config_id']}, threshold {registered['threshold']:.3f})",
+        "model": f"{name} v{version} ({registered['config_id']}, {_decision_rule(registered)})",
         "blessed": f"{verdict['blessed']} ({verdict['mode']})"
         + ("" if verdict["blessed"] else f": {'; '.join(verdict['reasons'])}"),
         "champion": f"v{champion.version}" if champion else "none",
@@ -317,3 +353,13 @@ def _model_summary(api: AirflowAPI, settings: Settings, train_run: str) -> dict[
         "verdict artifact": f"{run_url} → artifacts/blessing/v{version}.json",
         "model card": f"{run_url} → artifacts/model_card/v{version}.html (and .md)",
     }
+
+
+def _decision_rule(registered: dict[str, Any]) -> str:
+    """How the version turns its output into a decision: the threshold (binary) or the interval (regression)."""
+    if registered.get("threshold") is not None:
+        return f"threshold {registered['threshold']:.3f}"
+    interval = registered.get("interval")
+    if interval:
+        return f"{interval['coverage']:.0%} interval ±{interval['halfwidth']:.3g}"
+    return "most probable class"

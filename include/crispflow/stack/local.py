@@ -82,7 +82,9 @@ def serve_spec(ports: Ports, base_env: Mapping[str, str], extra_env: Mapping[str
     """The model server (`crispflow serve`) as a managed process: the PATH, MLflow and crispflow variables
     the Airflow processes get (`base_env`), plus `extra_env` (e.g. S3 credentials for its prediction log).
 
-    Healthy when `/health` answers 200, which it does before any model is loaded (`/ready` waits for one).
+    It serves every pipeline's registered model (no `--model`: any number of specs, also none registered yet).
+    Healthy when `/health` answers 200, which it does before any model is loaded (`/ready` waits for the
+    champions).
     """
     env = {k: v for k, v in base_env.items() if k == "PATH" or k.startswith(("CRISPFLOW_", "MLFLOW_"))}
     env |= dict(extra_env or {})

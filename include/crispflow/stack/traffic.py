@@ -55,12 +55,16 @@ def _json_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
-def replay(server_url: str, rows: pd.DataFrame, labels: list[int], *, batch: int = 10, rate: float | None = None,
+def replay(server_url: str, rows: pd.DataFrame, labels: list[Any], *, batch: int = 10, rate: float | None = None,
            feedback_delay: float = 2.0, stop: threading.Event | None = None,
-           session: requests.Session | None = None) -> TrafficStats:
+           session: requests.Session | None = None, model: str | None = None) -> TrafficStats:
     """POST `rows` to `/predict` in batches (at most `rate` requests per second), then each label to `/feedback`
-    `feedback_delay` seconds after its prediction. Returns once every label is fed back (or `stop` is set)."""
+    `feedback_delay` seconds after its prediction. Returns once every label is fed back (or `stop` is set).
+    `model`: a registered model's routes (`/models/{model}/...`) instead of the server's default model."""
     import requests
+
+    if model is not None:
+        server_url = f"{server_url}/models/{model}"
 
     if len(rows) != len(labels):
         raise ValueError(f"rows ({len(rows)}) and labels ({len(labels)}) differ in length")

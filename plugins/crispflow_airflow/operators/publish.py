@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from crispflow.pools import ALIAS_EVENTS
-from crispflow_airflow.assets import CURATED_DATASET, CURATED_DATASET_PUBLISHED, emit_once
+from crispflow_airflow.assets import CURATED_DATASET, emit_once
 from crispflow_airflow.context import run_identity
 from crispflow_airflow.exceptions import as_airflow_errors
 
@@ -19,7 +18,9 @@ if TYPE_CHECKING:
 class PublishDatasetOperator(BaseOperator):
     """Publish once: same content → same version id, and one asset event, from the run that published it.
 
-    Concurrent runs are safe: the manifest is created exclusively, so exactly one run publishes a version.
+    Concurrent runs are safe: the manifest is created exclusively, so exactly one run publishes a version. The
+    event is `crispflow_curated_dataset` with partition key `<pipeline>/<dataset_version_id>`: it starts one
+    training run of exactly this version (see `crispflow_airflow.assets`).
 
     :param pipeline: pipeline spec name (templated)
     :param batch_id: a batch that passed the gate (templated)
@@ -29,8 +30,7 @@ class PublishDatasetOperator(BaseOperator):
     ui_color = "#e9f7ec"
 
     def __init__(self, *, pipeline: str, batch_id: str, **kwargs: Any) -> None:
-        kwargs.setdefault("outlets", [CURATED_DATASET_PUBLISHED])
-        kwargs.setdefault("pool", ALIAS_EVENTS)
+        kwargs.setdefault("outlets", [CURATED_DATASET])
         super().__init__(**kwargs)
         self.pipeline = pipeline
         self.batch_id = batch_id
@@ -47,8 +47,8 @@ class PublishDatasetOperator(BaseOperator):
         manifest = result.manifest
         extra = {"pipeline": spec.name, "dataset_version_id": result.version_id, "batch_id": self.batch_id,
                  "rows": manifest["rows"]["published"], "spec_hash": manifest["spec_hash"]}
-        ours = emit_once(context, manifest["published_by"], extra, outlet=CURATED_DATASET_PUBLISHED,
-                         asset=CURATED_DATASET)
+        ours = emit_once(context, manifest["published_by"], extra, asset=CURATED_DATASET, pipeline=spec.name,
+                         item=result.version_id)
         if ours:
             self.log.info("published %s (%d rows)", result.version_id, extra["rows"])
         else:

@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from crispflow.pools import ALIAS_EVENTS
-from crispflow_airflow.assets import BATCH_SCORES, BATCH_SCORES_COMMITTED, emit_once
+from crispflow_airflow.assets import BATCH_SCORES, emit_once
 from crispflow_airflow.context import run_identity
 from crispflow_airflow.exceptions import as_airflow_errors
 
@@ -124,7 +123,8 @@ class ScorePartitionOperator(BaseOperator):
 
 class CommitScoresOperator(BaseOperator):
     """Check every part against the plan (rows in == rows scored) and create the `_SUCCESS` manifest once;
-    the run that committed emits the `crispflow_batch_scores` asset event with ids and counts in `extra`.
+    the run that committed emits the `crispflow_batch_scores` asset event with ids and counts in `extra`, partition
+    key `<pipeline>/<dataset_version_id>.v<model_version>`.
 
     :param output_dir: the output folder key returned by the plan task (templated)
     :param results: the mapped scoring tasks' results, cross-checked against the files (templated; an XComArg)
@@ -134,8 +134,7 @@ class CommitScoresOperator(BaseOperator):
     ui_color = "#e9f7ec"
 
     def __init__(self, *, output_dir: str, results: Any = None, **kwargs: Any) -> None:
-        kwargs.setdefault("outlets", [BATCH_SCORES_COMMITTED])
-        kwargs.setdefault("pool", ALIAS_EVENTS)
+        kwargs.setdefault("outlets", [BATCH_SCORES])
         super().__init__(**kwargs)
         self.output_dir = output_dir
         self.results = results
@@ -153,7 +152,8 @@ class CommitScoresOperator(BaseOperator):
         extra = {"pipeline": manifest["pipeline"], "dataset_version_id": manifest["dataset_version_id"],
                  "model": manifest["model"]["name"], "model_version": manifest["model"]["version"],
                  "rows": manifest["rows"]["scored"], "output": self.output_dir}
-        ours = emit_once(context, manifest["committed_by"], extra, outlet=BATCH_SCORES_COMMITTED, asset=BATCH_SCORES)
+        ours = emit_once(context, manifest["committed_by"], extra, asset=BATCH_SCORES, pipeline=manifest["pipeline"],
+                         item=f"{manifest['dataset_version_id']}.v{manifest['model']['version']}")
         if ours:
             self.log.info("committed %s: %d rows scored of %d", self.output_dir, manifest["rows"]["scored"],
                           manifest["rows"]["in"])

@@ -20,7 +20,8 @@ class DriftSensor(BaseSensorOperator):
     """Succeeds once per drift episode: when drift persists in k of the last n windows, outside cooldown and budget
     and with enough new labels (`crispflow.monitoring.episodes.DriftPolicy`). It then records the episode in the
     store (exclusively: a second sensor, or a later check of the same episode, is skipped) and emits
-    `DRIFT_DETECTED` with the reason. No episode before `timeout`: the task is skipped (nothing to do this run).
+    `DRIFT_DETECTED` with the reason, partition key `<pipeline>/<episode_id>` (one retrain run per episode). No
+    episode before `timeout`: the task is skipped (nothing to do this run).
 
     Deferrable by default: one synchronous check, then the wait moves to the triggerer (`DriftTrigger`), which
     re-reads the store on every poll, so a triggerer restart resumes the wait.
@@ -104,7 +105,8 @@ class DriftSensor(BaseSensorOperator):
                                 fired_by={"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id})
         stored = claim_episode(PredictionStoreHook(self.root_url, self.conn_id).get_root(), model, record)
         by = stored.get("fired_by") or {}
-        if not emit_once(context, by, stored, outlet=DRIFT_DETECTED, keys=("dag_id", "run_id", "task_id")):
+        if not emit_once(context, by, stored, asset=DRIFT_DETECTED, pipeline=self.pipeline, item=stored["episode_id"],
+                         keys=("dag_id", "run_id", "task_id")):
             raise AirflowSkipException(f"episode {record['episode_id']} of {model} already fired "
                                        f"(by {by.get('dag_id')}/{by.get('run_id')}): no second event")
         self.log.info("drift episode %s of %s: retrain requested (features: %s)", stored["episode_id"], model,

@@ -1,5 +1,6 @@
 """PublishDatasetOperator: templated fields render, the XCom names the version, the run that publishes emits the
-one asset event (a rerun publishes nothing new), a batch that did not pass the gate is a misconfiguration."""
+one asset event keyed `<pipeline>/<version>` (a rerun publishes and emits nothing), a batch that did not pass the
+gate is a misconfiguration."""
 
 from __future__ import annotations
 
@@ -40,6 +41,18 @@ def events() -> int:
                               .where(AssetModel.name == "crispflow_curated_dataset"))
 
 
+def newest_event() -> tuple[str | None, dict, str]:
+    """(partition key, extra, source run id) of the newest curated-dataset event."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        event = session.scalars(select(AssetEvent).join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+                                .where(AssetModel.name == "crispflow_curated_dataset")
+                                .order_by(AssetEvent.id.desc()).limit(1)).one()
+        return event.partition_key, dict(event.extra), event.source_run_id
+
+
 def test_templated_fields_render() -> None:
     op = operator()
     assert tuple(op.template_fields) == ("pipeline", "batch_id")
@@ -60,6 +73,9 @@ def test_publishes_once_and_emits_one_event(run_alone, lake, stage_january) -> N
     manifest = read_manifest(lake, out["dataset_version_id"], "lending_club")
     assert read_json(lake.root / out["manifest"]) == manifest and manifest["rows"]["published"] == out["rows"]
     assert events() == before + 1
+    key, extra, source_run = newest_event()
+    assert key == f"lending_club/{out['dataset_version_id']}" and source_run == dr.run_id
+    assert extra["pipeline"] == "lending_club" and extra["dataset_version_id"] == out["dataset_version_id"]
 
     dr, ti = run_alone(operator, PARAMS, {"batch_id": batch_id})  # another run, the same batch
     again = ti.xcom_pull(task_ids="publish")

@@ -121,7 +121,8 @@ def test_only_the_run_that_recorded_the_episode_emits_its_event(pipeline, tmp_pa
 
     first, events = complete("r1")
     assert first["episode_id"] == EPISODE and events[DRIFT_DETECTED].extra == first
+    assert events[DRIFT_DETECTED].partition_keys == {f"{pipeline}/{EPISODE}"}  # one retrain run per episode
     again, events = complete("r1")  # a retry of the recording run (after a crash) emits the stored record
     assert again == first and events[DRIFT_DETECTED].extra == first
     other, events = complete("r2")  # another run: skipped, no event
-    assert other is None and events[DRIFT_DETECTED].extra == {}
+    assert other is None and events[DRIFT_DETECTED].extra == {} and not events[DRIFT_DETECTED].partition_keys
