@@ -57,6 +57,7 @@ bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/crispflow up
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.train_overhead
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.serving_vs_mlflow
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.serving_many_models
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.drift_vs_evidently
 
 # Scale-out: batch scoring of 10M rows on prod-local with 1, then 2 Celery workers (one task slot each).

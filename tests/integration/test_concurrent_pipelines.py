@@ -95,8 +95,13 @@ def airflow(mlflow_server, tmp_path_factory) -> Iterator[Airflow]:
     paths.create()
     creds = Secrets.generate()
     write_passwords_file(paths, creds)
+    dags = base / "dags"  # the two DAGs under test only: no scheduled run of another DAG publishes or trains
+    dags.mkdir()
+    for dag_id in (INGEST, TRAIN):
+        (dags / f"{dag_id}.py").symlink_to(ROOT / "dags" / f"{dag_id}.py")
     port = free_port()
     env = clean_env() | airflow_env(settings, Ports(airflow=port, mlflow=0, serve=0), creds) | {
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
         "MLFLOW_TRACKING_URI": mlflow_server.url, "CRISPFLOW_PIPELINES_DIR": str(pipelines),
         "CRISPFLOW_MODEL_CACHE": str(base / "cache"), "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2"}
     exe = str(venv_bin() / "airflow")

@@ -664,6 +664,26 @@ def test_a_model_registered_after_the_start_is_discovered(fleet, models, mlf, da
     assert set(body["models"]) >= set(models.values())  # the others are still served
 
 
+def test_a_model_whose_champion_is_refused_does_not_take_the_others_down(fleet, models, mlf, mlflow_server,
+                                                                        data) -> None:
+    name = f"crispflow-t_tampered_{MULTI}"
+    x = data[FEATURES].copy()
+    version = _register(mlf, name, _regressor().fit(x, data["int_rate"]), x, {"crispflow.task": "regression"},
+                        pipeline=f"t_tampered_{MULTI}")
+    _tamper(mlf, mlflow_server, name, version)
+
+    def refused() -> dict[str, Any] | None:
+        reply = httpx.get(f"{fleet.url}/ready", timeout=5)
+        return reply.json() if name in reply.json().get("refused", {}) else None
+
+    body = _wait(refused, 60, "the tampered champion refused")
+    assert body["ready"] is True and set(body["models"]) >= set(models.values()), body
+    assert "sha256" in body["refused"][name] or "hash" in body["refused"][name], body["refused"][name]
+    assert httpx.post(f"{fleet.url}/models/{name}/predict", json={"record": GOOD}).status_code == 503
+    reply = httpx.post(f"{fleet.url}/models/{models['regression']}/predict", json={"record": GOOD})
+    assert reply.status_code == 200, reply.text
+
+
 def test_at_most_max_models_are_loaded_and_an_idle_one_loads_on_request(models, mlflow_server, tmp_path) -> None:
     config = ServeConfig(tracking_uri=mlflow_server.url, predictions_url=str(tmp_path), poll_interval=0.2,
                          log_flush_interval=60, max_models=1, only=(models["binary"], models["regression"]))

@@ -196,7 +196,8 @@ def model_server(env, tmp_path, monkeypatch):
     predictions = (tmp_path / "predictions").as_uri()
     monkeypatch.setenv("CRISPFLOW_PREDICTIONS_URL", predictions)
     port = free_port()
-    argv = [str(Path(sys.executable).parent / "crispflow"), "serve", "--model", MODEL, "--port", str(port),
+    argv = [str(Path(sys.executable).parent / "crispflow"), "serve", "--model", MODEL, "--only", MODEL,
+            "--port", str(port),
             "--tracking-uri", os.environ["MLFLOW_TRACKING_URI"], "--predictions-url", predictions,
             "--poll-interval", "1"]
     log = (tmp_path / "serve.log").open("wb")

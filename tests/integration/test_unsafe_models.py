@@ -166,7 +166,8 @@ def test_the_model_server_refuses_it_unrun(mlf, mlflow_server, versions, markers
         if registry.alias_version(mlf, NAME, alias):
             mlf.delete_registered_model_alias(NAME, alias)
     registry.set_alias(mlf, NAME, "champion", versions["pickle"])
-    config = ServeConfig(model=NAME, tracking_uri=mlflow_server.url, predictions_url=None, poll_interval=0.2)
+    config = ServeConfig(model=NAME, only=(NAME,), tracking_uri=mlflow_server.url, predictions_url=None,
+                         poll_interval=0.2)
     with Running(config) as running:
         url = running.url
         deadline = time.monotonic() + 30

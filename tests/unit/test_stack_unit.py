@@ -570,7 +570,6 @@ def test_prod_local_profile_is_the_production_topology(settings: Settings) -> No
         "mlflow-auth-config",
         "db-migrate",
         "pool-crispflow_promotions",
-        "pool-crispflow_alias_events",
     ]
     assert profile.step("reset-state").argv[-3:] == ns.databases
     scheduler = by_name["airflow-scheduler"].env

@@ -13,8 +13,11 @@ fast and `/ready` can vouch for all of them. The threads of a model (scoring, sh
 request.
 
 Readiness: ready when every loaded model whose registry has a `champion` alias serves one, and the configured
-default model (if any) serves its champion; idle models are listed, not waited for. The default model of the
-single-model routes is `ServeConfig.model`, else the only model when there is exactly one.
+default model (if any) serves its champion; idle models are listed, not waited for. A model whose champion was
+refused (hash mismatch, unsafe format) is listed under `refused` and does not make the server unready: one bad
+artifact must not take every other pipeline's model out of a load balancer (unless it is the `--model` default).
+The default model of the single-model routes is `ServeConfig.model`, else the only model when there is exactly
+one.
 """
 
 from __future__ import annotations
@@ -297,6 +300,7 @@ class Fleet:
         not_ready: dict[str, str] = {}
         models: dict[str, Any] = {}
         idle: list[str] = []
+        refused: dict[str, str] = {}
         for name, server, loaded, found in self._states():
             snap = server.store.snapshot
             has_champion = not isinstance(found, str) and found is not None and CHAMPION in found[0]
@@ -306,11 +310,15 @@ class Fleet:
             if snap.champion is not None:
                 models[name] = {"champion": snap.champion.version, "task": snap.champion.task,
                                 "aliases": {a: m.version for a, m in snap.arms.items()}}
-            elif has_champion or name == self.config.model:
+            elif name == self.config.model or (has_champion and not snap.refused):
                 not_ready[name] = snap.not_ready or "no champion loaded"
+            elif has_champion:  # its champion was refused (hash, format): reported, but the others still serve
+                refused[name] = snap.not_ready or "champion refused"
         if not models and not not_ready and not idle:
             not_ready[""] = "no crispflow model with a champion alias is registered yet"
         body: dict[str, Any] = {"ready": not not_ready, "models": models, "idle": idle}
+        if refused:
+            body["refused"] = refused
         if not_ready:
             body["not_ready"] = not_ready
             body["reason"] = "; ".join(f"{n}: {r}" if n else r for n, r in not_ready.items())

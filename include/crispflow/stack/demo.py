@@ -205,10 +205,9 @@ def drift_phase(api: AirflowAPI, settings: Settings, pipeline: str = PIPELINE) -
         minutes = max(1, math.ceil((time.monotonic() - began) / 60))
         run = run_and_wait(api, MONITOR, None, {"pipeline": pipeline, "window_minutes": minutes}, timeout=600)
         windows.extend(api.xcom(MONITOR, run, "compute_drift", map_index=0)["summaries"])  # mapped per pipeline
-    # The hourly watch_drift run may already be waiting in the triggerer and fire first; else start one (the
-    # episode is claimed exclusively: two sensors never fire it twice).
-    if not _active_runs(api, WATCH):
-        api.trigger(WATCH, conf={"pipeline": pipeline})
+    # A sensor for this pipeline (an hourly run may watch it too, or may have started before its champion existed:
+    # the episode is claimed exclusively, so two sensors never fire it twice).
+    api.trigger(WATCH, conf={"pipeline": pipeline})
     retrain = _run_after(api, RETRAIN, started, timeout=900, pipeline=pipeline)
     run_and_wait(api, RETRAIN, retrain, timeout=2400)
     watch, fired, alert = _fired_watch(api, started, pipeline)
@@ -243,10 +242,6 @@ def later_traffic(settings: Settings, pipeline: str = PIPELINE) -> tuple[Any, li
     frame = pd.concat([load_version(lake, v, pipeline) for v in versions], ignore_index=True)
     frame = frame.drop_duplicates(spec.key).sort_values(spec.time_column, kind="stable").reset_index(drop=True)
     return frame[[spec.key, *spec.feature_columns]], feedback_labels(spec, frame)
-
-
-def _active_runs(api: AirflowAPI, dag_id: str) -> list[dict[str, Any]]:
-    return [r for r in api.dag_runs(dag_id) if r["state"] in ("queued", "running")]
 
 
 def _fired_watch(api: AirflowAPI, after: float, pipeline: str = PIPELINE,

@@ -51,7 +51,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         settings = profile_client_settings(args.profile, settings)
     print("\nrunning the demo ...", flush=True)
     try:
-        summary = run_demo(AirflowAPI.from_settings(settings), settings)
+        summary = run_demo(AirflowAPI.from_settings(settings), settings, args.pipeline)
     except Exception:  # the demo's own failure: show it, keep the stack up for inspection
         traceback.print_exc()
         print("\ndemo FAILED; the stack is still running for inspection:", file=sys.stderr)
@@ -125,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("up", "demo"):
             cmd.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES))
             cmd.add_argument("--timeout", type=float, default=stack.UP_TIMEOUT, help="seconds to become healthy")
+        if name == "demo":
+            cmd.add_argument("--pipeline", default="lending_club", help="the shipped spec whose story runs: "
+                             "lending_club (binary), lending_club_rate (regression), lending_club_verification "
+                             "(multiclass)")
         if name == "down":
             cmd.add_argument("--timeout", type=float, default=STOP_TIMEOUT, help="seconds before SIGKILL")
         if name == "status":

@@ -78,7 +78,7 @@ def replay(server_url: str, rows: pd.DataFrame, labels: list[Any], *, batch: int
         ready = []
         while due and (force or due[0][0] <= time.monotonic()):
             _, request_id, label = heapq.heappop(due)
-            ready.append({"request_id": request_id, "label": int(label)})
+            ready.append({"request_id": request_id, "label": label.item() if hasattr(label, "item") else label})
         for start in range(0, len(ready), 500):
             chunk = ready[start:start + 500]
             resp = http.post(f"{server_url}/feedback", json=chunk, timeout=30)
