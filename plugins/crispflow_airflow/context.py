@@ -15,6 +15,17 @@ def run_identity(context: Context) -> dict[str, Any]:
     return {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "try_number": ti.try_number}
 
 
+def acting_person(context: Context) -> str:
+    """The person a run acts for: the user who triggered a manual, REST or UI run (Airflow records it on the run),
+    else who started it on nobody's behalf (`airflow:scheduled`, `airflow:asset_triggered`, ...)."""
+    dag_run = context["dag_run"]
+    user = getattr(dag_run, "triggering_user_name", None)
+    if user:
+        return str(user)
+    run_type = getattr(dag_run, "run_type", None)
+    return f"airflow:{getattr(run_type, 'value', run_type) or 'unknown'}"
+
+
 def task_key(context: Context) -> str:
     """The task instance without its try number (`dag/run/task[index]`), so a retry finds the first try's work."""
     ti = context["ti"]
