@@ -13,7 +13,7 @@ import json
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,10 @@ end
 init = function(args)
   local path = args[2]
   local headers = {["Content-Type"] = "application/json"}
+  for i = 3, #args do  -- extra "Name: value" headers (e.g. a bearer token)
+    local name, value = args[i]:match("^([^:]+):%s*(.*)$")
+    if name then headers[name] = value end
+  end
   for line in io.lines(args[1]) do
     if #line > 0 then
       table.insert(reqs, wrk.format("POST", path, headers, line))
@@ -93,8 +97,10 @@ def wrk_path() -> str:
     return found
 
 
-def run_wrk(url: str, bodies: Sequence[str], *, concurrency: int, duration: float, timeout: float = 10.0) -> LoadResult:
-    """POST `bodies` (JSON texts, rotated) to `url` with `concurrency` connections for `duration` seconds."""
+def run_wrk(url: str, bodies: Sequence[str], *, concurrency: int, duration: float, timeout: float = 10.0,
+            headers: Mapping[str, str] | None = None) -> LoadResult:
+    """POST `bodies` (JSON texts, rotated) to `url` with `concurrency` connections for `duration` seconds, with
+    `headers` on every request (e.g. a bearer token)."""
     if concurrency < 1:
         raise ValueError(f"concurrency: must be >= 1, got {concurrency}")
     if not bodies or any("\n" in b for b in bodies):
@@ -109,7 +115,8 @@ def run_wrk(url: str, bodies: Sequence[str], *, concurrency: int, duration: floa
         data = Path(tmp) / "bodies.jsonl"
         data.write_text("\n".join(bodies) + "\n")
         argv = [wrk_path(), "-t1", f"-c{concurrency}", f"-d{max(round(duration), 1)}s",
-                f"--timeout={int(timeout)}s", "-s", str(script), base, "--", str(data), parts.path or "/"]
+                f"--timeout={int(timeout)}s", "-s", str(script), base, "--", str(data), parts.path or "/",
+                *(f"{name}: {value}" for name, value in (headers or {}).items())]
         out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + timeout + 30, check=False)
     if out.returncode != 0:
         raise LoadError(f"wrk exited with {out.returncode}: {out.stderr.strip()[-500:]}")

@@ -119,6 +119,11 @@ def scenario(label: str, names: list[str], only: list[str], max_models: int, tra
         argv += ["--only", pattern]
     log = root / f"serve-{label}.log"
     env = {**env, "CRISPFLOW_HOME": str(root / f"home-{label}")}  # an empty model cache: every model downloaded
+    env.pop("CRISPFLOW_SERVE_TOKENS_FILE", None)
+    from crispflow.serving.tokens import create_token  # the server's default token file: $CRISPFLOW_HOME/...
+
+    auth = {"Authorization": "Bearer " + create_token(root / f"home-{label}" / "serve-tokens.json", "bench",
+                                                      ["predict", "admin"])}
     load_before = os.getloadavg()[0]
     begin = time.perf_counter()
     with started(argv, log, env) as proc:
@@ -126,13 +131,14 @@ def scenario(label: str, names: list[str], only: list[str], max_models: int, tra
         health_s = time.perf_counter() - begin
         _wait_ready(url, proc, 300, log)
         ready_s = time.perf_counter() - begin
-        listing = httpx.get(f"{url}/models", timeout=10).json()["models"]
+        listing = httpx.get(f"{url}/models", timeout=10, headers=auth).json()["models"]
         served = [m["name"] for m in listing]
         rss_ready = rss_mib(proc.pid)
-        loaded_at = [httpx.get(f"{url}/models/{m['name']}", timeout=10).json()["aliases"]["champion"]["loaded_at"]
+        loaded_at = [httpx.get(f"{url}/models/{m['name']}", timeout=10,
+                               headers=auth).json()["aliases"]["champion"]["loaded_at"]
                      for m in listing if m["state"] == "ready"]
         latencies = []
-        with httpx.Client(timeout=60) as client:
+        with httpx.Client(timeout=60, headers=auth) as client:
             for name in served:
                 started_at = time.perf_counter()
                 reply = client.post(f"{url}/models/{name}/predict", json={"record": RECORD})

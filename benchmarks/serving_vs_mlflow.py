@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.http_load import LoadResult, run_wrk
+from crispflow.serving.tokens import create_token
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = Path(__file__).with_name(".work")
@@ -162,7 +163,7 @@ def bodies(served: Served, size: int, crispflow: bool) -> list[str]:
 
 
 def check_answers(crispflow_url: str, mlflow_url: str, served: Served, canary: bool,
-                  sizes: tuple[int, ...]) -> dict[str, int]:
+                  sizes: tuple[int, ...], auth: dict[str, str]) -> dict[str, int]:
     """Every pre-check answer is 200 with one prediction per record; returns the crispflow alias counts."""
     import httpx
 
@@ -171,7 +172,7 @@ def check_answers(crispflow_url: str, mlflow_url: str, served: Served, canary: b
         for size in sizes:
             for body in bodies(served, size, True)[:20]:
                 reply = client.post(f"{crispflow_url}/predict", content=body,
-                                    headers={"content-type": "application/json"})
+                                    headers={"content-type": "application/json", **auth})
                 if reply.status_code != 200 or len(reply.json()["predictions"]) != size:
                     raise RuntimeError(f"crispflow /predict: {reply.status_code} {reply.text[:300]}")
                 for item in reply.json()["predictions"]:
@@ -187,12 +188,12 @@ def check_answers(crispflow_url: str, mlflow_url: str, served: Served, canary: b
     return aliases
 
 
-def scrape(url: str) -> dict[str, float]:
+def scrape(url: str, auth: dict[str, str]) -> dict[str, float]:
     """A few series of crispflow's /metrics: records per alias, prediction log written/dropped."""
     import httpx
 
     found: dict[str, float] = {}
-    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+    for line in httpx.get(f"{url}/metrics", timeout=10, headers=auth).text.splitlines():
         if line.startswith("crispflow_serve_predictions_total{"):
             alias = line.split('alias="', 1)[1].split('"', 1)[0]
             found[f"records_{alias}"] = found.get(f"records_{alias}", 0) + float(line.rsplit(" ", 1)[1])
@@ -205,12 +206,13 @@ def scrape(url: str) -> dict[str, float]:
 # --- the run -------------------------------------------------------------------------------------------------
 
 
-def measure(targets: dict[str, tuple[str, dict[int, list[str]]]], rounds: int, duration: float,
+def measure(targets: dict[str, tuple[str, dict[int, list[str]], dict[str, str]]], rounds: int, duration: float,
             warmup: float, sizes: tuple[int, ...], concurrency: tuple[int, ...]) -> list[dict[str, Any]]:
-    """All cells, `rounds` times; the order of the servers alternates per cell and round."""
-    for server, (url, by_size) in targets.items():
+    """All cells, `rounds` times; the order of the servers alternates per cell and round. Each target: its URL,
+    bodies per size and the headers it needs (crispflow: its bearer token, checked on every request)."""
+    for server, (url, by_size, headers) in targets.items():
         for size in sizes:
-            run_wrk(url, by_size[size], concurrency=8, duration=warmup)
+            run_wrk(url, by_size[size], concurrency=8, duration=warmup, headers=headers)
         print(f"  warmed up {server}", flush=True)
     rows: list[dict[str, Any]] = []
     names = list(targets)
@@ -218,9 +220,9 @@ def measure(targets: dict[str, tuple[str, dict[int, list[str]]]], rounds: int, d
         for cell, (size, conc) in enumerate((s, c) for s in sizes for c in concurrency):
             order = names if (rnd + cell) % 2 == 0 else names[::-1]
             for server in order:
-                url, by_size = targets[server]
+                url, by_size, headers = targets[server]
                 load_before = os.getloadavg()[0]
-                result: LoadResult = run_wrk(url, by_size[size], concurrency=conc, duration=duration)
+                result: LoadResult = run_wrk(url, by_size[size], concurrency=conc, duration=duration, headers=headers)
                 rows.append({"round": rnd, "server": server, "size": size, **result.to_dict(),
                              "load1_before": load_before, "load1_after": os.getloadavg()[0]})
                 print(f"  r{rnd} {server:9s} size {size:3d} c{conc:2d}: {result.throughput:7.1f} req/s  "
@@ -254,7 +256,8 @@ def markdown(cells: list[dict[str, Any]], meta: dict[str, Any]) -> str:
              f"{meta['rounds']} rounds alternating the servers; load average (1 min) during runs "
              f"{meta['load_min']:.1f}-{meta['load_max']:.1f}.", "",
              f"Model: {meta['model']}. crispflow: `crispflow serve` (1 uvicorn worker) with champion v1 + canary v2 "
-             f"at {meta['canary_share']:.0%} (sticky on loan_id), prediction log to local parquet, /metrics; mlflow: "
+             f"at {meta['canary_share']:.0%} (sticky on loan_id), prediction log to local parquet, /metrics, a bearer "
+             "token checked on every request; mlflow: "
              "`mlflow models serve -m models:/<name>@champion --env-manager local -w 1` (1 uvicorn worker).", "",
              "| records/request | concurrency | crispflow req/s (min-max) | mlflow req/s (min-max) | ratio "
              "| crispflow p50 / p99 ms | mlflow p50 / p99 ms | goal (>= 2x, p99 <=) |",
@@ -302,8 +305,12 @@ def main(argv: list[str] | None = None) -> int:
         served = train_and_register(tracking, args.canary_share)
         env["MLFLOW_TRACKING_URI"] = tracking
         cf_port, ml_port = free_port(), free_port()
+        env.pop("CRISPFLOW_SERVE_TOKENS_FILE", None)  # the default: $CRISPFLOW_HOME/serve-tokens.json
+        auth = {"Authorization": "Bearer " + create_token(root / "home" / "serve-tokens.json", "bench",
+                                                          ["predict", "metrics"])}
         cf_argv = [str(BIN / "crispflow"), "serve", "--model", served.name, "--port", str(cf_port),
-                   "--tracking-uri", tracking, "--predictions-url", str(root / "predictions")]
+                   "--tracking-uri", tracking, "--predictions-url", str(root / "predictions"),
+                   "--rate-limit", "1e9", "--rate-burst", "1000000000"]  # the token check runs, never refuses
         ml_argv = [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{served.name}@champion",
                    "--env-manager", "local", "-w", "1", "-h", "127.0.0.1", "-p", str(ml_port)]
         with started(cf_argv, root / "crispflow-serve.log", env) as cf, \
@@ -312,12 +319,12 @@ def main(argv: list[str] | None = None) -> int:
             wait_http(f"{ml_url}/health", ml, 180, root / "mlflow-serve.log")
             wait_http(f"{cf_url}/ready", cf, 180, root / "crispflow-serve.log")
             _wait_canary(cf_url)
-            aliases = check_answers(cf_url, ml_url, served, share > 0, sizes)
+            aliases = check_answers(cf_url, ml_url, served, share > 0, sizes, auth)
             print(f"  pre-check ok (crispflow aliases {aliases})", flush=True)
-            targets = {"crispflow": (f"{cf_url}/predict", {s: bodies(served, s, True) for s in sizes}),
-                       "mlflow": (f"{ml_url}/invocations", {s: bodies(served, s, False) for s in sizes})}
+            targets = {"crispflow": (f"{cf_url}/predict", {s: bodies(served, s, True) for s in sizes}, auth),
+                       "mlflow": (f"{ml_url}/invocations", {s: bodies(served, s, False) for s in sizes}, {})}
             rows = measure(targets, args.rounds, args.duration, args.warmup, sizes, concurrency)
-            scraped = scrape(cf_url)
+            scraped = scrape(cf_url, auth)
     if not args.keep_work:
         shutil.rmtree(root, ignore_errors=True)
     cells = summarise(rows, sizes, concurrency)

@@ -126,19 +126,24 @@ def train_evaluate_register() -> None:
 
     @task
     def record_forced_blessing(request: dict, version: str, **context) -> dict:
-        """Record the approved override (approver, time, reason, the gate's reasons) beside the verdict; a first
-        model then becomes champion, as a blessed one would."""
+        """Record the approved override (requester, approver, time, reason, the gate's reasons) beside the verdict;
+        refused (not retried) when the approver is the requester. A first model then becomes champion, as a
+        blessed one would, recorded for the approver."""
         from crispflow.model.modelling import force_bless
         from crispflow.release.promotion import promote_first_blessed
+        from crispflow_airflow.context import acting_person
         from crispflow_airflow.exceptions import as_airflow_errors
         from crispflow_airflow.jobs import release_clients, training_job
 
         approval = context["ti"].xcom_pull(task_ids="approve_forced_blessing") or {}
+        approver = approval.get("responded_by_user") or {}
         with as_airflow_errors():
             job = training_job(request, context)
-            force_bless(job, version, reason=request["force_reason"], approver=approval.get("responded_by_user"))
+            force_bless(job, version, reason=request["force_reason"], approver=approver,
+                        requester=acting_person(context))
             _, ledger, _ = release_clients(job.spec.name)
-            return promote_first_blessed(job.mlf, ledger, job.model_name, version, run_key=job.run_key)
+            return promote_first_blessed(job.mlf, ledger, job.model_name, version, run_key=job.run_key,
+                                         person=str(approver.get("name") or approver.get("id")))
 
     request = resolve()
     prepared = prepare(request)

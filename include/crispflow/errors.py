@@ -45,3 +45,7 @@ class GateMisconfigured(CrispflowError):
 
 class LakeError(CrispflowError):
     """The lake holds something inconsistent, e.g. a version whose content hash does not match its id."""
+
+
+class ApprovalRefused(CrispflowError):
+    """A human approval does not hold (no approver, no reason, or the approver is the requester)."""

@@ -349,6 +349,127 @@ class Blessing(_Model):
                                              "applied; empty: a first model must beat no skill significantly.")
 
 
+# --- release and monitoring policies: reviewed with the spec; a run may only tighten them (crispflow.policies) ---
+
+
+class Canary(_Model):
+    """When a live canary is promoted, rolled back or left running (crispflow.release.canary.CanaryPolicy). A
+    run's `policy` may only raise min_requests/min_labels and lower margin, max_error_rate_increase,
+    max_p95_ratio, p95_slack_ms and max_score_psi; alpha and tau are the spec's alone."""
+
+    min_requests: int = Field(default=50, ge=1, le=1_000_000, description="Requests per arm in the analysis window "
+                              "before the guardrails judge (and before a promotion).")
+    min_labels: int = Field(default=200, ge=1, le=1_000_000, description="Labelled requests since the canary was "
+                            "deployed before labelled evidence can promote it.")
+    alpha: float = Field(default=0.05, gt=0, lt=0.5, description="Error level of the always-valid loss test and "
+                         "of the error-rate guardrail (not overridable by a run: it cuts both ways).")
+    margin: float = Field(default=0.02, ge=0, description="Non-inferiority margin on the mean per-request loss: "
+                          "nats of log loss (binary, multiclass), a fraction of the champion's MSE (regression).")
+    tau: float = Field(default=0.05, gt=0, description="Mixing scale of the mSPRT, in the units of `margin` "
+                       "(tunes power, not validity; not overridable by a run).")
+    max_error_rate_increase: float = Field(default=0.01, ge=0, le=1, description="Largest tolerated rise of the "
+                                           "canary's error rate over the champion's (absolute).")
+    max_p95_ratio: float = Field(default=1.5, gt=0, description="Canary p95 latency / champion's, at most "
+                                 "(plus `p95_slack_ms`).")
+    p95_slack_ms: float = Field(default=5.0, ge=0, description="Milliseconds added to the p95 latency budget.")
+    max_score_psi: float = Field(default=0.25, ge=0, description="Largest PSI between the arms' score "
+                                 "distributions before a promotion waits for labels.")
+
+
+class DriftWatch(_Model):
+    """When persistent drift fires a retrain (crispflow.monitoring.episodes.DriftPolicy). A run's `policy` may
+    make detection more sensitive and retraining more sparing, never the reverse; lookback is the spec's alone."""
+
+    k: int = Field(default=2, ge=1, description="Hot windows among the last `n` that start an episode (a run "
+                   "may lower it).")
+    n: int = Field(default=3, ge=1, description="Usable windows looked at (a run may raise it).")
+    enter_share: float = Field(default=0.1, ge=0, le=1, description="Drift share at which a window is hot (a run "
+                               "may lower it).")
+    exit_share: float = Field(default=0.05, ge=0, le=1, description="A window is cool below this share; at most "
+                              "`enter_share` (a run may lower it).")
+    exit_windows: int = Field(default=2, ge=1, description="Consecutive cool windows that end an episode (a run "
+                              "may raise it).")
+    cooldown_hours: float = Field(default=6.0, ge=0, lt=8784, description="Hours after a retrain before the next "
+                                  "(a run may raise it).")
+    budget: int = Field(default=3, ge=0, description="Retrains at most per `budget_period_hours` (a run may lower "
+                        "it).")
+    budget_period_hours: float = Field(default=168.0, ge=0, lt=8784, description="The budget's period in hours "
+                                       "(a run may raise it).")
+    min_new_labels: int = Field(default=0, ge=0, description="Labelled rows needed since the last retrain (a run "
+                                "may raise it).")
+    lookback: int = Field(default=168, ge=1, description="Newest windows read per check (not overridable by a "
+                          "run).")
+
+    @model_validator(mode="after")
+    def _rules(self) -> DriftWatch:
+        if self.k > self.n:
+            raise ValueError(f"k: {self.k} must be <= n ({self.n})")
+        if self.exit_share > self.enter_share:
+            raise ValueError(f"exit_share: {self.exit_share} must be <= enter_share ({self.enter_share}) "
+                             "(hysteresis)")
+        if self.lookback < self.n:
+            raise ValueError(f"lookback: {self.lookback} must be >= n ({self.n})")
+        return self
+
+
+class DriftMonitor(_Model):
+    """The drift report's thresholds (crispflow.monitoring.drift.DriftSettings). A run's `settings` may only make
+    detection more sensitive (raise alpha, lower min_psi and min_drift_share); min_rows is the spec's alone."""
+
+    alpha: float = Field(default=0.01, gt=0, lt=1, description="False discovery rate of the per-feature tests.")
+    min_psi: float = Field(default=0.01, ge=0, description="PSI below which a significant feature does not count "
+                           "as drifted.")
+    min_drift_share: float = Field(default=0.1, gt=0, le=1, description="Share of (weighted) drifted features at "
+                                   "which a window is `drift`.")
+    min_rows: int = Field(default=30, ge=1, description="Fewer rows in a window: `insufficient_data` (not "
+                          "overridable by a run).")
+
+
+class AlertChannel(_Model):
+    """Where a drift alert goes (crispflow.monitoring.alerts): an Airflow connection, never chosen by a run."""
+
+    kind: Literal["webhook", "slack", "email"] = Field(description="`webhook` (JSON to an http connection), "
+                                                       "`slack` (an http connection to a Slack incoming webhook), "
+                                                       "`email` (smtp).")
+    conn_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,250}$", description="Airflow "
+                                "connection; required except for email (default `smtp_default`).")
+    endpoint: str = Field(default="", description="Path requested on the http connection's host.")
+    to: list[str] | None = Field(default=None, description="email: the recipients (required for email).")
+    optional: bool = Field(default=False, description="Skip the channel (logged) when its connection is not "
+                           "defined, instead of failing.")
+    name: str | None = Field(default=None, description="Name in the alert state; default `<kind>:<conn_id>`.")
+
+    @model_validator(mode="after")
+    def _needs(self) -> AlertChannel:
+        if self.kind != "email" and not self.conn_id:
+            raise ValueError(f"conn_id: required for a {self.kind} channel")
+        if self.kind == "email" and not self.to:
+            raise ValueError("to: an email channel needs a non-empty list of recipients")
+        if self.kind != "email" and self.to is not None:
+            raise ValueError(f"to: only an email channel has recipients, not a {self.kind} one")
+        return self
+
+
+DEFAULT_ALERT_CHANNELS = ({"kind": "webhook", "conn_id": "crispflow_alerts_webhook", "optional": True},
+                          {"kind": "slack", "conn_id": "crispflow_alerts_slack", "optional": True})
+
+
+class Alerts(_Model):
+    """Who hears about a drift episode: the spec's channels only (a run cannot redirect alerts)."""
+
+    channels: list[AlertChannel] = Field(default=list(DEFAULT_ALERT_CHANNELS), validate_default=True,
+                                         description="Channels of the drift digest; default: the optional webhook "
+                                         "`crispflow_alerts_webhook` and Slack `crispflow_alerts_slack` connections.")
+
+    def as_dicts(self) -> list[dict[str, Any]]:
+        """The channels as `crispflow.monitoring.alerts.check_channels` takes them."""
+        return [c.model_dump(exclude_none=True) for c in self.channels]
+
+
+# Sections whose defaults leave `spec_hash` unchanged (specs written before them keep their hash).
+POLICY_SECTIONS = ("canary", "drift_watch", "drift_monitor", "alerts")
+
+
 class PipelineSpec(_Model):
     """One pipeline: where the data comes from, what it must look like, and what model it feeds."""
 
@@ -370,6 +491,13 @@ class PipelineSpec(_Model):
     training: Training | None = Field(default=None, description="Model selection; omitted: the pipeline only "
                                       "ingests and publishes data.")
     blessing: Blessing = Field(default=Blessing(), description="When a challenger replaces the champion.")
+    canary: Canary = Field(default=Canary(), description="When a live canary is promoted or rolled back; a run "
+                           "may only tighten it.")
+    drift_watch: DriftWatch = Field(default=DriftWatch(), description="When persistent drift fires a retrain; a "
+                                    "run may only tighten it.")
+    drift_monitor: DriftMonitor = Field(default=DriftMonitor(), description="The drift report's thresholds; a run "
+                                        "may only make them more sensitive.")
+    alerts: Alerts = Field(default=Alerts(), description="Where drift alerts go (a run cannot change it).")
 
     @model_validator(mode="before")
     @classmethod
@@ -509,7 +637,11 @@ class PipelineSpec(_Model):
 
     def spec_hash(self) -> str:
         """A stable content hash of the validated spec (recorded in every manifest and model version)."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        data = self.model_dump(mode="json")
+        for name in POLICY_SECTIONS:  # at their defaults they leave the hash of an older spec unchanged
+            if getattr(self, name) == type(self).model_fields[name].default:
+                del data[name]
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 

@@ -7,9 +7,17 @@ from contextlib import contextmanager
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from crispflow.errors import DataRejected, GateMisconfigured, LakeError, ParamsError, SourceError, SpecError
-from crispflow.model.registry import RegistryError
-from crispflow.release.promotion import PromotionConflict, PromotionRefused
+from crispflow.errors import (
+    ApprovalRefused,
+    DataRejected,
+    GateMisconfigured,
+    LakeError,
+    ParamsError,
+    SourceError,
+    SpecError,
+)
+from crispflow.model.registry import RegistryError, auth_error
+from crispflow.release.promotion import OutsideMove, PromotionConflict, PromotionRefused
 from crispflow.serving.batch_scoring import ScoringError
 
 
@@ -37,6 +45,19 @@ class ModelRefused(AirflowFailException):
     """The registry's model failed its artifact hash check (or is incomplete): never used, never retried."""
 
 
+class ApprovalInvalid(AirflowFailException):
+    """A human approval does not hold (e.g. approved by its own requester): nothing recorded, never retried."""
+
+
+class OutsideAliasMove(AirflowFailException):
+    """Serving aliases were moved in the registry outside crispflow: recorded in the ledger; this run fails once
+    to alert (the next run finds the ledger agreeing)."""
+
+
+class RegistryAccessDenied(AirflowFailException):
+    """MLflow answered 401/403: the credentials are missing, wrong or not allowed; retrying cannot help."""
+
+
 class SourceUnavailable(AirflowException):
     """A source could not be reached; retried with backoff."""
 
@@ -56,9 +77,18 @@ def as_airflow_errors() -> Iterator[None]:
         raise GateConfigurationError(f"misconfiguration (not a data problem): {exc}") from exc
     except ParamsError as exc:
         raise InvalidRequest(f"invalid request: {exc}") from exc
+    except ApprovalRefused as exc:
+        raise ApprovalInvalid(f"approval refused, nothing recorded: {exc}") from exc
+    except OutsideMove as exc:
+        raise OutsideAliasMove(str(exc)) from exc
     except (PromotionConflict, PromotionRefused) as exc:
         raise PromotionAborted(f"promotion aborted, no alias moved: {exc}") from exc
     except RegistryError as exc:
         raise ModelRefused(f"model refused: {exc}") from exc
     except ScoringError as exc:
         raise ScoringFailed(f"scoring: {exc}") from exc
+    except Exception as exc:
+        if (refused := auth_error(exc)) is not None:  # MLflow 401/403: never retried
+            raise RegistryAccessDenied(f"MLflow refused the credentials ({refused}); check the MLflow connection's "
+                                       "user and its permissions") from exc
+        raise

@@ -45,8 +45,15 @@ EMPTY_END = CALM_END + 3 * HOUR  # nothing logged
 
 @pytest.fixture(scope="module")
 def env(mlflow_server, airflow_db, tmp_path_factory):
-    keys = ("MLFLOW_TRACKING_URI", "CRISPFLOW_LAKE_URL", "CRISPFLOW_PREDICTIONS_URL")
+    import yaml
+
+    keys = ("MLFLOW_TRACKING_URI", "CRISPFLOW_LAKE_URL", "CRISPFLOW_PREDICTIONS_URL", "CRISPFLOW_PIPELINES_DIR")
     saved = {k: os.environ.get(k) for k in keys}
+    pipelines = tmp_path_factory.mktemp("pipelines")  # the drift thresholds come from PIPELINE's spec
+    demo = yaml.safe_load((ROOT / "include" / "pipelines" / "lending_club.yaml").read_text())
+    for name in ("lending_club", PIPELINE):
+        (pipelines / f"{name}.yaml").write_text(yaml.safe_dump({**demo, "name": name}))
+    os.environ["CRISPFLOW_PIPELINES_DIR"] = str(pipelines)
     os.environ["MLFLOW_TRACKING_URI"] = mlflow_server.url
     os.environ["CRISPFLOW_LAKE_URL"] = tmp_path_factory.mktemp("lake").as_uri()
     os.environ.pop("CRISPFLOW_PREDICTIONS_URL", None)
@@ -206,7 +213,11 @@ def test_a_manual_run_judges_the_minutes_before_it_and_refuses_bad_params(env, w
     assert end - start == timedelta(minutes=30) and abs(end - datetime.now(UTC)) < timedelta(minutes=5)
     assert by_alias(out)["champion"]["status"] == "insufficient_data"
     assert np.isclose(by_alias(out)["champion"]["drift_share"], 0.0)
-    run(None, {"settings": {"alpha": 5}}, expect="failed")
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError, match="alpha"):  # out of bounds: refused when the run is created
+        run(None, {"settings": {"alpha": 5}}, expect="failed")
+    run(None, {"settings": {"alpha": 0.001}}, expect="failed")  # in bounds but looser than the spec: the task fails
 
 
 def test_a_scheduled_run_is_mapped_over_the_pipelines_with_a_champion(env, world, tmp_path, monkeypatch) -> None:

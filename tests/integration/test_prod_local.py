@@ -24,9 +24,11 @@ from typing import Any
 import pytest
 import requests
 import yaml
+from support.permissions import loose_entries
 from support.stack import Stack, clean_env, free_ports
 
 from crispflow.settings import Settings
+from crispflow.stack.credentials import MLFLOW_AIRFLOW_USER, MLFLOW_SERVING_USER, MLFLOW_VIEWER_USER
 from crispflow.stack.ports import Ports, port_in_use
 from crispflow.stack.processes import group_members, is_alive
 from crispflow.stack.prod_local import LAKE_BUCKET, Namespace, client_env, prod_local_settings
@@ -137,6 +139,7 @@ def test_every_process_of_the_topology_is_healthy(live: ProdStack) -> None:
     assert "basic auth" in status["mlflow_auth"]
     assert live.secrets.mlflow_admin_password not in json.dumps(status), "status must not print MLflow's password"
     assert requests.get(f"{status['serve_url']}/health", timeout=5).status_code == 200
+    assert requests.get(f"{status['serve_url']}/models", timeout=5).status_code == 401  # the model server's tokens
 
 
 def test_mlflow_requires_authentication(live: ProdStack) -> None:
@@ -144,6 +147,48 @@ def test_mlflow_requires_authentication(live: ProdStack) -> None:
     assert requests.post(url, json={"max_results": 1}, timeout=10).status_code == 401
     auth = ("admin", live.secrets.mlflow_admin_password)
     assert requests.post(url, json={"max_results": 1}, auth=auth, timeout=10).status_code == 200
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def test_each_process_holds_only_its_own_credentials(live: ProdStack) -> None:
+    """Read from the running processes: workers have no metadata DB, Fernet key or JWT secret and run as MLflow's
+    crispflow-airflow; the model server as crispflow-serving; only the MLflow server knows the admin password."""
+    creds = live.secrets
+    envs = {record.name: _environ(record.pid) for record in live.pid_records()}
+    control = ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET")
+    for name in ("airflow-worker-1", "airflow-worker-2"):
+        assert not [key for key in (*control, "AIRFLOW__API__SECRET_KEY") if key in envs[name]], name
+        assert not [v for v in envs[name].values() if creds.fernet_key in v or creds.jwt_secret in v], name
+        assert envs[name]["MLFLOW_TRACKING_USERNAME"] == MLFLOW_AIRFLOW_USER
+    assert all(key in envs["airflow-scheduler"] for key in control)
+    assert envs["model-server"]["MLFLOW_TRACKING_USERNAME"] == MLFLOW_SERVING_USER
+    holders = {name for name, env in envs.items() if creds.mlflow_admin_password in " ".join(env.values())}
+    assert holders == {"mlflow"}, f"MLflow's admin password reaches {sorted(holders - {'mlflow'})}"
+
+
+def test_the_model_servers_mlflow_user_cannot_move_an_alias(live: ProdStack, demo: dict[str, Any]) -> None:
+    creds, url = live.secrets, f"http://127.0.0.1:{live.ports.mlflow}/api/2.0/mlflow/registered-models/alias"
+    version = demo["model"].split()[1].removeprefix("v")
+    body = {"name": "crispflow-lending_club", "alias": "least-privilege-probe", "version": version}
+    for user, password in ((MLFLOW_SERVING_USER, creds.mlflow_serving_password),
+                           (MLFLOW_VIEWER_USER, creds.mlflow_viewer_password)):
+        assert requests.post(url, json=body, auth=(user, password), timeout=10).status_code == 403, user
+    # the workers' user may (it promoted the champion during the demo); the probe alias is removed again
+    airflow = (MLFLOW_AIRFLOW_USER, creds.mlflow_airflow_password)
+    assert requests.post(url, json=body, auth=airflow, timeout=10).status_code == 200
+    unset = {"name": body["name"], "alias": body["alias"]}
+    assert requests.delete(url, json=unset, auth=airflow, timeout=10).status_code == 200
+
+
+def test_the_home_is_private(live: ProdStack, demo: dict[str, Any]) -> None:
+    """After the demo: secrets, MLflow's auth config, Airflow's home and task logs, process logs, PID files —
+    0700 folders and 0600 files only."""
+    assert list((live.home / "airflow" / "logs").rglob("*.log")), "no task log was written"
+    assert loose_entries(live.home) == []
 
 
 def test_demo_runs_with_tasks_on_both_workers(live: ProdStack, demo: dict[str, Any]) -> None:
@@ -181,7 +226,8 @@ def test_regression_and_multiclass_pipelines_complete_the_loop_beside_the_demo(
     assert loop["canary decision"].split(":")[0] in ("promote", "rollback", "continue"), loop
     actions = [line.split()[1] for line in loop["promotion ledger"]]
     assert actions[:2] == ["cold_start", "deploy_canary"], actions
-    report = json.loads(requests.get(f"{live.status()['serve_url']}/models/{name}", timeout=10).text)
+    admin = {"Authorization": f"Bearer {live.secrets.serve_admin_token}"}
+    report = json.loads(requests.get(f"{live.status()['serve_url']}/models/{name}", timeout=10, headers=admin).text)
     assert report["model"] == name and "champion" in report["aliases"], report
     others = {registry.model_name(p) for p in LINEAR} - {name}
     assert not any(other in " ".join(loop["windows"]) for other in others), "windows of two pipelines mixed"

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PIPELINE = "lending_club"
 MODEL = f"crispflow-{PIPELINE}"
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
+CHANNEL = {"kind": "webhook", "conn_id": "crispflow_alerts_webhook", "endpoint": "/hooks/drift"}
 
 
 class Receiver:
@@ -65,6 +66,11 @@ def env(airflow_db, tmp_path, monkeypatch, receiver):
     monkeypatch.setenv("CRISPFLOW_LAKE_URL", lake.as_uri())
     monkeypatch.setenv("CRISPFLOW_PREDICTIONS_URL", predictions.as_uri())
     monkeypatch.setenv("AIRFLOW_CONN_CRISPFLOW_ALERTS_WEBHOOK", receiver.conn())
+    pipelines = tmp_path / "pipelines"  # the alert channel comes from the spec (a run cannot redirect alerts)
+    pipelines.mkdir()
+    spec = yaml.safe_load((ROOT / "include" / "pipelines" / f"{PIPELINE}.yaml").read_text())
+    (pipelines / f"{PIPELINE}.yaml").write_text(yaml.safe_dump({**spec, "alerts": {"channels": [CHANNEL]}}))
+    monkeypatch.setenv("CRISPFLOW_PIPELINES_DIR", str(pipelines))
     return Lake(lake), predictions
 
 
@@ -87,8 +93,7 @@ def dag(dag_id: str):
     return bag.dags[dag_id]
 
 
-CONF = {"pipeline": PIPELINE, "policy": {},
-        "alert_channels": [{"kind": "webhook", "conn_id": "crispflow_alerts_webhook", "endpoint": "/hooks/drift"}]}
+CONF = {"pipeline": PIPELINE, "policy": {}}
 
 
 def watch(timeout_s: float = 2.0):

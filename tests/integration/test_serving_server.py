@@ -31,7 +31,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from support.servers import free_port, stop_process, wait_for_port
-from support.serving import Running
+from support.serving import AUTH, Running, http, token_file
 
 from crispflow.model import registry
 from crispflow.predictions.reader import read_predictions
@@ -97,7 +97,7 @@ def _wait(check, timeout: float = 30.0, what: str = "condition") -> Any:
 
 
 def _ready_version(url: str) -> str | None:
-    reply = httpx.get(f"{url}/ready", timeout=5)
+    reply = http.get(f"{url}/ready", timeout=5)
     return reply.json().get("champion") if reply.status_code == 200 else None
 
 
@@ -127,7 +127,7 @@ def test_alias_switch_under_load_fails_no_request(server, mlf, model) -> None:
     stop = threading.Event()
 
     def hammer() -> None:
-        with httpx.Client() as client:
+        with httpx.Client(headers=AUTH) as client:
             while not stop.is_set():
                 started = time.monotonic()
                 reply = _predict(client, server.url, records)
@@ -160,7 +160,7 @@ def test_alias_switch_under_load_fails_no_request(server, mlf, model) -> None:
     assert during_v2 and all(v == {v2} for v in during_v2)
     after = [r[2] for r in results if r[0] >= switched_to_v1]
     assert after and all(v == {v1} for v in after)
-    metrics = httpx.get(f"{server.url}/metrics").text
+    metrics = http.get(f"{server.url}/metrics").text
     assert f'crispflow_serve_reloads_total{{alias="champion",model="{name}"}}' in metrics
     assert "crispflow_drift_store_up" in metrics  # the drift gauges ride on the same registry
 
@@ -213,7 +213,7 @@ BAD = [
 def test_each_bad_payload_gets_a_field_level_4xx(server, body, content_type, status, field, rule) -> None:
     headers = {"content-type": content_type} if content_type else {}
     content = body if isinstance(body, bytes) else body.encode()
-    reply = httpx.post(f"{server.url}/predict", content=content, headers=headers, timeout=30)
+    reply = http.post(f"{server.url}/predict", content=content, headers=headers, timeout=30)
     assert reply.status_code == status, reply.text
     detail = reply.json()["detail"]
     assert any(d["rule"] == rule and d["field"] == field and d["message"] for d in detail), detail
@@ -234,7 +234,7 @@ def test_random_payloads_never_get_a_500(server, model) -> None:
         return {"records": [record] * rng.randint(1, 3)} if roll < 0.9 else {"record": record}
 
     statuses = []
-    with httpx.Client() as client:
+    with httpx.Client(headers=AUTH) as client:
         for _ in range(300):
             reply = client.post(f"{server.url}/predict", content=json.dumps(mutate()).encode(),
                                 headers={"content-type": "application/json"})
@@ -243,13 +243,13 @@ def test_random_payloads_never_get_a_500(server, model) -> None:
             if reply.status_code != 200:
                 assert reply.json()["detail"][0]["message"]
     assert 200 in statuses and 422 in statuses
-    metrics = httpx.get(f"{server.url}/metrics").text
+    metrics = http.get(f"{server.url}/metrics").text
     assert f'crispflow_serve_validation_failures_total{{model="{model["name"]}",rule="type"}}' in metrics
 
 
 def test_the_response_carries_scores_labels_versions_and_ids(server, model) -> None:
     records = model["records"][:3]
-    reply = httpx.post(f"{server.url}/predict", json={"records": [_features(r) for r in records]})
+    reply = http.post(f"{server.url}/predict", json={"records": [_features(r) for r in records]})
     assert reply.status_code == 200
     body = reply.json()
     assert body["model"] == model["name"] and len(body["predictions"]) == 3
@@ -257,15 +257,15 @@ def test_the_response_carries_scores_labels_versions_and_ids(server, model) -> N
         assert 0.0 <= item["score"] <= 1.0 and item["label"] == int(item["score"] >= 0.1)
         assert item["alias"] == "champion" and item["model_version"] == model["versions"][0]
         uuid.UUID(item["request_id"])
-    one = httpx.post(f"{server.url}/predict", json={"record": {**GOOD, "revol_util": None}})
+    one = http.post(f"{server.url}/predict", json={"record": {**GOOD, "revol_util": None}})
     assert one.status_code == 200 and len(one.json()["predictions"]) == 1  # optional in the signature
-    assert httpx.post(f"{server.url}/feedback", json={"request_id": body["predictions"][0]["request_id"],
+    assert http.post(f"{server.url}/feedback", json={"request_id": body["predictions"][0]["request_id"],
                                                       "label": "bad"}).status_code == 202
-    assert httpx.post(f"{server.url}/feedback", json={"request_id": "x", "label": "bad"}).status_code == 422
-    described = httpx.get(f"{server.url}/model").json()
+    assert http.post(f"{server.url}/feedback", json={"request_id": "x", "label": "bad"}).status_code == 422
+    described = http.get(f"{server.url}/model").json()
     assert described["aliases"]["champion"]["signature"][0] == {"name": "int_rate", "type": "double",
                                                                 "required": True}
-    assert httpx.get(f"{server.url}/health").status_code == 200
+    assert http.get(f"{server.url}/health").status_code == 200
 
 
 def _features(record: dict[str, Any]) -> dict[str, Any]:
@@ -287,22 +287,22 @@ def test_a_tampered_version_is_refused_and_the_old_champion_keeps_serving(server
     _tamper(mlf, mlflow_server, name, v3)
     try:
         registry.set_alias(mlf, name, "champion", v3)
-        refused = _wait(lambda: httpx.get(f"{server.url}/model").json()["refused"].get(v3), 30, "refusal")
+        refused = _wait(lambda: http.get(f"{server.url}/model").json()["refused"].get(v3), 30, "refusal")
         assert refused.startswith("hash_mismatch")
         assert _ready_version(server.url) == v1
-        reply = httpx.post(f"{server.url}/predict", json={"record": GOOD})
+        reply = http.post(f"{server.url}/predict", json={"record": GOOD})
         assert reply.status_code == 200 and reply.json()["predictions"][0]["model_version"] == v1
-        metrics = httpx.get(f"{server.url}/metrics").text
+        metrics = http.get(f"{server.url}/metrics").text
         assert f'crispflow_serve_refused_loads_total{{model="{name}",reason="hash_mismatch"}} 1.0' in metrics
         # a server starting now has nothing trustworthy to serve: not ready, and it says why
         config = ServeConfig(model=name, tracking_uri=mlflow_server.url, predictions_url=None, poll_interval=0.2,
                              only=(name,))
         with Running(config) as fresh:
-            reason = _wait(lambda: (r := httpx.get(f"{fresh.url}/ready")).status_code == 503
+            reason = _wait(lambda: (r := http.get(f"{fresh.url}/ready")).status_code == 503
                            and "hash" in r.json()["reason"] and r.json()["reason"], 30, "not ready")
             assert f"v{v3}" in reason
-            assert httpx.post(f"{fresh.url}/predict", json={"record": GOOD}).status_code == 503
-            assert httpx.get(f"{fresh.url}/health").status_code == 200
+            assert http.post(f"{fresh.url}/predict", json={"record": GOOD}).status_code == 503
+            assert http.get(f"{fresh.url}/health").status_code == 200
     finally:
         registry.set_alias(mlf, name, "champion", v1)
 
@@ -329,10 +329,10 @@ def test_canary_assignment_is_sticky_and_close_to_the_share(server, mlf, model) 
     name, (v1, v2, _) = model["name"], model["versions"]
     records = model["records"][:1000]
     with _policy(mlf, name, {"canary": v2}, {"crispflow.canary_share": "0.3", "crispflow.entity_key": "loan_id"}):
-        _wait(lambda: (d := httpx.get(f"{server.url}/model").json())["policy"]["canary_share"] == 0.3
+        _wait(lambda: (d := http.get(f"{server.url}/model").json())["policy"]["canary_share"] == 0.3
               and "canary" in d["aliases"], 30, "canary policy")
         passes = []
-        with httpx.Client() as client:
+        with httpx.Client(headers=AUTH) as client:
             for _ in range(2):
                 arms: dict[int, tuple[str, str]] = {}
                 for start in range(0, len(records), 250):
@@ -346,7 +346,7 @@ def test_canary_assignment_is_sticky_and_close_to_the_share(server, mlf, model) 
     assert set(passes[0].values()) == {("champion", v1), ("canary", v2)}
     share = sum(arm == "canary" for arm, _ in passes[0].values()) / len(passes[0])
     assert abs(share - 0.3) < 0.05
-    metrics = httpx.get(f"{server.url}/metrics").text
+    metrics = http.get(f"{server.url}/metrics").text
     assert f'crispflow_serve_predictions_total{{alias="canary",model="{name}",version="{v2}"}}' in metrics
 
 
@@ -355,9 +355,9 @@ def test_shadow_results_are_logged_never_returned(server, mlf, model) -> None:
     since = datetime.now(UTC) - timedelta(seconds=5)
     tags = {"crispflow.shadow_share": "1", "crispflow.entity_key": "loan_id"}
     with _policy(mlf, name, {"shadow": v2}, tags):
-        _wait(lambda: (d := httpx.get(f"{server.url}/model").json())["policy"]["entity_key"] == "loan_id"
+        _wait(lambda: (d := http.get(f"{server.url}/model").json())["policy"]["entity_key"] == "loan_id"
               and "shadow" in d["aliases"], 30, "shadow loaded")
-        reply = httpx.post(f"{server.url}/predict", json={"records": model["records"][:20]})
+        reply = http.post(f"{server.url}/predict", json={"records": model["records"][:20]})
     assert reply.status_code == 200
     items = reply.json()["predictions"]
     assert {(i["alias"], i["model_version"]) for i in items} == {("champion", v1)}
@@ -393,6 +393,7 @@ def test_sigterm_under_load_loses_no_logged_prediction(model, mlflow_server, tmp
     env = {**os.environ, "CRISPFLOW_HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1"}
     argv = [_cli(), "serve", "--model", model["name"], "--port", str(port), "--tracking-uri", mlflow_server.url,
             "--predictions-url", str(log_root), "--poll-interval", "0.5", "--only", model["name"]]
+    token_file(tmp_path / "home")  # the default token file of `crispflow serve`: $CRISPFLOW_HOME/serve-tokens.json
     out = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     answered: list[str] = []
@@ -402,7 +403,7 @@ def test_sigterm_under_load_loses_no_logged_prediction(model, mlflow_server, tmp
     since = datetime.now(UTC) - timedelta(seconds=5)
 
     def fire() -> None:
-        with httpx.Client() as client:
+        with httpx.Client(headers=AUTH) as client:
             while not stop.is_set():
                 try:
                     reply = _predict(client, url, records)
@@ -440,8 +441,8 @@ def test_a_server_starts_before_the_model_exists_and_picks_the_champion_up(model
     config = ServeConfig(model=name, tracking_uri=mlflow_server.url, predictions_url=None, poll_interval=0.2,
                          only=(name,))
     with Running(config) as late:
-        assert httpx.get(f"{late.url}/health").status_code == 200
-        reason = _wait(lambda: (r := httpx.get(f"{late.url}/ready")).status_code == 503
+        assert http.get(f"{late.url}/health").status_code == 200
+        reason = _wait(lambda: (r := http.get(f"{late.url}/ready")).status_code == 503
                        and "not registered" in r.json()["reason"], 30, "not registered")
         assert reason
         # register a copy of v1 (same files, same recorded hash) and make it champion
@@ -452,9 +453,9 @@ def test_a_server_starts_before_the_model_exists_and_picks_the_champion_up(model
                                         tags={k: v for k, v in source.tags.items() if k.startswith("crispflow.")})
         registry.set_alias(mlf, name, "champion", str(copy.version))
         assert _wait(lambda: _ready_version(late.url), 30, "champion picked up") == str(copy.version)
-        reply = httpx.post(f"{late.url}/predict", json={"record": GOOD})
+        reply = http.post(f"{late.url}/predict", json={"record": GOOD})
         assert reply.status_code == 200 and reply.json()["predictions"][0]["model_version"] == str(copy.version)
-        assert httpx.post(f"{late.url}/feedback", json={"request_id": str(uuid.uuid4()), "label": 1}).status_code \
+        assert http.post(f"{late.url}/feedback", json={"request_id": str(uuid.uuid4()), "label": 1}).status_code \
             == 503  # no prediction log configured: feedback cannot be stored
 
 
@@ -505,7 +506,7 @@ def models(mlf, data) -> dict[str, Any]:
 
 
 def _ready_models(url: str, expected: set[str]) -> dict[str, Any] | None:
-    reply = httpx.get(f"{url}/ready", timeout=5)
+    reply = http.get(f"{url}/ready", timeout=5)
     body = reply.json()
     return body if reply.status_code == 200 and expected <= set(body["models"]) else None
 
@@ -523,7 +524,7 @@ def fleet(models, mlflow_server, tmp_path_factory) -> Iterator[Running]:
 
 
 def test_three_models_are_served_side_by_side_each_per_its_task(fleet, models) -> None:
-    listing = httpx.get(f"{fleet.url}/models").json()
+    listing = http.get(f"{fleet.url}/models").json()
     by_name = {m["name"]: m for m in listing["models"]}
     assert set(by_name) == set(models.values()) and listing["default"] is None
     assert {by_name[n]["task"] for n in models.values()} == {"binary", "regression", "multiclass"}
@@ -532,14 +533,14 @@ def test_three_models_are_served_side_by_side_each_per_its_task(fleet, models) -
     assert all(m["state"] == "ready" for m in listing["models"])
     assert by_name[models["regression"]]["routes"]["predict"] == f"/models/{models['regression']}/predict"
 
-    binary = httpx.post(f"{fleet.url}/models/{models['binary']}/predict", json={"records": [GOOD, GOOD]})
+    binary = http.post(f"{fleet.url}/models/{models['binary']}/predict", json={"records": [GOOD, GOOD]})
     assert binary.status_code == 200, binary.text
     assert binary.json()["model"] == models["binary"]
     for item in binary.json()["predictions"]:
         assert set(item) == {"request_id", "score", "label", "model_version", "alias"}
         assert 0 <= item["score"] <= 1 and item["label"] == int(item["score"] >= 0.3)
 
-    regression = httpx.post(f"{fleet.url}/models/{models['regression']}/predict", json={"record": GOOD})
+    regression = http.post(f"{fleet.url}/models/{models['regression']}/predict", json={"record": GOOD})
     assert regression.status_code == 200, regression.text
     (item,) = regression.json()["predictions"]
     assert set(item) == {"request_id", "prediction", "interval", "model_version", "alias"}
@@ -547,21 +548,21 @@ def test_three_models_are_served_side_by_side_each_per_its_task(fleet, models) -
     assert item["interval"] == pytest.approx({"low": item["prediction"] - HALFWIDTH,
                                               "high": item["prediction"] + HALFWIDTH, "coverage": 0.9})
 
-    multiclass = httpx.post(f"{fleet.url}/models/{models['multiclass']}/predict", json={"records": [GOOD] * 3})
+    multiclass = http.post(f"{fleet.url}/models/{models['multiclass']}/predict", json={"records": [GOOD] * 3})
     assert multiclass.status_code == 200, multiclass.text
     for item in multiclass.json()["predictions"]:
         assert set(item) == {"request_id", "prediction", "probabilities", "model_version", "alias"}
         assert list(item["probabilities"]) == CLASSES and sum(item["probabilities"].values()) == pytest.approx(1)
         assert item["prediction"] == max(CLASSES, key=item["probabilities"].__getitem__)
 
-    described = httpx.get(f"{fleet.url}/models/{models['multiclass']}").json()
+    described = http.get(f"{fleet.url}/models/{models['multiclass']}").json()
     assert described["task"] == "multiclass" and described["aliases"]["champion"]["classes"] == CLASSES
-    assert httpx.get(f"{fleet.url}/models/{models['regression']}").json()["aliases"]["champion"]["interval"][
+    assert http.get(f"{fleet.url}/models/{models['regression']}").json()["aliases"]["champion"]["interval"][
         "halfwidth"] == HALFWIDTH
-    unknown = httpx.post(f"{fleet.url}/models/crispflow-nope/predict", json={"record": GOOD})
+    unknown = http.post(f"{fleet.url}/models/crispflow-nope/predict", json={"record": GOOD})
     assert unknown.status_code == 404 and "crispflow-nope" in unknown.json()["detail"][0]["message"]
 
-    metrics = httpx.get(f"{fleet.url}/metrics").text
+    metrics = http.get(f"{fleet.url}/metrics").text
     for name in models.values():
         assert f'crispflow_serve_ready{{model="{name}"}} 1.0' in metrics
         assert f'code="200",endpoint="predict",model="{name}"' in metrics
@@ -588,7 +589,7 @@ def test_three_models_are_served_side_by_side_each_per_its_task(fleet, models) -
 
 def test_default_routes_need_a_default_when_several_models_are_served(fleet, models, mlflow_server) -> None:
     for method, path in (("post", "/predict"), ("post", "/feedback"), ("get", "/model")):
-        reply = getattr(httpx, method)(f"{fleet.url}{path}", **({"json": {"record": GOOD}} if method == "post"
+        reply = getattr(http, method)(f"{fleet.url}{path}", **({"json": {"record": GOOD}} if method == "post"
                                                                   else {}))
         assert reply.status_code == 404, (path, reply.text)
         assert "/models/{name}/" in reply.json()["detail"][0]["message"]
@@ -600,24 +601,24 @@ def test_default_routes_need_a_default_when_several_models_are_served(fleet, mod
     with Running(one) as single, Running(chosen) as defaulted:
         body = _wait(lambda: _ready_models(single.url, {models["regression"]}), 60, "single model ready")
         assert body["model"] == models["regression"]
-        reply = httpx.post(f"{single.url}/predict", json={"record": GOOD})
+        reply = http.post(f"{single.url}/predict", json={"record": GOOD})
         assert reply.status_code == 200 and "interval" in reply.json()["predictions"][0]
-        assert httpx.get(f"{single.url}/model").json()["task"] == "regression"
+        assert http.get(f"{single.url}/model").json()["task"] == "regression"
         _wait(lambda: _ready_models(defaulted.url, set(models.values())), 60, "all ready")
-        reply = httpx.post(f"{defaulted.url}/predict", json={"record": GOOD})
+        reply = http.post(f"{defaulted.url}/predict", json={"record": GOOD})
         assert reply.status_code == 200 and reply.json()["model"] == models["multiclass"]
 
 
 def test_feedback_is_validated_per_task(fleet, models) -> None:
     def predict(task: str) -> str:
-        reply = httpx.post(f"{fleet.url}/models/{models[task]}/predict", json={"record": GOOD})
+        reply = http.post(f"{fleet.url}/models/{models[task]}/predict", json={"record": GOOD})
         return reply.json()["predictions"][0]["request_id"]
 
     def feedback(task: str, label: Any, raw: str | None = None) -> httpx.Response:
         url = f"{fleet.url}/models/{models[task]}/feedback"
         if raw is not None:
-            return httpx.post(url, content=raw.encode(), headers={"content-type": "application/json"})
-        return httpx.post(url, json={"request_id": rid[task], "label": label})
+            return http.post(url, content=raw.encode(), headers={"content-type": "application/json"})
+        return http.post(url, json={"request_id": rid[task], "label": label})
 
     rid = {task: predict(task) for task in models}
     since = datetime.now(UTC) - timedelta(seconds=5)
@@ -650,14 +651,14 @@ def test_feedback_is_validated_per_task(fleet, models) -> None:
 
 def test_a_model_registered_after_the_start_is_discovered(fleet, models, mlf, data) -> None:
     name = f"crispflow-t_later_{MULTI}"
-    assert name not in {m["name"] for m in httpx.get(f"{fleet.url}/models").json()["models"]}
-    assert httpx.post(f"{fleet.url}/models/{name}/predict", json={"record": GOOD}).status_code == 404
+    assert name not in {m["name"] for m in http.get(f"{fleet.url}/models").json()["models"]}
+    assert http.post(f"{fleet.url}/models/{name}/predict", json={"record": GOOD}).status_code == 404
     x = data[FEATURES].copy()
     version = _register(mlf, name, _regressor().fit(x, data["int_rate"]), x, {"crispflow.task": "regression"},
                         pipeline=f"t_later_{MULTI}")
     body = _wait(lambda: _ready_models(fleet.url, {name}), 60, "the new model discovered and loaded")
     assert body["models"][name] == {"champion": version, "task": "regression", "aliases": {"champion": version}}
-    reply = httpx.post(f"{fleet.url}/models/{name}/predict", json={"record": GOOD})
+    reply = http.post(f"{fleet.url}/models/{name}/predict", json={"record": GOOD})
     assert reply.status_code == 200, reply.text
     item = reply.json()["predictions"][0]
     assert item["model_version"] == version and item["interval"] is None  # no interval tag: none served
@@ -673,14 +674,14 @@ def test_a_model_whose_champion_is_refused_does_not_take_the_others_down(fleet, 
     _tamper(mlf, mlflow_server, name, version)
 
     def refused() -> dict[str, Any] | None:
-        reply = httpx.get(f"{fleet.url}/ready", timeout=5)
+        reply = http.get(f"{fleet.url}/ready", timeout=5)
         return reply.json() if name in reply.json().get("refused", {}) else None
 
     body = _wait(refused, 60, "the tampered champion refused")
     assert body["ready"] is True and set(body["models"]) >= set(models.values()), body
     assert "sha256" in body["refused"][name] or "hash" in body["refused"][name], body["refused"][name]
-    assert httpx.post(f"{fleet.url}/models/{name}/predict", json={"record": GOOD}).status_code == 503
-    reply = httpx.post(f"{fleet.url}/models/{models['regression']}/predict", json={"record": GOOD})
+    assert http.post(f"{fleet.url}/models/{name}/predict", json={"record": GOOD}).status_code == 503
+    reply = http.post(f"{fleet.url}/models/{models['regression']}/predict", json={"record": GOOD})
     assert reply.status_code == 200, reply.text
 
 
@@ -688,17 +689,17 @@ def test_at_most_max_models_are_loaded_and_an_idle_one_loads_on_request(models, 
     config = ServeConfig(tracking_uri=mlflow_server.url, predictions_url=str(tmp_path), poll_interval=0.2,
                          log_flush_interval=60, max_models=1, only=(models["binary"], models["regression"]))
     with Running(config) as small:
-        _wait(lambda: httpx.get(f"{small.url}/ready").status_code == 200, 60, "ready")
+        _wait(lambda: http.get(f"{small.url}/ready").status_code == 200, 60, "ready")
 
         def states() -> dict[str, str]:
-            return {m["name"]: m["state"] for m in httpx.get(f"{small.url}/models").json()["models"]}
+            return {m["name"]: m["state"] for m in http.get(f"{small.url}/models").json()["models"]}
 
         first = states()
         assert sorted(first.values()) == ["idle", "ready"]
         loaded, idle = (next(n for n, s in first.items() if s == state) for state in ("ready", "idle"))
-        assert httpx.get(f"{small.url}/ready").json()["idle"] == [idle]
-        assert httpx.post(f"{small.url}/models/{loaded}/predict", json={"record": GOOD}).status_code == 200
-        reply = httpx.post(f"{small.url}/models/{idle}/predict", json={"record": GOOD})
+        assert http.get(f"{small.url}/ready").json()["idle"] == [idle]
+        assert http.post(f"{small.url}/models/{loaded}/predict", json={"record": GOOD}).status_code == 200
+        reply = http.post(f"{small.url}/models/{idle}/predict", json={"record": GOOD})
         assert reply.status_code == 200, reply.text  # loaded on request
         assert states() == {idle: "ready", loaded: "idle"}  # the least recently requested one was unloaded
 
@@ -708,5 +709,5 @@ def test_at_most_max_models_are_loaded_and_an_idle_one_loads_on_request(models, 
             return frame if len(frame) == 1 else None
 
         _wait(flushed, 30, "the unloaded model's log flushed")
-        assert httpx.post(f"{small.url}/models/{loaded}/predict", json={"record": GOOD}).status_code == 200
-        assert 'crispflow_serve_models{state="idle"} 1.0' in httpx.get(f"{small.url}/metrics").text
+        assert http.post(f"{small.url}/models/{loaded}/predict", json={"record": GOOD}).status_code == 200
+        assert 'crispflow_serve_models{state="idle"} 1.0' in http.get(f"{small.url}/metrics").text

@@ -7,6 +7,7 @@ DAGs: `ingest_validate` is triggered, awaited and read back (task instances, XCo
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from support.permissions import loose_entries
 from support.stack import Stack, clean_env, free_ports
 
 from crispflow.data.datasets import read_manifest
@@ -64,11 +66,19 @@ def test_up_reports_a_healthy_stack(live: Stack) -> None:
     assert all(p["alive"] and p["healthy"] and p["pid"] for p in status["processes"])
     assert status["airflow_url"] == f"http://127.0.0.1:{live.ports.airflow}"
     assert status["mlflow_url"] == f"http://127.0.0.1:{live.ports.mlflow}"
-    assert status["login"]["username"] == "admin" and status["login"]["password"]
+    assert status["login"]["username"] == "admin" and status["login"]["password"] is None  # not on a pipe
+    assert json.loads(live.run("status", "--json", "--show-secrets").stdout)["login"]["password"] \
+        == live.secrets.admin_password
     assert status["paths"]["home"] == str(live.home)
     assert requests.get(f"{status['mlflow_url']}/health", timeout=5).status_code == 200
     assert status["serve_url"] == f"http://127.0.0.1:{live.ports.serve}"
     assert requests.get(f"{status['serve_url']}/health", timeout=5).status_code == 200
+    # the model server `up` started takes the tokens `up` generated, and nothing else
+    admin = {"Authorization": f"Bearer {live.secrets.serve_admin_token}"}
+    client = {"Authorization": f"Bearer {live.secrets.serve_client_token}"}
+    assert requests.get(f"{status['serve_url']}/models", timeout=5).status_code == 401
+    assert requests.get(f"{status['serve_url']}/models", headers=client, timeout=5).status_code == 403
+    assert requests.get(f"{status['serve_url']}/models", headers=admin, timeout=5).status_code == 200
     assert f"Model server  {status['serve_url']}" in live.run("status").stdout
 
 
@@ -107,6 +117,17 @@ def test_ingest_validate_publishes_a_dataset_version(live: Stack) -> None:
     assert manifest["pipeline"] == "lending_club"
     rows = manifest["rows"]
     assert rows["in"] == rows["published"] + rows["quarantined"]
+
+
+def test_the_home_is_private_after_a_run(live: Stack) -> None:
+    """Everything the stack wrote (lake with personal data, ledger, MLflow store and artifacts, Airflow's DB, task
+    logs, process logs, PID files, secrets) is 0700 folders and 0600 files: nothing for other users."""
+    api = live.api()
+    runs = api.request("GET", "/api/v2/dags/ingest_validate/dagRuns")["dag_runs"]
+    assert any(run["state"] == "success" for run in runs), "needs the ingest run of the test above"
+    assert list((live.home / "airflow" / "logs").rglob("*.log")), "no task log was written"
+    assert list((live.home / "lake").rglob("*.parquet")), "nothing in the lake"
+    assert loose_entries(live.home) == []
 
 
 def test_a_deferred_drift_sensor_survives_a_triggerer_restart(live: Stack) -> None:

@@ -25,6 +25,10 @@ def fast_spec() -> dict:
     """The demo spec with logistic regression only: the real data and the real steps, minutes less per run."""
     spec = yaml.safe_load((ROOT / "include" / "pipelines" / "lending_club.yaml").read_text())
     spec["training"]["candidates"] = [c for c in spec["training"]["candidates"] if c["name"] == "logreg"]
+    # latency is not under test here (the guardrail has unit tests): on a shared 2-core CI machine the p95 of the
+    # canary's fifth of the requests swings with whatever else runs, so the spec gives it a wide budget (a run
+    # may only tighten the spec's canary policy)
+    spec["canary"] = {"max_p95_ratio": 3.0, "p95_slack_ms": 50.0}
     return spec
 
 
@@ -144,20 +148,29 @@ def test_a_challenger_trained_on_shuffled_labels_is_not_blessed(env, tmp_path, m
     assert tis[("approve_forced_blessing", -1)].state == "skipped"  # nobody asked to force it
     assert tis[("deploy", -1)].state == "skipped"  # not blessed: never deployed
 
-    # A forced blessing needs an approver; when approved it is recorded beside the gate's own reasons.
+    # A forced blessing needs an approver other than its requester; when approved it is recorded beside the gate's
+    # own reasons, with both persons.
+    from crispflow.errors import ApprovalRefused
     from crispflow.lake import Lake
     from crispflow.model.modelling import TrainingJob, force_bless
-    from crispflow.model.registry import RegistryError
     from crispflow.spec import load_spec
 
     job = TrainingJob(load_spec("lending_club"), Lake(Path(os.environ["CRISPFLOW_LAKE_URL"].removeprefix("file://"))),
                       mlf, version_id, "test/force")
-    with pytest.raises(RegistryError, match="needs an approver"):
-        force_bless(job, reg["version"], reason="business sign-off for the pilot", approver=None)
-    force_bless(job, reg["version"], reason="business sign-off for the pilot", approver={"id": "ana", "name": "Ana"})
+    reason = "business sign-off for the pilot"
+    with pytest.raises(ApprovalRefused, match="needs an approver"):
+        force_bless(job, reg["version"], reason=reason, approver=None, requester="bo")
+    for same in ({"id": "bo", "name": "Bo"}, {"id": "u-7", "name": "bo"}):
+        with pytest.raises(ApprovalRefused, match="another person than its requester") as refused:
+            force_bless(job, reg["version"], reason=reason, approver=same, requester="bo")
+        assert "bo" not in str(refused.value).lower().replace("blessing", "")  # roles named, not the person
+    assert not verdict(mlf, reg["version"])["blessed"]
+    force_bless(job, reg["version"], reason=reason, approver={"id": "ana", "name": "Ana"}, requester="bo")
     forced = verdict(mlf, reg["version"])
     assert forced["blessed"] and forced["blessed_by"] == "forced"
     assert forced["forced"]["approver"]["id"] == "ana" and forced["forced"]["gate_reasons"] == v["reasons"]
+    assert forced["forced"]["requester"] == "bo"
+    assert mlf.get_model_version(MODEL, reg["version"]).tags["crispflow.forced_requested_by"] == "bo"
     assert registry.alias_version(mlf, MODEL, "champion").version == champion.version  # the canary decides
 
 
@@ -192,6 +205,7 @@ def model_server(env, tmp_path, monkeypatch):
     import time
 
     from support.servers import LOOPBACK, free_port, stop_process
+    from support.serving import token_file
 
     predictions = (tmp_path / "predictions").as_uri()
     monkeypatch.setenv("CRISPFLOW_PREDICTIONS_URL", predictions)
@@ -199,7 +213,7 @@ def model_server(env, tmp_path, monkeypatch):
     argv = [str(Path(sys.executable).parent / "crispflow"), "serve", "--model", MODEL, "--only", MODEL,
             "--port", str(port),
             "--tracking-uri", os.environ["MLFLOW_TRACKING_URI"], "--predictions-url", predictions,
-            "--poll-interval", "1"]
+            "--poll-interval", "1", "--tokens-file", token_file(tmp_path)]
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://{LOOPBACK}:{port}"
@@ -240,22 +254,21 @@ def test_live_canary_is_promoted_and_rolled_back(env, model_server, monkeypatch)
     champion = registry.alias_version(mlf, MODEL, "champion").version
     canary = registry.alias_version(mlf, MODEL, "canary").version
     deadline = time.monotonic() + 30
-    while requests.get(f"{model_server}/model", timeout=5).json()["aliases"].get("canary", {}).get(
+    from support.serving import AUTH, TOKEN
+
+    while requests.get(f"{model_server}/model", timeout=5, headers=AUTH).json()["aliases"].get("canary", {}).get(
             "version") != canary:
         assert time.monotonic() < deadline, "the server did not pick up the canary"
         time.sleep(0.5)
 
     rows, labels = holdout_traffic(Settings.from_env())
-    stats = replay(model_server, rows, labels, batch=25, feedback_delay=0.5)
+    stats = replay(model_server, rows, labels, batch=25, feedback_delay=0.5, token=TOKEN)
     assert stats.failed == 0 and stats.feedback == len(rows), stats.errors
     arms = {arm.split()[0]: n for arm, n in stats.by_arm.items()}
     assert 0.1 < arms["canary"] / len(rows) < 0.3  # the 20 % share, by entity hash
     time.sleep(2.5)  # the server's log flushes every second
 
-    # latency is not under test here (the guardrail has unit tests): on a shared 2-core CI machine the p95 of the
-    # canary's fifth of the requests swings with whatever else runs, so its budget is wide
-    latency = {"max_p95_ratio": 3.0, "p95_slack_ms": 50.0}
-    _, tis = run("canary_analysis", {"pipeline": "lending_club", "policy": latency})
+    _, tis = run("canary_analysis", {"pipeline": "lending_club", "policy": {"min_labels": 200}})  # tightened
     outcome = tis[("analyse_and_act", 0)].xcom_pull(task_ids="analyse_and_act", map_indexes=0)
     assert outcome["decision"] == "promote", outcome["reasons"]
     assert registry.alias_version(mlf, MODEL, "champion").version == canary

@@ -13,17 +13,17 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
 import mlflow
 import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 from support.mlflow_server import register_versions
-from support.serving import Running
+from support.serving import Running, http
 
 from crispflow.model import registry
 from crispflow.model.registry import RegistryError
 from crispflow.release import promotion
+from crispflow.release.canary import CanaryPolicy
 from crispflow.release.canary_analysis import settle_canary
 from crispflow.release.promotion import Ledger
 from crispflow.serving.batch_scoring import load_model, resolve_model
@@ -148,14 +148,14 @@ def test_canary_rescoring_refuses_it_unrun(mlf, versions, markers, kind, tmp_pat
         if registry.alias_version(mlf, NAME, alias):
             mlf.delete_registered_model_alias(NAME, alias)
     promotion.apply(mlf, ledger, NAME, promotion.cold_start({}, versions["good"], "first"), move_key="cold",
-                    actor="t")
+                    actor="t", person="t")
     deployed = promotion.deploy_version(mlf, ledger, NAME, versions[kind], strategy="canary", share=0.5,
-                                        reason="blessed", move_key="deploy")
+                                        reason="blessed", move_key="deploy", person="t")
     assert deployed["action"] == "deploy_canary"
     now = pd.Timestamp.now(tz="UTC").to_pydatetime()
     with pytest.raises(RegistryError, match=RULES[kind]):
-        settle_canary(mlf, ledger, NAME, tmp_path, start=now, end=now, policy=None, move_key="analyse",
-                      run_key="run-1")
+        settle_canary(mlf, ledger, NAME, tmp_path, start=now, end=now, policy=CanaryPolicy(), move_key="analyse",
+                      run_key="run-1", person="t")
     assert not (markers / kind).exists()
     assert promotion.registry_state(mlf, NAME)["canary"] == versions[kind]  # nothing decided on a refused model
 
@@ -171,12 +171,12 @@ def test_the_model_server_refuses_it_unrun(mlf, mlflow_server, versions, markers
     with Running(config) as running:
         url = running.url
         deadline = time.monotonic() + 30
-        while not (refused := httpx.get(f"{url}/model").json()["refused"].get(versions["pickle"])):
+        while not (refused := http.get(f"{url}/model").json()["refused"].get(versions["pickle"])):
             assert time.monotonic() < deadline, "the bad champion was never refused"
             time.sleep(0.1)
         assert refused.startswith("invalid") and "serialization_format" in refused
-        ready = httpx.get(f"{url}/ready")
+        ready = http.get(f"{url}/ready")
         assert ready.status_code == 503 and f"v{versions['pickle']}" in ready.json()["reason"]
         record = {"int_rate": 0.1, "annual_inc": 50_000.0}
-        assert httpx.post(f"{url}/predict", json={"record": record}).status_code == 503
+        assert http.post(f"{url}/predict", json={"record": record}).status_code == 503
     assert not (markers / "pickle").exists()

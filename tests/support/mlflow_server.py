@@ -5,6 +5,7 @@ PYTEST_DONT_REWRITE
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -26,14 +27,15 @@ class MlflowServer:
     artifacts: Path  # the server's artifact store (tests may tamper with it)
 
 
-@pytest.fixture(scope="session")
-def mlflow_server() -> Iterator[MlflowServer]:
-    root = Path(tempfile.mkdtemp(prefix="crispflow-mlflow-"))
+@contextlib.contextmanager
+def running_mlflow(root: Path, extra_argv: tuple[str, ...] = (), extra_env: dict[str, str] | None = None,
+                   health_auth: tuple[str, str] | None = None) -> Iterator[str]:
+    """An MLflow server on a free loopback port (SQLite store and local artifacts in `root`); yields its URL."""
     port = free_port()
     argv = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", LOOPBACK, "--port", str(port),
             "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+            "--artifacts-destination", str(root / "artifacts"), "--workers", "1", *extra_argv]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(extra_env or {})}
     log = (root / "server.log").open("wb")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://{LOOPBACK}:{port}"
@@ -43,17 +45,24 @@ def mlflow_server() -> Iterator[MlflowServer]:
             if proc.poll() is not None:
                 raise RuntimeError(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
             try:
-                if requests.get(f"{url}/health", timeout=2).ok:
+                if requests.get(f"{url}/health", timeout=2, auth=health_auth).ok:
                     break
             except requests.RequestException:
                 pass
             if time.monotonic() > deadline:
                 raise TimeoutError("mlflow server did not become healthy in 180 s")
             time.sleep(0.5)
-        yield MlflowServer(url, root / "artifacts")
+        yield url
     finally:
         stop_process(proc)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server() -> Iterator[MlflowServer]:
+    root = Path(tempfile.mkdtemp(prefix="crispflow-mlflow-"))
+    with running_mlflow(root) as url:
+        yield MlflowServer(url, root / "artifacts")
 
 
 def register_versions(mlf: object, name: str, experiment: str, x: object, models: list[object],

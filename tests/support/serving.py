@@ -1,11 +1,50 @@
-"""The model server on a thread of the test process (real HTTP on loopback, real uvicorn)."""
+"""The model server on a thread of the test process (real HTTP on loopback, real uvicorn), and its bearer tokens.
+
+A config without `tokens_file` gets a token file holding `TOKEN` (every scope, name `tests`): `http.get/post`
+send it (`AUTH` is its header)."""
 
 from __future__ import annotations
 
+import dataclasses
+import tempfile
 import threading
+from pathlib import Path
 from typing import Any
 
 from support.servers import free_port, wait_for_port
+
+TOKEN = "cft_tests-every-scope-0123456789abcdefghijklmnopqrstuv"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+SCOPES = ("predict", "feedback", "admin", "metrics")
+
+
+def token_file(folder: Path, tokens: dict[str, tuple[str, tuple[str, ...]]] | None = None) -> str:
+    """A token file in `folder` with `tests` (TOKEN, every scope) plus `tokens` (name → (secret, scopes))."""
+    from crispflow.serving.tokens import ensure_token
+
+    path = folder / "serve-tokens.json"
+    for name, (secret, scopes) in {"tests": (TOKEN, SCOPES), **(tokens or {})}.items():
+        ensure_token(path, name, secret, scopes)
+    return str(path)
+
+
+class _Authed:
+    """`httpx.get`/`httpx.post` with the all-scopes token."""
+
+    @staticmethod
+    def get(url: str, **kw: Any) -> Any:
+        import httpx
+
+        return httpx.get(url, headers={**AUTH, **kw.pop("headers", {})}, **kw)
+
+    @staticmethod
+    def post(url: str, **kw: Any) -> Any:
+        import httpx
+
+        return httpx.post(url, headers={**AUTH, **kw.pop("headers", {})}, **kw)
+
+
+http = _Authed()
 
 
 class Running:
@@ -16,6 +55,10 @@ class Running:
 
         from crispflow.serving.app import create_app
 
+        if config.tokens_file is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="crispflow-tokens-")
+            config = dataclasses.replace(config, tokens_file=token_file(Path(self._tmp.name)))
+        self.config = config
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = create_app(config)

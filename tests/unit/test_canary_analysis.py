@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +21,7 @@ from crispflow.model import registry
 from crispflow.predictions.store import canary_report_path
 from crispflow.predictions.writer import PredictionLog
 from crispflow.release import promotion
+from crispflow.release.canary import CanaryPolicy
 from crispflow.release.canary_analysis import NEVER, deployed_at, settle_canary
 from crispflow.release.promotion import Ledger
 
@@ -56,9 +59,10 @@ def live_canary(mlf, ledger: Ledger, versions: list[str]) -> datetime:
     for alias in promotion.SERVING_ALIASES:
         if registry.alias_version(mlf, NAME, alias):
             mlf.delete_registered_model_alias(NAME, alias)
-    promotion.apply(mlf, ledger, NAME, promotion.cold_start({}, versions[0], "first"), move_key="cold", actor="t")
+    promotion.apply(mlf, ledger, NAME, promotion.cold_start({}, versions[0], "first"), move_key="cold", actor="t",
+                    person="airflow:scheduled")
     deployed = promotion.deploy_version(mlf, ledger, NAME, versions[1], strategy="canary", share=0.5,
-                                        reason="blessed", move_key="deploy")
+                                        reason="blessed", move_key="deploy", person="ana")
     assert deployed["action"] == "deploy_canary"
     return datetime.fromisoformat(ledger.find("deploy")["at"])
 
@@ -87,15 +91,17 @@ def write_traffic(root: Path, loans: pd.DataFrame, versions: list[str], start: d
 
 def settle(mlf, ledger, root, start: datetime, policy: dict, key: str = "dag/run-1/analyse") -> dict:
     return settle_canary(mlf, ledger, NAME, root, start=start - timedelta(minutes=10), end=start + timedelta(hours=1),
-                         policy=policy, move_key=key, run_key="run-1")
+                         policy=CanaryPolicy(**policy), move_key=key, run_key="run-1", person="airflow:scheduled")
 
 
 def test_deployed_at_is_the_last_canary_deployment_or_the_epoch(ledger: Ledger) -> None:
     assert deployed_at(ledger, NAME, "2") == NEVER
-    ledger.append(NAME, "k1", promotion.cold_start({}, "1", "first"), {}, actor="t")
+    ledger.append(NAME, "k1", promotion.cold_start({}, "1", "first"), {}, actor="t", state=promotion.CONFIRMED)
     for key in ("k2", "k3"):
-        ledger.append(NAME, key, promotion.Transition("deploy_canary", {"canary": "2"}, {}, "x"), {}, actor="t")
-    assert deployed_at(ledger, NAME, "2") == datetime.fromisoformat(ledger.find("k3")["at"])
+        ledger.append(NAME, key, promotion.Transition("deploy_canary", {"canary": "2"}, {}, "x"), {}, actor="t",
+                      state=promotion.CONFIRMED)
+    ledger.append(NAME, "k4", promotion.Transition("deploy_canary", {"canary": "2"}, {}, "x"), {}, actor="t")
+    assert deployed_at(ledger, NAME, "2") == datetime.fromisoformat(ledger.find("k3")["at"])  # k4: not confirmed
     assert deployed_at(ledger, NAME, "2").tzinfo is not None and deployed_at(ledger, NAME, "3") == NEVER
 
 
@@ -104,10 +110,11 @@ def test_no_canary_means_nothing_to_do(mlf, versions, ledger, tmp_path) -> None:
     for alias in promotion.SERVING_ALIASES:
         if registry.alias_version(mlf, NAME, alias):
             mlf.delete_registered_model_alias(NAME, alias)
-    registry.set_alias(mlf, NAME, "champion", versions[0])
+    promotion.apply(mlf, ledger, NAME, promotion.cold_start({}, versions[0], "first"), move_key="cold", actor="t",
+                    person="airflow:scheduled")
     assert settle(mlf, ledger, tmp_path, datetime.now(UTC), LENIENT) == {
         "decision": "none", "reasons": ["no canary deployed"]}
-    assert ledger.entries(NAME) == []
+    assert len(ledger.entries(NAME)) == 1
 
 
 @pytest.mark.slow
@@ -130,10 +137,15 @@ def test_a_good_canary_is_promoted_once_with_its_report_stored_twice(mlf, versio
     assert report["interval"]["deployed_at"] == start.isoformat()
     run_id = mlf.get_model_version(NAME, v2).run_id
     assert mlflow.artifacts.load_dict(f"runs:/{run_id}/canary/{path.name}") == report
-    assert ledger.entries(NAME)[-1]["evidence"]["report"] == out["report"]
+    evidence = ledger.entries(NAME)[-1]["evidence"]
+    assert evidence["report"] == out["report"]
+    assert evidence["policy"] == dataclasses.asdict(CanaryPolicy(**LENIENT))
+    assert evidence["policy_sha256"] == hashlib.sha256(
+        json.dumps(dataclasses.asdict(CanaryPolicy(**LENIENT)), sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest() == CanaryPolicy(**LENIENT).digest()
+    assert out["ledger"]["person"] == "airflow:scheduled"
 
-    # the retry of the same task: the move is completed, not decided or made again
-    registry.set_alias(mlf, NAME, "champion", v1)  # the registry half-done
+    # the retry of the same task: the move is not decided or made again
     again = settle(mlf, ledger, tmp_path, start, LENIENT)
     assert again == {**out["ledger"], "replayed": True}
     assert [e["action"] for e in ledger.entries(NAME)] == ["cold_start", "deploy_canary", "promote"]
@@ -161,3 +173,19 @@ def test_without_enough_evidence_the_canary_runs_on(mlf, versions, ledger, loans
     assert any("labelled requests" in r for r in out["reasons"])
     assert canary_report_path(tmp_path, NAME, v2, "run-1").exists()
     assert promotion.registry_state(mlf, NAME)["canary"] == v2 and len(ledger.entries(NAME)) == 2
+
+
+@pytest.mark.slow
+def test_an_outside_move_fails_the_analysis_once_recorded(mlf, versions, ledger, loans, tmp_path) -> None:
+    """Champion re-pointed in MLflow by hand while a canary runs: the analysis records it (person unknown) and
+    fails naming the alias and versions, moving nothing; the next run judges against what is served."""
+    v1, v2 = versions
+    start = live_canary(mlf, ledger, versions)
+    write_traffic(tmp_path, loans, versions, start)
+    mlf.delete_registered_model_alias(NAME, "canary")  # someone removed the canary in MLflow directly
+    with pytest.raises(promotion.OutsideMove, match=f"canary v{v2} → unset"):
+        settle(mlf, ledger, tmp_path, start, LENIENT)
+    entry = ledger.entries(NAME)[-1]
+    assert (entry["action"], entry["person"]) == ("outside_move", promotion.UNKNOWN_PERSON)
+    assert promotion.registry_state(mlf, NAME)["champion"] == v1 and promotion.verify(mlf, ledger, NAME) == []
+    assert settle(mlf, ledger, tmp_path, start, LENIENT, key="dag/run-2/analyse")["decision"] == "none"

@@ -217,9 +217,10 @@ def register(mlf, name: str, spec, x: pd.DataFrame, models: list) -> list[str]:
 
 
 def live_canary(mlf, ledger: Ledger, name: str, versions: list[str]) -> datetime:
-    promotion.apply(mlf, ledger, name, promotion.cold_start({}, versions[0], "first"), move_key="cold", actor="t")
+    promotion.apply(mlf, ledger, name, promotion.cold_start({}, versions[0], "first"), move_key="cold", actor="t",
+                    person="t")
     promotion.deploy_version(mlf, ledger, name, versions[1], strategy="canary", share=0.5, reason="blessed",
-                             move_key="deploy")
+                             move_key="deploy", person="t")
     return datetime.fromisoformat(ledger.find("deploy")["at"])
 
 
@@ -255,7 +256,8 @@ def test_settle_canary_rescores_task_tagged_versions(mlf, loans, rate_models, ve
                                       canary_version=versions[1]), versions, start)
     assert read_predictions(tmp_path, name, start, start + timedelta(hours=1))["label"].dtype.kind == "f"
     out = settle_canary(mlf, ledger, name, tmp_path, start=start - timedelta(minutes=10),
-                        end=start + timedelta(hours=1), policy=LENIENT, move_key="dag/run-1/analyse", run_key="run-1")
+                        end=start + timedelta(hours=1), policy=CanaryPolicy(**LENIENT), move_key="dag/run-1/analyse",
+                        run_key="run-1", person="t")
     assert out["decision"] == decision, out["reasons"]
     report = json.loads(canary_report_path(tmp_path, name, versions[1], "run-1").read_text())
     assert report["task"] == spec.task and report["labelled"]["design"] == "paired"

@@ -28,10 +28,11 @@ from support.airflow_config import airflow_config_options, package_dir
 
 from crispflow.pools import POOLS
 from crispflow.settings import Settings
-from crispflow.stack.credentials import Secrets
+from crispflow.stack.credentials import MLFLOW_AIRFLOW_USER, MLFLOW_SERVING_USER, Secrets
 from crispflow.stack.local import SIMPLE_AUTH_MANAGER, airflow_env
 from crispflow.stack.ports import Ports
-from crispflow.stack.prod_setup import AUTH_CONFIG
+from crispflow.stack.prod_setup import AUTH_CONFIG, MLFLOW_PASSWORD_ENV
+from crispflow.stack.topology import AIRFLOW_SECRETS, LAKE_CONNECTION_HOLDERS, WORKER, WORKER_PREFIX
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yaml"
@@ -49,11 +50,37 @@ AIRFLOW_SERVICES = (
 )
 REQUIRED_SERVICES = {
     *AIRFLOW_SERVICES,
-    *("postgres", "redis", "mlflow", "minio", "minio-init", "model-server", "prometheus", "grafana"),
+    *("postgres", "redis", "mlflow", "mlflow-init", "minio", "minio-init", "model-server", "prometheus", "grafana"),
 }
-ONE_SHOT = {"airflow-init", "minio-init"}  # run to completion; everything else is long-running
+ONE_SHOT = {"airflow-init", "minio-init", "mlflow-init"}  # run to completion; everything else is long-running
 # Variables an Airflow service may add to the shared environment (never an Airflow setting or connection).
 SERVICE_ENV_EXTRAS = {"airflow-worker": {"DUMB_INIT_SETSID"}}
+# compose service -> the component it is in topology.AIRFLOW_SECRETS (airflow-init: migrates and checks the keys)
+AIRFLOW_COMPONENT = {
+    "airflow-api-server": "api-server",
+    "airflow-scheduler": "scheduler",
+    "airflow-dag-processor": "dag-processor",
+    "airflow-triggerer": "triggerer",
+    "airflow-worker": WORKER,
+}
+INIT_SECRETS = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET"}
+LAKE_CONNECTION = "AIRFLOW_CONN_CRISPFLOW_LAKE"
+# what must never reach a worker (DAG code): the control plane's secrets and the .env entries behind them
+CONTROL_PLANE_SECRETS = (
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+    "AIRFLOW__CORE__FERNET_KEY",
+    "AIRFLOW__API_AUTH__JWT_SECRET",
+    "AIRFLOW__API__SECRET_KEY",
+)
+CONTROL_PLANE_ENV_VARS = (
+    "AIRFLOW_DB_PASSWORD",
+    "AIRFLOW_FERNET_KEY",
+    "AIRFLOW_JWT_SECRET",
+    "AIRFLOW_API_SECRET_KEY",
+    "POSTGRES_PASSWORD",
+    "MLFLOW_ADMIN_PASSWORD",
+    "MLFLOW_DB_PASSWORD",
+)
 PUBLISHED_PORTS = {
     "airflow-api-server": 8080,
     "mlflow": 5000,
@@ -455,17 +482,85 @@ def test_env_example_holds_placeholders_not_secrets() -> None:
 
 
 # --- Airflow ---------------------------------------------------------------------------------------------------------
-def test_airflow_services_share_one_environment_image_and_volumes() -> None:
+def _secrets_for(name: str) -> set[str]:
+    """The secret variables topology.AIRFLOW_SECRETS (and the lake connection's holders) give a compose service."""
+    if name == "airflow-init":
+        return set(INIT_SECRETS)
+    component = AIRFLOW_COMPONENT[name]
+    held = {key for key, holders in AIRFLOW_SECRETS.items() if component in holders}
+    held -= {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}  # compose: in the mlflow_default connection
+    return held | ({LAKE_CONNECTION} if component in LAKE_CONNECTION_HOLDERS else set())
+
+
+def test_airflow_services_share_settings_and_get_only_their_secrets() -> None:
+    shared = environment(compose()["x-airflow-common"])
+    assert not set(shared) & (set(AIRFLOW_SECRETS) | {LAKE_CONNECTION}), "a secret in every Airflow component"
     reference = services()["airflow-api-server"]
-    shared = environment(reference)
     for name in AIRFLOW_SERVICES:
         service = services()[name]
         env = environment(service)
-        extras = set(env) - set(shared)
-        assert extras <= SERVICE_ENV_EXTRAS.get(name, set()), f"{name} adds {sorted(extras)}"
-        assert {key: env[key] for key in shared} == shared, f"{name}: environment differs from the api-server's"
+        assert {key: env[key] for key in shared} == shared, f"{name}: settings differ from the shared ones"
+        own = set(env) - set(shared) - SERVICE_ENV_EXTRAS.get(name, set())
+        assert own == _secrets_for(name), f"{name}: gets {sorted(own)}, the table says {sorted(_secrets_for(name))}"
         assert service["image"] == reference["image"] and service["volumes"] == reference["volumes"], name
     assert not any(key.startswith("AIRFLOW") for extra in SERVICE_ENV_EXTRAS.values() for key in extra)
+
+
+def test_workers_get_no_metadata_db_fernet_key_or_jwt_secret() -> None:
+    """Airflow 3 task isolation: DAG code runs in the workers and talks to the Execution API only."""
+    worker = environment(services()["airflow-worker"])
+    assert not [key for key in CONTROL_PLANE_SECRETS if key in worker], "a control-plane secret reaches the workers"
+    refs = {match["name"] for value in worker.values() for match in VAR_REF.finditer(value)}
+    assert not refs & set(CONTROL_PLANE_ENV_VARS), f"the workers see {sorted(refs & set(CONTROL_PLANE_ENV_VARS))}"
+    assert not urlsplit(worker["AIRFLOW__CELERY__RESULT_BACKEND"]).scheme.startswith("db+"), "results in the DB"
+    # the ledger: its own role, not the metadata DB's
+    ledger = urlsplit(environment(resolved()["services"]["airflow-worker"])["CRISPFLOW_LEDGER_URL"])
+    metadata = urlsplit(environment(resolved()["services"]["airflow-scheduler"])["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    assert ledger.username != metadata.username
+    # the same in the prod-local profile: its workers' environment holds none of these values
+    creds = prod_local_creds()
+    for process in prod_local_profile().processes:
+        if process.name.startswith(WORKER_PREFIX):
+            assert not [key for key in CONTROL_PLANE_SECRETS if key in process.env], process.name
+            secrets = (creds.fernet_key, creds.jwt_secret, creds.api_secret_key, creds.mlflow_admin_password)
+            assert not [v for v in process.env.values() for secret in secrets if secret in v], process.name
+            assert process.env["MLFLOW_TRACKING_USERNAME"] == MLFLOW_AIRFLOW_USER
+
+
+def test_prod_local_gives_each_component_the_secrets_of_the_table() -> None:
+    for process in prod_local_profile().processes:
+        if not process.name.startswith("airflow-"):
+            continue
+        component = WORKER if process.name.startswith(WORKER_PREFIX) else process.name.removeprefix("airflow-")
+        for key, holders in AIRFLOW_SECRETS.items():
+            assert (key in process.env) == (component in holders), f"{process.name}: {key}"
+        assert ("AIRFLOW_CONN_CRISPFLOW_S3" in process.env) == (component in LAKE_CONNECTION_HOLDERS), process.name
+
+
+def test_each_service_has_its_own_mlflow_user_and_only_mlflow_init_the_admin() -> None:
+    init = environment(services()["mlflow-init"])
+    assert init["MLFLOW_AUTH_ADMIN_PASSWORD"] == environment(services()["mlflow"])["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    assert set(MLFLOW_PASSWORD_ENV.values()) <= set(init), "mlflow-init sets every service user's password"
+    worker = json.loads(environment(services()["airflow-worker"])["AIRFLOW_CONN_MLFLOW_DEFAULT"])
+    assert worker["login"] == MLFLOW_AIRFLOW_USER
+    assert worker["password"] == init[MLFLOW_PASSWORD_ENV[MLFLOW_AIRFLOW_USER]]
+    serving = environment(services()["model-server"])
+    assert serving["MLFLOW_TRACKING_USERNAME"] == MLFLOW_SERVING_USER
+    assert serving["MLFLOW_TRACKING_PASSWORD"] == init[MLFLOW_PASSWORD_ENV[MLFLOW_SERVING_USER]]
+    for name, service in services().items():
+        text = " ".join(strings(service))
+        if "MLFLOW_ADMIN_PASSWORD" in text:
+            assert name in {"mlflow", "mlflow-init"}, f"{name} holds MLflow's admin password"
+    for name in ("airflow-worker", "model-server"):
+        assert services()[name]["depends_on"]["mlflow-init"]["condition"] == "service_completed_successfully"
+    assert command_text(services()["mlflow-init"]).endswith("crispflow.stack.prod_setup mlflow-users")
+    # prod-local: the model server and the workers run as their users, only the setup step holds the admin's
+    creds, profile = prod_local_creds(), prod_local_profile()
+    processes = {p.name: p for p in profile.processes}
+    assert processes["model-server"].env["MLFLOW_TRACKING_USERNAME"] == MLFLOW_SERVING_USER
+    holders = {p.name for p in profile.processes if creds.mlflow_admin_password in " ".join(p.env.values())}
+    holders |= {s.name for s in profile.setup if creds.mlflow_admin_password in " ".join(s.env.values())}
+    assert holders == {"mlflow", "mlflow-users"}
 
 
 def test_every_airflow_setting_exists_in_the_installed_airflow() -> None:
@@ -479,8 +574,12 @@ def test_every_airflow_setting_exists_in_the_installed_airflow() -> None:
 
 
 def effective_airflow_env() -> dict[str, str]:
-    """What an Airflow container sees: the image's ENV, then compose's environment (unedited .env.example)."""
-    return {**dockerfile_env(), **environment(resolved()["services"]["airflow-api-server"])}
+    """What the Airflow containers see together: the image's ENV, then each Airflow service's environment
+    (unedited .env.example). They agree on every key they share (test_airflow_services_share_settings_...)."""
+    merged = dockerfile_env()
+    for name in AIRFLOW_COMPONENT:
+        merged |= environment(resolved()["services"][name])
+    return merged
 
 
 def local_airflow_env(tmp_path: Path) -> dict[str, str]:
@@ -543,11 +642,8 @@ def test_airflow_talks_to_the_api_server_minio_and_mlflow_by_service_name() -> N
     mlflow = json.loads(env["AIRFLOW_CONN_MLFLOW_DEFAULT"])  # read by MlflowHook: scheme from `schema`
     assert (mlflow["conn_type"], mlflow["host"], mlflow["port"], mlflow["schema"]) == ("http", "mlflow", 5000, "http")
     server = environment(services()["mlflow"])
-    raw = json.loads(environment(services()["airflow-api-server"])["AIRFLOW_CONN_MLFLOW_DEFAULT"])
-    assert (raw["login"], raw["password"]) == (
-        server["MLFLOW_AUTH_ADMIN_USERNAME"],
-        server["MLFLOW_AUTH_ADMIN_PASSWORD"],
-    )
+    raw = json.loads(environment(services()["airflow-worker"])["AIRFLOW_CONN_MLFLOW_DEFAULT"])
+    assert raw["login"] == MLFLOW_AIRFLOW_USER != server["MLFLOW_AUTH_ADMIN_USERNAME"], "never the admin"
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     broker = urlsplit(env["AIRFLOW__CELERY__BROKER_URL"])
     assert (broker.scheme, broker.hostname, broker.port) == ("redis", "redis", 6379)
@@ -720,12 +816,13 @@ PROD_LOCAL_ONLY = {
     "AIRFLOW__OPERATORS__DEFAULT_QUEUE": "a queue per home: several prod-local stacks share one Redis",
     "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX": "a key prefix per home, for the same reason",
     "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "explicit (6 h); compose keeps Airflow's 24 h",
-    "AIRFLOW__CELERY__RESULT_BACKEND": "explicit; compose lets it default to the metadata DB, the same database",
     "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "off: port 8974 would collide between stacks on one machine",
     "AIRFLOW_CONN_CRISPFLOW_S3": "the lake connection is named crispflow_lake in compose (MinIO, its own user)",
     "MLFLOW_TRACKING_USERNAME": "compose: the mlflow_default connection carries the credentials (MlflowHook)",
     "MLFLOW_TRACKING_PASSWORD": "compose: the mlflow_default connection carries the credentials (MlflowHook)",
     "CRISPFLOW_S3_PORT": "the moto server's port",
+    "AIRFLOW__CORE__HOSTNAME_CALLABLE": "prod-local's workers share one host: each names itself worker<n>",
+    "CRISPFLOW_WORKER_NAME": "prod-local's workers share one host: each names itself worker<n>",
 }
 COMPOSE_ONLY = {
     "AIRFLOW__CELERY__BROKER_URL": "present in both; compare only its scheme (Redis with a password in compose)",
@@ -738,6 +835,7 @@ COMPOSE_ONLY = {
     "AIRFLOW__CORE__DAGS_FOLDER": "set by the Dockerfile",
     "AIRFLOW__CORE__PLUGINS_FOLDER": "set by the Dockerfile",
     "CRISPFLOW_PROJECT_ROOT": "set by the Dockerfile",
+    "DUMB_INIT_SETSID": "the worker container's signal handling (dumb-init); prod-local stops process groups",
 }
 # compose service -> prod-local process (the worker: its first instance; compose scales one service instead)
 SAME_PROCESS = {
@@ -764,12 +862,24 @@ VALUE_FLAGS = {
 
 
 @functools.cache
+def prod_local_creds() -> Secrets:
+    return Secrets.generate()
+
+
+@functools.cache
 def prod_local_profile() -> Any:
     from crispflow.stack.profiles import PROD_LOCAL, build_profile
 
-    settings = Settings.from_env()
-    creds = Secrets("admin-pw", "jwt", "api-key", "fernet", "mlflow-admin-pw", "flask")
-    return build_profile(PROD_LOCAL, settings, Ports(), creds)
+    return build_profile(PROD_LOCAL, Settings.from_env(), Ports(), prod_local_creds())
+
+
+def prod_local_airflow_env() -> dict[str, str]:
+    """The prod-local Airflow processes' environments together (each holds only its own secrets)."""
+    merged: dict[str, str] = {}
+    for process in prod_local_profile().processes:
+        if process.name.startswith("airflow-"):
+            merged |= process.env
+    return merged
 
 
 def _words(argv: list[str] | tuple[str, ...]) -> tuple[list[str], set[str]]:
@@ -796,12 +906,19 @@ def compose_argv(name: str) -> list[str]:
     return command
 
 
+# Flags only compose passes, and why: prod-local's `up` writes the model server's token file itself (hashes of the
+# tokens in .crispflow/secrets.json) and names it in $CRISPFLOW_SERVE_TOKENS_FILE; compose fills a tmpfs file from
+# its Docker secrets at start.
+COMPOSE_ONLY_FLAGS = {"model-server": {"--tokens-file", "--secret-token"}}
+
+
 @pytest.mark.parametrize("service", sorted(SAME_PROCESS))
 def test_each_service_runs_the_command_prod_local_runs(service: str) -> None:
     process = {p.name: p for p in prod_local_profile().processes}[SAME_PROCESS[service]]
     compose_words, compose_flags = _words(compose_argv(service))
     local_words, local_flags = _words(process.argv)
     assert compose_words == local_words, f"{service}: compose runs {compose_words}, prod-local {local_words}"
+    compose_flags -= COMPOSE_ONLY_FLAGS.get(service, set())
     assert compose_flags - VALUE_FLAGS == local_flags - VALUE_FLAGS, f"{service}: flags differ"
 
 
@@ -813,17 +930,18 @@ def test_published_ports_are_the_prod_local_defaults() -> None:
 
 
 def test_airflow_environment_matches_prod_local() -> None:
-    local = {p.name: p for p in prod_local_profile().processes}["airflow-scheduler"].env
+    local = prod_local_airflow_env()
     production = effective_airflow_env()
     assert production["AIRFLOW__CORE__EXECUTOR"] == local["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
-    for key in ("AIRFLOW__CELERY__BROKER_URL", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "CRISPFLOW_LEDGER_URL"):
+    keys = ("AIRFLOW__CELERY__BROKER_URL", "AIRFLOW__CELERY__RESULT_BACKEND", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")
+    for key in (*keys, "CRISPFLOW_LEDGER_URL"):
         assert urlsplit(production[key]).scheme == urlsplit(local[key]).scheme, key
     for key in ("CRISPFLOW_LAKE_URL", "CRISPFLOW_PREDICTIONS_URL"):
         assert urlsplit(production[key]).scheme == urlsplit(local[key]).scheme == "s3", key
         assert urlsplit(production[key]).path == urlsplit(local[key]).path, f"{key}: same layout in the bucket"
     local_keys = set(local) - set(LOCAL_ONLY)
     missing = local_keys - set(production) - set(PROD_LOCAL_ONLY)
-    extra = set(environment(services()["airflow-api-server"])) - local_keys - set(COMPOSE_ONLY)
+    extra = set(effective_airflow_env()) - set(dockerfile_env()) - local_keys - set(COMPOSE_ONLY)
     assert not missing, f"prod-local sets, compose does not: {sorted(missing)}"
     assert not extra, f"compose sets, prod-local does not: {sorted(extra)}"
     stale = (set(PROD_LOCAL_ONLY) - local_keys) | {k for k in COMPOSE_ONLY if k not in production}

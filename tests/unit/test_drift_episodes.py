@@ -241,16 +241,19 @@ def test_check_event_accepts_only_what_the_sensor_recorded() -> None:
             check_event(payload, lookup)
 
 
-def test_watch_request_names_the_model_and_checks_the_policy() -> None:
+def test_watch_request_names_the_model_and_tightens_the_spec_policy() -> None:
     assert watch_request("demo", None) == (MODEL, POLICY.to_dict())
-    assert watch_request("demo", '{"k": 3, "n": 4}')[1] == DriftPolicy(k=3, n=4).to_dict()
+    assert watch_request("demo", '{"k": 1, "n": 4}')[1] == DriftPolicy(k=1, n=4).to_dict()
+    spec = DriftPolicy(k=3, n=4)
+    assert watch_request("demo", {"k": 2}, spec)[1] == DriftPolicy(k=2, n=4).to_dict()
     assert watch_request("demo", " ") == watch_request("demo", {}) == (MODEL, POLICY.to_dict())
     cases = {"pipeline: '../x' is not a valid pipeline name": ("../x", None),
              "pipeline: None": (None, None),
              "policy: '{k' is not a JSON object": ("demo", "{k"),
              "policy: must be an object, got list": ("demo", [1]),
              r"policy: unknown field\(s\) \['q'\]": ("demo", {"q": 1}),
-             "policy.k: 5 must be <= policy.n": ("demo", {"k": 5})}
+             "policy.k: 5 would loosen the spec's 2; a run may only lower it": ("demo", {"k": 5}),
+             r"policy.k: 1 must be <= policy.n \(0\)|policy.n: 0 would loosen": ("demo", {"n": 0})}
     for message, (pipeline, policy) in cases.items():
         with pytest.raises(ParamsError, match=message):
             watch_request(pipeline, policy)
@@ -280,3 +283,10 @@ def test_an_episode_is_claimed_once_and_read_back(tmp_path: Path) -> None:
     assert store.episode_path(tmp_path, MODEL, d.episode_id) == \
         tmp_path / MODEL / "drift" / "episodes" / f"{d.episode_id}.json"
     assert store.read_episodes(tmp_path, MODEL) == [first]
+
+
+def test_the_record_names_the_policy_it_fired_under() -> None:
+    policy = DriftPolicy(k=1, cooldown_hours=12)
+    d = evaluate(series([0.0, 0.3]), [], policy, at(2), model=MODEL)
+    record = episode_record(d, pipeline="demo", fired_at=at(2), fired_by={})
+    assert record["policy"] == policy.to_dict() and record["policy_sha256"] == policy.digest() != POLICY.digest()

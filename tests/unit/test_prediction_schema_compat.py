@@ -41,7 +41,7 @@ def test_the_task_columns_follow_the_old_columns() -> None:
     assert PREDICTION_COLUMNS[: len(OLD_PREDICTION_COLUMNS)] == OLD_PREDICTION_COLUMNS
     assert PREDICTION_COLUMNS[len(OLD_PREDICTION_COLUMNS):] == ("predicted", "probabilities", "interval_low",
                                                                 "interval_high")
-    assert FEEDBACK_COLUMNS == ("request_id", "label", "ts")
+    assert FEEDBACK_COLUMNS == ("request_id", "label", "ts", "sender")
 
 
 def test_multiclass_and_regression_rows_round_trip(tmp_path: Path) -> None:

@@ -239,7 +239,10 @@ def test_passwords_file_has_simple_auth_manager_format(settings: Settings) -> No
     paths.create()
     creds = load_or_create_secrets(settings.home)
     write_passwords_file(paths, creds)
-    assert json.loads(paths.passwords_file.read_text()) == {"admin": creds.admin_password}
+    assert json.loads(paths.passwords_file.read_text()) == {"admin": creds.admin_password,
+                                                            "reviewer": creds.reviewer_password,
+                                                            "viewer": creds.viewer_password}
+    assert len({creds.admin_password, creds.reviewer_password, creds.viewer_password}) == 3
     assert stat.S_IMODE(paths.passwords_file.stat().st_mode) == 0o600
 
 
@@ -568,6 +571,7 @@ def test_prod_local_profile_is_the_production_topology(settings: Settings) -> No
         "reset-state",
         "buckets",
         "mlflow-auth-config",
+        "mlflow-users",
         "db-migrate",
         "pool-crispflow_promotions",
     ]
@@ -578,7 +582,7 @@ def test_prod_local_profile_is_the_production_topology(settings: Settings) -> No
     assert scheduler["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://127.0.0.1:6379")
     assert scheduler["AIRFLOW__OPERATORS__DEFAULT_QUEUE"] == ns.queue
     assert scheduler["CRISPFLOW_LAKE_URL"] == "s3://crispflow-lake/lake"
-    lake_conn = json.loads(scheduler["AIRFLOW_CONN_CRISPFLOW_S3"])
+    lake_conn = json.loads(by_name["airflow-triggerer"].env["AIRFLOW_CONN_CRISPFLOW_S3"])
     assert lake_conn["extra"]["endpoint_url"] == "http://127.0.0.1:19001"
     workers = [by_name["airflow-worker-1"], by_name["airflow-worker-2"]]
     assert [w.argv[w.argv.index("--celery-hostname") + 1] for w in workers] == ["worker1@%h", "worker2@%h"]
@@ -591,7 +595,8 @@ def test_prod_local_profile_is_the_production_topology(settings: Settings) -> No
     assert not any(creds.mlflow_admin_password in arg for p in profile.processes for arg in p.argv)
     server = by_name["model-server"]
     assert server.env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:19001"
-    assert server.env["MLFLOW_TRACKING_PASSWORD"] == creds.mlflow_admin_password
+    assert server.env["MLFLOW_TRACKING_USERNAME"] == "crispflow-serving"
+    assert server.env["MLFLOW_TRACKING_PASSWORD"] == creds.mlflow_serving_password
     assert "--predictions-url" in server.argv and "s3://crispflow-predictions/predictions" in server.argv
     assert not [k for k in server.env if k.startswith("AIRFLOW")], "the server gets no Airflow secrets"
     assert profile.mlflow_auth.startswith("basic auth")

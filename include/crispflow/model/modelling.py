@@ -315,25 +315,35 @@ def read_verdict(job: TrainingJob, version: str) -> dict[str, Any]:
     return json.loads(mlflow.artifacts.load_text(uri))
 
 
-def force_bless(job: TrainingJob, version: str, *, reason: str, approver: Mapping[str, str] | None) -> dict[str, Any]:
+def force_bless(job: TrainingJob, version: str, *, reason: str, approver: Mapping[str, str] | None,
+                requester: str) -> dict[str, Any]:
     """Record a human's override of a "not blessed" verdict: the gate's verdict stays in the record, beside who
-    approved, when and why. Never without an approver and a reason."""
+    asked for it (`requester`, the training run's triggering user), who approved (`approver`, the HITL
+    respondent: `{"id", "name"}`), when and why. Never without an approver and a reason, and never approved by
+    the requester (four eyes): ApprovalRefused naming the roles."""
     from datetime import UTC, datetime
 
+    from crispflow.errors import ApprovalRefused
+
     if not approver or not approver.get("id"):
-        raise registry.RegistryError("a forced blessing needs an approver (the approval has no responding user)")
+        raise ApprovalRefused("a forced blessing needs an approver (the approval has no responding user)")
     if len(reason.strip()) < 10:
-        raise registry.RegistryError("a forced blessing needs a reason of at least 10 characters")
+        raise ApprovalRefused("a forced blessing needs a reason of at least 10 characters")
+    if requester in {approver.get("id"), approver.get("name")}:
+        raise ApprovalRefused("a forced blessing must be approved by another person than its requester: the "
+                              "approver (the approval's respondent) is the user who triggered the training run")
     verdict = read_verdict(job, version)
     if verdict.get("blessed"):
         return {"action": "none", "reason": "already blessed", "version": version}
     forced = {**verdict, "blessed": True, "blessed_by": "forced",
-              "forced": {"reason": reason, "approver": dict(approver), "at": datetime.now(UTC).isoformat(),
+              "forced": {"reason": reason, "approver": dict(approver), "requester": requester,
+                         "at": datetime.now(UTC).isoformat(),
                          "gate_reasons": verdict.get("reasons", []), "recorded_by": job.run_key}}
     mv = job.mlf.get_model_version(job.model_name, version)
     path = f"blessing/v{version}-forced.json"
     job.mlf.log_text(mv.run_id, json.dumps(json_safe(forced), indent=2, default=str), path)
     job.mlf.set_model_version_tag(job.model_name, version, "crispflow.forced_by", approver["id"])
+    job.mlf.set_model_version_tag(job.model_name, version, "crispflow.forced_requested_by", requester)
     job.mlf.set_model_version_tag(job.model_name, version, "crispflow.verdict", f"runs:/{mv.run_id}/{path}")
     job.mlf.set_model_version_tag(job.model_name, version, "crispflow.blessed", "true")
     return {"action": "forced", "version": version}

@@ -235,14 +235,36 @@ def _hash_version(version: Any) -> str:
         return tree_sha256(_download(version, Path(tmp)))
 
 
-def alias_version(mlf: MlflowClient, name: str, alias: str) -> Any | None:
-    """The version an alias points at, or None (no model or no such alias)."""
+def alias_version(mlf: MlflowClient, name: str, alias: str, *, strict: bool = False) -> Any | None:
+    """The version an alias points at, or None (no model or no such alias). `strict`: only "not found" reads as
+    None; any other error (server error, timeout, 401/403) propagates instead of looking like an unset alias."""
     from mlflow.exceptions import MlflowException
 
     try:
         return mlf.get_model_version_by_alias(name, alias)
-    except MlflowException:
+    except MlflowException as exc:
+        if strict and exc.error_code not in NOT_FOUND_CODES:
+            raise
         return None
+
+
+NOT_FOUND_CODES = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")  # no model / "alias ... not found"
+AUTH_ERROR_CODES = ("UNAUTHENTICATED", "PERMISSION_DENIED")
+
+
+def auth_error(exc: BaseException) -> str | None:
+    """`UNAUTHENTICATED` / `PERMISSION_DENIED` when `exc` says MLflow refused the credentials (HTTP 401/403, from the
+    REST API or an artifact upload): retrying cannot help; else None."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, MlflowException):
+        return exc.error_code if exc.error_code in AUTH_ERROR_CODES else None
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    return {401: AUTH_ERROR_CODES[0], 403: AUTH_ERROR_CODES[1]}.get(status) if isinstance(status, int) else None
+
+
+def is_auth_error(exc: BaseException) -> bool:
+    return auth_error(exc) is not None
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,7 @@ from crispflow.model.reference_profile import (
     profile_task,
     task_performance,
 )
+from crispflow.policies import DRIFT_MONITOR, tighten
 from crispflow.stats import (
     benjamini_hochberg,
     bin_codes,
@@ -99,6 +100,21 @@ class DriftSettings:
         for name, ok, rule in checks:
             if not ok:
                 raise DriftInputError(f"drift settings: {name}: {getattr(self, name)!r} {rule}")
+
+    def tightened(self, overrides: Any) -> DriftSettings:
+        """These (the spec's `drift_monitor:`) settings with a run's `settings` overrides, each only in its
+        `crispflow.policies.DRIFT_MONITOR` direction (detection more sensitive); ParamsError otherwise."""
+        from crispflow.errors import ParamsError
+
+        try:
+            return tighten(self, overrides, DRIFT_MONITOR, field="settings")
+        except DriftInputError as exc:
+            raise ParamsError(str(exc)) from None
+
+    @classmethod
+    def of_spec(cls, spec: Any, overrides: Any = None) -> DriftSettings:
+        """The pipeline spec's `drift_monitor:` thresholds, tightened by a run's `settings` overrides."""
+        return cls(**spec.drift_monitor.model_dump()).tightened(overrides)
 
 
 # ------------------------------------------------------------------------------------------------ per column

@@ -23,23 +23,27 @@ episode: a drift longer than the lookback is still the same episode, never a sec
 
 Defaults (`DriftPolicy`): k=2 of n=3, enter_share 0.1 (the drift report's own `min_drift_share`), exit_share 0.05,
 exit_windows 2, cooldown 6 h, budget 3 retrains per 7 days, min_new_labels 0, lookback 168 windows (a week of
-hourly windows), alias "champion".
+hourly windows), alias "champion". A pipeline sets its own in its spec's `drift_watch:` section (`spec_policy`);
+a run may only tighten it (`DriftPolicy.tightened`, directions in `crispflow.policies.DRIFT_WATCH`).
 
 Everything is pure except `check`, which reads the windows and episodes from the store and calls `evaluate`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crispflow.errors import ParamsError
 from crispflow.lake import PathLike
+from crispflow.policies import DRIFT_WATCH, digest, tighten
+
+if TYPE_CHECKING:
+    from crispflow.spec import PipelineSpec
 
 USABLE = frozenset({"drift", "no_drift"})
 EPISODE_ID = re.compile(r"^[a-z][a-z0-9_]{0,62}-\d{8}T\d{6}Z$")
@@ -98,23 +102,31 @@ class DriftPolicy:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def tightened(self, overrides: Any) -> DriftPolicy:
+        """This (the spec's) policy with a run's overrides, each only in its `crispflow.policies.DRIFT_WATCH` direction;
+        ParamsError names the field, the spec's value and the rule otherwise."""
+        return tighten(self, overrides, DRIFT_WATCH)
 
-def watch_request(pipeline: Any, policy: Any) -> tuple[str, dict[str, Any]]:
-    """The model to watch and the checked policy (as a dict) of a watch request; ParamsError names the field.
+    def digest(self) -> str:
+        """sha256 of the policy's sorted JSON."""
+        return digest(self)
+
+
+def spec_policy(spec: PipelineSpec) -> DriftPolicy:
+    """The pipeline spec's `drift_watch:` policy (alias: the champion)."""
+    return DriftPolicy(**spec.drift_watch.model_dump())
+
+
+def watch_request(pipeline: Any, policy: Any, base: DriftPolicy | None = None) -> tuple[str, dict[str, Any]]:
+    """The model to watch and the policy (as a dict) of a watch request: `base` (the pipeline spec's
+    `drift_watch:`; None: the defaults) tightened by the run's `policy` overrides; ParamsError names the field.
     `policy` may be JSON text (a template rendered without native objects), an object, or None."""
     from crispflow.model.registry import model_name
     from crispflow.names import NAME_PATTERN
 
     if not isinstance(pipeline, str) or not NAME_PATTERN.match(pipeline):
         raise ParamsError(f"pipeline: {pipeline!r} is not a valid pipeline name")
-    if isinstance(policy, str):
-        try:
-            policy = json.loads(policy) if policy.strip() else {}
-        except ValueError:
-            raise ParamsError(f"policy: {policy!r} is not a JSON object") from None
-    if policy is not None and not isinstance(policy, Mapping):
-        raise ParamsError(f"policy: must be an object, got {type(policy).__name__}")
-    return model_name(pipeline), DriftPolicy.from_dict(policy).to_dict()
+    return model_name(pipeline), (base or DriftPolicy()).tightened(policy).to_dict()
 
 
 def _int(name: str, value: Any, minimum: int) -> None:
@@ -300,15 +312,18 @@ def check(root: PathLike, model: str, policy: DriftPolicy | Mapping[str, Any], n
 
 def episode_record(decision: Decision, *, pipeline: str, fired_at: datetime,
                    fired_by: Mapping[str, Any]) -> dict[str, Any]:
-    """What the sensor stores (exclusively) when an episode fires; the asset event carries the same fields."""
+    """What the sensor stores (exclusively) when an episode fires; the asset event carries the same fields, with
+    the policy it fired under and that policy's sha256 (`DriftPolicy.digest`)."""
     if not decision.fire or decision.episode_id is None:
         raise ValueError("only a firing decision is recorded")
     r = decision.reason
+    policy = {"policy": r["policy"], "policy_sha256": DriftPolicy.from_dict(r["policy"]).digest()} \
+        if r.get("policy") else {}
     return {"pipeline": pipeline, "model": r["model"], "alias": r["alias"], "episode_id": decision.episode_id,
             "fired_at": fired_at.astimezone(UTC).isoformat(), "fired_by": dict(fired_by),
             "features": r["features"], "statistics": r["statistics"], "windows": r["windows"],
             "max_drift_share": r["max_drift_share"], "prediction_drift": r["prediction_drift"],
-            "versions": r["versions"], "new_labels": r["new_labels"]}
+            "versions": r["versions"], "new_labels": r["new_labels"], **policy}
 
 
 EVENT_FIELDS = ("pipeline", "model", "alias", "episode_id", "fired_at")

@@ -218,3 +218,51 @@ def read_predictions(
     df = df.merge(labels, on="request_id", how="left", sort=False)
     df["label"] = df["label"].astype("float64")
     return df
+
+
+def known_requests(
+    root: str | os.PathLike[str] | Any,
+    model: str,
+    request_ids: list[str],
+    start: datetime,
+    end: datetime,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+) -> tuple[set[str], dict[str, float]]:
+    """Of `request_ids`: those with an answered prediction (status ``ok``) in ``[start, end)``, and the label
+    each already has in the feedback of ``[start, end)`` (the first one stored). Reads only the columns it needs
+    (the model server checks /feedback with it: a label only for a request it answered, once)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    model = check_model(model)
+    start_utc, end_utc = _window(start, end)
+    store = open_store(root, storage_options)
+    wanted = pa.array(sorted(set(request_ids)), pa.string())
+
+    def matching(kind: str, columns: list[str]) -> list[pa.Table]:
+        files = _list_files(store, model, kind, start_utc, end_utc) if start_utc < end_utc else []
+
+        def read(path: str) -> pa.Table:
+            table = pq.read_table(pa.BufferReader(store.fs.cat_file(path)))
+            table = table.select([c for c in columns if c in table.column_names])
+            return table.filter(pc.is_in(table.column("request_id"), value_set=wanted))
+
+        if not files:
+            return []
+        with ThreadPoolExecutor(max_workers=min(8, len(files))) as pool:
+            return list(pool.map(read, files))
+
+    answered: set[str] = set()
+    for table in matching(PREDICTIONS, ["request_id", "status"]):
+        if "status" in table.column_names:
+            table = table.filter(pc.equal(table.column("status"), "ok"))
+        answered.update(table.column("request_id").to_pylist())
+    labels: dict[str, float] = {}
+    for table in matching(FEEDBACK, ["request_id", "label", "ts"]):
+        for rid, label in zip(table.column("request_id").to_pylist(), table.column("label").to_pylist(),
+                              strict=True):
+            if label is not None:
+                labels.setdefault(rid, float(label))
+    return answered, labels

@@ -11,10 +11,11 @@ columnar). A feature whose values in a batch have no common scalar type (e.g. ``
 ``2``, an int beyond int64) is stored as strings (``str(v)``), dicts and lists as JSON strings; across files, a
 feature stored with different types is read back as strings.
 Feedback columns: ``request_id`` (string), ``label`` (float64: 0/1 for binary, the class code for multiclass, the
-observed value for regression), ``ts`` (timestamp[us, UTC]).
+observed value for regression), ``ts`` (timestamp[us, UTC]), ``sender`` (string, nullable: the name of the
+model-server token that sent the label).
 
-Files written before these columns existed still read: a missing base column is filled with nulls, and the int8
-labels of older feedback files are cast to float64.
+Files written before these columns existed still read: a missing base column (e.g. ``sender``) is filled with
+nulls, and the int8 labels of older feedback files are cast to float64.
 
 The writer turns row dicts into tables with :func:`prediction_table` / :func:`feedback_table`; readers cast files
 back to :func:`arrow_schema` of the same fields.
@@ -52,7 +53,12 @@ PREDICTION_FIELDS: tuple[tuple[str, str], ...] = (
     ("interval_low", "float64"),
     ("interval_high", "float64"),
 )
-FEEDBACK_FIELDS: tuple[tuple[str, str], ...] = (("request_id", "string"), ("label", "float64"), ("ts", "ts"))
+FEEDBACK_FIELDS: tuple[tuple[str, str], ...] = (
+    ("request_id", "string"),
+    ("label", "float64"),
+    ("ts", "ts"),
+    ("sender", "string"),
+)
 PREDICTION_COLUMNS = tuple(name for name, _ in PREDICTION_FIELDS)
 FEEDBACK_COLUMNS = tuple(name for name, _ in FEEDBACK_FIELDS)
 

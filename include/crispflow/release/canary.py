@@ -39,12 +39,15 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from crispflow.lake import json_safe
+from crispflow.policies import CANARY, digest, tighten
 from crispflow.predictions.schema import FEATURE_PREFIX
 from crispflow.stats import quantile_psi as psi
 
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
+
+    from crispflow.spec import PipelineSpec
 
 PROMOTE, ROLLBACK, CONTINUE = "promote", "rollback", "continue"
 _EPS = 1e-6
@@ -68,12 +71,26 @@ class CanaryPolicy:
     p95_slack_ms: float = 5.0
     max_score_psi: float = 0.25
 
+    def tightened(self, overrides: Any) -> CanaryPolicy:
+        """This (the spec's) policy with a run's overrides, each only in its `crispflow.policies.CANARY` direction;
+        ParamsError names the field, the spec's value and the rule otherwise."""
+        return tighten(self, overrides, CANARY)
+
+    def digest(self) -> str:
+        """sha256 of the policy's sorted JSON (`asdict`): what the ledger records next to the policy."""
+        return digest(self)
+
     def resolved(self, task: str = "binary", reference_loss: float | None = None) -> CanaryPolicy:
         """The policy with `margin` and `tau` in loss units: unchanged for log-loss tasks; for regression times
         `reference_loss` (the champion's mean squared error; unchanged without one)."""
         if task != "regression" or not reference_loss or not math.isfinite(reference_loss):
             return self
         return replace(self, margin=self.margin * reference_loss, tau=self.tau * reference_loss)
+
+
+def canary_policy(spec: PipelineSpec, overrides: Any = None) -> CanaryPolicy:
+    """The pipeline spec's `canary:` policy, tightened by a run's `policy` overrides (ParamsError otherwise)."""
+    return CanaryPolicy(**spec.canary.model_dump()).tightened(overrides)
 
 
 LOSS_NAMES = {"binary": "log_loss", "multiclass": "log_loss", "regression": "squared_error"}

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
     from crispflow.model.registry import VersionTask
+    from crispflow.release.canary import CanaryPolicy
     from crispflow.release.promotion import Ledger
 
 log = logging.getLogger(__name__)
@@ -31,10 +32,13 @@ NEVER = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def settle_canary(mlf: MlflowClient, ledger: Ledger, model: str, root: Any, *, start: datetime, end: datetime,
-                  policy: Mapping[str, Any] | None, move_key: str, run_key: str,
+                  policy: CanaryPolicy, move_key: str, run_key: str, person: str,
                   trusted: Sequence[str] = ()) -> dict[str, Any]:
     """Judge the canary of `model` against its champion and act on it, once per `move_key`.
 
+    First the ledger's pending tail is reconciled and the registry checked for aliases moved outside crispflow:
+    those are recorded as an `outside_move` entry and OutsideMove is raised (the run fails once, without retry,
+    naming the aliases and versions; the next run judges the canary against what is actually served).
     Guardrails use [start, end); labelled evidence uses everything since the canary was deployed. The report
     (JSON) goes to `canary_report_path(root, model, canary, run_key)` and into the canary version's run.
     Returns `{"decision", "reasons", "report", "champion", "canary", "ledger"}` (`ledger`: the summary of the
@@ -42,16 +46,20 @@ def settle_canary(mlf: MlflowClient, ledger: Ledger, model: str, root: Any, *, s
     recorded, that move's ledger summary (the registry moves completed, nothing decided again).
 
     :param root: the prediction store's root (a path-like: local path, UPath or ObjectStoragePath)
-    :param policy: overrides of `CanaryPolicy` fields
+    :param policy: the resolved `CanaryPolicy` (recorded with its sha256 in the move's evidence)
+    :param person: who the move is made for (recorded in the ledger entry)
     :param trusted: module prefixes the models' files may hold classes of besides sklearn's (the spec's
         `training.allowed_estimators`)
     """
     from crispflow.model.registry import load_files, task_of, verified_copy
     from crispflow.predictions.reader import read_predictions
-    from crispflow.release.canary import PROMOTE, ROLLBACK, CanaryPolicy, analyse, paired_from_log
+    from crispflow.release.canary import PROMOTE, ROLLBACK, analyse, paired_from_log
 
     if ledger.find(move_key) is not None:  # a retry after the move was recorded: finish it, never move twice
-        return promotion.entry_summary(promotion.apply(mlf, ledger, model, None, move_key=move_key, actor=move_key))
+        return promotion.entry_summary(promotion.apply(mlf, ledger, model, None, move_key=move_key, actor=move_key,
+                                                       person=person))
+    promotion.reconcile(mlf, ledger, model)  # a pending move completed first (or the registry is unreachable)
+    promotion.check_outside_moves(mlf, ledger, model, actor=move_key)  # recorded, then OutsideMove: fail once
     state = promotion.current_state(mlf, ledger, model)
     champion, canary = state.get(promotion.CHAMPION), state.get(promotion.CANARY)
     if canary is None or champion is None:
@@ -67,25 +75,37 @@ def settle_canary(mlf: MlflowClient, ledger: Ledger, model: str, root: Any, *, s
     paired = paired_from_log(live, lambda v, x: _score(models[v], x, task), champion=champion, canary=canary,
                              task=task.task)
     report = analyse(since[since["ts"] >= start], live, champion=champion, canary=canary,
-                     policy=CanaryPolicy(**dict(policy or {})), paired=paired, task=task.task)
+                     policy=policy, paired=paired, task=task.task)
     report["interval"] = {"start": start.isoformat(), "end": end.isoformat(), "deployed_at": deployed.isoformat()}
     where = store_report(mlf, root, model, canary, run_key, report)
     reason = "; ".join(report["reasons"])
     log.info("%s canary v%s vs champion v%s: %s (%s)", model, canary, champion, report["decision"], reason)
-    evidence = {"report": where, "guardrails": report["guardrails"], "labelled": report["labelled"]}
+    evidence = {"report": where, "guardrails": report["guardrails"], "labelled": report["labelled"],
+                **policy_evidence(policy)}
     move = {PROMOTE: promotion.promote_canary, ROLLBACK: promotion.abort_canary}.get(report["decision"])
     entry = None
     if move is not None:
         entry = promotion.apply(mlf, ledger, model, move(state, canary, reason, evidence), move_key=move_key,
-                                actor=move_key)
+                                actor=move_key, person=person)
     return {"decision": report["decision"], "reasons": report["reasons"], "report": where,
             "champion": champion, "canary": canary, "ledger": promotion.entry_summary(entry) if entry else None}
+
+
+def policy_evidence(policy: CanaryPolicy) -> dict[str, Any]:
+    """The policy a decision was made under, and its sha256 (`crispflow.policies.digest`: sorted compact JSON),
+    for the ledger."""
+    import dataclasses
+
+    from crispflow.policies import digest
+
+    return {"policy": dataclasses.asdict(policy), "policy_sha256": digest(policy)}
 
 
 def deployed_at(ledger: Ledger, model: str, canary: str) -> datetime:
     """When `canary` was last deployed as the canary, per the ledger; the epoch for a canary alias set outside
     crispflow (then the analysis judges whatever the log holds for it)."""
-    deploys = [e for e in ledger.entries(model) if e["action"] == "deploy_canary" and e["to_version"] == canary]
+    deploys = [e for e in ledger.entries(model)
+               if e["action"] == "deploy_canary" and e["to_version"] == canary and e["state"] == promotion.CONFIRMED]
     return datetime.fromisoformat(deploys[-1]["at"]) if deploys else NEVER
 
 

@@ -1,18 +1,29 @@
 """Alias moves through a promotion ledger: every move of `champion`, `canary`, `shadow` and `previous` is recorded
-append-only (who, when, from → to, why, evidence) before the registry is touched.
+append-only (who — the person and the task —, when, from → to, why, evidence), and the ledger and the registry
+cannot silently disagree.
 
 MLflow has no compare-and-set on aliases, so the ledger provides one: a transition states which versions it expects
 the aliases to hold, and is appended as entry `seq = last + 1` in one transaction; a concurrent promoter either
-collides on that primary key or finds the state changed, and aborts with `PromotionConflict`. Each transition has a
-`move_key` (the Airflow task that made it): a retried task finds its entry and only completes the registry moves,
-so an alias is never moved twice. The ledger is a SQL table (SQLite locally, PostgreSQL in production) and every
-entry is also logged to MLflow (an artifact of the target version's run and a tag on the version).
+collides on that primary key or finds the state changed, and aborts with `PromotionConflict`.
+
+Protocol (intent → apply → confirm): the entry is appended as an `intent`; the registry is written (tags, then the
+other aliases, deletions, and `champion` LAST — the commit point, one atomic write — then the entry as an MLflow
+artifact and version tag); the aliases are read back and the entry marked `confirmed`. A failure anywhere leaves the
+intent pending and `champion` either unchanged (failed before its write) or moved (the rest already done), never
+half. Decisions trust only confirmed entries; before any new transition the pending tail is reconciled: completed
+(every write is idempotent), or, when its versions are gone, the aliases restored and the entry `abandoned`. If the
+registry cannot be reached the new promotion fails and nothing is recorded. Each transition has a `move_key` (the
+Airflow task that made it): a retried task finds its entry and completes it, so an alias is never moved twice.
+
+`verify` compares the confirmed ledger with the registry: a pending intent, or an alias the registry holds that the
+ledger does not explain (moved in MLflow directly), is a `Divergence`; `record_outside_moves` records the latter as an
+`outside_move` entry by an unknown person. The ledger is a SQL table (SQLite locally, PostgreSQL in production).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,6 +40,7 @@ from crispflow.model.registry import (
     PREVIOUS,
     SHADOW,
     SHADOW_SHARE_TAG,
+    RegistryError,
 )
 from crispflow.pools import PROMOTIONS
 
@@ -36,9 +48,16 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from sqlalchemy.engine import Engine
 
+log = logging.getLogger(__name__)
+
 POOL = PROMOTIONS  # the Airflow pool (one slot) every alias move runs in; `crispflow up` creates it
 SERVING_ALIASES = (CHAMPION, CANARY, SHADOW, PREVIOUS)
-ACTIONS = ("cold_start", "deploy_canary", "deploy_shadow", "blue_green", "promote", "abort_canary", "rollback")
+OUTSIDE_MOVE = "outside_move"
+ACTIONS = ("cold_start", "deploy_canary", "deploy_shadow", "blue_green", "promote", "abort_canary", "rollback",
+           OUTSIDE_MOVE)
+INTENT, CONFIRMED, ABANDONED = "intent", "confirmed", "abandoned"
+UNKNOWN_PERSON = "unknown (registry write outside crispflow)"
+LEGACY_PERSON = "unknown (recorded before persons were)"
 
 
 class PromotionConflict(CrispflowError):
@@ -47,6 +66,15 @@ class PromotionConflict(CrispflowError):
 
 class PromotionRefused(CrispflowError):
     """The transition is not allowed (version not blessed or incomplete, no previous champion, ...)."""
+
+
+class PromotionIncomplete(CrispflowError):
+    """The registry did not take a recorded move (read back differs): the intent stays pending; retrying (or the
+    next promotion's reconcile) completes it."""
+
+
+class OutsideMove(CrispflowError):
+    """Aliases were moved in the registry outside crispflow; recorded in the ledger, reported once."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +97,26 @@ class Transition:
             raise PromotionRefused(f"aliases {sorted(unknown)} are not serving aliases {SERVING_ALIASES}")
 
 
+@dataclass(frozen=True)
+class Divergence:
+    """The ledger and the registry disagree on `alias`: `kind` is `pending` (an intent not yet confirmed, seq
+    given) or `outside_move` (the registry holds what no ledger entry put there)."""
+
+    model: str
+    alias: str
+    kind: str
+    ledger: str | None
+    registry: str | None
+    seq: int | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "pending":
+            return (f"{self.model}: {self.alias} pending in ledger entry {self.seq} (to {_v(self.ledger)}), "
+                    f"registry holds {_v(self.registry)}")
+        return (f"{self.model}: {self.alias} is {_v(self.registry)} in the registry but {_v(self.ledger)} in the "
+                "ledger (moved outside crispflow)")
+
+
 def _table(metadata: Any) -> Any:
     from sqlalchemy import Column, DateTime, Integer, String, Table, Text
 
@@ -86,7 +134,12 @@ def _table(metadata: Any) -> Any:
         Column("reason", Text, nullable=False),
         Column("evidence", Text, nullable=False),  # JSON
         Column("actor", String(500), nullable=False),  # dag_id/run_id/task_id, or the CLI user
+        Column("state", String(20)),  # intent | confirmed | abandoned (NULL: written before states, confirmed)
+        Column("person", String(500)),  # the person the move was made for (NULL: written before persons)
     )
+
+
+ADDED_COLUMNS = {"state": "VARCHAR(20)", "person": "VARCHAR(500)"}
 
 
 class Ledger:
@@ -106,6 +159,23 @@ class Ledger:
             self.metadata.create_all(self.engine)
         except (OperationalError, ProgrammingError):  # created concurrently by another process
             self.metadata.create_all(self.engine)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Forward migration of a ledger created before entry states and persons: add the missing columns."""
+        from sqlalchemy import inspect, text
+        from sqlalchemy.exc import OperationalError, ProgrammingError
+
+        have = {c["name"] for c in inspect(self.engine).get_columns("promotion_ledger")}
+        for column, sql_type in ADDED_COLUMNS.items():
+            if column in have:
+                continue
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(text(f"ALTER TABLE promotion_ledger ADD COLUMN {column} {sql_type}"))
+            except (OperationalError, ProgrammingError):  # added concurrently by another process
+                if column not in {c["name"] for c in inspect(self.engine).get_columns("promotion_ledger")}:
+                    raise
 
     def entries(self, model: str, conn: Any = None) -> list[dict[str, Any]]:
         """Every entry of `model`, oldest first, JSON columns decoded."""
@@ -125,16 +195,18 @@ class Ledger:
         return _decode(row._mapping) if row else None
 
     def state(self, model: str, conn: Any = None) -> tuple[int, dict[str, str | None]]:
-        """(last seq, alias → version) as the ledger recorded it; aliases it never moved are absent."""
+        """(last seq, alias → version) as the CONFIRMED entries recorded it; aliases they never moved are absent."""
         entries = self.entries(model, conn)
-        aliases: dict[str, str | None] = {}
-        for entry in entries:
-            aliases.update({alias: after for alias, (_, after) in entry["moves"].items()})
-        return (entries[-1]["seq"] if entries else 0), aliases
+        return (entries[-1]["seq"] if entries else 0), _confirmed_aliases(entries)
+
+    def pending(self, model: str, conn: Any = None) -> list[dict[str, Any]]:
+        """The entries recorded as intents and neither confirmed nor abandoned yet (at most the tail)."""
+        return [e for e in self.entries(model, conn) if e["state"] == INTENT]
 
     def append(self, model: str, move_key: str, transition: Transition, before: Mapping[str, str | None],
-               actor: str) -> dict[str, Any]:
-        """Check-and-set: append the transition if the aliases still hold what it expects; else PromotionConflict."""
+               actor: str, *, person: str = LEGACY_PERSON, state: str = INTENT) -> dict[str, Any]:
+        """Check-and-set: append the transition if the aliases still hold what it expects and no intent is pending;
+        else PromotionConflict."""
         from sqlalchemy.exc import IntegrityError
 
         t = self.table
@@ -142,8 +214,13 @@ class Ledger:
         try:
             with self.engine.begin() as conn:
                 last, recorded = self.state(model, conn)
-                state = {**before, **recorded}
-                stale = {a: (v, state.get(a)) for a, v in transition.expect.items() if state.get(a) != v}
+                waiting = self.pending(model, conn)
+                if waiting:
+                    raise PromotionConflict(
+                        f"{model}: ledger entry {waiting[0]['seq']} ({waiting[0]['action']}) is still pending "
+                        "(reconcile it first); aborting without moving anything")
+                current = {**before, **recorded}
+                stale = {a: (v, current.get(a)) for a, v in transition.expect.items() if current.get(a) != v}
                 if stale:
                     raise PromotionConflict(
                         f"{model}: aliases moved since this promotion was decided "
@@ -152,11 +229,12 @@ class Ledger:
                 primary = next(iter(transition.moves))
                 entry = {
                     "model": model, "seq": last + 1, "move_key": move_key, "at": datetime.now(UTC),
-                    "action": transition.action, "from_version": state.get(primary),
+                    "action": transition.action, "from_version": current.get(primary),
                     "to_version": transition.moves[primary],
-                    "moves": json.dumps({a: [state.get(a), v] for a, v in transition.moves.items()}),
+                    "moves": json.dumps({a: [current.get(a), v] for a, v in transition.moves.items()}),
                     "tags": json.dumps(dict(transition.tags)), "reason": transition.reason,
                     "evidence": json.dumps(json_safe(dict(transition.evidence)), default=str), "actor": actor,
+                    "state": state, "person": person,
                 }
                 conn.execute(t.insert().values(**entry))
         except IntegrityError as exc:
@@ -165,6 +243,22 @@ class Ledger:
             raise PromotionConflict(f"{model}: another promotion was recorded concurrently as ledger entry "
                                     f"{last + 1}; aborting without moving anything") from exc
         return _decode(entry)
+
+    def settle(self, move_key: str, state: str) -> None:
+        """Mark a pending intent `confirmed` or `abandoned` (a no-op for a settled entry)."""
+        from sqlalchemy import update
+
+        t = self.table
+        with self.engine.begin() as conn:
+            conn.execute(update(t).where(t.c.move_key == move_key, t.c.state == INTENT).values(state=state))
+
+
+def _confirmed_aliases(entries: list[dict[str, Any]]) -> dict[str, str | None]:
+    aliases: dict[str, str | None] = {}
+    for entry in entries:
+        if entry["state"] == CONFIRMED:
+            aliases.update({alias: after for alias, (_, after) in entry["moves"].items()})
+    return aliases
 
 
 def _v(version: str | None) -> str:
@@ -179,30 +273,33 @@ def _decode(row: Mapping[str, Any]) -> dict[str, Any]:
     at = out.get("at")
     if isinstance(at, datetime):
         out["at"] = (at if at.tzinfo else at.replace(tzinfo=UTC)).isoformat()
+    out["state"] = out.get("state") or CONFIRMED  # entries from before the protocol were written after the move
+    out["person"] = out.get("person") or LEGACY_PERSON
     return out
 
 
 def registry_state(mlf: MlflowClient, model: str) -> dict[str, str | None]:
-    """The serving aliases as the registry holds them now."""
+    """The serving aliases as the registry holds them now (an unreachable registry raises, never reads as unset)."""
     state: dict[str, str | None] = {}
     for alias in SERVING_ALIASES:
-        mv = registry.alias_version(mlf, model, alias)
+        mv = registry.alias_version(mlf, model, alias, strict=True)
         state[alias] = str(mv.version) if mv is not None else None
     return state
 
 
 def current_state(mlf: MlflowClient, ledger: Ledger, model: str) -> dict[str, str | None]:
-    """The aliases as the ledger recorded them (the registry for aliases the ledger never moved)."""
+    """The aliases as the confirmed ledger recorded them (the registry for aliases the ledger never moved)."""
     return {**registry_state(mlf, model), **ledger.state(model)[1]}
 
 
 def apply(mlf: MlflowClient, ledger: Ledger, model: str, transition: Transition | None, *, move_key: str,
-          actor: str) -> dict[str, Any]:
-    """Record the transition in the ledger (check-and-set), then move the aliases and set the tags in MLflow.
+          actor: str, person: str) -> dict[str, Any]:
+    """Reconcile the ledger's tail, record the transition as an intent (check-and-set), move the aliases and set
+    the tags in MLflow, read them back and confirm the entry.
 
-    Idempotent per `move_key`: a retry finds its entry and re-applies only what the registry is missing, and
-    only while no later entry exists (`transition` may then be None). Versions must be complete (artifact hash
-    recorded) before anything is recorded.
+    Idempotent per `move_key`: a retry finds its entry and completes it if still pending (`transition` may then be
+    None). Versions must be complete (artifact hash recorded) before anything is recorded. Outside moves found on
+    the way are recorded first (`record_outside_moves`), so a transition decided on stale aliases conflicts.
     """
     existing = ledger.find(move_key)
     if existing is None:
@@ -211,15 +308,57 @@ def apply(mlf: MlflowClient, ledger: Ledger, model: str, transition: Transition 
         for alias, version in transition.moves.items():
             if version is not None:
                 _require_complete(mlf, model, version, alias)
-        entry = ledger.append(model, move_key, transition, registry_state(mlf, model), actor)
+        reconcile(mlf, ledger, model)
+        record_outside_moves(mlf, ledger, model, actor=actor)
+        entry = ledger.append(model, move_key, transition, registry_state(mlf, model), actor, person=person)
         replayed = False
     else:
         entry, replayed = existing, True
-        if ledger.state(model)[0] != entry["seq"]:
-            return {**entry, "replayed": True, "applied": False}  # superseded by a later promotion: leave it
-    _apply_registry(mlf, model, entry)
+        if entry["state"] != INTENT:  # confirmed (or abandoned) already: nothing left to do
+            return {**entry, "replayed": True, "applied": entry["state"] == CONFIRMED}
+    entry = _complete(mlf, ledger, model, entry)
+    return {**entry, "replayed": replayed, "applied": entry["state"] == CONFIRMED}
+
+
+def reconcile(mlf: MlflowClient, ledger: Ledger, model: str) -> list[dict[str, Any]]:
+    """Settle every pending intent of `model`: complete it (or abandon it, aliases restored, when its versions are
+    gone). Registry errors propagate: while the registry cannot be reached nothing new may be recorded."""
+    return [_complete(mlf, ledger, model, entry) for entry in ledger.pending(model)]
+
+
+def _complete(mlf: MlflowClient, ledger: Ledger, model: str, entry: dict[str, Any]) -> dict[str, Any]:
+    try:
+        _apply_registry(mlf, model, entry)
+    except (RegistryError, PromotionRefused) as exc:  # a version became incomplete: restore, abandon
+        log.warning("%s: ledger entry %s cannot be completed (%s): aliases restored, entry abandoned",
+                    model, entry["seq"], exc)
+        _apply_registry(mlf, model, entry, undo=True)
+        ledger.settle(entry["move_key"], ABANDONED)
+        return {**entry, "state": ABANDONED}
+    except Exception as exc:
+        if _missing(exc):
+            log.warning("%s: ledger entry %s names a version that is gone: aliases restored, entry abandoned",
+                        model, entry["seq"])
+            _apply_registry(mlf, model, entry, undo=True)
+            ledger.settle(entry["move_key"], ABANDONED)
+            return {**entry, "state": ABANDONED}
+        raise
     _record_in_mlflow(mlf, model, entry)
-    return {**entry, "replayed": replayed, "applied": True}
+    now = registry_state(mlf, model)
+    wrong = {a: (after, now.get(a)) for a, (_, after) in entry["moves"].items() if now.get(a) != after}
+    if wrong:
+        raise PromotionIncomplete(
+            f"{model}: after ledger entry {entry['seq']} the registry holds "
+            + ", ".join(f"{a} {_v(got)} (expected {_v(want)})" for a, (want, got) in wrong.items())
+            + "; the entry stays pending and is completed by the next try")
+    ledger.settle(entry["move_key"], CONFIRMED)
+    return {**entry, "state": CONFIRMED}
+
+
+def _missing(exc: Exception) -> bool:
+    """An MLflow error saying a model version does not exist (not a transport or auth error)."""
+    code = getattr(exc, "error_code", None)
+    return code == "RESOURCE_DOES_NOT_EXIST"
 
 
 def _require_complete(mlf: MlflowClient, model: str, version: str, alias: str) -> None:
@@ -229,31 +368,91 @@ def _require_complete(mlf: MlflowClient, model: str, version: str, alias: str) -
                                f"alias {alias!r} not moved")
 
 
-def _apply_registry(mlf: MlflowClient, model: str, entry: Mapping[str, Any]) -> None:
-    """Tags first (a canary share before the canary alias), then `previous` before `champion`, deletions last."""
-    from mlflow.exceptions import MlflowException
-
-    for key, value in entry["tags"].items():
-        mlf.set_registered_model_tag(model, key, str(value))
-    order = {PREVIOUS: 0, SHADOW: 1, CANARY: 2, CHAMPION: 3}
-    moves = sorted(entry["moves"].items(), key=lambda kv: (kv[1][1] is None, order[kv[0]]))
-    for alias, (_, after) in moves:
-        if after is None:
-            with contextlib.suppress(MlflowException):  # already absent
-                mlf.delete_registered_model_alias(model, alias)
+def _apply_registry(mlf: MlflowClient, model: str, entry: Mapping[str, Any], *, undo: bool = False) -> None:
+    """Tags first (a canary share before the canary alias), then the other aliases, deletions, and `champion` last:
+    the commit point of the move, so a failure leaves the champion unchanged or the move complete. Every write is
+    idempotent (a retry repeats it). `undo` restores each alias's `before` (tags are left as set)."""
+    if not undo:
+        for key, value in entry["tags"].items():
+            mlf.set_registered_model_tag(model, key, str(value))
+    order = {PREVIOUS: 0, SHADOW: 1, CANARY: 2}
+    targets = {alias: (before if undo else after) for alias, (before, after) in entry["moves"].items()}
+    moves = sorted(targets.items(), key=lambda kv: (kv[0] == CHAMPION, kv[1] is None, order.get(kv[0], 3)))
+    for alias, version in moves:
+        if version is None:
+            _delete_alias(mlf, model, alias)
         else:
-            registry.set_alias(mlf, model, alias, str(after))
+            registry.set_alias(mlf, model, alias, str(version))
+
+
+def _delete_alias(mlf: MlflowClient, model: str, alias: str) -> None:
+    """Delete an alias; an alias already absent is fine, any other error propagates (it is read back anyway)."""
+    if registry.alias_version(mlf, model, alias, strict=True) is None:
+        return
+    mlf.delete_registered_model_alias(model, alias)
 
 
 def _record_in_mlflow(mlf: MlflowClient, model: str, entry: Mapping[str, Any]) -> None:
-    """The entry as JSON in the run of the version it concerns, and a tag on that version."""
+    """The entry as JSON in the run of the version it concerns, and tags on that version (action and person)."""
     version = entry["to_version"] or entry["from_version"]
     if version is None:
         return
     mv = mlf.get_model_version(model, str(version))
-    mlf.log_text(mv.run_id, json.dumps(json_safe(dict(entry)), indent=2, default=str),
+    record = {**entry, "state": CONFIRMED}
+    mlf.log_text(mv.run_id, json.dumps(json_safe(dict(record)), indent=2, default=str),
                  f"promotions/{entry['seq']:05d}-{entry['action']}.json")
     mlf.set_model_version_tag(model, str(version), f"crispflow.ledger.{entry['seq']}", entry["action"])
+    mlf.set_model_version_tag(model, str(version), f"crispflow.ledger.{entry['seq']}.person", entry["person"])
+
+
+def verify(mlf: MlflowClient, ledger: Ledger, model: str) -> list[Divergence]:
+    """Where the ledger and the registry disagree: pending intents, and aliases the registry holds that the
+    confirmed ledger does not (an alias the ledger never moved counts when the registry has it set)."""
+    for _ in range(5):  # a consistent snapshot: the ledger unchanged while the registry was read
+        seen = ledger.entries(model)
+        now = registry_state(mlf, model)
+        if ledger.entries(model) == seen:
+            break
+    recorded = _confirmed_aliases(seen)
+    found: list[Divergence] = []
+    explained: set[str] = set()
+    for entry in (e for e in seen if e["state"] == INTENT):
+        for alias, (_, after) in entry["moves"].items():
+            explained.add(alias)
+            found.append(Divergence(model, alias, "pending", after, now.get(alias), entry["seq"]))
+    for alias in SERVING_ALIASES:
+        if alias in explained:
+            continue
+        if recorded.get(alias) != now.get(alias):
+            found.append(Divergence(model, alias, OUTSIDE_MOVE, recorded.get(alias), now.get(alias)))
+    return found
+
+
+def record_outside_moves(mlf: MlflowClient, ledger: Ledger, model: str, *, actor: str) -> dict[str, Any] | None:
+    """Record what the registry holds but the confirmed ledger does not as one `outside_move` entry (person
+    unknown), so the ledger again agrees with what is served; None when nothing moved outside crispflow."""
+    outside = [d for d in verify(mlf, ledger, model) if d.kind == OUTSIDE_MOVE]
+    if not outside:
+        return None
+    last, recorded = ledger.state(model)
+    moves = {d.alias: d.registry for d in outside}
+    described = ", ".join(f"{d.alias} {_v(d.ledger)} → {_v(d.registry)}" for d in outside)
+    log.warning("%s: aliases moved outside crispflow: %s (recorded in the ledger)", model, described)
+    transition = Transition(OUTSIDE_MOVE, moves, {}, f"registry moved outside crispflow: {described}",
+                            {"detected_by": actor})
+    before = {alias: recorded.get(alias) for alias in SERVING_ALIASES}
+    return ledger.append(model, f"{actor}/{OUTSIDE_MOVE}/{last + 1}", transition, before, actor,
+                         person=UNKNOWN_PERSON, state=CONFIRMED)
+
+
+def check_outside_moves(mlf: MlflowClient, ledger: Ledger, model: str, *, actor: str) -> None:
+    """Record an outside move (`record_outside_moves`) and raise OutsideMove naming the aliases and versions, so
+    the run that found it fails once and alerts; the next run finds the ledger agreeing and proceeds."""
+    entry = record_outside_moves(mlf, ledger, model, actor=actor)
+    if entry is not None:
+        described = ", ".join(f"{a} {_v(b)} → {_v(c)}" for a, (b, c) in entry["moves"].items())
+        raise OutsideMove(f"{model}: aliases were moved in the registry outside crispflow ({described}); recorded "
+                          f"as ledger entry {entry['seq']} by an unknown person — check who moved them")
 
 
 # --------------------------------------------------------------------------- the transitions crispflow makes
@@ -325,12 +524,14 @@ ROLLED_BACK_TAG = "crispflow.rolled_back"
 
 
 def entry_summary(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """A ledger entry as a task reports it (small, JSON-safe): seq, action, versions, moves, reason, replayed."""
-    return {k: entry[k] for k in ("seq", "action", "from_version", "to_version", "moves", "reason", "replayed")}
+    """A ledger entry as a task reports it (small, JSON-safe): seq, action, versions, moves, reason, person,
+    state, replayed."""
+    return {k: entry[k] for k in ("seq", "action", "from_version", "to_version", "moves", "reason", "person",
+                                  "state", "replayed")}
 
 
 def deploy_version(mlf: MlflowClient, ledger: Ledger, model: str, version: str, *, strategy: str, share: float,
-                   reason: str, move_key: str) -> dict[str, Any]:
+                   reason: str, move_key: str, person: str) -> dict[str, Any]:
     """Put a blessed `version` live beside the champion with `strategy` (see `deploy`), once per `move_key`.
 
     Nothing to do — strategy `none`, a version that is not blessed, or one that is the champion already (cold
@@ -348,14 +549,14 @@ def deploy_version(mlf: MlflowClient, ledger: Ledger, model: str, version: str, 
             return {"skipped": f"{model} v{version} is the champion already (cold start): no canary needed"}
         transition = deploy(state, version, strategy=strategy, share=share, reason=reason,
                             evidence={"verdict_blessed": True})
-    return entry_summary(apply(mlf, ledger, model, transition, move_key=move_key, actor=move_key))
+    return entry_summary(apply(mlf, ledger, model, transition, move_key=move_key, actor=move_key, person=person))
 
 
 def promote_first_blessed(mlf: MlflowClient, ledger: Ledger, model: str, version: str, *,
-                          run_key: str) -> dict[str, Any]:
+                          run_key: str, person: str) -> dict[str, Any]:
     """The first blessed model of a pipeline becomes `champion` (cold start); later ones stay `challenger` for
     the canary. Once per training run (`run_key`): a retry only completes the recorded move."""
-    champion = registry.alias_version(mlf, model, CHAMPION)
+    champion = registry.alias_version(mlf, model, CHAMPION, strict=True)
     if not is_blessed(mlf, model, version):
         return {"action": "none", "reason": "not blessed", "version": version}
     if champion is not None and str(champion.version) != version:
@@ -363,18 +564,18 @@ def promote_first_blessed(mlf: MlflowClient, ledger: Ledger, model: str, version
     key = f"{run_key}/cold_start/v{version}"
     transition = None if ledger.find(key) else cold_start(current_state(mlf, ledger, model), version,
                                                           "first blessed model")
-    apply(mlf, ledger, model, transition, move_key=key, actor=run_key)
+    apply(mlf, ledger, model, transition, move_key=key, actor=run_key, person=person)
     return {"action": "champion", "version": version}
 
 
 def rollback_champion(mlf: MlflowClient, ledger: Ledger, model: str, reason: str, *,
-                      move_key: str) -> dict[str, Any]:
+                      move_key: str, person: str) -> dict[str, Any]:
     """`champion` back to `previous` (see `rollback`), once per `move_key`; the rolled-back version is tagged
     `crispflow.rolled_back` with the move key. Returns the ledger entry's summary."""
     transition = None
     if ledger.find(move_key) is None:
         transition = rollback(current_state(mlf, ledger, model), reason)
-    entry = apply(mlf, ledger, model, transition, move_key=move_key, actor=move_key)
+    entry = apply(mlf, ledger, model, transition, move_key=move_key, actor=move_key, person=person)
     rolled_back = entry["moves"][CHAMPION][0]
     if rolled_back:
         mlf.set_model_version_tag(model, str(rolled_back), ROLLED_BACK_TAG, move_key)

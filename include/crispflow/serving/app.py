@@ -6,6 +6,10 @@ Routes: `POST /models/{name}/predict`, `POST /models/{name}/feedback`, `GET /mod
 the default model (fleet.py: `--model`, else the only model; several models and no default → 404 naming the
 per-model routes); `GET /health`, `GET /ready`, `GET /metrics`, `GET /` (the listing).
 
+Every route but /health and /ready needs a bearer token with its scope (auth.py, tokens.py): predict, feedback,
+admin (/model, /models, /models/{name}, /) or metrics (/metrics); 401 without a valid token, 403 with the wrong
+scope, 429 (Retry-After) beyond the token's rate limit. A full scoring queue answers 503 with Retry-After.
+
 `create_app(ServeConfig(...))` builds the app; `crispflow serve` runs it with uvicorn. Handlers are thin: the body
 is read (bounded) on the event loop, then /predict goes to the model's scoring thread (batcher.py) and the work is
 done by its `ModelServer` (server.py); typed errors become 4xx/5xx problem responses here."""
@@ -15,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -23,9 +27,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from crispflow.serving.auth import RateLimiter, requirer
+from crispflow.serving.batcher import QueueFull
 from crispflow.serving.fleet import Fleet, NoDefaultModel, UnknownModel
 from crispflow.serving.metrics import CONTENT_TYPE
 from crispflow.serving.server import LogFactory, ModelFailure, ModelServer, NotReady
+from crispflow.serving.tokens import Caller, TokenStore
 from crispflow.serving.validation import PayloadError, check_content_type, problem
 
 if TYPE_CHECKING:
@@ -64,8 +71,13 @@ def create_app(config: ServeConfig, *, prediction_log: LogFactory | None = None,
     """The server app. `prediction_log` builds a model's prediction log from its name (anything with the
     PredictionLog interface; default: a `PredictionLog` under `config.predictions_url`); `client` builds the
     MLflow client (default: `registry.client(tracking_uri)`)."""
+    tokens = TokenStore(config.tokens_file)  # TokenError now if the file is missing or malformed
+    if config.tokens_file is None:
+        log.warning("no token file configured: every route but /health and /ready answers 401")
     fleet = Fleet(config, log_factory=prediction_log, client=client)
     metrics = fleet.metrics
+    require = requirer(tokens, RateLimiter(config.rate_limit, config.rate_burst),
+                       on_refused=lambda code: metrics.requests.labels("", "auth", code).inc())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -93,6 +105,11 @@ def create_app(config: ServeConfig, *, prediction_log: LogFactory | None = None,
             return answer(model, endpoint, exc.status, {"detail": exc.details})
         if isinstance(exc, UnknownModel | NoDefaultModel):
             return answer("", endpoint, 404, {"detail": [problem(None, "model", "model", str(exc))]})
+        if isinstance(exc, QueueFull):
+            metrics.errors.labels("queue_full").inc()
+            metrics.requests.labels(model, endpoint, "503").inc()
+            return Response(json.dumps({"detail": [problem(None, None, "queue_full", str(exc))]}).encode(),
+                            status_code=503, media_type="application/json", headers={"Retry-After": "1"})
         if isinstance(exc, NotReady):
             return answer(model, endpoint, 503, {"detail": [problem(None, None, "not_ready", str(exc))]})
         if isinstance(exc, ModelFailure):
@@ -125,16 +142,16 @@ def create_app(config: ServeConfig, *, prediction_log: LogFactory | None = None,
                 result = await asyncio.wrap_future(future)
             else:  # no lifespan (or shutting down): score in the threadpool
                 result = await run_in_threadpool(server.predict, body)
-        except (PayloadError, UnknownModel, NoDefaultModel, NotReady, ModelFailure) as exc:
+        except (PayloadError, UnknownModel, NoDefaultModel, NotReady, ModelFailure, QueueFull) as exc:
             return failure(label(name), "predict", exc)
         return answer(server.name, "predict", 200, result)
 
-    async def feedback(request: Request, name: str | None) -> Response:
+    async def feedback(request: Request, name: str | None, caller: Caller) -> Response:
         try:
             server = await pick(name)
             check_content_type(request.headers.get("content-type"))
             body = await _read_body(request, config.max_body_bytes)
-            accepted = await run_in_threadpool(server.feedback, body)
+            accepted = await run_in_threadpool(server.feedback, body, caller.name)
         except (PayloadError, UnknownModel, NoDefaultModel, NotReady) as exc:
             return failure(label(name), "feedback", exc)
         return answer(server.name, "feedback", 202, {"accepted": accepted})
@@ -146,33 +163,36 @@ def create_app(config: ServeConfig, *, prediction_log: LogFactory | None = None,
             return failure(label(name), "describe", exc)
         return _json(200, server.describe())
 
-    def route(handler: Callable[..., Awaitable[Response]]) -> tuple[Any, Any]:
-        async def default(request: Request) -> Response:
-            return await handler(request, None)
+    predict_scope, feedback_scope, admin_scope = require("predict"), require("feedback"), require("admin")
+    metrics_scope = require("metrics")
 
-        async def named(name: str, request: Request) -> Response:
-            return await handler(request, name)
+    @app.post("/predict")
+    async def default_predict(request: Request, _: Caller = predict_scope) -> Response:
+        return await predict(request, None)
 
-        return default, named
+    @app.post("/models/{name}/predict")
+    async def named_predict(name: str, request: Request, _: Caller = predict_scope) -> Response:
+        return await predict(request, name)
 
-    default_predict, named_predict = route(predict)
-    default_feedback, named_feedback = route(feedback)
-    app.post("/predict")(default_predict)
-    app.post("/models/{name}/predict")(named_predict)
-    app.post("/feedback")(default_feedback)
-    app.post("/models/{name}/feedback")(named_feedback)
+    @app.post("/feedback")
+    async def default_feedback(request: Request, caller: Caller = feedback_scope) -> Response:
+        return await feedback(request, None, caller)
+
+    @app.post("/models/{name}/feedback")
+    async def named_feedback(name: str, request: Request, caller: Caller = feedback_scope) -> Response:
+        return await feedback(request, name, caller)
 
     @app.get("/model")
-    async def describe_default() -> Response:
+    async def describe_default(_: Caller = admin_scope) -> Response:
         return await describe(None)
 
     @app.get("/models/{name}")
-    async def describe_named(name: str) -> Response:
+    async def describe_named(name: str, _: Caller = admin_scope) -> Response:
         return await describe(name)
 
     @app.get("/")
     @app.get("/models")
-    def listing() -> Response:
+    def listing(_: Caller = admin_scope) -> Response:
         return _json(200, fleet.listing())
 
     @app.get("/health")
@@ -185,7 +205,7 @@ def create_app(config: ServeConfig, *, prediction_log: LogFactory | None = None,
         return answer("", "ready", 200 if ok else 503, body)
 
     @app.get("/metrics")
-    def prometheus() -> Response:
+    def prometheus(_: Caller = metrics_scope) -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     @app.exception_handler(Exception)

@@ -72,13 +72,22 @@ def score_parts(model: LoadedModel, parts: list[tuple[PreparedRequest, list[int]
             position += 1
 
 
+class QueueFull(Exception):
+    """The scoring queue holds its most requests: refuse (503 with Retry-After) instead of growing memory."""
+
+
 class Batcher:
     """Requests queue while the model is busy, and the scoring thread takes all that arrived meanwhile (at most
-    `max_requests`) as one batch for `score`, which returns one response or exception per request, in order."""
+    `max_requests`) as one batch for `score`, which returns one response or exception per request, in order.
+    At most `max_queue` requests wait: `submit` raises QueueFull beyond it."""
 
-    def __init__(self, score: Callable[[list[Arrival]], list[dict[str, Any] | Exception]], max_requests: int) -> None:
+    def __init__(self, score: Callable[[list[Arrival]], list[dict[str, Any] | Exception]], max_requests: int,
+                 max_queue: int = 1024) -> None:
         self._score = score
         self._max = max_requests
+        self._max_queue = max_queue
+        self._waiting = 0  # queued, not yet taken by the scoring thread
+        self._count_lock = threading.Lock()
         self._queue: queue.SimpleQueue[tuple[Arrival, Future[dict[str, Any]]] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="crispflow-scoring", daemon=True)
         self.running = False
@@ -90,9 +99,17 @@ class Batcher:
 
     def submit(self, body: bytes) -> Future[dict[str, Any]]:
         """Queue one request; the future holds its response or raises its exception."""
+        with self._count_lock:
+            if self._waiting >= self._max_queue:
+                raise QueueFull(f"{self._waiting} requests are waiting to be scored (the limit is {self._max_queue})")
+            self._waiting += 1
         future: Future[dict[str, Any]] = Future()
         self._queue.put(((body, time.perf_counter(), datetime.now(UTC)), future))
         return future
+
+    def _taken(self, n: int) -> None:
+        with self._count_lock:
+            self._waiting -= n
 
     def close(self, timeout: float) -> None:
         """Score what is queued, then stop."""
@@ -117,6 +134,7 @@ class Batcher:
                     stop = True
                     break
                 batch.append(nxt)
+            self._taken(len(batch))
             try:
                 outcomes = self._score([arrival for arrival, _ in batch])
             except Exception as exc:  # a bug, not bad input: every request of the batch gets a 500

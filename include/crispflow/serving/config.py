@@ -45,6 +45,13 @@ class ServeConfig:
     feedback_labels: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=dict)
     # per model: module prefixes its artifact may hold classes of (the spec's training.allowed_estimators)
     trusted: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # the bearer tokens (serving/tokens.py); None: no token is valid (every route but /health, /ready is 401)
+    tokens_file: str | None = None
+    rate_limit: float = 500.0  # requests per second per token name (429 beyond; bursts up to rate_burst)
+    rate_burst: int = 1000
+    max_queue: int = 1024  # /predict requests waiting for a model's scoring thread; more are refused with 503
+    feedback_ids: int = 200_000  # request ids per model remembered for /feedback (older ones: the prediction log)
+    feedback_window: float = 86_400.0  # seconds after its prediction a request id still takes a label
 
     def __post_init__(self) -> None:
         if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
@@ -53,11 +60,13 @@ class ServeConfig:
             raise ServeConfigError("discover: False needs a model to serve (model is None)")
         if isinstance(self.only, str) or not all(isinstance(p, str) and p for p in self.only):
             raise ServeConfigError(f"only: must be a tuple of non-empty name patterns, got {self.only!r}")
-        for name in ("poll_interval", "refused_retry", "log_flush_interval", "close_timeout"):
+        for name in ("poll_interval", "refused_retry", "log_flush_interval", "close_timeout", "rate_limit",
+                     "feedback_window"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not value > 0:
                 raise ServeConfigError(f"{name}: must be a number > 0, got {value!r}")
-        for name in ("max_body_bytes", "max_records", "shadow_queue", "batch_requests", "max_models"):
+        for name in ("max_body_bytes", "max_records", "shadow_queue", "batch_requests", "max_models", "rate_burst",
+                     "max_queue", "feedback_ids"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ServeConfigError(f"{name}: must be an integer >= 1, got {value!r}")

@@ -16,9 +16,10 @@ import functools
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from crispflow.errors import CrispflowError
@@ -26,7 +27,7 @@ from crispflow.serving.batcher import Arrival, Batcher, PreparedRequest, request
 from crispflow.serving.models import LoadedModel, ModelStore, Snapshot, load_version
 from crispflow.serving.policy import CANARY, SHADOW
 from crispflow.serving.shadow import ShadowWorker
-from crispflow.serving.validation import LabelRule, PayloadError, feedback_pairs, parse_json, records_of
+from crispflow.serving.validation import LabelRule, PayloadError, feedback_pairs, parse_json, problem, records_of
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -72,7 +73,11 @@ class ModelServer:
                                 refused_retry=config.refused_retry, metrics=metrics,
                                 loader=functools.partial(load_version, trusted=trusted) if trusted else load_version)
         self.shadow = ShadowWorker(name, self._log, metrics, config.shadow_queue)
-        self.batcher = Batcher(self.predict_batch, config.batch_requests)
+        self.batcher = Batcher(self.predict_batch, config.batch_requests, config.max_queue)
+        self._storage_options = storage_options
+        # request ids this process answered → their label (None: none yet), newest last, at most feedback_ids
+        self._recent: OrderedDict[str, float | None] = OrderedDict()
+        self._ids_lock = threading.Lock()  # `_recent`, and the check-then-log of /feedback labels
         self._lock = threading.Lock()  # the closed flag, the log and the batcher/shadow swap of `release`
         self._closed = False
         self._closed_logs = {"written": 0, "dropped": 0}  # counters of logs closed by `release`
@@ -108,7 +113,7 @@ class ModelServer:
             if self._closed:
                 return
             batcher, shadow = self.batcher, self.shadow
-            self.batcher = Batcher(self.predict_batch, self.config.batch_requests)
+            self.batcher = Batcher(self.predict_batch, self.config.batch_requests, self.config.max_queue)
             self.shadow = ShadowWorker(self.name, self._log, self.metrics, self.config.shadow_queue)
         batcher.close(self.config.close_timeout)
         shadow.close(self.config.close_timeout)
@@ -267,6 +272,7 @@ class ModelServer:
         latency_ms = elapsed * 1000
         self._log([self._row(ids[i], p.ts, arms[a], a, p.entities[i], logged[i], latency_ms, "ok", records[i])
                    for i, a in enumerate(chosen)])
+        self._remember(ids)
         shadow = arms.get(SHADOW)
         if shadow is not None and policy.shadow_share > 0:
             mirrored = [i for i, rid in enumerate(ids) if policy.mirrored(name, rid, has_shadow=True)]
@@ -290,8 +296,30 @@ class ModelServer:
             self.name, (self.config.positive_labels, self.config.negative_labels))
         return LabelRule(champion.task, tuple(positive), tuple(negative), champion.classes)
 
-    def feedback(self, body: bytes) -> int:
-        """Validate labels per the champion's task and queue them to the prediction log; the number accepted."""
+    def _remember(self, ids: list[str]) -> None:
+        """Record answered request ids (they may take one /feedback label each), forgetting the oldest beyond
+        `feedback_ids` (those are then looked up in the prediction log)."""
+        recent, limit = self._recent, self.config.feedback_ids
+        with self._ids_lock:
+            for rid in ids:
+                recent[rid] = None
+            while len(recent) > limit:
+                recent.popitem(last=False)
+
+    def _lookup(self, ids: list[str]) -> tuple[set[str], dict[str, float]]:
+        """(ids the prediction log holds an answered prediction for, their labels already stored), within
+        `feedback_window` seconds: for ids this process no longer remembers (older, another replica, a restart)."""
+        from crispflow.predictions.reader import known_requests
+
+        now = datetime.now(UTC)
+        return known_requests(self.config.predictions_url, self.name, ids,
+                              now - timedelta(seconds=self.config.feedback_window), now + timedelta(minutes=5),
+                              storage_options=self._storage_options)
+
+    def feedback(self, body: bytes, sender: str | None = None) -> int:
+        """Validate the labels per the champion's task and store them with `sender` (the token's name) in the
+        prediction log: only for request ids the server answered, one label per request (409 for a different
+        second label; an identical one is accepted and not stored again). Returns the number of labels accepted."""
         if self._log_factory is None and self.prediction_log is None:
             raise NotReady("the prediction log is disabled: feedback cannot be stored")
         champion = self.snapshot().champion
@@ -299,14 +327,51 @@ class ModelServer:
             raise NotReady(f"{self.name}: no champion is loaded, so the task its feedback labels follow is unknown "
                            f"({self.store.snapshot.not_ready or 'not loaded'})")
         pairs = feedback_pairs(parse_json(body), self.config.max_records, self.label_rule(champion))
+        wanted: dict[str, float] = {}
+        index: dict[str, int] = {}
+        conflicts: list[dict[str, Any]] = []
+        for i, (rid, label) in enumerate(pairs):
+            if rid in wanted and wanted[rid] != label:
+                conflicts.append(problem(i, "label", "one_label", f"request {rid} is given two different labels "
+                                                                  "in this body"))
+            wanted.setdefault(rid, label)
+            index.setdefault(rid, i)
+        if conflicts:
+            raise PayloadError(409, conflicts)
+        with self._ids_lock:
+            missing = [rid for rid in wanted if rid not in self._recent]
+        stored: dict[str, float] = {}
+        if missing:
+            found, stored = self._lookup(missing)
+            unknown = [rid for rid in missing if rid not in found]
+            if unknown:
+                raise PayloadError(422, [problem(index[rid], "request_id", "unknown_request",
+                                                 f"{rid} is not a request this model answered (in the last "
+                                                 f"{self.config.feedback_window / 3600:g} h)") for rid in unknown])
         now = datetime.now(UTC)
-        with self._lock:
-            plog = self._plog_locked()
-            if plog is None:
-                raise NotReady("the prediction log is closed: feedback cannot be stored")
-            plog.log_feedback([{"request_id": rid, "label": label, "ts": now} for rid, label in pairs])
-        self.metrics.feedback.labels(self.name).inc(len(pairs))
-        return len(pairs)
+        with self._ids_lock:
+            current = {rid: self._recent[rid] if rid in self._recent else stored.get(rid) for rid in wanted}
+            conflicts = [problem(index[rid], "label", "one_label",
+                                 f"request {rid} already has a different label (one label per request)")
+                         for rid, label in wanted.items() if current[rid] is not None and current[rid] != label]
+            if conflicts:
+                raise PayloadError(409, conflicts)
+            new = [(rid, label) for rid, label in wanted.items() if current[rid] is None]
+            if new:
+                with self._lock:
+                    plog = self._plog_locked()
+                    if plog is None:
+                        raise NotReady("the prediction log is closed: feedback cannot be stored")
+                    plog.log_feedback([{"request_id": rid, "label": label, "ts": now, "sender": sender}
+                                       for rid, label in new])
+                for rid, label in new:  # looked-up ids too: a second label must not race the log's flush
+                    self._recent[rid] = label
+                while len(self._recent) > self.config.feedback_ids:
+                    self._recent.popitem(last=False)
+        self.metrics.feedback.labels(self.name).inc(len(new))
+        if new:
+            log.info("feedback: %d labels for %s from token %r", len(new), self.name, sender)
+        return len(wanted)
 
     def describe(self) -> dict[str, Any]:
         plog = self.prediction_log

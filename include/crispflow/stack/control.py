@@ -18,7 +18,14 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from crispflow.settings import Settings
-from crispflow.stack.credentials import ADMIN_USER, Secrets, load_or_create_secrets, load_secrets, write_passwords_file
+from crispflow.stack.credentials import (
+    ADMIN_USER,
+    AIRFLOW_USERS,
+    Secrets,
+    load_or_create_secrets,
+    load_secrets,
+    write_passwords_file,
+)
 from crispflow.stack.errors import StackError
 from crispflow.stack.health import check_ports, health_problem
 from crispflow.stack.paths import StackPaths
@@ -38,6 +45,40 @@ from crispflow.stack.profiles import DEFAULT_PROFILE, build_profile
 from crispflow.stack.topology import MODEL_SERVER, S3_SERVER, WORKER_PREFIX, ProcessSpec, Profile
 
 UP_TIMEOUT = 180.0
+# The model server tokens `up` generates (name → the Secrets field holding it, scopes); serving/tokens.py.
+LOCAL_TOKENS = {
+    "demo-client": ("serve_client_token", ("predict", "feedback")),
+    "admin": ("serve_admin_token", ("admin", "metrics")),
+}
+SHOW_SECRETS_HINT = "crispflow status --show-secrets"
+
+
+def secrets_visible(show: bool | None = None) -> bool:
+    """Whether secrets may be printed: `show` if given (--show-secrets), else only on a terminal and never when
+    $CI is truthy (CI logs keep no password)."""
+    import sys
+
+    if show is not None:
+        return show
+    ci = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no", "off")
+    return not ci and sys.stdout.isatty()
+
+
+def serve_tokens_file(settings: Settings) -> Path:
+    """Where `up` writes the model server's token hashes (the server gets it as $CRISPFLOW_SERVE_TOKENS_FILE)."""
+    from crispflow.serving.tokens import TOKENS_FILE_NAME
+
+    return settings.home / TOKENS_FILE_NAME
+
+
+def write_serve_tokens(settings: Settings, creds: Secrets) -> None:
+    """Put the hashes of the generated tokens in the server's token file (idempotent; a token revoked with
+    `crispflow serve token revoke` stays revoked; other tokens in the file are kept)."""
+    from crispflow.serving.tokens import ensure_token
+
+    for name, (field_name, scopes) in LOCAL_TOKENS.items():
+        if secret := getattr(creds, field_name, ""):
+            ensure_token(serve_tokens_file(settings), name, secret, scopes)
 
 
 # --------------------------------------------------------------------------- status
@@ -70,6 +111,9 @@ class StackStatus:
     logs: Path
     serve_url: str | None = None
     mlflow_auth: str = "none (local profile)"
+    serve_tokens: tuple[tuple[str, str, str | None], ...] = ()  # (name, scopes, secret) of the generated tokens
+    secrets_file: Path | None = None
+    people: tuple[tuple[str, str, str | None], ...] = ()  # (user, role, password) of the other Airflow logins
 
     @property
     def healthy(self) -> bool:
@@ -79,7 +123,9 @@ class StackStatus:
     def running(self) -> bool:
         return any(p.alive for p in self.processes)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, show_secrets: bool | None = None) -> dict[str, Any]:
+        """For scripts; the secrets (password, tokens) only when `secrets_visible(show_secrets)`."""
+        show = secrets_visible(show_secrets)
         return {
             "profile": self.profile,
             "healthy": self.healthy,
@@ -88,7 +134,11 @@ class StackStatus:
             "mlflow_url": self.mlflow_url,
             "serve_url": self.serve_url,
             "mlflow_auth": self.mlflow_auth,
-            "login": {"username": self.username, "password": self.password},
+            "login": {"username": self.username, "password": self.password if show else None},
+            "people": [{"username": u, "role": r, "password": p if show else None} for u, r, p in self.people],
+            "serve_tokens": [{"name": n, "scopes": sc.split(","), "token": t if show else None}
+                             for n, sc, t in self.serve_tokens],
+            "secrets_file": str(self.secrets_file) if self.secrets_file else None,
             "paths": {"home": str(self.home), "lake": self.lake, "logs": str(self.logs)},
         }
 
@@ -122,6 +172,11 @@ def collect_status(settings: Settings, profile_name: str | None = None) -> Stack
         paths.logs,
         profile.serve_url,
         profile.mlflow_auth,
+        tuple((name, ",".join(scopes), getattr(creds, field_name, "") or None)
+              for name, (field_name, scopes) in LOCAL_TOKENS.items()) if creds and profile.serve_url else (),
+        paths.secrets_file,
+        tuple((user, role, getattr(creds, f"{user}_password", "") or None)
+              for user, role in AIRFLOW_USERS.items() if user != ADMIN_USER) if creds else (),
     )
 
 
@@ -139,7 +194,7 @@ def _lake_display(lake_url: str) -> str:
     return unquote(parsed.path) if parsed.scheme == "file" else lake_url
 
 
-def format_status(status: StackStatus) -> str:
+def format_status(status: StackStatus, show_secrets: bool | None = None) -> str:
     word = "healthy" if status.healthy else ("UNHEALTHY" if status.running else "not running")
     lines = [f"crispflow stack ({status.profile} profile): {word}"]
     for p in status.processes:
@@ -148,20 +203,31 @@ def format_status(status: StackStatus) -> str:
         lines.append(f"  {p.name:<22} {pid:<11} {state:<10} {p.url or ''}".rstrip())
         if p.alive and p.problem:
             lines.append(f"  {'':<22} {p.problem}")
-    lines += format_access(status).splitlines()
+    lines += format_access(status, show_secrets).splitlines()
     return "\n".join(lines)
 
 
-def format_access(status: StackStatus) -> str:
-    """The URLs, login and paths a person needs (the only secret printed is the admin login)."""
-    login = f"{status.username} / {status.password}" if status.password else "(created by `crispflow up`)"
+def format_access(status: StackStatus, show_secrets: bool | None = None) -> str:
+    """The URLs, login, model server tokens and paths a person needs. The secrets (admin password, tokens) only
+    when `secrets_visible(show_secrets)`; otherwise where to find them."""
+    show = secrets_visible(show_secrets)
+    hidden = f"(hidden: `{SHOW_SECRETS_HINT}` or {status.secrets_file or 'secrets.json'})"
+    login = (f"{status.username} / {status.password}" if show else f"{status.username} / {hidden}") \
+        if status.password else "(created by `crispflow up`)"
+    people = [f"  {'other':<10} {user} ({role}) / {(pw if show else hidden) if pw else '(created by `crispflow up`)'}"
+              for user, role, pw in status.people]
     mlflow_auth = "no authentication" if status.mlflow_auth.startswith("none") else status.mlflow_auth
     serve = [f"Model server  {status.serve_url}  (every pipeline's model: {status.serve_url}/models)"] \
         if status.serve_url else []
+    for name, scopes, token in status.serve_tokens:
+        serve.append(f"  token {name + ' (' + scopes + ')':<36} {token if show and token else hidden}")
+    if status.serve_tokens:
+        serve.append("  (send it as: Authorization: Bearer <token>; `crispflow serve token create` issues more)")
     return "\n".join(
         [
             f"Airflow UI:  {status.airflow_url}",
             f"  login:     {login}",
+            *people,
             f"MLflow UI:   {status.mlflow_url}  ({mlflow_auth})",
             *serve,
             f"Home:        {status.home}",
@@ -203,6 +269,7 @@ def up(
         running = running_records(paths)
         _check_same_stack(paths, profile.name, ports, running)
         to_start = [spec for spec in profile.processes if spec.name not in running]
+        write_serve_tokens(settings, creds)  # idempotent: also when everything already runs
         if to_start:
             check_ports(to_start)
             write_passwords_file(paths, creds)

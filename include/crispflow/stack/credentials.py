@@ -14,9 +14,17 @@ from crispflow.stack.errors import StackError
 from crispflow.stack.paths import StackPaths
 
 ADMIN_USER = "admin"
+# Airflow people besides admin: `reviewer` (role user) may answer approvals (a forced blessing needs a second
+# person: the requester cannot approve it); `viewer` (role viewer) reads only
+REVIEWER_USER, AIRFLOW_VIEWER_USER = "reviewer", "viewer"
+AIRFLOW_USERS = {ADMIN_USER: "admin", REVIEWER_USER: "user", AIRFLOW_VIEWER_USER: "viewer"}  # user: role
 MLFLOW_ADMIN_USER = "admin"  # MLflow basic auth (prod-local profile)
+# per-service MLflow users (prod_setup.MLFLOW_USERS says what each may do)
+MLFLOW_AIRFLOW_USER, MLFLOW_SERVING_USER, MLFLOW_VIEWER_USER = "crispflow-airflow", "crispflow-serving", "viewer"
 # Added after the first release: a secrets.json without them gets them generated and written on the next `up`.
-LATER_FIELDS = ("mlflow_admin_password", "mlflow_flask_secret")
+LATER_FIELDS = ("mlflow_admin_password", "mlflow_flask_secret", "serve_client_token", "serve_admin_token")
+LATER_FIELDS += ("mlflow_airflow_password", "mlflow_serving_password", "mlflow_viewer_password")
+LATER_FIELDS += ("reviewer_password", "viewer_password")
 
 
 @dataclass(frozen=True)
@@ -29,6 +37,13 @@ class Secrets:
     fernet_key: str
     mlflow_admin_password: str = ""  # MLflow basic auth needs 12+ characters
     mlflow_flask_secret: str = ""  # CSRF secret of MLflow's basic-auth app
+    mlflow_airflow_password: str = ""  # MLflow user crispflow-airflow: the workers (training, promotion)
+    mlflow_serving_password: str = ""  # MLflow user crispflow-serving: the model server (read-only)
+    mlflow_viewer_password: str = ""  # MLflow user viewer: people browsing the MLflow UI (read-only)
+    serve_client_token: str = ""  # model server token `demo-client` (predict, feedback): the demo's traffic
+    serve_admin_token: str = ""  # model server token `admin` (admin, metrics): /models, /metrics
+    reviewer_password: str = ""  # Airflow user `reviewer` (role user): answers approvals
+    viewer_password: str = ""  # Airflow user `viewer` (role viewer): read-only
 
     @classmethod
     def generate(cls) -> Secrets:
@@ -39,6 +54,13 @@ class Secrets:
             fernet_key=base64.urlsafe_b64encode(os.urandom(32)).decode(),
             mlflow_admin_password=secrets.token_hex(16),  # hex: safe in URLs and ini files
             mlflow_flask_secret=secrets.token_hex(32),
+            mlflow_airflow_password=secrets.token_hex(16),
+            mlflow_serving_password=secrets.token_hex(16),
+            mlflow_viewer_password=secrets.token_hex(16),
+            serve_client_token=_serve_token(),
+            serve_admin_token=_serve_token(),
+            reviewer_password=secrets.token_urlsafe(16),
+            viewer_password=secrets.token_urlsafe(16),
         )
 
     @classmethod
@@ -49,6 +71,12 @@ class Secrets:
     @property
     def complete(self) -> bool:
         return all(getattr(self, name) for name in LATER_FIELDS)
+
+
+def _serve_token() -> str:
+    from crispflow.serving.tokens import new_token
+
+    return new_token()
 
 
 def load_secrets(home: Path) -> Secrets | None:
@@ -88,7 +116,9 @@ def load_or_create_secrets(home: Path) -> Secrets:
 
 def write_passwords_file(paths: StackPaths, creds: Secrets) -> None:
     """SimpleAuthManager's password file: JSON `{"user": "password"}`; Airflow adds only missing users."""
-    _write_private(paths.passwords_file, json.dumps({ADMIN_USER: creds.admin_password}) + "\n")
+    passwords = {ADMIN_USER: creds.admin_password, REVIEWER_USER: creds.reviewer_password,
+                 AIRFLOW_VIEWER_USER: creds.viewer_password}
+    _write_private(paths.passwords_file, json.dumps(passwords) + "\n")
 
 
 def _write_private(path: Path, text: str, *, exclusive: bool = False) -> None:

@@ -145,7 +145,7 @@ def canary_phase(api: AirflowAPI, settings: Settings, pipeline: str = PIPELINE, 
 
     from crispflow.model import registry
     from crispflow.release import promotion
-    from crispflow.stack.traffic import replay
+    from crispflow.stack.traffic import bearer, replay, stack_token
 
     mlf = registry.client(settings.mlflow_tracking_uri)
     name = registry.model_name(pipeline)
@@ -157,7 +157,8 @@ def canary_phase(api: AirflowAPI, settings: Settings, pipeline: str = PIPELINE, 
     rows, labels = holdout_traffic(settings, pipeline)
     decision, traffic, analysis_run = {"decision": "continue"}, {}, None
     for _ in range(rounds):
-        stats = replay(settings.serve_url, rows, labels, batch=10, feedback_delay=2.0, model=name)
+        stats = replay(settings.serve_url, rows, labels, batch=10, feedback_delay=2.0, model=name,
+                       token=stack_token(settings.home))
         traffic = stats.as_dict()
         if stats.failed:
             raise CrispflowError(f"the model server failed {stats.failed} records: {stats.errors}")
@@ -166,7 +167,8 @@ def canary_phase(api: AirflowAPI, settings: Settings, pipeline: str = PIPELINE, 
         decision = api.xcom(CANARY, analysis_run, "analyse_and_act", map_index=0)  # mapped: one per pipeline
         if decision["decision"] != "continue":
             break
-    metrics = requests.get(f"{settings.serve_url}/metrics", timeout=10).text
+    metrics = requests.get(f"{settings.serve_url}/metrics", timeout=10,
+                           headers=bearer(stack_token(settings.home, "admin"))).text
     return {
         "canary": f"v{canary.version} at {share} of entities",
         "traffic (last pass)": traffic,
@@ -186,7 +188,7 @@ def drift_phase(api: AirflowAPI, settings: Settings, pipeline: str = PIPELINE) -
     import math
 
     from crispflow.model.registry import model_name
-    from crispflow.stack.traffic import replay
+    from crispflow.stack.traffic import replay, stack_token
 
     for year, month in LATER_MONTHS:  # the monthly ingests (each too small to train on alone)
         end = f"{year + month // 12}-{month % 12 + 1:02d}-01"
@@ -198,7 +200,7 @@ def drift_phase(api: AirflowAPI, settings: Settings, pipeline: str = PIPELINE) -
     for chunk in (slice(0, half), slice(half, len(rows))):
         began = time.monotonic()
         stats = replay(settings.serve_url, rows.iloc[chunk], labels[chunk], batch=10, feedback_delay=1.0,
-                       model=model_name(pipeline))
+                       model=model_name(pipeline), token=stack_token(settings.home))
         if stats.failed:
             raise CrispflowError(f"the model server failed {stats.failed} records: {stats.errors}")
         time.sleep(2.5)  # the prediction log flushes every second
@@ -313,10 +315,14 @@ def _wait_serving(settings: Settings, model: str, canary: str, timeout: float = 
     """Until the model server has picked up `model`'s canary alias (it polls the registry every few seconds)."""
     import requests
 
+    from crispflow.stack.traffic import bearer, stack_token
+
+    headers = bearer(stack_token(settings.home, "admin"))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            arms = requests.get(f"{settings.serve_url}/models/{model}", timeout=5).json().get("aliases", {})
+            arms = requests.get(f"{settings.serve_url}/models/{model}", timeout=5,
+                                headers=headers).json().get("aliases", {})
             if str(arms.get("canary", {}).get("version")) == canary:
                 return
         except (requests.RequestException, ValueError):

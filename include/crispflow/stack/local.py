@@ -14,7 +14,7 @@ from typing import Any
 
 from crispflow.pools import POOLS
 from crispflow.settings import Settings
-from crispflow.stack.credentials import ADMIN_USER, Secrets
+from crispflow.stack.credentials import AIRFLOW_USERS, Secrets
 from crispflow.stack.paths import StackPaths
 from crispflow.stack.ports import HOST, PORT_ENV, Ports
 from crispflow.stack.topology import MODEL_SERVER, ProcessSpec, Profile, SetupStep
@@ -48,7 +48,7 @@ def airflow_env(settings: Settings, ports: Ports, creds: Secrets) -> dict[str, s
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{paths.airflow_db.resolve()}",
         "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in AIRFLOW_USERS.items()),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(paths.passwords_file),
         "AIRFLOW__API_AUTH__JWT_SECRET": creds.jwt_secret,
@@ -59,6 +59,9 @@ def airflow_env(settings: Settings, ports: Ports, creds: Secrets) -> dict[str, s
         "AIRFLOW__API__HOST": HOST,
         "AIRFLOW__API__PORT": str(ports.airflow),
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(paths.airflow_home / "logs"),
+        # task logs private to the stack's user (Airflow chmods them 0o775/0o664 by default, whatever the umask)
+        "AIRFLOW__LOGGING__FILE_TASK_HANDLER_NEW_FOLDER_PERMISSIONS": "0o700",
+        "AIRFLOW__LOGGING__FILE_TASK_HANDLER_NEW_FILE_PERMISSIONS": "0o600",
         "CRISPFLOW_HOME": str(settings.home),
         "CRISPFLOW_PROJECT_ROOT": str(settings.project_root),
         "CRISPFLOW_LAKE_URL": settings.lake_url,
@@ -88,6 +91,8 @@ def serve_spec(ports: Ports, base_env: Mapping[str, str], extra_env: Mapping[str
     """
     env = {k: v for k, v in base_env.items() if k == "PATH" or k.startswith(("CRISPFLOW_", "MLFLOW_"))}
     env |= dict(extra_env or {})
+    if "CRISPFLOW_SERVE_TOKENS_FILE" not in env:  # the bearer tokens `up` writes (serving/tokens.py)
+        env["CRISPFLOW_SERVE_TOKENS_FILE"] = str(Path(env["CRISPFLOW_HOME"]) / "serve-tokens.json")
     url = f"http://{HOST}:{ports.serve}"
     argv = (
         *(str(venv_bin() / "crispflow"), "serve", "--host", HOST, "--port", str(ports.serve)),

@@ -12,6 +12,7 @@ from typing import Any
 from crispflow.errors import CrispflowError
 from crispflow.settings import Settings
 from crispflow.stack import control as stack
+from crispflow.stack.paths import private_umask
 from crispflow.stack.processes import STOP_TIMEOUT
 from crispflow.stack.profiles import DEFAULT_PROFILE, PROFILES
 
@@ -20,10 +21,15 @@ def _echo(message: str) -> None:
     print(message, flush=True)
 
 
+def _show(args: argparse.Namespace) -> bool | None:
+    """--show-secrets: True; else None (printed on a terminal only, never when $CI is set: control.secrets_visible)."""
+    return True if getattr(args, "show_secrets", False) else None
+
+
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     """Start the stack (or find it running) and print where everything is."""
     status = stack.up(settings, args.profile, timeout=args.timeout, echo=_echo)
-    print(stack.format_status(status))
+    print(stack.format_status(status, _show(args)))
     return 0
 
 
@@ -37,7 +43,8 @@ def cmd_down(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     """Print the stack's state; exit 0 only if every process is healthy."""
     status = stack.collect_status(settings)
-    print(json.dumps(status.to_dict(), indent=2) if args.json else stack.format_status(status))
+    show = _show(args)
+    print(json.dumps(status.to_dict(show), indent=2) if args.json else stack.format_status(status, show))
     return 0 if status.healthy else 1
 
 
@@ -55,12 +62,12 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     except Exception:  # the demo's own failure: show it, keep the stack up for inspection
         traceback.print_exc()
         print("\ndemo FAILED; the stack is still running for inspection:", file=sys.stderr)
-        print(stack.format_access(stack.collect_status(settings)), file=sys.stderr)
+        print(stack.format_access(stack.collect_status(settings), _show(args)), file=sys.stderr)
         return 1
     print("\ndemo summary")
     print(format_mapping(summary or {}, indent=2))
     print()
-    print(stack.format_access(stack.collect_status(settings)))
+    print(stack.format_access(stack.collect_status(settings), _show(args)))
     print("\nThe stack keeps running: `crispflow status`, `crispflow down`.")
     return 0
 
@@ -75,6 +82,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_drift(args: argparse.Namespace, settings: Settings) -> int:
     """Compare a current data file with a reference profile or file; exit 0 no drift, 1 drift, 2 bad input."""
     from crispflow.monitoring.cli import run
+
+    return run(args, settings)
+
+
+def cmd_ledger(args: argparse.Namespace, settings: Settings) -> int:
+    """`crispflow ledger verify`: exit 0 when the promotion ledger agrees with the registry, 1 on divergence."""
+    from crispflow.release.ledger_cli import run
 
     return run(args, settings)
 
@@ -118,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo": (cmd_demo, "start the stack and run the demo pipeline"),
         "serve": (cmd_serve, "run the model server (MLflow aliases champion/canary/shadow)"),
         "drift": (cmd_drift, "drift of a data file against a reference"),
+        "ledger": (cmd_ledger, "check the promotion ledger against the registry (`ledger verify`)"),
     }
     for name, (func, text) in commands.items():
         cmd = sub.add_parser(name, help=text, description=text)
@@ -133,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--timeout", type=float, default=STOP_TIMEOUT, help="seconds before SIGKILL")
         if name == "status":
             cmd.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+        if name in ("up", "demo", "status"):
+            cmd.add_argument("--show-secrets", action="store_true",
+                             help="print the admin password and the model server tokens even when stdout is not a "
+                                  "terminal or $CI is set (by default: on a terminal only)")
         if name == "serve":
             from crispflow.serving.cli import add_arguments
 
@@ -141,11 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
             from crispflow.monitoring.cli import add_arguments
 
             add_arguments(cmd)
+        if name == "ledger":
+            from crispflow.release.ledger_cli import add_arguments as add_ledger_arguments
+
+            add_ledger_arguments(cmd)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    private_umask()  # what any command writes (stack state, token files, reports) is its user's only
     try:
         return args.func(args, Settings.from_env())
     except CrispflowError as exc:

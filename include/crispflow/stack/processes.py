@@ -1,7 +1,8 @@
 """The stack's processes: launched in their own session, recorded by PID, stopped by process group, never by name.
 
 A PID file records the process's start time and a word of its command line, both read from /proc, so a PID
-that was reused by another program is never signalled.
+that was reused by another program is never signalled. Every process starts with umask 0o077 (PRIVATE_UMASK):
+what the stack writes (databases, logs, the lake, artifacts) is readable by its user only.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from crispflow.stack.errors import StackError
-from crispflow.stack.paths import StackPaths
+from crispflow.stack.paths import PRIVATE_UMASK, StackPaths
 from crispflow.stack.topology import ProcessSpec, SetupStep
 
 STOP_TIMEOUT = 20.0
@@ -125,7 +126,8 @@ def read_pid_records(paths: StackPaths) -> list[PidRecord]:
 
 def write_pid_record(paths: StackPaths, record: PidRecord) -> None:
     tmp = paths.pid_file(record.name).with_suffix(".tmp")
-    tmp.write_text(record.to_json())
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
+        handle.write(record.to_json())
     tmp.replace(paths.pid_file(record.name))
 
 
@@ -169,8 +171,10 @@ def _logged(
     title: str,
     **kwargs: bool,
 ) -> _T:
-    """`run` (Popen or run) on argv in the stack's home, its output appended to `<logs>/<log_name>.log`."""
-    with paths.log_file(log_name).open("ab") as log:
+    """`run` (Popen or run) on argv in the stack's home, its output appended to `<logs>/<log_name>.log` (0600);
+    the process starts with umask PRIVATE_UMASK."""
+    fd = os.open(paths.log_file(log_name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "ab") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {title}: {' '.join(argv)}\n".encode())
         log.flush()
         return run(
@@ -180,6 +184,7 @@ def _logged(
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
+            umask=PRIVATE_UMASK,
             **kwargs,
         )
 

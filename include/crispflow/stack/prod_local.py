@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from crispflow.settings import Settings
-from crispflow.stack.credentials import MLFLOW_ADMIN_USER, Secrets
+from crispflow.stack.credentials import (
+    MLFLOW_ADMIN_USER,
+    MLFLOW_AIRFLOW_USER,
+    MLFLOW_SERVING_USER,
+    MLFLOW_VIEWER_USER,
+    Secrets,
+)
 from crispflow.stack.errors import StackError
 from crispflow.stack.local import (
     AIRFLOW_HEALTH_PATH,
@@ -34,7 +40,17 @@ from crispflow.stack.local import (
 )
 from crispflow.stack.paths import StackPaths
 from crispflow.stack.ports import HOST, PORT_ENV, Ports
-from crispflow.stack.topology import S3_SERVER, WORKER_PREFIX, ProcessSpec, Profile, SetupStep
+from crispflow.stack.prod_setup import MLFLOW_PASSWORD_ENV
+from crispflow.stack.topology import (
+    MODEL_SERVER,
+    S3_SERVER,
+    WORKER,
+    WORKER_PREFIX,
+    ProcessSpec,
+    Profile,
+    SetupStep,
+    component_env,
+)
 from crispflow.stack.worker_identity import WORKER_NAME_ENV
 
 if TYPE_CHECKING:
@@ -54,6 +70,7 @@ WORKERS_ENV, CONCURRENCY_ENV = "CRISPFLOW_CELERY_WORKERS", "CRISPFLOW_CELERY_WOR
 WORKERS = 2
 WORKER_CONCURRENCY = 2  # 2 workers x 2 task processes on a 2-core machine
 HOSTNAME_CALLABLE = "crispflow.stack.worker_identity.hostname"  # `[core] hostname_callable` of the workers
+MLFLOW_USERS_STEP = "mlflow-users"
 
 
 def _count(var: str, default: int) -> int:
@@ -158,6 +175,20 @@ def client_env(settings: Settings, ports: Ports, creds: Secrets) -> dict[str, st
     }
 
 
+def mlflow_passwords(creds: Secrets) -> dict[str, str]:
+    """The per-service MLflow users and their passwords (what each may do: prod_setup.MLFLOW_USERS)."""
+    return {
+        MLFLOW_AIRFLOW_USER: creds.mlflow_airflow_password,
+        MLFLOW_SERVING_USER: creds.mlflow_serving_password,
+        MLFLOW_VIEWER_USER: creds.mlflow_viewer_password,
+    }
+
+
+def serving_mlflow_env(creds: Secrets) -> dict[str, str]:
+    """The model server's MLflow credentials: its read-only user, never the admin."""
+    return {"MLFLOW_TRACKING_USERNAME": MLFLOW_SERVING_USER, "MLFLOW_TRACKING_PASSWORD": creds.mlflow_serving_password}
+
+
 def _s3_connection(ports: Ports) -> str:
     extra = {"endpoint_url": f"http://{HOST}:{ports.s3}", "region_name": S3_REGION}
     return json.dumps({"conn_type": "aws", "login": S3_KEY, "password": S3_KEY, "extra": extra})
@@ -182,7 +213,9 @@ def build_prod_local_profile(settings: Settings, ports: Ports, creds: Secrets) -
         "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_db,
         "AIRFLOW__CELERY__BROKER_URL": redis_url,
-        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{airflow_db}",
+        # results in Redis, not in the metadata DB: the workers get no database credentials (topology.AIRFLOW_SECRETS);
+        # their keys are celery-task-meta-<task uuid>, unique across stacks, and expire after a day
+        "AIRFLOW__CELERY__RESULT_BACKEND": redis_url,
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(concurrency),
         # as in docker-compose.yaml: more task slots than the workers have keeps a task queued at each one, so a
         # worker that finishes starts the next at once instead of waiting for the executor to notice
@@ -200,12 +233,13 @@ def build_prod_local_profile(settings: Settings, ports: Ports, creds: Secrets) -
                 "host": HOST,
                 "port": ports.mlflow,
                 "schema": "http",
-                "login": MLFLOW_ADMIN_USER,
-                "password": creds.mlflow_admin_password,
+                "login": MLFLOW_AIRFLOW_USER,
+                "password": creds.mlflow_airflow_password,
             }
         ),
-        "MLFLOW_TRACKING_USERNAME": MLFLOW_ADMIN_USER,
-        "MLFLOW_TRACKING_PASSWORD": creds.mlflow_admin_password,
+        # the workers' own MLflow user (train, register, promote); component_env keeps it from the others
+        "MLFLOW_TRACKING_USERNAME": MLFLOW_AIRFLOW_USER,
+        "MLFLOW_TRACKING_PASSWORD": creds.mlflow_airflow_password,
         "CRISPFLOW_LAKE_CONN_ID": LAKE_CONN_ID,
         "CRISPFLOW_LEDGER_URL": shared.ledger_url,
         "CRISPFLOW_S3_PORT": str(ports.s3),
@@ -220,11 +254,20 @@ def build_prod_local_profile(settings: Settings, ports: Ports, creds: Secrets) -
         **s3,
     }
     module = (python, "-m", "crispflow.stack.prod_setup")
+    lake_var = f"AIRFLOW_CONN_{LAKE_CONN_ID.upper()}"
     auth_config = paths.home / "mlflow" / "basic_auth.ini"
+    users_env = {  # the one place besides the MLflow server that holds MLflow's admin password
+        "PATH": env["PATH"],
+        "MLFLOW_TRACKING_URI": ml_url,
+        "MLFLOW_AUTH_ADMIN_USERNAME": MLFLOW_ADMIN_USER,
+        "MLFLOW_AUTH_ADMIN_PASSWORD": creds.mlflow_admin_password,
+        **{MLFLOW_PASSWORD_ENV[user]: password for user, password in mlflow_passwords(creds).items()},
+    }
     setup = (
         SetupStep("reset-state", (*module, "reset-state", *ns.databases), setup_env),
         SetupStep("buckets", (*module, "buckets", LAKE_BUCKET, MLFLOW_BUCKET, PREDICTIONS_BUCKET), setup_env),
         SetupStep("mlflow-auth-config", (*module, "mlflow-auth-config", str(auth_config)), setup_env),
+        SetupStep(MLFLOW_USERS_STEP, (*module, MLFLOW_USERS_STEP), users_env),  # runs once MLflow started
         *airflow_setup_steps(str(bin_dir / "airflow"), env),
     )
 
@@ -237,18 +280,21 @@ def build_prod_local_profile(settings: Settings, ports: Ports, creds: Secrets) -
         extra_env: dict[str, str] | None = None,
         keeps: str | None = None,
     ) -> ProcessSpec:
-        """An Airflow component; `key`: its entry in the api-server's health report (workers have none)."""
+        """An Airflow component; `key`: its entry in the api-server's health report (workers have none). Its
+        environment holds only the secrets `topology.AIRFLOW_SECRETS` gives its kind of component."""
+        kind = WORKER if name.startswith(WORKER_PREFIX) else name.removeprefix("airflow-")
         return ProcessSpec(
             name,
             label,
             (str(bin_dir / "airflow"), *args),
-            env | (extra_env or {}),
+            component_env(kind, env | (extra_env or {}), lake_var),
             port=port,
             port_env=PORT_ENV["airflow"] if port else None,
             url=af_url if port else None,
             health_url=af_url + AIRFLOW_HEALTH_PATH if key else None,
             health_key=key,
-            needs=tuple(step.name for step in setup if step.name.startswith(("db-", "pool-"))),
+            needs=tuple(step.name for step in setup if step.name.startswith(("db-", "pool-")))
+            + ((MLFLOW_USERS_STEP,) if kind == WORKER else ()),
             keeps=keeps,
         )
 
@@ -303,7 +349,13 @@ def build_prod_local_profile(settings: Settings, ports: Ports, creds: Secrets) -
         af("airflow-dag-processor", "Airflow dag-processor", "dag-processor", key="dag_processor"),
         af("airflow-triggerer", "Airflow triggerer", "triggerer", "--skip-serve-logs", key="triggerer"),
         *workers,
-        dataclasses.replace(serve_spec(ports, env, s3), needs=("buckets",)),
+        # the model server reads the registry as its own read-only MLflow user
+        dataclasses.replace(
+            serve_spec(ports, component_env(MODEL_SERVER, env, lake_var), s3 | serving_mlflow_env(creds)),
+            needs=("buckets", MLFLOW_USERS_STEP),
+        ),
     )
-    mlflow_auth = f"basic auth: user {MLFLOW_ADMIN_USER}, password in {paths.secrets_file}"
+    mlflow_auth = (
+        f"basic auth: user {MLFLOW_ADMIN_USER} (or read-only {MLFLOW_VIEWER_USER}), passwords in {paths.secrets_file}"
+    )
     return Profile(PROD_LOCAL, setup, processes, af_url, ml_url, f"http://{HOST}:{ports.serve}", mlflow_auth)

@@ -5,9 +5,13 @@
   with a previous S3 server.
 - `buckets BUCKET...`: wait for the S3 endpoint, create the buckets (idempotent).
 - `mlflow-auth-config PATH`: MLflow's basic-auth configuration (users in the MLflow database), mode 0600.
+- `mlflow-users`: wait for the MLflow server, then create (or reset the password of) one user per service and
+  grant it what MLFLOW_USERS says, through MLflow's auth REST API as the admin. Every other user reads only
+  (`default_permission = READ`; the creator of an experiment or model manages it).
 
 Server URLs come from the environment (CRISPFLOW_POSTGRES_URL, CRISPFLOW_REDIS_URL, CRISPFLOW_REDIS_PREFIX,
-AWS_ENDPOINT_URL and the AWS_* keys, MLFLOW_AUTH_DATABASE_URI), never from argv, where `ps` would show them.
+AWS_ENDPOINT_URL and the AWS_* keys, MLFLOW_AUTH_DATABASE_URI, MLFLOW_TRACKING_URI, MLFLOW_AUTH_ADMIN_* and
+CRISPFLOW_MLFLOW_*_PASSWORD), never from argv, where `ps` would show them.
 """
 
 from __future__ import annotations
@@ -22,10 +26,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from crispflow.stack.credentials import MLFLOW_AIRFLOW_USER, MLFLOW_SERVING_USER, MLFLOW_VIEWER_USER
 from crispflow.stack.errors import StackError
 
 DB_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 WAIT_S3 = 30.0
+WAIT_MLFLOW = 180.0
+# What each service user may do beyond READ, on every experiment / registered model ("*"), also those the admin
+# or a person created. The workers train (runs, models: EDIT on experiments) and promote (move and delete
+# aliases: MANAGE on registered models). The model server and people browsing the UI only read.
+MLFLOW_USERS: dict[str, tuple[tuple[str, str], ...]] = {
+    MLFLOW_AIRFLOW_USER: (("experiment", "EDIT"), ("registered_model", "MANAGE")),
+    MLFLOW_SERVING_USER: (),
+    MLFLOW_VIEWER_USER: (),
+}
+# the variable each user's password comes from (never argv)
+MLFLOW_PASSWORD_ENV = {
+    MLFLOW_AIRFLOW_USER: "CRISPFLOW_MLFLOW_AIRFLOW_PASSWORD",
+    MLFLOW_SERVING_USER: "CRISPFLOW_MLFLOW_SERVING_PASSWORD",
+    MLFLOW_VIEWER_USER: "CRISPFLOW_MLFLOW_VIEWER_PASSWORD",
+}
 
 
 def _env(name: str) -> str:
@@ -138,20 +158,98 @@ def write_mlflow_auth_config(path: Path) -> list[str]:
     return [f"MLflow auth configuration: {path}"]
 
 
+def setup_mlflow_users(
+    url: str, admin: str, admin_password: str, passwords: dict[str, str], wait: float = WAIT_MLFLOW
+) -> list[str]:
+    """Create each user of MLFLOW_USERS (or set its password if it exists) and grant exactly its permissions;
+    idempotent. Unknown users in `passwords` are refused: what a user may do is decided here, not by the caller."""
+    import requests
+
+    unknown = sorted(set(passwords) - set(MLFLOW_USERS))
+    if unknown:
+        raise StackError(f"MLflow users: no permissions are defined for {unknown}")
+    short = sorted(MLFLOW_PASSWORD_ENV[user] for user, password in passwords.items() if len(password) < 12)
+    if short:
+        raise StackError(f"{', '.join(short)}: MLflow passwords need 12+ characters")
+    session = requests.Session()
+    session.auth = (admin, admin_password)
+    _wait_for_mlflow(session, url, wait)
+    lines = []
+    for username, password in sorted(passwords.items()):
+        created = _mlflow_call(session, "POST", f"{url}/api/2.0/mlflow/users/create",
+                               {"username": username, "password": password}, ok_if_exists=True)
+        if not created:
+            _mlflow_call(session, "PATCH", f"{url}/api/2.0/mlflow/users/update-password",
+                         {"username": username, "password": password})
+        for resource_type, permission in MLFLOW_USERS[username]:
+            grant = {"username": username, "resource_type": resource_type, "resource_id": "*"}
+            # revoke first, so a rerun leaves exactly this grant (the API refuses a duplicate)
+            _mlflow_call(session, "POST", f"{url}/api/3.0/mlflow/users/permissions/revoke", grant, ok_if_missing=True)
+            _mlflow_call(session, "POST", f"{url}/api/3.0/mlflow/users/permissions/grant",
+                         grant | {"permission": permission})
+        grants = ", ".join(f"{p} on every {t}" for t, p in MLFLOW_USERS[username]) or "read only"
+        lines.append(f"MLflow user {username}: {'created' if created else 'password set'}; {grants}")
+    return lines
+
+
+def _wait_for_mlflow(session: Any, url: str, wait: float) -> None:
+    import requests
+
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            if session.get(f"{url}/health", timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        if time.monotonic() >= deadline:
+            raise StackError(f"MLflow at {url} did not answer /health within {wait:.0f} s")
+        time.sleep(0.5)
+
+
+def _mlflow_call(session: Any, method: str, url: str, body: dict[str, str], *, ok_if_exists: bool = False,
+                 ok_if_missing: bool = False) -> bool:
+    """One auth API call; False if it was refused as a duplicate / missing entry and that is acceptable."""
+    response = session.request(method, url, json=body, timeout=30)
+    if response.status_code == 200:
+        return True
+    try:
+        code = response.json().get("error_code", "")
+    except ValueError:
+        code = ""
+    if (ok_if_exists and code == "RESOURCE_ALREADY_EXISTS") or (ok_if_missing and code == "RESOURCE_DOES_NOT_EXIST"):
+        return False
+    what = url.rsplit("/api/", 1)[-1]
+    # the body is not echoed: it may hold a password
+    raise StackError(f"MLflow {what} for user {body.get('username')!r} failed: HTTP {response.status_code} {code}")
+
+
+def _passwords_from_env() -> dict[str, str]:
+    return {username: _env(var) for username, var in MLFLOW_PASSWORD_ENV.items()}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m crispflow.stack.prod_setup", description=__doc__)
     sub = parser.add_subparsers(dest="step", required=True)
     sub.add_parser("reset-state").add_argument("databases", nargs="+")
     sub.add_parser("buckets").add_argument("buckets", nargs="+")
     sub.add_parser("mlflow-auth-config").add_argument("path", type=Path)
+    sub.add_parser("mlflow-users")
     args = parser.parse_args(argv)
     try:
         if args.step == "reset-state":
             lines = reset_state(args.databases)
         elif args.step == "buckets":
             lines = create_buckets(args.buckets)
-        else:
+        elif args.step == "mlflow-auth-config":
             lines = write_mlflow_auth_config(args.path)
+        else:
+            lines = setup_mlflow_users(
+                _env("MLFLOW_TRACKING_URI"),
+                _env("MLFLOW_AUTH_ADMIN_USERNAME"),
+                _env("MLFLOW_AUTH_ADMIN_PASSWORD"),
+                _passwords_from_env(),
+            )
     except StackError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -12,6 +12,45 @@ MODEL_SERVER = "model-server"
 WORKER_PREFIX = "airflow-worker"  # Celery workers: airflow-worker-1, airflow-worker-2 (prod-local)
 S3_SERVER = "s3"  # the moto S3 server (prod-local)
 
+# Airflow 3 task isolation: which Airflow component gets which secret (prod-local and docker-compose.yaml alike;
+# tests/unit/test_compose.py checks both against this table). Workers run DAG code and reach Airflow only through
+# the Execution API with the short-lived token the scheduler signed for each task: no metadata DB, no Fernet key
+# (the api-server decrypts connections and variables for them), no JWT secret. A key not listed goes to every
+# component (settings, not secrets).
+API_SERVER, SCHEDULER, DAG_PROCESSOR, TRIGGERER = "api-server", "scheduler", "dag-processor", "triggerer"
+WORKER = "worker"
+CONTROL_PLANE = frozenset({API_SERVER, SCHEDULER, DAG_PROCESSOR, TRIGGERER})
+AIRFLOW_SECRETS: dict[str, frozenset[str]] = {
+    # the metadata DB and the Fernet key that encrypts connections, variables and trigger arguments in it
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": CONTROL_PLANE,
+    "AIRFLOW__CORE__FERNET_KEY": CONTROL_PLANE,
+    # signs task tokens (the scheduler's executor) and checks/renews them and UI tokens (the api-server); the
+    # dag-processor and triggerer call the Execution API in-process, without tokens
+    "AIRFLOW__API_AUTH__JWT_SECRET": frozenset({API_SERVER, SCHEDULER}),
+    # the api-server's session/CSRF and log-fetch signing key
+    "AIRFLOW__API__SECRET_KEY": frozenset({API_SERVER}),
+    # Celery: the scheduler queues tasks and reads their results, the workers take and answer them
+    "AIRFLOW__CELERY__BROKER_URL": frozenset({SCHEDULER, WORKER}),
+    "AIRFLOW__CELERY__RESULT_BACKEND": frozenset({SCHEDULER, WORKER}),
+    # what task code needs: the MLflow user of the workers, the promotion ledger
+    "AIRFLOW_CONN_MLFLOW_DEFAULT": frozenset({WORKER}),
+    "MLFLOW_TRACKING_USERNAME": frozenset({WORKER}),
+    "MLFLOW_TRACKING_PASSWORD": frozenset({WORKER}),
+    "CRISPFLOW_LEDGER_URL": frozenset({WORKER}),
+}
+# the lake's S3 connection: task code, and the triggerer (the drift trigger polls the prediction store)
+LAKE_CONNECTION_HOLDERS = frozenset({WORKER, TRIGGERER})
+
+
+def component_env(component: str, env: Mapping[str, str], lake_conn_var: str) -> dict[str, str]:
+    """`env` without the secrets AIRFLOW_SECRETS (and the lake connection `lake_conn_var`) keep from `component`."""
+    def allowed(key: str) -> bool:
+        if key == lake_conn_var:
+            return component in LAKE_CONNECTION_HOLDERS
+        return component in AIRFLOW_SECRETS.get(key, frozenset({component}))
+
+    return {key: value for key, value in env.items() if allowed(key)}
+
 
 @dataclass(frozen=True)
 class SetupStep:

@@ -57,10 +57,12 @@ def _json_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 def replay(server_url: str, rows: pd.DataFrame, labels: list[Any], *, batch: int = 10, rate: float | None = None,
            feedback_delay: float = 2.0, stop: threading.Event | None = None,
-           session: requests.Session | None = None, model: str | None = None) -> TrafficStats:
+           session: requests.Session | None = None, model: str | None = None,
+           token: str | None = None) -> TrafficStats:
     """POST `rows` to `/predict` in batches (at most `rate` requests per second), then each label to `/feedback`
     `feedback_delay` seconds after its prediction. Returns once every label is fed back (or `stop` is set).
-    `model`: a registered model's routes (`/models/{model}/...`) instead of the server's default model."""
+    `model`: a registered model's routes (`/models/{model}/...`) instead of the server's default model; `token`: the
+    bearer token sent (scopes predict and feedback; its name is recorded as the labels' sender)."""
     import requests
 
     if model is not None:
@@ -69,6 +71,8 @@ def replay(server_url: str, rows: pd.DataFrame, labels: list[Any], *, batch: int
     if len(rows) != len(labels):
         raise ValueError(f"rows ({len(rows)}) and labels ({len(labels)}) differ in length")
     http = session or requests.Session()
+    if token:
+        http.headers["Authorization"] = f"Bearer {token}"
     stats, due = TrafficStats(), []  # due: heap of (time, request_id, label)
     records = _json_records(rows)
     interval = 1.0 / rate if rate else 0.0
@@ -114,3 +118,19 @@ def replay(server_url: str, rows: pd.DataFrame, labels: list[Any], *, batch: int
         time.sleep(min(0.5, max(0.0, due[0][0] - time.monotonic())))
         send_feedback()
     return stats
+
+
+def stack_token(home: Any, kind: str = "client") -> str | None:
+    """The model server token `crispflow up` generated in `home`: "client" (`demo-client`: predict, feedback) or
+    "admin" (`admin`: admin, metrics); None if `up` never ran there."""
+    from crispflow.stack.credentials import load_secrets
+
+    creds = load_secrets(home)
+    if creds is None:
+        return None
+    return (creds.serve_admin_token if kind == "admin" else creds.serve_client_token) or None
+
+
+def bearer(token: str | None) -> dict[str, str]:
+    """The Authorization header of a token ({} without one)."""
+    return {"Authorization": f"Bearer {token}"} if token else {}

@@ -2,7 +2,8 @@
 
 Deduplication, severity, the digest and the alert state live in `crispflow.monitoring.alerts` (channel kinds:
 webhook and slack over an http connection, email over smtp; `"optional": true` skips a channel whose connection
-is not defined). This notifier resolves the store's root and delivers.
+is not defined). This notifier resolves the store's root and delivers. The channels come from the pipeline spec's
+`alerts:` section (`spec_channels`): a run's conf cannot redirect alerts to another connection.
 """
 
 from __future__ import annotations
@@ -56,6 +57,14 @@ class DriftAlertNotifier(BaseNotifier):
                           by={"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id},
                           deliver=lambda channel, digest: _deliver(channel, digest, context),
                           connection_exists=_connection_exists)
+
+
+def spec_channels(pipeline: str) -> list[dict[str, Any]]:
+    """The alert channels of the pipeline's spec (`alerts.channels`; default: the optional webhook and Slack
+    connections `crispflow_alerts_webhook` and `crispflow_alerts_slack`)."""
+    from crispflow.spec import load_spec
+
+    return load_spec(pipeline).alerts.as_dicts()
 
 
 def _connection_exists(conn_id: str) -> bool:

@@ -39,13 +39,15 @@ class BlessingGateOperator(BaseOperator):
         from crispflow.model.blessing import verdict_summary
         from crispflow.model.modelling import bless, write_model_card
         from crispflow.release.promotion import promote_first_blessed
+        from crispflow_airflow.context import acting_person
 
         with as_airflow_errors():
             job = training_job(self.request, context)
             verdict = bless(job, str(self.version))
             self.log.info("verdict for %s v%s: %s", job.model_name, self.version, verdict_summary(verdict))
             _, ledger, _ = release_clients(job.spec.name)
-            action = promote_first_blessed(job.mlf, ledger, job.model_name, str(self.version), run_key=job.run_key)
+            action = promote_first_blessed(job.mlf, ledger, job.model_name, str(self.version), run_key=job.run_key,
+                                           person=acting_person(context))
             card = write_model_card(job, str(self.version))
         self.log.info("promotion: %s; model card: %s", action, card["html"])
         return {"version": str(self.version), "blessed": verdict["blessed"], "mode": verdict["mode"],

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from crispflow.release.promotion import POOL
-from crispflow_airflow.context import run_window, task_key
+from crispflow_airflow.context import acting_person, run_window, task_key
 from crispflow_airflow.exceptions import as_airflow_errors
 from crispflow_airflow.jobs import release_clients
 
@@ -23,17 +23,20 @@ class CanaryAnalysisOperator(BaseOperator):
 
     Guardrails use the run's data interval (or the `window` before the run for manual runs); labelled evidence
     uses everything since the canary was deployed (see `crispflow.release.canary`). No canary: nothing to do.
-    The work is `crispflow.release.canary_analysis.settle_canary`.
+    The work is `crispflow.release.canary_analysis.settle_canary`, with the pipeline spec's `canary:` policy
+    tightened by the run's `policy` overrides (`crispflow.policies.CANARY`): a loosening value, an unknown field or
+    a wrong type fails with InvalidRequest (not retried) before anything is read or moved. The move is attributed
+    to the person the run acts for (`acting_person`).
 
     :param pipeline: pipeline spec name (templated)
-    :param policy: overrides of `crispflow.release.canary.CanaryPolicy` fields (templated)
+    :param policy: a run's overrides of the spec's `canary:` policy, tighten-only (templated)
     :param window: the analysis window of runs without a data interval
     """
 
     template_fields: Sequence[str] = ("pipeline", "policy")
     ui_color = "#fff8e1"
 
-    def __init__(self, *, pipeline: str, policy: Mapping[str, Any] | None = None,
+    def __init__(self, *, pipeline: str, policy: Mapping[str, Any] | str | None = None,
                  window: timedelta = timedelta(minutes=10), pool: str = POOL, **kwargs: Any) -> None:
         super().__init__(pool=pool, **kwargs)
         self.pipeline = pipeline
@@ -41,11 +44,19 @@ class CanaryAnalysisOperator(BaseOperator):
         self.window = window
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from crispflow.release.canary import canary_policy
         from crispflow.release.canary_analysis import settle_canary
+        from crispflow.spec import load_spec
         from crispflow_airflow.hooks.predictions import PredictionStoreHook
 
+        with as_airflow_errors():
+            spec = load_spec(str(self.pipeline))
+            policy = canary_policy(spec, self.policy)
+        self.log.info("canary policy of %s (sha256 %s): %s", spec.name, policy.digest(), policy)
         mlf, ledger, model = release_clients(self.pipeline)
         start, end = run_window(context, self.window)
+        trusted = tuple(spec.training.allowed_estimators) if spec.training else ()
         with as_airflow_errors():
             return settle_canary(mlf, ledger, model, PredictionStoreHook().get_root(), start=start, end=end,
-                                 policy=self.policy, move_key=task_key(context), run_key=context["ti"].run_id)
+                                 policy=policy, move_key=task_key(context), run_key=context["ti"].run_id,
+                                 person=acting_person(context), trusted=trusted)

@@ -31,7 +31,8 @@ class DriftMonitorOperator(BaseOperator):
 
     :param pipeline: pipeline spec name (templated)
     :param window_minutes: length of the window for manual runs, or None for the data interval (templated)
-    :param settings: overrides of `crispflow.monitoring.DriftSettings` fields (templated)
+    :param settings: a run's overrides of the spec's `drift_monitor:` thresholds, only towards more sensitive
+        detection (`crispflow.policies.DRIFT_MONITOR`); a loosening value fails with InvalidRequest (templated)
     :param aliases: the serving aliases to judge
     """
 
@@ -48,12 +49,14 @@ class DriftMonitorOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from crispflow.model.registry import model_name
-        from crispflow.monitoring.monitor import drift_settings, monitor, window_length
+        from crispflow.monitoring import DriftSettings
+        from crispflow.monitoring.monitor import monitor, window_length
+        from crispflow.spec import load_spec
         from crispflow_airflow.hooks.mlflow import MlflowHook
         from crispflow_airflow.hooks.predictions import PredictionStoreHook
 
         with as_airflow_errors():
-            settings = drift_settings(self.settings)
+            settings = DriftSettings.of_spec(load_spec(str(self.pipeline)), self.settings)
             length = window_length(self.window_minutes)
             start, end = run_window(context, length or timedelta(hours=1))
             return monitor(MlflowHook().get_client(), PredictionStoreHook().get_root(), model_name(str(self.pipeline)),

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from crispflow.release.promotion import POOL
-from crispflow_airflow.context import task_key
+from crispflow_airflow.context import acting_person, task_key
 from crispflow_airflow.exceptions import as_airflow_errors
 from crispflow_airflow.jobs import release_clients
 
@@ -55,7 +55,8 @@ class DeployCanaryOperator(BaseOperator):
         version = str(self.version)
         with as_airflow_errors():
             result = deploy_version(mlf, ledger, model, version, strategy=str(self.strategy), share=float(self.share),
-                                    reason=str(self.reason), move_key=task_key(context))
+                                    reason=str(self.reason), move_key=task_key(context),
+                                    person=acting_person(context))
         if "skipped" in result:
             raise AirflowSkipException(result["skipped"])
         self.log.info("%s: %s v%s (%s), ledger entry %s", model, result["action"], version, self.strategy,
@@ -83,7 +84,8 @@ class RollbackOperator(BaseOperator):
 
         mlf, ledger, model = release_clients(self.pipeline)
         with as_airflow_errors():
-            result = rollback_champion(mlf, ledger, model, str(self.reason), move_key=task_key(context))
-        self.log.info("%s: champion v%s → v%s (%s)", model, result["moves"]["champion"][0], result["to_version"],
-                      self.reason)
+            result = rollback_champion(mlf, ledger, model, str(self.reason), move_key=task_key(context),
+                                       person=acting_person(context))
+        self.log.info("%s: champion v%s → v%s (%s), for %s", model, result["moves"]["champion"][0],
+                      result["to_version"], self.reason, result["person"])
         return result

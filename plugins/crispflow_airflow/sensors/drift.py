@@ -27,7 +27,8 @@ class DriftSensor(BaseSensorOperator):
     re-reads the store on every poll, so a triggerer restart resumes the wait.
 
     :param pipeline: pipeline spec name; the model is crispflow-<pipeline> (templated)
-    :param policy: `DriftPolicy` overrides, e.g. {"k": 3, "n": 4} (templated)
+    :param policy: a run's overrides of the spec's `drift_watch:` policy, tighten-only (`crispflow.policies.
+        DRIFT_WATCH`), e.g. {"k": 1, "cooldown_hours": 12}; a loosening value fails with InvalidRequest (templated)
     :param root_url: predictions root holding the drift store; default: the settings' predictions URL (templated)
     :param conn_id: connection for the root; default: the lake's connection
     :param deferrable: wait in the triggerer (default) instead of a worker slot
@@ -49,11 +50,17 @@ class DriftSensor(BaseSensorOperator):
         self.deferrable = deferrable
 
     def _request(self) -> tuple[str, dict[str, Any]]:
-        """The model and the checked policy; a malformed request fails with InvalidRequest."""
-        from crispflow.monitoring.episodes import watch_request
+        """The model and the policy: the pipeline spec's `drift_watch:` tightened by the run's overrides; a
+        malformed or loosening request fails with InvalidRequest, a missing or invalid spec with
+        GateConfigurationError."""
+        from crispflow.monitoring.episodes import spec_policy, watch_request
+        from crispflow.names import NAME_PATTERN
+        from crispflow.spec import load_spec
 
         with as_airflow_errors():
-            return watch_request(self.pipeline, self.policy)
+            if not isinstance(self.pipeline, str) or not NAME_PATTERN.match(self.pipeline):
+                return watch_request(self.pipeline, self.policy)  # names the bad pipeline
+            return watch_request(self.pipeline, self.policy, spec_policy(load_spec(self.pipeline)))
 
     def _trigger(self, model: str, policy: Mapping[str, Any], **kwargs: Any) -> DriftTrigger:
         return DriftTrigger(model=model, root_url=self.root_url, conn_id=self.conn_id, policy=policy, **kwargs)

@@ -20,7 +20,7 @@ class DriftTrigger(BaseTrigger):
     :param root_url: URL of the predictions root holding `<model>/drift/`; None: the settings' predictions URL
     :param conn_id: Airflow connection for the root (an aws connection for s3://); None: the lake's connection,
         "": none
-    :param policy: `DriftPolicy` overrides
+    :param policy: the resolved `DriftPolicy` (the spec's `drift_watch:` tightened by the run; as a dict)
     :param poll_interval: seconds between checks
     :param deadline: ISO timestamp (UTC) after which a timeout event is sent
     """

@@ -48,7 +48,11 @@ def test_templated_fields_render() -> None:
     [
         ({"settings": ["alpha"]}, "invalid request: settings: must be an object, got list"),
         ({"settings": {"alpha": 5}}, "invalid request: drift settings: alpha"),
-        ({"settings": {"bogus": 1}}, "invalid request: settings: "),
+        ({"settings": {"bogus": 1}}, "invalid request: settings: unknown field(s) ['bogus']"),
+        ({"settings": {"alpha": 0.001}}, "settings.alpha: 0.001 would loosen the spec's 0.01; a run may only raise it"),
+        ({"settings": {"min_drift_share": 0.5}}, "settings.min_drift_share: 0.5 would loosen the spec's 0.1"),
+        ({"settings": {"min_rows": 5}}, "settings.min_rows: 5 differs from the spec's 30; it is not overridable"),
+        ({"settings": {"min_psi": "low"}}, "invalid request: settings.min_psi: 'low' must be a finite number"),
         ({"window_minutes": 0}, "invalid request: window_minutes: must be an integer in [1, 10080] or null, got 0"),
         ({"window_minutes": "soon"}, "window_minutes: must be an integer in [1, 10080] or null, got 'soon'"),
     ],
@@ -86,6 +90,11 @@ def world(mlflow_server, tmp_path: Path, monkeypatch):
     mlf = client(mlflow_server.url)
     pipeline = f"t_op_{uuid.uuid4().hex[:6]}"
     model = f"crispflow-{pipeline}"
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "pipelines" / f"{pipeline}.yaml").write_text(  # the demo spec under the test's name
+        (project_root() / "include" / "pipelines" / "lending_club.yaml").read_text().replace(
+            "name: lending_club\n", f"name: {pipeline}\n", 1))
+    monkeypatch.setenv("CRISPFLOW_PIPELINES_DIR", str(tmp_path / "pipelines"))
     mlf.create_registered_model(model)
     exp = mlf.create_experiment(f"exp-{model}")
     versions = []

@@ -17,7 +17,7 @@ from crispflow.release.promotion import Ledger
 pytest_plugins = ["support.mlflow_server"]
 PIPELINE = "t_promo_ops"
 MODEL = f"crispflow-{PIPELINE}"
-SUMMARY = {"seq", "action", "from_version", "to_version", "moves", "reason", "replayed"}
+SUMMARY = {"seq", "action", "from_version", "to_version", "moves", "reason", "person", "state", "replayed"}
 
 
 @pytest.fixture(scope="module")
@@ -32,15 +32,17 @@ def versions(mlflow_server) -> list[str]:
 
 @pytest.fixture
 def env(mlflow_server, versions, tmp_path, monkeypatch):
-    """The task's settings (MLflow server, a fresh ledger); in the registry only v1 is live (the champion)."""
+    """The task's settings (MLflow server, a fresh ledger); only v1 is live (the champion, crowned via the ledger)."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
     monkeypatch.setenv("CRISPFLOW_LEDGER_URL", f"sqlite:///{tmp_path / 'ledger.db'}")
     mlf = registry.client(mlflow_server.url)
     for alias in promotion.SERVING_ALIASES:
         if registry.alias_version(mlf, MODEL, alias):
             mlf.delete_registered_model_alias(MODEL, alias)
-    registry.set_alias(mlf, MODEL, "champion", versions[0])
-    return mlf, Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    promotion.apply(mlf, ledger, MODEL, promotion.cold_start({}, versions[0], "first"), move_key="cold", actor="t",
+                    person="airflow:scheduled")
+    return mlf, ledger
 
 
 def deploy_op(**kwargs):
@@ -56,6 +58,13 @@ def rollback_op(**kwargs):
 
     return RollbackOperator(task_id="rollback", **{"pipeline": "{{ params.pipeline }}", "reason": "{{ params.reason }}",
                                                    **kwargs})
+
+
+def acting(dr) -> str:
+    """Who a `dag.test()` run acts for (no triggering user: `airflow:<run type>`)."""
+    from crispflow_airflow.context import acting_person
+
+    return acting_person({"dag_run": dr})
 
 
 PARAMS = {"pipeline": PIPELINE, "version": "", "share": 0.2, "strategy": "canary", "reason": ""}
@@ -86,6 +95,7 @@ def test_deploy_pushes_the_ledger_summary(run_alone, env, versions) -> None:
     assert promotion.registry_state(mlf, MODEL)["canary"] == versions[1]
     assert mlf.get_registered_model(MODEL).tags[promotion.CANARY_SHARE_TAG] == "0.3"
     assert ledger.find(f"{ti.dag_id}/{ti.run_id}/deploy")["seq"] == out["seq"]  # the move key: the task
+    assert out["person"] == acting(dr) and out["state"] == promotion.CONFIRMED  # who the run acted for
 
 
 @pytest.mark.parametrize(("strategy", "which", "message"), [
@@ -103,14 +113,14 @@ def test_nothing_to_deploy_is_a_skip_with_the_reason(run_alone, env, versions, s
     op = deploy_op()
     op.render_template_fields({"params": conf})
     with pytest.raises(AirflowSkipException, match=re.escape(message.format(v=versions[which]))):
-        op.execute({"ti": ti})
-    assert ledger.entries(MODEL) == [] and promotion.registry_state(mlf, MODEL)["canary"] is None
+        op.execute({"ti": ti, "dag_run": dr})
+    assert len(ledger.entries(MODEL)) == 1 and promotion.registry_state(mlf, MODEL)["canary"] is None
 
 
 def test_rollback_pushes_the_ledger_summary(run_alone, env, versions) -> None:
     mlf, ledger = env
     promotion.deploy_version(mlf, ledger, MODEL, versions[1], strategy="blue_green", share=1.0, reason="switch",
-                             move_key="t/switch")
+                             move_key="t/switch", person="ana")
     dr, ti = run_alone(rollback_op, PARAMS, {"pipeline": PIPELINE, "reason": "complaints about the new scores"})
     assert dr.state == "success"
     out = ti.xcom_pull(task_ids="rollback")
@@ -119,6 +129,7 @@ def test_rollback_pushes_the_ledger_summary(run_alone, env, versions) -> None:
     key = f"{ti.dag_id}/{ti.run_id}/rollback"
     assert mlf.get_model_version(MODEL, versions[1]).tags[promotion.ROLLED_BACK_TAG] == key
     assert ledger.find(key)["reason"] == "complaints about the new scores"
+    assert ledger.find(key)["person"] == out["person"] == acting(dr)
 
 
 def test_a_refused_rollback_fails_without_retry(run_alone, env) -> None:
@@ -131,6 +142,30 @@ def test_a_refused_rollback_fails_without_retry(run_alone, env) -> None:
     op = rollback_op()
     op.render_template_fields({"params": conf})
     with pytest.raises(exceptions.PromotionAborted, match="no previous champion to roll back to") as err:
-        op.execute({"ti": ti})
+        op.execute({"ti": ti, "dag_run": dr})
     assert isinstance(err.value, exceptions.AirflowFailException)
-    assert ledger.entries(MODEL) == []
+    assert len(ledger.entries(MODEL)) == 1
+
+
+def test_the_rollback_dag_refuses_unknown_conf_keys_and_moves_nothing(airflow_db, env, versions, tmp_path) -> None:
+    """`rollback` with a key it does not take (a typo) fails before anything moves, without retry."""
+    from pathlib import Path
+
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+
+    mlf, ledger = env
+    promotion.deploy_version(mlf, ledger, MODEL, versions[1], strategy="blue_green", share=1.0, reason="switch",
+                             move_key="t/switch", person="ana")
+    DagBundlesManager().sync_bundles_to_db()
+    bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[3] / "dags" / "rollback.py"))
+    assert not bag.import_errors
+    sync_bag_to_db(bag, "dags-folder", None)
+    dr = bag.dags["rollback"].test(run_conf={"pipeline": PIPELINE, "reason": "complaints about the scores",
+                                             "no_such_key": 1})
+    ti = dr.get_task_instances()[0]
+    assert dr.state == "failed" and ti.state == "failed" and ti.try_number == 1
+    assert promotion.registry_state(mlf, MODEL)["champion"] == versions[1]
+    assert [e["action"] for e in ledger.entries(MODEL)] == ["cold_start", "blue_green"]
+    ok = bag.dags["rollback"].test(run_conf={"pipeline": PIPELINE, "reason": "complaints about the scores"})
+    assert ok.state == "success" and promotion.registry_state(mlf, MODEL)["champion"] == versions[0]

@@ -1,7 +1,8 @@
-"""DriftSensor: templated fields render, malformed requests fail as InvalidRequest, one episode fires one asset event
+"""DriftSensor: templated fields render, malformed requests fail as InvalidRequest, the policy is the spec's
+`drift_watch:` tightened by the run (a loosening fails as InvalidRequest), one episode fires one asset event
 (a second run, or a second sensor, emits nothing; a retry of the recording run emits its own record), no episode
-before the deadline skips the task (deferred to the trigger in between). Real store folder, real dag.test()
-(`run_alone` in tests/airflow/conftest.py)."""
+before the deadline skips the task (deferred to the trigger in between). Real store folder and pipeline specs, real
+dag.test() (`run_alone` in tests/airflow/conftest.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
 from crispflow.monitoring import store
+from crispflow.settings import project_root
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 EPISODE = "champion-20260301T010000Z"
@@ -35,11 +38,22 @@ def sensor(**kwargs):
                                            **kwargs})
 
 
+def write_spec(folder: Path, name: str, **sections: dict) -> None:
+    """A pipeline spec `name` (the demo's lending_club spec under another name) with extra sections."""
+    data = yaml.safe_load((project_root() / "include" / "pipelines" / "lending_club.yaml").read_text())
+    folder.mkdir(exist_ok=True)
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump({**data, "name": name, **sections}))
+
+
 @pytest.fixture
 def pipeline(tmp_path: Path, monkeypatch) -> str:
     monkeypatch.setenv("CRISPFLOW_PREDICTIONS_URL", tmp_path.as_uri())
+    monkeypatch.setenv("CRISPFLOW_PIPELINES_DIR", str(tmp_path / "pipelines"))
     monkeypatch.delenv("CRISPFLOW_LAKE_CONN_ID", raising=False)
-    return f"t_sensor_{uuid.uuid4().hex[:6]}"
+    name = f"t_sensor_{uuid.uuid4().hex[:6]}"
+    write_spec(tmp_path / "pipelines", name)
+    write_spec(tmp_path / "pipelines", "demo", drift_watch={"k": 3, "n": 4, "cooldown_hours": 12})
+    return name
 
 
 def watch(run_alone, pipeline: str, **kwargs):
@@ -66,16 +80,37 @@ def test_templated_fields_render() -> None:
     assert op.deferrable and op.timeout == timedelta(minutes=55).total_seconds()
 
 
-@pytest.mark.parametrize(("pipeline", "policy", "message"), [
+@pytest.mark.parametrize(("name", "policy", "message"), [
     ("../x", None, "invalid request: pipeline: '../x' is not a valid pipeline name"),
     ("demo", "{k", "invalid request: policy: '{k' is not a JSON object"),
-    ("demo", {"k": 4, "n": 3}, "invalid request: policy.k: 4 must be <= policy.n (3)"),
+    ("demo", {"k": 4}, "invalid request: policy.k: 4 would loosen the spec's 3; a run may only lower it"),
+    ("demo", {"cooldown_hours": 1}, "policy.cooldown_hours: 1 would loosen the spec's 12.0; a run may only raise it"),
+    ("demo", {"budget": 50}, "invalid request: policy.budget: 50 would loosen the spec's 3; a run may only lower it"),
+    ("demo", {"lookback": 10}, "policy.lookback: 10 differs from the spec's 168; it is not overridable by a run"),
+    ("demo", {"k": 1, "n": 3}, "policy.n: 3 would loosen the spec's 4; a run may only raise it"),
+    ("demo", {"alert_channels": []}, "invalid request: policy: unknown field(s) ['alert_channels']"),
 ])
-def test_malformed_requests_fail_as_invalid_request(pipeline, policy, message) -> None:
+def test_malformed_or_loosening_requests_fail_as_invalid_request(pipeline, name, policy, message) -> None:
     import crispflow_airflow.exceptions as exceptions
 
-    with pytest.raises(exceptions.InvalidRequest, match=re.escape(message)):
-        sensor(pipeline=pipeline, policy=policy).execute({})
+    with pytest.raises(exceptions.InvalidRequest, match=re.escape(message)) as err:
+        sensor(pipeline=name, policy=policy).execute({})
+    assert isinstance(err.value, exceptions.AirflowFailException)  # never retried
+
+
+def test_the_policy_is_the_specs_tightened_by_the_run(pipeline) -> None:
+    from crispflow.monitoring.episodes import DriftPolicy
+
+    assert sensor(pipeline="demo", policy=None)._request()[1] == DriftPolicy(k=3, n=4, cooldown_hours=12).to_dict()
+    _, policy = sensor(pipeline="demo", policy='{"k": 2, "cooldown_hours": 24, "budget": 1}')._request()
+    assert policy == DriftPolicy(k=2, n=4, cooldown_hours=24, budget=1).to_dict()
+
+
+def test_a_pipeline_without_a_spec_is_a_configuration_error(pipeline) -> None:
+    import crispflow_airflow.exceptions as exceptions
+
+    with pytest.raises(exceptions.GateConfigurationError, match="no such pipeline spec"):
+        sensor(pipeline="t_nospec", policy=None).execute({})
 
 
 def test_one_episode_fires_one_event_and_an_idle_store_skips(run_alone, pipeline, tmp_path: Path) -> None:
