@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,9 @@ import mlflow
 import pandas as pd
 import pytest
 import yaml
-from support.stack import Stack, clean_env, free_ports
+from support.stack import Stack, started_stack, wait_for
 
 from crispflow.stack.airflow_api import AirflowAPI, AirflowAPIError
-from crispflow.stack.ports import Ports
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,38 +47,14 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                         "format": "parquet"}]
     (base / "pipelines").mkdir()
     (base / "pipelines" / "lending_club.yaml").write_text(yaml.safe_dump(spec))
-    airflow_port, mlflow_port, serve_port = free_ports(3)
-    env = clean_env() | {
-        "CRISPFLOW_HOME": str(base / "home"),
-        "CRISPFLOW_PROJECT_ROOT": str(ROOT),
-        "CRISPFLOW_PIPELINES_DIR": str(base / "pipelines"),
-        "CRISPFLOW_AIRFLOW_PORT": str(airflow_port),
-        "CRISPFLOW_MLFLOW_PORT": str(mlflow_port),
-        "CRISPFLOW_SERVE_PORT": str(serve_port),
-    }
-    stack = Stack(base / "home", env, Ports(airflow=airflow_port, mlflow=mlflow_port, serve=serve_port))
-    result = stack.run("up", timeout=600)
-    try:
-        assert result.returncode == 0, f"crispflow up failed:\n{result.stdout}\n{result.stderr}"
+    with started_stack(base, pipelines=base / "pipelines", timeout=600) as stack:
         yield stack
-    finally:
-        stack.run("down", timeout=120)
 
 
 def as_user(stack: Stack, user: str) -> AirflowAPI:
     password = {"admin": stack.secrets.admin_password, "reviewer": stack.secrets.reviewer_password,
                 "viewer": stack.secrets.viewer_password}[user]
     return AirflowAPI(f"http://127.0.0.1:{stack.ports.airflow}", user, password, timeout=60)
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float, poll: float = 2.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        if found := check():
-            return found
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout:.0f} s")
-        time.sleep(poll)
 
 
 def states(api: AirflowAPI, run_id: str) -> dict[str, dict[str, Any]]:

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support.stack import Stack, clean_env, free_ports
+from support.stack import Stack, started_stack
 
 from crispflow.model import registry
 from crispflow.stack.airflow_api import AirflowAPI, AirflowAPIError
-from crispflow.stack.ports import Ports
 
 pytestmark = pytest.mark.slow
 
@@ -51,26 +50,12 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     pipelines.mkdir()
     spec = yaml.safe_load((ROOT / "include" / "pipelines" / "lending_club.yaml").read_text())
     (pipelines / f"{PIPELINE}.yaml").write_text(yaml.safe_dump({**spec, "name": PIPELINE, "canary": SPEC_CANARY}))
-    airflow_port, mlflow_port, serve_port = free_ports(3)
-    env = clean_env() | {
-        "CRISPFLOW_HOME": str(base / "home"),
-        "CRISPFLOW_PROJECT_ROOT": str(project),
-        "CRISPFLOW_PIPELINES_DIR": str(pipelines),
-        "CRISPFLOW_AIRFLOW_PORT": str(airflow_port),
-        "CRISPFLOW_MLFLOW_PORT": str(mlflow_port),
-        "CRISPFLOW_SERVE_PORT": str(serve_port),
-    }
-    live = Stack(base / "home", env, Ports(airflow=airflow_port, mlflow=mlflow_port, serve=serve_port))
-    result = live.run("up", timeout=400)
-    try:
-        assert result.returncode == 0, f"crispflow up failed:\n{result.stdout}\n{result.stderr}"
+    with started_stack(base, project_root=project, pipelines=pipelines) as live:
         api = live.api()
         for dag_id in DAGS:
             api.wait_for_dag(dag_id, timeout=180)
-        registry.client(f"http://127.0.0.1:{mlflow_port}").create_registered_model(registry.model_name(PIPELINE))
+        registry.client(f"http://127.0.0.1:{live.ports.mlflow}").create_registered_model(registry.model_name(PIPELINE))
         yield live
-    finally:
-        live.run("down", timeout=120)
 
 
 def task_log(api: AirflowAPI, dag_id: str, run_id: str, task: dict) -> str:

@@ -10,6 +10,9 @@ import os
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,3 +80,38 @@ class Stack:
 
     def pid_records(self) -> list[PidRecord]:
         return read_pid_records(StackPaths(self.home))
+
+
+@contextmanager
+def started_stack(base: Path, *, project_root: Path = ROOT, pipelines: Path | None = None,
+                  timeout: float = 400) -> Iterator[Stack]:
+    """`crispflow up` of a local stack in `<base>/home` on free ports (the project's DAGs, or `project_root`'s;
+    the shipped specs, or `pipelines`), yielded healthy and stopped with `down` afterwards."""
+    airflow_port, mlflow_port, serve_port = free_ports(3)
+    env = clean_env() | {
+        "CRISPFLOW_HOME": str(base / "home"),
+        "CRISPFLOW_PROJECT_ROOT": str(project_root),
+        "CRISPFLOW_AIRFLOW_PORT": str(airflow_port),
+        "CRISPFLOW_MLFLOW_PORT": str(mlflow_port),
+        "CRISPFLOW_SERVE_PORT": str(serve_port),
+    } | ({"CRISPFLOW_PIPELINES_DIR": str(pipelines)} if pipelines else {})
+    live = Stack(base / "home", env, Ports(airflow=airflow_port, mlflow=mlflow_port, serve=serve_port))
+    result = live.run("up", timeout=timeout)
+    try:
+        assert result.returncode == 0, f"crispflow up failed:\n{result.stdout}\n{result.stderr}"
+        yield live
+    finally:
+        live.run("down", timeout=120)
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, poll: float = 0.5) -> Any:
+    """Poll `check()` until it returns something truthy; fail naming `what` after `timeout` seconds."""
+    import pytest
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if found := check():
+            return found
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout:.0f} s")
+        time.sleep(poll)
