@@ -87,6 +87,11 @@ def test_a_deferred_drift_sensor_survives_a_scheduler_crash(live: Stack) -> None
     # Runs first in this module: no pipeline has a champion yet, so a scheduled hourly run (which watches the
     # pipelines with one for up to 55 minutes, max_active_runs=1) ends at once instead of holding ours queued.
     wait_for("the watch_drift sensor deferring", lambda: (watch() or {}).get("state") == "deferred", 400, poll=3)
+    # Only the deferred wait is under test: the run's other worker task (the ledger check beside the sensor) must
+    # have finished, or the crash kills it mid-run and only Airflow's heartbeat timeout (300 s) would free it
+    wait_for("the ledger check beside the sensor done", lambda: {
+        t["state"] for t in api.task_instances("watch_drift", run_id) if t["task_id"] == "aliases_agree"} == {
+        "success"}, 300, poll=2)
     before = {r.name: r.pid for r in live.pid_records()}
     scheduler = before["airflow-scheduler"]
     os.killpg(scheduler, signal.SIGKILL)  # a crash: its executor's workers die with it

@@ -3,14 +3,15 @@
 `monitor(...)` is the whole monitoring step of one window: the registry's aliases, the logged predictions, each
 version's reference profile, `crispflow.monitoring.windows.judge_window` (report JSON + HTML and the summary next
 to the prediction log), and the report as artifacts `drift/<window_key>-<alias>.json|.html` of the version's
-MLflow run. `drift_settings` and `window_length` check a run's request (ParamsError names the field).
+MLflow run. `window_length` checks a run's request (ParamsError names the field); the drift settings come from the
+spec (`DriftSettings.of_spec`, tighten-only overrides).
 Cheap to import: the numerical modules are imported when a window is judged.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -30,21 +31,6 @@ log = logging.getLogger(__name__)
 
 class ReferenceProfilesMissing(GateMisconfigured):
     """A served version has no reference profile: a misconfiguration, raised after the other aliases are stored."""
-
-
-def drift_settings(overrides: Any) -> DriftSettings:
-    """`DriftSettings` with a request's overrides (an object, or None for the defaults)."""
-    from crispflow.monitoring import DriftInputError, DriftSettings
-
-    overrides = overrides or {}
-    if not isinstance(overrides, Mapping):
-        raise ParamsError(f"settings: must be an object, got {type(overrides).__name__}")
-    try:
-        return DriftSettings(**dict(overrides))
-    except TypeError as exc:
-        raise ParamsError(f"settings: {exc}") from None
-    except DriftInputError as exc:
-        raise ParamsError(str(exc)) from None
 
 
 def window_length(window_minutes: Any) -> timedelta | None:
