@@ -10,16 +10,14 @@ import json
 import os
 import sqlite3
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 from support.servers import free_port, stop_process
-from support.stack import clean_env
+from support.stack import clean_env, wait_for
 
 from crispflow.model import registry
 from crispflow.pools import POOLS
@@ -128,17 +126,6 @@ def airflow(mlflow_server, tmp_path_factory) -> Iterator[Airflow]:
                 print(log_file.read_text()[-5000:])
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
-    """Poll `check()` until it returns a truthy value; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if found := check():
-            return found
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout:.0f} s")
-        time.sleep(3)
-
-
 def test_three_pipelines_published_at_once_get_three_trainings(airflow: Airflow, mlflow_server) -> None:
     api = airflow.api
     ingests = {name: api.trigger(INGEST, conf={"pipeline": name, **HISTORY}) for name in PIPELINES}  # at once
@@ -153,7 +140,7 @@ def test_three_pipelines_published_at_once_get_three_trainings(airflow: Airflow,
     assert all(keys[key] == extra["pipeline"] for key, extra in events)
 
     # The scheduler creates one training run per key (none coalesced), each consuming only its own event.
-    runs = wait_for("three training runs", lambda: len(api.dag_runs(TRAIN)) >= 3 and api.dag_runs(TRAIN), 300)
+    runs = wait_for("three training runs", lambda: len(api.dag_runs(TRAIN)) >= 3 and api.dag_runs(TRAIN), 300, poll=3)
     assert len(runs) == 3 and sorted(r["partition_key"] for r in runs) == sorted(keys)
     for run in runs:
         assert airflow.consumed(run["dag_run_id"]) == [run["partition_key"]]
