@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test up prod-local down status lint lock bench bench-scale clean help
+.PHONY: demo test up prod-local down status lint lock bench bench-scale clean help chromium
 
 help:
 	@echo "make demo    set up and run the demo on the local stack (Airflow + MLflow)"
@@ -42,7 +42,13 @@ down:
 status: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/crispflow status
 
-test: $(STAMP)
+# The browser tests drive Debian's chromium through Playwright (never a browser download).
+chromium:
+	@command -v chromium >/dev/null || apt-get install -y -qq chromium >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
+	  { echo "make test needs Debian's chromium (apt-get install chromium)"; exit 1; }
+
+test: $(STAMP) chromium
 	$(BIN)/ruff check .
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
 
@@ -59,6 +65,7 @@ bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.serving_vs_mlflow
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.serving_many_models
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.drift_vs_evidently
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.bench_ui_pages
 
 # Scale-out: batch scoring of 10M rows on prod-local with 1, then 2 Celery workers (one task slot each).
 bench-scale: $(STAMP)

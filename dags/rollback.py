@@ -3,6 +3,10 @@
 `champion` is re-pointed to `previous`; the move is recorded in the promotion ledger with the reason and who
 triggered it, and the rolled-back version is tagged. Serialised with every other promotion (pool of one slot plus
 a check-and-set on the ledger).
+
+`expected_champion` is the champion the person saw (the Promotions page's *Roll back* button sends it): if another
+version is champion by the time the run starts, nothing moves and the run fails naming both (a stale page cannot
+roll back something else). Empty: not checked (a REST call that means "whatever is champion now").
 """
 
 from __future__ import annotations
@@ -24,12 +28,15 @@ from crispflow_airflow.operators.promotion import RollbackOperator
     params={
         "pipeline": pipeline_param("Pipeline whose champion to roll back"),
         "reason": Param(type="string", minLength=10, maxLength=500, description="Why (recorded in the ledger)"),
+        "expected_champion": Param(None, type=["null", "string"], pattern=r"^[0-9]{1,10}$",
+                                   description="The champion version you saw; refused if it is another now"),
     },
     default_args=default_args(execution_timeout=timedelta(minutes=5)),
     doc_md=__doc__,
 )
 def rollback() -> None:
-    RollbackOperator(task_id="rollback", pipeline="{{ params.pipeline }}", reason="{{ params.reason }}", retries=1)
+    RollbackOperator(task_id="rollback", pipeline="{{ params.pipeline }}", reason="{{ params.reason }}",
+                     expected_champion="{{ params.expected_champion or '' }}", retries=1)
 
 
 rollback()

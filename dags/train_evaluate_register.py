@@ -51,14 +51,13 @@ def train_evaluate_register() -> None:
     @task
     def resolve(**context) -> dict:
         """Validate the request (conf, or the triggering asset events of this run's partition key, newest first);
-        skip datasets too small to train."""
-        from airflow.sdk.exceptions import AirflowSkipException
-
+        skip datasets too small to train (the reason becomes the run's note: `crispflow_airflow.run_notes`)."""
         from crispflow.run_requests import check_partition, choose_training_request, published_rows, reject_unknown
         from crispflow.spec import load_spec
         from crispflow_airflow.context import triggering_events
         from crispflow_airflow.exceptions import as_airflow_errors
         from crispflow_airflow.hooks.lake import LakeHook
+        from crispflow_airflow.run_notes import skip
 
         with as_airflow_errors():
             reject_unknown(context["dag_run"].conf, set(PARAMS))
@@ -69,7 +68,7 @@ def train_evaluate_register() -> None:
                                              lambda pipeline, version: published_rows(load_spec(pipeline), lake,
                                                                                       version))
             if isinstance(chosen, str):
-                raise AirflowSkipException(chosen)
+                skip(context, chosen)
             check_partition(context["dag_run"].partition_key, [chosen], "dataset_version_id")  # a keyed REST run
         return chosen
 
@@ -103,21 +102,28 @@ def train_evaluate_register() -> None:
 
     @task(multiple_outputs=True)
     def register(request: dict, parent_run_id: str, results: list, **context) -> dict:
-        """Fit the best configuration with calibration and threshold; register it as `challenger`."""
+        """Fit the best configuration with calibration and threshold; register it as `challenger` (the `mlflow`
+        reference is for the task's MLflow links)."""
         from crispflow.model.modelling import register_challenger
         from crispflow_airflow.exceptions import as_airflow_errors
         from crispflow_airflow.jobs import training_job
+        from crispflow_airflow.links import mlflow_ref
 
         with as_airflow_errors():
-            return register_challenger(training_job(request, context), parent_run_id, list(results))
+            job = training_job(request, context)
+            registered = register_challenger(job, parent_run_id, list(results))
+            return {**registered, "mlflow": mlflow_ref(job.mlf, job.model_name, registered["version"])}
 
     @task
     def evaluate(request: dict, version: str, **context) -> dict:
-        """Holdout metrics with bootstrap CIs, slices, latency, size and plots, logged to MLflow."""
+        """Holdout metrics with bootstrap CIs, slices, latency, size and plots, logged to MLflow (the `mlflow`
+        reference is for the task's MLflow links)."""
         from crispflow.model.modelling import evaluate_version
         from crispflow_airflow.jobs import training_job
+        from crispflow_airflow.links import mlflow_ref
 
-        return evaluate_version(training_job(request, context), version)
+        job = training_job(request, context)
+        return {**evaluate_version(job, version), "mlflow": mlflow_ref(job.mlf, job.model_name, version)}
 
     @task.short_circuit(ignore_downstream_trigger_rules=False)  # skip the approval only, not `deploy`
     def needs_approval(request: dict, verdict: dict) -> bool:

@@ -28,10 +28,10 @@ from support.permissions import loose_entries
 from support.stack import Stack, clean_env, free_ports
 
 from crispflow.settings import Settings
-from crispflow.stack.credentials import MLFLOW_AIRFLOW_USER, MLFLOW_SERVING_USER, MLFLOW_VIEWER_USER
+from crispflow.stack.credentials import MLFLOW_AIRFLOW_USER, MLFLOW_SERVING_USER, MLFLOW_UI_USER, MLFLOW_VIEWER_USER
 from crispflow.stack.ports import Ports, port_in_use
 from crispflow.stack.processes import group_members, is_alive
-from crispflow.stack.prod_local import LAKE_BUCKET, Namespace, client_env, prod_local_settings
+from crispflow.stack.prod_local import LAKE_BUCKET, Namespace, client_env, ledger_read_url, prod_local_settings
 
 # the whole demo (two trainings and a canary phase) on 2 shared cores takes longer than the default 900 s
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
@@ -137,6 +137,7 @@ def test_every_process_of_the_topology_is_healthy(live: ProdStack) -> None:
     assert status["serve_url"] == f"http://127.0.0.1:{live.ports.serve}"
     assert status["paths"]["lake"] == f"s3://{LAKE_BUCKET}/lake"
     assert "basic auth" in status["mlflow_auth"]
+    assert status["ui_pages"]["models"] == f"http://127.0.0.1:{live.ports.airflow}/crispflow/models"
     assert live.secrets.mlflow_admin_password not in json.dumps(status), "status must not print MLflow's password"
     assert requests.get(f"{status['serve_url']}/health", timeout=5).status_code == 200
     assert requests.get(f"{status['serve_url']}/models", timeout=5).status_code == 401  # the model server's tokens
@@ -156,7 +157,10 @@ def _environ(pid: int) -> dict[str, str]:
 
 def test_each_process_holds_only_its_own_credentials(live: ProdStack) -> None:
     """Read from the running processes: workers have no metadata DB, Fernet key or JWT secret and run as MLflow's
-    crispflow-airflow; the model server as crispflow-serving; only the MLflow server knows the admin password."""
+    crispflow-airflow; the model server as crispflow-serving; no process holds the ledger's read-only role but the
+    api-server; only the MLflow server knows the admin password. (The api-server's own environment cannot be read
+    here: Airflow retitles it with setproctitle, which blanks /proc/<pid>/environ. What it reads with is checked by
+    what its users may do: test_the_model_servers_mlflow_user..., test_the_api_servers_ledger_role...)"""
     creds = live.secrets
     envs = {record.name: _environ(record.pid) for record in live.pid_records()}
     control = ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET")
@@ -168,20 +172,58 @@ def test_each_process_holds_only_its_own_credentials(live: ProdStack) -> None:
     assert envs["model-server"]["MLFLOW_TRACKING_USERNAME"] == MLFLOW_SERVING_USER
     holders = {name for name, env in envs.items() if creds.mlflow_admin_password in " ".join(env.values())}
     assert holders == {"mlflow"}, f"MLflow's admin password reaches {sorted(holders - {'mlflow'})}"
+    readers = {name for name, env in envs.items() if creds.ledger_reader_password in " ".join(env.values())}
+    readers |= {name for name, env in envs.items() if "CRISPFLOW_LEDGER_READ_URL" in env}
+    assert readers <= {"airflow-api-server"}, f"the ledger's read-only role reaches {sorted(readers)}"
+    # `up` made that role (the `ledger-reader` step): it logs in to the ledger database, read-only by default
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(ledger_read_url(live.home, creds))
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(sqlalchemy.text("SELECT current_user, current_database(), "
+                                               "current_setting('default_transaction_read_only')")).one()
+    finally:
+        engine.dispose()
+    ns = Namespace.of(live.home)
+    assert tuple(row) == (ns.ledger_reader, ns.ledger_db, "on")
 
 
 def test_the_model_servers_mlflow_user_cannot_move_an_alias(live: ProdStack, demo: dict[str, Any]) -> None:
     creds, url = live.secrets, f"http://127.0.0.1:{live.ports.mlflow}/api/2.0/mlflow/registered-models/alias"
     version = demo["model"].split()[1].removeprefix("v")
     body = {"name": "crispflow-lending_club", "alias": "least-privilege-probe", "version": version}
+    read = f"http://127.0.0.1:{live.ports.mlflow}/api/2.0/mlflow/registered-models/get"
     for user, password in ((MLFLOW_SERVING_USER, creds.mlflow_serving_password),
+                           (MLFLOW_UI_USER, creds.mlflow_ui_password),  # the api-server's (the UI plugin's)
                            (MLFLOW_VIEWER_USER, creds.mlflow_viewer_password)):
+        got = requests.get(read, params={"name": body["name"]}, auth=(user, password), timeout=10)
+        assert got.status_code == 200, user
         assert requests.post(url, json=body, auth=(user, password), timeout=10).status_code == 403, user
     # the workers' user may (it promoted the champion during the demo); the probe alias is removed again
     airflow = (MLFLOW_AIRFLOW_USER, creds.mlflow_airflow_password)
     assert requests.post(url, json=body, auth=airflow, timeout=10).status_code == 200
     unset = {"name": body["name"], "alias": body["alias"]}
     assert requests.delete(url, json=unset, auth=airflow, timeout=10).status_code == 200
+
+
+def test_the_api_servers_ledger_role_reads_the_demos_entries_and_cannot_write(
+        live: ProdStack, demo: dict[str, Any]) -> None:
+    import sqlalchemy
+    from sqlalchemy.exc import DBAPIError
+
+    from crispflow.release.promotion import Ledger
+
+    url = ledger_read_url(live.home, live.secrets)  # the api-server's, for the role the `ledger-reader` step made
+    actions = [entry["action"] for entry in Ledger(url).entries("crispflow-lending_club")]
+    assert actions == [line.split()[1] for line in demo["drift loop"]["promotion ledger"]]
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as conn, pytest.raises(DBAPIError, match="permission denied"):
+            conn.execute(sqlalchemy.text("SET TRANSACTION READ WRITE"))
+            conn.execute(sqlalchemy.text("UPDATE promotion_ledger SET reason = 'forged'"))
+    finally:
+        engine.dispose()
 
 
 def test_the_home_is_private(live: ProdStack, demo: dict[str, Any]) -> None:

@@ -65,6 +65,15 @@ def run(dag_id: str, conf: dict):
     return dr, tis
 
 
+def run_note(dag_run) -> str | None:
+    """The run's note as stored (set by the plugin's listener when the run finished)."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return session.get(DagRun, dag_run.id).note
+
+
 def publish(conf: dict) -> str:
     _, tis = run("ingest_validate", conf)
     return tis[("publish", -1)].xcom_pull(task_ids="publish")["dataset_version_id"]
@@ -191,6 +200,12 @@ def test_a_single_month_is_not_trained_on_and_an_unknown_version_is_refused(env)
     dr = dag("train_evaluate_register").test(run_conf={"pipeline": "lending_club", "dataset_version_id": january})
     states = {ti.task_id: ti.state for ti in dr.get_task_instances()}
     assert dr.state == "success" and states["resolve"] == "skipped" and states["register"] == "skipped"
+    # the grid's skipped column explains itself: the reason is the run's note
+    reason = next(ti for ti in dr.get_task_instances() if ti.task_id == "resolve").xcom_pull(
+        task_ids="resolve", key="skip_reason")
+    assert reason.startswith(f"no dataset large enough to train on ({january}: ")
+    assert "training.min_rows=" in reason
+    assert run_note(dr) == f"Skipped, not failed: {reason}"
     forged = dag("train_evaluate_register").test(
         run_conf={"pipeline": "lending_club", "dataset_version_id": "ds-0123456789abcdef"})
     assert forged.state == "failed"

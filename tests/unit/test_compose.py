@@ -31,8 +31,16 @@ from crispflow.settings import Settings
 from crispflow.stack.credentials import MLFLOW_AIRFLOW_USER, MLFLOW_SERVING_USER, Secrets
 from crispflow.stack.local import SIMPLE_AUTH_MANAGER, airflow_env
 from crispflow.stack.ports import Ports
-from crispflow.stack.prod_setup import AUTH_CONFIG, MLFLOW_PASSWORD_ENV
-from crispflow.stack.topology import AIRFLOW_SECRETS, LAKE_CONNECTION_HOLDERS, WORKER, WORKER_PREFIX
+from crispflow.stack.prod_setup import AUTH_CONFIG, LEDGER_READER_GRANTS, MLFLOW_PASSWORD_ENV, MLFLOW_USERS
+from crispflow.stack.topology import (
+    AIRFLOW_SECRETS,
+    API_SERVER,
+    LAKE_CONNECTION_HOLDERS,
+    LAKE_READERS,
+    MLFLOW_USER_OF,
+    WORKER,
+    WORKER_PREFIX,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yaml"
@@ -152,7 +160,9 @@ DELIBERATELY_DIFFERENT = {
     "CRISPFLOW_LAKE_URL": "the lake bucket on MinIO instead of a local folder",
     "CRISPFLOW_PREDICTIONS_URL": "the predictions bucket on MinIO instead of a folder of the local lake",
     "CRISPFLOW_LEDGER_URL": "the ledger database on the postgres service instead of a SQLite file",
+    "CRISPFLOW_LEDGER_READ_URL": "the ledger's SELECT-only role on the postgres service instead of the SQLite file",
     "MLFLOW_TRACKING_URI": "the mlflow service",
+    "CRISPFLOW_MLFLOW_UI_URL": "the URL users open, from .env",
 }
 # ... and the local variables that have no meaning in a container.
 LOCAL_ONLY = {
@@ -488,7 +498,8 @@ def _secrets_for(name: str) -> set[str]:
         return set(INIT_SECRETS)
     component = AIRFLOW_COMPONENT[name]
     held = {key for key, holders in AIRFLOW_SECRETS.items() if component in holders}
-    held -= {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}  # compose: in the mlflow_default connection
+    if component == WORKER:  # compose: the workers' MLflow user is in the mlflow_default connection
+        held -= {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
     return held | ({LAKE_CONNECTION} if component in LAKE_CONNECTION_HOLDERS else set())
 
 
@@ -561,6 +572,72 @@ def test_each_service_has_its_own_mlflow_user_and_only_mlflow_init_the_admin() -
     holders = {p.name for p in profile.processes if creds.mlflow_admin_password in " ".join(p.env.values())}
     holders |= {s.name for s in profile.setup if creds.mlflow_admin_password in " ".join(s.env.values())}
     assert holders == {"mlflow", "mlflow-users"}
+
+
+def test_the_api_server_reads_mlflow_the_ledger_and_the_lake_as_read_only_users() -> None:
+    """The crispflow UI plugin runs in the api-server: it reads MLflow, the ledger and the lake, as users that may
+    not write (its actions are DAG runs, carried out by the workers)."""
+    api, example = environment(services()["airflow-api-server"]), env_example()
+    # MLflow: the topology's user for the api-server, which prod_setup grants nothing beyond READ
+    ui_user = MLFLOW_USER_OF[API_SERVER]
+    assert ui_user not in (MLFLOW_AIRFLOW_USER, MLFLOW_SERVING_USER) and MLFLOW_USERS[ui_user] == ()
+    assert api["MLFLOW_TRACKING_USERNAME"] == ui_user
+    assert api["MLFLOW_TRACKING_PASSWORD"] == environment(services()["mlflow-init"])[MLFLOW_PASSWORD_ENV[ui_user]]
+    # the ledger: the same database as the workers', as the role postgres-init creates with the grants setup runs
+    resolved_api = environment(resolved()["services"]["airflow-api-server"])
+    reader = urlsplit(resolved_api["CRISPFLOW_LEDGER_READ_URL"])
+    writer = urlsplit(environment(resolved()["services"]["airflow-worker"])["CRISPFLOW_LEDGER_URL"])
+    assert (reader.hostname, reader.port, reader.path) == (writer.hostname, writer.port, writer.path)
+    assert reader.username == "ledger_reader" != writer.username
+    assert reader.password == example["LEDGER_READER_DB_PASSWORD"]
+    script = compose()["configs"]["postgres-init"]["content"]
+    assert "CREATE ROLE ledger_reader LOGIN PASSWORD :'ledger_reader_password';" in script
+    assert 'ledger_reader_password="$$LEDGER_READER_DB_PASSWORD"' in script
+    assert "LEDGER_READER_DB_PASSWORD" in environment(services()["postgres"])
+    database, owner = writer.path.lstrip("/"), writer.username
+    for statement in LEDGER_READER_GRANTS:
+        sql = statement.format(db=database, reader=reader.username, owner=owner) + ";"
+        assert sql in script, f"postgres-init does not run: {sql}"
+    assert script.index(f"\\connect {database}") < script.index("ALTER DEFAULT PRIVILEGES")
+    # the lake: the api-server's connection is the MinIO user whose only policy lists and reads both buckets
+    for name, component in AIRFLOW_COMPONENT.items():
+        if component in LAKE_READERS:
+            conn = json.loads(environment(resolved()["services"][name])[LAKE_CONNECTION])
+            assert (conn["login"], conn["password"]) == (example["LAKE_READER_S3_USER"],
+                                                         example["LAKE_READER_S3_PASSWORD"]), name
+    assert example["LAKE_READER_S3_USER"] != example["LAKE_S3_USER"]
+    init = command_text(resolved()["services"]["minio-init"])
+    (policy,) = [line for line in init.splitlines() if "/tmp/lake-read.json" in line and "printf" in line]
+    actions = set(re.findall(r"s3:\w+", policy))
+    assert actions == {"s3:GetBucketLocation", "s3:ListBucket", "s3:GetObject"}, actions
+    # four resources (bucket, objects) filled in with the lake's and the prediction log's bucket, no other
+    assert policy.count('"arn:aws:s3:::%s') == 4 and policy.count("arn:aws:s3:::") == 4
+    filled = '"$LAKE_BUCKET" "$LAKE_BUCKET" "$PREDICTIONS_BUCKET" "$PREDICTIONS_BUCKET" > /tmp/lake-read.json'
+    assert policy.endswith("' " + filled)
+    assert 'policy attach local lake-read --user "$LAKE_READER_S3_USER"' in init
+    assert not [line for line in init.splitlines() if "LAKE_READER_S3_USER" in line and "-rw" in line]
+
+
+def test_prod_local_gives_the_api_server_its_read_only_users() -> None:
+    creds, profile = prod_local_creds(), prod_local_profile()
+    processes = {p.name: p for p in profile.processes}
+    for process in profile.processes:
+        if process.name.startswith("airflow-"):
+            component = WORKER if process.name.startswith(WORKER_PREFIX) else process.name.removeprefix("airflow-")
+            assert process.env.get("MLFLOW_TRACKING_USERNAME") == MLFLOW_USER_OF.get(component), process.name
+            assert process.env["CRISPFLOW_MLFLOW_UI_URL"] == profile.mlflow_url, process.name
+    api = processes["airflow-api-server"]
+    assert api.env["MLFLOW_TRACKING_PASSWORD"] == creds.mlflow_ui_password
+    reader = urlsplit(api.env["CRISPFLOW_LEDGER_READ_URL"])
+    writer = urlsplit(processes["airflow-worker-1"].env["CRISPFLOW_LEDGER_URL"])
+    assert (reader.hostname, reader.port, reader.path) == (writer.hostname, writer.port, writer.path)
+    assert reader.username != writer.username and reader.username.endswith("_ledger_reader")
+    step = profile.step("ledger-reader")
+    assert "ledger-reader" in api.needs and step.argv[-2:] == (writer.path.lstrip("/"), reader.username)
+    holders = {p.name for p in profile.processes if creds.ledger_reader_password in " ".join(p.env.values())}
+    holders |= {s.name for s in profile.setup if creds.ledger_reader_password in " ".join(s.env.values())}
+    assert holders == {"airflow-api-server", "ledger-reader"}
+    assert not any(creds.ledger_reader_password in arg for s in profile.setup for arg in s.argv)
 
 
 def test_every_airflow_setting_exists_in_the_installed_airflow() -> None:
@@ -818,8 +895,6 @@ PROD_LOCAL_ONLY = {
     "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "explicit (6 h); compose keeps Airflow's 24 h",
     "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "off: port 8974 would collide between stacks on one machine",
     "AIRFLOW_CONN_CRISPFLOW_S3": "the lake connection is named crispflow_lake in compose (MinIO, its own user)",
-    "MLFLOW_TRACKING_USERNAME": "compose: the mlflow_default connection carries the credentials (MlflowHook)",
-    "MLFLOW_TRACKING_PASSWORD": "compose: the mlflow_default connection carries the credentials (MlflowHook)",
     "CRISPFLOW_S3_PORT": "the moto server's port",
     "AIRFLOW__CORE__HOSTNAME_CALLABLE": "prod-local's workers share one host: each names itself worker<n>",
     "CRISPFLOW_WORKER_NAME": "prod-local's workers share one host: each names itself worker<n>",

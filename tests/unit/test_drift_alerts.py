@@ -9,6 +9,7 @@ import pytest
 
 from crispflow.errors import ParamsError
 from crispflow.monitoring.alerts import (
+    AlertAlreadyAcknowledged,
     AlertNotFound,
     acknowledge,
     alert_path,
@@ -39,8 +40,13 @@ def test_alert_claims_are_exclusive_and_channels_are_validated(tmp_path: Path) -
     assert first is not None and first["acknowledged"] is False
     assert claim(tmp_path, MODEL, d, {"run_id": "r2"}) is None  # another notifier: suppressed
     assert claim(tmp_path, MODEL, d, {"run_id": "r1"}) == first  # a retry of the first: resumes
-    assert acknowledge(tmp_path, MODEL, d["dedup_key"], "ana")["acknowledged_by"] == "ana"
-    assert acknowledge(tmp_path, MODEL, d["dedup_key"], "bob")["acknowledged_by"] == "ana"  # idempotent
+    assert acknowledge(tmp_path, MODEL, d["dedup_key"], "ana", ref="t1")["acknowledged_by"] == "ana"
+    assert acknowledge(tmp_path, MODEL, d["dedup_key"], "ana", ref="t1")["acknowledged_by"] == "ana"  # a retry
+    with pytest.raises(AlertAlreadyAcknowledged, match="already acknowledged by ana at "):  # exclusive
+        acknowledge(tmp_path, MODEL, d["dedup_key"], "bob", ref="t2")
+    assert read_alert(tmp_path, MODEL, d["dedup_key"])["acknowledged_by"] == "ana"
+    with pytest.raises(AlertNotFound, match="not the key"):  # never a path outside the model's alerts
+        acknowledge(tmp_path, MODEL, f"{MODEL}./../x", "ana")
     with pytest.raises(AlertNotFound, match="dedup_key"):
         acknowledge(tmp_path, MODEL, "nope", "ana")
     assert check_channels('[{"kind": "email", "to": ["x@example.org"]}]')[0]["conn_id"] == "smtp_default"

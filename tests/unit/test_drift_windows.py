@@ -116,6 +116,9 @@ def test_drifted_and_stable_windows_are_told_apart_and_stored(tmp_path: Path, sp
     assert calm["status"] == "no_drift" and not calm["drift"] and calm["rows"] == 400
     assert drift["status"] == "drift" and drift["drift"]
     assert "int_rate" in drift["drifted_features"] and drift["statistics"]["int_rate"]["psi"] > 0.1
+    # every feature's statistics, drifted or not (the UI's heatmap), next to the drifted-only `statistics`
+    assert sorted(drift["feature_statistics"]) == sorted(spec.feature_columns)
+    assert {n for n, s in drift["feature_statistics"].items() if s["drifted"]} == set(drift["drifted_features"])
     assert drift["prediction_drift"]
     assert read_windows(tmp_path, MODEL) == summaries  # what the sensor reads, oldest first
 

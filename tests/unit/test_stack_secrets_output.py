@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,22 @@ def test_status_hides_the_password_and_tokens_in_ci_and_says_where_they_are(
     assert data["login"]["password"] == creds.admin_password
     assert {t["name"]: t["token"] for t in data["serve_tokens"]} == {"demo-client": creds.serve_client_token,
                                                                       "admin": creds.serve_admin_token}
+
+
+def test_status_and_the_demo_print_the_ui_pages(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    """The crispflow UI plugin's pages under the Airflow URL: in `crispflow status` (text and JSON) and in what
+    `crispflow demo` prints after its summary (`format_access`, also when the demo fails)."""
+    status = stack.collect_status(settings)
+    pages = {name: f"{status.airflow_url}/crispflow/{name}" for name in ("models", "promotions", "drift")}
+    main(["status"])
+    text = capsys.readouterr().out
+    for name, url in pages.items():
+        assert re.search(rf"^  (pages:)? +{name} +{re.escape(url)}$", text, flags=re.MULTILINE), name
+    assert text.index("Airflow UI:") < text.index(pages["models"]) < text.index("MLflow UI:")
+    main(["status", "--json"])
+    assert json.loads(capsys.readouterr().out)["ui_pages"] == pages
+    access = stack.format_access(status)
+    assert all(url in access for url in pages.values())
 
 
 def test_up_writes_the_token_hashes_the_server_reads(settings: Settings) -> None:

@@ -572,10 +572,12 @@ def test_prod_local_profile_is_the_production_topology(settings: Settings) -> No
         "buckets",
         "mlflow-auth-config",
         "mlflow-users",
+        "ledger-reader",
         "db-migrate",
         "pool-crispflow_promotions",
     ]
     assert profile.step("reset-state").argv[-3:] == ns.databases
+    assert profile.step("ledger-reader").argv[-2:] == (ns.ledger_db, ns.ledger_reader)
     scheduler = by_name["airflow-scheduler"].env
     assert scheduler["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert scheduler["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].endswith(f"@127.0.0.1:5432/{ns.airflow_db}")
@@ -608,7 +610,8 @@ def test_prod_local_names_derive_from_the_home(tmp_path: Path) -> None:
     one, two = Namespace.of(tmp_path / "a"), Namespace.of(tmp_path / "b")
     assert one == Namespace.of(tmp_path / "a") and one != two
     assert not set(one.databases) & set(two.databases) and one.redis_prefix != two.redis_prefix
-    assert all(name.islower() and name.replace("_", "").isalnum() for name in one.databases)
+    assert one.ledger_reader != two.ledger_reader  # roles are per server: one per home too
+    assert all(name.islower() and name.replace("_", "").isalnum() for name in (*one.databases, one.ledger_reader))
 
 
 def test_prod_local_rejects_a_bad_server_url(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -638,6 +641,7 @@ def test_secrets_written_before_mlflow_auth_get_its_password_added(settings: Set
     creds = load_or_create_secrets(settings.home)
     assert (creds.admin_password, creds.fernet_key) == ("a", "f"), "existing secrets are kept"
     assert len(creds.mlflow_admin_password) >= 12 and creds.mlflow_flask_secret
+    assert len(creds.mlflow_ui_password) >= 12 and len(creds.ledger_reader_password) >= 12
     assert load_or_create_secrets(settings.home) == creds
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 

@@ -216,6 +216,9 @@ def evaluate_version(job: TrainingJob, version: str) -> dict[str, Any]:
     for name, m in report["metrics"].items():
         job.mlf.log_metric(run_id, f"holdout_{name}", m["value"])
         job.mlf.set_model_version_tag(job.model_name, version, f"crispflow.holdout_{name}", repr(m["value"]))
+        if m.get("ci_low") is not None and m.get("ci_high") is not None:  # the Models page lists CIs from tags
+            job.mlf.set_model_version_tag(job.model_name, version, f"crispflow.holdout_{name}_ci",
+                                          json.dumps([m["ci_low"], m["ci_high"]]))
     return json_safe({"version": version, "metrics": {k: v["value"] for k, v in report["metrics"].items()},
                       "latency_p95_ms": report["latency"]["latency_p95_ms"], "size_bytes": report["size_bytes"]})
 

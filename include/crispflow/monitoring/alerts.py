@@ -5,7 +5,7 @@ The incident is a recorded drift episode (the DriftSensor's record, `crispflow.m
 key>.json` exclusively (with `acknowledged: false`); only the claimant sends, and it records each channel once it
 was delivered, so a retry re-sends only the channels that failed and any other sender of the same incident is
 suppressed (delivery is at least once per channel: a crash between sending and recording may repeat that one
-channel). `acknowledge(...)` marks the incident as handled.
+channel). `acknowledge(...)` marks the incident as handled; `list_alerts` reads every alert of a model.
 
 Channels (a list of dicts, checked by `check_channels`):
 
@@ -117,6 +117,26 @@ def read_alert(root: PathLike, model: str, key: str) -> dict[str, Any] | None:
     return json.loads(path.read_bytes()) if path.exists() else None
 
 
+def list_alerts(root: PathLike, model: str) -> list[dict[str, Any]]:
+    """Every alert state stored for `model` (as `claim` wrote it, with its acknowledgement), oldest raised first.
+    An acknowledgement that was claimed (its `<key>.acknowledged` marker exists) but not yet recorded in the state
+    (the acknowledging task stopped in between) is shown as what it is: acknowledged, by the marker's person."""
+    folder = drift_dir(root, model) / "alerts"
+    if not folder.exists():
+        return []
+    files = {p.name: p for p in folder.iterdir() if not p.name.startswith(".")}
+    states = []
+    for name in sorted(n for n in files if n.endswith(".json")):
+        state = json.loads(files[name].read_bytes())
+        marker = files.get(name.removesuffix(".json") + ".acknowledged")
+        if not state.get("acknowledged") and marker is not None:
+            first = json.loads(marker.read_bytes())
+            state.update(acknowledged=True, acknowledged_by=first.get("by"), acknowledged_at=first.get("at"),
+                         acknowledged_note=first.get("note"))
+        states.append(state)
+    return sorted(states, key=lambda s: (str(s.get("raised_at") or ""), str(s.get("dedup_key") or "")))
+
+
 def claim(root: PathLike, model: str, d: Mapping[str, Any], by: Mapping[str, Any]) -> dict[str, Any] | None:
     """The alert state if `by` owns the incident (it created the alert now, or earlier in a previous try), else
     None: someone else raised it, so this notification is suppressed."""
@@ -134,15 +154,38 @@ def mark_sent(root: PathLike, model: str, state: dict[str, Any], channel: str) -
     write_atomic(alert_path(root, model, state["dedup_key"]), canonical_json(state))
 
 
-def acknowledge(root: PathLike, model: str, key: str, by: str) -> dict[str, Any]:
-    """Mark an alert acknowledged (idempotent: the first acknowledgement is kept). Returns the alert state."""
+class AlertAlreadyAcknowledged(CrispflowError):
+    """Acknowledgement is exclusive: the alert was acknowledged before, by the person the message names."""
+
+
+def acknowledge(root: PathLike, model: str, key: str, by: str, *, note: str | None = None,
+                ref: str | None = None) -> dict[str, Any]:
+    """Mark an alert acknowledged by the person `by`, exclusively: the first acknowledgement wins (claimed by
+    creating `<key>.acknowledged` beside the alert exclusively) and records the person, the time and `note`; any
+    other raises AlertAlreadyAcknowledged naming who acknowledged it first and when. The same acknowledgement
+    again — the same `ref` (e.g. the Airflow task, so a retry passes) and the same person — returns the state.
+    Returns the alert state."""
+    if not isinstance(key, str) or not key.startswith(f"{model}.") or "/" in key or "\\" in key:
+        raise AlertNotFound(f"dedup_key: {key!r} is not the key of a drift alert of model {model!r}")
     state = read_alert(root, model, key)
     if state is None:
         raise AlertNotFound(f"dedup_key: no drift alert {key!r} for model {model!r}")
     if not isinstance(by, str) or not by.strip():
         raise ParamsError("by: who acknowledges must be a non-empty name")
-    if not state.get("acknowledged"):
-        state.update(acknowledged=True, acknowledged_by=by.strip(), acknowledged_at=datetime.now(UTC).isoformat())
+    mine = {"by": by.strip(), "at": datetime.now(UTC).isoformat(), "note": (note or "").strip() or None, "ref": ref}
+    marker = drift_dir(root, model) / "alerts" / f"{key}.acknowledged"
+    if state.get("acknowledged") and not marker.exists():  # acknowledged before acknowledgements were claimed
+        first = {"by": state.get("acknowledged_by"), "at": state.get("acknowledged_at"), "ref": None}
+    elif create_exclusive(marker, canonical_json(mine)):
+        first = mine
+    else:
+        first = json.loads(marker.read_bytes())
+    if (first.get("by"), first.get("ref")) != (mine["by"], ref):
+        raise AlertAlreadyAcknowledged(f"alert {key} was already acknowledged by {first.get('by')} at "
+                                       f"{first.get('at')}: acknowledgement is exclusive, nothing recorded")
+    if not state.get("acknowledged"):  # the claim is ours (this call or an earlier try): record it in the state
+        state.update(acknowledged=True, acknowledged_by=first["by"], acknowledged_at=first["at"],
+                     acknowledged_note=first.get("note"))
         write_atomic(alert_path(root, model, key), canonical_json(state))
     return state
 

@@ -85,7 +85,8 @@ def monitor(mlf: MlflowClient, root: PathLike, model: str, *, start: datetime, e
         mlf.log_text(run_id, judged.html, f"{stem}.html")
         log.info("%s %s v%s: %s on %d rows (drift share %.3f) %s", model, alias, version, summary["status"],
                  summary["rows"], summary["drift_share"], "; ".join(report.get("reasons") or []))
-        out["summaries"].append({**summary, "mlflow_artifact": f"runs:/{run_id}/{stem}.json"})
+        small = {k: v for k, v in summary.items() if k != "feature_statistics"}  # XCom stays small: drifted only
+        out["summaries"].append({**small, "mlflow_artifact": f"runs:/{run_id}/{stem}.json"})
     out["store"] = display_path(root)
     if missing:
         raise ReferenceProfilesMissing("drift cannot be judged without a reference profile (other aliases were "

@@ -5,6 +5,7 @@ Layout under `<predictions root>/<model>/drift/` (window ends formatted `%Y%m%dT
 
     reports/<alias>/<window_end>/report.json, report.html   the full report (per-feature statistics and plots)
     windows/<window_end>-<alias>.json                        the summary of that window (see `summarise`)
+    alerts/<dedup key>.json                                  the alert of an episode (`crispflow.monitoring.alerts`)
     episodes/<episode_id>.json                               a drift episode that fired a retrain (written once)
 
 Every file is written atomically (write-then-rename locally, one PUT on S3); episode records are created
@@ -15,6 +16,7 @@ Airflow's ObjectStoragePath (`crispflow.predictions.store.root_of(url)` for a UR
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -32,9 +34,19 @@ def window_key(end: datetime) -> str:
     return end.astimezone(UTC).strftime(WINDOW_FORMAT)
 
 
+STATISTICS = ("test", "statistic", "p_adjusted", "psi")
+
+
 def summarise(report: Mapping[str, Any], *, model: str, alias: str, version: str, start: datetime, end: datetime,
               rows: int, labelled_rows: int, report_path: str) -> dict[str, Any]:
-    """The few fields the sensor and the dashboards need from a drift report (`compute_drift`'s output)."""
+    """The few fields the sensor, the gauges and the UI need from a drift report (`compute_drift`'s output).
+
+    `statistics` holds the drifted features only (what episodes and alerts quote, full precision);
+    `feature_statistics` holds every feature of the window (test, statistic, p_adjusted, psi, drifted; numbers to
+    6 significant digits: the report keeps the exact ones), so a features x windows view needs no full report.
+    Summaries written before `feature_statistics` existed lack it (and `min_drift_share`): readers treat the
+    statistics of the features they do not name as missing.
+    """
     features = report.get("features", {})
     drifted = list(report.get("drifted_features", []))
     return json_safe({
@@ -43,11 +55,22 @@ def summarise(report: Mapping[str, Any], *, model: str, alias: str, version: str
         "rows": rows, "labelled_rows": labelled_rows,
         "status": report.get("status"), "drift": bool(report.get("drift")),
         "drift_share": float(report.get("drift_share") or 0.0), "drifted_features": drifted,
-        "statistics": {name: {k: features[name].get(k) for k in ("test", "statistic", "p_adjusted", "psi")}
+        "min_drift_share": (report.get("settings") or {}).get("min_drift_share"),
+        "statistics": {name: {k: features[name].get(k) for k in STATISTICS}
                        for name in drifted if name in features},
+        "feature_statistics": {name: {**{k: _short(stats.get(k)) for k in STATISTICS},
+                                      "drifted": bool(stats.get("drifted"))}
+                               for name, stats in features.items() if isinstance(stats, Mapping)},
         "prediction_drift": any(bool((report.get(k) or {}).get("drifted")) for k in ("prediction", "predicted_class")),
         "report": report_path,
     })
+
+
+def _short(value: Any) -> Any:
+    """A float to 6 significant digits (a summary for display); anything else as it is."""
+    if isinstance(value, float) and math.isfinite(value):
+        return float(f"{value:.6g}")
+    return value
 
 
 def write_window(root: PathLike, summary: Mapping[str, Any], report: Mapping[str, Any], html: str) -> dict[str, str]:
@@ -76,6 +99,22 @@ def read_windows(root: PathLike, model: str, *, alias: str | None = "champion",
     if last is not None:
         names = names[-last:] if last > 0 else []
     return [json.loads((folder / n).read_bytes()) for n in names]
+
+
+def read_windows_by_alias(root: PathLike, model: str, *, last: int | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Window summaries of `model` per alias (aliases sorted by name), oldest first; the newest `last` of each if
+    given. One listing of the store, whatever the number of aliases."""
+    folder = drift_dir(root, model) / "windows"
+    if not folder.exists():
+        return {}
+    names: dict[str, list[str]] = {}
+    for name in sorted(p.name for p in folder.iterdir() if p.name.endswith(".json") and not p.name.startswith(".")):
+        _, sep, alias = name.removesuffix(".json").partition("-")
+        if sep and alias:
+            names.setdefault(alias, []).append(name)
+    if last is not None:
+        names = {a: (n[-last:] if last > 0 else []) for a, n in names.items()}
+    return {alias: [json.loads((folder / n).read_bytes()) for n in names[alias]] for alias in sorted(names)}
 
 
 def episode_path(root: PathLike, model: str, episode_id: str) -> PathLike:

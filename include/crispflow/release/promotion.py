@@ -145,16 +145,21 @@ ADDED_COLUMNS = {"state": "VARCHAR(20)", "person": "VARCHAR(500)"}
 class Ledger:
     """The append-only promotion ledger on a SQLAlchemy URL (`Settings.ledger_url`)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, read_only: bool = False) -> None:
+        """`read_only`: a reader (the UI plugin's SELECT-only role) that never creates or migrates the table and
+        reads a ledger whose table does not exist yet as empty."""
         from sqlalchemy import MetaData, create_engine
         from sqlalchemy.exc import OperationalError, ProgrammingError
 
         self.url = url
-        if url.startswith("sqlite:///"):
+        self.read_only = read_only
+        if url.startswith("sqlite:///") and not read_only:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.engine: Engine = create_engine(url, pool_pre_ping=True)
         self.metadata = MetaData()
         self.table = _table(self.metadata)
+        if read_only:
+            return
         try:
             self.metadata.create_all(self.engine)
         except (OperationalError, ProgrammingError):  # created concurrently by another process
@@ -183,9 +188,16 @@ class Ledger:
 
         if conn is None:
             with self.engine.connect() as own:
+                if self.read_only and not self._exists(own):
+                    return []
                 return self.entries(model, own)
         rows = conn.execute(select(self.table).where(self.table.c.model == model).order_by(self.table.c.seq))
         return [_decode(row._mapping) for row in rows]
+
+    def _exists(self, conn: Any) -> bool:
+        from sqlalchemy import inspect
+
+        return inspect(conn).has_table(self.table.name)
 
     def find(self, move_key: str) -> dict[str, Any] | None:
         from sqlalchemy import select
@@ -569,14 +581,93 @@ def promote_first_blessed(mlf: MlflowClient, ledger: Ledger, model: str, version
 
 
 def rollback_champion(mlf: MlflowClient, ledger: Ledger, model: str, reason: str, *,
-                      move_key: str, person: str) -> dict[str, Any]:
+                      move_key: str, person: str, expected_champion: str | None = None) -> dict[str, Any]:
     """`champion` back to `previous` (see `rollback`), once per `move_key`; the rolled-back version is tagged
-    `crispflow.rolled_back` with the move key. Returns the ledger entry's summary."""
+    `crispflow.rolled_back` with the move key. Returns the ledger entry's summary.
+
+    `expected_champion`: the champion the person saw when deciding (a page's button sends it); if the champion is
+    another version now, PromotionConflict naming both, nothing moved (None: not checked)."""
     transition = None
     if ledger.find(move_key) is None:
-        transition = rollback(current_state(mlf, ledger, model), reason)
+        state = current_state(mlf, ledger, model)
+        _check_shown(model, state, {CHAMPION: expected_champion}, "rolled back")
+        transition = rollback(state, reason)
     entry = apply(mlf, ledger, model, transition, move_key=move_key, actor=move_key, person=person)
     rolled_back = entry["moves"][CHAMPION][0]
     if rolled_back:
         mlf.set_model_version_tag(model, str(rolled_back), ROLLED_BACK_TAG, move_key)
     return entry_summary(entry)
+
+
+def _check_shown(model: str, state: Mapping[str, str | None], shown: Mapping[str, str | None], what: str) -> None:
+    """PromotionConflict naming what was shown and what is now, for each alias in `shown` whose expected version
+    (not None) differs from the aliases' current state: the person decided on a stale view."""
+    stale = {alias: (str(want), state.get(alias)) for alias, want in shown.items()
+             if want is not None and str(want) != state.get(alias)}
+    if stale:
+        described = ", ".join(f"{alias} is {_v(now)}, not v{want} as shown" for alias, (want, now) in stale.items())
+        raise PromotionConflict(f"{model}: {described} (moved since the decision was made): nothing {what}")
+
+
+def latest_canary_analysis(root: Any, ledger: Ledger, model: str, canary: str) -> dict[str, Any] | None:
+    """The newest stored canary-analysis report of `canary` for its current deployment (reports are stored per
+    analysing run by `crispflow.release.canary_analysis.store_report`); None when it was not judged since.
+
+    The deployment is the last confirmed `deploy_canary` entry of `canary` in the ledger (the rule of
+    `canary_analysis.deployed_at`); reports of an earlier deployment of the same version do not count. Newest:
+    the latest analysis interval end. Reads one small JSON file per analysing run of this canary version."""
+    from crispflow.predictions.store import canary_report_path, display_path
+
+    folder = canary_report_path(root, model, canary, "-").parent
+    if not folder.exists():
+        return None
+    deploys = [e["at"] for e in ledger.entries(model)
+               if e["action"] == "deploy_canary" and e["to_version"] == canary and e["state"] == CONFIRMED]
+    since = datetime.fromisoformat(deploys[-1]) if deploys else None
+    found: list[tuple[datetime, dict[str, Any]]] = []
+    for path in folder.iterdir():
+        if not path.name.endswith(".json") or path.name.startswith("."):
+            continue
+        report = json.loads(path.read_bytes())
+        interval = report.get("interval") or {}
+        try:
+            end = datetime.fromisoformat(interval["end"])
+            deployed = datetime.fromisoformat(interval["deployed_at"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if since is None or deployed >= since:
+            found.append((end, {**report, "path": display_path(path)}))
+    return max(found, key=lambda item: item[0])[1] if found else None
+
+
+def promote_canary_now(mlf: MlflowClient, ledger: Ledger, model: str, *, expected_canary: str,
+                       expected_champion: str, reason: str, move_key: str, person: str,
+                       reports_root: Any) -> dict[str, Any]:
+    """A person's decision to promote the live canary before the canary analysis has (canary → champion, the old
+    champion kept as `previous`: the `promote_canary` transition), once per `move_key`.
+
+    Refused with PromotionConflict (naming what was shown and what is now) when the canary or the champion is not
+    the version the person saw, and with PromotionRefused when the canary's latest stored canary analysis (under
+    `reports_root`, the prediction store; see `latest_canary_analysis`) decided to roll it back. The evidence
+    records that the promotion was manual, by whom, the versions shown and the latest analysis (or none).
+    Returns the ledger entry's summary."""
+    from crispflow.release.canary import ROLLBACK
+
+    transition = None
+    if ledger.find(move_key) is None:
+        state = current_state(mlf, ledger, model)
+        _check_shown(model, state, {CANARY: str(expected_canary), CHAMPION: str(expected_champion)}, "promoted")
+        canary = str(expected_canary)
+        latest = latest_canary_analysis(reports_root, ledger, model, canary)
+        if latest is not None and latest.get("decision") == ROLLBACK:
+            raise PromotionRefused(
+                f"{model}: the latest canary analysis of v{canary} decided to roll it back "
+                f"({'; '.join(latest.get('reasons') or []) or 'no reason recorded'}; report {latest['path']}): "
+                "not promoted; roll it back, or deploy a new version")
+        evidence = {"manual": True, "decided_by": person,
+                    "shown": {CHAMPION: str(expected_champion), CANARY: canary},
+                    "latest_analysis": None if latest is None else {
+                        "decision": latest.get("decision"), "reasons": latest.get("reasons"),
+                        "report": latest["path"], "interval": latest.get("interval")}}
+        transition = promote_canary(state, canary, reason, evidence)
+    return entry_summary(apply(mlf, ledger, model, transition, move_key=move_key, actor=move_key, person=person))

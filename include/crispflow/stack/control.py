@@ -51,6 +51,9 @@ LOCAL_TOKENS = {
     "admin": ("serve_admin_token", ("admin", "metrics")),
 }
 SHOW_SECRETS_HINT = "crispflow status --show-secrets"
+# The crispflow UI plugin's pages, under the Airflow api-server (plugins/crispflow_plugin.py mounts its app at
+# /crispflow; the Airflow UI's navigation shows them too): name → path.
+UI_PAGES = {"models": "/crispflow/models", "promotions": "/crispflow/promotions", "drift": "/crispflow/drift"}
 
 
 def secrets_visible(show: bool | None = None) -> bool:
@@ -118,6 +121,11 @@ class StackStatus:
         return all(p.alive and p.healthy for p in self.processes)
 
     @property
+    def ui_pages(self) -> dict[str, str]:
+        """The crispflow UI plugin's pages (UI_PAGES) on this stack's Airflow: name → URL."""
+        return {name: self.airflow_url.rstrip("/") + path for name, path in UI_PAGES.items()}
+
+    @property
     def running(self) -> bool:
         return any(p.alive for p in self.processes)
 
@@ -129,6 +137,7 @@ class StackStatus:
             "healthy": self.healthy,
             "processes": [asdict(p) for p in self.processes],
             "airflow_url": self.airflow_url,
+            "ui_pages": self.ui_pages,
             "mlflow_url": self.mlflow_url,
             "serve_url": self.serve_url,
             "mlflow_auth": self.mlflow_auth,
@@ -214,6 +223,7 @@ def format_access(status: StackStatus, show_secrets: bool | None = None) -> str:
         if status.password else "(created by `crispflow up`)"
     people = [f"  {'other':<10} {user} ({role}) / {(pw if show else hidden) if pw else '(created by `crispflow up`)'}"
               for user, role, pw in status.people]
+    pages = [f"  {'' if i else 'pages:':<10} {name:<11} {url}" for i, (name, url) in enumerate(status.ui_pages.items())]
     mlflow_auth = "no authentication" if status.mlflow_auth.startswith("none") else status.mlflow_auth
     serve = [f"Model server  {status.serve_url}  (every pipeline's model: {status.serve_url}/models)"] \
         if status.serve_url else []
@@ -226,6 +236,7 @@ def format_access(status: StackStatus, show_secrets: bool | None = None) -> str:
             f"Airflow UI:  {status.airflow_url}",
             f"  login:     {login}",
             *people,
+            *pages,
             f"MLflow UI:   {status.mlflow_url}  ({mlflow_auth})",
             *serve,
             f"Home:        {status.home}",

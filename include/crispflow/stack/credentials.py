@@ -19,12 +19,15 @@ ADMIN_USER = "admin"
 REVIEWER_USER, AIRFLOW_VIEWER_USER = "reviewer", "viewer"
 AIRFLOW_USERS = {ADMIN_USER: "admin", REVIEWER_USER: "user", AIRFLOW_VIEWER_USER: "viewer"}  # user: role
 MLFLOW_ADMIN_USER = "admin"  # MLflow basic auth (prod-local profile)
-# per-service MLflow users (prod_setup.MLFLOW_USERS says what each may do)
+# per-service MLflow users (prod_setup.MLFLOW_USERS says what each may do); crispflow-ui: the Airflow api-server,
+# where the crispflow UI plugin reads models, verdicts and cards
 MLFLOW_AIRFLOW_USER, MLFLOW_SERVING_USER, MLFLOW_VIEWER_USER = "crispflow-airflow", "crispflow-serving", "viewer"
+MLFLOW_UI_USER = "crispflow-ui"
 # Added after the first release: a secrets.json without them gets them generated and written on the next `up`.
 LATER_FIELDS = ("mlflow_admin_password", "mlflow_flask_secret", "serve_client_token", "serve_admin_token")
 LATER_FIELDS += ("mlflow_airflow_password", "mlflow_serving_password", "mlflow_viewer_password")
 LATER_FIELDS += ("reviewer_password", "viewer_password")
+LATER_FIELDS += ("mlflow_ui_password", "ledger_reader_password")
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,8 @@ class Secrets:
     serve_admin_token: str = ""  # model server token `admin` (admin, metrics): /models, /metrics
     reviewer_password: str = ""  # Airflow user `reviewer` (role user): answers approvals
     viewer_password: str = ""  # Airflow user `viewer` (role viewer): read-only
+    mlflow_ui_password: str = ""  # MLflow user crispflow-ui: the Airflow api-server's UI plugin (read-only)
+    ledger_reader_password: str = ""  # the ledger's SELECT-only PostgreSQL role (prod-local): the api-server
 
     @classmethod
     def generate(cls) -> Secrets:
@@ -61,6 +66,8 @@ class Secrets:
             serve_admin_token=_serve_token(),
             reviewer_password=secrets.token_urlsafe(16),
             viewer_password=secrets.token_urlsafe(16),
+            mlflow_ui_password=secrets.token_hex(16),
+            ledger_reader_password=secrets.token_hex(16),  # hex: safe in a database URL
         )
 
     @classmethod

@@ -70,7 +70,12 @@ def airflow_env(settings: Settings, ports: Ports, creds: Secrets) -> dict[str, s
         "CRISPFLOW_SERVE_PORT": str(ports.serve),
         "CRISPFLOW_PREDICTIONS_URL": settings.predictions_url,
         "CRISPFLOW_LEDGER_URL": settings.ledger_url,
+        # the ledger as the api-server's UI plugin reads it: here the same SQLite file (prod-local and compose: a
+        # SELECT-only PostgreSQL role)
+        "CRISPFLOW_LEDGER_READ_URL": settings.ledger_url,
         "MLFLOW_TRACKING_URI": f"http://{HOST}:{ports.mlflow}",
+        # the MLflow UI as users open it: the links the UI plugin and the operators' extra links point to
+        "CRISPFLOW_MLFLOW_UI_URL": f"http://{HOST}:{ports.mlflow}",
         "GX_ANALYTICS_ENABLED": "false",  # no usage statistics from quality-gate tasks
     }
 

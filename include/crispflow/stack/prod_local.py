@@ -26,6 +26,7 @@ from crispflow.stack.credentials import (
     MLFLOW_ADMIN_USER,
     MLFLOW_AIRFLOW_USER,
     MLFLOW_SERVING_USER,
+    MLFLOW_UI_USER,
     MLFLOW_VIEWER_USER,
     Secrets,
 )
@@ -40,10 +41,13 @@ from crispflow.stack.local import (
 )
 from crispflow.stack.paths import StackPaths
 from crispflow.stack.ports import HOST, PORT_ENV, Ports
-from crispflow.stack.prod_setup import MLFLOW_PASSWORD_ENV
+from crispflow.stack.prod_setup import LEDGER_READER_PASSWORD_ENV, MLFLOW_PASSWORD_ENV
 from crispflow.stack.topology import (
+    API_SERVER,
+    MLFLOW_USER_OF,
     MODEL_SERVER,
     S3_SERVER,
+    SCHEDULER,
     WORKER,
     WORKER_PREFIX,
     ProcessSpec,
@@ -71,6 +75,7 @@ WORKERS = 2
 WORKER_CONCURRENCY = 2  # 2 workers x 2 task processes on a 2-core machine
 HOSTNAME_CALLABLE = "crispflow.stack.worker_identity.hostname"  # `[core] hostname_callable` of the workers
 MLFLOW_USERS_STEP = "mlflow-users"
+LEDGER_READER_STEP = "ledger-reader"
 
 
 def _count(var: str, default: int) -> int:
@@ -106,6 +111,11 @@ class Namespace:
         return f"{self.tag}_ledger"
 
     @property
+    def ledger_reader(self) -> str:
+        """The ledger's read-only role (roles are per server, not per database: hence the home's tag)."""
+        return f"{self.tag}_ledger_reader"
+
+    @property
     def databases(self) -> tuple[str, ...]:
         return (self.airflow_db, self.mlflow_db, self.ledger_db)
 
@@ -133,6 +143,15 @@ def _server_url(env_name: str, default: str, schemes: tuple[str, ...]) -> URL:
 
 def _pg(base: URL, database: str, driver: str = "postgresql") -> str:
     return base.set(drivername=driver, database=database).render_as_string(hide_password=False)
+
+
+def ledger_read_url(home: Path, creds: Secrets) -> str:
+    """The ledger of the stack in `home` as its read-only role sees it: the api-server's CRISPFLOW_LEDGER_READ_URL
+    (the `ledger-reader` step makes the role)."""
+    ns = Namespace.of(home)
+    base = _server_url(POSTGRES_URL_ENV, DEFAULT_POSTGRES_URL, ("postgresql",))
+    reader = base.set(username=ns.ledger_reader, password=creds.ledger_reader_password)
+    return _pg(reader, ns.ledger_db, "postgresql+psycopg2")
 
 
 def s3_env(ports: Ports) -> dict[str, str]:
@@ -180,8 +199,17 @@ def mlflow_passwords(creds: Secrets) -> dict[str, str]:
     return {
         MLFLOW_AIRFLOW_USER: creds.mlflow_airflow_password,
         MLFLOW_SERVING_USER: creds.mlflow_serving_password,
+        MLFLOW_UI_USER: creds.mlflow_ui_password,
         MLFLOW_VIEWER_USER: creds.mlflow_viewer_password,
     }
+
+
+def component_mlflow_env(component: str, creds: Secrets) -> dict[str, str]:
+    """An Airflow component's MLflow login (topology.MLFLOW_USER_OF), none for those that do not use MLflow."""
+    user = MLFLOW_USER_OF.get(component)
+    if user is None:
+        return {}
+    return {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": mlflow_passwords(creds)[user]}
 
 
 def serving_mlflow_env(creds: Secrets) -> dict[str, str]:
@@ -237,11 +265,11 @@ def build_prod_local_profile(settings: Settings, ports: Ports, creds: Secrets) -
                 "password": creds.mlflow_airflow_password,
             }
         ),
-        # the workers' own MLflow user (train, register, promote); component_env keeps it from the others
-        "MLFLOW_TRACKING_USERNAME": MLFLOW_AIRFLOW_USER,
-        "MLFLOW_TRACKING_PASSWORD": creds.mlflow_airflow_password,
+        # (MLFLOW_TRACKING_USERNAME/PASSWORD: per component, `af` below)
         "CRISPFLOW_LAKE_CONN_ID": LAKE_CONN_ID,
         "CRISPFLOW_LEDGER_URL": shared.ledger_url,
+        # the api-server's (the UI plugin's) SELECT-only role; component_env keeps it from the others
+        "CRISPFLOW_LEDGER_READ_URL": ledger_read_url(settings.home, creds),
         "CRISPFLOW_S3_PORT": str(ports.s3),
     }
     python = sys.executable
@@ -268,7 +296,13 @@ def build_prod_local_profile(settings: Settings, ports: Ports, creds: Secrets) -
         SetupStep("buckets", (*module, "buckets", LAKE_BUCKET, MLFLOW_BUCKET, PREDICTIONS_BUCKET), setup_env),
         SetupStep("mlflow-auth-config", (*module, "mlflow-auth-config", str(auth_config)), setup_env),
         SetupStep(MLFLOW_USERS_STEP, (*module, MLFLOW_USERS_STEP), users_env),  # runs once MLflow started
-        *airflow_setup_steps(str(bin_dir / "airflow"), env),
+        SetupStep(
+            LEDGER_READER_STEP,
+            (*module, LEDGER_READER_STEP, ns.ledger_db, ns.ledger_reader),
+            setup_env | {LEDGER_READER_PASSWORD_ENV: creds.ledger_reader_password},
+        ),
+        # `airflow db migrate` and the pools: the control plane's environment, without what only tasks or the UI hold
+        *airflow_setup_steps(str(bin_dir / "airflow"), component_env(SCHEDULER, env, lake_var)),
     )
 
     def af(
@@ -281,20 +315,24 @@ def build_prod_local_profile(settings: Settings, ports: Ports, creds: Secrets) -
         keeps: str | None = None,
     ) -> ProcessSpec:
         """An Airflow component; `key`: its entry in the api-server's health report (workers have none). Its
-        environment holds only the secrets `topology.AIRFLOW_SECRETS` gives its kind of component."""
+        environment holds only the secrets `topology.AIRFLOW_SECRETS` gives its kind of component, and its own
+        MLflow user (topology.MLFLOW_USER_OF)."""
         kind = WORKER if name.startswith(WORKER_PREFIX) else name.removeprefix("airflow-")
+        own = env | component_mlflow_env(kind, creds) | (extra_env or {})
+        # the workers' MLflow user exists before they run a task; the api-server's role before the UI reads. (Not
+        # MLflow's users for the api-server: it would wait for MLflow to start; its UI user exists before `up` ends.)
+        needs = {WORKER: (MLFLOW_USERS_STEP,), API_SERVER: (LEDGER_READER_STEP,)}.get(kind, ())
         return ProcessSpec(
             name,
             label,
             (str(bin_dir / "airflow"), *args),
-            component_env(kind, env | (extra_env or {}), lake_var),
+            component_env(kind, own, lake_var),
             port=port,
             port_env=PORT_ENV["airflow"] if port else None,
             url=af_url if port else None,
             health_url=af_url + AIRFLOW_HEALTH_PATH if key else None,
             health_key=key,
-            needs=tuple(step.name for step in setup if step.name.startswith(("db-", "pool-")))
-            + ((MLFLOW_USERS_STEP,) if kind == WORKER else ()),
+            needs=tuple(step.name for step in setup if step.name.startswith(("db-", "pool-"))) + needs,
             keeps=keeps,
         )
 

@@ -8,10 +8,14 @@
 - `mlflow-users`: wait for the MLflow server, then create (or reset the password of) one user per service and
   grant it what MLFLOW_USERS says, through MLflow's auth REST API as the admin. Every other user reads only
   (`default_permission = READ`; the creator of an experiment or model manages it).
+- `ledger-reader DATABASE ROLE`: the ledger database's read-only role (the Airflow api-server's UI plugin reads
+  the ledger with it): LOGIN with CRISPFLOW_LEDGER_READER_PASSWORD, read-only transactions by default, SELECT on
+  the tables the connecting user (the workers' user, who creates the ledger table) creates there, and nothing
+  else (LEDGER_READER_GRANTS; docker-compose.yaml's postgres-init runs the same statements).
 
 Server URLs come from the environment (CRISPFLOW_POSTGRES_URL, CRISPFLOW_REDIS_URL, CRISPFLOW_REDIS_PREFIX,
 AWS_ENDPOINT_URL and the AWS_* keys, MLFLOW_AUTH_DATABASE_URI, MLFLOW_TRACKING_URI, MLFLOW_AUTH_ADMIN_* and
-CRISPFLOW_MLFLOW_*_PASSWORD), never from argv, where `ps` would show them.
+CRISPFLOW_MLFLOW_*_PASSWORD, CRISPFLOW_LEDGER_READER_PASSWORD), never from argv, where `ps` would show them.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from crispflow.stack.credentials import MLFLOW_AIRFLOW_USER, MLFLOW_SERVING_USER, MLFLOW_VIEWER_USER
+from crispflow.stack.credentials import MLFLOW_AIRFLOW_USER, MLFLOW_SERVING_USER, MLFLOW_UI_USER, MLFLOW_VIEWER_USER
 from crispflow.stack.errors import StackError
 
 DB_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -34,18 +38,35 @@ WAIT_S3 = 30.0
 WAIT_MLFLOW = 180.0
 # What each service user may do beyond READ, on every experiment / registered model ("*"), also those the admin
 # or a person created. The workers train (runs, models: EDIT on experiments) and promote (move and delete
-# aliases: MANAGE on registered models). The model server and people browsing the UI only read.
+# aliases: MANAGE on registered models). The model server, the Airflow api-server (the crispflow UI plugin: its
+# buttons act through DAG runs, never through MLflow) and people browsing the MLflow UI only read.
 MLFLOW_USERS: dict[str, tuple[tuple[str, str], ...]] = {
     MLFLOW_AIRFLOW_USER: (("experiment", "EDIT"), ("registered_model", "MANAGE")),
     MLFLOW_SERVING_USER: (),
+    MLFLOW_UI_USER: (),
     MLFLOW_VIEWER_USER: (),
 }
 # the variable each user's password comes from (never argv)
 MLFLOW_PASSWORD_ENV = {
     MLFLOW_AIRFLOW_USER: "CRISPFLOW_MLFLOW_AIRFLOW_PASSWORD",
     MLFLOW_SERVING_USER: "CRISPFLOW_MLFLOW_SERVING_PASSWORD",
+    MLFLOW_UI_USER: "CRISPFLOW_MLFLOW_UI_PASSWORD",
     MLFLOW_VIEWER_USER: "CRISPFLOW_MLFLOW_VIEWER_PASSWORD",
 }
+LEDGER_READER_PASSWORD_ENV = "CRISPFLOW_LEDGER_READER_PASSWORD"
+# The read-only role's privileges in the ledger database, run there by its owner or a superuser ({db}: the
+# database, {reader}: the role, {owner}: the role that creates the ledger table). SELECT on the tables {owner}
+# creates (the ledger table, created on first use) and on those already there; no CREATE in the schema (PostgreSQL
+# 15+ revokes it from PUBLIC; older servers do not), no temporary tables; read-only transactions by default.
+LEDGER_READER_GRANTS = (
+    "ALTER ROLE {reader} SET default_transaction_read_only = on",
+    "GRANT CONNECT ON DATABASE {db} TO {reader}",
+    "REVOKE TEMPORARY ON DATABASE {db} FROM PUBLIC",
+    "REVOKE CREATE ON SCHEMA public FROM PUBLIC",
+    "GRANT USAGE ON SCHEMA public TO {reader}",
+    "ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA public GRANT SELECT ON TABLES TO {reader}",
+    "GRANT SELECT ON ALL TABLES IN SCHEMA public TO {reader}",
+)
 
 
 def _env(name: str) -> str:
@@ -55,8 +76,8 @@ def _env(name: str) -> str:
     return value
 
 
-def _pg_admin(url: str) -> Any:
-    """An autocommit connection to the server's maintenance database `postgres`."""
+def _pg_admin(url: str, database: str = "postgres") -> Any:
+    """An autocommit connection to `database` (by default the server's maintenance database `postgres`)."""
     import psycopg2
     from sqlalchemy.engine import make_url
 
@@ -67,7 +88,7 @@ def _pg_admin(url: str) -> Any:
             port=parsed.port or 5432,
             user=parsed.username,
             password=parsed.password or None,
-            dbname="postgres",
+            dbname=database,
             connect_timeout=5,
         )
     except psycopg2.OperationalError as exc:
@@ -102,6 +123,34 @@ def reset_state(databases: Sequence[str]) -> list[str]:
         raise StackError(f"Redis at {client.connection_pool.connection_kwargs.get('host')} failed: {exc}") from None
     lines.append(f"redis: {len(keys)} keys under {prefix!r} deleted")
     return lines
+
+
+def setup_ledger_reader(database: str, reader: str, password: str) -> list[str]:
+    """Create the ledger's read-only role (or set its password) and grant it LEDGER_READER_GRANTS in `database`,
+    connected as CRISPFLOW_POSTGRES_URL's user: the workers' user, so theirs is the ledger table it may read."""
+    bad = [name for name in (database, reader) if not DB_NAME.fullmatch(name)]
+    if bad:
+        raise StackError(f"database and role names must match {DB_NAME.pattern}: {bad}")
+    if len(password) < 12:
+        raise StackError(f"{LEDGER_READER_PASSWORD_ENV}: the ledger reader's password needs 12+ characters")
+    import psycopg2
+
+    url = _env("CRISPFLOW_POSTGRES_URL")
+    try:
+        with contextlib.closing(_pg_admin(url)) as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (reader,))
+            exists = cur.fetchone() is not None
+            verb = "ALTER" if exists else "CREATE"
+            # the password as a bound parameter: quoted by psycopg2, never part of an error message
+            cur.execute(f'{verb} ROLE "{reader}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %s', (password,))
+        with contextlib.closing(_pg_admin(url, database)) as conn, conn.cursor() as cur:
+            for statement in LEDGER_READER_GRANTS:
+                cur.execute(statement.format(db=f'"{database}"', reader=f'"{reader}"', owner="CURRENT_USER"))
+    except psycopg2.Error as exc:
+        message = (exc.pgerror or str(exc)).strip()
+        first = message.splitlines()[0] if message else type(exc).__name__
+        raise StackError(f"the ledger reader {reader} in {database}: {first}") from None
+    return [f"ledger reader {reader}: {'password set' if exists else 'created'}; SELECT only, in {database}"]
 
 
 def create_buckets(buckets: Sequence[str], wait: float = WAIT_S3) -> list[str]:
@@ -235,6 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("buckets").add_argument("buckets", nargs="+")
     sub.add_parser("mlflow-auth-config").add_argument("path", type=Path)
     sub.add_parser("mlflow-users")
+    reader = sub.add_parser("ledger-reader")
+    reader.add_argument("database")
+    reader.add_argument("role")
     args = parser.parse_args(argv)
     try:
         if args.step == "reset-state":
@@ -243,6 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             lines = create_buckets(args.buckets)
         elif args.step == "mlflow-auth-config":
             lines = write_mlflow_auth_config(args.path)
+        elif args.step == "ledger-reader":
+            lines = setup_ledger_reader(args.database, args.role, _env(LEDGER_READER_PASSWORD_ENV))
         else:
             lines = setup_mlflow_users(
                 _env("MLFLOW_TRACKING_URI"),

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from crispflow.stack.credentials import MLFLOW_AIRFLOW_USER, MLFLOW_UI_USER
+
 MODEL_SERVER = "model-server"
 WORKER_PREFIX = "airflow-worker"  # Celery workers: airflow-worker-1, airflow-worker-2 (prod-local)
 S3_SERVER = "s3"  # the moto S3 server (prod-local)
@@ -20,6 +22,9 @@ S3_SERVER = "s3"  # the moto S3 server (prod-local)
 API_SERVER, SCHEDULER, DAG_PROCESSOR, TRIGGERER = "api-server", "scheduler", "dag-processor", "triggerer"
 WORKER = "worker"
 CONTROL_PLANE = frozenset({API_SERVER, SCHEDULER, DAG_PROCESSOR, TRIGGERER})
+# Each component that talks to MLflow does so as its own MLflow user (prod_setup.MLFLOW_USERS: what each may do):
+# the workers train, register and promote; the api-server, where the crispflow UI plugin runs, only reads.
+MLFLOW_USER_OF: dict[str, str] = {WORKER: MLFLOW_AIRFLOW_USER, API_SERVER: MLFLOW_UI_USER}
 AIRFLOW_SECRETS: dict[str, frozenset[str]] = {
     # the metadata DB and the Fernet key that encrypts connections, variables and trigger arguments in it
     "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": CONTROL_PLANE,
@@ -32,14 +37,21 @@ AIRFLOW_SECRETS: dict[str, frozenset[str]] = {
     # Celery: the scheduler queues tasks and reads their results, the workers take and answer them
     "AIRFLOW__CELERY__BROKER_URL": frozenset({SCHEDULER, WORKER}),
     "AIRFLOW__CELERY__RESULT_BACKEND": frozenset({SCHEDULER, WORKER}),
-    # what task code needs: the MLflow user of the workers, the promotion ledger
+    # MLflow: the workers' MlflowHook connection; the MLflow client's variables, each component its own user
+    # (MLFLOW_USER_OF: the api-server's only reads)
     "AIRFLOW_CONN_MLFLOW_DEFAULT": frozenset({WORKER}),
-    "MLFLOW_TRACKING_USERNAME": frozenset({WORKER}),
-    "MLFLOW_TRACKING_PASSWORD": frozenset({WORKER}),
+    "MLFLOW_TRACKING_USERNAME": frozenset(MLFLOW_USER_OF),
+    "MLFLOW_TRACKING_PASSWORD": frozenset(MLFLOW_USER_OF),
+    # the promotion ledger: task code writes it; the UI plugin reads it through a SELECT-only role
     "CRISPFLOW_LEDGER_URL": frozenset({WORKER}),
+    "CRISPFLOW_LEDGER_READ_URL": frozenset({API_SERVER}),
 }
-# the lake's S3 connection: task code, and the triggerer (the drift trigger polls the prediction store)
-LAKE_CONNECTION_HOLDERS = frozenset({WORKER, TRIGGERER})
+# the lake's S3 connection (the lake and the prediction store): task code, the triggerer (the drift trigger polls
+# the prediction store) and the api-server (the UI plugin's pages: drift windows, reports, Data Docs)
+LAKE_CONNECTION_HOLDERS = frozenset({WORKER, TRIGGERER, API_SERVER})
+# ... of which these only read: their connection is a read-only user (docker-compose.yaml: MinIO's lake reader;
+# prod-local's moto S3 has no access control, so one key serves all)
+LAKE_READERS = frozenset({API_SERVER})
 
 
 def component_env(component: str, env: Mapping[str, str], lake_conn_var: str) -> dict[str, str]:

@@ -9,6 +9,7 @@ from airflow.sdk import BaseOperator
 
 from crispflow_airflow.exceptions import as_airflow_errors
 from crispflow_airflow.jobs import release_clients, training_job
+from crispflow_airflow.links import MlflowModelVersionLink, MlflowRunLink, ModelCardLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -29,6 +30,7 @@ class BlessingGateOperator(BaseOperator):
 
     template_fields: Sequence[str] = ("request", "version")
     ui_color = "#f3e8fd"
+    operator_extra_links = (ModelCardLink(), MlflowModelVersionLink(), MlflowRunLink())
 
     def __init__(self, *, request: Any, version: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -40,6 +42,7 @@ class BlessingGateOperator(BaseOperator):
         from crispflow.model.modelling import bless, write_model_card
         from crispflow.release.promotion import promote_first_blessed
         from crispflow_airflow.context import acting_person
+        from crispflow_airflow.links import mlflow_ref
 
         with as_airflow_errors():
             job = training_job(self.request, context)
@@ -49,6 +52,8 @@ class BlessingGateOperator(BaseOperator):
             action = promote_first_blessed(job.mlf, ledger, job.model_name, str(self.version), run_key=job.run_key,
                                            person=acting_person(context))
             card = write_model_card(job, str(self.version))
+            ref = mlflow_ref(job.mlf, job.model_name, str(self.version))
         self.log.info("promotion: %s; model card: %s", action, card["html"])
         return {"version": str(self.version), "blessed": verdict["blessed"], "mode": verdict["mode"],
-                "reasons": verdict["reasons"], "promotion": action, "model_card": card}
+                "reasons": verdict["reasons"], "promotion": action, "model_card": card,
+                "mlflow": ref}

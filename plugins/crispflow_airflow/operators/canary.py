@@ -12,6 +12,7 @@ from crispflow.release.promotion import POOL
 from crispflow_airflow.context import acting_person, run_window, task_key
 from crispflow_airflow.exceptions import as_airflow_errors
 from crispflow_airflow.jobs import release_clients
+from crispflow_airflow.links import LedgerEntryLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -35,6 +36,7 @@ class CanaryAnalysisOperator(BaseOperator):
 
     template_fields: Sequence[str] = ("pipeline", "policy")
     ui_color = "#fff8e1"
+    operator_extra_links = (LedgerEntryLink(),)
 
     def __init__(self, *, pipeline: str, policy: Mapping[str, Any] | str | None = None,
                  window: timedelta = timedelta(minutes=10), pool: str = POOL, **kwargs: Any) -> None:

@@ -11,6 +11,7 @@ from airflow.sdk import BaseOperator
 from crispflow.monitoring.monitor import MAX_WINDOW_MINUTES, MONITORED_ALIASES
 from crispflow_airflow.context import run_window
 from crispflow_airflow.exceptions import as_airflow_errors
+from crispflow_airflow.links import CanaryDriftReportLink, DriftReportLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -38,6 +39,7 @@ class DriftMonitorOperator(BaseOperator):
 
     template_fields: Sequence[str] = ("pipeline", "window_minutes", "settings")
     ui_color = "#e3f2fd"
+    operator_extra_links = (DriftReportLink(), CanaryDriftReportLink())
 
     def __init__(self, *, pipeline: str, window_minutes: Any = None, settings: Mapping[str, Any] | None = None,
                  aliases: Sequence[str] = MONITORED_ALIASES, **kwargs: Any) -> None:

@@ -10,6 +10,7 @@ from airflow.sdk import BaseOperator
 from crispflow_airflow.assets import CURATED_DATASET, emit_once
 from crispflow_airflow.context import run_identity
 from crispflow_airflow.exceptions import as_airflow_errors
+from crispflow_airflow.links import DataDocsLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -28,6 +29,7 @@ class PublishDatasetOperator(BaseOperator):
 
     template_fields: Sequence[str] = ("pipeline", "batch_id")
     ui_color = "#e9f7ec"
+    operator_extra_links = (DataDocsLink(),)
 
     def __init__(self, *, pipeline: str, batch_id: str, **kwargs: Any) -> None:
         kwargs.setdefault("outlets", [CURATED_DATASET])

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from crispflow_airflow.exceptions import as_airflow_errors
+from crispflow_airflow.links import DataDocsLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -25,6 +26,7 @@ class DataQualityGateOperator(BaseOperator):
 
     template_fields: Sequence[str] = ("pipeline", "batch_id")
     ui_color = "#fdf3e8"
+    operator_extra_links = (DataDocsLink(),)
 
     def __init__(self, *, pipeline: str, batch_id: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)

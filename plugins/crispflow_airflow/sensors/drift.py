@@ -10,6 +10,7 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 from crispflow_airflow.assets import DRIFT_DETECTED, emit_once
 from crispflow_airflow.exceptions import as_airflow_errors
+from crispflow_airflow.links import DriftAlertLink
 from crispflow_airflow.triggers.drift import DriftTrigger
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ class DriftSensor(BaseSensorOperator):
 
     template_fields: Sequence[str] = ("pipeline", "policy", "root_url")
     ui_color = "#fff4e5"
+    operator_extra_links = (DriftAlertLink(),)
 
     def __init__(self, *, pipeline: str, policy: Mapping[str, Any] | str | None = None, root_url: str | None = None,
                  conn_id: str | None = None, deferrable: bool = True, **kwargs: Any) -> None:
@@ -89,22 +91,21 @@ class DriftSensor(BaseSensorOperator):
                    method_name="execute_complete")
 
     def execute_complete(self, context: Context, event: Mapping[str, Any]) -> dict[str, Any]:
-        from airflow.sdk.exceptions import AirflowSkipException
+        from crispflow_airflow.run_notes import skip
 
         if event.get("status") != "fire":
             last = (event.get("decision") or {}).get("blocked_by")
-            raise AirflowSkipException(f"no drift episode to act on before the deadline (last check: {last})")
+            skip(context, f"no drift episode to act on before the deadline (last check: {last})")
         return self._complete(context, event["decision"])
 
     # --- firing -------------------------------------------------------------------------------------------------
 
     def _complete(self, context: Context, decision: Mapping[str, Any]) -> dict[str, Any]:
         """Record the episode exclusively, then emit the event; a retry of this task finds its own record."""
-        from airflow.sdk.exceptions import AirflowSkipException
-
         from crispflow.monitoring.episodes import Decision, episode_record
         from crispflow.monitoring.store import claim_episode
         from crispflow_airflow.hooks.predictions import PredictionStoreHook
+        from crispflow_airflow.run_notes import skip
 
         model, _ = self._request()
         ti = context["ti"]
@@ -114,8 +115,8 @@ class DriftSensor(BaseSensorOperator):
         by = stored.get("fired_by") or {}
         if not emit_once(context, by, stored, asset=DRIFT_DETECTED, pipeline=self.pipeline, item=stored["episode_id"],
                          keys=("dag_id", "run_id", "task_id")):
-            raise AirflowSkipException(f"episode {record['episode_id']} of {model} already fired "
-                                       f"(by {by.get('dag_id')}/{by.get('run_id')}): no second event")
+            skip(context, f"episode {record['episode_id']} of {model} already fired "
+                          f"(by {by.get('dag_id')}/{by.get('run_id')}): no second event")
         self.log.info("drift episode %s of %s: retrain requested (features: %s)", stored["episode_id"], model,
                       ", ".join(stored["features"]) or "-")
         return stored

@@ -79,9 +79,9 @@ def test_templated_fields_render() -> None:
                                           "reason": "why"}})
     assert (op.pipeline, op.version, op.share, op.strategy, op.reason) == (PIPELINE, "7", "0.3", "shadow", "why")
     back = rollback_op()
-    assert tuple(back.template_fields) == ("pipeline", "reason")
+    assert tuple(back.template_fields) == ("pipeline", "reason", "expected_champion")
     back.render_template_fields({"params": {"pipeline": PIPELINE, "reason": "complaints"}})
-    assert (back.pipeline, back.reason) == (PIPELINE, "complaints")
+    assert (back.pipeline, back.reason, back.expected_champion) == (PIPELINE, "complaints", None)
     assert op.pool == back.pool == POOL
 
 
@@ -91,7 +91,9 @@ def test_deploy_pushes_the_ledger_summary(run_alone, env, versions) -> None:
                        {"pipeline": PIPELINE, "version": versions[1], "share": 0.3})
     assert dr.state == "success"
     out = ti.xcom_pull(task_ids="deploy")
-    assert set(out) == SUMMARY and out["action"] == "deploy_canary" and out["to_version"] == versions[1]
+    assert set(out) == SUMMARY | {"model", "mlflow"} and out["action"] == "deploy_canary"
+    assert out["to_version"] == out["mlflow"]["version"] == versions[1] and out["model"] == MODEL
+    assert out["mlflow"]["run_id"] == mlf.get_model_version(MODEL, versions[1]).run_id  # for the MLflow links
     assert promotion.registry_state(mlf, MODEL)["canary"] == versions[1]
     assert mlf.get_registered_model(MODEL).tags[promotion.CANARY_SHARE_TAG] == "0.3"
     assert ledger.find(f"{ti.dag_id}/{ti.run_id}/deploy")["seq"] == out["seq"]  # the move key: the task
@@ -110,6 +112,7 @@ def test_nothing_to_deploy_is_a_skip_with_the_reason(run_alone, env, versions, s
     conf = {"pipeline": PIPELINE, "version": versions[which], "strategy": strategy}
     dr, ti = run_alone(deploy_op, PARAMS, conf)
     assert ti.state == "skipped" and dr.state == "success"
+    assert message.format(v=versions[which]) in ti.xcom_pull(task_ids="deploy", key="skip_reason")  # the run's note
     op = deploy_op()
     op.render_template_fields({"params": conf})
     with pytest.raises(AirflowSkipException, match=re.escape(message.format(v=versions[which]))):
@@ -124,7 +127,8 @@ def test_rollback_pushes_the_ledger_summary(run_alone, env, versions) -> None:
     dr, ti = run_alone(rollback_op, PARAMS, {"pipeline": PIPELINE, "reason": "complaints about the new scores"})
     assert dr.state == "success"
     out = ti.xcom_pull(task_ids="rollback")
-    assert set(out) == SUMMARY and out["action"] == "rollback" and out["moves"]["champion"] == list(versions[1::-1])
+    assert set(out) == SUMMARY | {"model"} and out["action"] == "rollback"
+    assert out["moves"]["champion"] == list(versions[1::-1])
     assert promotion.registry_state(mlf, MODEL)["champion"] == versions[0]
     key = f"{ti.dag_id}/{ti.run_id}/rollback"
     assert mlf.get_model_version(MODEL, versions[1]).tags[promotion.ROLLED_BACK_TAG] == key

@@ -143,10 +143,12 @@ def test_only_the_run_that_recorded_the_episode_emits_its_event(pipeline, tmp_pa
     for i in (0, 1):
         store.write_window(tmp_path, window(model, i, 0.3), {}, "")
     decision = check(tmp_path, model, {}, T0 + timedelta(hours=3)).to_dict()
+    pushed: list[dict] = []
 
     def complete(run_id: str) -> tuple[dict | None, OutletEventAccessors]:
         events = OutletEventAccessors()
-        ti = SimpleNamespace(dag_id="watch_drift", run_id=run_id, task_id="watch")
+        ti = SimpleNamespace(dag_id="watch_drift", run_id=run_id, task_id="watch",
+                             xcom_push=lambda **kw: pushed.append(kw))
         try:
             out = sensor(pipeline=pipeline, policy={}).execute_complete(
                 {"ti": ti, "outlet_events": events}, {"status": "fire", "decision": decision})
@@ -161,3 +163,5 @@ def test_only_the_run_that_recorded_the_episode_emits_its_event(pipeline, tmp_pa
     assert again == first and events[DRIFT_DETECTED].extra == first
     other, events = complete("r2")  # another run: skipped, no event
     assert other is None and events[DRIFT_DETECTED].extra == {} and not events[DRIFT_DETECTED].partition_keys
+    reason = f"episode {EPISODE} of {model} already fired (by watch_drift/r1): no second event"
+    assert pushed == [{"key": "skip_reason", "value": reason}]  # for the run's note
