@@ -44,7 +44,7 @@ OUTPUT = "{{ ti.xcom_pull(task_ids='plan', key='plan')['output'] }}"
 def batch_score() -> None:
     plan = PlanScoringOperator(
         task_id="plan", pipeline="{{ params.pipeline }}", dataset_version_id="{{ params.dataset_version_id or '' }}",
-        alias="{{ params.alias }}", partition_rows="{{ params.partition_rows }}", allowed_conf=list(PARAMS))
+        alias="{{ params.alias }}", partition_rows="{{ params.partition_rows }}")
     scored = ScorePartitionOperator.partial(task_id="score", output_dir=OUTPUT).expand(partition=plan.output)
     CommitScoresOperator(task_id="commit", output_dir=OUTPUT, results=scored.output)
 

@@ -29,12 +29,8 @@ def ingest_monthly() -> None:
     @task
     def plan(**context) -> list[dict]:
         """One `ingest_validate` request per pipeline spec, for this run's data interval."""
-        from crispflow.run_requests import reject_unknown
         from crispflow.spec import list_specs
-        from crispflow_airflow.exceptions import as_airflow_errors
 
-        with as_airflow_errors():
-            reject_unknown(context["dag_run"].conf, set())
         start, end = context["data_interval_start"], context["data_interval_end"]
         if start is None or end is None or start >= end:
             from airflow.sdk.exceptions import AirflowSkipException

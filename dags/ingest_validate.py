@@ -41,7 +41,7 @@ BATCH_ID = "{{ ti.xcom_pull(task_ids='ingest')['batch_id'] }}"
 def ingest_validate() -> None:
     pipeline = "{{ params.pipeline }}"
     ingest = IngestOperator(task_id="ingest", pipeline=pipeline, start="{{ params.start or '' }}",
-                            end="{{ params.end or '' }}", allowed_conf=list(PARAMS))
+                            end="{{ params.end or '' }}")
     gate = DataQualityGateOperator(task_id="validate", pipeline=pipeline, batch_id=BATCH_ID)
     publish = PublishDatasetOperator(task_id="publish", pipeline=pipeline, batch_id=BATCH_ID)
     ingest >> gate >> publish

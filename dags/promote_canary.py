@@ -13,12 +13,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import Param, dag
+from airflow.sdk import dag
 
-from crispflow_airflow.dag_defaults import START_DATE, default_args, pipeline_param
+from crispflow_airflow.dag_defaults import START_DATE, default_args, pipeline_param, reason_param, version_param
 from crispflow_airflow.operators.promotion import PromoteCanaryOperator
-
-VERSION = r"^[0-9]{1,10}$"
 
 
 @dag(
@@ -29,9 +27,9 @@ VERSION = r"^[0-9]{1,10}$"
     tags=["crispflow", "deployment"],
     params={
         "pipeline": pipeline_param("Pipeline whose canary to promote"),
-        "expected_canary": Param(type="string", pattern=VERSION, description="The canary version you saw"),
-        "expected_champion": Param(type="string", pattern=VERSION, description="The champion version you saw"),
-        "reason": Param(type="string", minLength=10, maxLength=500, description="Why (recorded in the ledger)"),
+        "expected_canary": version_param("The canary version you saw"),
+        "expected_champion": version_param("The champion version you saw"),
+        "reason": reason_param(),
     },
     default_args=default_args(execution_timeout=timedelta(minutes=5)),
     doc_md=__doc__,

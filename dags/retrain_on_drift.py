@@ -48,7 +48,7 @@ def retrain_on_drift() -> None:
             check_partition(context["dag_run"].partition_key, events, "episode_id")
             return plan_retrain(events, root=PredictionStoreHook().get_root(),
                                 lake=LakeHook().get_lake(), window_days=context["params"]["window_days"],
-                                run=run_identity(context), conf=context["dag_run"].conf)
+                                run=run_identity(context))
 
     request = resolve()
     TriggerRunOperator(  # TriggerDagRunOperator, imported at run time (its module costs ~1.5 s at parse time)

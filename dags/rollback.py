@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import Param, dag
+from airflow.sdk import dag
 
-from crispflow_airflow.dag_defaults import START_DATE, default_args, pipeline_param
+from crispflow_airflow.dag_defaults import START_DATE, default_args, pipeline_param, reason_param, version_param
 from crispflow_airflow.operators.promotion import RollbackOperator
 
 
@@ -27,9 +27,9 @@ from crispflow_airflow.operators.promotion import RollbackOperator
     tags=["crispflow", "deployment"],
     params={
         "pipeline": pipeline_param("Pipeline whose champion to roll back"),
-        "reason": Param(type="string", minLength=10, maxLength=500, description="Why (recorded in the ledger)"),
-        "expected_champion": Param(None, type=["null", "string"], pattern=r"^[0-9]{1,10}$",
-                                   description="The champion version you saw; refused if it is another now"),
+        "reason": reason_param(),
+        "expected_champion": version_param("The champion version you saw; refused if it is another now",
+                                           required=False),
     },
     default_args=default_args(execution_timeout=timedelta(minutes=5)),
     doc_md=__doc__,

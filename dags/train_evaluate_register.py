@@ -52,7 +52,7 @@ def train_evaluate_register() -> None:
     def resolve(**context) -> dict:
         """Validate the request (conf, or the triggering asset events of this run's partition key, newest first);
         skip datasets too small to train (the reason becomes the run's note: `crispflow_airflow.run_notes`)."""
-        from crispflow.run_requests import check_partition, choose_training_request, published_rows, reject_unknown
+        from crispflow.run_requests import check_partition, choose_training_request, published_rows
         from crispflow.spec import load_spec
         from crispflow_airflow.context import triggering_events
         from crispflow_airflow.exceptions import as_airflow_errors
@@ -60,7 +60,6 @@ def train_evaluate_register() -> None:
         from crispflow_airflow.run_notes import skip
 
         with as_airflow_errors():
-            reject_unknown(context["dag_run"].conf, set(PARAMS))
             events = triggering_events(context)
             check_partition(context["dag_run"].partition_key, events, "dataset_version_id")
             lake = LakeHook().get_lake()

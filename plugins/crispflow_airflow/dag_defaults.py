@@ -1,5 +1,5 @@
 """What every crispflow DAG shares: a fixed start date, retries with exponential backoff and a timeout, a check that a
-run's conf carries only the DAG's declared params, and the `pipeline` and policy-override Params."""
+run's conf carries only the DAG's declared params, and the `pipeline`, version, reason and policy-override Params."""
 
 from __future__ import annotations
 
@@ -43,6 +43,22 @@ def pipeline_param(description: str, default: str | None = "lending_club") -> Pa
     """The `pipeline` Param: a spec name in include/pipelines/ (None allowed only when the default is None)."""
     kind: str | list[str] = "string" if default is not None else ["null", "string"]
     return Param(default, type=kind, pattern=NAME, description=description)
+
+
+VERSION = r"^[0-9]{1,10}$"
+
+
+def version_param(description: str, required: bool = True) -> Param:
+    """A model version the person saw (`expected_champion`, `expected_canary`): digits only; when not required it
+    defaults to None (not checked)."""
+    if required:
+        return Param(type="string", pattern=VERSION, description=description)
+    return Param(None, type=["null", "string"], pattern=VERSION, description=description)
+
+
+def reason_param(description: str = "Why (recorded in the ledger)") -> Param:
+    """A person's reason for a release move, recorded in the ledger: 10 to 500 characters, required."""
+    return Param(type="string", minLength=10, maxLength=500, description=description)
 
 
 def policy_param(section: str, description: str) -> Param:

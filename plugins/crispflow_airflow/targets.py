@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from crispflow_airflow.exceptions import as_airflow_errors
@@ -13,19 +12,17 @@ if TYPE_CHECKING:
 SERVED_ALIAS = "champion"
 
 
-def served_pipelines(context: Context, *, allowed_conf: Iterable[str] | None = None) -> list[str]:
+def served_pipelines(context: Context) -> list[str]:
     """The run's `pipeline` param if set (a manual run), else every spec in the pipelines folder whose registered
     model has a `champion` (`crispflow.run_requests.target_pipelines`). The monitoring task is mapped over the
     result: one task instance per pipeline, never two pipelines in one. Unknown conf keys are rejected before any
-    crispflow task runs (`dag_defaults.reject_unknown_conf`); `allowed_conf`, if given, is checked here too."""
+    crispflow task runs (`dag_defaults.reject_unknown_conf`)."""
     from crispflow.model.registry import alias_version, model_name
-    from crispflow.run_requests import reject_unknown, target_pipelines
+    from crispflow.run_requests import target_pipelines
     from crispflow.spec import list_specs
     from crispflow_airflow.hooks.mlflow import MlflowHook
 
     with as_airflow_errors():
-        if allowed_conf is not None:
-            reject_unknown(context["dag_run"].conf, set(allowed_conf))
         requested = context["params"].get("pipeline")
         if requested:
             return target_pipelines(requested, [], lambda _: True)

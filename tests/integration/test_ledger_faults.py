@@ -11,11 +11,9 @@ import os
 import subprocess
 import sys
 
-import pandas as pd
 import pytest
-from sklearn.linear_model import LogisticRegression
 from support.fault_proxy import Fault, FaultProxy
-from support.mlflow_server import register_versions
+from support.mlflow_server import small_versions
 
 from crispflow.model import registry
 from crispflow.release import promotion
@@ -50,10 +48,7 @@ def direct(mlflow_server):
 
 @pytest.fixture(scope="module")
 def versions(direct) -> list[str]:
-    df = pd.read_parquet("include/data/lending_club.parquet").head(600)
-    x = df[["int_rate", "annual_inc"]].astype("float64")
-    models = [LogisticRegression(C=0.1 * (i + 1), max_iter=300).fit(x, df["Class"] == "bad") for i in range(2)]
-    return register_versions(direct, NAME, PIPELINE, x, models)
+    return small_versions(direct, NAME, PIPELINE, 2, rows=600)
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,8 @@ import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pandas as pd
 import pytest
-from sklearn.linear_model import LogisticRegression
-from support.mlflow_server import register_versions
+from support.mlflow_server import small_versions
 
 from crispflow.model import registry
 from crispflow.release import promotion
@@ -29,10 +27,7 @@ DAGS = Path(__file__).resolve().parents[2] / "dags"
 @pytest.fixture(scope="module")
 def versions(mlflow_server) -> list[str]:
     mlf = registry.client(mlflow_server.url)
-    df = pd.read_parquet("include/data/lending_club.parquet").head(1000)
-    x = df[["int_rate", "annual_inc"]].astype("float64")
-    models = [LogisticRegression(C=0.1 * (i + 1), max_iter=300).fit(x, df["Class"] == "bad") for i in range(3)]
-    return register_versions(mlf, MODEL, PIPELINE, x, models)
+    return small_versions(mlf, MODEL, PIPELINE, 3)
 
 
 @pytest.fixture

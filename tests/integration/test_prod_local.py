@@ -226,6 +226,29 @@ def test_the_api_servers_ledger_role_reads_the_demos_entries_and_cannot_write(
         engine.dispose()
 
 
+def test_the_ui_plugin_reads_mlflow_the_ledger_and_s3_with_the_api_servers_own_access(
+        live: ProdStack, demo: dict[str, Any]) -> None:
+    """The crispflow pages on the production topology: the api-server reads the registry as `crispflow-ui`, the
+    ledger through its SELECT-only role and the drift store in S3 through its read-only connection."""
+    from crispflow.release.promotion import Ledger
+
+    name = "crispflow-lending_club"
+    token = live.api().token()
+    get = lambda path: requests.get(f"http://127.0.0.1:{live.ports.airflow}/crispflow/api/{path}",  # noqa: E731
+                                    headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    promotions = get(f"promotions/{name}").json()
+    ledger = Ledger(ledger_read_url(live.home, live.secrets), read_only=True).entries(name)
+    assert [e["seq"] for e in promotions["entries"]] == [e["seq"] for e in reversed(ledger)]
+    assert promotions["divergences"] == [] and promotions["aliases"]["champion"] == ledger[-1]["moves"]["champion"][1]
+    champion = promotions["aliases"]["champion"]
+    version = get(f"models/{name}/versions/{champion}").json()
+    assert version["verdict"]["blessed"] is True and version["problems"] == [], version["problems"]
+    dataset = version["lineage"]["dataset"]
+    assert dataset["dataset_version_id"].startswith("ds-") and dataset["manifest"], dataset  # the manifest, from S3
+    drift = get(f"drift/{name}").json()
+    assert any(w["drift"] for w in drift["aliases"]["champion"]) and drift["episodes"] and drift["alerts"]
+
+
 def test_the_home_is_private(live: ProdStack, demo: dict[str, Any]) -> None:
     """After the demo: secrets, MLflow's auth config, Airflow's home and task logs, process logs, PID files —
     0700 folders and 0600 files only."""

@@ -6,10 +6,8 @@ from __future__ import annotations
 import threading
 
 import mlflow
-import pandas as pd
 import pytest
-from sklearn.linear_model import LogisticRegression
-from support.mlflow_server import register_versions
+from support.mlflow_server import small_versions
 
 from crispflow.model import registry
 from crispflow.release import promotion
@@ -28,10 +26,7 @@ def mlf(mlflow_server):
 @pytest.fixture(scope="module")
 def versions(mlf) -> list[str]:
     """Three complete, blessed versions of a small model."""
-    df = pd.read_parquet("include/data/lending_club.parquet").head(1500)
-    x = df[["int_rate", "annual_inc"]].astype("float64")
-    models = [LogisticRegression(C=0.1 * (i + 1), max_iter=300).fit(x, df["Class"] == "bad") for i in range(3)]
-    return register_versions(mlf, NAME, "t_promo", x, models)
+    return small_versions(mlf, NAME, "t_promo", 3, rows=1500)
 
 
 @pytest.fixture

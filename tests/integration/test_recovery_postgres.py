@@ -14,11 +14,9 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import pandas as pd
 import psycopg2
 import pytest
-from sklearn.linear_model import LogisticRegression
-from support.mlflow_server import register_versions
+from support.mlflow_server import small_versions
 from support.postgres import PrivateCluster
 
 from crispflow.model import registry
@@ -64,11 +62,7 @@ def mlf(mlflow_server):
 def model(mlf, request) -> tuple[str, list[str]]:
     """A registered model of its own per test, with two complete, blessed versions; v1 is champion."""
     name = f"crispflow-t_pgrec_{request.node.name[-20:].strip('_')}_{uuid.uuid4().hex[:4]}"
-    df = pd.read_parquet("include/data/lending_club.parquet").head(1500)
-    x = df[["int_rate", "annual_inc"]].astype("float64")
-    models = [LogisticRegression(C=0.1 * (i + 1), max_iter=300).fit(x, df["Class"] == "bad") for i in range(2)]
-    versions = register_versions(mlf, name, "t_pgrec", x, models)
-    return name, versions
+    return name, small_versions(mlf, name, "t_pgrec", 2, rows=1500)
 
 
 @pytest.fixture

@@ -7,10 +7,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pandas as pd
 import pytest
-from sklearn.linear_model import LogisticRegression
-from support.mlflow_server import register_versions
+from support.mlflow_server import small_versions
 from support.model_versions import holdout, judge_version
 
 from crispflow.data.datasets import QUALITY_HTML, commit_version
@@ -36,12 +34,6 @@ NAME = registry.model_name(PIPELINE)
 DS = {"a": "ds-00000000000000aa", "b": "ds-00000000000000bb", "window": "ds-00000000000000cc"}
 BATCH = "b-0123456789abcdef"
 CARD = "<!DOCTYPE html><html><body><h1>Card v{v}</h1><script>alert(1)</script></body></html>"
-
-
-def small_models(n: int, rows: int = 400) -> tuple[pd.DataFrame, list]:
-    df = pd.read_parquet("include/data/lending_club.parquet").head(rows)
-    x = df[["int_rate", "annual_inc"]].astype("float64")
-    return x, [LogisticRegression(C=0.1 * (i + 1), max_iter=300).fit(x, df["Class"] == "bad") for i in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +70,7 @@ def lake(tmp_path_factory) -> Lake:
 def served(mlf, tmp_path_factory) -> dict:
     """v1 champion (cold start), v2 a live canary judged against it, v3 registered but not judged yet; every move
     through a ledger; drift windows of v1 (champion) and v2 (canary)."""
-    x, models = small_models(3)
-    versions = register_versions(mlf, NAME, PIPELINE, x, models)
+    versions = small_versions(mlf, NAME, PIPELINE, 3, rows=400)
     v1, v2, v3 = versions
     y, good, weak = holdout()
     judge_version(mlf, NAME, v1, y=y, score=weak, pipeline=PIPELINE, dataset_version_id=DS["a"],
@@ -269,8 +260,7 @@ def test_a_version_that_does_not_exist_is_not_found(mlf, served, lake, version) 
 def test_promotions_page_follows_the_ledger_and_reports_divergence(mlf, tmp_path) -> None:
     pipeline = "t_ui_promos"
     name = registry.model_name(pipeline)
-    x, models = small_models(2, rows=300)
-    v1, v2 = register_versions(mlf, name, pipeline, x, models)
+    v1, v2 = small_versions(mlf, name, pipeline, 2, rows=300)
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
     promotion.apply(mlf, ledger, name, promotion.cold_start({}, v1, "first blessed model"), move_key="k/cold",
                     actor="k/cold", person="airflow:scheduled")

@@ -79,3 +79,16 @@ def register_versions(mlf: object, name: str, experiment: str, x: object, models
         out.append(registry.register(mlf, name=name, run_id=run_id, run_key=run_key, model=model, example=x,
                                      tags={"crispflow.blessed": tag}).version)
     return out
+
+
+def small_versions(mlf: object, name: str, experiment: str, n: int, *, rows: int = 1000,
+                   blessed: list[bool] | None = None) -> list[str]:
+    """`n` small logistic regressions (C = 0.1, 0.2, ...) on two features of the first `rows` rows of the
+    lending_club sample, registered with `register_versions` (all blessed unless `blessed` says otherwise)."""
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+
+    df = pd.read_parquet(Path(__file__).resolve().parents[2] / "include" / "data" / "lending_club.parquet").head(rows)
+    x = df[["int_rate", "annual_inc"]].astype("float64")
+    models = [LogisticRegression(C=0.1 * (i + 1), max_iter=300).fit(x, df["Class"] == "bad") for i in range(n)]
+    return register_versions(mlf, name, experiment, x, models, blessed)

@@ -4,10 +4,8 @@ intent → apply → confirm protocol (a pending move completed or abandoned, ne
 
 from __future__ import annotations
 
-import pandas as pd
 import pytest
-from sklearn.linear_model import LogisticRegression
-from support.mlflow_server import register_versions
+from support.mlflow_server import small_versions
 
 from crispflow.model import registry
 from crispflow.release import promotion
@@ -35,10 +33,7 @@ def mlf(mlflow_server):
 @pytest.fixture(scope="module")
 def versions(mlf) -> list[str]:
     """Three complete versions of a small model: v1 and v2 blessed, v3 not."""
-    df = pd.read_parquet("include/data/lending_club.parquet").head(1000)
-    x = df[["int_rate", "annual_inc"]].astype("float64")
-    models = [LogisticRegression(C=0.1 * (i + 1), max_iter=300).fit(x, df["Class"] == "bad") for i in range(3)]
-    return register_versions(mlf, NAME, "t_moves", x, models, blessed=[True, True, False])
+    return small_versions(mlf, NAME, "t_moves", 3, blessed=[True, True, False])
 
 
 @pytest.fixture

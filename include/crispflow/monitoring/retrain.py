@@ -17,11 +17,9 @@ from crispflow.errors import LakeError, ParamsError
 if TYPE_CHECKING:
     from crispflow.lake import Lake, PathLike
 
-RETRAIN_CONF = frozenset({"window_days"})
-
 
 def plan_retrain(events: Sequence[Mapping[str, Any] | None], *, root: PathLike, lake: Lake, window_days: int,
-                 run: Mapping[str, Any], conf: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                 run: Mapping[str, Any]) -> dict[str, Any]:
     """The training run a drift event asks for: `conf` of train_evaluate_register (pipeline, composed dataset
     version), its `run_id` (one per episode), the `episode_id` and how many older events were coalesced.
 
@@ -30,15 +28,12 @@ def plan_retrain(events: Sequence[Mapping[str, Any] | None], *, root: PathLike, 
     :param lake: the data lake the training window is composed in
     :param window_days: curated versions ending within this many days of the newest one
     :param run: who composes the window (recorded in its manifest)
-    :param conf: the run's conf (only `window_days` is allowed)
     """
     from crispflow.data import training_window
     from crispflow.monitoring.episodes import check_event, retrain_run_id
     from crispflow.monitoring.store import read_episode
-    from crispflow.run_requests import reject_unknown
     from crispflow.spec import load_spec
 
-    reject_unknown(conf, set(RETRAIN_CONF))
     if not events:
         raise ParamsError("drift event: this DAG runs on a crispflow_drift_detected event, none arrived")
     pipelines = sorted({str(e.get("pipeline")) for e in events if isinstance(e, Mapping)})

@@ -19,32 +19,26 @@ class IngestOperator(BaseOperator):
     :param pipeline: name of the pipeline spec in include/pipelines (templated)
     :param start: first day of the interval, YYYY-MM-DD; empty = the run's data interval (templated)
     :param end: day after the interval, YYYY-MM-DD (templated)
-    :param allowed_conf: the keys a run's conf may carry; anything else is rejected
     """
 
     template_fields: Sequence[str] = ("pipeline", "start", "end")
     ui_color = "#e8f4fd"
 
-    def __init__(self, *, pipeline: str, start: str | None = None, end: str | None = None,
-                 allowed_conf: Sequence[str] = (), **kwargs: Any) -> None:
+    def __init__(self, *, pipeline: str, start: str | None = None, end: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.pipeline = pipeline
         self.start = start
         self.end = end
-        self.allowed_conf = tuple(allowed_conf)
 
     def execute(self, context: Context) -> dict[str, Any]:
         from crispflow.data.datasets import stage
         from crispflow.data.extracts import assemble
-        from crispflow.run_requests import reject_unknown, resolve_interval
+        from crispflow.run_requests import resolve_interval
         from crispflow.spec import load_spec
         from crispflow_airflow.hooks.lake import LakeHook
         from crispflow_airflow.hooks.sources import extract
 
         with as_airflow_errors():
-            dag_run = context["dag_run"]
-            if self.allowed_conf:
-                reject_unknown(dag_run.conf, set(self.allowed_conf))
             interval = resolve_interval(self.start, self.end, context.get("data_interval_start"),
                                         context.get("data_interval_end"))
             spec, lake = load_spec(self.pipeline), LakeHook().get_lake()

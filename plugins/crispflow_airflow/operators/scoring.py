@@ -30,32 +30,28 @@ class PlanScoringOperator(BaseOperator):
     :param dataset_version_id: curated dataset version; empty: the newest published one (templated)
     :param alias: registry alias of the model to score with (templated)
     :param partition_rows: most rows per partition (templated; a whole number)
-    :param allowed_conf: the keys a run's conf may carry; anything else is rejected
     """
 
     template_fields: Sequence[str] = ("pipeline", "dataset_version_id", "alias", "partition_rows")
     ui_color = "#fdf5e8"
 
     def __init__(self, *, pipeline: str, dataset_version_id: str | None, alias: str, partition_rows: Any,
-                 allowed_conf: Sequence[str] = (), **kwargs: Any) -> None:
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.pipeline = pipeline
         self.dataset_version_id = dataset_version_id
         self.alias = alias
         self.partition_rows = partition_rows
-        self.allowed_conf = tuple(allowed_conf)
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         from crispflow.errors import ParamsError
-        from crispflow.run_requests import VERSION_ID, reject_unknown
+        from crispflow.run_requests import VERSION_ID
         from crispflow.serving.batch_scoring import newest_version, plan_partitions, resolve_model
         from crispflow.spec import load_spec
         from crispflow_airflow.hooks.lake import LakeHook
         from crispflow_airflow.hooks.mlflow import MlflowHook
 
         with as_airflow_errors():
-            if self.allowed_conf:
-                reject_unknown(context["dag_run"].conf, set(self.allowed_conf))
             try:
                 rows = int(str(self.partition_rows))
             except ValueError:

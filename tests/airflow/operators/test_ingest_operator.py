@@ -1,4 +1,5 @@
-"""IngestOperator: templated fields render, the XCom is the small batch summary, bad requests fail without retry."""
+"""IngestOperator: templated fields render, the XCom is the small batch summary, bad requests fail without retry
+(an unknown conf key through the `default_args` hook every crispflow DAG has)."""
 
 from __future__ import annotations
 
@@ -34,22 +35,36 @@ def test_stages_a_batch_and_returns_its_summary(run_alone, lake) -> None:
     assert (lake.batch_dir("lending_club", out["batch_id"]) / "ingest.json").exists()
 
 
+def test_an_unknown_conf_key_fails_the_task_before_anything_is_read(run_alone, lake, capfd) -> None:
+    """The operator has no conf check of its own: `default_args` gives every crispflow task the
+    `reject_unknown_conf` pre_execute hook, which fails it once (InvalidRequest, not retried) before it runs."""
+    from datetime import timedelta
+
+    from crispflow_airflow.dag_defaults import default_args
+
+    def make():
+        return operator(default_args=default_args(execution_timeout=timedelta(minutes=5)))
+
+    dr, ti = run_alone(make, PARAMS, {"pipeline": "lending_club", "bogus": 1, **JAN})
+    assert dr.state == "failed" and ti.state == "failed" and ti.try_number == 1
+    assert "conf: unknown field(s) ['bogus']" in capfd.readouterr().out
+    assert not (lake.root / "raw").exists() and not (lake.root / "batches").exists()  # nothing landed or staged
+
+
 @pytest.mark.parametrize(
-    ("kwargs", "conf", "error", "message"),
+    ("conf", "error", "message"),
     [
-        ({"allowed_conf": ["pipeline", "start", "end"]}, {"pipeline": "lending_club", "bogus": 1, **JAN},
-         "InvalidRequest", "unknown field(s) ['bogus']"),
-        ({}, {"pipeline": "lending_club", "start": "2026-02-01", "end": "2026-01-01"}, "InvalidRequest",
+        ({"pipeline": "lending_club", "start": "2026-02-01", "end": "2026-01-01"}, "InvalidRequest",
          "must be before end"),
-        ({}, {"pipeline": "no_such_pipeline", **JAN}, "GateConfigurationError", "no_such_pipeline"),
+        ({"pipeline": "no_such_pipeline", **JAN}, "GateConfigurationError", "no_such_pipeline"),
     ],
 )
-def test_typed_errors_become_airflow_failures(lake, kwargs, conf, error, message) -> None:
+def test_typed_errors_become_airflow_failures(lake, conf, error, message) -> None:
     from airflow.models.dagrun import DagRun
 
     import crispflow_airflow.exceptions as exceptions
 
-    op = operator(**kwargs)
+    op = operator()
     op.render_template_fields({"params": conf})
     context = {"dag_run": DagRun(dag_id="t", run_id="r", conf=conf), "data_interval_start": None,
                "data_interval_end": None}

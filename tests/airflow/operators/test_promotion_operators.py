@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import re
 
-import pandas as pd
 import pytest
-from sklearn.linear_model import LogisticRegression
-from support.mlflow_server import register_versions
+from support.mlflow_server import small_versions
 
 from crispflow.model import registry
 from crispflow.release import promotion
@@ -24,10 +22,7 @@ SUMMARY = {"seq", "action", "from_version", "to_version", "moves", "reason", "pe
 def versions(mlflow_server) -> list[str]:
     """v1, v2 blessed, v3 not."""
     mlf = registry.client(mlflow_server.url)
-    df = pd.read_parquet("include/data/lending_club.parquet").head(1000)
-    x = df[["int_rate", "annual_inc"]].astype("float64")
-    models = [LogisticRegression(C=0.1 * (i + 1), max_iter=300).fit(x, df["Class"] == "bad") for i in range(3)]
-    return register_versions(mlf, MODEL, PIPELINE, x, models, blessed=[True, True, False])
+    return small_versions(mlf, MODEL, PIPELINE, 3, blessed=[True, True, False])
 
 
 @pytest.fixture
