@@ -481,13 +481,11 @@ def test_a_pending_forced_blessing_shows_on_its_version(api: Any, approval: str)
 
 
 @pytest.fixture(scope="module")
-def action_dags(api: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
-    """The real DAGs the buttons trigger, parsed from dags/ and stored (no scheduler: triggered runs stay queued
-    and are deleted afterwards)."""
+def action_dags(api: Any, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """The real DAGs the buttons trigger, parsed from dags/ and stored (no scheduler: triggered runs stay queued;
+    the test deletes the ones it made)."""
     from airflow.dag_processing.bundles.manager import DagBundlesManager
     from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
-    from airflow.models.dagrun import DagRun
-    from airflow.utils.session import create_session
 
     dag_ids = ["rollback", "promote_canary", "canary_analysis", "acknowledge_alert"]
     DagBundlesManager().sync_bundles_to_db()
@@ -498,9 +496,7 @@ def action_dags(api: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     for dag_id in dag_ids:
         stored.bag_dag(bag.dags[dag_id])
     sync_bag_to_db(stored, "dags-folder", None)
-    yield dag_ids
-    with create_session() as session:
-        session.query(DagRun).filter(DagRun.dag_id.in_(dag_ids)).delete(synchronize_session=False)
+    return dag_ids
 
 
 def _page_request(form: dict[str, Any]) -> dict[str, Any]:
@@ -534,9 +530,12 @@ def test_the_buttons_requests_are_accepted_by_the_real_dags_as_the_user(
             client.cookies.clear()
         assert {d: a.status_code for d, a in answers.items()} == dict.fromkeys(action_dags, expected), {
             d: a.text[:300] for d, a in answers.items()}
+    created = {d: a.json()["dag_run_id"] for d, a in answers.items()}  # only this test's runs (other tests' stay)
     with create_session() as session:
-        runs = session.query(DagRun).filter(DagRun.dag_id.in_(action_dags)).all()
+        runs = [session.query(DagRun).filter(DagRun.dag_id == d, DagRun.run_id == r).one() for d, r in created.items()]
         made = {r.dag_id: (r.triggering_user_name, r.conf) for r in runs}
+        for run in runs:  # queued forever without a scheduler: removed again
+            session.delete(run)
     _, v2, v3 = stores["versions"]
     assert {d: who for d, (who, _) in made.items()} == dict.fromkeys(action_dags, "user")
     assert made["rollback"][1]["expected_champion"] == v2

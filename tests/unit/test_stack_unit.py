@@ -386,7 +386,14 @@ def test_launch_then_stop_kills_the_whole_process_group(paths: StackPaths) -> No
     assert not paths.pid_file("worker").exists()
 
 
-def test_status_of_a_half_running_stack(settings: Settings, paths: StackPaths) -> None:
+def test_status_of_a_half_running_stack(settings: Settings, paths: StackPaths,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from support.stack import free_ports
+
+    for var, port in zip(("CRISPFLOW_AIRFLOW_PORT", "CRISPFLOW_MLFLOW_PORT", "CRISPFLOW_SERVE_PORT"), free_ports(3),
+                         strict=True):  # nothing answers there, whatever else runs on this machine's default ports
+        monkeypatch.setenv(var, str(port))
+    settings = Settings.from_env()
     spec = ProcessSpec("airflow-triggerer", "x", (sys.executable, "-c", "import time; time.sleep(60)"))
     proc = launch(spec, paths)
     try:

@@ -104,9 +104,7 @@ def policy_evidence(policy: CanaryPolicy) -> dict[str, Any]:
 def deployed_at(ledger: Ledger, model: str, canary: str) -> datetime:
     """When `canary` was last deployed as the canary, per the ledger; the epoch for a canary alias set outside
     crispflow (then the analysis judges whatever the log holds for it)."""
-    deploys = [e for e in ledger.entries(model)
-               if e["action"] == "deploy_canary" and e["to_version"] == canary and e["state"] == promotion.CONFIRMED]
-    return datetime.fromisoformat(deploys[-1]["at"]) if deploys else NEVER
+    return promotion.canary_deployed_at(ledger, model, canary) or NEVER
 
 
 def store_report(mlf: MlflowClient, root: Any, model: str, canary: str, run_key: str, report: Mapping[str, Any]) -> str:

@@ -609,21 +609,26 @@ def _check_shown(model: str, state: Mapping[str, str | None], shown: Mapping[str
         raise PromotionConflict(f"{model}: {described} (moved since the decision was made): nothing {what}")
 
 
+def canary_deployed_at(ledger: Ledger, model: str, canary: str) -> datetime | None:
+    """When `canary` was last deployed as the canary (its last confirmed `deploy_canary` entry); None if never
+    (a canary alias set outside crispflow)."""
+    deploys = [e["at"] for e in ledger.entries(model)
+               if e["action"] == "deploy_canary" and e["to_version"] == canary and e["state"] == CONFIRMED]
+    return datetime.fromisoformat(deploys[-1]) if deploys else None
+
+
 def latest_canary_analysis(root: Any, ledger: Ledger, model: str, canary: str) -> dict[str, Any] | None:
     """The newest stored canary-analysis report of `canary` for its current deployment (reports are stored per
     analysing run by `crispflow.release.canary_analysis.store_report`); None when it was not judged since.
 
-    The deployment is the last confirmed `deploy_canary` entry of `canary` in the ledger (the rule of
-    `canary_analysis.deployed_at`); reports of an earlier deployment of the same version do not count. Newest:
+    The deployment is `canary_deployed_at`; reports of an earlier deployment of the same version do not count. Newest:
     the latest analysis interval end. Reads one small JSON file per analysing run of this canary version."""
     from crispflow.predictions.store import canary_report_path, display_path
 
     folder = canary_report_path(root, model, canary, "-").parent
     if not folder.exists():
         return None
-    deploys = [e["at"] for e in ledger.entries(model)
-               if e["action"] == "deploy_canary" and e["to_version"] == canary and e["state"] == CONFIRMED]
-    since = datetime.fromisoformat(deploys[-1]) if deploys else None
+    since = canary_deployed_at(ledger, model, canary)
     found: list[tuple[datetime, dict[str, Any]]] = []
     for path in folder.iterdir():
         if not path.name.endswith(".json") or path.name.startswith("."):
