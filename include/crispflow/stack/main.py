@@ -93,6 +93,26 @@ def cmd_ledger(args: argparse.Namespace, settings: Settings) -> int:
     return run(args, settings)
 
 
+def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
+    """Check every spec, DAG file and the plugin's import cost; exit 0 when all pass, 1 with a line per problem."""
+    import time
+    from pathlib import Path
+
+    from crispflow.stack.validate import PARTS, validate
+
+    root = settings.project_root
+    started = time.perf_counter()
+    report = validate(Path(args.pipelines) if args.pipelines else settings.pipelines_dir,
+                      Path(args.dags) if args.dags else root / "dags",
+                      Path(args.plugins) if args.plugins else root / "plugins",
+                      parts=args.only or PARTS, max_parse_seconds=args.max_parse_seconds,
+                      max_plugin_import_ms=args.max_plugin_import_ms)
+    for problem in report.problems:
+        print(problem)
+    print(f"{report.summary()} ({time.perf_counter() - started:.1f} s)")
+    return 0 if report.ok else 1
+
+
 def profile_client_settings(profile: str, settings: Settings) -> Settings:
     """Settings as a client of a running non-default profile sees them (its S3 lake, MLflow credentials)."""
     import os
@@ -133,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         "serve": (cmd_serve, "run the model server (MLflow aliases champion/canary/shadow)"),
         "drift": (cmd_drift, "drift of a data file against a reference"),
         "ledger": (cmd_ledger, "check the promotion ledger against the registry (`ledger verify`)"),
+        "validate": (cmd_validate, "check every spec, DAG file parse and the plugin's import cost (for CI)"),
     }
     for name, (func, text) in commands.items():
         cmd = sub.add_parser(name, help=text, description=text)
@@ -164,6 +185,18 @@ def build_parser() -> argparse.ArgumentParser:
             from crispflow.release.ledger_cli import add_arguments as add_ledger_arguments
 
             add_ledger_arguments(cmd)
+        if name == "validate":
+            from crispflow.stack.validate import MAX_PARSE_SECONDS, MAX_PLUGIN_IMPORT_MS, PARTS
+
+            cmd.add_argument("--only", action="append", choices=PARTS,
+                             help="check only this part (repeatable; default: all), e.g. in a pre-commit hook")
+            cmd.add_argument("--pipelines", metavar="DIR", help="spec folder (default: include/pipelines)")
+            cmd.add_argument("--dags", metavar="DIR", help="DAG folder (default: dags)")
+            cmd.add_argument("--plugins", metavar="DIR", help="plugins folder (default: plugins)")
+            cmd.add_argument("--max-parse-seconds", type=float, default=MAX_PARSE_SECONDS,
+                             help="parse time limit of one DAG file (default: %(default)s)")
+            cmd.add_argument("--max-plugin-import-ms", type=float, default=MAX_PLUGIN_IMPORT_MS,
+                             help="import time limit of the plugin file (default: %(default)s)")
     return parser
 
 
