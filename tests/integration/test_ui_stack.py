@@ -228,7 +228,12 @@ def test_an_engineer_rolls_back_and_acknowledges_from_the_pages(live: Stack, sce
     form.locator("input[name=reason]").fill("rolled back from the promotions page in a test")
     form.locator("button").click()
     form.locator("output.ok").wait_for(timeout=30_000)
-    wait_for("the rollback in the ledger", lambda: ledger.entries(name)[-1]["action"] == "rollback", 300, poll=2)
+    def last() -> tuple[str, str]:
+        entry = ledger.entries(name)[-1]
+        return entry["action"], entry["state"]
+
+    # written as an intent, applied to the registry, then confirmed
+    wait_for("the rollback confirmed in the ledger", lambda: last() == ("rollback", "confirmed"), 300, poll=2)
     entry = ledger.entries(name)[-1]
     assert entry["person"] == "reviewer" and entry["moves"]["champion"] == [v2, v1], entry
     assert entry["state"] == "confirmed" and promotion.verify(mlf, ledger, name) == []
