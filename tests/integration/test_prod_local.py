@@ -262,9 +262,8 @@ def test_demo_runs_with_tasks_on_both_workers(live: ProdStack, demo: dict[str, A
     run_id = demo["training run"].rsplit("/", 1)[1]
     tasks = api.task_instances("train_evaluate_register", run_id)
     hosts = {t["hostname"] for t in tasks if t["state"] == "success"}
+    # both Celery workers ran tasks of the run (which worker takes which mapped candidate depends on the load)
     assert {h.split(".", 1)[0] for h in hosts} == {"worker1", "worker2"}, f"task hosts: {sorted(hosts)}"
-    mapped = [t for t in tasks if t["task_id"] == "cross_validate"]
-    assert len({t["hostname"] for t in mapped}) >= 2, "the mapped cross-validation did not spread over workers"
 
 
 def test_the_drift_loop_completes_on_the_production_topology(demo: dict[str, Any]) -> None:
