@@ -1,0 +1,1 @@
+"""Scripts `crispflow validate` runs in fresh processes: they import Airflow, the library never does."""
