@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test up prod-local down status lint lock bench bench-scale clean help chromium
+.PHONY: demo test up prod-local down status lint lock bench bench-scale clean help chromium monitoring-tools
 
 help:
 	@echo "make demo    set up and run the demo on the local stack (Airflow + MLflow)"
@@ -33,7 +33,7 @@ up: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/crispflow up
 
 # Needs PostgreSQL on 127.0.0.1:5432 (user postgres) and Redis on 127.0.0.1:6379; `make down` stops it.
-prod-local: $(STAMP)
+prod-local: $(STAMP) monitoring-tools
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/crispflow up --profile prod-local
 
 down:
@@ -48,7 +48,14 @@ chromium:
 	  { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
 	  { echo "make test needs Debian's chromium (apt-get install chromium)"; exit 1; }
 
-test: $(STAMP) chromium
+# prod-local runs Prometheus and Alertmanager from Debian's packages; the tests run promtool and amtool on the rules.
+monitoring-tools:
+	@command -v prometheus-alertmanager >/dev/null && command -v promtool >/dev/null || \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null; } || \
+	  { echo "needs Debian's prometheus and prometheus-alertmanager (apt-get install prometheus prometheus-alertmanager)"; exit 1; }
+
+test: $(STAMP) chromium monitoring-tools
 	$(BIN)/ruff check .
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
 

@@ -3,6 +3,10 @@
 The alert `key` (its dedup key, `<model>.<episode id>`) of the pipeline's model is marked acknowledged by the user
 who triggered the run, with their note. Exclusive: the first acknowledgement wins; acknowledging it again fails
 the run without retry, naming who acknowledged it first. Runs one at a time.
+
+Where Alertmanager is configured (the `crispflow_alertmanager` connection: prod-local, docker-compose.yaml), the
+acknowledgement also silences the Prometheus side of the same alert: a silence on its `dedup_key` label, created by
+the same person with the same note (crispflow.monitoring.silences).
 """
 
 from __future__ import annotations

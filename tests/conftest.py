@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,3 +38,12 @@ def airflow_db() -> None:
     from airflow.utils import db
 
     db.resetdb()
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path) -> Iterator[Any]:
+    """A fresh, real Alertmanager with basic auth for one test (tests/support/alertmanager.py; about a second)."""
+    from support.alertmanager import run_alertmanager
+
+    with run_alertmanager(tmp_path / "alertmanager") as server:
+        yield server

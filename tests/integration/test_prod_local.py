@@ -13,6 +13,7 @@ PostgreSQL or Redis does not answer.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import socket
 import time
@@ -24,6 +25,7 @@ from typing import Any
 import pytest
 import requests
 import yaml
+from support.monitoring import Monitoring, firing, received_at, wait_for
 from support.permissions import loose_entries
 from support.stack import Stack, clean_env, free_ports
 
@@ -48,7 +50,16 @@ PROCESSES = {
     "airflow-worker-1",
     "airflow-worker-2",
     "model-server",
+    "telemetry",
+    "prometheus",
+    "alertmanager",
 }
+# Prometheus' `for:` durations and Alertmanager's group timings run 30 times faster on this stack (stack/monitoring.py:
+# CRISPFLOW_ALERT_TIME_SCALE; never below 1 s, `for:` never below 30 s): group_interval 10 s, repeat_interval 120 s
+TIME_SCALE = 30
+GROUP_INTERVAL, REPEAT_INTERVAL = 300 / TIME_SCALE, 3600 / TIME_SCALE
+# p99 latency over 250 ms depends on the machine's load while three demos share two cores: not asserted either way
+LOAD_DEPENDENT = {"CrispflowLatencyP99High"}
 
 
 def _unreachable(host: str, port: int) -> bool:
@@ -84,8 +95,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProdStack]:
         spec["training"]["candidates"] = [c for c in spec["training"]["candidates"] if c["name"] == linear]
         spec["training"]["search_budget"] = 2
         (pipelines / f"{name}.yaml").write_text(yaml.safe_dump(spec))
-    airflow, mlflow, serve, s3 = free_ports(4)
-    ports = Ports(airflow=airflow, mlflow=mlflow, serve=serve, s3=s3)
+    airflow, mlflow, serve, s3, prometheus, alertmanager, telemetry = free_ports(7)
+    ports = Ports(airflow=airflow, mlflow=mlflow, serve=serve, s3=s3, prometheus=prometheus,
+                  alertmanager=alertmanager, telemetry=telemetry)
     env = clean_env() | {
         "CRISPFLOW_HOME": str(base / "home"),
         "CRISPFLOW_PROJECT_ROOT": str(ROOT),
@@ -93,6 +105,10 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProdStack]:
         "CRISPFLOW_MLFLOW_PORT": str(mlflow),
         "CRISPFLOW_SERVE_PORT": str(serve),
         "CRISPFLOW_S3_PORT": str(s3),
+        "CRISPFLOW_PROMETHEUS_PORT": str(prometheus),
+        "CRISPFLOW_ALERTMANAGER_PORT": str(alertmanager),
+        "CRISPFLOW_TELEMETRY_PORT": str(telemetry),
+        "CRISPFLOW_ALERT_TIME_SCALE": str(TIME_SCALE),
         "CRISPFLOW_PIPELINES_DIR": str(pipelines),
     }
     live = ProdStack(base / "home", env, ports)
@@ -343,6 +359,146 @@ def test_model_server_serves_the_champion(live: ProdStack, demo: dict[str, Any])
     while (code := requests.get(url, timeout=10).status_code) != 200 and time.monotonic() < deadline:
         time.sleep(2)
     assert code == 200, "the model server did not load the champion from the S3-backed registry"
+
+
+# --------------------------------------------------------------------------- monitoring: Prometheus, Alertmanager
+
+
+@pytest.fixture(scope="module")
+def monitoring(live: ProdStack) -> Monitoring:
+    return Monitoring(live.ports, live.secrets)
+
+
+@pytest.fixture(scope="module")
+def drift_alerts(live: ProdStack, demos: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Pipeline → the dedup key of the drift alert its DriftSensor sent (the Airflow side), one episode each."""
+    from upath import UPath
+
+    from crispflow.model import registry
+    from crispflow.monitoring.alerts import list_alerts
+    from crispflow.predictions.store import storage_options_from_env
+
+    keys = {}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in live.client_env().items():
+            mp.setenv(key, value)
+        url = Settings.from_env().predictions_url
+        root = UPath(url, **(storage_options_from_env(url) or {}))
+        for pipeline in LINEAR:
+            alerts = list_alerts(root, registry.model_name(pipeline))
+            assert len(alerts) == 1, f"{pipeline}: {len(alerts)} drift alerts"
+            keys[pipeline] = alerts[0]["dedup_key"]
+    return keys
+
+
+def test_prometheus_scrapes_the_model_server_airflow_and_itself(monitoring: Monitoring,
+                                                                 demo: dict[str, Any]) -> None:
+    """Every target up with its own credentials; Airflow's task metrics arrive through the OTLP bridge."""
+    targets = {t["labels"]["job"]: t for t in monitoring.targets()}
+    assert set(targets) == {"crispflow-model-server", "airflow", "prometheus", "alertmanager"}
+    assert {job: t["health"] for job, t in targets.items()} == dict.fromkeys(targets, "up"), targets
+    successes = wait_for("airflow_ti_successes_total in Prometheus",
+                         lambda: monitoring.query("sum(airflow_ti_successes_total)"), timeout=120)
+    assert float(successes[0]["value"][1]) >= 10, "the demo's task successes, as pushed by the Celery workers"
+    assert monitoring.query('crispflow_serve_ready{model="crispflow-lending_club"}')
+
+
+def test_every_dashboard_query_has_data_and_every_rule_expression_evaluates(monitoring: Monitoring,
+                                                                             demo: dict[str, Any]) -> None:
+    """Each Grafana panel's query returns series on the demo's data (no "no data" panel); each alert rule's
+    expression is valid PromQL against the running Prometheus, and its rule group is loaded and healthy."""
+    folder = ROOT / "include" / "monitoring"
+    empty = []
+    for board in sorted((folder / "grafana" / "dashboards").glob("*.json")):
+        for panel in json.loads(board.read_text())["panels"]:
+            for target in panel.get("targets", []):
+                if not monitoring.query(target["expr"]):
+                    empty.append(f"{board.name}: {panel.get('title')}: {target['expr']}")
+    assert not empty, "panels with no data:\n" + "\n".join(empty)
+    for group in yaml.safe_load((folder / "alerts.yml").read_text())["groups"]:
+        for rule in group["rules"]:
+            monitoring.query(rule["expr"])  # raises on an invalid expression
+    resp = requests.get(f"{monitoring.prometheus}/api/v1/rules", auth=monitoring.auth, timeout=30)
+    loaded = {r["name"]: r["health"] for g in resp.json()["data"]["groups"] for r in g["rules"]}
+    assert loaded and set(loaded.values()) == {"ok"}, loaded
+
+
+def test_each_drift_episode_is_one_notification_keyed_like_the_airflow_alert(
+        monitoring: Monitoring, drift_alerts: dict[str, str]) -> None:
+    """One grouped notification per episode, carrying the Airflow-side digest's dedup key; nothing more within the
+    group interval (repeats only after repeat_interval, as reminders)."""
+    for pipeline, key in drift_alerts.items():
+        first = wait_for(f"the drift notification of {pipeline}",
+                         lambda key=key: firing(monitoring.notifications(), dedup_key=key), timeout=240)
+        alert = next(a for a in first[0]["payload"]["alerts"] if a["labels"].get("dedup_key") == key)
+        assert alert["labels"]["alertname"] == "CrispflowDriftPersistent"
+        assert alert["labels"]["model"] == key.split(".", 1)[0] and alert["labels"]["alias"] == "champion"
+    time.sleep(GROUP_INTERVAL + 5)
+    notes = monitoring.notifications()
+    drift = firing(notes, alertname="CrispflowDriftPersistent")
+    keys = {a["labels"]["dedup_key"] for n in drift for a in n["payload"]["alerts"]}
+    assert keys == set(drift_alerts.values()), f"drift notifications for other episodes: {keys}"
+    for key in drift_alerts.values():
+        times = sorted(received_at(n) for n in firing(notes, dedup_key=key))
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert all(gap >= REPEAT_INTERVAL * 0.9 for gap in gaps), f"{key}: notified again after {gaps} s"
+
+
+def test_an_error_burst_is_one_notification(live: ProdStack, monitoring: Monitoring,
+                                            drift_alerts: dict[str, str]) -> None:
+    """Requests for a registered model that has no champion yet fail with 503: Prometheus' error-rate alert fires
+    once, through Alertmanager; the model itself is not "not ready" (nothing to serve yet is not a failure)."""
+    from mlflow import MlflowClient
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in live.client_env().items():
+            mp.setenv(key, value)
+        MlflowClient().create_registered_model("crispflow-burst")
+    admin = {"Authorization": f"Bearer {live.secrets.serve_admin_token}"}
+    client = {"Authorization": f"Bearer {live.secrets.serve_client_token}"}
+    serve = f"http://127.0.0.1:{live.ports.serve}"
+    wait_for("the model server knows crispflow-burst", lambda: "crispflow-burst" in requests.get(
+        f"{serve}/models", headers=admin, timeout=10).text, timeout=120)
+    started = time.time()
+    codes = [requests.post(f"{serve}/models/crispflow-burst/predict", json={"records": [{"x": 1}]},
+                           headers=client, timeout=10).status_code for _ in range(300)]
+    assert set(codes) == {503}, codes
+    burst = wait_for("the error-rate notification", lambda: [
+        n for n in firing(monitoring.notifications(), alertname="CrispflowServerErrorRate")
+        if received_at(n) >= started], timeout=240)
+    time.sleep(GROUP_INTERVAL + 5)
+    again = [n for n in firing(monitoring.notifications(), alertname="CrispflowServerErrorRate")
+             if received_at(n) >= started]
+    assert len(again) == len(burst) == 1, again
+    assert monitoring.query('crispflow_serve_ready{model="crispflow-burst"} == 1')
+    names = {a["labels"]["alertname"] for n in monitoring.notifications() if n["payload"]["status"] == "firing"
+             for a in n["payload"]["alerts"]}
+    assert names - LOAD_DEPENDENT == {"CrispflowDriftPersistent", "CrispflowServerErrorRate"}, names
+
+
+def test_acknowledging_an_episode_silences_it_in_alertmanager(live: ProdStack, monitoring: Monitoring,
+                                                              drift_alerts: dict[str, str]) -> None:
+    """The acknowledge_alert DAG (REST, as admin) records the acknowledgement and creates a silence on the dedup
+    key: the episode's Prometheus alert is suppressed and notifies no more, while the other episodes still remind."""
+    key = drift_alerts["lending_club"]
+    api = live.api()
+    run = api.trigger("acknowledge_alert", conf={"pipeline": "lending_club", "key": key, "note": "investigating"})
+    assert api.wait_for_run("acknowledge_alert", run, timeout=300) == "success"
+    result = api.xcom("acknowledge_alert", run, "acknowledge")
+    assert result["acknowledged_by"] == "admin" and result["silence"]["created"], result
+    silence = next(s for s in monitoring.silences() if s["id"] == result["silence"]["id"])
+    assert silence["status"]["state"] == "active" and silence["createdBy"] == "admin"
+    assert silence["matchers"] == [{"name": "dedup_key", "value": key, "isRegex": False, "isEqual": True}]
+    alerts = wait_for("the episode's alert suppressed", lambda: [
+        a for a in monitoring.am_alerts(dedup_key=key) if a["status"]["state"] == "suppressed"], timeout=60)
+    assert alerts[0]["status"]["silencedBy"] == [silence["id"]]
+    acked = time.time()
+    others = [k for k in drift_alerts.values() if k != key]
+    wait_for("a reminder for an episode nobody acknowledged", lambda: [
+        n for k in others for n in firing(monitoring.notifications(), dedup_key=k) if received_at(n) > acked + 2],
+        timeout=REPEAT_INTERVAL + 4 * GROUP_INTERVAL)
+    late = [n for n in firing(monitoring.notifications(), dedup_key=key) if received_at(n) > acked + 2]
+    assert not late, f"the acknowledged episode notified again: {late}"
 
 
 def test_down_stops_everything_it_started(live: ProdStack) -> None:

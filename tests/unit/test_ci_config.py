@@ -62,10 +62,12 @@ def test_the_workflow_runs_the_checks_on_every_push_and_the_whole_suite_on_main(
     assert set(flow[True]) >= {"push", "pull_request"}  # YAML 1.1 reads the key `on` as True
     checks, full = flow["jobs"]["checks"], flow["jobs"]["full-suite"]
     assert "if" not in checks
-    assert run_commands(checks) == ["make setup", ".venv/bin/ruff check .", ".venv/bin/crispflow validate",
+    apt = ("sudo apt-get update -qq && sudo apt-get install -y -qq --no-install-recommends prometheus "
+           "prometheus-alertmanager")  # promtool/amtool check the alert rules; prod-local runs both
+    assert run_commands(checks) == ["make setup", apt, ".venv/bin/ruff check .", ".venv/bin/crispflow validate",
                                     '.venv/bin/pytest -m "not slow"']
     assert "refs/heads/main" in full["if"] and full["needs"] == "checks"
-    assert run_commands(full) == ["make test"]
+    assert run_commands(full) == [apt, "make test"]
     for job in (checks, full):  # the unit tests need PostgreSQL too (the ledger on PostgreSQL)
         assert job["services"]["postgres"]["ports"] == ["5432:5432"]
         assert job["services"]["postgres"]["env"]["POSTGRES_HOST_AUTH_METHOD"] == "trust"

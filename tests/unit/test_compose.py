@@ -95,11 +95,13 @@ PUBLISHED_PORTS = {
     "model-server": 8000,
     "minio": 9001,
     "prometheus": 9090,
+    "alertmanager": 9093,
     "grafana": 3000,
 }
 MLFLOW_CLI_SOURCES = ("cli/__init__.py", "utils/cli_args.py", "environment_variables.py")
 # Bind mounts of configuration: they must exist, and refuse to start rather than create empty folders.
-CONFIG_MOUNTS = {"include/monitoring/prometheus.yml", "include/monitoring/grafana"}
+CONFIG_MOUNTS = {"include/monitoring/prometheus.yml", "include/monitoring/grafana",
+                 "include/monitoring/alertmanager.yml"}
 COMPOSE_SCHEMA = Path(__file__).with_name("compose-spec.json")  # compose-spec/compose-spec schema/, Apache-2.0
 
 # --- the Compose Specification (compose-spec/compose-spec, schema/compose-spec.json, as of June 2026) -----------
@@ -898,6 +900,10 @@ PROD_LOCAL_ONLY = {
     "CRISPFLOW_S3_PORT": "the moto server's port",
     "AIRFLOW__CORE__HOSTNAME_CALLABLE": "prod-local's workers share one host: each names itself worker<n>",
     "CRISPFLOW_WORKER_NAME": "prod-local's workers share one host: each names itself worker<n>",
+    "OTEL_EXPORTER_OTLP_HEADERS": "prod-local's OTLP receiver is the telemetry bridge (bearer token); compose's "
+                                  "Prometheus receives OTLP itself, on the compose network",
+    "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": "delta: the bridge adds up the pushes of every Airflow "
+                                                         "process; Prometheus 3's receiver takes cumulative",
 }
 COMPOSE_ONLY = {
     "AIRFLOW__CELERY__BROKER_URL": "present in both; compare only its scheme (Redis with a password in compose)",

@@ -140,6 +140,20 @@ def test_bad_arguments_are_refused() -> None:
 # ------------------------------------------------------------------------------------ dashboard and alert rules
 
 
+def record_episode(root: Path) -> str:
+    """Two drift windows and the episode the DriftSensor records for them; its id."""
+    from crispflow.monitoring.episodes import DriftPolicy, check, episode_record
+    from crispflow.monitoring.store import claim_episode
+
+    for hour in (1, 2):
+        store(root, T0 + hour * HOUR, drifted=("a", "b", "c"))
+    decision = check(root, MODEL, DriftPolicy(), T0 + 2 * HOUR)
+    assert decision.fire and decision.episode_id, decision
+    claim_episode(root, MODEL, episode_record(decision, pipeline="t_gauges", fired_at=T0 + 2 * HOUR,
+                                              fired_by={"run_id": "r"}))
+    return decision.episode_id
+
+
 def exported_names(tmp_path: Path) -> set[str]:
     """Every series name the model server's /metrics shows once each metric has a sample, drift gauges included."""
     metrics = ServingMetrics(lambda: {"written": 1, "dropped": 0, "pending": 0})
@@ -150,7 +164,7 @@ def exported_names(tmp_path: Path) -> set[str]:
     metrics.errors.labels("model").inc()
     metrics.set_served(MODEL, {"champion": "3"})
     metrics.drift.add(MODEL, DriftCollector(tmp_path, MODEL))
-    store(tmp_path, T0, drifted=("a",))
+    record_episode(tmp_path)
     text = generate_latest(metrics.registry).decode()
     return {s.name for f in text_string_to_metric_families(text) for s in f.samples}
 
@@ -190,7 +204,9 @@ def test_the_alert_rules_are_valid_and_use_only_exported_series(tmp_path: Path) 
             assert set(rule) == {"alert", "expr", "for", "labels", "annotations"}, rule.get("alert")
             assert re.fullmatch(r"[A-Z][A-Za-z0-9]+", rule["alert"])
             assert re.fullmatch(r"\d+[smh]", rule["for"])
-            assert rule["labels"]["severity"] in ("info", "warning", "critical")
+            # a fixed severity, or the series' own (the drift episode's: warning, high or critical)
+            assert rule["labels"].get("severity") in ("info", "warning", "critical") or \
+                re.search(r"by \([^)]*\bseverity\b", rule["expr"]), rule["alert"]
             assert rule["annotations"]["summary"] and rule["annotations"]["description"]
             assert rule["expr"].count("(") == rule["expr"].count(")")
             assert referenced(rule["expr"]) - names == set(), rule["alert"]
@@ -198,3 +214,26 @@ def test_the_alert_rules_are_valid_and_use_only_exported_series(tmp_path: Path) 
     assert len(alerts) == len(set(alerts))
     assert {"CrispflowDriftPersistent", "CrispflowModelServerDown", "CrispflowServerErrorRate",
             "CrispflowLatencyP99High", "CrispflowPredictionLogDrops"} <= set(alerts)
+
+
+def test_an_open_drift_episode_is_exported_with_the_alerts_dedup_key_until_it_ends(tmp_path: Path) -> None:
+    """The episode the sensor recorded is a series keyed like the Airflow-side alert (`<model>.<episode id>`) while
+    its exit rule (2 cool windows) has not been met; then it is gone, so the Prometheus alert resolves."""
+    from crispflow.monitoring.alerts import dedup_key
+
+    episode_id = record_episode(tmp_path)
+    clock = Clock()
+    registry = CollectorRegistry()
+    registry.register(DriftCollector(tmp_path, MODEL, ttl=10, clock=clock))
+    key = dedup_key(MODEL, episode_id)
+    series = ("crispflow_drift_episode_windows", (("alias", "champion"), ("dedup_key", key),
+                                                  ("severity", "critical"), ("version", "3")))
+    assert scrape(registry)[series] == 2.0
+
+    store(tmp_path, T0 + 3 * HOUR, drifted=("a",))  # hot: the episode goes on
+    clock.now += 11
+    assert scrape(registry)[series] == 3.0
+    for hour in (4, 5):  # two cool windows in a row end it
+        store(tmp_path, T0 + hour * HOUR)
+    clock.now += 11
+    assert not [name for name, _ in scrape(registry) if name == "crispflow_drift_episode_windows"]

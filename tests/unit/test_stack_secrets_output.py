@@ -55,7 +55,7 @@ def test_status_hides_the_password_and_tokens_in_ci_and_says_where_they_are(
         settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     creds = load_or_create_secrets(settings.home)
     monkeypatch.setenv("CI", "true")
-    secrets = (creds.admin_password, creds.serve_client_token, creds.serve_admin_token)
+    secrets = (creds.admin_password, creds.serve_client_token, creds.serve_admin_token, creds.serve_metrics_token)
     main(["status"])
     hidden = capsys.readouterr().out
     assert not any(s in hidden for s in secrets)
@@ -63,7 +63,7 @@ def test_status_hides_the_password_and_tokens_in_ci_and_says_where_they_are(
     assert "token demo-client (predict,feedback)" in hidden and "token admin (admin,metrics)" in hidden
     main(["status", "--json"])
     data = json.loads(capsys.readouterr().out)
-    assert data["login"]["password"] is None and [t["token"] for t in data["serve_tokens"]] == [None, None]
+    assert data["login"]["password"] is None and [t["token"] for t in data["serve_tokens"]] == [None] * 3
     main(["status", "--show-secrets"])
     shown = capsys.readouterr().out
     assert all(s in shown for s in secrets)
@@ -71,7 +71,8 @@ def test_status_hides_the_password_and_tokens_in_ci_and_says_where_they_are(
     data = json.loads(capsys.readouterr().out)
     assert data["login"]["password"] == creds.admin_password
     assert {t["name"]: t["token"] for t in data["serve_tokens"]} == {"demo-client": creds.serve_client_token,
-                                                                      "admin": creds.serve_admin_token}
+                                                                      "admin": creds.serve_admin_token,
+                                                                      "prometheus": creds.serve_metrics_token}
 
 
 def test_status_and_the_demo_print_the_ui_pages(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:

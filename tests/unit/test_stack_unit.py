@@ -572,6 +572,9 @@ def test_prod_local_profile_is_the_production_topology(settings: Settings) -> No
         "airflow-worker-1",
         "airflow-worker-2",
         "model-server",
+        "telemetry",
+        "alertmanager",
+        "prometheus",
     ]
     ns = Namespace.of(settings.home)
     assert [s.name for s in profile.setup] == [
@@ -580,6 +583,7 @@ def test_prod_local_profile_is_the_production_topology(settings: Settings) -> No
         "mlflow-auth-config",
         "mlflow-users",
         "ledger-reader",
+        "monitoring-config",
         "db-migrate",
         "pool-crispflow_promotions",
     ]

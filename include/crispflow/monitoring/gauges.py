@@ -11,6 +11,11 @@ labelled {alias, version} of the window's version:
     crispflow_drift_feature_psi{feature}     PSI of each drifted feature
     crispflow_drift_window_end_timestamp     end of the window (Unix seconds): alert when it stops advancing
     crispflow_drift_window_rows              rows the window held (0 = insufficient data)
+    crispflow_drift_episode_windows{dedup_key, severity}
+                                             windows so far of the drift episode the DriftSensor recorded, while
+                                             it lasts (its exit rule, replayed with the policy it fired under);
+                                             `dedup_key` is the Airflow-side alert's (`alerts.dedup_key`), so an
+                                             acknowledgement's Alertmanager silence matches it
     crispflow_drift_store_up                 (no labels) 1 if the last read of the store succeeded
 
 An alias whose newest window is older than the champion's newest (a canary that has ended) is not exported.
@@ -30,7 +35,8 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from crispflow.monitoring.store import read_windows
+from crispflow.monitoring.alerts import dedup_key, severity
+from crispflow.monitoring.store import read_episodes, read_windows
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +82,7 @@ class DriftCollector(Collector):
         self._lock = threading.Lock()
         self._read_at: float | None = None
         self._windows: dict[str, list[dict[str, Any]]] = {}
+        self._episodes: list[dict[str, Any]] = []
         self._up = 0
 
     def describe(self) -> Iterator[Any]:
@@ -89,6 +96,7 @@ class DriftCollector(Collector):
                 try:
                     self._windows = {a: read_windows(self.root, self.model, alias=a, last=self.history)
                                      for a in self.aliases}
+                    self._episodes = read_episodes(self.root, self.model)
                     self._up = 1
                 except Exception as exc:  # a scrape must not fail: keep the last values, say the store is down
                     log.warning("drift store of %s unreadable: %s: %s", self.model, type(exc).__name__, exc)
@@ -131,9 +139,36 @@ class DriftCollector(Collector):
                 value = (stats or {}).get("psi")
                 if isinstance(value, int | float):
                     psi.add_metric([*key, feature], float(value))
+        episode = GaugeMetricFamily("crispflow_drift_episode_windows",
+                                    "windows so far of the recorded drift episode that is still open",
+                                    labels=[*labels, "dedup_key", "severity"])
+        for alias, windows in current.items():
+            if found := open_episode_windows(self._episodes, windows, alias):
+                record, count = found
+                key = [alias, str(windows[-1].get("version")), dedup_key(self.model, record["episode_id"])]
+                episode.add_metric([*key, severity(record)], float(count))
         up = GaugeMetricFamily("crispflow_drift_store_up", "1 if the last read of the drift store succeeded")
         up.add_metric([], float(self._up))
-        yield from (share, detected, streak, psi, end, rows, up)
+        yield from (share, detected, streak, psi, end, rows, episode, up)
+
+
+def open_episode_windows(episodes: Sequence[Mapping[str, Any]], windows: Sequence[Mapping[str, Any]],
+                         alias: str) -> tuple[Mapping[str, Any], int] | None:
+    """The newest recorded episode of `alias` and its usable windows so far, if it has not ended in `windows`
+    (replayed from its start with the policy it fired under: `episodes.current_episode`)."""
+    from crispflow.monitoring.episodes import DriftPolicy, current_episode, episode_start
+
+    mine = [e for e in episodes if e.get("alias") == alias and e.get("episode_id")]
+    if not mine:
+        return None
+    record = max(mine, key=lambda e: episode_start(e["episode_id"]))
+    start = episode_start(record["episode_id"]).timestamp()
+    policy = DriftPolicy.from_dict({**(record.get("policy") or {}), "alias": alias})
+    since = [w for w in windows if _end(w) >= start]
+    active, _ = current_episode(since, policy, open_episode_id=record["episode_id"])
+    if active is None or active.episode_id != record["episode_id"]:
+        return None
+    return record, len(active.windows)
 
 
 def _end(summary: Mapping[str, Any]) -> float:

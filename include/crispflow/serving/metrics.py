@@ -20,6 +20,9 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+ERROR_KINDS = ("model", "internal", "shadow", "poll", "log", "queue_full")  # crispflow_serve_errors{kind}
+RECORD_RULES = ("missing", "type", "finite", "class", "extra")  # a record's first broken rule (validation.py)
+REFUSAL_REASONS = ("hash_mismatch", "invalid", "unavailable")  # models.RefusedModel.reason
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 SCORE_BUCKETS = tuple(round(i / 20, 2) for i in range(1, 21))
 
@@ -104,6 +107,8 @@ class ServingMetrics:
                                 ["model", "version", "alias"], buckets=SCORE_BUCKETS, registry=reg)
         self.errors = Counter("crispflow_serve_errors", "server-side errors by kind (model, internal, shadow, poll)",
                               ["kind"], registry=reg)
+        for kind in ERROR_KINDS:  # known kinds start at 0 (see add_model)
+            self.errors.labels(kind)
         self.validation_failures = Counter("crispflow_serve_validation_failures",
                                            "rejected requests by model and the first rule broken",
                                            ["model", "rule"], registry=reg)
@@ -127,15 +132,26 @@ class ServingMetrics:
         self._served_lock = threading.Lock()
         self._served: dict[str, dict[str, str]] = {}
 
-    def set_served(self, model: str, served: Mapping[str, str]) -> None:
-        """Replace the (alias, version) info series of `model` by `served` (alias → version)."""
+    def add_model(self, model: str) -> None:
+        """Start the per-model counters of `model` at 0 for their known labels, so that a dashboard panel or an
+        alert rule over them has a series (0) before the first event, not "no data"."""
+        for rule in RECORD_RULES:
+            self.validation_failures.labels(model, rule)
+        for reason in REFUSAL_REASONS:
+            self.refused_loads.labels(model, reason)
+        self.feedback.labels(model)
+        self.shadow_dropped.labels(model)
+
+    def set_served(self, model: str, served: Mapping[str, str], *, ready: bool | None = None) -> None:
+        """Replace the (alias, version) info series of `model` by `served` (alias → version). `ready`: whether the
+        model serves what it should (default: a champion is served); 0 fires CrispflowModelServerNotReady."""
         with self._served_lock:
             for alias, version in self._served.pop(model, {}).items():
                 self.served.remove(model, alias, version)
             for alias, version in served.items():
                 self.served.labels(model, alias, version).set(1)
             self._served[model] = dict(served)
-            self.ready.labels(model).set(1 if "champion" in served else 0)
+            self.ready.labels(model).set(1 if (ready if ready is not None else "champion" in served) else 0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -380,8 +380,8 @@ class ModelStore:
             self._cache.clear()
             self.snapshot = Snapshot({}, old.policy, old.registry_aliases, old.refused, reason, old.polled_at)
             self.unloaded = True
-            if self.metrics is not None:
-                self.metrics.set_served(self.name, {})
+            if self.metrics is not None:  # idle by choice (the fleet's LRU), not a failure: ready
+                self.metrics.set_served(self.name, {}, ready=True)
 
     def read_registry(self) -> tuple[dict[str, str], dict[str, str]] | str:
         """(aliases, tags) of this registered model, or why they could not be read."""
@@ -442,8 +442,12 @@ class ModelStore:
                 log.info("%s: %s now serves v%s (was %s)", self.name, alias, version, before.get(alias, "none"))
                 if self.metrics is not None:
                     self.metrics.reloads.labels(self.name, alias).inc()
-        if self.metrics is not None and (before != after or old.polled_at is None):
-            self.metrics.set_served(self.name, after)
+        if self.metrics is not None and (before != after or old.polled_at is None
+                                         or old.registry_aliases.get(CHAMPION) != new.registry_aliases.get(CHAMPION)):
+            # ready unless the registry names a champion this server does not serve (refused, failed to load); a
+            # model not deployed yet (no champion alias) is not a failure of the server
+            ready = CHAMPION in after or CHAMPION not in new.registry_aliases
+            self.metrics.set_served(self.name, after, ready=ready)
 
     def _count_error(self, kind: str) -> None:
         if self.metrics is not None:

@@ -64,6 +64,7 @@ class ModelServer:
         self.prediction_log: Any | None = None
         self._log_factory = log_factory
         self._reload = reload  # loads the model again after the fleet unloaded it (a request was on its way)
+        metrics.add_model(name)
         if config.predictions_url:  # the newest drift windows of the model, as gauges on /metrics
             from crispflow.monitoring.gauges import DriftCollector
 

@@ -49,6 +49,7 @@ UP_TIMEOUT = 180.0
 LOCAL_TOKENS = {
     "demo-client": ("serve_client_token", ("predict", "feedback")),
     "admin": ("serve_admin_token", ("admin", "metrics")),
+    "prometheus": ("serve_metrics_token", ("metrics",)),
 }
 SHOW_SECRETS_HINT = "crispflow status --show-secrets"
 # The crispflow UI plugin's pages, under the Airflow api-server (plugins/crispflow_plugin.py mounts its app at
@@ -115,6 +116,8 @@ class StackStatus:
     serve_tokens: tuple[tuple[str, str, str | None], ...] = ()  # (name, scopes, secret) of the generated tokens
     secrets_file: Path | None = None
     people: tuple[tuple[str, str, str | None], ...] = ()  # (user, role, password) of the other Airflow logins
+    monitoring: tuple[tuple[str, str], ...] = ()  # (name, URL) of Prometheus and Alertmanager (prod-local)
+    monitoring_password: str | None = None  # their web login `admin`
 
     @property
     def healthy(self) -> bool:
@@ -146,6 +149,9 @@ class StackStatus:
             "serve_tokens": [{"name": n, "scopes": sc.split(","), "token": t if show else None}
                              for n, sc, t in self.serve_tokens],
             "secrets_file": str(self.secrets_file) if self.secrets_file else None,
+            "monitoring": {name: {"url": url, "username": "admin",
+                                  "password": self.monitoring_password if show else None}
+                           for name, url in self.monitoring},
             "paths": {"home": str(self.home), "lake": self.lake, "logs": str(self.logs)},
         }
 
@@ -184,6 +190,8 @@ def collect_status(settings: Settings, profile_name: str | None = None) -> Stack
         paths.secrets_file,
         tuple((user, role, getattr(creds, f"{user}_password", "") or None)
               for user, role in AIRFLOW_USERS.items() if user != ADMIN_USER) if creds else (),
+        profile.monitoring,
+        (creds.monitoring_admin_password or None) if creds else None,
     )
 
 
@@ -231,6 +239,9 @@ def format_access(status: StackStatus, show_secrets: bool | None = None) -> str:
         serve.append(f"  token {name + ' (' + scopes + ')':<36} {token if show and token else hidden}")
     if status.serve_tokens:
         serve.append("  (send it as: Authorization: Bearer <token>; `crispflow serve token create` issues more)")
+    secret = status.monitoring_password if show else hidden
+    monitoring = [f"{name.capitalize() + ':':<12} {url}  (login admin / {secret or '(created by `crispflow up`)'})"
+                  for name, url in status.monitoring]
     return "\n".join(
         [
             f"Airflow UI:  {status.airflow_url}",
@@ -239,6 +250,7 @@ def format_access(status: StackStatus, show_secrets: bool | None = None) -> str:
             *pages,
             f"MLflow UI:   {status.mlflow_url}  ({mlflow_auth})",
             *serve,
+            *monitoring,
             f"Home:        {status.home}",
             f"Lake:        {status.lake}",
             f"Logs:        {status.logs}",

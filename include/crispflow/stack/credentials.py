@@ -28,6 +28,7 @@ LATER_FIELDS = ("mlflow_admin_password", "mlflow_flask_secret", "serve_client_to
 LATER_FIELDS += ("mlflow_airflow_password", "mlflow_serving_password", "mlflow_viewer_password")
 LATER_FIELDS += ("reviewer_password", "viewer_password")
 LATER_FIELDS += ("mlflow_ui_password", "ledger_reader_password")
+LATER_FIELDS += ("serve_metrics_token", "monitoring_admin_password", "monitoring_airflow_password", "telemetry_token")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,10 @@ class Secrets:
     viewer_password: str = ""  # Airflow user `viewer` (role viewer): read-only
     mlflow_ui_password: str = ""  # MLflow user crispflow-ui: the Airflow api-server's UI plugin (read-only)
     ledger_reader_password: str = ""  # the ledger's SELECT-only PostgreSQL role (prod-local): the api-server
+    serve_metrics_token: str = ""  # model server token `prometheus` (metrics): Prometheus' scrapes
+    monitoring_admin_password: str = ""  # Prometheus and Alertmanager web login `admin` (prod-local)
+    monitoring_airflow_password: str = ""  # Alertmanager login `airflow`: the workers silence acknowledged alerts
+    telemetry_token: str = ""  # the OTLP bridge / alert inbox: Airflow's pushes, Prometheus, Alertmanager
 
     @classmethod
     def generate(cls) -> Secrets:
@@ -68,6 +73,10 @@ class Secrets:
             viewer_password=secrets.token_urlsafe(16),
             mlflow_ui_password=secrets.token_hex(16),
             ledger_reader_password=secrets.token_hex(16),  # hex: safe in a database URL
+            serve_metrics_token=_serve_token(),
+            monitoring_admin_password=secrets.token_urlsafe(16),
+            monitoring_airflow_password=secrets.token_hex(16),  # hex: safe in a connection URI
+            telemetry_token=secrets.token_hex(32),  # hex: safe in OTEL_EXPORTER_OTLP_HEADERS (comma/equals split)
         )
 
     @classmethod

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -33,7 +33,7 @@ def health_problem(spec: ProcessSpec, cache: dict[str, Any], since: datetime | N
     if spec.health_url is None:
         return None
     if spec.health_url not in cache:
-        cache[spec.health_url] = _fetch_health(spec.health_url)
+        cache[spec.health_url] = _fetch_health(spec.health_url, spec.health_headers)
     body = cache[spec.health_url]
     if isinstance(body, str):
         return body
@@ -51,10 +51,10 @@ def health_problem(spec: ProcessSpec, cache: dict[str, Any], since: datetime | N
     return None
 
 
-def _fetch_health(url: str) -> Any:
+def _fetch_health(url: str, headers: Mapping[str, str] | None = None) -> Any:
     """The health endpoint's JSON body ({} if not JSON) when it answers 200, else a description (str)."""
     try:
-        resp = requests.get(url, timeout=HEALTH_TIMEOUT)
+        resp = requests.get(url, timeout=HEALTH_TIMEOUT, headers=dict(headers or {}))
     except requests.Timeout:
         return f"no answer from {url} within {HEALTH_TIMEOUT:.0f} s"
     except requests.RequestException:

@@ -18,6 +18,9 @@ PORT_ENV = {
     "mlflow": "CRISPFLOW_MLFLOW_PORT",
     "serve": "CRISPFLOW_SERVE_PORT",
     "s3": "CRISPFLOW_S3_PORT",
+    "prometheus": "CRISPFLOW_PROMETHEUS_PORT",
+    "alertmanager": "CRISPFLOW_ALERTMANAGER_PORT",
+    "telemetry": "CRISPFLOW_TELEMETRY_PORT",
 }
 
 
@@ -29,6 +32,9 @@ class Ports:
     mlflow: int = 5000
     serve: int = 8000  # the model server (crispflow serve)
     s3: int = 9000  # the S3 endpoint (moto) of the prod-local profile; unused by the local profile
+    prometheus: int = 9090  # prod-local's Prometheus, Alertmanager and OTLP bridge (stack/monitoring.py)
+    alertmanager: int = 9093
+    telemetry: int = 9464
 
     def __str__(self) -> str:
         return ", ".join(f"{name} port {port}" for name, port in asdict(self).items())

@@ -39,6 +39,19 @@ from crispflow.stack.local import (
     serve_spec,
     venv_bin,
 )
+from crispflow.stack.monitoring import (
+    ADMIN,
+    AIRFLOW_USER,
+    ALERTMANAGER,
+    ALERTMANAGER_CONN_ID,
+    MONITORING_STEP,
+    PROMETHEUS,
+    SECRET_ENV,
+    TELEMETRY,
+    TIME_SCALE_ENV,
+    binary,
+    monitoring_dir,
+)
 from crispflow.stack.paths import StackPaths
 from crispflow.stack.ports import HOST, PORT_ENV, Ports
 from crispflow.stack.prod_setup import LEDGER_READER_PASSWORD_ENV, MLFLOW_PASSWORD_ENV
@@ -271,6 +284,19 @@ def build_prod_local_profile(settings: Settings, ports: Ports, creds: Secrets) -
         # the api-server's (the UI plugin's) SELECT-only role; component_env keeps it from the others
         "CRISPFLOW_LEDGER_READ_URL": ledger_read_url(settings.home, creds),
         "CRISPFLOW_S3_PORT": str(ports.s3),
+        # Airflow's metrics: OTLP/HTTP to the telemetry bridge (Prometheus scrapes it); delta temporality, so the
+        # pushes of any number of Airflow processes add up there (stack/monitoring.py)
+        "AIRFLOW__METRICS__OTEL_ON": "True",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": f"http://{HOST}:{ports.telemetry}/v1/metrics",
+        "OTEL_EXPORTER_OTLP_HEADERS": f"Authorization=Bearer {creds.telemetry_token}",
+        "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": "delta",
+        "OTEL_METRIC_EXPORT_INTERVAL": "5000",
+        "OTEL_SERVICE_NAME": "airflow",
+        # the workers silence an acknowledged drift alert in Alertmanager (AcknowledgeAlertOperator)
+        f"AIRFLOW_CONN_{ALERTMANAGER_CONN_ID.upper()}": json.dumps(
+            {"conn_type": "http", "host": HOST, "port": ports.alertmanager, "schema": "http",
+             "login": AIRFLOW_USER, "password": creds.monitoring_airflow_password}
+        ),
     }
     python = sys.executable
     setup_env = {
@@ -282,6 +308,16 @@ def build_prod_local_profile(settings: Settings, ports: Ports, creds: Secrets) -
         **s3,
     }
     module = (python, "-m", "crispflow.stack.prod_setup")
+    monitoring_env = {
+        "PATH": env["PATH"],
+        "CRISPFLOW_PROJECT_ROOT": str(settings.project_root),
+        **{PORT_ENV[name]: str(getattr(ports, name)) for name in PORT_ENV},
+        SECRET_ENV["admin"]: creds.monitoring_admin_password,
+        SECRET_ENV["airflow"]: creds.monitoring_airflow_password,
+        SECRET_ENV["telemetry"]: creds.telemetry_token,
+        SECRET_ENV["serve_metrics"]: creds.serve_metrics_token,
+        **({TIME_SCALE_ENV: os.environ[TIME_SCALE_ENV]} if os.environ.get(TIME_SCALE_ENV) else {}),
+    }
     lake_var = f"AIRFLOW_CONN_{LAKE_CONN_ID.upper()}"
     auth_config = paths.home / "mlflow" / "basic_auth.ini"
     users_env = {  # the one place besides the MLflow server that holds MLflow's admin password
@@ -300,6 +336,11 @@ def build_prod_local_profile(settings: Settings, ports: Ports, creds: Secrets) -
             LEDGER_READER_STEP,
             (*module, LEDGER_READER_STEP, ns.ledger_db, ns.ledger_reader),
             setup_env | {LEDGER_READER_PASSWORD_ENV: creds.ledger_reader_password},
+        ),
+        SetupStep(
+            MONITORING_STEP,
+            (python, "-m", "crispflow.stack.monitoring", "render", str(monitoring_dir(paths.home))),
+            monitoring_env,
         ),
         # `airflow db migrate` and the pools: the control plane's environment, without what only tasks or the UI hold
         *airflow_setup_steps(str(bin_dir / "airflow"), component_env(SCHEDULER, env, lake_var)),
@@ -392,8 +433,47 @@ def build_prod_local_profile(settings: Settings, ports: Ports, creds: Secrets) -
             serve_spec(ports, component_env(MODEL_SERVER, env, lake_var), s3 | serving_mlflow_env(creds)),
             needs=("buckets", MLFLOW_USERS_STEP),
         ),
+        *monitoring_processes(paths, ports, creds, env["PATH"]),
     )
     mlflow_auth = (
         f"basic auth: user {MLFLOW_ADMIN_USER} (or read-only {MLFLOW_VIEWER_USER}), passwords in {paths.secrets_file}"
     )
-    return Profile(PROD_LOCAL, setup, processes, af_url, ml_url, f"http://{HOST}:{ports.serve}", mlflow_auth)
+    monitoring = ((PROMETHEUS, f"http://{HOST}:{ports.prometheus}"), (ALERTMANAGER, f"http://{HOST}:{ports.alertmanager}"))
+    return Profile(PROD_LOCAL, setup, processes, af_url, ml_url, f"http://{HOST}:{ports.serve}", mlflow_auth,
+                   monitoring)
+
+
+def monitoring_processes(paths: StackPaths, ports: Ports, creds: Secrets, path_var: str) -> tuple[ProcessSpec, ...]:
+    """The telemetry bridge, Prometheus and Alertmanager (stack/monitoring.py), configured by MONITORING_STEP."""
+    import base64
+
+    folder = monitoring_dir(paths.home)
+    login = base64.b64encode(f"{ADMIN}:{creds.monitoring_admin_password}".encode()).decode()
+    basic = {"Authorization": f"Basic {login}"}
+    tel_url = f"http://{HOST}:{ports.telemetry}"
+    telemetry = ProcessSpec(
+        TELEMETRY,
+        "Telemetry bridge (Airflow OTLP metrics, alert inbox)",
+        (sys.executable, "-m", "crispflow.monitoring.telemetry_server", "--host", HOST, "--port", str(ports.telemetry),
+         "--inbox", str(folder / "notifications.jsonl")),
+        {"PATH": path_var, SECRET_ENV["telemetry"]: creds.telemetry_token},
+        port=ports.telemetry,
+        port_env=PORT_ENV["telemetry"],
+        url=tel_url,
+        health_url=tel_url + "/health",
+        needs=(MONITORING_STEP,),
+        keeps="telemetry_server",
+    )
+    def web(name: str, label: str, port: int, *args: str) -> ProcessSpec:
+        """Prometheus or Alertmanager: its config, the shared web config (basic auth), its data, on loopback."""
+        url = f"http://{HOST}:{port}"
+        argv = (binary(name), f"--config.file={folder / (name + '.yml')}", f"--web.config.file={folder / 'web.yml'}",
+                f"--web.listen-address={HOST}:{port}", f"--web.external-url={url}", *args)
+        return ProcessSpec(name, label, argv, {"PATH": path_var}, port=port, port_env=PORT_ENV[name], url=url,
+                           health_url=url + "/-/ready", health_headers=basic, needs=(MONITORING_STEP,))
+
+    prometheus = web(PROMETHEUS, "Prometheus", ports.prometheus,
+                     f"--storage.tsdb.path={folder / 'prometheus-data'}", "--storage.tsdb.retention.time=7d")
+    alertmanager = web(ALERTMANAGER, "Alertmanager", ports.alertmanager,
+                       f"--storage.path={folder / 'alertmanager-data'}", "--cluster.listen-address=")  # no gossip
+    return (telemetry, alertmanager, prometheus)

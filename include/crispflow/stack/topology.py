@@ -45,6 +45,8 @@ AIRFLOW_SECRETS: dict[str, frozenset[str]] = {
     # the promotion ledger: task code writes it; the UI plugin reads it through a SELECT-only role
     "CRISPFLOW_LEDGER_URL": frozenset({WORKER}),
     "CRISPFLOW_LEDGER_READ_URL": frozenset({API_SERVER}),
+    # Alertmanager's `airflow` login: task code silences an acknowledged drift alert (prod-local)
+    "AIRFLOW_CONN_CRISPFLOW_ALERTMANAGER": frozenset({WORKER}),
 }
 # the lake's S3 connection (the lake and the prediction store): task code, the triggerer (the drift trigger polls
 # the prediction store) and the api-server (the UI plugin's pages: drift windows, reports, Data Docs)
@@ -92,6 +94,7 @@ class ProcessSpec:
     health_key: str | None = None
     needs: tuple[str, ...] = ()
     keeps: str | None = None  # the word its cmdline keeps, if not the program's name (see `marker`)
+    health_headers: Mapping[str, str] = field(default_factory=dict, hash=False, repr=False)  # e.g. basic auth
 
     @property
     def marker(self) -> str:
@@ -113,6 +116,7 @@ class Profile:
     mlflow_url: str
     serve_url: str | None = None
     mlflow_auth: str = "none (local profile)"
+    monitoring: tuple[tuple[str, str], ...] = ()  # (name, URL) of Prometheus and Alertmanager (prod-local)
 
     def step(self, name: str) -> SetupStep:
         return next(s for s in self.setup if s.name == name)

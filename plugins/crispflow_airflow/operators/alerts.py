@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from crispflow_airflow.links import DriftAlertLink
 
@@ -18,13 +18,24 @@ class AlertNotAcknowledged(AirflowFailException):
     """The alert does not exist, or someone acknowledged it first: nothing recorded, never retried."""
 
 
+class SilenceNotCreated(AirflowException):
+    """The acknowledgement is recorded but Alertmanager did not create the silence: retried (the retry passes the
+    acknowledgement, the same task's, and tries the silence again)."""
+
+
 class AcknowledgeAlertOperator(BaseOperator):
     """Acknowledge the drift alert `key` of the pipeline's model for the person who triggered the run
     (`crispflow_airflow.context.acting_person`), with an optional note (`crispflow.monitoring.alerts.acknowledge`).
 
     Exclusive: the first acknowledgement wins; a later one fails with AlertNotAcknowledged naming who acknowledged
     it first and when (not retried), as does an unknown key. A retry of this task passes (same task, same
-    person). Returns the acknowledgement: model, key, acknowledged_by, acknowledged_at, note.
+    person). Returns the acknowledgement: model, key, acknowledged_by, acknowledged_at, note, silence.
+
+    Then, if the connection `crispflow_alertmanager` is defined, the alert's copy in Prometheus (label `dedup_key`)
+    is silenced in Alertmanager (`crispflow.monitoring.silences.silence_alert`, idempotent), created by the person
+    with the note as comment: `silence` is `{id, created, ends_at}`; without the connection it is None. If
+    Alertmanager fails, the task fails with SilenceNotCreated and is retried (a key or connection it cannot
+    take fails with InvalidRequest, not retried).
 
     :param pipeline: pipeline spec name; the model is crispflow-<pipeline> (templated)
     :param key: the alert's dedup key, `<model>.<episode id>` (templated)
@@ -57,5 +68,26 @@ class AcknowledgeAlertOperator(BaseOperator):
         except (AlertAlreadyAcknowledged, AlertNotFound) as exc:
             raise AlertNotAcknowledged(str(exc)) from exc
         self.log.info("alert %s of %s acknowledged by %s", self.key, model, state["acknowledged_by"])
+        comment = state.get("acknowledged_note") or f"acknowledged in Airflow ({task_key(context)})"
         return {"model": model, "key": str(self.key), "acknowledged_by": state["acknowledged_by"],
-                "acknowledged_at": state["acknowledged_at"], "note": state.get("acknowledged_note")}
+                "acknowledged_at": state["acknowledged_at"], "note": state.get("acknowledged_note"),
+                "silence": self._silence(str(self.key), state["acknowledged_by"], comment)}
+
+    def _silence(self, key: str, person: str, comment: str) -> dict[str, Any] | None:
+        from crispflow.monitoring.silences import AlertmanagerError, InvalidSilence
+        from crispflow_airflow.exceptions import InvalidRequest
+        from crispflow_airflow.hooks.alertmanager import AlertmanagerHook
+
+        if not AlertmanagerHook.is_configured():
+            self.log.info("no Alertmanager configured (connection %r): no silence",
+                          AlertmanagerHook.default_conn_name)
+            return None
+        try:
+            silence = AlertmanagerHook().silence(key, created_by=person, comment=comment)
+        except InvalidSilence as exc:  # a key or a connection Alertmanager cannot take: retrying cannot help
+            raise InvalidRequest(f"alert {key} is acknowledged, but cannot be silenced: {exc}") from exc
+        except AlertmanagerError as exc:
+            raise SilenceNotCreated(f"alert {key} is acknowledged, but not silenced: {exc}") from exc
+        self.log.info("alert %s silenced in Alertmanager: silence %s (%s), until %s", key, silence["id"],
+                      "created" if silence["created"] else "already there", silence["ends_at"])
+        return {"id": silence["id"], "created": silence["created"], "ends_at": silence["ends_at"]}
