@@ -369,26 +369,45 @@ def monitoring(live: ProdStack) -> Monitoring:
     return Monitoring(live.ports, live.secrets)
 
 
+def _prediction_store(live: ProdStack) -> Any:
+    """The stack's prediction store (S3 on moto) as a path, from a client's environment."""
+    from upath import UPath
+
+    from crispflow.predictions.store import storage_options_from_env
+
+    env = live.client_env()
+    url = env["CRISPFLOW_PREDICTIONS_URL"]
+    return UPath(url, **(storage_options_from_env(url, env) or {}))
+
+
 @pytest.fixture(scope="module")
 def drift_alerts(live: ProdStack, demos: dict[str, dict[str, Any]]) -> dict[str, str]:
     """Pipeline → the dedup key of the drift alert its DriftSensor sent (the Airflow side), one episode each."""
-    from upath import UPath
-
     from crispflow.model import registry
     from crispflow.monitoring.alerts import list_alerts
-    from crispflow.predictions.store import storage_options_from_env
 
     keys = {}
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in live.client_env().items():
-            mp.setenv(key, value)
-        url = Settings.from_env().predictions_url
-        root = UPath(url, **(storage_options_from_env(url) or {}))
-        for pipeline in LINEAR:
-            alerts = list_alerts(root, registry.model_name(pipeline))
-            assert len(alerts) == 1, f"{pipeline}: {len(alerts)} drift alerts"
-            keys[pipeline] = alerts[0]["dedup_key"]
+    for pipeline in LINEAR:
+        alerts = list_alerts(_prediction_store(live), registry.model_name(pipeline))
+        assert len(alerts) == 1, f"{pipeline}: {len(alerts)} drift alerts"
+        keys[pipeline] = alerts[0]["dedup_key"]
     return keys
+
+
+def _drift_store_state(live: ProdStack) -> str:
+    """Each model's recorded episodes and its windows (for a failure message)."""
+    from crispflow.model import registry
+    from crispflow.monitoring.store import read_episodes, read_windows
+
+    lines = []
+    for pipeline in LINEAR:
+        model = registry.model_name(pipeline)
+        episodes = read_episodes(_prediction_store(live), model)
+        windows = read_windows(_prediction_store(live), model, alias=None)
+        lines.append(f"{model}: episodes {[(e['episode_id'], e.get('alias'), e.get('policy')) for e in episodes]}")
+        lines += [f"  {w.get('alias')} v{w.get('version')} {w.get('window_end')} {w.get('status')} "
+                  f"{w.get('drift_share')}" for w in windows]
+    return "\n".join(lines)
 
 
 def test_prometheus_scrapes_the_model_server_airflow_and_itself(monitoring: Monitoring,
@@ -424,12 +443,19 @@ def test_every_dashboard_query_has_data_and_every_rule_expression_evaluates(moni
 
 
 def test_each_drift_episode_is_one_notification_keyed_like_the_airflow_alert(
-        monitoring: Monitoring, drift_alerts: dict[str, str]) -> None:
+        live: ProdStack, monitoring: Monitoring, drift_alerts: dict[str, str]) -> None:
     """One grouped notification per episode, carrying the Airflow-side digest's dedup key; nothing more within the
     group interval (repeats only after repeat_interval, as reminders)."""
-    for pipeline, key in drift_alerts.items():
-        first = wait_for(f"the drift notification of {pipeline}",
-                         lambda key=key: firing(monitoring.notifications(), dedup_key=key), timeout=240)
+    def all_notified() -> bool:
+        notes = monitoring.notifications()
+        return all(firing(notes, dedup_key=key) for key in drift_alerts.values())
+
+    try:
+        wait_for("a drift notification for each episode", all_notified, timeout=240)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{monitoring.diagnose(drift_alerts)}\n{_drift_store_state(live)}") from None
+    for key in drift_alerts.values():
+        first = firing(monitoring.notifications(), dedup_key=key)
         alert = next(a for a in first[0]["payload"]["alerts"] if a["labels"].get("dedup_key") == key)
         assert alert["labels"]["alertname"] == "CrispflowDriftPersistent"
         assert alert["labels"]["model"] == key.split(".", 1)[0] and alert["labels"]["alias"] == "champion"

@@ -50,6 +50,16 @@ class Monitoring:
         resp.raise_for_status()
         return resp.json()
 
+    def diagnose(self, keys: dict[str, str]) -> str:
+        """What Prometheus and Alertmanager hold about the drift episodes (for a failure message)."""
+        lines = [f"expected keys: {keys}"]
+        for expr in ("crispflow_drift_episode_windows", "crispflow_drift_consecutive_windows",
+                     'ALERTS{alertname="CrispflowDriftPersistent"}', "crispflow_drift_store_up"):
+            lines.append(f"{expr}: {[(r['metric'], r['value'][1]) for r in self.query(expr)]}")
+        lines.append(f"alertmanager: {[(a['labels'], a['status']['state']) for a in self.am_alerts()]}")
+        lines.append(f"notified: {[[a['labels'] for a in n['payload']['alerts']] for n in self.notifications()]}")
+        return "\n".join(lines)
+
     def silences(self) -> list[dict[str, Any]]:
         resp = requests.get(f"{self.alertmanager}/api/v2/silences", auth=self.auth, timeout=30)
         resp.raise_for_status()

@@ -83,7 +83,7 @@ def test_newest_window_per_alias_is_exported(collected) -> None:
     assert value(s, "crispflow_drift_detected", **champion) == 1.0
     assert value(s, "crispflow_drift_consecutive_windows", **champion) == 2.0
     assert value(s, "crispflow_drift_feature_psi", **champion, feature="a") == 0.4
-    assert value(s, "crispflow_drift_feature_psi", **champion, feature="c") is None  # drifted an hour ago only
+    assert value(s, "crispflow_drift_feature_psi", **champion, feature="c") == 0.001  # every feature, drifted or not
     assert value(s, "crispflow_drift_window_end_timestamp", **champion) == (T0 + 2 * HOUR).timestamp()
     assert value(s, "crispflow_drift_window_rows", **champion) == 420.0
     assert value(s, "crispflow_drift_detected", **canary) == 0.0

@@ -8,7 +8,7 @@ labelled {alias, version} of the window's version:
     crispflow_drift_share                    importance-weighted share of drifted features (0..1)
     crispflow_drift_detected                 1 if the window's verdict is drift, else 0
     crispflow_drift_consecutive_windows      how many of the newest windows in a row were drift (0..history)
-    crispflow_drift_feature_psi{feature}     PSI of each drifted feature
+    crispflow_drift_feature_psi{feature}     PSI of each feature
     crispflow_drift_window_end_timestamp     end of the window (Unix seconds): alert when it stops advancing
     crispflow_drift_window_rows              rows the window held (0 = insufficient data)
     crispflow_drift_episode_windows{dedup_key, severity}
@@ -122,7 +122,7 @@ class DriftCollector(Collector):
                                      labels=labels)
         streak = GaugeMetricFamily("crispflow_drift_consecutive_windows",
                                    "newest windows in a row with a drift verdict", labels=labels)
-        psi = GaugeMetricFamily("crispflow_drift_feature_psi", "PSI of each drifted feature, newest window",
+        psi = GaugeMetricFamily("crispflow_drift_feature_psi", "PSI of each feature, newest window",
                                 labels=[*labels, "feature"])
         end = GaugeMetricFamily("crispflow_drift_window_end_timestamp", "end of the newest window (Unix seconds)",
                                 labels=labels)
@@ -135,7 +135,8 @@ class DriftCollector(Collector):
             streak.add_metric(key, float(_streak(windows)))
             end.add_metric(key, _end(last))
             rows.add_metric(key, float(last.get("rows") or 0))
-            for feature, stats in sorted((last.get("statistics") or {}).items()):
+            # every feature's PSI (`feature_statistics`); older summaries hold the drifted features' only
+            for feature, stats in sorted((last.get("feature_statistics") or last.get("statistics") or {}).items()):
                 value = (stats or {}).get("psi")
                 if isinstance(value, int | float):
                     psi.add_metric([*key, feature], float(value))

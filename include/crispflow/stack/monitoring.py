@@ -13,8 +13,8 @@ Three processes, all on loopback and all authenticated:
 
 `render` writes their configuration under `<home>/monitoring/` (a setup step of `up`): the shipped files with this
 stack's ports and credential files. With CRISPFLOW_ALERT_TIME_SCALE=N (tests only) every `for:`, scrape/evaluation
-interval and Alertmanager group timing is divided by N (a `for:` never below 30 s, nothing below 1 s), so an
-end-to-end test sees in seconds what takes minutes.
+interval and Alertmanager group timing is divided by N (a `for:` never below 30 s, scrapes never more often than
+every 5 s, nothing below 1 s), so an end-to-end test sees in seconds what takes minutes.
 """
 
 from __future__ import annotations
@@ -86,7 +86,9 @@ def scaled(duration: str, scale: float, floor: float = 1.0) -> str:
 
 
 def prometheus_config(ports: Ports, folder: Path, scale: float) -> dict[str, Any]:
-    interval = scaled("15s", scale)
+    # never below 5 s: the scrape timeout equals the interval, and a scrape that times out (the model server reads
+    # the drift store inside /metrics) marks every series stale, which resets the `for:` of pending alerts
+    interval = scaled("15s", scale, floor=5)
     basic = {"username": ADMIN, "password_file": str(folder / "admin-password")}
     return {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
