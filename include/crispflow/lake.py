@@ -81,6 +81,16 @@ def _local(path: PathLike) -> Path | None:
     return None
 
 
+def fresh_listing(folder: PathLike) -> PathLike:
+    """`folder`, with any listing of it (and of its parents) that its filesystem cached forgotten. s3fs keeps
+    listings for the life of the process: a long-running reader (the model server's drift gauges, the UI plugin)
+    would otherwise never see a file written after its first listing. A local path has no cache."""
+    fs = getattr(folder, "fs", None)
+    if fs is not None and hasattr(fs, "invalidate_cache"):
+        fs.invalidate_cache(getattr(folder, "path", str(folder)))
+    return folder
+
+
 def create_exclusive(path: PathLike, data: bytes) -> bool:
     """Write `path` only if it does not exist; True if this call created it. Never shows a partial file:
     locally a hard link of a finished temporary file (fails if the target exists), on S3 a conditional PUT

@@ -145,3 +145,42 @@ def test_an_airflow_object_storage_path_root(moto_s3: MotoS3, monkeypatch: pytes
     via_airflow.log([{**prediction(99), "model": "other-model"}])
     via_airflow.close()
     assert read_predictions(root, "other-model", T0, T0 + timedelta(hours=1))["request_id"].tolist() == ["req-99"]
+
+
+def test_the_drift_gauges_on_s3_see_windows_and_episodes_written_after_their_first_read(moto_s3: MotoS3) -> None:
+    """s3fs caches a listing for the life of the process: the model server's drift gauges once froze at the
+    windows of their first read. Every read of the store lists afresh."""
+    from prometheus_client import CollectorRegistry
+    from upath import UPath
+
+    from crispflow.monitoring.episodes import DriftPolicy, check, episode_record
+    from crispflow.monitoring.gauges import DriftCollector
+    from crispflow.monitoring.store import claim_episode, summarise, write_window
+
+    bucket = new_bucket(moto_s3)
+    root = UPath(f"s3://{bucket}/predictions", **options(moto_s3))
+    # the monitoring DAG writes from another process: its own filesystem, which leaves the reader's cache as it was
+    writer = UPath(f"s3://{bucket}/predictions", **options(moto_s3), skip_instance_cache=True)
+    report = {"status": "drift", "drift": True, "drift_share": 0.5, "drifted_features": ["a"],
+              "features": {"a": {"test": "ks", "statistic": 0.3, "p_adjusted": 1e-6, "psi": 0.4, "drifted": True},
+                           "b": {"test": "ks", "statistic": 0.01, "p_adjusted": 0.9, "psi": 0.01, "drifted": False}},
+              "prediction": None}
+
+    def window(minute: int) -> None:
+        end = T0 + timedelta(minutes=minute)
+        write_window(writer, summarise(report, model=MODEL, alias="champion", version="1", start=end - timedelta(
+            minutes=1), end=end, rows=500, labelled_rows=0, report_path="x"), report, "<html></html>")
+
+    collector = DriftCollector(root, MODEL, ttl=0)
+    registry = CollectorRegistry()
+    registry.register(collector)
+    window(1)
+    assert len(collector.current()["champion"]) == 1
+    window(2)
+    assert len(collector.current()["champion"]) == 2, "the second window, written after the first listing"
+    decision = check(root, MODEL, DriftPolicy(), T0 + timedelta(minutes=3))
+    claim_episode(writer, MODEL, episode_record(decision, pipeline="p", fired_at=T0 + timedelta(minutes=3),
+                                              fired_by={}))
+    samples = {s.name: s for f in registry.collect() for s in f.samples}
+    assert samples["crispflow_drift_episode_windows"].value == 2.0
+    assert samples["crispflow_drift_episode_windows"].labels["dedup_key"] == f"{MODEL}.{decision.episode_id}"

@@ -486,8 +486,16 @@ def test_an_error_burst_is_one_notification(live: ProdStack, monitoring: Monitor
     wait_for("the model server knows crispflow-burst", lambda: "crispflow-burst" in requests.get(
         f"{serve}/models", headers=admin, timeout=10).text, timeout=120)
     started = time.time()
-    codes = [requests.post(f"{serve}/models/crispflow-burst/predict", json={"records": [{"x": 1}]},
-                           headers=client, timeout=10).status_code for _ in range(300)]
+
+    def burst(count: int) -> list[int]:
+        return [requests.post(f"{serve}/models/crispflow-burst/predict", json={"records": [{"x": 1}]},
+                              headers=client, timeout=10).status_code for _ in range(count)]
+
+    # a counter's first scraped value is its baseline: let Prometheus see the new 503 series before the burst
+    codes = burst(5)
+    wait_for("the first 503s scraped", lambda: monitoring.query(
+        'crispflow_serve_requests_total{model="crispflow-burst", code="503"}'), timeout=60)
+    codes += burst(300)
     assert set(codes) == {503}, codes
     burst = wait_for("the error-rate notification", lambda: [
         n for n in firing(monitoring.notifications(), alertname="CrispflowServerErrorRate")

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from crispflow.errors import CrispflowError, ParamsError
-from crispflow.lake import PathLike, canonical_json, create_exclusive, json_safe, write_atomic
+from crispflow.lake import PathLike, canonical_json, create_exclusive, fresh_listing, json_safe, write_atomic
 from crispflow.predictions.store import drift_dir
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def list_alerts(root: PathLike, model: str) -> list[dict[str, Any]]:
     """Every alert state stored for `model` (as `claim` wrote it, with its acknowledgement), oldest raised first.
     An acknowledgement that was claimed (its `<key>.acknowledged` marker exists) but not yet recorded in the state
     (the acknowledging task stopped in between) is shown as what it is: acknowledged, by the marker's person."""
-    folder = drift_dir(root, model) / "alerts"
+    folder = fresh_listing(drift_dir(root, model) / "alerts")
     if not folder.exists():
         return []
     files = {p.name: p for p in folder.iterdir() if not p.name.startswith(".")}

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from crispflow.lake import PathLike, canonical_json, create_exclusive, json_safe, write_atomic
+from crispflow.lake import PathLike, canonical_json, create_exclusive, fresh_listing, json_safe, write_atomic
 from crispflow.predictions.store import drift_dir
 
 WINDOW_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -90,7 +90,7 @@ def write_window(root: PathLike, summary: Mapping[str, Any], report: Mapping[str
 def read_windows(root: PathLike, model: str, *, alias: str | None = "champion",
                  last: int | None = None) -> list[dict[str, Any]]:
     """Window summaries of `model` (one alias, or all with None), oldest first; the newest `last` if given."""
-    folder = drift_dir(root, model) / "windows"
+    folder = fresh_listing(drift_dir(root, model) / "windows")
     if not folder.exists():
         return []
     names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".json") and not p.name.startswith("."))
@@ -104,7 +104,7 @@ def read_windows(root: PathLike, model: str, *, alias: str | None = "champion",
 def read_windows_by_alias(root: PathLike, model: str, *, last: int | None = None) -> dict[str, list[dict[str, Any]]]:
     """Window summaries of `model` per alias (aliases sorted by name), oldest first; the newest `last` of each if
     given. One listing of the store, whatever the number of aliases."""
-    folder = drift_dir(root, model) / "windows"
+    folder = fresh_listing(drift_dir(root, model) / "windows")
     if not folder.exists():
         return {}
     names: dict[str, list[str]] = {}
@@ -142,7 +142,7 @@ def claim_episode(root: PathLike, model: str, record: Mapping[str, Any]) -> dict
 
 def read_episodes(root: PathLike, model: str) -> list[dict[str, Any]]:
     """Every recorded episode of `model`, oldest first (by its `fired_at`)."""
-    folder = drift_dir(root, model) / "episodes"
+    folder = fresh_listing(drift_dir(root, model) / "episodes")
     if not folder.exists():
         return []
     records = [json.loads(p.read_bytes()) for p in folder.iterdir()
