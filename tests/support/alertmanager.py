@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import bcrypt
 import requests
+import yaml
+
+from crispflow.stack.monitoring import web_config
 
 ALERTMANAGER_BINARIES = ("/usr/bin/prometheus-alertmanager", "prometheus-alertmanager", "alertmanager")
 
@@ -46,10 +48,6 @@ class Alertmanager:
                            "login": self.user, "password": self.password})
 
 
-def _bcrypt_hash(password: str) -> str:
-    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
-
-
 def _alertmanager_binary() -> str | None:
     return next((found for name in ALERTMANAGER_BINARIES if (found := shutil.which(name))), None)
 
@@ -66,7 +64,7 @@ def run_alertmanager(workdir: Path, timeout_s: float = 60.0) -> Iterator[Alertma
     user, password = "crispflow", secrets.token_urlsafe(16)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "alertmanager.yml").write_text('route:\n  receiver: "null"\nreceivers:\n  - name: "null"\n')
-    (workdir / "web.yml").write_text(f'basic_auth_users:\n  {user}: "{_bcrypt_hash(password)}"\n')
+    (workdir / "web.yml").write_text(yaml.safe_dump(web_config({user: password})))  # as prod-local writes it
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile() as log:

@@ -28,6 +28,7 @@ from crispflow.stack.credentials import (
 )
 from crispflow.stack.errors import StackError
 from crispflow.stack.health import check_ports, health_problem
+from crispflow.stack.monitoring import UI_NOTES
 from crispflow.stack.paths import StackPaths
 from crispflow.stack.ports import Ports, StackState, resolve_ports
 from crispflow.stack.processes import (
@@ -240,8 +241,8 @@ def format_access(status: StackStatus, show_secrets: bool | None = None) -> str:
     if status.serve_tokens:
         serve.append("  (send it as: Authorization: Bearer <token>; `crispflow serve token create` issues more)")
     secret = status.monitoring_password if show else hidden
-    monitoring = [f"{name.capitalize() + ':':<12} {url}  (login admin / {secret or '(created by `crispflow up`)'})"
-                  for name, url in status.monitoring]
+    monitoring = [f"{name.capitalize() + ':':<12} {url}  (login admin / {secret or '(created by `crispflow up`)'}; "
+                  f"{UI_NOTES.get(name, '')})" for name, url in status.monitoring]
     return "\n".join(
         [
             f"Airflow UI:  {status.airflow_url}",

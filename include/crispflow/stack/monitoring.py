@@ -43,6 +43,9 @@ SECRET_ENV = {
     "serve_metrics": "CRISPFLOW_SERVE_METRICS_TOKEN",
 }
 BINARIES = {PROMETHEUS: "prometheus", ALERTMANAGER: "prometheus-alertmanager"}
+# what a person opens: Debian's Prometheus serves its classic web UI; Debian's Alertmanager ships none (API, amtool)
+UI_NOTES = {PROMETHEUS: "web UI: /classic/alerts, /classic/targets",
+            ALERTMANAGER: "API only (Debian ships no web UI): amtool --alertmanager.url=... silence query"}
 FOR_FLOOR = 30.0  # a scaled `for:` stays >= 30 s: a process still starting is not an outage
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
 _SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
