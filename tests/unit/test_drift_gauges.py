@@ -237,3 +237,18 @@ def test_an_open_drift_episode_is_exported_with_the_alerts_dedup_key_until_it_en
         store(tmp_path, T0 + hour * HOUR)
     clock.now += 11
     assert not [name for name, _ in scrape(registry) if name == "crispflow_drift_episode_windows"]
+
+
+def test_an_episode_record_the_server_cannot_read_leaves_the_scrape_whole(tmp_path: Path) -> None:
+    """A record written under another policy schema (an unknown field) is skipped with a warning: the other drift
+    gauges are still exported."""
+    from crispflow.monitoring.store import episode_path
+
+    episode_id = record_episode(tmp_path)
+    path = episode_path(tmp_path, MODEL, episode_id)
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, "policy": {**record["policy"], "from_the_future": 1}}))
+    registry = CollectorRegistry()
+    registry.register(DriftCollector(tmp_path, MODEL))
+    names = {name for name, _ in scrape(registry)}
+    assert "crispflow_drift_share" in names and "crispflow_drift_episode_windows" not in names

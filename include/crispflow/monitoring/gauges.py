@@ -35,6 +35,7 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from crispflow.errors import CrispflowError
 from crispflow.monitoring.alerts import dedup_key, severity
 from crispflow.monitoring.store import read_episodes, read_windows
 
@@ -144,7 +145,12 @@ class DriftCollector(Collector):
                                     "windows so far of the recorded drift episode that is still open",
                                     labels=[*labels, "dedup_key", "severity"])
         for alias, windows in current.items():
-            if found := open_episode_windows(self._episodes, windows, alias):
+            try:
+                found = open_episode_windows(self._episodes, windows, alias)
+            except (CrispflowError, ValueError, KeyError, TypeError) as exc:  # never fail a scrape over one record
+                log.warning("drift episode of %s (%s) unreadable: %s: %s", self.model, alias, type(exc).__name__, exc)
+                continue
+            if found:
                 record, count = found
                 key = [alias, str(windows[-1].get("version")), dedup_key(self.model, record["episode_id"])]
                 episode.add_metric([*key, severity(record)], float(count))
