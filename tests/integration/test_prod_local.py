@@ -302,7 +302,7 @@ def test_regression_and_multiclass_pipelines_complete_the_loop_beside_the_demo(
     assert summary["blessed"].startswith("True (cold_start)"), summary
     loop = summary["drift loop"]
     assert any(": drift " in w for w in loop["windows"]), loop["windows"]
-    assert f"/models/{name}" in loop["model server"], loop
+    assert f"/models/{name}" in loop.get("model server", ""), loop  # the retrained model went canary
     assert loop["canary decision"].split(":")[0] in ("promote", "rollback", "continue"), loop
     actions = [line.split()[1] for line in loop["promotion ledger"]]
     assert actions[:2] == ["cold_start", "deploy_canary"], actions

@@ -25,6 +25,7 @@ from crispflow.model.evaluation import (
     compute_metric,
     evaluate,
     measure_latency,
+    paired_latency,
     plot_curves,
     weighted_metrics,
 )
@@ -241,6 +242,29 @@ def test_measure_latency_measures_batch_and_single_rows(lending: dict) -> None:
     assert 2.0 <= out["latency_p50_ms"] <= out["latency_p95_ms"] <= out["latency_max_ms"]
     assert out["batch_ms_per_row"] * 2000 >= 2.0
     assert out["batch_ms_per_row"] < out["latency_p50_ms"]  # batching amortises the per-call overhead
+
+
+def test_paired_latency_times_models_row_by_row_in_alternating_order(lending: dict) -> None:
+    frame = lending["frame"][FEATURES].iloc[:500]
+    calls: list[tuple[str, int]] = []
+
+    def sleeper(name: str, ms: float):
+        def predict(rows: pd.DataFrame) -> np.ndarray:
+            calls.append((name, int(rows.index[0])))
+            time.sleep(ms / 1000)
+            return np.zeros(len(rows))
+        return predict
+
+    out = paired_latency({"a": sleeper("a", 3.0), "b": sleeper("b", 1.0)}, frame, single_rows=10, rounds=3)
+    assert set(out) == {"a", "b"} and out["a"] >= 3.0 and out["b"] >= 1.0
+    timed = calls[2:]  # after one warm-up call each
+    assert len(timed) == 2 * 10 * 3
+    pairs = [timed[i:i + 2] for i in range(0, len(timed), 2)]
+    assert all(first[1] == second[1] for first, second in pairs)  # the same row, back to back
+    assert {tuple(n for n, _ in pair) for pair in pairs} == {("a", "b"), ("b", "a")}
+    assert [n for n, _ in pairs[0]] != [n for n, _ in pairs[1]]  # the order alternates
+    with pytest.raises(ValueError, match="at least one row"):
+        paired_latency({"a": sleeper("a", 0)}, frame.iloc[:0])
 
 
 def test_plot_curves_writes_four_pngs_even_for_degenerate_input(lending: dict) -> None:

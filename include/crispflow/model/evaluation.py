@@ -603,6 +603,36 @@ def measure_latency(
     }
 
 
+def paired_latency(
+    predicts: Mapping[str, Callable[[pd.DataFrame], Any]], frame: pd.DataFrame, *, single_rows: int = 100,
+    rounds: int = 5
+) -> dict[str, float]:
+    """Single-row p95 latency (ms) of several models, measured side by side so the machine's load hits them alike.
+
+    Every row is scored by each model back to back, the order alternating from row to row; each round gives one
+    p95 per model and the median round is kept. A load spike then lands on the rows of every model instead of on
+    whichever was being timed (two models of the same kind read within a few percent of each other on a busy
+    machine, where timing them one after the other can read 2x apart)."""
+    if frame.empty:
+        raise ValueError("paired_latency needs at least one row")
+    names = list(predicts)
+    for name in names:  # warm-up
+        predicts[name](frame.iloc[:1])
+    picks = np.unique(np.linspace(0, len(frame) - 1, num=min(single_rows, len(frame))).round().astype(int))
+    rows = [frame.iloc[[i]] for i in picks]
+    per_round: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(max(1, rounds)):
+        times: dict[str, list[float]] = {name: [] for name in names}
+        for i, row in enumerate(rows):
+            for name in names if (i + r) % 2 == 0 else reversed(names):
+                start = time.perf_counter()
+                predicts[name](row)
+                times[name].append(_ms_since(start))
+        for name in names:
+            per_round[name].append(float(np.percentile(times[name], 95)))
+    return {name: float(np.median(values)) for name, values in per_round.items()}
+
+
 # ------------------------------------------------------------------------------------------------- plotting
 
 

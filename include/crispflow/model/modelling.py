@@ -290,22 +290,14 @@ def bless(job: TrainingJob, version: str) -> dict[str, Any]:
     return verdict
 
 
-def _costs(job: TrainingJob, models: dict[str, Any], x: pd.DataFrame, rounds: int = 5) -> dict[str, dict[str, float]]:
-    """Single-row p95 latency (of the task's model output) and size of each model. The models are timed in
-    alternating rounds and the median round kept, so a load spike on the machine hits all of them alike instead
-    of the one timed at that moment."""
-    import numpy as np
-
-    from crispflow.model.evaluation import measure_latency
+def _costs(job: TrainingJob, models: dict[str, Any], x: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Single-row p95 latency (of the task's model output) and size of each model. The models are timed side by
+    side, row by row (`paired_latency`), so the machine's load cannot make one of them look slower."""
+    from crispflow.model.evaluation import paired_latency
     from crispflow.model.tasks import model_output
 
-    p95: dict[str, list[float]] = {v: [] for v in models}
-    for r in range(rounds):
-        for v in list(models) if r % 2 == 0 else list(reversed(models)):
-            timing = measure_latency(lambda f, m=models[v]: model_output(job.spec, m, f), x, single_rows=50,
-                                     repeats=1)
-            p95[v].append(timing["latency_p95_ms"])
-    return {v: {"latency_p95_ms": float(np.median(p95[v])), "size_bytes": model_size(job, v)} for v in models}
+    p95 = paired_latency({v: (lambda f, m=m: model_output(job.spec, m, f)) for v, m in models.items()}, x)
+    return {v: {"latency_p95_ms": p95[v], "size_bytes": model_size(job, v)} for v in models}
 
 
 def read_verdict(job: TrainingJob, version: str) -> dict[str, Any]:
