@@ -1,5 +1,6 @@
 """Model phases of CRISP-ML(Q): frozen holdout → tuned candidates (one mapped task each) → calibrated challenger
-registered in MLflow → holdout evaluation with confidence intervals → blessing gate → champion on cold start.
+registered in MLflow → holdout evaluation with confidence intervals, and explanations → blessing gate → champion on
+cold start.
 
 Runs once per published curated dataset version: `crispflow_curated_dataset` events are partitioned by
 `<pipeline>/<dataset_version_id>` and this DAG is scheduled with a `PartitionedAssetTimetable`, so the scheduler
@@ -124,6 +125,17 @@ def train_evaluate_register() -> None:
         job = training_job(request, context)
         return {**evaluate_version(job, version), "mlflow": mlflow_ref(job.mlf, job.model_name, version)}
 
+    @task
+    def explain(request: dict, version: str, **context) -> dict:
+        """Global explanation on the holdout (permutation importance with CIs, mean |contribution|, partial
+        dependence) and the local explainer's record the model server checks and builds, logged before the gate."""
+        from crispflow.model.modelling import explain_version
+        from crispflow_airflow.jobs import training_job
+        from crispflow_airflow.links import mlflow_ref
+
+        job = training_job(request, context)
+        return {**explain_version(job, version), "mlflow": mlflow_ref(job.mlf, job.model_name, version)}
+
     @task.short_circuit(ignore_downstream_trigger_rules=False)  # skip the approval only, not `deploy`
     def needs_approval(request: dict, verdict: dict) -> bool:
         """Only a forced request for a model the gate did not bless goes to a human."""
@@ -157,7 +169,8 @@ def train_evaluate_register() -> None:
     registered = register(request, prepared["parent_run_id"], results)
     evaluated = evaluate(request, registered["version"])
     bless = BlessingGateOperator(task_id="bless", request=request, version=registered["version"])
-    evaluated >> bless
+    explained = explain(request, registered["version"])
+    [evaluated, explained] >> bless
     approve = ApprovalOperator(
         task_id="approve_forced_blessing",
         subject="Force-bless {{ ti.xcom_pull(task_ids='bless')['version'] }} of "

@@ -20,6 +20,7 @@ from crispflow.names import NAME
 from crispflow.settings import Settings
 
 ColumnType = Literal["int", "float", "string", "category", "bool", "datetime"]
+SENSITIVE_TYPES = ("category", "string", "bool", "int")  # a sensitive column's values are groups
 
 
 class _Model(BaseModel):
@@ -78,6 +79,11 @@ class Column(_Model):
     min: float | None = Field(default=None, description="Smallest allowed value (numeric types).")
     max: float | None = Field(default=None, description="Largest allowed value (numeric types).")
     pii: bool = Field(default=False, description="Personal data: masked in every stored result and log.")
+    sensitive: bool = Field(default=False, description="A protected attribute: kept beside the holdout for "
+                            "fairness checks (metrics per group in the gate and the card), never a feature unless "
+                            "`feature: true`. Needs a categorical type (category, string, bool or int).")
+    feature: bool | None = Field(default=None, description="Whether the model uses the column; omitted: a feature "
+                                 "unless it is sensitive (the key, target and time column never are).")
     description: str = Field(default="", description="Documentation, carried into the model card.")
 
     @model_validator(mode="after")
@@ -86,7 +92,16 @@ class Column(_Model):
             raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
         if (self.min is not None or self.max is not None) and self.type not in ("int", "float"):
             raise ValueError(f"min/max need a numeric type, not {self.type!r}")
+        if self.sensitive and self.type not in SENSITIVE_TYPES:
+            raise ValueError(f"sensitive: column {self.name!r} has type {self.type!r}; a sensitive column defines "
+                             f"groups, so it needs one of {list(SENSITIVE_TYPES)} (bin a {self.type} column into "
+                             f"a category first)")
         return self
+
+    @property
+    def is_feature(self) -> bool:
+        """`feature` if set, else not sensitive (the spec decides about key, target and time column)."""
+        return (not self.sensitive) if self.feature is None else self.feature
 
 
 TaskKind = Literal["binary", "multiclass", "regression"]
@@ -327,6 +342,36 @@ class Training(_Model):
         return self
 
 
+FairnessMetric = Literal["equalized_odds_difference", "demographic_parity_difference", "primary_metric_difference"]
+BINARY_FAIRNESS_METRICS = ("equalized_odds_difference", "demographic_parity_difference")
+
+
+class Fairness(_Model):
+    """Fairness non-regression (crispflow.model.fairness): for each sensitive column and metric, a paired bootstrap
+    of the challenger's disparity minus the champion's, H0 "it widens by at most `max_increase`", Holm-corrected
+    across all (column, metric) tests at `blessing.alpha`. Groups with fewer than `blessing.min_slice_rows` holdout
+    rows are suppressed (listed, not compared). A first model (no champion) gets the report only."""
+
+    mode: Literal["warn", "block"] = Field(default="warn", description="`warn`: a widened disparity is recorded "
+                                           "as a warning of a blessed verdict; `block`: it fails the gate.")
+    metrics: list[FairnessMetric] = Field(
+        default=list(BINARY_FAIRNESS_METRICS), min_length=1,
+        description="Disparities compared. Binary: `equalized_odds_difference` (largest between-group gap of TPR or "
+        "FPR), `demographic_parity_difference` (gap of selection rates), `primary_metric_difference` (gap of the "
+        "primary metric); multiclass and regression: always `primary_metric_difference`.")
+    max_increase: float = Field(default=0.05, ge=0, description="How much the challenger may widen a disparity over "
+                                "the champion's, in the disparity's units (a rate gap; the primary metric's units "
+                                "for `primary_metric_difference`).")
+
+    @field_validator("metrics")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        dup = sorted({m for m in value if value.count(m) > 1})
+        if dup:
+            raise ValueError(f"duplicate metrics {dup}")
+        return value
+
+
 class Blessing(_Model):
     """The gate a challenger must pass against the champion (or, with no champion, absolute thresholds)."""
 
@@ -347,6 +392,8 @@ class Blessing(_Model):
                                   "most.")
     min_metrics: dict[Metric, float] = Field(default={}, description="Absolute floors on the holdout, always "
                                              "applied; empty: a first model must beat no skill significantly.")
+    fairness: Fairness = Field(default=Fairness(), description="Fairness non-regression against the champion "
+                               "across the groups of the `sensitive` columns (needs a sensitive column).")
 
 
 # --- release and monitoring policies: reviewed with the spec; a run may only tighten them (crispflow.policies) ---
@@ -547,6 +594,7 @@ class PipelineSpec(_Model):
             raise ValueError(f"key: column {self.key!r} must not be nullable")
         self._check_target(cols[self.target.column])
         self._check_metrics()
+        self._check_sensitive()
         if self.split.strategy == "time" and not self.time_column:
             raise ValueError("split.strategy: 'time' needs a time_column")
         self._check_estimators()
@@ -592,6 +640,26 @@ class PipelineSpec(_Model):
             if metric not in allowed:
                 raise ValueError(f"{field}: {metric!r} is not a {kind} metric (one of {list(allowed)})")
 
+    def _check_sensitive(self) -> None:
+        """Sensitive columns and `feature` flags: never on the key, target or time column; training needs a feature;
+        explicit fairness metrics fit the task."""
+        roles = {self.key: "key", self.target.column: "target column", self.time_column: "time_column"}
+        for i, column in enumerate(self.columns):
+            role = roles.get(column.name)
+            if role and column.sensitive:
+                raise ValueError(f"columns[{i}].sensitive: {column.name!r} is the {role}; it cannot be sensitive")
+            if role and column.feature:
+                raise ValueError(f"columns[{i}].feature: {column.name!r} is the {role}, never a feature")
+        if self.training is not None and not self.feature_columns:
+            raise ValueError("columns: no feature column left (every column is the key, target, time column, "
+                             "sensitive or `feature: false`)")
+        fairness = self.blessing.fairness
+        if self.task != "binary" and fairness.metrics != list(BINARY_FAIRNESS_METRICS):  # the default is ignored
+            binary_only = [m for m in fairness.metrics if m in BINARY_FAIRNESS_METRICS]
+            if binary_only:
+                raise ValueError(f"blessing.fairness.metrics: {binary_only} apply to binary targets only; a "
+                                 f"{self.task} target compares `primary_metric_difference`")
+
     def _check_estimators(self) -> None:
         """Each candidate's estimator exists, is allowed and fits the task. Built-in names are checked without
         importing anything; import paths are imported (and instantiated) here, at load."""
@@ -632,8 +700,15 @@ class PipelineSpec(_Model):
 
     @property
     def feature_columns(self) -> list[str]:
+        """The model's inputs: every column but the key, target and time column, sensitive columns (unless
+        `feature: true`) and columns with `feature: false`."""
         skip = {self.key, self.target.column, self.time_column}
-        return [c.name for c in self.columns if c.name not in skip]
+        return [c.name for c in self.columns if c.name not in skip and c.is_feature]
+
+    @property
+    def sensitive_columns(self) -> list[str]:
+        """The protected attributes whose groups the fairness report and check compare."""
+        return [c.name for c in self.columns if c.sensitive]
 
     def spec_hash(self) -> str:
         """A stable content hash of the validated spec (recorded in every manifest and model version)."""
@@ -641,8 +716,27 @@ class PipelineSpec(_Model):
         for name in POLICY_SECTIONS:  # at their defaults they leave the hash of an older spec unchanged
             if getattr(self, name) == type(self).model_fields[name].default:
                 del data[name]
+        _drop_new_defaults(data)
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# Fields added after specs were hashed: at their defaults they are left out of `spec_hash` (older specs keep it).
+NEW_COLUMN_FIELDS = ("sensitive", "feature")
+NEW_BLESSING_FIELDS = ("fairness",)
+
+
+def _drop_new_defaults(data: dict[str, Any]) -> None:
+    """Remove, in place, the dumped NEW_COLUMN_FIELDS / NEW_BLESSING_FIELDS that equal their defaults."""
+    for column in data["columns"]:
+        for name in NEW_COLUMN_FIELDS:
+            if column.get(name) == Column.model_fields[name].default:
+                column.pop(name)
+    for name in NEW_BLESSING_FIELDS:
+        default = Blessing.model_fields[name].default
+        if data["blessing"].get(name) == (default.model_dump(mode="json") if isinstance(default, BaseModel)
+                                          else default):
+            data["blessing"].pop(name)
 
 
 def _check_classification_only(kind: str, training: dict[str, Any]) -> None:

@@ -317,3 +317,29 @@ def test_slice_regression_with_a_bootstrap_metric() -> None:
     flagged = [s for s in check(verdict, "slice_non_regression")["slices"] if s["regression"]]
     assert [s["value"] for s in flagged] == ["1"] and flagged[0]["method"] == "paired_bootstrap"
     assert plain(verdict)
+
+
+# ------------------------------------------------------------------------------------------------- fairness
+
+
+def test_sensitive_columns_add_a_fairness_section_and_check(lending: dict) -> None:
+    """Demo data, two sensitive columns: both models' reports, four Holm-corrected tests (2 columns x 2 default
+    disparities), the check between the slice check and the budgets, and a verdict that stays plain JSON."""
+    y, good, weak = lending["y"], lending["good"], lending["weak"]
+    sensitive = {"term": lending["term"], "verification_status": lending["verification_status"]}
+    verdict = decide(Blessing(bootstrap_samples=200), y, good, 0.05, champion_score=weak, champion_threshold=0.05,
+                     slices={"term": lending["term"]}, challenger_cost=COST, champion_cost=COST, sensitive=sensitive)
+    assert [c["name"] for c in verdict["checks"]] == ["non_inferiority", "slice_non_regression", "fairness",
+                                                      "latency_budget", "size_budget"]
+    section = verdict["fairness"]
+    assert section["mode"] == "warn" and section["metrics"] == ["equalized_odds_difference",
+                                                                "demographic_parity_difference"]
+    assert set(section["challenger"]["columns"]) == set(section["champion"]["columns"]) == set(sensitive)
+    tested = [t for t in section["comparison"] if "skipped" not in t]
+    assert check(verdict, "fairness")["tested"] == len(tested) == 4
+    assert check(verdict, "fairness")["passed"]  # warn mode: passes whatever it found
+    assert (section["decision"] == "pass") == (verdict["warnings"] == [])
+    assert plain(verdict) and json.dumps(section, allow_nan=False)
+    without = decide(Blessing(bootstrap_samples=200), y, good, 0.05, champion_score=weak, champion_threshold=0.05,
+                     challenger_cost=COST, champion_cost=COST)
+    assert "fairness" not in without and "warnings" not in without

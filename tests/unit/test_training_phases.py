@@ -24,6 +24,7 @@ from crispflow.model.modelling import (
     TrainingJob,
     bless,
     evaluate_version,
+    explain_version,
     prepare,
     register_challenger,
     run_candidate,
@@ -33,6 +34,38 @@ from crispflow.model.training import plan_search
 from crispflow.spec import TASK_METRICS
 
 pytest_plugins = ["support.mlflow_server"]
+
+
+def check_explanations(job: TrainingJob, version: str) -> dict[str, Any]:
+    """explain_version's artifacts and tags: the explainer record under its sha256, the global explanation with x1
+    (the strongest signal) first, its PDP images, drift weights the monitor loads; a rerun writes the same."""
+    from crispflow.model.explain import LocalExplainer, record_digest
+    from crispflow.model.features import features
+    from crispflow.monitoring.windows import load_drift_weights
+
+    out = explain_version(job, version)
+    assert out["explainer"].startswith("ready: "), out
+    assert out["top_features"][0]["feature"] == "x1" and out["top_features"][0]["low"] > 0, out
+    mv = job.mlf.get_model_version(job.model_name, version)
+    record = json.loads(mlflow.artifacts.load_text(mv.tags[registry.EXPLAINER_TAG]))
+    assert record_digest(record) == mv.tags[registry.EXPLAINER_SHA_TAG]
+    model = registry.load_verified(job.mlf, job.model_name, version)
+    explainer = LocalExplainer.build(job.spec.task, model, record)
+    base, contributions, output = explainer.contributions(features(job.spec, job.frames[1]))
+    assert np.abs(base + contributions.sum(axis=1) - output).max() <= explainer.tolerance
+    report = json.loads(mlflow.artifacts.load_text(mv.tags[registry.EXPLANATIONS_TAG]))
+    assert report["importance"]["features"][0]["feature"] == "x1"
+    assert {c["feature"] for c in report["mean_abs_contribution"]} == set(job.spec.feature_columns)
+    assert report["partial_dependence"] and all(
+        mlflow.artifacts.load_image(f"runs:/{mv.run_id}/{path}").size[0] > 100
+        for path in report["partial_dependence"].values())
+    weights = load_drift_weights(job.mlf, job.model_name, version, job.spec.feature_columns)
+    assert weights is not None and max(weights, key=weights.get) == "x1"
+    again = explain_version(job, version)
+    assert again["top_features"] == out["top_features"]  # seeded: a retry writes the same
+    assert job.mlf.get_model_version(job.model_name, version).tags[registry.EXPLAINER_SHA_TAG] == \
+        mv.tags[registry.EXPLAINER_SHA_TAG]
+    return report
 pytestmark = pytest.mark.slow
 
 
@@ -84,12 +117,15 @@ def test_regression_phases_register_an_interval_and_bless_against_no_skill(mlf, 
     evaluated = evaluate_version(job, registered["version"])
     assert set(evaluated["metrics"]) == set(TASK_METRICS["regression"])
     assert evaluated["metrics"]["rmse"] < 1.3 and evaluated["metrics"]["r2"] > 0.8
+    check_explanations(job, registered["version"])
 
     verdict = bless(job, registered["version"])
     assert verdict["blessed"], verdict["reasons"]
     assert verdict["mode"] == "cold_start" and verdict["champion_version"] is None
-    card = mlflow.artifacts.load_text(write_model_card(job, registered["version"])["markdown"])
-    assert job.model_name in card
+    written = write_model_card(job, registered["version"])
+    card = mlflow.artifacts.load_text(written["markdown"])
+    assert job.model_name in card and "## Explanations" in card and "](../explanations/v" in card
+    assert 'src="data:image/png;base64,' in mlflow.artifacts.load_text(written["html"])  # PDPs inside the page
 
 
 def test_multiclass_phases_register_classes_and_compare_with_the_champion(mlf, tmp_path) -> None:
@@ -115,6 +151,7 @@ def test_multiclass_phases_register_classes_and_compare_with_the_champion(mlf, t
     v2 = train(second)["version"]
     assert v2 != v1
     evaluate_version(second, v2)
+    check_explanations(second, v2)
     verdict = bless(second, v2)
     assert verdict["mode"] == "versus_champion" and verdict["champion_version"] == str(v1)
     assert verdict["champion_threshold"] is None and verdict["challenger_threshold"] is None
@@ -135,6 +172,8 @@ def test_binary_phases_keep_the_threshold_tag(mlf, tmp_path) -> None:
     metrics = evaluate_version(job, registered["version"])["metrics"]
     assert {"roc_auc", "average_precision", "f1", "precision", "recall", "brier"} <= set(metrics)
     assert metrics["roc_auc"] > 0.75
+    report = check_explanations(job, registered["version"])
+    assert report["explainer"]["space"].startswith("log_odds")
     verdict = bless(job, registered["version"])
     assert verdict["challenger_threshold"] == registered["threshold"]
     assert verdict["blessed"], verdict["reasons"]  # clearly better than the training prevalence

@@ -28,6 +28,16 @@ JSON verdict for the task (binary, multiclass, regression; outputs as in `crispf
   log loss - the no-skill log loss is below 0, the no-skill model being `baseline_output`
   (`crispflow.model.tasks.no_skill_output`: the training class frequencies). Without it the check fails.
 
+- **fairness** (with `sensitive` columns and a champion): for each sensitive column and each of
+  `fairness.metrics` (binary equalized-odds / demographic-parity / primary-metric difference between groups;
+  multiclass and regression the primary metric's), a paired bootstrap of the challenger's disparity minus the
+  champion's, H0 "it widens by at most `max_increase`", Holm-corrected across all (column, metric) tests; a test
+  fails when its corrected p-value is below alpha and its estimate above `max_increase`
+  (`crispflow.model.fairness.compare_fairness`). Groups with fewer than min_slice_rows rows are suppressed.
+  `fairness.mode` `block`: a failure fails the gate; `warn` (default): the check passes with a "warning" and the
+  verdict lists it in "warnings". The reports (metrics per group with CIs, disparities) are in
+  verdict["fairness"], also in a cold start (report only, no check).
+
 A NaN or missing quantity never passes: the check that needs it fails, with the reason "... is NaN/missing".
 Bootstrap p-values are (1 + k) / (1 + B), so with B resamples and m tested slices Holm can reject only if
 B >= m / alpha (1000 resamples: up to ~50 slices at alpha 0.05); DeLong p-values have no such floor.
@@ -428,6 +438,51 @@ def _check_policy(policy: Blessing, task: str) -> None:
             raise ValueError(f"{field}: {metric!r} is not a {task} metric (one of {list(allowed)})")
 
 
+# ------------------------------------------------------------------------------------------------ fairness
+
+FAIRNESS_SEED = 0x5A1F  # the fairness resamples' seed is [seed, FAIRNESS_SEED, column index]
+
+
+def _fairness_metrics(policy: Blessing, task: str) -> list[str]:
+    """The disparities compared: the policy's for binary; the primary metric's for multiclass and regression."""
+    return list(policy.fairness.metrics) if task == "binary" else ["primary_metric_difference"]
+
+
+def _fairness(policy: Blessing, task: str, y: np.ndarray, challenger: tuple, champion: tuple | None,
+              sensitive: Mapping[str, np.ndarray], seed: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """verdict["fairness"] and, with a champion, the "fairness" check (None in a cold start)."""
+    from crispflow.model.fairness import compare_fairness, fairness_report
+
+    fair = policy.fairness
+    metrics = _fairness_metrics(policy, task)
+    common = {"min_rows": policy.min_slice_rows, "alpha": policy.alpha, "n_boot": policy.bootstrap_samples,
+              "seed": [int(seed), FAIRNESS_SEED], "primary_metric": policy.primary_metric}
+    section: dict[str, Any] = {"mode": fair.mode, "metrics": metrics, "max_increase": fair.max_increase,
+                               "correction": "holm", "alpha": policy.alpha, "min_rows": policy.min_slice_rows}
+    if champion is None:
+        report = fairness_report(task, y, *challenger, sensitive, **common)
+        return {**section, "challenger": report, "champion": None, "comparison": [], "decision": "pass",
+                "note": "no champion: the report only, no fairness check"}, None
+    result = compare_fairness(task, y, challenger, champion, sensitive, metrics=metrics,
+                              max_increase=fair.max_increase, **common)
+    decision = "pass" if result["passed"] else fair.mode
+    section.update(challenger=result["challenger"], champion=result["champion"], comparison=result["comparison"],
+                   decision=decision)
+    check: dict[str, Any] = {
+        "name": "fairness", "mode": fair.mode, "metrics": metrics, "max_increase": fair.max_increase,
+        "correction": "holm", "tested": result["tested"], "decision": decision,
+        "hypothesis": "H0: challenger disparity - champion disparity <= max_increase; fail = corrected reject",
+    }
+    text = "; ".join(result["reasons"])
+    if result["passed"]:
+        check["passed"] = True
+    elif fair.mode == "block":
+        check.update(passed=False, reason=text)
+    else:
+        check.update(passed=True, warning=text)
+    return section, check
+
+
 def decide(
     spec_blessing: Blessing,
     y_true: np.ndarray,
@@ -442,13 +497,15 @@ def decide(
     champion_cost: dict | None = None,
     seed: int = 0,
     baseline_output: np.ndarray | None = None,
+    sensitive: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """The blessing verdict as a JSON dict: blessed, mode, reasons (empty when blessed), checks and evidence.
 
     Outputs follow `crispflow.model.tasks` (binary P(positive), multiclass (n, k) probabilities with int-code
     labels, regression predictions); thresholds apply to binary only. `baseline_output` is the no-skill model's
     output on the holdout (`tasks.no_skill_output`), used by the cold-start floor when `min_metrics` is empty
-    (needed for multiclass)."""
+    (needed for multiclass). `sensitive` (column -> raw values per holdout row) adds verdict["fairness"], its
+    "fairness" check against a champion, and verdict["warnings"] (warn mode's failures)."""
     policy = spec_blessing
     _check_policy(policy, task)
     y, challenger_s = task_inputs(task, y_true, challenger_score)
@@ -473,12 +530,17 @@ def decide(
         "champion_metrics": None,
     })
     checks = []
-    if champion_score is not None:
-        champion = (task_inputs(task, y, champion_score)[1], champion_threshold)
+    champion = None if champion_score is None else (task_inputs(task, y, champion_score)[1], champion_threshold)
+    fairness, fairness_check = None, None
+    if sensitive:
+        fairness, fairness_check = _fairness(policy, task, y, challenger, champion, sensitive, seed)
+    if champion is not None:
         verdict["champion_metrics"] = {m: _metric(m, y, *champion, task) for m in metrics}
         checks.append(_noninferiority(policy, y, challenger, champion, seed, task))
         if slices:
             checks.append(_slice_check(policy, y, slices, challenger, champion, seed, task))
+        if fairness_check is not None:
+            checks.append(fairness_check)
         checks.append(
             _budget("latency_budget", "latency_p95_ms", policy.max_latency_ratio, challenger_cost, champion_cost)
         )
@@ -487,6 +549,9 @@ def decide(
         checks.append(_no_skill_floor(task, policy, y, challenger_s, baseline_output, seed))
     checks += _floors(policy, metrics)
     reasons = [c["reason"] for c in checks if not c["passed"]]
+    if fairness is not None:
+        verdict["fairness"] = fairness
+        verdict["warnings"] = [c["warning"] for c in checks if c.get("warning")]
     return {"blessed": not reasons, "reasons": reasons, **verdict, "checks": checks}
 
 
@@ -501,4 +566,5 @@ def verdict_summary(verdict: Mapping[str, Any]) -> str:
             f"[{main['ci_low']:+.4f}, {main['ci_high']:+.4f}] ({main['method']}, margin {main['margin']:g})"
         )
     head += f"; {sum(c['passed'] for c in checks)}/{len(checks)} checks passed"
-    return head + (f"; {'; '.join(verdict['reasons'])}" if verdict["reasons"] else "")
+    head += f"; {'; '.join(verdict['reasons'])}" if verdict["reasons"] else ""
+    return head + (f"; warnings: {'; '.join(verdict['warnings'])}" if verdict.get("warnings") else "")

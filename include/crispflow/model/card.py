@@ -17,6 +17,7 @@ prediction intervals.
 
 from __future__ import annotations
 
+import base64
 import html
 import math
 import re
@@ -55,6 +56,9 @@ SECTIONS = (
     "Model",
     "Metrics on the frozen holdout",
     "Blessing",
+    "Explanations",
+    "Fairness",
+    "Regulatory mapping",
     "Limitations and caveats",
     "Lineage",
 )
@@ -78,6 +82,10 @@ class ModelCardInput:
     - `threshold`: the binary decision threshold; None for multiclass and regression.
     - `threshold_objective_value`: the out-of-fold objective at the threshold (F1, or cost per row), if known.
     - `caveats`: extra limitations to list verbatim.
+    - `explanations`: the global explanation (`crispflow.model.modelling.explain_version`: explainer, permutation
+      importance with CIs, mean |contribution|), empty for a version explained before explanations existed.
+    - `images`: the partial dependence thumbnails by feature (PNG bytes), with their artifact paths in
+      `explanations["partial_dependence"]`.
     """
 
     model_name: str
@@ -94,6 +102,8 @@ class ModelCardInput:
     threshold_objective_value: float | None = None
     lineage: Mapping[str, Any] = field(default_factory=dict)
     caveats: Sequence[str] = ()
+    explanations: Mapping[str, Any] = field(default_factory=dict)
+    images: Mapping[str, bytes] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------- document model
@@ -135,7 +145,14 @@ class _Heading:
     title: str
 
 
-Block = _Para | _List | _Table | _Heading
+@dataclass(frozen=True)
+class _Image:
+    alt: str
+    png: bytes
+    path: str  # the PNG's artifact path, relative to the card's folder (Markdown links it; HTML embeds it)
+
+
+Block = _Para | _List | _Table | _Heading | _Image
 
 
 @dataclass(frozen=True)
@@ -852,6 +869,159 @@ def _blessing(card: ModelCardInput) -> _Section:
     return _Section("Blessing", tuple(blocks))
 
 
+def _importance_rows(importance: Mapping[str, Any], metrics: Sequence[str]) -> list[tuple[Part | Text, ...]]:
+    rows: list[tuple[Part | Text, ...]] = []
+    for entry in importance.get("features") or []:
+        cells: list[Part | Text] = [_Code(str(entry.get("feature", "?")))]
+        for metric in metrics:
+            e = entry.get(metric) or {}
+            covers = not _undefined(e.get("low")) and float(e["low"]) <= 0 <= float(e.get("high") or 0)
+            cells += [_num(e.get("importance"), "+.4f"), _ci(e, "+.4f") + (" (covers 0)" if covers else "")]
+        rows.append(tuple(cells))
+    return rows
+
+
+def _explanations(card: ModelCardInput) -> _Section:
+    ex = card.explanations
+    if not ex:
+        return _Section("Explanations", (_Para(_t("No explanation recorded for this version (trained before "
+                                                  "crispflow explained its models).")),))
+    explainer, importance = ex.get("explainer") or {}, ex.get("importance") or {}
+    metrics = [str(m) for m in importance.get("metrics") or []]
+    level = 1 - float(importance.get("alpha") or 0.05)
+    blocks: list[Block] = [
+        _table(("Field", "Value"), [
+            ("Local explainer", _t(_Code(str(explainer.get("method", "?"))), f" in the space: "
+                                   f"{explainer.get('space', '?')}")),
+            ("Explainer self-test", str(explainer.get("status", "?"))),
+            ("Served as", _t(_Code("POST /predict?explain=true&top_k=5"), ": base value + one contribution per "
+                             "feature (one-hot columns grouped back into their feature) reproduces the output")),
+        ]),
+    ]
+    if explainer.get("space_note"):
+        blocks.append(_Para(_t(str(explainer["space_note"]))))
+    blocks += [
+        _Heading("Permutation importance on the frozen holdout"),
+        _Para(_t(f"How much the metric worsens when one feature's values are shuffled across the "
+                 f"{_count(importance.get('rows'))} holdout rows ({_count(importance.get('repeats'))} repeats; "
+                 f"{level:.0%} paired bootstrap intervals over rows). An interval covering 0: no evidence the model "
+                 "relies on the feature.")),
+        _table(("Feature", *(h for m in metrics for h in (_label(m), "CI"))), _importance_rows(importance, metrics)),
+    ]
+    contributions = ex.get("mean_abs_contribution") or []
+    if contributions:
+        blocks += [
+            _Heading("Mean |contribution| of the local explainer"),
+            _table(("Feature", "Mean |contribution|", "CI"),
+                   [(_Code(str(c.get("feature"))), _num(c.get("mean_abs"), ".4g"), _ci(c, ".4g"))
+                    for c in contributions]),
+        ]
+    plots = ex.get("partial_dependence") or {}
+    if plots:
+        blocks.append(_Heading("Partial dependence (with ICE lines of a sample) of the top features"))
+        blocks += [_Image(f"partial dependence of {f}", card.images[f], f"../{path}")
+                   for f, path in plots.items() if f in card.images]
+    caveats = [_t(str(n)) for n in importance.get("notes") or []]
+    caveats += [_t("Correlated features share importance: ", _Code(" ~ ".join(map(str, c.get("features", [])))),
+                   f" (Spearman {_num(c.get('spearman'), '.2f')}); shuffling one understates both.")
+                for c in importance.get("correlated") or []]
+    caveats += [_t("Explanations describe the model, not causes in the world; a feature with little importance can "
+                   "still matter through a correlated one.")]
+    blocks += [_Heading("Caveats"), _bullets(caveats)]
+    return _Section("Explanations", tuple(blocks))
+
+
+FAIRNESS_LABELS = {"selection_rate": "Selection rate", "tpr": "TPR", "fpr": "FPR", "mean_prediction": "Mean prediction",
+                   "demographic_parity_difference": "Demographic-parity difference",
+                   "equalized_odds_difference": "Equalized-odds difference",
+                   "primary_metric_difference": "Primary-metric gap"}
+
+
+def _fair_label(name: str) -> str:
+    return FAIRNESS_LABELS.get(name) or _label(name)
+
+
+def _fairness_column(column: str, report: Mapping[str, Any]) -> list[Block]:
+    names = [str(m) for m in report.get("metrics") or []]
+    blocks: list[Block] = [_Heading(f"Groups of {column}")]
+    groups = report.get("groups") or []
+    if groups:
+        blocks.append(_table(("Group", "Rows", *(_fair_label(m) for m in names)),
+                             [(_Code(str(g.get("value"))), _count(g.get("n")),
+                               *(f"{_num((g.get('metrics') or {}).get(m, {}).get('value'))} "
+                                 f"{_ci((g.get('metrics') or {}).get(m, {}))}" for m in names)) for g in groups]))
+    disparities = report.get("disparities") or {}
+    if disparities:
+        blocks.append(_table(("Disparity", "Value", "CI", "Between"),
+                             [(_fair_label(name), _num(d.get("value")), _ci(d),
+                               " and ".join(map(str, d.get("between") or [])) or "-")
+                              for name, d in disparities.items()]))
+    suppressed = report.get("suppressed") or []
+    if suppressed:
+        blocks.append(_Para(_t("Suppressed (too few rows to measure, left out of the disparities): " + "; ".join(
+            f"{g.get('value')} ({_count(g.get('n'))} rows)" for g in suppressed) + ".")))
+    if report.get("note"):
+        blocks.append(_Para(_t(f"No disparity: {report['note']}.")))
+    return blocks
+
+
+def _fairness(card: ModelCardInput) -> _Section:
+    fairness = card.verdict.get("fairness") or {}
+    sensitive = card.spec.sensitive_columns
+    if not fairness:
+        what = ("no sensitive column is declared in the spec (mark protected attributes `sensitive: true`)"
+                if not sensitive else "this version's verdict has no fairness report")
+        return _Section("Fairness", (_Para(_t(f"Not measured: {what}.")),))
+    challenger = fairness.get("challenger") or {}
+    decision = str(fairness.get("decision", "?"))
+    tone = "good" if decision == "pass" else "bad"
+    facts = [
+        ("Sensitive columns", ", ".join(sensitive) or "-"),
+        ("Gate", _t(_Bold(decision.upper(), tone), f" (mode {fairness.get('mode', '?')!r}; a disparity may widen by "
+                    f"at most {_num(fairness.get('max_increase'), 'g')} over the champion's, "
+                    f"{fairness.get('correction', 'holm')}-corrected at alpha {_num(fairness.get('alpha'), 'g')})")),
+        ("Intervals", f"{_num(challenger.get('ci_level'), '.0%')} {challenger.get('method', 'bootstrap')}, "
+                      f"{_count(challenger.get('n_boot'))} resamples"),
+        ("Groups measured", f"at least {_count(fairness.get('min_rows') or challenger.get('min_rows'))} holdout rows"),
+    ]
+    if challenger.get("threshold") is not None:
+        facts.append(("Decisions", f"score >= threshold {_num(challenger['threshold'])}"))
+    blocks: list[Block] = [_table(("Field", "Value"), facts)]
+    if fairness.get("note"):
+        blocks.append(_Para(_t(str(fairness["note"]))))
+    for column, report in (challenger.get("columns") or {}).items():
+        blocks += _fairness_column(column, report)
+    tests = [t for t in fairness.get("comparison") or [] if "skipped" not in t]
+    if tests:
+        blocks += [_Heading("Against the champion"),
+                   _table(("Column", "Disparity", "Challenger", "Champion", "Difference", "CI", "p adjusted",
+                           "Outcome"),
+                          [(_Code(str(t.get("column"))), _fair_label(str(t.get("metric"))), _num(t.get("challenger")),
+                            _num(t.get("champion")), _num(t.get("estimate"), "+.4f"), _ci(t, "+.4f"),
+                            _num(t.get("p_adjusted"), ".3g"),
+                            _Bold("widened", "bad") if t.get("widened") else "not widened") for t in tests])]
+    warnings = [w for w in card.verdict.get("warnings") or [] if "fairness" in str(w)]
+    if warnings:
+        blocks += [_Heading("Warnings"), _bullets(warnings)]
+    return _Section("Fairness", tuple(blocks))
+
+
+def _regulatory(card: ModelCardInput) -> _Section:
+    explainer = (card.explanations.get("explainer") or {}).get("status", "not recorded")
+    mode = card.spec.blessing.fairness.mode
+    return _Section("Regulatory mapping", (_Para(_t(
+        "Where this card and the model server meet the rules on automated decisions: a person affected can be given "
+        "the main reasons for their own prediction (LGPD art. 20 §1; GDPR arts. 13(2)(f), 15(1)(h) and 22: "
+        "meaningful information about the logic involved) from ", _Code("POST /predict?explain=true"),
+        f" (explainer: {explainer}); the logic of the model as a whole is the *Explanations* section; bias is "
+        "examined on the declared sensitive attributes with disaggregated metrics and a non-regression gate in "
+        f"{mode!r} mode (EU AI Act art. 10(2)(f) for high-risk systems, Annex III 5(b) names creditworthiness "
+        "assessment; art. 13 transparency), and the evidence is stored with the version (art. 12 record-keeping). "
+        "This maps features to articles; it is not legal advice, and the controller still owes the human review "
+        "of GDPR art. 22(3)."
+    )),))
+
+
 def _undefined_metrics(ev: Mapping[str, Any]) -> list[str]:
     out = []
     for name, entry in (ev.get("metrics") or {}).items():
@@ -1028,6 +1198,9 @@ def _sections(card: ModelCardInput) -> list[_Section]:
         _model(card),
         _metrics(card),
         _blessing(card),
+        _explanations(card),
+        _fairness(card),
+        _regulatory(card),
         _limitations(card),
         _lineage(card),
     ]
@@ -1083,6 +1256,8 @@ def _md_text(text: Text, cell: bool = False) -> str:
 
 
 def _md_block(block: Block) -> str:
+    if isinstance(block, _Image):
+        return f"![{_md_escape(block.alt)}]({block.path.replace(' ', '%20').replace(')', '%29')})"
     if isinstance(block, _Para):
         return _md_lead(_md_text(block.text))
     if isinstance(block, _Heading):
@@ -1119,6 +1294,7 @@ tbody tr:nth-child(even) { background: #fbfcfd; }
 code { font: .85em ui-monospace, SFMono-Regular, Menlo, monospace; background: #f6f8fa; padding: .05rem .25rem;
        border-radius: 3px; overflow-wrap: anywhere; }
 nav ul { list-style: none; padding: 0; display: flex; flex-wrap: wrap; gap: .4rem 1rem; }
+img.thumb { width: 20rem; max-width: 100%; margin: .3rem .6rem .3rem 0; border: 1px solid #d0d7de; }
 .good { color: #1a7f37; }
 .bad { color: #cf222e; }
 """
@@ -1138,6 +1314,9 @@ def _html_text(text: Text) -> str:
 
 
 def _html_block(block: Block) -> str:
+    if isinstance(block, _Image):
+        data = base64.b64encode(block.png).decode()
+        return f'<img class="thumb" alt="{html.escape(block.alt)}" src="data:image/png;base64,{data}">'
     if isinstance(block, _Para):
         return f"<p>{_html_text(block.text)}</p>"
     if isinstance(block, _Heading):

@@ -223,6 +223,80 @@ def evaluate_version(job: TrainingJob, version: str) -> dict[str, Any]:
                       "latency_p95_ms": report["latency"]["latency_p95_ms"], "size_bytes": report["size_bytes"]})
 
 
+def explain_version(job: TrainingJob, version: str) -> dict[str, Any]:
+    """The version's explanations, logged to its run before the gate reads it.
+
+    - The local explainer's record (`explainer/v<version>.json`, tags `crispflow.explainer` and its sha256): what the
+      model server builds its explainer from, after the same hash check, and self-tests at load.
+    - The global explanation on the frozen holdout (`explanations/v<version>.json`, tag `crispflow.explanations`):
+      permutation importance of the spec's features with CIs, mean |contribution| of the local explainer with
+      bootstrap CIs, partial dependence (and ICE) plots of the top features, and the drift monitor's feature
+      weights. Seeded: a retry writes the same files."""
+    import time
+
+    from crispflow.model.explain import (
+        EXPLAINER_ARTIFACT,
+        ExplainerError,
+        LocalExplainer,
+        explainer_record,
+        record_digest,
+    )
+    from crispflow.model.features import features
+    from crispflow.model.importance import (
+        drift_weights,
+        mean_abs_contributions,
+        partial_dependence_plots,
+        permutation_importance,
+    )
+
+    started = time.monotonic()
+    spec, policy = job.spec, job.spec.blessing
+    train, holdout, _ = job.frames
+    mv = job.mlf.get_model_version(job.model_name, version)
+    model = registry.load_verified(job.mlf, job.model_name, version, trusted=job.trusted)
+    record_path = f"{EXPLAINER_ARTIFACT}/v{version}.json"
+    record: dict[str, Any] = {}
+    try:
+        record = explainer_record(spec, model, features(spec, train))
+        explainer = LocalExplainer.build(spec.task, model, record)
+        status = f"ready: {explainer.method} ({explainer.space})"
+    except ExplainerError as exc:  # recorded; the model server refuses to explain this version, never explains wrong
+        explainer, status = None, f"failed: {exc}"
+    if record:
+        job.mlf.log_text(mv.run_id, json.dumps(record, sort_keys=True), record_path)
+    importance = permutation_importance(spec, model, holdout, alpha=policy.alpha, n_boot=policy.bootstrap_samples,
+                                        seed=spec.split.seed, threshold=registry.version_threshold(mv))
+    contributions = None
+    if explainer is not None:
+        _, values, _ = explainer.contributions(features(spec, holdout))
+        contributions = mean_abs_contributions(values, explainer.features, n_boot=policy.bootstrap_samples,
+                                               alpha=policy.alpha, seed=spec.split.seed)
+    top = [f["feature"] for f in importance["features"][:4]]
+    plots = partial_dependence_plots(spec, model, features(spec, holdout), top)
+    for feature, png in plots.items():
+        job.mlf.log_image(mv.run_id, _image(png), f"explanations/v{version}/pdp_{feature}.png")
+    report = json_safe({
+        "version": version, "explainer": {"method": record.get("method"), "space": record.get("space"),
+                                          "space_note": record.get("space_note", ""), "status": status},
+        "importance": importance, "mean_abs_contribution": contributions,
+        "partial_dependence": {f: f"explanations/v{version}/pdp_{f}.png" for f in plots},
+        "drift_weights": drift_weights(importance),
+    })
+    job.mlf.log_text(mv.run_id, json.dumps(report, indent=2), f"explanations/v{version}.json")
+    tags = {registry.EXPLANATIONS_TAG: f"runs:/{mv.run_id}/explanations/v{version}.json"}
+    if record:  # no record (an estimator it cannot explain): the server says so and answers explain=true with 409
+        tags |= {registry.EXPLAINER_TAG: f"runs:/{mv.run_id}/{record_path}",
+                 registry.EXPLAINER_SHA_TAG: record_digest(record)}
+    for key, value in tags.items():
+        job.mlf.set_model_version_tag(job.model_name, version, key, value)
+    primary = spec.blessing.primary_metric
+    return json_safe({
+        "version": version, "explainer": status,
+        "top_features": [{"feature": f["feature"], **f[primary]} for f in importance["features"][:5]],
+        "seconds": round(time.monotonic() - started, 1),
+    })
+
+
 def _image(png: bytes) -> Any:
     import io
 
@@ -272,9 +346,11 @@ def bless(job: TrainingJob, version: str) -> dict[str, Any]:
     if compared is not None:
         kwargs["champion_cost"] = costs[str(compared.version)]
     baseline = no_skill_output(spec.task, labels(spec, train), len(y), len(spec.class_labels))
+    # raw values of the protected attributes: the fairness report groups them (missing values as one group)
+    sensitive = {c: holdout[c].to_numpy() for c in spec.sensitive_columns if c in holdout}
     verdict = decide(spec.blessing, y, output, registry.version_threshold(mv), task=spec.task,
                      slices=_slices(job, holdout), challenger_cost=costs[str(version)], baseline_output=baseline,
-                     **kwargs)
+                     sensitive=sensitive, **kwargs)
     verdict.update({"model": job.model_name, "version": str(version), "holdout_hash": record["holdout_hash"],
                     "champion_version": None if champion is None else str(champion.version),
                     "dataset_version_id": mv.tags.get("crispflow.dataset_version_id"),
@@ -353,15 +429,32 @@ def write_model_card(job: TrainingJob, version: str) -> dict[str, str]:
     mv = job.mlf.get_model_version(job.model_name, version)
     stored = {name: json.loads(mlflow.artifacts.load_text(f"runs:/{mv.run_id}/{name}/v{version}.json"))
               for name in ("evaluation", "selection")}
+    explanations, images = _stored_explanations(mv)
     card = ModelCardInput(
         model_name=job.model_name, version=version, spec=job.spec, dataset=job.manifest, holdout=job.frames[2],
         config=stored["selection"], threshold=registry.version_threshold(mv),
         evaluation=stored["evaluation"], verdict=read_verdict(job, version),
         aliases=list(job.mlf.get_model_version(job.model_name, version).aliases or []),
         created=mv.creation_timestamp, threshold_objective_value=stored["selection"].get("threshold_objective"),
-        lineage=dict(mv.tags))
+        lineage=dict(mv.tags), explanations=explanations, images=images)
     paths = {"markdown": f"model_card/v{version}.md", "html": f"model_card/v{version}.html"}
     job.mlf.log_text(mv.run_id, render_markdown(card), paths["markdown"])
     job.mlf.log_text(mv.run_id, render_html(card), paths["html"])
     job.mlf.set_model_version_tag(job.model_name, version, "crispflow.model_card", f"runs:/{mv.run_id}/{paths['html']}")
     return {k: f"runs:/{mv.run_id}/{v}" for k, v in paths.items()}
+
+
+def _stored_explanations(mv: Any) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The version's global explanation and its partial dependence PNGs ({} for a version explained before
+    explanations existed)."""
+    from pathlib import Path
+
+    import mlflow
+
+    uri = (mv.tags or {}).get(registry.EXPLANATIONS_TAG)
+    if not uri:
+        return {}, {}
+    explanations = json.loads(mlflow.artifacts.load_text(uri))
+    images = {feature: Path(mlflow.artifacts.download_artifacts(f"runs:/{mv.run_id}/{path}")).read_bytes()
+              for feature, path in (explanations.get("partial_dependence") or {}).items()}
+    return explanations, images

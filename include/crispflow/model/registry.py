@@ -40,6 +40,10 @@ CANARY_SHARE_TAG, SHADOW_SHARE_TAG, ENTITY_KEY_TAG = "crispflow.canary_share", "
 TASK_TAG, THRESHOLD_TAG, INTERVAL_TAG, CLASSES_TAG = (
     "crispflow.task", "crispflow.threshold", "crispflow.interval", "crispflow.classes")
 PIPELINE_TAG = "crispflow.pipeline"
+# Explanations (`crispflow.model.explain`): the local explainer's record (an artifact URI) and its sha256, checked
+# before a server builds the explainer; the global explanation (importance, drift weights) of the version.
+EXPLAINER_TAG, EXPLAINER_SHA_TAG, EXPLANATIONS_TAG = (
+    "crispflow.explainer", "crispflow.explainer_sha256", "crispflow.explanations")
 TASKS = tuple(TASK_METRICS)  # binary, multiclass, regression
 TRUSTED_MODULES = ("numpy", "scipy", "sklearn", "crispflow")  # crispflow: the typing step of its pipelines
 SKOPS, SKOPS_FILE = "skops", "model.skops"  # the only format and file crispflow writes and reads

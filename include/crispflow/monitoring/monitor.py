@@ -55,7 +55,12 @@ def monitor(mlf: MlflowClient, root: PathLike, model: str, *, start: datetime, e
     """
     from crispflow.monitoring.report import render_json
     from crispflow.monitoring.store import window_key
-    from crispflow.monitoring.windows import ReferenceProfileMissing, judge_window, load_reference_profile
+    from crispflow.monitoring.windows import (
+        ReferenceProfileMissing,
+        judge_window,
+        load_drift_weights,
+        load_reference_profile,
+    )
     from crispflow.predictions.reader import read_predictions
     from crispflow.predictions.store import display_path
     from crispflow.release import promotion
@@ -76,8 +81,9 @@ def monitor(mlf: MlflowClient, root: PathLike, model: str, *, start: datetime, e
             log.error("%s: %s", alias, exc)
             missing.append(f"{alias}: {exc}")
             continue
+        weights = load_drift_weights(mlf, model, version, list(profile["features"]))  # None: equal weights
         judged = judge_window(profile, predictions, root=root, model=model, alias=alias, version=version,
-                              start=start, end=end, settings=settings)
+                              start=start, end=end, settings=settings, importance=weights)
         summary, report = judged.summary, judged.report
         stem = f"drift/{window_key(end)}-{alias}"
         run_id = mlf.get_model_version(model, version).run_id

@@ -22,7 +22,9 @@ prediction log, its drift report, stored (`crispflow.monitoring.store`) and summ
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import logging
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -40,6 +42,8 @@ from crispflow.predictions.store import display_path, drift_dir
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+
+log = logging.getLogger(__name__)
 
 REFERENCE_TAG = "crispflow.reference_profile"
 TASK_TAG = "crispflow.task"
@@ -107,6 +111,32 @@ def load_reference_profile(mlf: MlflowClient, model: str, version: str | int) ->
         raise ReferenceProfileMissing(f"{origin}: task: the profile is for a {profile_task(profile)} model, the "
                                       f"version's tag {TASK_TAG!r} says {tagged!r}")
     return profile
+
+
+def load_drift_weights(mlf: MlflowClient, model: str, version: str | int,
+                       features: Sequence[str]) -> dict[str, float] | None:
+    """The feature weights of the version's global explanation (`drift_weights` of the artifact named by tag
+    `crispflow.explanations`: permutation importance), restricted to `features`; None (equal weights) for a version
+    explained before weights existed, or whose explanation is missing or not JSON (logged: never a failed window;
+    an unreachable MLflow raises, and the task is retried)."""
+    from crispflow.model.registry import EXPLANATIONS_TAG
+
+    uri = (mlf.get_model_version(model, str(version)).tags or {}).get(EXPLANATIONS_TAG)
+    if not uri:
+        return None
+    try:
+        data = json.loads(_artifact_text(mlf, uri))
+    except Exception as exc:
+        if not (_not_found(exc) or isinstance(exc, json.JSONDecodeError)):
+            raise  # an unreachable MLflow: the task is retried, as for the reference profile
+        log.warning("%s v%s: drift weights unreadable (%s): equal weights", model, version, type(exc).__name__)
+        return None
+    weights = data.get("drift_weights") if isinstance(data, dict) else None
+    if not isinstance(weights, dict):
+        return None
+    chosen = {f: float(w) for f, w in weights.items() if f in set(features)
+              and isinstance(w, int | float) and math.isfinite(w) and w >= 0}
+    return chosen if sum(chosen.values()) > 0 else None
 
 
 # --------------------------------------------------------------------------------------------- the window
