@@ -40,7 +40,7 @@ def _write_old_files(root: Path) -> None:
 def test_the_task_columns_follow_the_old_columns() -> None:
     assert PREDICTION_COLUMNS[: len(OLD_PREDICTION_COLUMNS)] == OLD_PREDICTION_COLUMNS
     assert PREDICTION_COLUMNS[len(OLD_PREDICTION_COLUMNS):] == ("predicted", "probabilities", "interval_low",
-                                                                "interval_high")
+                                                                "interval_high", "explanation")
     assert FEEDBACK_COLUMNS == ("request_id", "label", "ts", "sender")
 
 
@@ -71,7 +71,7 @@ def test_old_files_read_with_null_task_columns_and_float_labels(tmp_path: Path) 
     row = df.iloc[0]
     assert row["request_id"] == "old-1" and row["score"] == 0.7 and row["feature.x"] == 1.5
     assert pd.isna(row["predicted"]) and row["probabilities"] is None
-    assert math.isnan(row["interval_low"]) and math.isnan(row["interval_high"])
+    assert math.isnan(row["interval_low"]) and math.isnan(row["interval_high"]) and pd.isna(row["explanation"])
     assert row["label"] == 1.0 and str(df["label"].dtype) == "float64"
     fb = read_feedback(tmp_path, MODEL, T0, T0 + timedelta(hours=1))
     assert fb["label"].tolist() == [1.0] and str(fb["label"].dtype) == "float64"

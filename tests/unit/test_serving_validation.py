@@ -1,4 +1,5 @@
-"""Request validation against a model signature: field-level problems, never an exception other than PayloadError."""
+"""Request validation against a model signature: field-level problems, never an exception other than PayloadError;
+the explain/top_k query parameters of /predict, and the additivity guard on every served explanation."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ import math
 import numpy as np
 import pytest
 
+from crispflow.serving.batcher import checked_explanation
 from crispflow.serving.validation import (
+    ExplainRequest,
     FieldSpec,
     InputSchema,
     PayloadError,
     check_content_type,
+    check_explained_records,
+    explain_options,
     feedback_items,
     parse_json,
     parse_label,
@@ -126,3 +131,86 @@ def test_feedback_items() -> None:
     with pytest.raises(PayloadError) as err:
         feedback_items([], 10)
     assert err.value.status == 422
+
+
+# --- /predict?explain=true&top_k=k ------------------------------------------------------------------------------
+
+
+def explain_problems(params: list[tuple[str, str]]) -> list[tuple[str | None, str]]:
+    with pytest.raises(PayloadError) as err:
+        explain_options(params)
+    assert err.value.status == 422 and all(d["message"] for d in err.value.details)
+    return [(d["field"], d["rule"]) for d in err.value.details]
+
+
+@pytest.mark.parametrize(("params", "expected"), [
+    ([], None),
+    ([("explain", "false")], None),
+    ([("explain", "0")], None),
+    ([("explain", "true")], ExplainRequest(None)),
+    ([("explain", "TRUE")], ExplainRequest(None)),
+    ([("explain", " 1 ")], ExplainRequest(None)),
+    ([("explain", "True"), ("top_k", "3")], ExplainRequest(3)),
+    ([("top_k", "07"), ("explain", "1"), ("other", "x")], ExplainRequest(7)),  # other parameters are not read
+])
+def test_explain_options_read_a_boolean_and_a_top_k(params: list[tuple[str, str]],
+                                                     expected: ExplainRequest | None) -> None:
+    assert explain_options(params) == expected
+
+
+@pytest.mark.parametrize(("params", "expected"), [
+    ([("explain", "yes")], [("explain", "boolean")]),
+    ([("explain", "")], [("explain", "boolean")]),
+    ([("explain", "2")], [("explain", "boolean")]),
+    ([("explain", "true"), ("explain", "true")], [("explain", "single")]),
+    ([("explain", "true"), ("top_k", "0")], [("top_k", "range")]),
+    ([("explain", "true"), ("top_k", "-1")], [("top_k", "integer")]),
+    ([("explain", "true"), ("top_k", "2.5")], [("top_k", "integer")]),
+    ([("explain", "true"), ("top_k", "five")], [("top_k", "integer")]),
+    ([("explain", "true"), ("top_k", "1_0")], [("top_k", "integer")]),  # int() would take it
+    ([("explain", "true"), ("top_k", "9" * 12)], [("top_k", "integer")]),
+    ([("explain", "true"), ("top_k", "1"), ("top_k", "2")], [("top_k", "single")]),
+    ([("top_k", "3")], [("top_k", "requires_explain")]),  # refused, not silently ignored
+    ([("explain", "false"), ("top_k", "3")], [("top_k", "requires_explain")]),
+    ([("explain", "maybe"), ("top_k", "x")], [("explain", "boolean"), ("top_k", "integer")]),  # both fields named
+])
+def test_bad_explain_parameters_name_their_field_and_rule(params: list[tuple[str, str]],
+                                                          expected: list[tuple[str, str]]) -> None:
+    assert explain_problems(params) == expected
+
+
+def test_top_k_is_bounded_by_the_answering_models_features() -> None:
+    assert ExplainRequest(None).resolve(22, "m v1") == 5  # the default
+    assert ExplainRequest(None).resolve(3, "m v1") == 3  # capped at the number of features
+    assert ExplainRequest(22).resolve(22, "m v1") == 22
+    with pytest.raises(PayloadError) as err:
+        ExplainRequest(23).resolve(22, "crispflow-x v4")
+    assert err.value.status == 422 and err.value.rules == ["range"]
+    assert err.value.details[0]["field"] == "top_k" and "22 features of crispflow-x v4" in str(err.value)
+
+
+def test_an_explained_request_holds_at_most_the_explained_record_limit() -> None:
+    check_explained_records([GOOD] * 100, 100)
+    with pytest.raises(PayloadError) as err:
+        check_explained_records([GOOD] * 101, 100)
+    assert err.value.status == 422 and err.value.rules == ["max_explained_records"]
+    assert err.value.details[0]["field"] == "records"
+
+
+def _explanation(contributions: list[float], other: float, base: float, output: float) -> dict:
+    return {"method": "linear_exact", "space": "log_odds", "base_value": base,
+            "contributions": [{"feature": f"f{i}", "value": 1.0, "contribution": c}
+                              for i, c in enumerate(contributions)],
+            "other": other, "check": {"output": output, "abs_error": 0.0}}
+
+
+def test_only_additive_finite_explanations_are_served() -> None:
+    good = _explanation([0.5, -0.25], 0.125, -1.0, -0.625)
+    assert checked_explanation(good, 1e-6) is good
+    # the check is recomputed: a claimed abs_error of 0 does not make a wrong explanation right
+    with pytest.raises(ValueError, match="not additive"):
+        checked_explanation(_explanation([0.5, -0.25], 0.125, -1.0, -0.6), 1e-6)
+    assert checked_explanation(_explanation([0.5], 0.0, 0.0, 0.50005), 1e-4)  # within a tree's tolerance
+    for bad in (float("nan"), float("inf"), None, True):
+        with pytest.raises(ValueError, match="non-finite"):
+            checked_explanation(_explanation([0.5, bad], 0.0, 0.0, 0.5), 1e-6)  # type: ignore[list-item]

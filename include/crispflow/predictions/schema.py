@@ -4,7 +4,10 @@ Prediction columns: ``request_id`` (string), ``ts`` (timestamp[us, UTC]), ``mode
 (string), ``served`` (bool), ``entity`` (string, nullable), ``score`` (float64, nullable), ``latency_ms``
 (float64), ``status`` (string), then the task's own outputs, all nullable: ``predicted`` (string: the predicted
 class label, multiclass), ``probabilities`` (list<float64>: the class probabilities in the model's class order,
-multiclass), ``interval_low`` and ``interval_high`` (float64: the prediction interval, regression). ``score`` is
+multiclass), ``interval_low`` and ``interval_high`` (float64: the prediction interval, regression), then
+``explanation`` (string, nullable: the record's explanation as compact JSON, only when the request asked for one
+with ``/predict?explain=true``; like the ``feature.*`` columns it is personal data, under the same retention and
+erasure). ``score`` is
 P(positive) for binary, P(predicted class) for multiclass and the predicted value for regression. Then one column
 per feature named ``feature.<name>``, typed as Arrow infers it from the batch (so drift monitoring reads features
 columnar). A feature whose values in a batch have no common scalar type (e.g. ``True`` and ``1``, ``"a"`` and
@@ -14,8 +17,8 @@ Feedback columns: ``request_id`` (string), ``label`` (float64: 0/1 for binary, t
 observed value for regression), ``ts`` (timestamp[us, UTC]), ``sender`` (string, nullable: the name of the
 model-server token that sent the label).
 
-Files written before these columns existed still read: a missing base column (e.g. ``sender``) is filled with
-nulls, and the int8 labels of older feedback files are cast to float64.
+Files written before these columns existed still read: a missing base column (e.g. ``sender``, ``explanation``)
+is filled with nulls, and the int8 labels of older feedback files are cast to float64.
 
 The writer turns row dicts into tables with :func:`prediction_table` / :func:`feedback_table`; readers cast files
 back to :func:`arrow_schema` of the same fields.
@@ -52,6 +55,7 @@ PREDICTION_FIELDS: tuple[tuple[str, str], ...] = (
     ("probabilities", "list_float64"),
     ("interval_low", "float64"),
     ("interval_high", "float64"),
+    ("explanation", "string"),
 )
 FEEDBACK_FIELDS: tuple[tuple[str, str], ...] = (
     ("request_id", "string"),

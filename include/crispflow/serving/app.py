@@ -6,6 +6,12 @@ Routes: `POST /models/{name}/predict`, `POST /models/{name}/feedback`, `GET /mod
 the default model (fleet.py: `--model`, else the only model; several models and no default → 404 naming the
 per-model routes); `GET /health`, `GET /ready`, `GET /metrics`, `GET /` (the listing).
 
+`POST /predict?explain=true&top_k=5` (and `/models/{name}/predict?...`) adds to each prediction an `explanation`
+(`crispflow.model.explain.LocalExplainer.explain`: method, space, base_value, the top_k contributions of the spec's
+features with the record's values, other, check) from the version that answered it; query parameters are
+validated by `validation.explain_options` (422 per field), and a version without a working explainer answers 409
+(server.py). Without `explain` the request is exactly as before.
+
 Every route but /health and /ready needs a bearer token with its scope (auth.py, tokens.py): predict, feedback,
 admin (/model, /models, /models/{name}, /) or metrics (/metrics); 401 without a valid token, 403 with the wrong
 scope, 429 (Retry-After) beyond the token's rate limit. A full scoring queue answers 503 with Retry-After.
@@ -33,7 +39,7 @@ from crispflow.serving.fleet import Fleet, NoDefaultModel, UnknownModel
 from crispflow.serving.metrics import CONTENT_TYPE
 from crispflow.serving.server import LogFactory, ModelFailure, ModelServer, NotReady
 from crispflow.serving.tokens import Caller, TokenStore
-from crispflow.serving.validation import PayloadError, check_content_type, problem
+from crispflow.serving.validation import PayloadError, check_content_type, explain_options, problem
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -113,7 +119,7 @@ def create_app(config: ServeConfig, *, prediction_log: LogFactory | None = None,
         if isinstance(exc, NotReady):
             return answer(model, endpoint, 503, {"detail": [problem(None, None, "not_ready", str(exc))]})
         if isinstance(exc, ModelFailure):
-            return answer(model, endpoint, 500, {"detail": [{**problem(None, None, "model_error", str(exc)),
+            return answer(model, endpoint, 500, {"detail": [{**problem(None, None, exc.rule, str(exc)),
                                                              "request_ids": exc.request_ids}]})
         raise exc
 
@@ -136,12 +142,15 @@ def create_app(config: ServeConfig, *, prediction_log: LogFactory | None = None,
         try:
             server = await pick(name)
             check_content_type(request.headers.get("content-type"))
+            # no query string (the usual request): nothing parsed, nothing to explain
+            explain = explain_options(request.query_params.multi_items()) if request.scope.get("query_string") \
+                else None
             body = await _read_body(request, config.max_body_bytes)
-            future = server.submit(body) if app.state.serving else None
+            future = server.submit(body, explain) if app.state.serving else None
             if future is not None:
                 result = await asyncio.wrap_future(future)
             else:  # no lifespan (or shutting down): score in the threadpool
-                result = await run_in_threadpool(server.predict, body)
+                result = await run_in_threadpool(server.predict, body, explain)
         except (PayloadError, UnknownModel, NoDefaultModel, NotReady, ModelFailure, QueueFull) as exc:
             return failure(label(name), "predict", exc)
         return answer(server.name, "predict", 200, result)

@@ -52,6 +52,7 @@ class ServeConfig:
     max_queue: int = 1024  # /predict requests waiting for a model's scoring thread; more are refused with 503
     feedback_ids: int = 200_000  # request ids per model remembered for /feedback (older ones: the prediction log)
     feedback_window: float = 86_400.0  # seconds after its prediction a request id still takes a label
+    max_explained_records: int = 100  # records per /predict?explain=true request (422 beyond)
 
     def __post_init__(self) -> None:
         if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
@@ -66,7 +67,7 @@ class ServeConfig:
             if not isinstance(value, int | float) or not value > 0:
                 raise ServeConfigError(f"{name}: must be a number > 0, got {value!r}")
         for name in ("max_body_bytes", "max_records", "shadow_queue", "batch_requests", "max_models", "rate_burst",
-                     "max_queue", "feedback_ids"):
+                     "max_queue", "feedback_ids", "max_explained_records"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ServeConfigError(f"{name}: must be an integer >= 1, got {value!r}")

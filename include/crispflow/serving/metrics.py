@@ -5,7 +5,9 @@ Every per-model series carries a `model` label (the registered model name; "" on
 P(positive), multiclass P(predicted class); regression predictions are not observed: their scale is the
 target's). Per model: validation failures (by rule), reloads, refused loads (hash mismatch, bad metadata,
 unavailable registry), feedback, served versions and readiness. Per kind: errors. The prediction logs' counters
-(written, dropped, pending) and the drift gauges of each model are read at scrape time.
+(written, dropped, pending) and the drift gauges of each model are read at scrape time. Explanations: per loaded
+(`model`, `version`), the explainer's state (`crispflow_serve_explainer{status}`: 1 for its state, 0 for the
+others, so an alert on `status="ready"` has a series) and the records explained.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-ERROR_KINDS = ("model", "internal", "shadow", "poll", "log", "queue_full")  # crispflow_serve_errors{kind}
+ERROR_KINDS = ("model", "internal", "shadow", "poll", "log", "queue_full", "explainer")  # crispflow_serve_errors
+# LoadedModel.explainer_state (models.py): the `status` label of crispflow_serve_explainer
+EXPLAINER_STATES = ("ready", "none", "unavailable", "hash_mismatch", "invalid", "self_test_failed")
 RECORD_RULES = ("missing", "type", "finite", "class", "extra")  # a record's first broken rule (validation.py)
 REFUSAL_REASONS = ("hash_mismatch", "invalid", "unavailable")  # models.RefusedModel.reason
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -126,11 +130,17 @@ class ServingMetrics:
                            registry=reg)
         self.models = Gauge("crispflow_serve_models", "registered models the server knows, by state "
                             "(loaded, idle: discovered but not in memory)", ["state"], registry=reg)
+        self.explainer = Gauge("crispflow_serve_explainer", "1 for the explainer state of each loaded model version "
+                               "(ready, none, unavailable, hash_mismatch, invalid, self_test_failed), 0 for the others",
+                               ["model", "version", "status"], registry=reg)
+        self.explained = Counter("crispflow_serve_explained_records", "records answered with an explanation",
+                                 ["model", "version"], registry=reg)
         reg.register(_PredictionLogCollector(log_stats))
         self.drift = _DriftCollectors()
         reg.register(self.drift)
         self._served_lock = threading.Lock()
         self._served: dict[str, dict[str, str]] = {}
+        self._explainers: dict[str, set[str]] = {}  # model → versions with explainer series
 
     def add_model(self, model: str) -> None:
         """Start the per-model counters of `model` at 0 for their known labels, so that a dashboard panel or an
@@ -152,6 +162,19 @@ class ServingMetrics:
                 self.served.labels(model, alias, version).set(1)
             self._served[model] = dict(served)
             self.ready.labels(model).set(1 if (ready if ready is not None else "champion" in served) else 0)
+
+    def set_explainers(self, model: str, states: Mapping[str, str]) -> None:
+        """Replace the explainer series of `model` by `states` (loaded version → its explainer state)."""
+        with self._served_lock:
+            for version in self._explainers.pop(model, set()):
+                for status in EXPLAINER_STATES:
+                    self.explainer.remove(model, version, status)
+            for version, state in states.items():
+                for status in EXPLAINER_STATES:
+                    self.explainer.labels(model, version, status).set(1 if status == state else 0)
+                if state == "ready":
+                    self.explained.labels(model, version)
+            self._explainers[model] = set(states)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -19,10 +19,21 @@ A version that cannot be trusted (hash mismatch, no recorded hash, a bad thresho
 is refused, logged and counted; it is retried only after `refused_retry` seconds. If the champion alias moves
 to a refused version, the previously loaded champion keeps serving; a refused canary or shadow simply has no
 traffic. A registry outage never stops serving: the last snapshot stays.
+
+Explainer (`/predict?explain=true`): after the hash-verified model is loaded, a version tagged `crispflow.explainer`
+(the URI of its explainer record, `explainer/v<version>.json` of its run) and `crispflow.explainer_sha256` gets
+its record downloaded and checked against that hash, then `crispflow.model.explain.LocalExplainer.build` builds the
+explainer from the verified model and the record, which self-tests its additivity on the record's synthetic probe
+rows. Anything short of that (no record, a hash mismatch, a failed self-test, a record the explainer refuses) leaves
+the version without explainer and says why in `LoadedModel.explainer_status`: the model still serves predictions,
+and explanation requests get 409, never wrong reasons. A record that could not be fetched (artifact store down,
+or the record missing) is tried again every `refused_retry` seconds, without loading the model again. Tags are
+read when a version is loaded: a version tagged after it was loaded gets its explainer at its next load.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -34,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from crispflow.model import registry
-from crispflow.serving.policy import ALIASES, CHAMPION, TrafficPolicy, policy_from_tags
+from crispflow.serving.policy import ALIASES, CHAMPION, SHADOW, TrafficPolicy, policy_from_tags
 from crispflow.serving.validation import InputSchema
 
 if TYPE_CHECKING:
@@ -49,6 +60,10 @@ THRESHOLD_TAG, TASK_TAG = registry.THRESHOLD_TAG, registry.TASK_TAG
 CLASSES_TAG, INTERVAL_TAG = registry.CLASSES_TAG, registry.INTERVAL_TAG
 TASKS = registry.TASKS
 DEFAULT_THRESHOLD = 0.5
+# the explainer record of a version (an artifact URI; default `runs:/<run_id>/explainer/v<version>.json`) and its
+# sha256 (`crispflow.model.explain.record_digest`)
+EXPLAINER_TAG, EXPLAINER_SHA_TAG = registry.EXPLAINER_TAG, registry.EXPLAINER_SHA_TAG
+NO_RECORD = "unavailable: version has no explainer record"
 
 
 class RefusedModel(registry.RegistryError):
@@ -85,19 +100,37 @@ class LoadedModel:
     task: str = "binary"
     classes: tuple[str, ...] = ()  # multiclass labels, in model (code) order
     interval: Interval | None = None  # regression
+    explainer: Any = None  # a crispflow.model.explain.LocalExplainer that passed its self-test, or None
+    explainer_status: str = NO_RECORD  # "ready: <method> (<space>)", or why there is no explainer
+    explainer_state: str = "none"  # one of metrics.EXPLAINER_STATES (none: the version has no explainer record)
+    explainer_sha256: str = ""  # of the record the explainer was built from
+    explainer_tolerance: float = 0.0  # the record's additivity tolerance, checked on every served explanation
+    explainer_retry_at: float | None = None  # time.time() after which a record that could not be fetched is retried
+
+    @property
+    def n_features(self) -> int:
+        """The number of features an explanation of this version ranks (the explainer's; else the signature's)."""
+        return len(self.explainer.features) if self.explainer is not None else len(self.schema.fields)
 
     def output(self, frame: pd.DataFrame) -> np.ndarray:
         """The task's output (`crispflow.model.tasks.model_output`): binary (n,) P(positive), multiclass (n, k)
         probabilities in `classes` order, regression (n,) predicted values."""
+        if self.task == "regression":
+            return self.output_of(self.model.predict(frame))
+        return self.output_of(self.model.predict_proba(frame))
+
+    def output_of(self, response: Any) -> np.ndarray:
+        """The task's output (see `output`) from the model's own response: predict_proba, in the model's classes_
+        order (classification), or predict (regression)."""
         import numpy as np
 
         if self.task == "regression":
-            return np.asarray(self.model.predict(frame), dtype="float64")
-        proba = np.asarray(self.model.predict_proba(frame), dtype="float64")
+            return np.asarray(response, dtype="float64")
+        proba = np.asarray(response, dtype="float64")
         codes = list(self.model.classes_)
         if self.task == "binary":
             return proba[:, codes.index(True) if True in codes else 1]
-        out = np.zeros((len(frame), len(self.classes)))
+        out = np.zeros((len(proba), len(self.classes)))
         for column, code in enumerate(codes):  # a class absent from training keeps probability 0
             out[:, int(code)] = proba[:, column]
         return out
@@ -133,10 +166,15 @@ class LoadedModel:
         return {"score": value, "label": int(value >= threshold)}
 
     def describe(self) -> dict[str, Any]:
+        explainer: dict[str, Any] = {"status": self.explainer_status, "state": self.explainer_state}
+        if self.explainer is not None:
+            explainer.update(method=self.explainer.method, space=self.explainer.space,
+                             features=len(self.explainer.features), tolerance=self.explainer_tolerance,
+                             record_sha256=self.explainer_sha256)
         found: dict[str, Any] = {"version": self.version, "task": self.task, "threshold": self.threshold,
                                  "threshold_source": self.threshold_source, "artifact_sha256": self.sha256,
                                  "run_id": self.run_id, "loaded_at": self.loaded_at,
-                                 "signature": self.schema.to_dict()}
+                                 "signature": self.schema.to_dict(), "explainer": explainer}
         if self.task == "multiclass":
             found["classes"] = list(self.classes)
         if self.task == "regression":
@@ -247,8 +285,98 @@ def load_version(mlf: MlflowClient, name: str, version: str, *, trusted: Sequenc
     except (MlflowException, OSError) as exc:
         raise RefusedModel("unavailable", f"{name} v{version}: could not be fetched: {exc}") from None
     _check_model(name, str(version), model, task, classes)
-    return LoadedModel(name, str(version), model, threshold, source, InputSchema.from_signature(signature),
-                       mv.tags.get(registry.SHA_TAG, ""), mv.run_id or "", time.time(), task, classes, interval)
+    loaded = LoadedModel(name, str(version), model, threshold, source, InputSchema.from_signature(signature),
+                         mv.tags.get(registry.SHA_TAG, ""), mv.run_id or "", time.time(), task, classes, interval)
+    return with_explainer(mlf, loaded, mv.tags)
+
+
+# --- the explainer ------------------------------------------------------------------------------------------------
+
+
+class _NoExplainer(Exception):
+    """Why a version gets no explainer: `state` (metrics.EXPLAINER_STATES) and the status text."""
+
+    def __init__(self, state: str, status: str) -> None:
+        super().__init__(status)
+        self.state, self.status = state, status
+
+
+def with_explainer(mlf: MlflowClient, loaded: LoadedModel, tags: Mapping[str, str],
+                   retry_after: float = 60.0) -> LoadedModel:
+    """`loaded` with its explainer (see the module docstring), or without one and the reason. Never raises: an
+    explainer problem never keeps a verified model from serving predictions."""
+    try:
+        explainer, digest, tolerance = _build_explainer(mlf, loaded, tags)
+    except _NoExplainer as exc:
+        state, status = exc.state, exc.status
+    except Exception as exc:  # a bug, an unexpected model, a missing dependency: no explainer, never a refusal
+        log.exception("%s v%s: the explainer could not be built", loaded.name, loaded.version)
+        state, status = "invalid", f"failed: the explainer could not be built ({type(exc).__name__}: {exc})"
+    else:
+        status = f"ready: {explainer.method} ({explainer.space})"
+        log.info("%s v%s explainer %s", loaded.name, loaded.version, status)
+        return dataclasses.replace(loaded, explainer=explainer, explainer_status=status, explainer_state="ready",
+                                   explainer_sha256=digest, explainer_tolerance=tolerance, explainer_retry_at=None)
+    if state != "none":
+        log.warning("%s v%s serves no explanations: %s", loaded.name, loaded.version, status)
+    retry = time.time() + retry_after if state == "unavailable" else None
+    return dataclasses.replace(loaded, explainer=None, explainer_status=status, explainer_state=state,
+                               explainer_sha256="", explainer_tolerance=0.0, explainer_retry_at=retry)
+
+
+def _build_explainer(mlf: MlflowClient, loaded: LoadedModel, tags: Mapping[str, str]) -> tuple[Any, str, float]:
+    """(explainer, record sha256, tolerance) of a version, or _NoExplainer saying why not."""
+    expected = tags.get(EXPLAINER_SHA_TAG)
+    uri = tags.get(EXPLAINER_TAG)
+    if not expected and not uri:
+        raise _NoExplainer("none", NO_RECORD)
+    if not expected:
+        raise _NoExplainer("invalid", f"failed: the explainer record has no recorded hash (tag {EXPLAINER_SHA_TAG})")
+    uri = uri or f"runs:/{loaded.run_id}/explainer/v{loaded.version}.json"
+    text = _record_text(mlf, uri)
+    from crispflow.model.explain import ExplainerError, ExplainerSelfTestFailed, LocalExplainer, record_digest
+
+    try:
+        record = json.loads(text)
+    except ValueError:
+        raise _NoExplainer("invalid", f"failed: the explainer record {uri} is not JSON") from None
+    if not isinstance(record, dict):
+        raise _NoExplainer("invalid", f"failed: the explainer record {uri} is not a JSON object")
+    actual = record_digest(record)
+    if actual != expected:
+        raise _NoExplainer("hash_mismatch", f"failed: explainer hash mismatch (the record {uri} hashes to "
+                                            f"{actual[:12]}, tag {EXPLAINER_SHA_TAG} says {str(expected)[:12]})")
+    try:
+        explainer = LocalExplainer.build(loaded.task, loaded.model, record)
+    except ExplainerSelfTestFailed as exc:
+        raise _NoExplainer("self_test_failed", f"failed self-test: {exc}") from None
+    except ExplainerError as exc:
+        raise _NoExplainer("invalid", f"failed: {exc}") from None
+    unknown = [f for f in explainer.features if loaded.schema.fields and f not in loaded.schema.names]
+    if unknown:  # requests are validated against the signature: the explainer must read only its columns
+        raise _NoExplainer("invalid", f"failed: the explainer's features {unknown[:5]} are not in the model's "
+                                      "signature")
+    return explainer, actual, float(explainer.tolerance)
+
+
+def _record_text(mlf: MlflowClient, uri: str) -> str:
+    """The explainer record's text (`runs:/` URIs through `mlf`'s own tracking server); _NoExplainer("unavailable")
+    if it cannot be fetched. MLflow reports a missing artifact and an unreachable artifact store alike ("Failed to
+    download artifacts"), so both are tried again later: a record is small and its absence is logged."""
+    import tempfile
+    from pathlib import Path
+
+    try:
+        if uri.startswith("runs:/"):
+            run_id, _, path = uri.removeprefix("runs:/").partition("/")
+            with tempfile.TemporaryDirectory(prefix="crispflow-explainer-") as tmp:
+                return Path(mlf.download_artifacts(run_id, path, tmp)).read_text()
+        import mlflow.artifacts
+
+        return mlflow.artifacts.load_text(uri)
+    except Exception as exc:
+        raise _NoExplainer("unavailable", f"unavailable: the explainer record {uri} could not be fetched "
+                                          f"({type(exc).__name__}: {str(exc)[:200]}); tried again later") from None
 
 
 @dataclass(frozen=True)
@@ -267,10 +395,17 @@ class Snapshot:
         return self.arms.get(CHAMPION)
 
     def describe(self) -> dict[str, Any]:
-        return {"aliases": {a: m.describe() for a, m in self.arms.items()},
+        return {"aliases": {a: _describe_arm(a, m) for a, m in self.arms.items()},
                 "registry_aliases": dict(self.registry_aliases), "refused": dict(self.refused),
                 "policy": self.policy.to_dict(), "ready": self.champion is not None, "not_ready": self.not_ready,
                 "polled_at": self.polled_at}
+
+
+def _describe_arm(alias: str, model: LoadedModel) -> dict[str, Any]:
+    found = model.describe()
+    if alias == SHADOW:
+        found["explainer"]["note"] = "shadow arms are never explained"
+    return found
 
 
 Loader = Callable[["MlflowClient", str, str], LoadedModel]
@@ -382,6 +517,7 @@ class ModelStore:
             self.unloaded = True
             if self.metrics is not None:  # idle by choice (the fleet's LRU), not a failure: ready
                 self.metrics.set_served(self.name, {}, ready=True)
+                self.metrics.set_explainers(self.name, {})
 
     def read_registry(self) -> tuple[dict[str, str], dict[str, str]] | str:
         """(aliases, tags) of this registered model, or why they could not be read."""
@@ -404,7 +540,10 @@ class ModelStore:
     def _get(self, version: str, refused: dict[str, str]) -> LoadedModel | None:
         if version in self._cache:
             self._cache.move_to_end(version)
-            return self._cache[version]
+            cached = self._cache[version]
+            if cached.explainer_retry_at is not None and time.time() >= cached.explainer_retry_at:
+                cached = self._cache[version] = self._retry_explainer(cached)
+            return cached
         seen = self._refused.get(version)
         if seen is not None and time.monotonic() - seen[1] < self.refused_retry:
             refused[version] = seen[0]
@@ -421,11 +560,22 @@ class ModelStore:
                 self._refused[version] = (refused[version], time.monotonic())
             return None
         self._refused.pop(version, None)
+        if loaded.explainer_retry_at is not None:  # the record could not be fetched: try again after refused_retry
+            loaded = dataclasses.replace(loaded, explainer_retry_at=time.time() + self.refused_retry)
         self._cache[version] = loaded
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         log.info("loaded %s v%s (sha256 %s)", self.name, version, loaded.sha256[:12])
         return loaded
+
+    def _retry_explainer(self, loaded: LoadedModel) -> LoadedModel:
+        """A served version whose explainer record could not be fetched, with another try at it."""
+        assert self._client is not None
+        try:
+            tags = self._client.get_model_version(self.name, loaded.version).tags
+        except Exception:  # the registry is down too: later
+            return dataclasses.replace(loaded, explainer_retry_at=time.time() + self.refused_retry)
+        return with_explainer(self._client, loaded, tags, self.refused_retry)
 
     def _why_not_ready(self, aliases: Mapping[str, str], refused: Mapping[str, str]) -> str:
         version = aliases.get(CHAMPION)
@@ -448,6 +598,10 @@ class ModelStore:
             # model not deployed yet (no champion alias) is not a failure of the server
             ready = CHAMPION in after or CHAMPION not in new.registry_aliases
             self.metrics.set_served(self.name, after, ready=ready)
+        if self.metrics is not None:
+            explainers = {m.version: m.explainer_state for m in new.arms.values()}
+            if explainers != {m.version: m.explainer_state for m in old.arms.values()} or old.polled_at is None:
+                self.metrics.set_explainers(self.name, explainers)
 
     def _count_error(self, kind: str) -> None:
         if self.metrics is not None:

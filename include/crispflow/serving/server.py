@@ -8,7 +8,15 @@ in one model call. Ids, validation, metrics and logging stay per request, and on
 failure never fails another. The prediction rows are queued to the prediction log before the response is returned
 (never waiting on I/O), so a clean shutdown (SIGTERM → uvicorn drains requests → lifespan shutdown → logs closed)
 loses no answered prediction. The threads and the log of a model start on its first request: a model nobody
-calls costs no thread."""
+calls costs no thread.
+
+Explanations (`/predict?explain=true&top_k=k`): only the requests that ask are explained, each record by the arm
+that answered it (champion or canary; shadow arms never), one explainer call per arm and top_k over the batch,
+after the model calls. An answering version without a working explainer refuses the request with 409 naming the
+version and its explainer status; an explanation that is not additive within the record's tolerance fails its
+request (500), it is never served. An explained record's log row holds its explanation as JSON text (column
+`explanation`): these are personal data (reasons about a person's application), under the same retention and
+erasure as the row's `feature.*` columns. Requests that do not ask cost nothing extra."""
 
 from __future__ import annotations
 
@@ -23,11 +31,20 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from crispflow.errors import CrispflowError
-from crispflow.serving.batcher import Arrival, Batcher, PreparedRequest, request_ids, score_parts
+from crispflow.serving.batcher import Arrival, Batcher, PreparedRequest, explain_parts, request_ids, score_parts
 from crispflow.serving.models import LoadedModel, ModelStore, Snapshot, load_version
 from crispflow.serving.policy import CANARY, SHADOW
 from crispflow.serving.shadow import ShadowWorker
-from crispflow.serving.validation import LabelRule, PayloadError, feedback_pairs, parse_json, problem, records_of
+from crispflow.serving.validation import (
+    ExplainRequest,
+    LabelRule,
+    PayloadError,
+    check_explained_records,
+    feedback_pairs,
+    parse_json,
+    problem,
+    records_of,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -46,9 +63,19 @@ class NotReady(CrispflowError):
 class ModelFailure(CrispflowError):
     """The model raised while scoring valid input: a real server error (500)."""
 
+    rule = "model_error"
+    what = "model"
+
     def __init__(self, alias: str, version: str, exc: Exception, request_ids: list[str]) -> None:
-        super().__init__(f"the {alias} model (v{version}) failed: {type(exc).__name__}")
+        super().__init__(f"the {alias} {self.what} (v{version}) failed: {type(exc).__name__}")
         self.request_ids = request_ids
+
+
+class ExplanationFailure(ModelFailure):
+    """The explainer raised, or gave a non-additive explanation, on a scored request: 500, no wrong reasons."""
+
+    rule = "explainer_error"
+    what = "model's explainer"
 
 
 class ModelServer:
@@ -85,14 +112,14 @@ class ModelServer:
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
 
-    def submit(self, body: bytes) -> Future[dict[str, Any]] | None:
-        """Queue a /predict body on this model's scoring thread (started on first use); None once closed (the
-        caller then scores in its own thread)."""
+    def submit(self, body: bytes, explain: ExplainRequest | None = None) -> Future[dict[str, Any]] | None:
+        """Queue a /predict body (and what it asks to explain) on this model's scoring thread (started on first
+        use); None once closed (the caller then scores in its own thread)."""
         with self._lock:  # queued under the lock: `release` never closes a batcher that still gets work
             if self._closed:
                 return None
             self.batcher.start()
-            return self.batcher.submit(body)
+            return self.batcher.submit(body, explain)
 
     def close(self) -> None:
         """Finish queued scoring and shadow work, flush the prediction log (SIGTERM reaches here via uvicorn)."""
@@ -159,27 +186,36 @@ class ModelServer:
 
     # --- predict -----------------------------------------------------------------------------------------------
 
-    def predict(self, body: bytes) -> dict[str, Any]:
-        """Parse, validate, score, log. Raises PayloadError (4xx), NotReady (503) or ModelFailure (500)."""
-        outcome = self.predict_batch([(body, time.perf_counter(), datetime.now(UTC))])[0]
+    def predict(self, body: bytes, explain: ExplainRequest | None = None) -> dict[str, Any]:
+        """Parse, validate, score, explain if asked, log. Raises PayloadError (4xx: 409 when the answering version
+        cannot explain), NotReady (503) or ModelFailure (500)."""
+        arrival: Arrival = (body, time.perf_counter(), datetime.now(UTC)) if explain is None \
+            else (body, time.perf_counter(), datetime.now(UTC), explain)
+        outcome = self.predict_batch([arrival])[0]
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
 
     def predict_batch(self, requests: Sequence[Arrival]) -> list[dict[str, Any] | Exception]:
         """Score several requests together against ONE snapshot: each arm scores the valid records of all of them
-        in one model call. Returns, per request and in order, its response or its exception (PayloadError,
-        NotReady, ModelFailure): a request never fails because of another one in the batch."""
+        in one model call (then explains those of the requests that asked, one call per arm and top_k). Returns,
+        per request and in order, its response or its exception (PayloadError, NotReady, ModelFailure): a request
+        never fails because of another one in the batch."""
         snap = self.snapshot()
         outcomes: list[dict[str, Any] | Exception | None] = [None] * len(requests)
         prepared: list[PreparedRequest] = []
-        for slot, (body, start, ts) in enumerate(requests):
+        explained = False
+        for slot, arrival in enumerate(requests):
+            explain = arrival[3] if len(arrival) > 3 else None  # type: ignore[misc]
             try:
-                prepared.append(self._prepare(slot, body, start, ts, snap))
+                prepared.append(self._prepare(slot, arrival[0], arrival[1], arrival[2], snap, explain))
             except (PayloadError, NotReady) as exc:
                 outcomes[slot] = exc
+            explained = explained or explain is not None
         if prepared:
             failures = self._score(prepared, snap.arms)
+            if explained:
+                self._explain(prepared, snap.arms, failures)
             for p in prepared:
                 outcomes[p.slot] = failures.get(p.slot) or self._finish(p, snap)
         return outcomes  # type: ignore[return-value]
@@ -193,9 +229,12 @@ class ModelServer:
             snap = self.store.snapshot
         return snap
 
-    def _prepare(self, slot: int, body: bytes, start: float, ts: datetime, snap: Snapshot) -> PreparedRequest:
+    def _prepare(self, slot: int, body: bytes, start: float, ts: datetime, snap: Snapshot,
+                 explain: ExplainRequest | None = None) -> PreparedRequest:
         """Parse and validate one request, and assign each record an arm (PayloadError / NotReady if it cannot)."""
         records = records_of(parse_json(body), self.config.max_records)
+        if explain is not None:
+            check_explained_records(records, self.config.max_explained_records)
         if snap.champion is None:
             raise NotReady(snap.not_ready or "no champion loaded")
         name, policy, arms = self.name, snap.policy, snap.arms
@@ -210,7 +249,22 @@ class ModelServer:
         groups: dict[str, list[int]] = {}
         for i, alias in enumerate(chosen):
             groups.setdefault(alias, []).append(i)
-        return PreparedRequest(slot, records, ids, entities, chosen, groups, allowed, start, ts, [0.0] * len(records))
+        top_k = None if explain is None else self._top_k(explain, groups, arms)
+        return PreparedRequest(slot, records, ids, entities, chosen, groups, allowed, start, ts, [0.0] * len(records),
+                               top_k)
+
+    def _top_k(self, explain: ExplainRequest, groups: Mapping[str, list[int]],
+               arms: Mapping[str, LoadedModel]) -> dict[str, int]:
+        """Per answering arm, the contributions to list: 422 if `top_k` exceeds the arm's number of features, 409
+        if the arm's version has no working explainer (checked after the request's own errors)."""
+        top_k = {alias: explain.resolve(arms[alias].n_features, f"{self.name} v{arms[alias].version}")
+                 for alias in groups}
+        unable = [alias for alias in groups if arms[alias].explainer is None]
+        if unable:
+            raise PayloadError(409, [problem(None, "explain", "explainer_unavailable",
+                                             f"{self.name} v{arms[a].version} ({a}) cannot explain its predictions: "
+                                             f"{arms[a].explainer_status}") for a in unable])
+        return top_k
 
     def _score(self, prepared: list[PreparedRequest], arms: Mapping[str, LoadedModel]) -> dict[int, ModelFailure]:
         """Fill every request's scores, one model call per arm; if a batched call fails, each request is scored
@@ -238,16 +292,44 @@ class ModelServer:
                     self._model_failed(alias, model, part, exc, failures)
         return failures
 
+    def _explain(self, prepared: list[PreparedRequest], arms: Mapping[str, LoadedModel],
+                 failures: dict[int, ModelFailure]) -> None:
+        """Explain the records of the scored requests that asked, one explainer call per (arm, top_k); if a batched
+        call fails, each request is explained alone so that only the culprits get an ExplanationFailure."""
+        jobs: dict[tuple[str, int], list[tuple[PreparedRequest, list[int]]]] = {}
+        for p in prepared:
+            if p.top_k is None or p.slot in failures:
+                continue
+            for alias, index in p.groups.items():
+                jobs.setdefault((alias, p.top_k[alias]), []).append((p, index))
+        for (alias, top_k), parts in jobs.items():
+            model = arms[alias]
+            try:
+                explain_parts(model, parts, top_k)
+                continue
+            except Exception as exc:
+                if len(parts) == 1:
+                    self._model_failed(alias, model, parts[0], exc, failures, ExplanationFailure)
+                    continue
+            for part in parts:
+                if part[0].slot in failures:
+                    continue
+                try:
+                    explain_parts(model, [part], top_k)
+                except Exception as exc:
+                    self._model_failed(alias, model, part, exc, failures, ExplanationFailure)
+
     def _model_failed(self, alias: str, model: LoadedModel, part: tuple[PreparedRequest, list[int]], exc: Exception,
-                      failures: dict[int, ModelFailure]) -> None:
+                      failures: dict[int, ModelFailure], kind: type[ModelFailure] = ModelFailure) -> None:
         p, index = part
-        log.error("%s %s v%s failed on %d valid records", self.name, alias, model.version, len(index), exc_info=exc)
-        self.metrics.errors.labels("model").inc()
+        log.error("%s %s v%s: the %s failed on %d valid records", self.name, alias, model.version, kind.what,
+                  len(index), exc_info=exc)
+        self.metrics.errors.labels("model" if kind is ModelFailure else "explainer").inc()
         latency_ms = (time.perf_counter() - p.start) * 1000
         self._log([self._row(p.ids[i], p.ts, model, alias, p.entities[i], {"score": None}, latency_ms, "error",
                              p.records[i])
                    for i in index])
-        failure = ModelFailure(alias, model.version, exc, p.ids)
+        failure = kind(alias, model.version, exc, p.ids)
         failure.__cause__ = exc
         failures[p.slot] = failure
 
@@ -271,8 +353,11 @@ class ModelServer:
             items.append({"request_id": ids[i], **model.answer(outputs[i]), "model_version": model.version,
                           "alias": alias})
         latency_ms = elapsed * 1000
-        self._log([self._row(ids[i], p.ts, arms[a], a, p.entities[i], logged[i], latency_ms, "ok", records[i])
-                   for i, a in enumerate(chosen)])
+        if p.explanations is None:
+            self._log([self._row(ids[i], p.ts, arms[a], a, p.entities[i], logged[i], latency_ms, "ok", records[i])
+                       for i, a in enumerate(chosen)])
+        else:
+            self._explained(p, arms, items, logged, latency_ms)
         self._remember(ids)
         shadow = arms.get(SHADOW)
         if shadow is not None and policy.shadow_share > 0:
@@ -281,6 +366,23 @@ class ModelServer:
                 self.shadow.submit((shadow, [records[i] for i in mirrored], [ids[i] for i in mirrored],
                                     [p.entities[i] for i in mirrored], p.ts, p.allowed))
         return {"model": name, "predictions": items}
+
+    def _explained(self, p: PreparedRequest, arms: Mapping[str, LoadedModel], items: list[dict[str, Any]],
+                   logged: list[dict[str, Any]], latency_ms: float) -> None:
+        """The explanations of an explained request: in its response items, its log rows (JSON text: personal
+        data, see the module docstring) and the explained-records counter."""
+        explanations, texts = p.explanations, p.explanation_texts
+        assert explanations is not None and texts is not None
+        rows = []
+        for i, alias in enumerate(p.chosen):
+            items[i]["explanation"] = explanations[i]
+            row = self._row(p.ids[i], p.ts, arms[alias], alias, p.entities[i], logged[i], latency_ms, "ok",
+                            p.records[i])
+            row["explanation"] = texts[i]
+            rows.append(row)
+        self._log(rows)
+        for alias, index in p.groups.items():
+            self.metrics.explained.labels(self.name, arms[alias].version).inc(len(index))
 
     def _row(self, request_id: str, ts: datetime, model: LoadedModel, alias: str, entity: str | None,
              output: Mapping[str, Any], latency_ms: float, status: str, record: dict[str, Any]) -> dict[str, Any]:
@@ -379,7 +481,8 @@ class ModelServer:
         snap = self.store.snapshot
         root = getattr(plog, "root", None) if plog is not None else None
         return {"model": self.name, "task": snap.champion.task if snap.champion else None, **snap.describe(),
-                "limits": {"max_body_bytes": self.config.max_body_bytes, "max_records": self.config.max_records},
+                "limits": {"max_body_bytes": self.config.max_body_bytes, "max_records": self.config.max_records,
+                           "max_explained_records": self.config.max_explained_records},
                 "poll_interval": self.config.poll_interval,
                 "prediction_log": None if self._log_factory is None and plog is None
                 else {"root": root, **(self.log_stats() or {})}}

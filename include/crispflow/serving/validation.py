@@ -13,12 +13,23 @@ is always a 4xx, never a 500. Rules:
   signature marks optional (the training example had nulls there) accepts null or absence: the model pipeline
   imputes it.
 - `extra`: a field that is not a model input (the policy's entity key is allowed: it names the entity).
+
+Query parameters of `/predict` (`explain_options`, then `ExplainRequest.resolve` against the answering model):
+
+- `explain` (field `explain`): `true`/`false`/`1`/`0` (any case); rule `boolean` for anything else, `single` when
+  given twice. Absent means false.
+- `top_k` (field `top_k`): an integer in [1, the answering model's number of features] (rules `integer`,
+  `range`); default 5, capped at the number of features. Given without `explain=true` it is refused (rule
+  `requires_explain`) rather than silently ignored: a client that sends it expects reasons.
+- an explained request holds at most `max_explained_records` records (field `records`, rule
+  `max_explained_records`; default 100).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,6 +44,10 @@ MAX_REPORTED = 100  # field errors listed per response; the count of the rest is
 _INT_RANGE = {"integer": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 NUMERIC = frozenset({"double", "float"})
 INTEGRAL = frozenset({"long", "integer"})
+DEFAULT_TOP_K = 5  # contributions listed per explained record when `top_k` is not given
+MAX_EXPLAINED_RECORDS = 100
+_BOOLEAN = {"true": True, "1": True, "false": False, "0": False}
+_DIGITS = re.compile(r"[0-9]{1,9}")
 
 
 def problem(record: int | None, field: str | None, rule: str, message: str) -> dict[str, Any]:
@@ -350,3 +365,73 @@ def _is_uuid(text: str) -> bool:
     except ValueError:
         return False
     return len(text) <= 36
+
+
+# --- /predict?explain=true&top_k=k ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ExplainRequest:
+    """What an explained /predict request asks for: `top_k` contributions per record (None: the default)."""
+
+    top_k: int | None = None
+
+    def resolve(self, n_features: int, what: str) -> int:
+        """The number of contributions to list for a model of `n_features` features (`what` names it in the
+        message): `top_k` if it is at most `n_features` (else 422, field `top_k`, rule `range`), by default
+        DEFAULT_TOP_K capped at `n_features`."""
+        if self.top_k is None:
+            return max(1, min(DEFAULT_TOP_K, n_features))
+        if self.top_k > n_features:
+            raise PayloadError(422, [problem(None, "top_k", "range",
+                                             f"top_k={self.top_k} exceeds the {n_features} features of {what}: "
+                                             f"expected an integer in [1, {n_features}]")])
+        return self.top_k
+
+
+def explain_options(params: Iterable[tuple[str, str]]) -> ExplainRequest | None:
+    """The explanation a /predict request asks for, from its query parameters (`explain`, `top_k`; others are not
+    read): None unless `explain` is true. 422 with a problem per bad field (see the module docstring); `top_k`'s
+    upper bound depends on the answering model and is checked by `ExplainRequest.resolve`."""
+    explain: list[str] = []
+    top_k: list[str] = []
+    for key, value in params:
+        if key == "explain":
+            explain.append(value)
+        elif key == "top_k":
+            top_k.append(value)
+    found: list[dict[str, Any]] = []
+    asked = False
+    if len(explain) > 1:
+        found.append(problem(None, "explain", "single", f"explain is given {len(explain)} times: give it once"))
+    elif explain:
+        flag = _BOOLEAN.get(explain[0].strip().lower())
+        if flag is None:
+            found.append(problem(None, "explain", "boolean",
+                                 f"expected a boolean (true, false, 1 or 0), got {explain[0][:40]!r}"))
+        asked = bool(flag)
+    k: int | None = None
+    if len(top_k) > 1:
+        found.append(problem(None, "top_k", "single", f"top_k is given {len(top_k)} times: give it once"))
+    elif top_k:
+        text = top_k[0].strip()
+        if not _DIGITS.fullmatch(text):
+            found.append(problem(None, "top_k", "integer", f"expected a positive integer, got {top_k[0][:40]!r}"))
+        elif int(text) < 1:
+            found.append(problem(None, "top_k", "range", f"expected an integer >= 1, got {int(text)}"))
+        else:
+            k = int(text)
+        if not asked and not any(p["field"] == "explain" for p in found):
+            found.append(problem(None, "top_k", "requires_explain",
+                                 "top_k is only read with explain=true (no explanation is computed otherwise)"))
+    if found:
+        raise PayloadError(422, found)
+    return ExplainRequest(k) if asked else None
+
+
+def check_explained_records(records: Sequence[Any], limit: int) -> None:
+    """At most `limit` records in an explained request (422, field `records`, rule `max_explained_records`)."""
+    if len(records) > limit:
+        raise PayloadError(422, [problem(None, "records", "max_explained_records",
+                                         f"{len(records)} records exceed the limit of {limit} per explained request "
+                                         "(explain=true)")])

@@ -336,6 +336,7 @@ def _model_summary(api: AirflowAPI, settings: Settings, train_run: str, pipeline
 
     registered = api.xcom(TRAIN, train_run, "register")
     verdict = api.xcom(TRAIN, train_run, "bless")
+    explained = api.xcom(TRAIN, train_run, "explain")
     mlf = registry.client(settings.mlflow_tracking_uri)
     name, version = registry.model_name(pipeline), str(registered["version"])
     mv = mlf.get_model_version(name, version)
@@ -348,12 +349,34 @@ def _model_summary(api: AirflowAPI, settings: Settings, train_run: str, pipeline
         "model": f"{name} v{version} ({registered['config_id']}, {_decision_rule(registered)})",
         "blessed": f"{verdict['blessed']} ({verdict['mode']})"
         + ("" if verdict["blessed"] else f": {'; '.join(verdict['reasons'])}"),
+        "explanations": _explained(explained),
+        "fairness": _fairness_line(verdict),
         "champion": f"v{champion.version}" if champion else "none",
         "MLflow run": run_url,
         "MLflow model version": f"{base}/#/models/{name}/versions/{version}",
         "verdict artifact": f"{run_url} → artifacts/blessing/v{version}.json",
         "model card": f"{run_url} → artifacts/model_card/v{version}.html (and .md)",
     }
+
+
+def _explained(explained: dict[str, Any]) -> str:
+    """The top features by permutation importance with their CIs, and whether the server can explain."""
+    top = ", ".join(f"{f['feature']} {f['importance']:+.3f} [{f['low']:+.3f}, {f['high']:+.3f}]"
+                    for f in explained["top_features"][:3])
+    return f"top features {top}; explainer {explained['explainer']} (POST /predict?explain=true)"
+
+
+def _fairness_line(verdict: dict[str, Any]) -> str:
+    """The gate's fairness decision and each sensitive column's disparities with their CIs."""
+    fairness = verdict.get("fairness")
+    if not fairness:
+        return "not measured (no sensitive column in the spec)"
+    parts = []
+    for column, report in (fairness.get("challenger") or {}).get("columns", {}).items():
+        shown = [f"{name} {d['value']:.3f} [{d['ci_low']:.3f}, {d['ci_high']:.3f}]"
+                 for name, d in (report.get("disparities") or {}).items() if d.get("value") is not None]
+        parts.append(f"{column}: {', '.join(shown) or report.get('note', 'no disparity')}")
+    return f"{fairness['decision']} (mode {fairness['mode']}); " + "; ".join(parts)
 
 
 def _decision_rule(registered: dict[str, Any]) -> str:
