@@ -73,6 +73,7 @@ bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.serving_many_models
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.drift_vs_evidently
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.bench_ui_pages
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.explain_overhead
 
 # Scale-out: batch scoring of 10M rows on prod-local with 1, then 2 Celery workers (one task slot each).
 bench-scale: $(STAMP)

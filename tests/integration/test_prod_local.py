@@ -313,6 +313,35 @@ def test_regression_and_multiclass_pipelines_complete_the_loop_beside_the_demo(
     assert not any(other in " ".join(loop["windows"]) for other in others), "windows of two pipelines mixed"
 
 
+@pytest.mark.parametrize("pipeline", list(LINEAR))
+def test_each_champion_explains_its_predictions_on_the_stack(live: ProdStack, demos: dict[str, dict[str, Any]],
+                                                             pipeline: str) -> None:
+    """The explain task ran on Celery, its record went through S3-backed MLflow, and the model server built and
+    self-tested the explainer: explained answers are additive; the demo summary names the fairness decision."""
+    from crispflow.model import registry
+    from crispflow.stack.demo import holdout_traffic
+
+    summary = demos[pipeline]
+    assert "explainer ready: linear_exact" in summary["explanations"], summary["explanations"]
+    if pipeline == "lending_club":  # emp_length is the demo's sensitive column (warn mode: never blocks)
+        assert summary["fairness"].split()[0] in ("pass", "warn") and "emp_length" in summary["fairness"], summary
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in live.client_env().items():
+            mp.setenv(key, value)
+        mp.setenv("CRISPFLOW_PIPELINES_DIR", live.env["CRISPFLOW_PIPELINES_DIR"])
+        rows, _ = holdout_traffic(live.settings(), pipeline)
+    records = json.loads(rows.head(20).to_json(orient="records", date_format="iso"))
+    client = {"Authorization": f"Bearer {live.secrets.serve_client_token}"}
+    url = f"{live.status()['serve_url']}/models/{registry.model_name(pipeline)}/predict?explain=true&top_k=3"
+    answer = requests.post(url, json={"records": records}, headers=client, timeout=30)
+    assert answer.status_code == 200, answer.text
+    for prediction in answer.json()["predictions"]:
+        ex = prediction["explanation"]
+        assert len(ex["contributions"]) == 3 and ex["method"] == "linear_exact"
+        total = ex["base_value"] + sum(c["contribution"] for c in ex["contributions"]) + ex["other"]
+        assert abs(total - ex["check"]["output"]) <= 1e-6, ex
+
+
 def test_lake_objects_are_in_s3(live: ProdStack, demo: dict[str, Any]) -> None:
     import boto3
 
