@@ -114,8 +114,9 @@ def run_wrk(url: str, bodies: Sequence[str], *, concurrency: int, duration: floa
         script.write_text(LUA)
         data = Path(tmp) / "bodies.jsonl"
         data.write_text("\n".join(bodies) + "\n")
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")  # the query string too
         argv = [wrk_path(), "-t1", f"-c{concurrency}", f"-d{max(round(duration), 1)}s",
-                f"--timeout={int(timeout)}s", "-s", str(script), base, "--", str(data), parts.path or "/",
+                f"--timeout={int(timeout)}s", "-s", str(script), base, "--", str(data), target,
                 *(f"{name}: {value}" for name, value in (headers or {}).items())]
         out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + timeout + 30, check=False)
     if out.returncode != 0:

@@ -221,6 +221,15 @@ class Batcher:
             self._thread.join(timeout)
 
     def _run(self) -> None:
+        """The scoring thread: native thread pools (OpenMP, BLAS) limited to `CRISPFLOW_SERVE_THREADS` (default 1)
+        for its life: a 1-row call into a 2-thread OpenMP pool fought the server's other threads for the cores
+        (gradient boosting: +6 ms p50 per explained request on 2 CPUs, benchmarks/explain_overhead.py)."""
+        from crispflow.native_threads import thread_limit
+
+        with thread_limit("CRISPFLOW_SERVE_THREADS"):
+            self._loop()
+
+    def _loop(self) -> None:
         stop = False
         while not stop:
             item = self._queue.get()
