@@ -512,3 +512,47 @@ def test_a_multiclass_cold_start_card(spec: PipelineSpec, holdout: pd.DataFrame)
     for absent in ("Decision threshold", "positive class", "positive)", "Base rate"):
         assert absent not in plain, absent
     assert "<td>Macro F1</td>" in page
+
+
+def test_fairness_explanations_and_regulatory_sections(spec: PipelineSpec, holdout: pd.DataFrame, labels: np.ndarray,
+                                                       slices: dict) -> None:
+    """The gate's fairness report (per-group table with CIs, disparities, suppressed groups, the comparison) and the
+    global explanation (importance with intervals, PDP thumbnails: linked in Markdown, embedded in HTML)."""
+    from dataclasses import replace
+
+    y = labels
+    sensitive = {"emp_length": holdout["emp_length"].astype(str).to_numpy()}
+    verdict = decide(spec.blessing, y, synthetic_score(y, 2.0, seed=1), 0.2, champion_score=synthetic_score(
+        y, 2.0, seed=2), champion_threshold=0.2, challenger_cost=COST, champion_cost=COST, sensitive=sensitive)
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+    explanations = {
+        "explainer": {"method": "linear_exact", "space": "log_odds_uncalibrated", "status": "ready: linear_exact"},
+        "importance": {"metrics": ["roc_auc", "log_loss"], "primary_metric": "roc_auc", "alpha": 0.05, "rows": 10,
+                       "repeats": 10, "features": [
+                           {"feature": "int_rate", "roc_auc": {"importance": 0.1, "low": 0.08, "high": 0.12},
+                            "log_loss": {"importance": 0.01, "low": 0.005, "high": 0.02}},
+                           {"feature": "term", "roc_auc": {"importance": 0.0, "low": -0.01, "high": 0.01},
+                            "log_loss": {"importance": -0.001, "low": -0.002, "high": 0.001}}],
+                       "notes": ["Correlated features share importance: <script>x</script>"]},
+        "mean_abs_contribution": [{"feature": "int_rate", "mean_abs": 0.5, "low": 0.45, "high": 0.55}],
+        "partial_dependence": {"int_rate": "explanations/v3/pdp_int_rate.png"},
+    }
+    card = replace(build_card(spec, holdout, labels, slices, champion=True), verdict=verdict,
+                   explanations=explanations, images={"int_rate": png})
+    md, page = render_markdown(card), render_html(card)
+    check_md_tables(md)
+    fairness = unescape_md(section(md, "Fairness"))
+    assert f"**{verdict['fairness']['decision'].upper()}** (mode 'warn'" in section(md, "Fairness")
+    groups = verdict["fairness"]["challenger"]["columns"]["emp_length"]["groups"]
+    assert all(f"`{g['value']}` | {g['n']:,} |" in fairness for g in groups)
+    assert "Equalized-odds difference" in fairness and "Against the champion" in fairness
+    for g in verdict["fairness"]["challenger"]["columns"]["emp_length"]["suppressed"]:
+        assert f"{g['value']} ({g['n']:,} rows" in fairness
+    explained = unescape_md(section(md, "Explanations"))
+    assert "| `int_rate` | +0.1000 | [+0.0800, +0.1200] | +0.0100 | [+0.0050, +0.0200] |" in explained
+    assert "| `term` | +0.0000 | [-0.0100, +0.0100] (covers 0) |" in explained
+    assert "ROC AUC drop" in explained and "Log loss rise" in explained
+    assert "![partial dependence of int_rate](../explanations/v3/pdp_int_rate.png)" in explained
+    assert 'src="data:image/png;base64,iVBORw0KGgo' in page and "<script>x" not in page
+    regulatory = unescape_md(section(md, "Regulatory mapping"))
+    assert "LGPD art. 20" in regulatory and "GDPR" in regulatory and "ready: linear_exact" in regulatory

@@ -869,6 +869,19 @@ def _blessing(card: ModelCardInput) -> _Section:
     return _Section("Blessing", tuple(blocks))
 
 
+def _low_high(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """An importance entry's interval ({"low", "high"}) in the card's CI form."""
+    return {"ci_low": entry.get("low"), "ci_high": entry.get("high")}
+
+
+def _importance_label(metric: str) -> str:
+    """"ROC AUC drop" / "Log loss rise": an importance is how much worse the metric gets."""
+    from crispflow.spec import LOWER_IS_BETTER
+
+    name = _label(metric).replace(" (lower is better)", "")
+    return f"{name} {'rise' if metric in LOWER_IS_BETTER or metric == 'squared_error' else 'drop'}"
+
+
 def _importance_rows(importance: Mapping[str, Any], metrics: Sequence[str]) -> list[tuple[Part | Text, ...]]:
     rows: list[tuple[Part | Text, ...]] = []
     for entry in importance.get("features") or []:
@@ -876,7 +889,7 @@ def _importance_rows(importance: Mapping[str, Any], metrics: Sequence[str]) -> l
         for metric in metrics:
             e = entry.get(metric) or {}
             covers = not _undefined(e.get("low")) and float(e["low"]) <= 0 <= float(e.get("high") or 0)
-            cells += [_num(e.get("importance"), "+.4f"), _ci(e, "+.4f") + (" (covers 0)" if covers else "")]
+            cells += [_num(e.get("importance"), "+.4f"), _ci(_low_high(e), "+.4f") + (" (covers 0)" if covers else "")]
         rows.append(tuple(cells))
     return rows
 
@@ -906,14 +919,15 @@ def _explanations(card: ModelCardInput) -> _Section:
                  f"{_count(importance.get('rows'))} holdout rows ({_count(importance.get('repeats'))} repeats; "
                  f"{level:.0%} paired bootstrap intervals over rows). An interval covering 0: no evidence the model "
                  "relies on the feature.")),
-        _table(("Feature", *(h for m in metrics for h in (_label(m), "CI"))), _importance_rows(importance, metrics)),
+        _table(("Feature", *(h for m in metrics for h in (_importance_label(m), "CI"))),
+               _importance_rows(importance, metrics)),
     ]
     contributions = ex.get("mean_abs_contribution") or []
     if contributions:
         blocks += [
             _Heading("Mean |contribution| of the local explainer"),
             _table(("Feature", "Mean |contribution|", "CI"),
-                   [(_Code(str(c.get("feature"))), _num(c.get("mean_abs"), ".4g"), _ci(c, ".4g"))
+                   [(_Code(str(c.get("feature"))), _num(c.get("mean_abs"), ".4g"), _ci(_low_high(c), ".4g"))
                     for c in contributions]),
         ]
     plots = ex.get("partial_dependence") or {}
@@ -921,10 +935,7 @@ def _explanations(card: ModelCardInput) -> _Section:
         blocks.append(_Heading("Partial dependence (with ICE lines of a sample) of the top features"))
         blocks += [_Image(f"partial dependence of {f}", card.images[f], f"../{path}")
                    for f, path in plots.items() if f in card.images]
-    caveats = [_t(str(n)) for n in importance.get("notes") or []]
-    caveats += [_t("Correlated features share importance: ", _Code(" ~ ".join(map(str, c.get("features", [])))),
-                   f" (Spearman {_num(c.get('spearman'), '.2f')}); shuffling one understates both.")
-                for c in importance.get("correlated") or []]
+    caveats = [_t(str(n)) for n in importance.get("notes") or []]  # method, intervals, correlated pairs
     caveats += [_t("Explanations describe the model, not causes in the world; a feature with little importance can "
                    "still matter through a correlated one.")]
     blocks += [_Heading("Caveats"), _bullets(caveats)]
@@ -941,8 +952,7 @@ def _fair_label(name: str) -> str:
     return FAIRNESS_LABELS.get(name) or _label(name)
 
 
-def _fairness_column(column: str, report: Mapping[str, Any]) -> list[Block]:
-    names = [str(m) for m in report.get("metrics") or []]
+def _fairness_column(column: str, report: Mapping[str, Any], names: Sequence[str]) -> list[Block]:
     blocks: list[Block] = [_Heading(f"Groups of {column}")]
     groups = report.get("groups") or []
     if groups:
@@ -959,7 +969,8 @@ def _fairness_column(column: str, report: Mapping[str, Any]) -> list[Block]:
     suppressed = report.get("suppressed") or []
     if suppressed:
         blocks.append(_Para(_t("Suppressed (too few rows to measure, left out of the disparities): " + "; ".join(
-            f"{g.get('value')} ({_count(g.get('n'))} rows)" for g in suppressed) + ".")))
+            f"{g.get('value')} ({_count(g.get('n'))} rows: {g.get('reason', 'too few rows')})" for g in suppressed)
+            + ".")))
     if report.get("note"):
         blocks.append(_Para(_t(f"No disparity: {report['note']}.")))
     return blocks
@@ -990,7 +1001,7 @@ def _fairness(card: ModelCardInput) -> _Section:
     if fairness.get("note"):
         blocks.append(_Para(_t(str(fairness["note"]))))
     for column, report in (challenger.get("columns") or {}).items():
-        blocks += _fairness_column(column, report)
+        blocks += _fairness_column(column, report, [str(m) for m in challenger.get("metrics") or []])
     tests = [t for t in fairness.get("comparison") or [] if "skipped" not in t]
     if tests:
         blocks += [_Heading("Against the champion"),
