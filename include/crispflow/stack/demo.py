@@ -363,7 +363,8 @@ def _explained(explained: dict[str, Any]) -> str:
     """The top features by permutation importance with their CIs, and whether the server can explain."""
     top = ", ".join(f"{f['feature']} {f['importance']:+.3f} [{f['low']:+.3f}, {f['high']:+.3f}]"
                     for f in explained["top_features"][:3])
-    return f"top features {top}; explainer {explained['explainer']} (POST /predict?explain=true)"
+    return (f"top features {top}; explainer {explained['explainer']} (POST /predict?explain=true); global "
+            f"explanation computed in {explained['seconds']:.0f} s")
 
 
 def _fairness_line(verdict: dict[str, Any]) -> str:
