@@ -422,3 +422,17 @@ def _correct(tests: list[dict[str, Any]], alpha: float, max_increase: float) -> 
                            f"({t['champion']:.4f} -> {t['challenger']:.4f}; adjusted p = {adjusted:.3g} < "
                            f"{alpha:g}, max_increase {max_increase:g})")
     return reasons
+
+
+def fairness_summary(verdict: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The small form of a verdict's fairness (for XCom): decision, mode and each sensitive column's disparities
+    (value and CI); None when the verdict has no fairness report."""
+    fairness = verdict.get("fairness")
+    if not fairness:
+        return None
+    columns = (fairness.get("challenger") or {}).get("columns") or {}
+    return {"decision": fairness.get("decision"), "mode": fairness.get("mode"),
+            "columns": {column: {"disparities": {name: {k: d.get(k) for k in ("value", "ci_low", "ci_high")}
+                                                 for name, d in (report.get("disparities") or {}).items()},
+                                 **({"note": report["note"]} if report.get("note") else {})}
+                        for column, report in columns.items()}}

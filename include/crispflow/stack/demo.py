@@ -368,12 +368,13 @@ def _explained(explained: dict[str, Any]) -> str:
 
 
 def _fairness_line(verdict: dict[str, Any]) -> str:
-    """The gate's fairness decision and each sensitive column's disparities with their CIs."""
+    """The gate's fairness decision and each sensitive column's disparities with their CIs (the bless task's small
+    form, `fairness.fairness_summary`)."""
     fairness = verdict.get("fairness")
     if not fairness:
         return "not measured (no sensitive column in the spec)"
     parts = []
-    for column, report in (fairness.get("challenger") or {}).get("columns", {}).items():
+    for column, report in (fairness.get("columns") or {}).items():
         shown = [f"{name} {d['value']:.3f} [{d['ci_low']:.3f}, {d['ci_high']:.3f}]"
                  for name, d in (report.get("disparities") or {}).items() if d.get("value") is not None]
         parts.append(f"{column}: {', '.join(shown) or report.get('note', 'no disparity')}")

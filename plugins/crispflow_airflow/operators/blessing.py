@@ -39,6 +39,7 @@ class BlessingGateOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from crispflow.model.blessing import verdict_summary
+        from crispflow.model.fairness import fairness_summary
         from crispflow.model.modelling import bless, write_model_card
         from crispflow.release.promotion import promote_first_blessed
         from crispflow_airflow.context import acting_person
@@ -55,5 +56,5 @@ class BlessingGateOperator(BaseOperator):
             ref = mlflow_ref(job.mlf, job.model_name, str(self.version))
         self.log.info("promotion: %s; model card: %s", action, card["html"])
         return {"version": str(self.version), "blessed": verdict["blessed"], "mode": verdict["mode"],
-                "reasons": verdict["reasons"], "promotion": action, "model_card": card,
-                "mlflow": ref}
+                "reasons": verdict["reasons"], "warnings": verdict.get("warnings", []),
+                "fairness": fairness_summary(verdict), "promotion": action, "model_card": card, "mlflow": ref}
