@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 import warnings
+from collections import deque
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -289,6 +290,20 @@ def test_a_failing_filesystem_then_recovering_loses_nothing(flaky_root: Any) -> 
     df = read_predictions(flaky_root, MODEL, T0, T0 + timedelta(hours=1))
     assert df["request_id"].tolist() == [f"req-{k}" for k in range(200)]  # once each: no duplicate after retry
     assert df.loc[df["request_id"] == "req-3", "label"].tolist() == [1]
+
+
+def test_rows_logged_while_the_writer_swaps_its_queues_are_kept(tmp_path: Path) -> None:
+    """A log call that waits on the lock while the writer swaps the queues (as _write_pending does) must put its
+    rows in the new queue, not in the one just taken away."""
+    plog = PredictionLog(str(tmp_path), MODEL)
+    with plog._lock:
+        logger = threading.Thread(target=plog.log_feedback, args=([feedback("req-1", 1, T0)],))
+        logger.start()
+        time.sleep(0.05)  # the logger now waits on the lock
+        plog._feedback = deque()
+    logger.join(5)
+    plog.close(timeout=5)
+    assert (plog.feedback_written, plog.dropped, plog.pending) == (1, 0, 0)
 
 
 def test_a_store_that_never_recovers_is_given_up_at_the_close_deadline(flaky_root: Any) -> None:

@@ -181,7 +181,7 @@ class PredictionLog:
         Rows beyond ``max_pending_rows``, or logged after close(), are dropped and counted in ``dropped``.
         """
         self._check_rows(rows, "log")
-        self._enqueue(self._predictions, rows)
+        self._enqueue("predictions", rows)
 
     def log_feedback(self, rows: list[dict[str, Any]]) -> None:
         """Queue feedback rows ``{"request_id": str, "label": number, "ts": tz-aware datetime}``: the label is 0/1
@@ -192,7 +192,7 @@ class PredictionLog:
             label = row.get("label")
             if not isinstance(label, int | float) or not math.isfinite(label):
                 raise PredictionLogError(f"log_feedback: rows[{i}].label: must be a finite number, got {label!r}")
-        self._enqueue(self._feedback, [{**row, "label": float(row["label"])} for row in rows])
+        self._enqueue("feedback", [{**row, "label": float(row["label"])} for row in rows])
 
     def flush(self) -> None:
         """Write what is pending now, in the caller's thread; raises PredictionLogError if a write failed
@@ -243,10 +243,12 @@ class PredictionLog:
             if not isinstance(ts, datetime) or ts.tzinfo is None:
                 raise PredictionLogError(f"{method}: rows[{i}].ts: must be a timezone-aware datetime, got {ts!r}")
 
-    def _enqueue(self, queue: deque[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
+    def _enqueue(self, kind: str, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
         with self._lock:
+            # resolved under the lock: _write_pending swaps the deques, so one taken before would lose rows
+            queue = self._predictions if kind == "predictions" else self._feedback
             if self._closing:
                 self._dropped += len(rows)
                 warn = not self._warned_closed
