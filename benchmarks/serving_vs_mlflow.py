@@ -14,7 +14,13 @@ Side by side in one run, same model, same machine, loopback only:
 4. after a warm-up, `wrk` (benchmarks/http_load.py) for 1- and 100-record requests at concurrency 1, 8, 32,
    alternating the servers (and their order) in each of `--rounds` rounds.
 
-Reported per cell: median throughput (requests/s) with its min-max over the rounds, median p50 and p99 latency.
+Reported per cell: median throughput (requests/s) with its min-max over the rounds, the ratio (the median of the
+per-round ratios, `benchmarks.machine.median_ratio`), median client p50 and p99 latency, and crispflow's
+server-side p50: from the server's own `crispflow_serve_request_latency_seconds` histogram on /metrics (scraped
+before and after each run; interpolated within its bucket, as Prometheus' histogram_quantile does), i.e. from
+the request's arrival at the scoring queue to its answer being ready, without HTTP parsing and the network. A
+request whose records went to both arms is observed once per arm. The goals (the issue's) are per cell.
+`benchmarks.machine.check_quiet()` runs first and its note goes into the section.
 Every response of the pre-check is verified (status, record count, alias); wrk counts failed requests.
 The section is appended to benchmarks/RESULTS.md unless `--no-record`; raw numbers go to
 benchmarks/.work/serving_vs_mlflow.json; the work folder (benchmarks/.work/serving-*) is removed unless `--keep-work`.
@@ -23,6 +29,7 @@ benchmarks/.work/serving_vs_mlflow.json; the work folder (benchmarks/.work/servi
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -35,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -43,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.http_load import LoadResult, run_wrk
+from benchmarks.machine import Machine, check_quiet, median_ratio
 from crispflow.serving.tokens import create_token
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +66,10 @@ CONFIGS = ({"config_id": "logreg-bench-champion", "candidate": "logreg", "params
            {"config_id": "logreg-bench-canary", "candidate": "logreg", "params": {"C": 1.0}})
 REQUEST_ROWS = 2000  # the last rows of the demo data: never trained on, replayed as requests
 BODIES_PER_CELL = 200
+GOALS = {(1, 1): 5.0, (100, 1): 2.0, (100, 8): 3.0}  # (records, concurrency) → throughput ratio; others 2x
+DEFAULT_GOAL = 2.0
+SERVER_P50_GOAL_MS = {(1, 1): 2.0}  # crispflow's server-side p50
+LATENCY = "crispflow_serve_request_latency_seconds_bucket{"
 
 
 # --- processes -----------------------------------------------------------------------------------------------
@@ -203,13 +215,46 @@ def scrape(url: str, auth: dict[str, str]) -> dict[str, float]:
     return found
 
 
+def latency_buckets(url: str, auth: dict[str, str]) -> dict[float, float]:
+    """crispflow's request-latency histogram on /metrics: upper bound (s) → cumulative count, summed over series."""
+    import httpx
+
+    found: dict[float, float] = {}
+    for line in httpx.get(f"{url}/metrics", timeout=10, headers=auth).text.splitlines():
+        if line.startswith(LATENCY):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            bound = math.inf if le == "+Inf" else float(le)
+            found[bound] = found.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """The q-quantile (s) of the observations between two scrapes, interpolated linearly within its bucket (the
+    lowest bucket from 0); NaN without observations; the highest finite bound if it falls in +Inf."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = counts[-1] if counts else 0.0
+    if total <= 0:
+        return math.nan
+    rank, lower, below = q * total, 0.0, 0.0
+    for bound, count in zip(bounds, counts, strict=True):
+        if count >= rank:
+            if math.isinf(bound):
+                return lower
+            return lower + (bound - lower) * (rank - below) / max(count - below, 1e-12)
+        lower, below = bound, count
+    return lower
+
+
 # --- the run -------------------------------------------------------------------------------------------------
 
 
 def measure(targets: dict[str, tuple[str, dict[int, list[str]], dict[str, str]]], rounds: int, duration: float,
-            warmup: float, sizes: tuple[int, ...], concurrency: tuple[int, ...]) -> list[dict[str, Any]]:
+            warmup: float, sizes: tuple[int, ...], concurrency: tuple[int, ...],
+            histogram: Callable[[], dict[float, float]]) -> list[dict[str, Any]]:
     """All cells, `rounds` times; the order of the servers alternates per cell and round. Each target: its URL,
-    bodies per size and the headers it needs (crispflow: its bearer token, checked on every request)."""
+    bodies per size and the headers it needs (crispflow: its bearer token, checked on every request).
+    `histogram` reads crispflow's latency histogram: its runs get `server_p50_ms`."""
     for server, (url, by_size, headers) in targets.items():
         for size in sizes:
             run_wrk(url, by_size[size], concurrency=8, duration=warmup, headers=headers)
@@ -222,12 +267,15 @@ def measure(targets: dict[str, tuple[str, dict[int, list[str]], dict[str, str]]]
             for server in order:
                 url, by_size, headers = targets[server]
                 load_before = os.getloadavg()[0]
+                before = histogram() if server == "crispflow" else {}
                 result: LoadResult = run_wrk(url, by_size[size], concurrency=conc, duration=duration, headers=headers)
+                server_p50 = bucket_quantile(before, histogram(), 0.5) * 1000 if server == "crispflow" else math.nan
                 rows.append({"round": rnd, "server": server, "size": size, **result.to_dict(),
-                             "load1_before": load_before, "load1_after": os.getloadavg()[0]})
+                             "server_p50_ms": server_p50, "load1_before": load_before,
+                             "load1_after": os.getloadavg()[0]})
                 print(f"  r{rnd} {server:9s} size {size:3d} c{conc:2d}: {result.throughput:7.1f} req/s  "
-                      f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  errors {result.errors}  "
-                      f"load {load_before:.1f}", flush=True)
+                      f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  server p50 {server_p50:6.2f} ms  "
+                      f"errors {result.errors}  load {load_before:.1f}", flush=True)
     return rows
 
 
@@ -236,15 +284,24 @@ def summarise(rows: list[dict[str, Any]], sizes: tuple[int, ...], concurrency: t
     for size in sizes:
         for conc in concurrency:
             cell: dict[str, Any] = {"size": size, "concurrency": conc}
+            runs: dict[str, list[dict[str, Any]]] = {}
             for server in ("crispflow", "mlflow"):
-                runs = [r for r in rows if r["server"] == server and r["size"] == size and r["concurrency"] == conc]
-                tput = [r["throughput"] for r in runs]
+                runs[server] = sorted((r for r in rows if r["server"] == server and r["size"] == size
+                                       and r["concurrency"] == conc), key=lambda r: r["round"])
+                tput = [r["throughput"] for r in runs[server]]
                 cell[server] = {"throughput": statistics.median(tput), "min": min(tput), "max": max(tput),
-                                "p50_ms": statistics.median(r["p50_ms"] for r in runs),
-                                "p99_ms": statistics.median(r["p99_ms"] for r in runs),
-                                "errors": sum(r["errors"] for r in runs)}
-            cell["ratio"] = cell["crispflow"]["throughput"] / cell["mlflow"]["throughput"]
-            cell["goal"] = cell["ratio"] >= 2.0 and cell["crispflow"]["p99_ms"] <= cell["mlflow"]["p99_ms"]
+                                "p50_ms": statistics.median(r["p50_ms"] for r in runs[server]),
+                                "p99_ms": statistics.median(r["p99_ms"] for r in runs[server]),
+                                "server_p50_ms": statistics.median(r["server_p50_ms"] for r in runs[server]),
+                                "errors": sum(r["errors"] for r in runs[server])}
+            cell["ratio"] = median_ratio([r["throughput"] for r in runs["crispflow"]],
+                                         [r["throughput"] for r in runs["mlflow"]])
+            cell["goal_ratio"] = GOALS.get((size, conc), DEFAULT_GOAL)
+            cell["goal_server_p50_ms"] = SERVER_P50_GOAL_MS.get((size, conc))
+            cf, ml = cell["crispflow"], cell["mlflow"]
+            p50_goal = cell["goal_server_p50_ms"]
+            cell["goal"] = (cell["ratio"] >= cell["goal_ratio"] and cf["p99_ms"] < ml["p99_ms"] and cf["errors"] == 0
+                            and (p50_goal is None or cf["server_p50_ms"] <= p50_goal))
             cells.append(cell)
     return cells
 
@@ -254,24 +311,31 @@ def markdown(cells: list[dict[str, Any]], meta: dict[str, Any]) -> str:
              f"Command: `{meta['command']}` (from the repo root, project venv); {meta['machine']}; "
              f"wrk {meta['wrk']} (one thread, closed loop, loopback), {meta['duration']:.0f} s per run, "
              f"{meta['rounds']} rounds alternating the servers; load average (1 min) during runs "
-             f"{meta['load_min']:.1f}-{meta['load_max']:.1f}.", "",
+             f"{meta['load_min']:.1f}-{meta['load_max']:.1f}. Machine at the start: {meta['quiet']}.", "",
              f"Model: {meta['model']}. crispflow: `crispflow serve` (1 uvicorn worker) with champion v1 + canary v2 "
              f"at {meta['canary_share']:.0%} (sticky on loan_id), prediction log to local parquet, /metrics, a bearer "
              "token checked on every request; mlflow: "
              "`mlflow models serve -m models:/<name>@champion --env-manager local -w 1` (1 uvicorn worker).", "",
              "| records/request | concurrency | crispflow req/s (min-max) | mlflow req/s (min-max) | ratio "
-             "| crispflow p50 / p99 ms | mlflow p50 / p99 ms | goal (>= 2x, p99 <=) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| crispflow p50 / p99 ms | crispflow server p50 ms | mlflow p50 / p99 ms | goal | met |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for c in cells:
         cf, ml = c["crispflow"], c["mlflow"]
         ratio = math.floor(c["ratio"] * 100) / 100  # never rounded up to the goal
         lines.append(f"| {c['size']} | {c['concurrency']} | {cf['throughput']:.0f} ({cf['min']:.0f}-{cf['max']:.0f}) "
                      f"| {ml['throughput']:.0f} ({ml['min']:.0f}-{ml['max']:.0f}) | **{ratio:.2f}x** "
-                     f"| {cf['p50_ms']:.1f} / {cf['p99_ms']:.1f} | {ml['p50_ms']:.1f} / {ml['p99_ms']:.1f} "
-                     f"| {'yes' if c['goal'] else 'no'} |")
+                     f"| {cf['p50_ms']:.1f} / {cf['p99_ms']:.1f} | {cf['server_p50_ms']:.2f} "
+                     f"| {ml['p50_ms']:.1f} / {ml['p99_ms']:.1f} | {_goal_text(c)} | {'yes' if c['goal'] else 'no'} |")
     lines += ["", f"Failed requests during the load runs: crispflow {meta['errors']['crispflow']}, mlflow "
                   f"{meta['errors']['mlflow']}. crispflow after the runs: {meta['scrape']}.", ""]
     return "\n".join(lines)
+
+
+def _goal_text(cell: dict[str, Any]) -> str:
+    text = f">= {cell['goal_ratio']:g}x, p99 <"
+    if cell["goal_server_p50_ms"] is not None:
+        text += f", server p50 <= {cell['goal_server_p50_ms']:g} ms"
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -289,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 0.0 <= share < 1.0:
         parser.error(f"--canary-share: must be in [0, 1), got {args.canary_share!r}")
     sizes, concurrency = tuple(args.sizes), tuple(args.concurrency)
+    machine: Machine = check_quiet()
 
     WORK.mkdir(exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="serving-", dir=WORK))
@@ -323,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  pre-check ok (crispflow aliases {aliases})", flush=True)
             targets = {"crispflow": (f"{cf_url}/predict", {s: bodies(served, s, True) for s in sizes}, auth),
                        "mlflow": (f"{ml_url}/invocations", {s: bodies(served, s, False) for s in sizes}, {})}
-            rows = measure(targets, args.rounds, args.duration, args.warmup, sizes, concurrency)
+            rows = measure(targets, args.rounds, args.duration, args.warmup, sizes, concurrency,
+                           functools.partial(latency_buckets, cf_url, auth))
             scraped = scrape(cf_url, auth)
     if not args.keep_work:
         shutil.rmtree(root, ignore_errors=True)
@@ -334,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": "python -m benchmarks.serving_vs_mlflow" + (" " + " ".join(argv or sys.argv[1:])).rstrip(),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "wrk": wrk_version,
             "duration": args.duration, "rounds": args.rounds, "canary_share": share,
-            "load_min": min(loads), "load_max": max(loads),
+            "load_min": min(loads), "load_max": max(loads), "quiet": machine.note,
             "model": "lending_club spec, `training.fit_final` (FrameTyper + ColumnTransformer + logistic regression, "
                      "sigmoid-calibrated), registered with `registry.register`",
             "errors": {s: sum(r["errors"] for r in rows if r["server"] == s) for s in ("crispflow", "mlflow")},

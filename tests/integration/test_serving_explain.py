@@ -461,3 +461,62 @@ def test_an_explainer_record_the_store_cannot_fetch_is_retried_without_reloading
     assert again is not None and again.explainer_status.startswith("ready: linear_exact")
     assert again.model is first.model  # the verified model was not loaded again
     assert gauge.format(name, "ready", version) in metrics.render().decode()
+
+
+# --- 7. the compiled scorer ---------------------------------------------------------------------------------------
+
+
+def _scores(fitted: Any, spec, records: list[dict[str, Any]]) -> np.ndarray:
+    """P(positive) of the fitted model itself on the records, as a frame of the published dtypes."""
+    frame = pd.DataFrame([_features(r) for r in records])[spec.feature_columns]
+    return fitted.predict_proba(frame)[:, 1]
+
+
+def _scorer_series(name: str, version: str, kind: str, value: float) -> str:
+    return f'crispflow_serve_scorer{{kind="{kind}",model="{name}",version="{version}"}} {value}'
+
+
+@pytest.mark.parametrize("kind", ["lr", "hgb"])
+def test_each_version_is_scored_by_its_verified_compiled_scorer(server, mlf, model, spec, kind) -> None:
+    version = model["versions"][kind]
+    records = _usable(server, model["records"], 60)
+    with _serving(server, mlf, model, {"champion": version}):
+        described = _describe(server.url)["aliases"]["champion"]["scorer"]
+        assert described["kind"] == "compiled", described
+        assert described["status"].startswith(f"compiled: {'linear' if kind == 'lr' else 'tree'}")
+        reply = http.post(f"{server.url}/predict", json={"records": [_features(r) for r in records]}, timeout=60)
+        assert reply.status_code == 200, reply.text
+        scores = np.array([item["score"] for item in reply.json()["predictions"]])
+        assert np.allclose(scores, _scores(model["fitted"][kind], spec, records), rtol=0, atol=1e-9)
+        metrics = http.get(f"{server.url}/metrics").text
+        assert _scorer_series(model["name"], version, "compiled", 1.0) in metrics
+        assert _scorer_series(model["name"], version, "pipeline", 0.0) in metrics
+
+
+def test_a_compiled_scorer_that_disagrees_with_the_model_is_not_used(model, spec, mlflow_server, tmp_path,
+                                                                      monkeypatch) -> None:
+    """A compiled scorer off by 1e-6 (more than the 1e-9 it must agree to): the server scores with the model's
+    pipeline, says so in /model and on /metrics, and its answers and explanations are the model's own."""
+    from crispflow.model.compiled import CompiledScorer
+
+    exact = CompiledScorer.response_matrix
+    monkeypatch.setattr(CompiledScorer, "response_matrix", lambda self, x: exact(self, x) + 1e-6)
+    config = ServeConfig(model=model["name"], tracking_uri=mlflow_server.url, predictions_url=str(tmp_path),
+                         poll_interval=0.2, log_flush_interval=0.2, only=(model["name"],))
+    version = model["versions"]["lr"]
+    with Running(config) as running:
+        _wait(lambda: _champion(running.url) == version, 120, "champion loaded")
+        described = _describe(running.url)["aliases"]["champion"]["scorer"]
+        assert described["kind"] == "pipeline", described
+        assert "differs from the model's by" in described["status"] and "tolerance 1e-09" in described["status"]
+        metrics = http.get(f"{running.url}/metrics").text
+        assert _scorer_series(model["name"], version, "pipeline", 1.0) in metrics
+        assert _scorer_series(model["name"], version, "compiled", 0.0) in metrics
+        records = _usable(running, model["records"], 30)
+        reply = http.post(f"{running.url}/predict", json={"records": [_features(r) for r in records]}, timeout=60)
+        assert reply.status_code == 200, reply.text
+        scores = np.array([item["score"] for item in reply.json()["predictions"]])
+        assert np.allclose(scores, _scores(model["fitted"]["lr"], spec, records), rtol=0, atol=1e-12)
+        explained = _explained(running, [_features(records[0])], "explain=true&top_k=3")
+        assert explained.status_code == 200, explained.text
+        _assert_additive(explained.json()["predictions"][0]["explanation"], 3, spec.feature_columns)

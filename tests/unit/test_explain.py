@@ -13,7 +13,6 @@ import pytest
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
-from threadpoolctl import threadpool_limits
 
 from crispflow.model.explain import (
     TOLERANCE,
@@ -28,14 +27,10 @@ from crispflow.model.features import build_preprocessor, features, labels
 from crispflow.model.training import fit_final
 from crispflow.spec import PipelineSpec, parse_spec
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FEATURES = ["signal", "count", "constant", "grade", "region", "flag", "opened", "noise"]
 CLASSES = ["a", "b", "c"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with threadpool_limits(limits=1):
-        yield
 
 
 def make_spec(task: str, estimator: str, calibration: str | None = "sigmoid", drop: tuple[str, ...] = ()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
@@ -257,3 +259,31 @@ def test_newest_version_is_the_latest_published(tmp_path, frame) -> None:
     publish_frame(lake, "other", frame.head(500), 1000, at=datetime(2026, 5, 1, tzinfo=UTC).isoformat())
     (lake.version_dir("lending_club", "ds-unfinished00000")).mkdir(parents=True)  # no manifest: invisible
     assert old != new and scoring.newest_version(lake, "lending_club") == new
+
+
+def _scores(lake: Lake, spec, model) -> np.ndarray:
+    plan = scoring.plan_partitions(lake, spec, publish_frame(lake, "lending_club", first_rows(), 1_500),
+                                   MODEL, partition_rows=3_000)["plan"]
+    scoring.commit(lake, plan["output"], RUN, score_all(lake, spec, plan, model))
+    return scoring.read_scores(lake, plan["output"])[scoring.SCORE].to_numpy()
+
+
+def first_rows() -> pd.DataFrame:
+    return pd.read_parquet(DATA).head(4_000)
+
+
+@pytest.mark.parametrize(("estimator", "scorer"), [
+    (LogisticRegression(max_iter=300), "scored by its compiled scorer"),
+    (KNeighborsClassifier(n_neighbors=15), "scored by its pipeline"),  # no compiled form: the model itself scores
+])
+def test_batch_scores_come_from_the_verified_compiled_scorer_or_else_the_model(
+        tmp_path, spec, estimator, scorer, caplog) -> None:
+    frame = first_rows()
+    with threadpool_limits(limits=1):
+        model = Pipeline([("preprocess", build_preprocessor(spec)), ("model", estimator)]).fit(
+            features(spec, frame), labels(spec, frame))
+        expected = positive_proba(model, features(spec, frame))
+    caplog.set_level(logging.INFO, logger="crispflow.serving.batch_scoring")
+    scores = _scores(Lake(tmp_path), spec, model)
+    assert scorer in caplog.text
+    np.testing.assert_allclose(scores, expected, rtol=1e-9, atol=1e-12)

@@ -35,12 +35,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib
 import json
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -48,11 +46,11 @@ import numpy as np
 import pandas as pd
 
 from crispflow.errors import CrispflowError
+from crispflow.model.compiled import LINEAR_ESTIMATORS, TREE_ESTIMATORS, UnsupportedModel, calibrate, unwrap
+from crispflow.model.compiled import Parts as _Parts
+from crispflow.model.compiled import transform as _transform
 
 if TYPE_CHECKING:
-    from sklearn.compose import ColumnTransformer
-    from sklearn.pipeline import Pipeline
-
     from crispflow.model.features import FrameTyper
     from crispflow.spec import PipelineSpec
 
@@ -66,27 +64,6 @@ TASKS = ("binary", "multiclass", "regression")
 RECORD_KEYS = ("format", "task", "method", "space", "space_note", "estimator", "features", "columns", "reference",
                "probe", "probe_output", "tolerance")
 
-LINEAR_ESTIMATORS = {
-    "sklearn.linear_model.LogisticRegression": "classifier",
-    "sklearn.linear_model.Ridge": "regressor",
-    "sklearn.linear_model.LinearRegression": "regressor",
-    "sklearn.linear_model.Lasso": "regressor",
-    "sklearn.linear_model.ElasticNet": "regressor",
-}
-TREE_ESTIMATORS = {
-    "sklearn.ensemble.HistGradientBoostingClassifier": "classifier",
-    "sklearn.ensemble.HistGradientBoostingRegressor": "regressor",
-    "sklearn.ensemble.GradientBoostingClassifier": "classifier",
-    "sklearn.ensemble.GradientBoostingRegressor": "regressor",
-    "sklearn.ensemble.RandomForestClassifier": "classifier",
-    "sklearn.ensemble.RandomForestRegressor": "regressor",
-    "sklearn.ensemble.ExtraTreesClassifier": "classifier",
-    "sklearn.ensemble.ExtraTreesRegressor": "regressor",
-    "sklearn.tree.DecisionTreeClassifier": "classifier",
-    "sklearn.tree.DecisionTreeRegressor": "regressor",
-}
-
-
 class ExplainerError(CrispflowError):
     """The model cannot be explained (unsupported shape or estimator) or the record does not fit it."""
 
@@ -98,78 +75,12 @@ class ExplainerSelfTestFailed(ExplainerError):
 # --- the fitted model's parts -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Parts:
-    """The served model taken apart: optional calibration wrapper, preprocessing and final estimator."""
-
-    model: Any  # as served (predict_proba / predict)
-    calibrated: Any  # the fitted sklearn _CalibratedClassifier (ensemble=False), or None
-    preprocess: Pipeline  # fitted: FrameTyper, ColumnTransformer
-    typer: FrameTyper
-    columns: ColumnTransformer
-    estimator: Any
-    estimator_name: str  # the public import path, e.g. sklearn.linear_model.LogisticRegression
-
-
-def _public_name(obj: Any) -> str:
-    """`sklearn.linear_model.LogisticRegression` rather than the private module the class is defined in."""
-    cls = type(obj)
-    module = cls.__module__
-    if module.startswith("sklearn."):
-        parts = module.split(".")
-        for cut in range(2, len(parts) + 1):
-            candidate = ".".join(parts[:cut])
-            if getattr(importlib.import_module(candidate), cls.__name__, None) is cls:
-                return f"{candidate}.{cls.__name__}"
-    return f"{module}.{cls.__qualname__}"
-
-
-def _flat_steps(pipeline: Pipeline) -> list[Any]:
-    from sklearn.pipeline import Pipeline
-
-    out: list[Any] = []
-    for name, step in pipeline.steps:
-        if isinstance(step, Pipeline):
-            out.extend(_flat_steps(step))
-        elif step is None or step == "passthrough":
-            raise ExplainerError(f"model: pipeline step {name!r} is {step!r}; crispflow models have none")
-        else:
-            out.append(step)
-    return out
-
-
 def _unwrap(model: Any) -> _Parts:
-    """The parts of a model as crispflow.model.training builds it: Pipeline([preprocess, model]), possibly wrapped
-    in CalibratedClassifierCV(ensemble=False)."""
-    from sklearn.calibration import CalibratedClassifierCV
-    from sklearn.compose import ColumnTransformer
-    from sklearn.pipeline import Pipeline
-
-    from crispflow.model.features import FrameTyper
-
-    calibrated = None
-    inner = model
-    if isinstance(model, CalibratedClassifierCV):
-        fitted = getattr(model, "calibrated_classifiers_", None)
-        if fitted is None:
-            raise ExplainerError("model: the CalibratedClassifierCV is not fitted")
-        if len(fitted) != 1:
-            raise ExplainerError(f"model: a CalibratedClassifierCV with {len(fitted)} calibrated classifiers "
-                                 "(ensemble=True) has no single pipeline to explain; crispflow fits ensemble=False")
-        calibrated = fitted[0]
-        inner = calibrated.estimator
-    if not isinstance(inner, Pipeline):
-        raise ExplainerError(f"model: expected a scikit-learn Pipeline (preprocessing, estimator), got "
-                             f"{type(inner).__name__}")
-    steps = _flat_steps(inner)
-    if len(steps) != 3 or not isinstance(steps[0], FrameTyper) or not isinstance(steps[1], ColumnTransformer):
-        kinds = [type(s).__name__ for s in steps]
-        raise ExplainerError(f"model: expected the steps FrameTyper, ColumnTransformer, estimator, got {kinds}")
-    typer, columns, estimator = steps
-    if not hasattr(columns, "transformers_") or not hasattr(typer, "columns_"):
-        raise ExplainerError("model: the preprocessing is not fitted")
-    return _Parts(model=model, calibrated=calibrated, preprocess=inner[:-1], typer=typer, columns=columns,
-                  estimator=estimator, estimator_name=_public_name(estimator))
+    """The model's parts (crispflow.model.compiled.unwrap); ExplainerError for a model of another shape."""
+    try:
+        return unwrap(model)
+    except UnsupportedModel as exc:
+        raise ExplainerError(str(exc)) from None
 
 
 def _method_space(task: str, parts: _Parts) -> tuple[str, str, str]:
@@ -290,12 +201,6 @@ def _column_owners(parts: _Parts) -> list[str]:
     if sorted(owner) != list(range(width)):
         raise ExplainerError("model: the column transformer's outputs do not tile its matrix")
     return [owner[i] for i in range(width)]
-
-
-def _transform(parts: _Parts, frame: pd.DataFrame) -> np.ndarray:
-    """The model's preprocessing of `frame`, dense float64."""
-    transformed = parts.preprocess.transform(frame)
-    return np.asarray(transformed.toarray() if hasattr(transformed, "toarray") else transformed, dtype="float64")
 
 
 def _model_features(typer: FrameTyper) -> set[str]:
@@ -453,22 +358,13 @@ class LocalExplainer:
         self._classes = None if classes is None else np.asarray(classes)
         if task == "binary" and (self._classes is None or list(self._classes) != [False, True]):
             raise ExplainerError(f"model: a binary model's classes must be [False, True], got {classes}")
-        self._calibrated_columns = self._calibration_columns()
         self._reference = np.asarray(reference, dtype="float64")
         self._shap: Any = None
+        self.probe: pd.DataFrame | None = None  # the record's probe rows, once they passed the self-test
         if method == LINEAR:
             self._init_linear()
         else:
             self._init_tree()
-
-    def _calibration_columns(self) -> list[int]:
-        """Per calibrator, the probability column it fills (sklearn's LabelEncoder mapping, +1 when binary)."""
-        cal = self._parts.calibrated
-        if cal is None:
-            return []
-        position = {c: i for i, c in enumerate(np.asarray(cal.classes).tolist())}
-        columns = [position[c] for c in self._classes.tolist()]
-        return [1] if len(position) == 2 else columns
 
     def _init_linear(self) -> None:
         if self._reference.shape != (self._width,):
@@ -562,6 +458,7 @@ class LocalExplainer:
         if not gap <= RESPONSE_TOLERANCE:
             raise ExplainerSelfTestFailed(f"self-test: model_response differs from the model's own output by "
                                           f"{gap:.3g} (tolerance {RESPONSE_TOLERANCE:g})")
+        self.probe = probe
         return output
 
     def _served(self, frame: pd.DataFrame) -> np.ndarray:
@@ -609,24 +506,7 @@ class LocalExplainer:
             view = copy.copy(cal)
             view.estimator = self._estimator
             return np.asarray(view.predict_proba(x), dtype="float64")
-        return self._calibrate(raw)
-
-    def _calibrate(self, raw: np.ndarray) -> np.ndarray:
-        """Sigmoid / isotonic calibration of `raw` exactly as sklearn's _CalibratedClassifier.predict_proba does
-        it (one-vs-rest calibrators, binary complement, normalisation with a uniform fallback)."""
-        cal = self._parts.calibrated
-        scores = raw[:, -1:] if self.task == "binary" and raw.ndim == 2 else raw.reshape(len(raw), -1)
-        n_classes = len(cal.classes)
-        proba = np.zeros((len(raw), n_classes))
-        for index, score, calibrator in zip(self._calibrated_columns, scores.T, cal.calibrators, strict=True):
-            proba[:, index] = calibrator.predict(score)
-        if n_classes == 2:
-            proba[:, 0] = 1.0 - proba[:, 1]
-        else:
-            total = np.sum(proba, axis=1)[:, np.newaxis]
-            proba = np.divide(proba, total, out=np.full_like(proba, 1 / n_classes), where=total != 0)
-        proba[(proba > 1.0) & (proba <= 1.0 + 1e-5)] = 1.0
-        return proba
+        return calibrate(cal, raw)
 
     def _classes_explained(self, x: np.ndarray, raw: np.ndarray, response: np.ndarray | None) -> np.ndarray | None:
         """Multiclass: per row the column (in classes_ order) of the class the served model predicts."""

@@ -80,14 +80,21 @@ def label_of(spec: PipelineSpec, value: Any) -> bool | int | float:
 
 def model_output(spec: PipelineSpec, model: Any, X: pd.DataFrame) -> np.ndarray:
     """The fitted model's output for `X` in the task's convention."""
-    if spec.task == "regression":
-        return np.asarray(model.predict(X), dtype="float64")
-    proba = np.asarray(model.predict_proba(X), dtype="float64")
+    response = model.predict(X) if spec.task == "regression" else model.predict_proba(X)
+    return output_from_response(spec.task, model, response, len(spec.class_labels))
+
+
+def output_from_response(task: str, model: Any, response: Any, n_classes: int = 0) -> np.ndarray:
+    """The task's output from the model's own response (predict for regression, else predict_proba in the
+    model's `classes_` order): binary (n,) P(positive), multiclass (n, n_classes) probabilities by class code,
+    regression (n,) predictions."""
+    if task == "regression":
+        return np.asarray(response, dtype="float64")
+    proba = np.asarray(response, dtype="float64")
     classes = list(model.classes_)
-    if spec.task == "binary":
+    if task == "binary":
         return proba[:, classes.index(True)]
-    k = len(spec.class_labels)
-    out = np.zeros((len(X), k))
+    out = np.zeros((len(proba), n_classes))
     for column, code in enumerate(classes):  # a class absent from training keeps probability 0
         out[:, int(code)] = proba[:, column]
     return out

@@ -296,16 +296,10 @@ def _response_method(spec: PipelineSpec, model: Any) -> str:
 
 def _calibrated(final: Any, raw: np.ndarray) -> np.ndarray:
     """The probabilities `final` (a CalibratedClassifierCV, ensemble=False) gives rows whose uncalibrated response
-    is `raw`: its calibrators applied per class, as scikit-learn's `_CalibratedClassifier.predict_proba` does.
-    Columns follow `final.classes_`."""
-    calibrators = final.calibrated_classifiers_[0].calibrators
-    raw = np.asarray(raw, dtype="float64").reshape(len(raw), -1)
-    if len(calibrators) == 1:  # binary: one calibrator, for the positive class's response
-        p = calibrators[0].predict(raw[:, -1])
-        return np.column_stack([1.0 - p, p])
-    proba = np.column_stack([c.predict(raw[:, j]) for j, c in enumerate(calibrators)])
-    total = proba.sum(axis=1, keepdims=True)
-    return np.divide(proba, total, out=np.full_like(proba, 1.0 / proba.shape[1]), where=total != 0)
+    is `raw` (crispflow.model.compiled.calibrate, the one implementation). Columns follow `final.classes_`."""
+    from crispflow.model.compiled import calibrate
+
+    return calibrate(final.calibrated_classifiers_[0], raw)
 
 
 def _oof_output(spec: PipelineSpec, final: Any, X: pd.DataFrame, y: np.ndarray, raw: np.ndarray) -> np.ndarray:

@@ -80,16 +80,17 @@ def score_parts(model: LoadedModel, parts: list[tuple[PreparedRequest, list[int]
     """One model call over the given records of several requests; each record's output (a float, or the class
     probabilities of a multiclass model) written back to its request. When some of the requests ask for
     explanations and the model has an explainer, the call goes through the explainer's `transform` and
-    `model_response` (the model's own output, checked equal at load) and is kept for `explain_parts`."""
+    `model_response` (the model's own output, checked equal at load) and is kept for `explain_parts`; otherwise
+    the records go straight to `LoadedModel.output_records` (the compiled scorer when the version has one)."""
     if len(parts) == 1 and len(parts[0][1]) == len(parts[0][0].records):
         records = parts[0][0].records
     else:
         records = [p.records[i] for p, index in parts for i in index]
     import numpy as np
 
-    frame = model.schema.frame(records)
     call = None
     if model.explainer is not None and any(p.top_k is not None for p, _ in parts):
+        frame = model.schema.frame(records)
         try:
             transformed = model.explainer.transform(frame)
             out = model.output_of(model.explainer.model_response(transformed))
@@ -98,7 +99,7 @@ def score_parts(model: LoadedModel, parts: list[tuple[PreparedRequest, list[int]
             log.warning("%s v%s: the explainer's transform failed; scoring without it", model.name, model.version,
                         exc_info=True)
     if call is None:
-        out = model.output(frame)
+        out = model.output_records(records)
     if len(out) != len(records):
         raise ValueError(f"the model returned {len(out)} outputs for {len(records)} records")
     if not np.isfinite(out).all():

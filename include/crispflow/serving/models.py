@@ -29,6 +29,12 @@ the version without explainer and says why in `LoadedModel.explainer_status`: th
 and explanation requests get 409, never wrong reasons. A record that could not be fetched (artifact store down,
 or the record missing) is tried again every `refused_retry` seconds, without loading the model again. Tags are
 read when a version is loaded: a version tagged after it was loaded gets its explainer at its next load.
+
+Compiled scorer (`with_scorer`): the verified model is also compiled into numpy arrays
+(`crispflow.model.compiled`), checked at load to agree with the model to 1e-9 on generated rows and the explainer
+record's probe rows; requests are then scored from their JSON records without a DataFrame. A model the compiler
+does not support, or a scorer that disagrees, is scored by its pipeline: `/model` (`scorer`) and the metric
+`crispflow_serve_scorer` say which, and why.
 """
 
 from __future__ import annotations
@@ -106,6 +112,13 @@ class LoadedModel:
     explainer_sha256: str = ""  # of the record the explainer was built from
     explainer_tolerance: float = 0.0  # the record's additivity tolerance, checked on every served explanation
     explainer_retry_at: float | None = None  # time.time() after which a record that could not be fetched is retried
+    scorer: Any = None  # a verified crispflow.model.compiled.CompiledScorer, or None: the pipeline scores
+    scorer_status: str = "pipeline: not compiled yet"  # "compiled: ...", or why the pipeline scores
+
+    @property
+    def scorer_kind(self) -> str:
+        """`compiled` (the verified compiled scorer answers) or `pipeline` (the model itself does)."""
+        return "pipeline" if self.scorer is None else "compiled"
 
     @property
     def n_features(self) -> int:
@@ -119,21 +132,22 @@ class LoadedModel:
             return self.output_of(self.model.predict(frame))
         return self.output_of(self.model.predict_proba(frame))
 
+    def output_records(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """`output` of validated records: by the compiled scorer straight from the records when it can type them,
+        else by the compiled scorer (or, without one, the model) on the signature's input frame."""
+        if self.scorer is None:
+            return self.output(self.schema.frame(records))
+        response = self.scorer.response_records(records) if self.schema.fields else None
+        if response is None:
+            response = self.scorer.response_frame(self.schema.frame(records))
+        return self.output_of(response)
+
     def output_of(self, response: Any) -> np.ndarray:
         """The task's output (see `output`) from the model's own response: predict_proba, in the model's classes_
         order (classification), or predict (regression)."""
-        import numpy as np
+        from crispflow.model.tasks import output_from_response
 
-        if self.task == "regression":
-            return np.asarray(response, dtype="float64")
-        proba = np.asarray(response, dtype="float64")
-        codes = list(self.model.classes_)
-        if self.task == "binary":
-            return proba[:, codes.index(True) if True in codes else 1]
-        out = np.zeros((len(proba), len(self.classes)))
-        for column, code in enumerate(codes):  # a class absent from training keeps probability 0
-            out[:, int(code)] = proba[:, column]
-        return out
+        return output_from_response(self.task, self.model, response, len(self.classes))
 
     def score(self, frame: pd.DataFrame) -> np.ndarray:
         """One number per row: binary P(positive), multiclass P(predicted class), regression the prediction."""
@@ -174,7 +188,8 @@ class LoadedModel:
         found: dict[str, Any] = {"version": self.version, "task": self.task, "threshold": self.threshold,
                                  "threshold_source": self.threshold_source, "artifact_sha256": self.sha256,
                                  "run_id": self.run_id, "loaded_at": self.loaded_at,
-                                 "signature": self.schema.to_dict(), "explainer": explainer}
+                                 "signature": self.schema.to_dict(), "explainer": explainer,
+                                 "scorer": {"kind": self.scorer_kind, "status": self.scorer_status}}
         if self.task == "multiclass":
             found["classes"] = list(self.classes)
         if self.task == "regression":
@@ -287,7 +302,36 @@ def load_version(mlf: MlflowClient, name: str, version: str, *, trusted: Sequenc
     _check_model(name, str(version), model, task, classes)
     loaded = LoadedModel(name, str(version), model, threshold, source, InputSchema.from_signature(signature),
                          mv.tags.get(registry.SHA_TAG, ""), mv.run_id or "", time.time(), task, classes, interval)
-    return with_explainer(mlf, loaded, mv.tags)
+    return with_scorer(with_explainer(mlf, loaded, mv.tags))
+
+
+# --- the compiled scorer ----------------------------------------------------------------------------------------
+
+
+def with_scorer(loaded: LoadedModel) -> LoadedModel:
+    """`loaded` with the compiled scorer of its (hash-verified) model when one can be built and agrees with the
+    model to `crispflow.model.compiled.TOLERANCE` on the verification rows (generated ones, plus the explainer
+    record's probe rows when there is an explainer); else without, and why (`scorer_status`): the model itself
+    scores. Never raises: a scorer problem never keeps a verified model from serving."""
+    from crispflow.model.compiled import ScorerMismatch, UnsupportedModel, verified_scorer
+
+    probe = getattr(loaded.explainer, "probe", None)
+    try:
+        scorer, gap = verified_scorer(loaded.model, loaded.task, [] if probe is None else [probe])
+        unknown = [f for f in scorer.features if loaded.schema.fields and f not in loaded.schema.names]
+        if unknown:
+            raise UnsupportedModel(f"the model's inputs {unknown[:5]} are not in its signature")
+    except (UnsupportedModel, ScorerMismatch) as exc:
+        status = f"pipeline: {exc}"
+    except Exception as exc:  # a bug or an unexpected model: the pipeline scores
+        log.exception("%s v%s: the compiled scorer could not be built", loaded.name, loaded.version)
+        status = f"pipeline: the compiled scorer could not be built ({type(exc).__name__}: {exc})"
+    else:
+        status = f"compiled: {scorer.kind} ({scorer.estimator_name}), max abs difference {gap:.3g} on verification"
+        log.info("%s v%s scorer %s", loaded.name, loaded.version, status)
+        return dataclasses.replace(loaded, scorer=scorer, scorer_status=status)
+    log.warning("%s v%s is scored by its pipeline: %s", loaded.name, loaded.version, status)
+    return dataclasses.replace(loaded, scorer=None, scorer_status=status)
 
 
 # --- the explainer ------------------------------------------------------------------------------------------------
@@ -518,6 +562,7 @@ class ModelStore:
             if self.metrics is not None:  # idle by choice (the fleet's LRU), not a failure: ready
                 self.metrics.set_served(self.name, {}, ready=True)
                 self.metrics.set_explainers(self.name, {})
+                self.metrics.set_scorers(self.name, {})
 
     def read_registry(self) -> tuple[dict[str, str], dict[str, str]] | str:
         """(aliases, tags) of this registered model, or why they could not be read."""
@@ -602,6 +647,9 @@ class ModelStore:
             explainers = {m.version: m.explainer_state for m in new.arms.values()}
             if explainers != {m.version: m.explainer_state for m in old.arms.values()} or old.polled_at is None:
                 self.metrics.set_explainers(self.name, explainers)
+            scorers = {m.version: m.scorer_kind for m in new.arms.values()}
+            if scorers != {m.version: m.scorer_kind for m in old.arms.values()} or old.polled_at is None:
+                self.metrics.set_scorers(self.name, scorers)
 
     def _count_error(self, kind: str) -> None:
         if self.metrics is not None:

@@ -78,7 +78,7 @@ class ShadowWorker:
         outputs: dict[int, Any] = {}
         if valid:
             try:
-                out = model.output(model.schema.frame([records[i] for i in valid]))
+                out = model.output_records([records[i] for i in valid])
                 outputs = dict(zip(valid, out.tolist(), strict=True))
             except Exception:
                 log.exception("shadow model v%s failed", model.version)

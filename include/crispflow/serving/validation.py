@@ -46,6 +46,11 @@ NUMERIC = frozenset({"double", "float"})
 INTEGRAL = frozenset({"long", "integer"})
 DEFAULT_TOP_K = 5  # contributions listed per explained record when `top_k` is not given
 MAX_EXPLAINED_RECORDS = 100
+_ABSENT = object()
+# the value types `FieldSpec.check` always accepts for a kind (a float still has to be finite, an int in range)
+_PLAIN = {"double": frozenset({float, int}), "float": frozenset({float, int}), "long": frozenset({int}),
+          "integer": frozenset({int}), "string": frozenset({str}), "binary": frozenset({str}),
+          "boolean": frozenset({bool})}
 _BOOLEAN = {"true": True, "1": True, "false": False, "0": False}
 _DIGITS = re.compile(r"[0-9]{1,9}")
 
@@ -135,6 +140,9 @@ class InputSchema:
         self.fields = tuple(fields)
         self.names = tuple(f.name for f in self.fields)
         self._by_name = {f.name: f for f in self.fields}
+        plain = all(f.kind in _PLAIN for f in self.fields)
+        self._plain = tuple((f.name, _PLAIN[f.kind], f.required, _INT_RANGE.get(f.kind)) for f in self.fields) \
+            if plain else None
 
     @classmethod
     def from_signature(cls, signature: Any) -> InputSchema:
@@ -155,7 +163,7 @@ class InputSchema:
         """The problems of one record (empty when it is valid)."""
         if not isinstance(record, dict):
             return [problem(index, None, "type", f"expected a JSON object, got {_json_type(record)}")]
-        if not self.fields:
+        if not self.fields or self._valid_plain(record, allowed_extra):
             return []
         found: list[dict[str, Any]] = []
         present = 0
@@ -174,6 +182,31 @@ class InputSchema:
             found.extend(problem(index, str(k)[:100], "extra", f"{str(k)[:100]!r} is not a model input")
                          for k in extra)
         return found
+
+    def _valid_plain(self, record: dict[str, Any], allowed_extra: Iterable[str]) -> bool:
+        """True if `record` certainly passes `FieldSpec.check` on every field and has no extra key: the common case
+        for signatures of numbers, strings and booleans, decided without building a problem list. False means
+        "check field by field" (`check_record` then reports what is wrong, if anything)."""
+        if self._plain is None:
+            return False
+        present = 0
+        for name, types, required, bounds in self._plain:
+            value = record.get(name, _ABSENT)
+            kind = type(value)
+            if kind in types:
+                if kind is float:
+                    if value - value != 0.0:  # NaN or ±Infinity
+                        return False
+                elif bounds is not None and kind is int and not bounds[0] <= value <= bounds[1]:
+                    return False
+                present += 1
+            elif value is None:
+                if required:
+                    return False
+                present += 1
+            elif value is not _ABSENT or required:
+                return False
+        return present == len(record) or all(k in self._by_name or k in allowed_extra for k in record)
 
     def frame(self, records: Sequence[dict[str, Any]]) -> pd.DataFrame:
         """The model input: one column per signature field, in signature order, built column by column."""
