@@ -29,7 +29,7 @@ Result = tuple[dict[str, bool], float, dict[str, float]]
 
 
 def _crispflow(ref: pd.DataFrame, cur: pd.DataFrame, cfg: dict[str, Any]) -> Result:
-    import scipy.stats  # noqa: F401  (imports are not timed; crispflow.monitoring loads scipy.stats lazily)
+    import scipy.special  # noqa: F401  (imports are not timed; crispflow.stats loads scipy.special lazily)
 
     from crispflow.monitoring import build_profile, compute_drift
 

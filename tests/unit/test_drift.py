@@ -101,8 +101,9 @@ def test_importance_weights_the_verdict(synthetic_reference) -> None:
     assert compute_drift(profile, window, importance={"lognormal": 1.0, "normal": 0.5})["drift"]
     with pytest.raises(DriftInputError, match=r"unknown feature\(s\) \['nope'\]"):
         compute_drift(profile, window, importance={"nope": 1.0})
-    with pytest.raises(DriftInputError, match="importance: normal"):
-        compute_drift(profile, window, importance={"normal": float("nan")})
+    for bad in (float("nan"), True, "1"):  # a bool is no weight, although Python counts it as an int
+        with pytest.raises(DriftInputError, match="importance: normal"):
+            compute_drift(profile, window, importance={"normal": bad})
 
 
 def test_empty_and_tiny_windows_are_insufficient_data(synthetic_reference) -> None:

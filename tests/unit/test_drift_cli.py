@@ -99,3 +99,49 @@ def test_random_numeric_file_without_spec(tmp_path, capsys) -> None:
                                                                                       index=False)
     code, out, _ = drift(capsys, "--reference", tmp_path / "r.csv", "--current", tmp_path / "c.csv")
     assert code == 0 and "verdict: no drift" in out
+
+
+def test_drift_without_a_spec_never_imports_pandas_scipy_stats_or_the_stack(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(1)
+    for name, rows in (("r", 400), ("c", 200)):
+        pd.DataFrame({"a": rng.normal(size=rows), "b": rng.choice(["u", "v"], rows)}).to_csv(tmp_path / f"{name}.csv",
+                                                                                            index=False)
+    pd.DataFrame({"a": rng.normal(size=200), "b": rng.choice(["u", "v"], 200)}).to_parquet(tmp_path / "c.parquet")
+    code = (
+        "import sys\n"
+        "from crispflow.stack.main import main\n"
+        f"for current in ('c.csv', 'c.parquet'):\n"
+        f"    assert main(['drift', '--reference', {str(tmp_path / 'r.csv')!r}, '--current', "
+        f"{str(tmp_path)!r} + '/' + current]) in (0, 1)\n"
+        "heavy = ['pandas', 'scipy.stats', 'sklearn', 'mlflow', 'requests', 'airflow']\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_arrow_reading_gives_the_pandas_report(tmp_path, suffix) -> None:
+    from crispflow.monitoring.cli import read_data
+    from crispflow.monitoring.drift import compute_drift
+
+    rng = np.random.default_rng(2)
+
+    def frame(rows: int, shift: float) -> pd.DataFrame:
+        return pd.DataFrame({"x": rng.normal(shift, 1, rows), "n": rng.integers(0, 5, rows),
+                             "flag": rng.random(rows) < 0.3 + shift, "s": rng.choice(["u", "v", "w", "NA", ""], rows),
+                             "gaps": np.where(rng.random(rows) < 0.1 + shift, np.nan, rng.normal(size=rows))})
+
+    paths = {}
+    for name, data in (("ref", frame(3000, 0.0)), ("cur", frame(1000, 0.2))):
+        paths[name] = str(tmp_path / f"{name}{suffix}")
+        data.to_csv(paths[name], index=False) if suffix == ".csv" else data.to_parquet(paths[name])
+    tables = {k: read_data(p, k, arrow=True) for k, p in paths.items()}
+    frames = {k: read_data(p, k) for k, p in paths.items()}
+    assert all(type(t).__module__.startswith("pyarrow") for t in tables.values())
+    profile = build_profile(None, tables["ref"])
+    assert profile == build_profile(None, frames["ref"])
+    assert compute_drift(profile, tables["cur"]) == compute_drift(profile, frames["cur"])

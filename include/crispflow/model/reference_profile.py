@@ -31,8 +31,10 @@
   transform for RMSE), so a window's metrics can be compared with both samples' noise accounted for.
   Pass out-of-fold or holdout scores here: in-sample scores make the reference look better than it is.
 
-Datetime columns are skipped. Everything is JSON-safe (NaN → null) and deterministic: the same data gives the same
-profile byte for byte (`save_profile` writes sorted keys, atomically).
+A frame is a pandas DataFrame or a pyarrow Table (the drift CLI reads files with pyarrow, so it never imports
+pandas): numeric, boolean and string Arrow columns are handled natively, any other Arrow column through pandas,
+with the same result either way. Datetime columns are skipped. Everything is JSON-safe (NaN → null) and
+deterministic: the same data gives the same profile byte for byte (`save_profile` writes sorted keys, atomically).
 """
 
 from __future__ import annotations
@@ -45,14 +47,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from crispflow.errors import CrispflowError
 from crispflow.lake import write_atomic
 from crispflow.stats import bin_codes, bin_sums, hanley_mcneil_se, quantile_edges
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from crispflow.spec import PipelineSpec
+
+Frame = Any  # a pandas DataFrame or a pyarrow Table
+Column = Any  # a pandas Series, a pyarrow (Chunked)Array or a numpy array
 
 FORMAT = "crispflow.drift_profile/1"
 DEFAULT_BINS = 20
@@ -63,6 +69,7 @@ TASK_PERFORMANCE: dict[str, tuple[str, ...]] = {
 LOWER_IS_BETTER = frozenset({"log_loss", "rmse", "mae"})
 TASKS = tuple(TASK_PERFORMANCE)
 PREDICTION = "__prediction__"
+CATEGORICAL_ARROW = ("int", "bool", "text")  # Arrow types whose values are counted natively
 
 
 class DriftInputError(CrispflowError):
@@ -72,8 +79,73 @@ class DriftInputError(CrispflowError):
 # ------------------------------------------------------------------------------------------------- values
 
 
-def numeric_values(series: pd.Series) -> np.ndarray:
+def is_arrow(data: Any) -> bool:
+    """True for a pyarrow Table or (Chunked)Array (told by its module, so pyarrow is never imported for it)."""
+    return type(data).__module__.split(".")[0] == "pyarrow"
+
+
+def column_names(frame: Frame) -> list[Any]:
+    """The column names of a DataFrame or an Arrow Table."""
+    return list(frame.column_names if is_arrow(frame) else frame.columns)
+
+
+def _arrow_kind(column: Any) -> str | None:
+    """"float", "int", "bool" or "text" for the Arrow types handled natively; None for any other (pandas does)."""
+    import pyarrow as pa
+
+    kind = column.type
+    for name, test in (("float", pa.types.is_floating), ("int", pa.types.is_integer), ("bool", pa.types.is_boolean),
+                       ("text", pa.types.is_string), ("text", pa.types.is_large_string)):
+        if test(kind):
+            return name
+    return None
+
+
+def _native(column: Column, kinds: tuple[str, ...]) -> bool:
+    """An Arrow column of one of `kinds`. Categorical code leaves floats (NaN is missing in pandas) and integers
+    with nulls (floats in pandas, so 1 reads "1.0") to pandas."""
+    if not is_arrow(column):
+        return False
+    kind = _arrow_kind(column)
+    return kind in kinds and not (kind == "int" and "float" not in kinds and column.null_count)
+
+
+def _one_array(column: Any) -> Any:
+    return column.combine_chunks() if hasattr(column, "combine_chunks") else column
+
+
+def _arrow_numpy(array: Any, dtype: type, fill: float) -> np.ndarray:
+    """A primitive Arrow array as numpy, nulls as `fill`, read from its buffers (pyarrow's `to_numpy` imports
+    pandas)."""
+    if not len(array):
+        return np.empty(0, dtype=dtype)
+    size = np.dtype(dtype).itemsize
+    values = np.frombuffer(array.buffers()[1], dtype=dtype, count=len(array), offset=array.offset * size)
+    if not array.null_count:
+        return values
+    valid = np.unpackbits(np.frombuffer(array.buffers()[0], dtype=np.uint8), bitorder="little")
+    return np.where(valid[array.offset:array.offset + len(array)].astype(bool), values, fill)
+
+
+def _as_pandas(column: Column) -> pd.Series:
+    import pandas as pd
+
+    if is_arrow(column):
+        return column.to_pandas()
+    return pd.Series(column) if isinstance(column, np.ndarray) else column
+
+
+def numeric_values(series: Column) -> np.ndarray:
     """float64 values: numbers as they are (±inf kept), anything not a number (None, pd.NA, text) → NaN."""
+    if isinstance(series, np.ndarray) and series.dtype.kind in "biuf":
+        return series.astype("float64")
+    if _native(series, ("float", "int", "bool")):
+        import pyarrow as pa
+
+        return _arrow_numpy(_one_array(series).cast(pa.float64(), safe=False), np.float64, np.nan)
+    import pandas as pd
+
+    series = _as_pandas(series)
     if pd.api.types.is_bool_dtype(series.dtype):
         return series.astype("float64").to_numpy()
     if pd.api.types.is_numeric_dtype(series.dtype):
@@ -86,13 +158,26 @@ def pseudonym(value: str) -> str:
     return "sha256:" + hashlib.sha256(value.encode()).hexdigest()[:16]
 
 
-def category_codes(series: pd.Series, categories: Sequence[str], hashed: bool = False) -> tuple[np.ndarray, list[str]]:
+def _factorize(series: Column) -> tuple[np.ndarray, list[str]]:
+    """(codes, distinct values as text): one hash pass, code -1 = missing."""
+    if _native(series, CATEGORICAL_ARROW):
+        import pyarrow as pa
+
+        encoded = _one_array(series).dictionary_encode()
+        codes = _arrow_numpy(encoded.indices.cast(pa.int64()), np.int64, -1)
+        return codes, [str(v) for v in encoded.dictionary.to_pylist()]
+    import pandas as pd
+
+    codes, uniques = pd.factorize(_as_pandas(series), use_na_sentinel=True)
+    return codes, [str(u) for u in uniques]
+
+
+def category_codes(series: Column, categories: Sequence[str], hashed: bool = False) -> tuple[np.ndarray, list[str]]:
     """Codes against a profile's categories: 0..k-1 known, k "other" (unseen), k+1 missing; plus the unseen values.
 
     Hash-factorises the column once, then maps only its distinct values (so 1M rows with 50 values cost one pass).
     """
-    codes, uniques = pd.factorize(series, use_na_sentinel=True)
-    texts = [str(u) for u in uniques]
+    codes, texts = _factorize(series)
     keys = [pseudonym(t) for t in texts] if hashed else texts
     index = {c: i for i, c in enumerate(categories)}
     k = len(categories)
@@ -132,25 +217,39 @@ def numeric_profile(values: np.ndarray, bins: int = DEFAULT_BINS) -> dict[str, A
     }
 
 
-def categorical_profile(series: pd.Series, top_k: int = DEFAULT_TOP_K, hashed: bool = False) -> dict[str, Any]:
-    """Top-k values (as text, or pseudonyms if `hashed`) with counts, then "other" and "missing" counts."""
+def _text_counts(series: Column) -> tuple[list[tuple[str, int]], int]:
+    """(distinct present value as text, count) pairs, and the number of missing values."""
+    if _native(series, CATEGORICAL_ARROW):
+        import pyarrow.compute as pc
+
+        counted = pc.value_counts(series)
+        pairs = zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist(), strict=True)
+        return [(str(v), int(c)) for v, c in pairs if v is not None], int(series.null_count)
+    series = _as_pandas(series)
     present = series[series.notna()]
-    text = present.astype("string")
-    counts = text.value_counts(sort=False)
-    if hashed:  # pseudonymise the distinct values, not every row
-        counts = pd.Series(counts.to_numpy(), index=[pseudonym(str(v)) for v in counts.index]).groupby(level=0).sum()
+    counts = present.astype("string").value_counts(sort=False)
+    return [(str(v), int(c)) for v, c in counts.items()], int(series.size - present.size)
+
+
+def categorical_profile(series: Column, top_k: int = DEFAULT_TOP_K, hashed: bool = False) -> dict[str, Any]:
+    """Top-k values (as text, or pseudonyms if `hashed`) with counts, then "other" and "missing" counts."""
+    pairs, missing = _text_counts(series)
+    counts: dict[str, int] = {}
+    for text, count in pairs:  # pseudonymise the distinct values, not every row
+        key = pseudonym(text) if hashed else text
+        counts[key] = counts.get(key, 0) + count
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     top = ranked[:top_k]
     other = int(sum(c for _, c in ranked[top_k:]))
     return {
         "kind": "categorical",
         "categories": [str(k) for k, _ in top],
-        "counts": [int(c) for _, c in top] + [other, int(series.size - present.size)],
+        "counts": [int(c) for _, c in top] + [other, missing],
         "hashed": hashed,
     }
 
 
-def feature_kinds(frame: pd.DataFrame, spec: PipelineSpec | None = None) -> dict[str, str]:
+def feature_kinds(frame: Frame, spec: PipelineSpec | None = None) -> dict[str, str]:
     """Feature -> "numeric" | "categorical": from the spec's column types, else inferred from dtypes.
 
     Without a spec every column is a feature; datetime columns are skipped either way.
@@ -161,12 +260,33 @@ def feature_kinds(frame: pd.DataFrame, spec: PipelineSpec | None = None) -> dict
         groups = column_groups(spec)
         kinds = {c: "numeric" for c in groups["numeric"]} | {c: "categorical" for c in groups["text"]}
         return {c: kinds[c] for c in spec.feature_columns if c in kinds}
+    if is_arrow(frame):
+        return _arrow_feature_kinds(frame)
+    import pandas as pd
+
     out: dict[str, str] = {}
     for name, dtype in frame.dtypes.items():
         if pd.api.types.is_datetime64_any_dtype(dtype):
             continue
         numeric = pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
         out[str(name)] = "numeric" if numeric else "categorical"
+    return out
+
+
+def _arrow_feature_kinds(table: Any) -> dict[str, str]:
+    """As for a DataFrame: timestamps skipped, integers and floats numeric, the rest categorical; a column of any
+    other type decides as pandas would (a date, for one, is categorical in pandas)."""
+    import pyarrow as pa
+
+    out: dict[str, str] = {}
+    for field in table.schema:
+        if pa.types.is_timestamp(field.type):
+            continue
+        kind = _arrow_kind(table[field.name])
+        if kind is None:
+            out |= feature_kinds(table.select([field.name]).to_pandas())
+        else:
+            out[field.name] = "numeric" if kind in ("float", "int") else "categorical"
     return out
 
 
@@ -305,6 +425,8 @@ def predicted_codes(output: np.ndarray) -> np.ndarray:
 
 def class_texts(codes: np.ndarray, classes: Sequence[str]) -> pd.Series:
     """Class codes as the class labels' text (what the class profiles count); -1 (no class) is missing."""
+    import pandas as pd
+
     names = np.array([*classes, None], dtype=object)
     return pd.Series(names[np.where((codes >= 0) & (codes < len(classes)), codes, len(classes))], dtype=object)
 
@@ -357,7 +479,7 @@ def _outcome_profiles(task: str, classes: list[str], output: np.ndarray | None, 
 
 def build_profile(
     spec: PipelineSpec | None,
-    frame: pd.DataFrame,
+    frame: Frame,
     scores: Any = None,
     labels: Any = None,
     *,
@@ -383,7 +505,8 @@ def build_profile(
         raise DriftInputError(f"bins ({bins}) and top_k ({top_k}) must be >= 1")
     task, class_names = _task_of(spec, task, classes)
     kinds = feature_kinds(frame, spec)
-    missing = [c for c in kinds if c not in frame.columns]
+    columns = column_names(frame)
+    missing = [c for c in kinds if c not in columns]
     if missing:
         raise DriftInputError(f"reference data: missing feature column(s) {missing}")
     if not kinds:
@@ -396,7 +519,7 @@ def build_profile(
             features[name] = numeric_profile(numeric_values(frame[name]), bins)
         else:
             features[name] = categorical_profile(frame[name], top_k, hashed=name in pii)
-    if labels is None and spec is not None and spec.target.column in frame.columns:
+    if labels is None and spec is not None and spec.target.column in columns:
         from crispflow.model.tasks import labels as task_labels
 
         labels = task_labels(spec, frame)

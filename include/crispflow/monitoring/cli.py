@@ -9,6 +9,10 @@ spec it is a prefix, the probability of class C being column `<prefix>C` (batch 
 spec's task decides the label and performance tests (`crispflow.monitoring.drift`). Exit codes: 0 no drift,
 1 drift, 2 bad input (message on stderr naming the file, column or field) — including a CUR with fewer rows
 than `--min-rows`, where no decision is possible (the report is still printed).
+
+Without `--spec` the files are read with pyarrow (of a Parquet CUR only the profiled columns), as pandas would
+read them, and pandas is never imported; a file pyarrow cannot read that way (a CSV with dates, an integer column
+with gaps, a read error) goes through pandas, whose messages name the problem.
 """
 
 from __future__ import annotations
@@ -16,8 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from crispflow.errors import CrispflowError
 
@@ -28,6 +35,9 @@ if TYPE_CHECKING:
     from crispflow.spec import PipelineSpec
 
 DATA_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+PANDAS_NA = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A",
+             "NA", "NULL", "NaN", "None", "n/a", "nan", "null")  # pandas.read_csv's default missing values
+PANDAS_TRUE, PANDAS_FALSE = ("True", "TRUE", "true"), ("False", "FALSE", "false")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,22 +59,63 @@ class BadInput(CrispflowError):
     """The CLI's inputs are unusable; the message names the file or column."""
 
 
-def read_data(path: str, what: str) -> pd.DataFrame:
-    import pandas as pd
-
-    """A CSV or Parquet file as a DataFrame; BadInput naming `what` and the file otherwise."""
+def read_data(path: str, what: str, *, arrow: bool = False, columns: Sequence[str] | None = None) -> Any:
+    """A CSV or Parquet file as a DataFrame, or with `arrow` as an Arrow Table when pyarrow reads it as pandas
+    would (`read_arrow`; `columns`: only those of a Parquet file); BadInput naming `what` and the file otherwise."""
     source = Path(path)
     kind = DATA_SUFFIXES.get(source.suffix.lower())
     if kind is None:
         raise BadInput(f"{what} {source}: unsupported file type {source.suffix!r} (use .csv or .parquet)")
     if not source.is_file():
         raise BadInput(f"{what} {source}: no such file")
+    table = read_arrow(source, kind, columns) if arrow else None
+    if table is not None:
+        return table
+    import pandas as pd
+
     try:
         return pd.read_csv(source) if kind == "csv" else pd.read_parquet(source)
     except pd.errors.EmptyDataError:
         raise BadInput(f"{what} {source}: the file is empty (not even a header)") from None
     except Exception as exc:  # corrupt parquet, bad CSV quoting, ...: the reader's own words
         raise BadInput(f"{what} {source}: cannot read as {kind}: {type(exc).__name__}: {exc}") from None
+
+
+def read_arrow(source: Path, kind: str, columns: Sequence[str] | None = None) -> Any:
+    """The file as an Arrow Table whose columns hold what pandas would read (CSV: pandas' missing and boolean
+    words; Parquet: without the pandas index), or None when only pandas reads it so: a read error, a CSV column
+    of another type than number, boolean or text (dates, all empty), unnamed or repeated column names, an
+    integer column with missing values (floats in pandas)."""
+    import pyarrow as pa
+
+    csv_types = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_string,
+                 pa.types.is_large_string)
+    try:
+        if kind == "csv":
+            import pyarrow.csv as pcsv
+
+            table = pcsv.read_csv(source, convert_options=pcsv.ConvertOptions(
+                null_values=list(PANDAS_NA), strings_can_be_null=True, true_values=list(PANDAS_TRUE),
+                false_values=list(PANDAS_FALSE)))
+        else:
+            import pyarrow.parquet as pq
+
+            parquet = pq.ParquetFile(source)  # not pq.read_table: its pyarrow.dataset imports pandas
+            schema = parquet.schema_arrow
+            index = {c for c in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)}
+            names = [c for c in schema.names if c not in index and (columns is None or c in columns)]
+            table = parquet.read(columns=names)
+    except (pa.ArrowException, OSError, ValueError):
+        return None
+    names = table.column_names
+    if len(set(names)) < len(names) or "" in names:
+        return None
+    for column in table.columns:
+        if pa.types.is_integer(column.type) and column.null_count:
+            return None
+        if kind == "csv" and not any(test(column.type) for test in csv_types):
+            return None
+    return table
 
 
 def read_spec(value: str, settings: Settings) -> PipelineSpec:
@@ -103,42 +154,46 @@ def score_columns(spec: PipelineSpec | None, column: str) -> list[str]:
     return [column]
 
 
-def _scores(frame: pd.DataFrame, column: str | None, what: str, spec: PipelineSpec | None = None) -> Any:
+def _scores(frame: Any, column: str | None, what: str, spec: PipelineSpec | None = None) -> Any:
     if column is None:
         return None
+    from crispflow.model.reference_profile import column_names, numeric_values
+
     columns = score_columns(spec, column)
-    absent = [c for c in columns if c not in frame.columns]
+    present = set(column_names(frame))
+    absent = [c for c in columns if c not in present]
     if absent:
         raise BadInput(f"{what}: no score column(s) {absent}")
-    import pandas as pd
-
-    values = frame[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
-    return values if len(columns) > 1 else values[:, 0]
+    values = [numeric_values(frame[c]) for c in columns]
+    return np.column_stack(values) if len(columns) > 1 else values[0]
 
 
 def compare(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """The drift report for the parsed arguments (BadInput / DriftInputError / SpecError on bad input)."""
-    from crispflow.model.reference_profile import build_profile, load_profile
+    from crispflow.model.reference_profile import build_profile, column_names, is_arrow, load_profile
     from crispflow.monitoring.drift import DriftSettings, compute_drift
 
     spec = read_spec(args.spec, settings) if args.spec else None
     drift_settings = DriftSettings(alpha=args.alpha, min_psi=args.min_psi, min_drift_share=args.min_drift_share,
                                    min_rows=args.min_rows)
+    arrow = spec is None  # a spec's labels and types are read through pandas (crispflow.model.tasks)
+    scored = score_columns(spec, args.score_column) if args.score_column else []
     if Path(args.reference).suffix.lower() == ".json":
         profile = load_profile(args.reference)
     else:
-        ref = read_data(args.reference, "reference")
+        ref = read_data(args.reference, "reference", arrow=arrow)
         if args.score_column:  # the score is the model's output, not a feature
             ref_scores = _scores(ref, args.score_column, f"reference {args.reference}", spec)
-            ref = ref.drop(columns=score_columns(spec, args.score_column))
+            ref = ref.drop_columns(scored) if is_arrow(ref) else ref.drop(columns=scored)
         else:
             ref_scores = None
-        if spec is None and not len(ref.columns):
+        if spec is None and not column_names(ref):
             raise BadInput(f"reference {args.reference}: no columns")
         profile = build_profile(spec, ref, scores=ref_scores, labels=_labels(spec, ref))
-    cur = read_data(args.current, "current")
+    cur = read_data(args.current, "current", arrow=arrow, columns=[*profile["features"], *scored])
     importance = read_importance(args.importance) if args.importance else None
-    missing = [c for c in profile["features"] if c not in cur.columns]
+    present = set(column_names(cur))
+    missing = [c for c in profile["features"] if c not in present]
     if missing and len(cur):
         raise BadInput(f"current {args.current}: missing column(s) {missing} (present in the reference)")
     return compute_drift(profile, cur, scores=_scores(cur, args.score_column, f"current {args.current}", spec),

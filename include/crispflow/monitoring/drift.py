@@ -1,4 +1,5 @@
-"""Drift of a window (a DataFrame) against a reference profile: two-sample tests on binned counts, FDR control.
+"""Drift of a window (a DataFrame or an Arrow Table) against a reference profile: two-sample tests on binned
+counts, FDR control.
 
 Every window is binned once against the profile's edges/categories (`searchsorted` / hash-factorise, then
 `bincount`), so one pass over the data gives everything below. Tests treat the reference counts as a sample too
@@ -49,19 +50,20 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
-from scipy import special
 
 from crispflow.lake import json_safe
 from crispflow.model.reference_profile import (
     LOWER_IS_BETTER,
     TASK_PERFORMANCE,
+    Column,
     DriftInputError,
+    Frame,
     as_task_labels,
     as_task_output,
     category_codes,
     check_profile,
     class_texts,
+    column_names,
     numeric_values,
     predicted_codes,
     profile_task,
@@ -75,6 +77,7 @@ from crispflow.stats import (
     chi2_homogeneity,
     js_distance,
     ks_binned,
+    normal_sf,
     psi,
     rate_test,
     wasserstein_binned,
@@ -137,7 +140,7 @@ def _proportions(counts: np.ndarray) -> list[float]:
     return (counts / total).tolist() if total else [0.0] * counts.size
 
 
-def _numeric(feat: Mapping[str, Any], series: pd.Series, min_rows: int) -> dict[str, Any]:
+def _numeric(feat: Mapping[str, Any], series: Column, min_rows: int) -> dict[str, Any]:
     edges = np.asarray(feat["edges"], dtype=float)
     ref = np.asarray(feat["counts"], dtype=float)
     values = numeric_values(series)
@@ -173,7 +176,7 @@ def _numeric(feat: Mapping[str, Any], series: pd.Series, min_rows: int) -> dict[
     return out
 
 
-def _categorical(feat: Mapping[str, Any], series: pd.Series, min_rows: int) -> dict[str, Any]:
+def _categorical(feat: Mapping[str, Any], series: Column, min_rows: int) -> dict[str, Any]:
     categories = feat["categories"]
     hashed = bool(feat.get("hashed"))
     ref = np.asarray(feat["counts"], dtype=float)
@@ -209,7 +212,7 @@ def _weights(features: list[str], importance: Mapping[str, float] | None) -> dic
     if unknown:
         raise DriftInputError(f"importance: unknown feature(s) {unknown}")
     for name, value in importance.items():
-        if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
             raise DriftInputError(f"importance: {name}: {value!r} must be a finite number >= 0")
     total = float(sum(importance.values()))
     if total <= 0:
@@ -229,7 +232,7 @@ def _performance(profile: Mapping[str, Any], task: str, output: np.ndarray, labe
         if r.get("value") is not None and c["value"] is not None and c["se"] is not None and enough:
             se = math.sqrt((r.get("se") or 0.0) ** 2 + c["se"] ** 2)
             worse_by = c["value"] - r["value"] if name in LOWER_IS_BETTER else r["value"] - c["value"]
-            p = float(special.ndtr(-worse_by / se)) if se > 0 else float(worse_by <= 0)
+            p = normal_sf(worse_by / se) if se > 0 else float(worse_by <= 0)
             entry.update(p_value=p, status="ok")
         out["metrics"][name] = entry
     return out
@@ -243,7 +246,7 @@ def _label(profile: Mapping[str, Any], task: str, labels: np.ndarray, min_rows: 
                 "current_rate": float(labels.mean()), "rows": rows,
                 "p_value": rate_test(ref["positives"], ref["rows"], int(labels.sum()), rows), "status": "ok"}
     if task == "regression":
-        return _numeric(ref, pd.Series(labels), min_rows)
+        return _numeric(ref, labels, min_rows)
     return _categorical(ref, class_texts(labels, profile["classes"]), min_rows)
 
 
@@ -273,7 +276,7 @@ def _empty_report(profile: Mapping[str, Any], rows: int, settings: DriftSettings
 
 def compute_drift(
     profile: Mapping[str, Any],
-    window: pd.DataFrame,
+    window: Frame,
     *,
     scores: Any = None,
     labels: Any = None,
@@ -297,7 +300,8 @@ def compute_drift(
     rows = len(window)
     if rows < settings.min_rows:
         return _empty_report(profile, rows, settings)
-    absent = [c for c in names if c not in window.columns]
+    columns = set(column_names(window))
+    absent = [c for c in names if c not in columns]
     if absent:
         raise DriftInputError(f"current data: missing feature column(s) {absent}")
     features: dict[str, dict[str, Any]] = {}
@@ -313,7 +317,7 @@ def compute_drift(
     label_arr = as_task_labels(task, labels, rows, k) if labels is not None else None
     if output is not None and profile.get("prediction"):
         score = output if task != "multiclass" else np.max(output, axis=1)
-        prediction = _numeric(profile["prediction"], pd.Series(score), settings.min_rows)
+        prediction = _numeric(profile["prediction"], score, settings.min_rows)
         if prediction["p_value"] is not None:
             tests.append(("prediction", prediction))
     if output is not None and profile.get("predicted_class"):
