@@ -585,8 +585,8 @@ def test_prod_local_profile_is_the_production_topology(settings: Settings) -> No
         "ledger-reader",
         "monitoring-config",
         "db-migrate",
-        "pool-crispflow_promotions",
     ]
+    assert profile.step("db-migrate").argv[-2:] == ("-m", "crispflow_airflow.db_setup")
     assert profile.step("reset-state").argv[-3:] == ns.databases
     assert profile.step("ledger-reader").argv[-2:] == (ns.ledger_db, ns.ledger_reader)
     scheduler = by_name["airflow-scheduler"].env
@@ -668,10 +668,11 @@ def test_worker_reports_its_own_host_name(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_the_pool_the_stack_creates_is_the_one_the_promotion_operators_use() -> None:
     from crispflow.release.promotion import POOL
-    from crispflow.stack.local import POOLS
+    from crispflow_airflow.db_setup import commands
 
     source = (Path(__file__).resolve().parents[2] / "plugins/crispflow_airflow/operators/promotion.py").read_text()
-    assert POOLS[0][0] == POOL and "from crispflow.release.promotion import POOL" in source
+    assert ["pools", "set", POOL] in [argv[:3] for argv in commands()]
+    assert "from crispflow.release.promotion import POOL" in source
 
 
 def test_a_failed_start_also_stops_processes_whose_title_changed(paths: StackPaths, tmp_path: Path) -> None:

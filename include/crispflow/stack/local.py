@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from crispflow.pools import POOLS
 from crispflow.settings import Settings
 from crispflow.stack.credentials import AIRFLOW_USERS, Secrets
 from crispflow.stack.paths import StackPaths
@@ -22,6 +21,8 @@ from crispflow.stack.topology import MODEL_SERVER, ProcessSpec, Profile, SetupSt
 LOCAL = "local"
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 AIRFLOW_HEALTH_PATH = "/api/v2/monitor/health"
+# LocalExecutor whose workers have the task libraries imported before they fork tasks (see its module)
+PRELOADING_LOCAL_EXECUTOR = "crispflow_airflow.executors.preloading_local_executor.PreloadingLocalExecutor"
 
 
 def venv_bin() -> Path:
@@ -45,7 +46,7 @@ def airflow_env(settings: Settings, ports: Ports, creds: Secrets) -> dict[str, s
         # a task's supervisor that misses its process's exit by a moment sleeps until the next heartbeat check:
         # up to 5 s idle per task by default; 1 s bounds it (one heartbeat call per running task per second)
         "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__EXECUTOR": PRELOADING_LOCAL_EXECUTOR,
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{paths.airflow_db.resolve()}",
         "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in AIRFLOW_USERS.items()),
@@ -81,9 +82,10 @@ def airflow_env(settings: Settings, ports: Ports, creds: Secrets) -> dict[str, s
 
 
 def airflow_setup_steps(airflow: str, env: Mapping[str, str]) -> tuple[SetupStep, ...]:
-    """`airflow db migrate`, then one `airflow pools set` (an upsert: safe to rerun) per pool the DAGs use."""
-    pools = [SetupStep(f"pool-{name}", (airflow, "pools", "set", name, str(n), info), env) for name, n, info in POOLS]
-    return (SetupStep("db-migrate", (airflow, "db", "migrate"), env), *pools)
+    """`airflow db migrate`, then `airflow pools set` per pool the DAGs use, in one interpreter
+    (`crispflow_airflow.db_setup`; `airflow` names the venv whose Python runs it)."""
+    python = str(Path(airflow).with_name("python"))
+    return (SetupStep("db-migrate", (python, "-m", "crispflow_airflow.db_setup"), env),)
 
 
 def serve_spec(ports: Ports, base_env: Mapping[str, str], extra_env: Mapping[str, str] | None = None) -> ProcessSpec:

@@ -1,0 +1,1 @@
+"""Executors: Airflow's LocalExecutor with crispflow's libraries preloaded in its worker processes."""
