@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from support.stack import Stack, cli, started_stack
 
 from crispflow.data.datasets import read_manifest
 from crispflow.lake import Lake
+from crispflow.stack.demo import Progress
 from crispflow.stack.ports import port_in_use
 from crispflow.stack.processes import group_members, is_alive
 
@@ -96,10 +98,18 @@ def test_ingest_validate_publishes_a_dataset_version(live: Stack) -> None:
     api = live.api()
     api.wait_for_dag("ingest_validate", timeout=180)
     run_id = api.trigger("ingest_validate", INGEST_CONF)
-    state = api.wait_for_run("ingest_validate", run_id, timeout=300)
+    said: list[str] = []
+    progress = Progress("lending_club", said.append)  # what `crispflow demo` prints while it waits
+    progress.phase("ingest")
+    state = progress.wait_for_run(api, "ingest_validate", run_id, timeout=300)
+    progress.end_phase()
     tasks = {t["task_id"]: t["state"] for t in api.task_instances("ingest_validate", run_id)}
     assert state == "success", f"run {run_id} {state}: {tasks}; logs under {live.home / 'airflow' / 'logs'}"
     assert tasks == {"ingest": "success", "validate": "success", "publish": "success"}
+    assert said[0].endswith("lending_club] phase: ingest")
+    assert said[-1].endswith(f"ingest_validate run {run_id}: success")
+    assert all(re.match(r"\[ *\d+:\d\d lending_club\] ", line) for line in said), said
+    assert list(progress.timings) == ["ingest"]
 
     version_id = api.xcom("ingest_validate", run_id, "publish")["dataset_version_id"]
     manifest = read_manifest(Lake(live.home / "lake"), version_id, "lending_club")

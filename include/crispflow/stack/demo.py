@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from upath import UPath
@@ -27,12 +28,73 @@ PIPELINE = "lending_club"
 DEMO_CONF = {"pipeline": PIPELINE, "start": "2026-01-01", "end": "2026-10-01"}
 
 
+class Progress:
+    """What the demo is doing while it runs: the phase, each DAG run with its state changes and running tasks, and
+    the time since the demo started; `timings` keeps how long each phase took (for the summary)."""
+
+    HEARTBEAT_S = 30.0
+
+    def __init__(self, pipeline: str, echo: Callable[[str], None] = print) -> None:
+        self.pipeline, self.echo = pipeline, echo
+        self.started = time.monotonic()
+        self.timings: dict[str, str] = {}
+        self._phase: tuple[str, float] | None = None
+
+    def say(self, text: str) -> None:
+        elapsed = int(time.monotonic() - self.started)
+        self.echo(f"[{elapsed // 60:2d}:{elapsed % 60:02d} {self.pipeline}] {text}")
+
+    def phase(self, name: str) -> None:
+        """Start phase `name`, ending the one before."""
+        self.end_phase()
+        self._phase = (name, time.monotonic())
+        self.say(f"phase: {name}")
+
+    def end_phase(self) -> None:
+        if self._phase is not None:
+            name, began = self._phase
+            self.timings[name] = f"{time.monotonic() - began:.0f} s"
+            self._phase = None
+
+    def wait_for_run(self, api: AirflowAPI, dag_id: str, run_id: str, timeout: float) -> str:
+        """Poll the run until it finishes, saying each state change and, every HEARTBEAT_S, its running tasks."""
+        deadline = time.monotonic() + timeout
+        shown, beat = None, time.monotonic()
+        while True:
+            state = api.dag_run(dag_id, run_id).get("state")
+            if state != shown:
+                self.say(f"{dag_id} run {run_id}: {state}")
+                shown = state
+            elif time.monotonic() - beat >= self.HEARTBEAT_S:
+                self.say(f"{dag_id} run {run_id}: {state}; {_running(api, dag_id, run_id)}")
+                beat = time.monotonic()
+            if state in ("success", "failed"):
+                return state
+            if time.monotonic() >= deadline:
+                raise AirflowAPIError(f"run {run_id!r} of {dag_id!r} still {state!r} after {timeout:.0f} s")
+            time.sleep(2)
+
+
+def _running(api: AirflowAPI, dag_id: str, run_id: str) -> str:
+    """'running: a, b[2]' for the run's running and queued task instances."""
+    try:
+        tis = api.task_instances(dag_id, run_id)
+    except AirflowAPIError:
+        return "tasks unknown"
+    busy = [t["task_id"] + (f"[{t['map_index']}]" if t.get("map_index", -1) >= 0 else "")
+            for t in tis if t.get("state") in ("running", "queued", "scheduled", "deferred", "up_for_reschedule")]
+    return f"running: {', '.join(busy)}" if busy else "between tasks"
+
+
 def run_and_wait(api: AirflowAPI, dag_id: str, run_id: str | None, conf: dict[str, Any] | None = None,
-                 timeout: float = 600) -> str:
+                 timeout: float = 600, progress: Progress | None = None) -> str:
     """Trigger `dag_id` (unless `run_id` names an existing run), wait for it, fail clearly if it failed."""
     api.wait_for_dag(dag_id)
     run_id = run_id or api.trigger(dag_id, conf=conf)
-    state = api.wait_for_run(dag_id, run_id, timeout=timeout)
+    if progress is None:
+        state = api.wait_for_run(dag_id, run_id, timeout=timeout)
+    else:
+        state = progress.wait_for_run(api, dag_id, run_id, timeout)
     if state != "success":
         tasks = {t["task_id"]: t["state"] for t in api.task_instances(dag_id, run_id)}
         raise CrispflowError(f"{dag_id} run {run_id} ended {state}: {tasks}; see its task logs in the UI")
@@ -57,29 +119,37 @@ def training_run_for(api: AirflowAPI, version_id: str, timeout: float = 600, pip
     return None
 
 
-def ingest_and_train(api: AirflowAPI, conf: dict[str, Any]) -> dict[str, Any]:
+def ingest_and_train(api: AirflowAPI, conf: dict[str, Any], progress: Progress | None = None) -> dict[str, Any]:
     """Ingest an interval; wait for the training run its dataset event starts (or start one) and for it to end."""
-    ingest_run = run_and_wait(api, INGEST, None, conf)
+    ingest_run = run_and_wait(api, INGEST, None, conf, progress=progress)
     published = api.xcom(INGEST, ingest_run, "publish")
     version_id = published["dataset_version_id"]
+    if progress:
+        progress.phase("train, evaluate, explain, bless and register the first model")
     # A newly published version starts training through its asset event; otherwise train on it explicitly.
     train_run = training_run_for(api, version_id, pipeline=conf["pipeline"]) if published["event_emitted"] else None
     train_run = run_and_wait(api, TRAIN, train_run, {"pipeline": conf["pipeline"], "dataset_version_id": version_id},
-                             timeout=1800)
+                             timeout=1800, progress=progress)
     return {"ingest_run": ingest_run, "published": published, "train_run": train_run}
 
 
-def run_demo(api: AirflowAPI, settings: Settings, pipeline: str = PIPELINE) -> dict[str, Any]:
+def run_demo(api: AirflowAPI, settings: Settings, pipeline: str = PIPELINE,
+             echo: Callable[[str], None] = print) -> dict[str, Any]:
     """The lifecycle through the REST API: ingest → validate → publish → train → evaluate → bless (the first model
     becomes champion); then the later months arrive as live traffic, drift is found, the drift sensor retrains, and
     the blessed retrained model goes canary and is judged on labelled evidence. Any pipeline whose data has the
     demo's months (the three shipped specs) can run it; several can run at once on one stack."""
-    first = ingest_and_train(api, {**DEMO_CONF, "pipeline": pipeline})
+    progress = Progress(pipeline, echo)
+    progress.phase("ingest and validate January-September")
+    first = ingest_and_train(api, {**DEMO_CONF, "pipeline": pipeline}, progress)
     summary = _data_summary(api, settings, first["ingest_run"], first["published"], pipeline)
     summary.update(_model_summary(api, settings, first["train_run"], pipeline))
-    summary["drift loop"] = drift_phase(api, settings, pipeline) if not _loop_done(settings, pipeline) else {
+    summary["drift loop"] = drift_phase(api, settings, pipeline, progress) if not _loop_done(settings, pipeline) else {
         "already completed by an earlier demo run (the cooldown holds further retrains)": "see the ledger",
         "promotion ledger": _ledger_lines(settings, pipeline)}
+    progress.end_phase()
+    progress.say("done")
+    summary["time per phase"] = progress.timings
     return summary
 
 
@@ -138,7 +208,8 @@ def holdout_traffic(settings: Settings, pipeline: str = PIPELINE) -> tuple[Any, 
     return frame[[spec.key, *spec.feature_columns]], feedback_labels(spec, frame)
 
 
-def canary_phase(api: AirflowAPI, settings: Settings, pipeline: str = PIPELINE, rounds: int = 6) -> dict[str, Any]:
+def canary_phase(api: AirflowAPI, settings: Settings, pipeline: str = PIPELINE, rounds: int = 6,
+                 progress: Progress | None = None) -> dict[str, Any]:
     """Replay the holdout through the model server (labels fed back two seconds later) and run the canary
     analysis after each pass, until it promotes or rolls back the canary."""
     import requests
@@ -156,14 +227,16 @@ def canary_phase(api: AirflowAPI, settings: Settings, pipeline: str = PIPELINE, 
     share = mlf.get_registered_model(name).tags.get(promotion.CANARY_SHARE_TAG)
     rows, labels = holdout_traffic(settings, pipeline)
     decision, traffic, analysis_run = {"decision": "continue"}, {}, None
-    for _ in range(rounds):
+    for round_ in range(rounds):
+        if progress:
+            progress.say(f"canary pass {round_ + 1}: replaying {len(rows)} holdout records with their labels")
         stats = replay(settings.serve_url, rows, labels, batch=10, feedback_delay=2.0, model=name,
                        token=stack_token(settings.home))
         traffic = stats.as_dict()
         if stats.failed:
             raise CrispflowError(f"the model server failed {stats.failed} records: {stats.errors}")
         time.sleep(2.5)  # the server's prediction log flushes every second
-        analysis_run = run_and_wait(api, CANARY, None, {"pipeline": pipeline}, timeout=600)
+        analysis_run = run_and_wait(api, CANARY, None, {"pipeline": pipeline}, timeout=600, progress=progress)
         decision = api.xcom(CANARY, analysis_run, "analyse_and_act", map_index=0)  # mapped: one per pipeline
         if decision["decision"] != "continue":
             break
@@ -181,7 +254,8 @@ def canary_phase(api: AirflowAPI, settings: Settings, pipeline: str = PIPELINE, 
     }
 
 
-def drift_phase(api: AirflowAPI, settings: Settings, pipeline: str = PIPELINE) -> dict[str, Any]:
+def drift_phase(api: AirflowAPI, settings: Settings, pipeline: str = PIPELINE,
+                progress: Progress | None = None) -> dict[str, Any]:
     """The maintenance loop: the later, riskier months are ingested and arrive as live traffic; two monitoring
     windows find drift; the drift sensor fires once and alerts; the retraining DAG trains on the composed training
     window; the blessed result goes canary and is promoted on labelled evidence, like any other model."""
@@ -190,28 +264,41 @@ def drift_phase(api: AirflowAPI, settings: Settings, pipeline: str = PIPELINE) -
     from crispflow.model.registry import model_name
     from crispflow.stack.traffic import replay, stack_token
 
-    for year, month in LATER_MONTHS:  # the monthly ingests (each too small to train on alone)
-        end = f"{year + month // 12}-{month % 12 + 1:02d}-01"
-        run_and_wait(api, INGEST, None, {"pipeline": pipeline, "start": f"{year}-{month:02d}-01", "end": end})
+    if progress:
+        progress.phase("ingest October-December (monthly)")
+    # the monthly ingests (each too small to train on alone), triggered together: the DAG runs two at a time
+    api.wait_for_dag(INGEST)
+    runs = [api.trigger(INGEST, conf={"pipeline": pipeline, "start": f"{year}-{month:02d}-01",
+                                      "end": f"{year + month // 12}-{month % 12 + 1:02d}-01"})
+            for year, month in LATER_MONTHS]
+    for run_id in runs:
+        run_and_wait(api, INGEST, run_id, progress=progress)
+    if progress:
+        progress.phase("live traffic and drift monitoring")
     rows, labels = later_traffic(settings, pipeline)
     started = time.time()
     windows = []
     half = len(rows) // 2
     for chunk in (slice(0, half), slice(half, len(rows))):
         began = time.monotonic()
+        if progress:
+            progress.say(f"replaying {chunk.stop - chunk.start} records of the later months through the model server")
         stats = replay(settings.serve_url, rows.iloc[chunk], labels[chunk], batch=10, feedback_delay=1.0,
                        model=model_name(pipeline), token=stack_token(settings.home))
         if stats.failed:
             raise CrispflowError(f"the model server failed {stats.failed} records: {stats.errors}")
         time.sleep(2.5)  # the prediction log flushes every second
         minutes = max(1, math.ceil((time.monotonic() - began) / 60))
-        run = run_and_wait(api, MONITOR, None, {"pipeline": pipeline, "window_minutes": minutes}, timeout=600)
+        run = run_and_wait(api, MONITOR, None, {"pipeline": pipeline, "window_minutes": minutes}, timeout=600,
+                           progress=progress)
         windows.extend(api.xcom(MONITOR, run, "compute_drift", map_index=0)["summaries"])  # mapped per pipeline
     # A sensor for this pipeline (an hourly run may watch it too, or may have started before its champion existed:
     # the episode is claimed exclusively, so two sensors never fire it twice).
+    if progress:
+        progress.phase("drift sensor fires; retrain on the composed training window")
     api.trigger(WATCH, conf={"pipeline": pipeline})
     retrain = _run_after(api, RETRAIN, started, timeout=900, pipeline=pipeline)
-    run_and_wait(api, RETRAIN, retrain, timeout=2400)
+    run_and_wait(api, RETRAIN, retrain, timeout=2400, progress=progress)
     watch, fired, alert = _fired_watch(api, started, pipeline)
     resolved = api.xcom(RETRAIN, retrain, "resolve")
     out: dict[str, Any] = {
@@ -225,7 +312,9 @@ def drift_phase(api: AirflowAPI, settings: Settings, pipeline: str = PIPELINE) -
         f"{resolved['conf']['dataset_version_id']}",
     }
     out.update(_model_summary(api, settings, resolved["run_id"], pipeline))
-    out.update(canary_phase(api, settings, pipeline))
+    if progress:
+        progress.phase("canary: labelled traffic and canary analysis")
+    out.update(canary_phase(api, settings, pipeline, progress=progress))
     return out
 
 
@@ -375,10 +464,15 @@ def _fairness_line(verdict: dict[str, Any]) -> str:
         return "not measured (no sensitive column in the spec)"
     parts = []
     for column, report in (fairness.get("columns") or {}).items():
-        shown = [f"{name} {d['value']:.3f} [{d['ci_low']:.3f}, {d['ci_high']:.3f}]"
+        shown = [f"{name} {d['value']:.3f}" + _ci(d.get("ci_low"), d.get("ci_high"))
                  for name, d in (report.get("disparities") or {}).items() if d.get("value") is not None]
         parts.append(f"{column}: {', '.join(shown) or report.get('note', 'no disparity')}")
     return f"{fairness['decision']} (mode {fairness['mode']}); " + "; ".join(parts)
+
+
+def _ci(low: float | None, high: float | None) -> str:
+    """' [low, high]', or '' when the interval was not computed."""
+    return "" if low is None or high is None else f" [{low:.3f}, {high:.3f}]"
 
 
 def _decision_rule(registered: dict[str, Any]) -> str:
