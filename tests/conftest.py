@@ -47,3 +47,13 @@ def alertmanager(tmp_path: Path) -> Iterator[Any]:
 
     with run_alertmanager(tmp_path / "alertmanager") as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Native thread pools (BLAS, OpenMP) limited to one thread for a module's direct fits and scoring, as
+    crispflow's own (nested pools crawl on a busy CI box). Opt in: `pytestmark = pytest.mark.usefixtures(...)`."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield

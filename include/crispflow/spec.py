@@ -513,8 +513,6 @@ class Alerts(_Model):
         return [c.model_dump(exclude_none=True) for c in self.channels]
 
 
-# Sections whose defaults leave `spec_hash` unchanged (specs written before them keep their hash).
-POLICY_SECTIONS = ("canary", "drift_watch", "drift_monitor", "alerts")
 
 
 class PipelineSpec(_Model):
@@ -713,30 +711,28 @@ class PipelineSpec(_Model):
     def spec_hash(self) -> str:
         """A stable content hash of the validated spec (recorded in every manifest and model version)."""
         data = self.model_dump(mode="json")
-        for name in POLICY_SECTIONS:  # at their defaults they leave the hash of an older spec unchanged
-            if getattr(self, name) == type(self).model_fields[name].default:
-                del data[name]
-        _drop_new_defaults(data)
+        _drop_defaults(data, PipelineSpec, POLICY_SECTIONS)
+        for column in data["columns"]:
+            _drop_defaults(column, Column, NEW_COLUMN_FIELDS)
+        _drop_defaults(data["blessing"], Blessing, NEW_BLESSING_FIELDS)
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-# Fields added after specs were hashed: at their defaults they are left out of `spec_hash` (older specs keep it).
+# Sections and fields added after specs were hashed: at their defaults they are left out of `spec_hash` (specs
+# written before them keep their hash).
+POLICY_SECTIONS = ("canary", "drift_watch", "drift_monitor", "alerts")
 NEW_COLUMN_FIELDS = ("sensitive", "feature")
 NEW_BLESSING_FIELDS = ("fairness",)
 
 
-def _drop_new_defaults(data: dict[str, Any]) -> None:
-    """Remove, in place, the dumped NEW_COLUMN_FIELDS / NEW_BLESSING_FIELDS that equal their defaults."""
-    for column in data["columns"]:
-        for name in NEW_COLUMN_FIELDS:
-            if column.get(name) == Column.model_fields[name].default:
-                column.pop(name)
-    for name in NEW_BLESSING_FIELDS:
-        default = Blessing.model_fields[name].default
-        if data["blessing"].get(name) == (default.model_dump(mode="json") if isinstance(default, BaseModel)
-                                          else default):
-            data["blessing"].pop(name)
+def _drop_defaults(data: dict[str, Any], model: type[BaseModel], names: tuple[str, ...]) -> None:
+    """Remove, in place, the dumped fields `names` of `model` that equal their (dumped) defaults."""
+    for name in names:
+        default = model.model_fields[name].default
+        if name in data and data[name] == (default.model_dump(mode="json") if isinstance(default, BaseModel)
+                                           else default):
+            del data[name]
 
 
 def _check_classification_only(kind: str, training: dict[str, Any]) -> None:

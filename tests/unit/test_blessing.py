@@ -14,6 +14,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from support.json_checks import plain, strict_json
 
 from crispflow.model.blessing import decide, paired_bootstrap, verdict_summary
 from crispflow.spec import Blessing
@@ -21,15 +22,6 @@ from crispflow.stats import benjamini_hochberg, delong, holm
 
 ROOT = Path(__file__).resolve().parents[2]
 COST = {"latency_p95_ms": 2.0, "size_bytes": 10_000}
-
-
-def plain(obj: object) -> bool:
-    """True if obj holds only dict/list/str/int/float/bool/None (no numpy scalars)."""
-    if isinstance(obj, dict):
-        return all(type(k) is str and plain(v) for k, v in obj.items())
-    if isinstance(obj, list):
-        return all(plain(v) for v in obj)
-    return type(obj) in (str, int, float, bool, type(None))
 
 
 def versus(policy: Blessing, y, challenger, threshold, champion, champion_threshold) -> dict:
@@ -339,7 +331,7 @@ def test_sensitive_columns_add_a_fairness_section_and_check(lending: dict) -> No
     assert check(verdict, "fairness")["tested"] == len(tested) == 4
     assert check(verdict, "fairness")["passed"]  # warn mode: passes whatever it found
     assert (section["decision"] == "pass") == (verdict["warnings"] == [])
-    assert plain(verdict) and json.dumps(section, allow_nan=False)
+    assert plain(verdict) and strict_json(section)
     without = decide(Blessing(bootstrap_samples=200), y, good, 0.05, champion_score=weak, champion_threshold=0.05,
                      challenger_cost=COST, champion_cost=COST)
     assert "fairness" not in without and "warnings" not in without

@@ -10,6 +10,7 @@ import json
 
 import numpy as np
 import pytest
+from support.json_checks import plain
 
 from crispflow.model.blessing import decide, paired_bootstrap, verdict_summary
 from crispflow.model.tasks import no_skill_output, per_row_loss
@@ -24,14 +25,6 @@ WORSE_NOISE = float(np.sqrt(1.21 * (1 + EQUAL_NOISE**2) - 1))
 # The margin says how much worse is acceptable, in RMSE units: ~5 % of the RMSE, half-way between "as good" and
 # "10 % worse". With 1,500 rows the standard error of the RMSE difference is ~0.01, so both errors are small.
 RMSE_POLICY = Blessing(primary_metric="rmse", non_inferiority_margin=0.05, bootstrap_samples=200)
-
-
-def plain(obj: object) -> bool:
-    if isinstance(obj, dict):
-        return all(type(k) is str and plain(v) for k, v in obj.items())
-    if isinstance(obj, list):
-        return all(plain(v) for v in obj)
-    return type(obj) in (str, int, float, bool, type(None))
 
 
 def check(verdict: dict, name: str) -> dict:

@@ -194,3 +194,14 @@ def test_paths_are_shown_without_connection_ids() -> None:
     assert display_path("s3://lake_conn@bucket/p/drift/report.json") == "s3://bucket/p/drift/report.json"
     assert display_path("file:///tmp/x/report.json") == "file:///tmp/x/report.json"
     assert display_path("/tmp/x") == "/tmp/x"
+
+
+def test_drift_weights_must_be_real_numbers() -> None:
+    """A weight that is a bool (JSON true) or a string is a typed error naming the feature, never weight 1."""
+    from crispflow.monitoring.windows import chosen_weights
+
+    assert chosen_weights({"a": 1, "b": 0.5, "c": -1.0, "z": "x"}, ["a", "b", "c"], "w") == {"a": 1.0, "b": 0.5}
+    assert chosen_weights({"a": 0.0}, ["a"], "w") is None
+    for bad in (True, "0.5", None):
+        with pytest.raises(DriftInputError, match=r"m v1 drift_weights: b: .* is not a weight \(must be a real"):
+            chosen_weights({"a": 0.5, "b": bad}, ["a", "b"], "m v1 drift_weights")

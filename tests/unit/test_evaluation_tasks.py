@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 from sklearn import metrics as skm
+from support.json_checks import plain
 
 from crispflow.model.evaluation import (
     REPORTED_METRICS,
@@ -24,14 +25,6 @@ from crispflow.model.evaluation import (
 from crispflow.spec import TASK_METRICS
 
 LABELS = ["north", "east", "south", "west"]
-
-
-def plain_json(obj: object) -> bool:
-    if isinstance(obj, dict):
-        return all(type(k) is str and plain_json(v) for k, v in obj.items())
-    if isinstance(obj, list):
-        return all(plain_json(v) for v in obj)
-    return type(obj) in (str, int, float, bool, type(None))
 
 
 def multiclass_data(n: int, seed: int, k: int = 4, signal: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -142,7 +135,7 @@ def test_evaluate_multiclass() -> None:
     y, proba = multiclass_data(3000, seed=9)
     region = np.where(np.arange(y.size) < 30, "tiny", np.where(np.arange(y.size) % 2 == 0, "a", "b"))
     report = evaluate(y, proba, task="multiclass", class_labels=LABELS, slices={"region": region}, n_boot=200)
-    assert plain_json(report) and json.dumps(report)
+    assert plain(report) and json.dumps(report)
     assert report["task"] == "multiclass" and report["classes"] == LABELS and report["n"] == y.size
     assert set(report["metrics"]) == set(REPORTED_METRICS["multiclass"])
     for name, entry in report["metrics"].items():
@@ -191,7 +184,7 @@ def test_evaluate_regression_with_residual_slices() -> None:
     pred = np.where(region == "biased", pred - 1.5, pred)  # under-predicts one region by 1.5
     report = evaluate(y, pred, task="regression", slices={"region": region, "tiny": np.arange(y.size) < 10},
                       n_boot=200)
-    assert plain_json(report) and report["task"] == "regression" and report["bootstrap"]["method"] == "percentile"
+    assert plain(report) and report["task"] == "regression" and report["bootstrap"]["method"] == "percentile"
     assert set(report["metrics"]) == set(REPORTED_METRICS["regression"])
     assert report["metrics"]["rmse"]["value"] == pytest.approx(skm.root_mean_squared_error(y, pred))
     residual = y - pred

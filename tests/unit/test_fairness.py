@@ -3,7 +3,6 @@ non-regression check of a challenger's disparities against the champion's (block
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 import numpy as np
@@ -13,6 +12,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import mean_squared_error
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from support.json_checks import strict_json
 
 from crispflow.model.blessing import decide, verdict_summary
 from crispflow.model.fairness import compare_fairness, fairness_report
@@ -20,18 +20,6 @@ from crispflow.spec import Blessing
 
 COST = {"latency_p95_ms": 2.0, "size_bytes": 10_000}
 BOOT = {"min_rows": 50, "alpha": 0.05, "n_boot": 300, "seed": 0}
-
-
-def plain(obj: object) -> bool:
-    """Only dict/list/str/int/float/bool/None (no numpy scalars), and strict JSON (no NaN)."""
-    def walk(o: object) -> bool:
-        if isinstance(o, dict):
-            return all(type(k) is str and walk(v) for k, v in o.items())
-        if isinstance(o, list):
-            return all(walk(v) for v in o)
-        return type(o) in (str, int, float, bool, type(None))
-
-    return walk(obj) and bool(json.dumps(obj, allow_nan=False))
 
 
 def intervals(report: dict) -> Iterator[tuple[str, dict]]:
@@ -99,7 +87,7 @@ def test_block_mode_refuses_a_challenger_that_widens_equalized_odds(credit: dict
     assert test["widened"] and test["estimate"] > 0.05 and test["p_adjusted"] < 0.05
     assert test["challenger"] > test["champion"] and test["ci_low"] > 0.05
     assert verdict["fairness"]["decision"] == "block" and verdict["warnings"] == []
-    assert plain(verdict["fairness"])
+    assert strict_json(verdict["fairness"])
 
 
 def test_warn_mode_blesses_the_same_challenger_and_records_the_warning(credit: dict) -> None:
@@ -149,7 +137,7 @@ def test_cold_start_gets_the_report_and_no_check(credit: dict) -> None:
     assert section["champion"] is None and section["comparison"] == [] and section["decision"] == "pass"
     disparity = section["challenger"]["columns"]["group"]["disparities"]["equalized_odds_difference"]
     assert disparity["value"] > 0.1 and disparity["between"] is not None
-    assert plain(section)
+    assert strict_json(section)
 
 
 def test_without_sensitive_columns_the_verdict_is_unchanged(credit: dict) -> None:
@@ -191,7 +179,7 @@ def test_intervals_contain_their_point_estimates(credit: dict) -> None:
         assert m["ci_low"] <= m["value"] <= m["ci_high"], where
         seen += 1
     assert seen == 2 * 5 + 3  # two groups x five metrics, three disparities
-    assert report["ci_level"] == 0.95 and plain(report)
+    assert report["ci_level"] == 0.95 and strict_json(report)
 
 
 def test_the_comparison_reports_equal_the_standalone_reports(credit: dict) -> None:
@@ -213,7 +201,7 @@ def test_missing_values_form_a_group_and_undefined_metrics_are_null(credit: dict
     assert metrics["selection_rate"] == {"value": None, "ci_low": None, "ci_high": None}
     assert metrics["roc_auc"]["value"] is not None  # needs no threshold
     assert column["disparities"]["demographic_parity_difference"]["value"] is None
-    assert plain(report)
+    assert strict_json(report)
 
 
 def test_a_column_with_one_reportable_group_is_not_compared(credit: dict) -> None:
@@ -225,7 +213,7 @@ def test_a_column_with_one_reportable_group_is_not_compared(credit: dict) -> Non
     assert result["comparison"][0]["skipped"].startswith("fewer than 2 groups")
     column = result["challenger"]["columns"]["lone"]
     assert [g["value"] for g in column["groups"]] == ["common"] and column["suppressed"][0]["value"] == "rare"
-    assert plain(result)
+    assert strict_json(result)
 
 
 # ------------------------------------------------------------------------------------ regression, multiclass
@@ -258,7 +246,7 @@ def test_regression_report(claims: dict) -> None:
     assert list(report["columns"]["group"]["disparities"]) == ["primary_metric_difference"]
     for where, m in intervals(report):
         assert m["ci_low"] <= m["value"] <= m["ci_high"], where
-    assert plain(report)
+    assert strict_json(report)
 
 
 def test_regression_gate_compares_the_primary_metric_disparity(claims: dict) -> None:
@@ -272,7 +260,7 @@ def test_regression_gate_compares_the_primary_metric_disparity(claims: dict) -> 
     (test,) = verdict["fairness"]["comparison"]
     assert test["metric"] == "primary_metric_difference" and test["widened"]
     assert not fairness_check(verdict)["passed"] and not verdict["blessed"]
-    assert plain(verdict["fairness"])
+    assert strict_json(verdict["fairness"])
 
 
 def test_multiclass_report() -> None:
@@ -293,4 +281,21 @@ def test_multiclass_report() -> None:
     assert disparity["value"] == pytest.approx(abs(groups["a"]["log_loss"]["value"] - groups["b"]["log_loss"]["value"]))
     for where, m in intervals(report):
         assert m["ci_low"] <= m["value"] <= m["ci_high"], where
-    assert plain(report)
+    assert strict_json(report)
+
+
+def test_a_sensitive_column_missing_from_the_holdout_is_an_error_naming_it() -> None:
+    """The gate never skips fairness silently: a spec's sensitive column absent from the holdout raises."""
+    import pandas as pd
+
+    from crispflow.errors import CrispflowError
+    from crispflow.model.modelling import sensitive_values
+    from crispflow.spec import load_spec
+
+    spec = load_spec("lending_club")
+    assert spec.sensitive_columns == ["emp_length"]
+    holdout = pd.DataFrame({"emp_length": ["1 year", "10+ years"], "term": ["36 months", "60 months"]})
+    values = sensitive_values(spec, holdout)
+    assert list(values) == ["emp_length"] and values["emp_length"].tolist() == ["1 year", "10+ years"]
+    with pytest.raises(CrispflowError, match=r"sensitive columns: the frame has no column\(s\) \['emp_length'\]"):
+        sensitive_values(spec, holdout.drop(columns="emp_length"))

@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from threadpoolctl import threadpool_limits
 
 from crispflow.model.features import features
 from crispflow.model.importance import (
@@ -87,10 +86,7 @@ def fitted(spec: PipelineSpec, candidate: str, n: int = 1200) -> tuple[Any, pd.D
     return model, frame_for(spec.task, 800, seed=4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with threadpool_limits(limits=1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # direct fits run single-threaded (conftest)
 
 
 @pytest.fixture(scope="module")
@@ -312,3 +308,16 @@ def test_the_loss_s_paired_mean_difference_equals_the_evaluation_kernel(binary_s
         original = _values("binary", ["log_loss"], counts, y, base, None)
         drawn = _drops("binary", ["log_loss"], y, original, out, counts, None)["log_loss"]
         assert np.allclose(boots[f]["log_loss"], drawn, atol=1e-12)
+
+
+def test_feature_permutations_never_share_the_bootstrap_s_random_stream() -> None:
+    """The bootstrap draws from `seed` alone (SeedSequence([seed, 0]) is the same stream): feature 0's permutations
+    must come from another stream, and each feature's from its own."""
+    from crispflow.model.importance import permutation_rng
+
+    for seed in (0, 7):
+        bootstrap = np.random.default_rng(seed).permutation(500)
+        streams = [permutation_rng(seed, j).permutation(500) for j in range(3)]
+        assert all(not np.array_equal(s, bootstrap) for s in streams)
+        assert not np.array_equal(streams[0], streams[1]) and not np.array_equal(streams[1], streams[2])
+        assert np.array_equal(permutation_rng(seed, 0).permutation(500), streams[0])  # seeded

@@ -532,7 +532,8 @@ def test_fairness_explanations_and_regulatory_sections(spec: PipelineSpec, holdo
                            {"feature": "int_rate", "roc_auc": {"importance": 0.1, "low": 0.08, "high": 0.12},
                             "log_loss": {"importance": 0.01, "low": 0.005, "high": 0.02}},
                            {"feature": "term", "roc_auc": {"importance": 0.0, "low": -0.01, "high": 0.01},
-                            "log_loss": {"importance": -0.001, "low": -0.002, "high": 0.001}}],
+                            "log_loss": {"importance": -0.001, "low": -0.002, "high": 0.001}},
+                           {"feature": "emp_length", "roc_auc": {"importance": -0.02, "low": -0.03, "high": None}}],
                        "notes": ["Correlated features share importance: <script>x</script>"]},
         "mean_abs_contribution": [{"feature": "int_rate", "mean_abs": 0.5, "low": 0.45, "high": 0.55}],
         "partial_dependence": {"int_rate": "explanations/v3/pdp_int_rate.png"},
@@ -551,6 +552,8 @@ def test_fairness_explanations_and_regulatory_sections(spec: PipelineSpec, holdo
     explained = unescape_md(section(md, "Explanations"))
     assert "| `int_rate` | +0.1000 | [+0.0800, +0.1200] | +0.0100 | [+0.0050, +0.0200] |" in explained
     assert "| `term` | +0.0000 | [-0.0100, +0.0100] (covers 0) |" in explained
+    open_row = next(line for line in explained.splitlines() if line.startswith("| `emp_length` |"))
+    assert open_row.startswith("| `emp_length` | -0.0200 | [-0.0300, —] |") and "covers 0" not in open_row
     assert "ROC AUC drop" in explained and "Log loss rise" in explained
     assert "![partial dependence of int_rate](../explanations/v3/pdp_int_rate.png)" in explained
     assert 'src="data:image/png;base64,iVBORw0KGgo' in page and "<script>x" not in page

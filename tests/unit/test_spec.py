@@ -18,6 +18,10 @@ def demo() -> dict:
     return yaml.safe_load(DEMO.read_text())
 
 
+def _column(data: dict, name: str) -> dict:
+    return next(c for c in data["columns"] if c["name"] == name)
+
+
 def demo_before_fairness() -> dict:
     """The demo spec as it was before columns could be `sensitive` (its emp_length marked since)."""
     data = demo()
@@ -51,6 +55,20 @@ def test_demo_spec_is_valid_and_hash_is_stable() -> None:
         (lambda d: d["quality"]["row_rules"][0].update(column="ghost"), "quality.row_rules[positive_income].column"),
         (lambda d: d.update(colums=[]), "colums: Extra inputs are not permitted"),
         (lambda d: d["columns"].append({"name": "term", "type": "string"}), "duplicate names ['term']"),
+        (lambda d: _column(d, "int_rate").update(sensitive=True),
+         "x.yaml: columns[4].sensitive: column 'int_rate' has type 'float'"),
+        (lambda d: _column(d, "application_month").update(sensitive=True),
+         "x.yaml: columns[1].sensitive: column 'application_month' has type 'datetime'"),
+        (lambda d: _column(d, "loan_id").update(sensitive=True),
+         "x.yaml: columns[0].sensitive: 'loan_id' is the key; it cannot be sensitive"),
+        (lambda d: _column(d, "Class").update(sensitive=True),
+         "x.yaml: columns[24].sensitive: 'Class' is the target column"),
+        (lambda d: _column(d, "application_month").update(feature=True),
+         "x.yaml: columns[1].feature: 'application_month' is the time_column, never a feature"),
+        (lambda d: [c.update(feature=False) for c in d["columns"]], "x.yaml: columns: no feature column left"),
+        (lambda d: d.update(blessing={"fairness": {"mode": "always"}}), "x.yaml: blessing.fairness.mode"),
+        (lambda d: d.update(blessing={"fairness": {"metrics": []}}), "x.yaml: blessing.fairness.metrics"),
+        (lambda d: d.update(blessing={"fairness": {"max_increase": -0.1}}), "x.yaml: blessing.fairness.max_increase"),
     ],
 )
 def test_spec_errors_name_the_field(mutate, field: str) -> None:
@@ -79,10 +97,6 @@ def test_load_spec_rejects_unsafe_names_and_missing_files(tmp_path: Path) -> Non
 # ------------------------------------------------------------------------------------ sensitive columns
 
 
-def _column(data: dict, name: str) -> dict:
-    return next(c for c in data["columns"] if c["name"] == name)
-
-
 def test_a_sensitive_column_is_no_feature_unless_the_spec_says_so() -> None:
     assert load_spec_file(DEMO).sensitive_columns == ["emp_length"]  # sensitive, and a feature by `feature: true`
     assert "emp_length" in load_spec_file(DEMO).feature_columns
@@ -97,33 +111,6 @@ def test_a_sensitive_column_is_no_feature_unless_the_spec_says_so() -> None:
     assert spec.sensitive_columns == ["verification_status"]
     assert "verification_status" in spec.feature_columns and "term" not in spec.feature_columns
     assert spec.feature_columns == [c for c in load_spec_file(DEMO).feature_columns if c != "term"]
-
-
-@pytest.mark.parametrize(
-    ("mutate", "message"),
-    [
-        (lambda d: _column(d, "int_rate").update(sensitive=True),
-         "x.yaml: columns[4].sensitive: column 'int_rate' has type 'float'"),
-        (lambda d: _column(d, "application_month").update(sensitive=True),
-         "x.yaml: columns[1].sensitive: column 'application_month' has type 'datetime'"),
-        (lambda d: _column(d, "loan_id").update(sensitive=True),
-         "x.yaml: columns[0].sensitive: 'loan_id' is the key; it cannot be sensitive"),
-        (lambda d: _column(d, "Class").update(sensitive=True),
-         "x.yaml: columns[24].sensitive: 'Class' is the target column"),
-        (lambda d: _column(d, "application_month").update(feature=True),
-         "x.yaml: columns[1].feature: 'application_month' is the time_column, never a feature"),
-        (lambda d: [c.update(feature=False) for c in d["columns"]], "x.yaml: columns: no feature column left"),
-        (lambda d: d.update(blessing={"fairness": {"mode": "always"}}), "x.yaml: blessing.fairness.mode"),
-        (lambda d: d.update(blessing={"fairness": {"metrics": []}}), "x.yaml: blessing.fairness.metrics"),
-        (lambda d: d.update(blessing={"fairness": {"max_increase": -0.1}}), "x.yaml: blessing.fairness.max_increase"),
-    ],
-)
-def test_bad_sensitive_and_fairness_settings_name_the_field(mutate, message: str) -> None:
-    data = demo()
-    mutate(data)
-    with pytest.raises(SpecError) as err:
-        parse_spec(data, "x.yaml")
-    assert message in str(err.value)
 
 
 def test_fairness_metrics_fit_the_task() -> None:

@@ -13,7 +13,6 @@ import pandas as pd
 import pytest
 import yaml
 from sklearn.metrics import roc_auc_score
-from threadpoolctl import threadpool_limits
 
 from crispflow.data.extracts import conform, new_rejections
 from crispflow.errors import CrispflowError, SpecError
@@ -47,11 +46,7 @@ def config(candidate: str, **params: Any) -> dict[str, Any]:
     return {"config_id": f"{candidate}-test", "candidate": candidate, "params": params}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Direct fits here run single-threaded like crispflow's own (nested thread pools crawl on a busy CI box)."""
-    with threadpool_limits(limits=1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # direct fits run single-threaded (conftest)
 
 
 @pytest.fixture(scope="module")

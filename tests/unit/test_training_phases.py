@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from mlflow.models import get_model_info
 from test_training_tasks import CLASSES, frame_for, spec_for
-from threadpoolctl import threadpool_limits
 
 from crispflow.lake import Lake
 from crispflow.model import registry
@@ -66,18 +65,14 @@ def check_explanations(job: TrainingJob, version: str) -> dict[str, Any]:
     assert job.mlf.get_model_version(job.model_name, version).tags[registry.EXPLAINER_SHA_TAG] == \
         mv.tags[registry.EXPLAINER_SHA_TAG]
     return report
-pytestmark = pytest.mark.slow
+
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")
 def mlf(mlflow_server):
     return registry.client(mlflow_server.url)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with threadpool_limits(limits=1):
-        yield
 
 
 def job_for(mlf: Any, tmp_path: Any, task: str, run: str, seed: int = 0) -> TrainingJob:

@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import log_loss
-from threadpoolctl import threadpool_limits
 
 from crispflow.errors import SpecError
 from crispflow.model import features as features_module
@@ -92,10 +91,7 @@ def config(candidate: str, **params: Any) -> dict[str, Any]:
     return {"config_id": f"{candidate}-test", "candidate": candidate, "params": params}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with threadpool_limits(limits=1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # direct fits run single-threaded (conftest)
 
 
 # --- estimators and search plan ---------------------------------------------------------------------------

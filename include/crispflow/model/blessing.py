@@ -63,6 +63,7 @@ from crispflow.model.evaluation import (
     task_inputs,
     task_resample_counts,
     task_weighted,
+    too_small,
     weighted_metrics,
 )
 from crispflow.spec import TASK_METRICS
@@ -237,15 +238,6 @@ def _rows(model: tuple, rows: np.ndarray) -> tuple:
     return model[0][rows], model[1]
 
 
-def _slice_skip(policy: Blessing, y: np.ndarray, task: str) -> str | None:
-    """Why a slice is not tested, or None."""
-    if y.shape[0] < policy.min_slice_rows:
-        return f"fewer than {policy.min_slice_rows} rows"
-    if task == "binary" and (y.sum() < 2 or y.size - y.sum() < 2):
-        return "fewer than 2 rows of a class"
-    return None
-
-
 def _slice_entry(
     policy: Blessing, y: np.ndarray, rows: np.ndarray, challenger: tuple, champion: tuple, seed: Any,
     task: str = "binary",
@@ -253,7 +245,7 @@ def _slice_entry(
     entry: dict[str, Any] = {"n": int(rows.size)}
     if task == "binary":
         entry["positives"] = int(y[rows].sum())
-    skipped = _slice_skip(policy, y[rows], task)
+    skipped = too_small(task, y[rows], policy.min_slice_rows)
     if skipped is None and task == "multiclass" and policy.primary_metric == "ovr_roc_auc":
         k = challenger[0].shape[1]
         counts = np.bincount(y[rows], minlength=k)

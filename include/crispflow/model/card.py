@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from crispflow.spec import PipelineSpec
 
 UNDEFINED = "n/a (undefined)"
+OPEN = "—"  # an interval's undefined bound
 METRIC_LABELS = {
     "roc_auc": "ROC AUC",
     "average_precision": "Average precision",
@@ -208,10 +209,17 @@ def _count(value: Any) -> str:
 
 
 def _ci(entry: Mapping[str, Any], fmt: str = ".4f") -> str:
+    """"[low, high]"; an undefined bound is open ("[low, —]"); both undefined: UNDEFINED."""
     low, high = entry.get("ci_low"), entry.get("ci_high")
-    if _undefined(low) or _undefined(high):
+    if _undefined(low) and _undefined(high):
         return UNDEFINED
-    return f"[{_num(low, fmt)}, {_num(high, fmt)}]"
+    return f"[{OPEN if _undefined(low) else _num(low, fmt)}, {OPEN if _undefined(high) else _num(high, fmt)}]"
+
+
+def _covers_zero(entry: Mapping[str, Any]) -> bool:
+    """Both bounds defined and low <= 0 <= high (an open interval is not said to cover 0)."""
+    low, high = entry.get("ci_low"), entry.get("ci_high")
+    return not (_undefined(low) or _undefined(high)) and float(low) <= 0 <= float(high)
 
 
 def _pct(part: Any, whole: Any) -> str:
@@ -888,8 +896,9 @@ def _importance_rows(importance: Mapping[str, Any], metrics: Sequence[str]) -> l
         cells: list[Part | Text] = [_Code(str(entry.get("feature", "?")))]
         for metric in metrics:
             e = entry.get(metric) or {}
-            covers = not _undefined(e.get("low")) and float(e["low"]) <= 0 <= float(e.get("high") or 0)
-            cells += [_num(e.get("importance"), "+.4f"), _ci(_low_high(e), "+.4f") + (" (covers 0)" if covers else "")]
+            interval = _low_high(e)
+            cells += [_num(e.get("importance"), "+.4f"),
+                      _ci(interval, "+.4f") + (" (covers 0)" if _covers_zero(interval) else "")]
         rows.append(tuple(cells))
     return rows
 

@@ -377,6 +377,17 @@ def slice_groups(values: Any, n: int) -> dict[str, np.ndarray]:
     return dict(sorted(groups.items()))
 
 
+def too_small(task: str, y: np.ndarray, min_rows: int) -> str | None:
+    """Why a group of rows (labels `y` in the task's convention) is too small to judge, or None: fewer than
+    `min_rows` rows, or, binary, fewer than 2 rows of a class (TPR, FPR and ROC AUC are then undefined or
+    degenerate). The blessing gate's slice check and the fairness report's groups both use it."""
+    if y.shape[0] < min_rows:
+        return f"fewer than {min_rows} rows"
+    if task == "binary" and (y.sum() < 2 or y.size - y.sum() < 2):
+        return "fewer than 2 rows of a class"
+    return None
+
+
 def _slice_report(
     y: np.ndarray, s: np.ndarray, threshold: float, rows: np.ndarray, min_rows: int, boot: dict[str, Any]
 ) -> dict[str, Any]:

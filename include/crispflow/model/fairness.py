@@ -35,7 +35,15 @@ from typing import Any
 
 import numpy as np
 
-from crispflow.model.evaluation import check_metric, check_task, metric, slice_groups, task_inputs, task_weighted
+from crispflow.model.evaluation import (
+    check_metric,
+    check_task,
+    metric,
+    slice_groups,
+    task_inputs,
+    task_weighted,
+    too_small,
+)
 from crispflow.spec import TASK_DEFAULT_METRICS
 from crispflow.stats import NAN, bootstrap_p_value, class_resample_counts, holm, percentile_interval, ratio
 
@@ -89,19 +97,11 @@ class _Partition:
     n: int
 
 
-def _suppress(task: str, y: np.ndarray, min_rows: int) -> str | None:
-    if y.shape[0] < min_rows:
-        return f"fewer than {min_rows} rows"
-    if task == "binary" and (y.sum() < 2 or y.size - y.sum() < 2):
-        return "fewer than 2 rows of a class"
-    return None
-
-
 def _partition(task: str, y: np.ndarray, values: Any, min_rows: int) -> _Partition:
     kept: dict[str, np.ndarray] = {}
     suppressed = []
     for value, rows in slice_groups(values, y.shape[0]).items():
-        reason = _suppress(task, y[rows], min_rows)
+        reason = too_small(task, y[rows], min_rows)
         if reason is None:
             kept[value] = rows
         else:

@@ -44,7 +44,7 @@ NUMERIC_TYPES = ("int", "float")
 TEXT_TYPES = ("category", "string", "bool")
 
 
-def _require(frame: pd.DataFrame, columns: list[str], what: str) -> None:
+def require_columns(frame: pd.DataFrame, columns: list[str], what: str) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise CrispflowError(f"{what}: the frame has no column(s) {missing}")
@@ -53,7 +53,7 @@ def _require(frame: pd.DataFrame, columns: list[str], what: str) -> None:
 def features(spec: PipelineSpec, frame: pd.DataFrame) -> pd.DataFrame:
     """The spec's feature columns of `frame`, in spec order (values untouched: the pipeline types them)."""
     columns = spec.feature_columns
-    _require(frame, columns, "features")
+    require_columns(frame, columns, "features")
     return frame[columns]
 
 
@@ -105,7 +105,7 @@ class FrameTyper(TransformerMixin, BaseEstimator):
         return self
 
     def transform(self, X: pd.DataFrame) -> pd.DataFrame:
-        _require(X, [*self.numeric, *self.text, *self.datetime], "model input")
+        require_columns(X, [*self.numeric, *self.text, *self.datetime], "model input")
         out: dict[str, Any] = {c: _as_float(X[c]) for c in self.numeric}
         for col in self.datetime:
             when = to_utc_naive(X[col])

@@ -44,6 +44,10 @@ PDP_ROWS = 1000  # rows the partial dependence averages over (a seeded sample of
 MAX_CATEGORIES = 12  # most frequent categories shown in a categorical partial dependence
 THUMBNAIL = (4.0, 3.0)  # inches
 THUMBNAIL_DPI = 80
+# Seed sequences: the bootstrap and the PDP sample draw from `seed` alone, feature j's permutations from
+# [seed, PERMUTATION_STREAM, j]. SeedSequence ignores trailing zeros ([seed, 0] is [seed]), so the constant must be
+# non-zero: [seed, 2, 0] = [seed, 2] is still no other stream's.
+PERMUTATION_STREAM = 2
 
 
 class ImportanceError(CrispflowError):
@@ -141,16 +145,21 @@ def _check(repeats: int, alpha: float, n_boot: int, rows: int) -> None:
         raise ImportanceError(f"holdout: needs at least 2 rows to permute, got {rows}")
 
 
+def permutation_rng(seed: int, j: int) -> np.random.Generator:
+    """The generator of feature j's permutations: its own stream, never the bootstrap's (`seed` alone)."""
+    return np.random.default_rng([seed, PERMUTATION_STREAM, j])
+
+
 def _permuted_outputs(spec: PipelineSpec, model: Any, X: pd.DataFrame, repeats: int, seed: int
                       ) -> dict[str, np.ndarray]:
     """feature -> the model's outputs with that raw column permuted among the rows, repeats x n [x k]; all
-    repeats of a feature are scored in one call on a concatenated frame. Feature j's permutations come from the
-    seed sequence [seed, j], so they do not depend on the other features."""
+    repeats of a feature are scored in one call on a concatenated frame. Feature j's permutations come from
+    `permutation_rng(seed, j)`, so they depend neither on the other features nor share the bootstrap's stream."""
     n = len(X)
     tiled = X.iloc[np.tile(np.arange(n), repeats)].reset_index(drop=True)
     out: dict[str, np.ndarray] = {}
     for j, name in enumerate(X.columns):
-        rng = np.random.default_rng([seed, j])
+        rng = permutation_rng(seed, j)
         rows = np.concatenate([rng.permutation(n) for _ in range(repeats)])
         frame = tiled.copy(deep=False)  # copy-on-write: only the permuted column is new
         frame[name] = X[name].iloc[rows].reset_index(drop=True)

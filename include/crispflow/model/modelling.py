@@ -186,6 +186,15 @@ def _slices(job: TrainingJob, holdout: pd.DataFrame) -> dict[str, np.ndarray]:
     return {c: holdout[c].astype(str).to_numpy() for c in (training.slices if training else [])}
 
 
+def sensitive_values(spec: PipelineSpec, holdout: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The raw values of each protected attribute of the spec (the fairness report groups them, missing values as
+    one group). A sensitive column absent from `holdout` is an error naming it, never a skipped fairness check."""
+    from crispflow.model.features import require_columns
+
+    require_columns(holdout, spec.sensitive_columns, "sensitive columns")
+    return {c: holdout[c].to_numpy() for c in spec.sensitive_columns}
+
+
 def evaluate_version(job: TrainingJob, version: str) -> dict[str, Any]:
     """Holdout metrics with CIs, slices, latency, size and plots, logged to the version's run and tags."""
     from crispflow.model.evaluation import evaluate, measure_latency, plot_curves
@@ -257,12 +266,12 @@ def explain_version(job: TrainingJob, version: str) -> dict[str, Any]:
     record_path = f"{EXPLAINER_ARTIFACT}/v{version}.json"
     record: dict[str, Any] = {}
     try:
-        record = explainer_record(spec, model, features(spec, train))
+        record = explainer_record(spec, model, train)  # raw rows: it takes the spec's features itself
         explainer = LocalExplainer.build(spec.task, model, record)
         status = f"ready: {explainer.method} ({explainer.space})"
     except ExplainerError as exc:  # recorded; the model server refuses to explain this version, never explains wrong
         explainer, status = None, f"failed: {exc}"
-    if record:
+    if record:  # logged even when the build failed (the report's explainer status says why); tagged only if built
         job.mlf.log_text(mv.run_id, json.dumps(record, sort_keys=True), record_path)
     importance = permutation_importance(spec, model, holdout, alpha=policy.alpha, n_boot=policy.bootstrap_samples,
                                         seed=spec.split.seed, threshold=registry.version_threshold(mv))
@@ -272,7 +281,7 @@ def explain_version(job: TrainingJob, version: str) -> dict[str, Any]:
         contributions = mean_abs_contributions(values, explainer.features, n_boot=policy.bootstrap_samples,
                                                alpha=policy.alpha, seed=spec.split.seed)
     top = [f["feature"] for f in importance["features"][:4]]
-    plots = partial_dependence_plots(spec, model, features(spec, holdout), top)
+    plots = partial_dependence_plots(spec, model, holdout, top, seed=spec.split.seed)  # raw: it reads the labels
     for feature, png in plots.items():
         job.mlf.log_image(mv.run_id, _image(png), f"explanations/v{version}/pdp_{feature}.png")
     report = json_safe({
@@ -284,7 +293,7 @@ def explain_version(job: TrainingJob, version: str) -> dict[str, Any]:
     })
     job.mlf.log_text(mv.run_id, json.dumps(report, indent=2), f"explanations/v{version}.json")
     tags = {registry.EXPLANATIONS_TAG: f"runs:/{mv.run_id}/explanations/v{version}.json"}
-    if record:  # no record (an estimator it cannot explain): the server says so and answers explain=true with 409
+    if explainer is not None:  # no explainer (one it cannot build): the server says so, explain=true answers 409
         tags |= {registry.EXPLAINER_TAG: f"runs:/{mv.run_id}/{record_path}",
                  registry.EXPLAINER_SHA_TAG: record_digest(record)}
     for key, value in tags.items():
@@ -346,11 +355,9 @@ def bless(job: TrainingJob, version: str) -> dict[str, Any]:
     if compared is not None:
         kwargs["champion_cost"] = costs[str(compared.version)]
     baseline = no_skill_output(spec.task, labels(spec, train), len(y), len(spec.class_labels))
-    # raw values of the protected attributes: the fairness report groups them (missing values as one group)
-    sensitive = {c: holdout[c].to_numpy() for c in spec.sensitive_columns if c in holdout}
     verdict = decide(spec.blessing, y, output, registry.version_threshold(mv), task=spec.task,
                      slices=_slices(job, holdout), challenger_cost=costs[str(version)], baseline_output=baseline,
-                     sensitive=sensitive, **kwargs)
+                     sensitive=sensitive_values(spec, holdout), **kwargs)
     verdict.update({"model": job.model_name, "version": str(version), "holdout_hash": record["holdout_hash"],
                     "champion_version": None if champion is None else str(champion.version),
                     "dataset_version_id": mv.tags.get("crispflow.dataset_version_id"),

@@ -134,8 +134,21 @@ def load_drift_weights(mlf: MlflowClient, model: str, version: str | int,
     weights = data.get("drift_weights") if isinstance(data, dict) else None
     if not isinstance(weights, dict):
         return None
-    chosen = {f: float(w) for f, w in weights.items() if f in set(features)
-              and isinstance(w, int | float) and math.isfinite(w) and w >= 0}
+    return chosen_weights(weights, features, f"{model} v{version} drift_weights")
+
+
+def chosen_weights(weights: Mapping[str, Any], features: Sequence[str], origin: str) -> dict[str, float] | None:
+    """The finite weights >= 0 of `features` among `weights`; None if they sum to 0. A weight that is not a real
+    number (a bool, a string, null) is a DriftInputError naming `origin` and the feature."""
+    wanted = set(features)
+    chosen: dict[str, float] = {}
+    for feature, weight in weights.items():
+        if feature not in wanted:
+            continue
+        if isinstance(weight, bool) or not isinstance(weight, int | float):
+            raise DriftInputError(f"{origin}: {feature}: {weight!r} is not a weight (must be a real number)")
+        if math.isfinite(weight) and weight >= 0:
+            chosen[feature] = float(weight)
     return chosen if sum(chosen.values()) > 0 else None
 
 
