@@ -34,7 +34,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -47,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.machine import Machine, check_quiet
 from crispflow.monitoring.alerts import acknowledge, send_alert
 from crispflow.monitoring.store import record_episode, summarise, write_window
 
@@ -237,12 +237,13 @@ def timed(fn: Callable[[], tuple[Stages, dict[str, Any]]], runs: int) -> dict[st
 
 
 def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, command: str, built: dict[str, float],
-             loads: tuple[float, float]) -> str:
+             loads: tuple[float, float], machine: Machine) -> str:
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"## UI pages, server side: Models page with {args.versions} versions, Drift page with "
              f"{args.windows:,} windows x {args.features} features ({now})", "",
-             f"Command: `{command}`; {platform.machine()}, {os.cpu_count()} CPUs, load average "
-             f"{loads[0]:.1f} at the start, {loads[1]:.1f} at the end; median of {args.runs} runs after a warm-up, "
+             f"Command: `{command}`; {machine.note}; load average "
+             f"{loads[0]:.1f} when measuring began, {loads[1]:.1f} at the end; median of {args.runs} runs after a "
+             "warm-up, "
              "in one process, as the plugin's routes build the pages: library data, SVG, and the page rendered by "
              "the plugin's Jinja environment (`crispflow_airflow.ui.app._templates()`) with the route's context. "
              "Not timed: authentication, `sources()`, the ASGI round trip.", "",
@@ -319,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
     parser.add_argument("--keep-work", action="store_true", help="keep the work folder")
     args = parser.parse_args(argv)
+    machine = check_quiet()
     WORK.mkdir(exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="ui-pages-", dir=WORK))
     os.environ.setdefault("AIRFLOW_HOME", str(root / "airflow"))  # the plugin imports Airflow: not in ~/airflow
@@ -336,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"work folder kept: {root}", file=sys.stderr)
     command = "python -m benchmarks.bench_ui_pages" + (f" {' '.join(argv)}" if argv else "")
-    text = markdown(rows, args, command, built, (load_start, os.getloadavg()[0]))
+    text = markdown(rows, args, command, built, (load_start, os.getloadavg()[0]), machine)
     print(text)
     if not args.no_record:
         with RESULTS.open("a") as handle:

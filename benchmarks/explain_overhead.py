@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -46,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.http_load import LoadResult, run_wrk
+from benchmarks.machine import check_quiet
 from benchmarks.serving_vs_mlflow import (
     BIN,
     DATA,
@@ -371,10 +371,7 @@ def main(argv: list[str] | None = None) -> int:
                 explainers = wait_explainers(url, models, auth)
                 tolerances = {label: float(e["tolerance"]) for label, e in explainers.items()}
                 print("  explainers: " + ", ".join(f"{k} {e['status']}" for k, e in explainers.items()), flush=True)
-                load_at_start = os.getloadavg()
-                busy = load_at_start[0] > (os.cpu_count() or 1)
-                print(f"  load average before measuring: {load_at_start[0]:.2f} {load_at_start[1]:.2f} "
-                      f"{load_at_start[2]:.2f} ({os.cpu_count()} CPUs{': BUSY' if busy else ''})", flush=True)
+                machine = check_quiet()
                 rows = measure(url, models, auth, tolerances, args.rounds, args.duration, args.warmup, args.top_k)
                 final = {m.label: counters(url, auth, m.name) for m in models}
     finally:
@@ -385,9 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     loads = [r[k] for r in rows for k in ("load1_before", "load1_after")]
     meta = {"when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "command": "python -m benchmarks.explain_overhead" + (" " + " ".join(argv or sys.argv[1:])).rstrip(),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "cpus": os.cpu_count() or 1,
+            "machine": machine.note, "cpus": os.cpu_count() or 1,
             "wrk": wrk_version, "duration": args.duration, "rounds": args.rounds, "top_k": args.top_k,
-            "load_at_start": load_at_start[0], "load_min": min(loads), "load_max": max(loads),
+            "load_at_start": machine.load1_before, "load_min": min(loads), "load_max": max(loads),
             "explainers": explainers,
             "final": final}
     text = markdown(cells, meta)

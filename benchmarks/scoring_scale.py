@@ -28,6 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks.machine import check_quiet
+
 ROOT = Path(__file__).resolve().parents[1]
 WORK = Path(__file__).with_name(".work")
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -351,6 +353,7 @@ def main() -> None:
     if args.dry_run:
         os.environ["CRISPFLOW_BENCH_DRY_RUN"] = "1"
     os.environ.setdefault("CRISPFLOW_SCORE_THREADS", "1")
+    check_quiet()
     (inproc if args.mode == "inproc" else through_airflow)(args)
 
 

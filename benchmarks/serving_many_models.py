@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks.machine import check_quiet
 from benchmarks.serving_vs_mlflow import BIN, DATA, RESULTS, WORK, free_port, started, wait_http
 
 FEATURES = ["int_rate", "annual_inc", "revol_util", "delinq_2yrs", "term"]
@@ -182,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
     parser.add_argument("--keep-work", action="store_true", help="keep the work folder")
     args = parser.parse_args(argv)
+    machine = check_quiet()
     WORK.mkdir(exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="many-", dir=WORK))
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "CRISPFLOW_HOME": str(root / "home"),
@@ -209,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(root, ignore_errors=True)
     meta = {"when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "command": "python -m benchmarks.serving_many_models" + (" " + " ".join(argv or sys.argv[1:])).rstrip(),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "python": platform.python_version(),
+            "machine": machine.note, "python": platform.python_version(),
             "models": args.models,
             "loadavg": ", ".join(f"{a:.1f}-{b:.1f}" for a, b in (r["loadavg"] for r in rows))}
     text = markdown(rows, meta)
