@@ -42,7 +42,6 @@ from crispflow.data.datasets import read_manifest
 from crispflow.errors import CrispflowError, LakeError
 from crispflow.lake import Lake, PathLike, canonical_json, create_exclusive, read_json
 from crispflow.model.registry import INTERVAL_TAG, THRESHOLD_TAG, VersionTask, task_of
-from crispflow.model.tasks import output_from_response
 from crispflow.native_threads import thread_limit
 
 log = logging.getLogger(__name__)
@@ -375,6 +374,8 @@ def score_partition(lake: Lake, spec: PipelineSpec, plan: dict[str, Any], partit
     target = lake.root / plan["output"] / part_name(planned["index"])
     if target.exists():
         return {"index": index, "rows": _check_part(target, expected), "file": lake.relative(target), "created": False}
+
+    from crispflow.model.tasks import output_from_response
 
     model = get_model()
     scorer = batch_scorer(model_ref, model)
