@@ -27,7 +27,9 @@ from crispflow_airflow.sensors.drift import DriftSensor
     schedule="@hourly",
     start_date=START_DATE,
     catchup=False,
-    max_active_runs=1,  # one run (one sensor per pipeline) at a time; the episode record makes even two safe
+    # An hourly run's sensors wait (deferred, no worker slot) up to 55 min; a run for one pipeline (REST, the demo,
+    # a person) must not queue behind it. Two sensors for one pipeline are safe: an episode is claimed exclusively.
+    max_active_runs=4,
     tags=["crispflow", "monitoring"],
     params={
         "pipeline": pipeline_param("Pipeline whose champion to watch; empty: every pipeline with a champion",

@@ -85,7 +85,7 @@ def test_a_deferred_drift_sensor_survives_a_scheduler_crash(live: Stack) -> None
         return next((t for t in api.task_instances("watch_drift", run_id) if t["task_id"] == "watch"), None)
 
     # Runs first in this module: no pipeline has a champion yet, so a scheduled hourly run (which watches the
-    # pipelines with one for up to 55 minutes, max_active_runs=1) ends at once instead of holding ours queued.
+    # pipelines with one for up to 55 minutes) ends at once instead of holding a worker slot beside ours.
     wait_for("the watch_drift sensor deferring", lambda: (watch() or {}).get("state") == "deferred", 400, poll=3)
     # Only the deferred wait is under test: the run's other worker task (the ledger check beside the sensor) must
     # have finished, or the crash kills it mid-run and only Airflow's heartbeat timeout (300 s) would free it
