@@ -15,7 +15,7 @@ others, so an alert on `status="ready"` has a series) and the records explained.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -175,26 +175,28 @@ class ServingMetrics:
     def set_explainers(self, model: str, states: Mapping[str, str]) -> None:
         """Replace the explainer series of `model` by `states` (loaded version → its explainer state)."""
         with self._served_lock:
-            for version in self._explainers.pop(model, set()):
-                for status in EXPLAINER_STATES:
-                    self.explainer.remove(model, version, status)
+            _replace_one_hot(self.explainer, EXPLAINER_STATES, self._explainers, model, states)
             for version, state in states.items():
-                for status in EXPLAINER_STATES:
-                    self.explainer.labels(model, version, status).set(1 if status == state else 0)
                 if state == "ready":
                     self.explained.labels(model, version)
-            self._explainers[model] = set(states)
 
     def set_scorers(self, model: str, kinds: Mapping[str, str]) -> None:
         """Replace the scorer series of `model` by `kinds` (loaded version → compiled or pipeline)."""
         with self._served_lock:
-            for version in self._scorers.pop(model, set()):
-                for kind in SCORER_KINDS:
-                    self.scorer.remove(model, version, kind)
-            for version, found in kinds.items():
-                for kind in SCORER_KINDS:
-                    self.scorer.labels(model, version, kind).set(1 if kind == found else 0)
-            self._scorers[model] = set(kinds)
+            _replace_one_hot(self.scorer, SCORER_KINDS, self._scorers, model, kinds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _replace_one_hot(gauge: Any, values: Sequence[str], kept: dict[str, set[str]], model: str,
+                     chosen: Mapping[str, str]) -> None:
+    """Replace `model`'s series of a one-hot state gauge labelled (model, version, value): drop the versions kept
+    from last time, then set 1 for each version's chosen value and 0 for the others."""
+    for version in kept.pop(model, set()):
+        for value in values:
+            gauge.remove(model, version, value)
+    for version, state in chosen.items():
+        for value in values:
+            gauge.labels(model, version, value).set(1 if value == state else 0)
+    kept[model] = set(chosen)
