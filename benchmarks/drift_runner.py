@@ -29,8 +29,6 @@ Result = tuple[dict[str, bool], float, dict[str, float]]
 
 
 def _crispflow(ref: pd.DataFrame, cur: pd.DataFrame, cfg: dict[str, Any]) -> Result:
-    import scipy.special  # noqa: F401  (imports are not timed; crispflow.stats loads scipy.special lazily)
-
     from crispflow.monitoring import build_profile, compute_drift
 
     started = time.perf_counter()

@@ -101,7 +101,7 @@ def test_random_numeric_file_without_spec(tmp_path, capsys) -> None:
     assert code == 0 and "verdict: no drift" in out
 
 
-def test_drift_without_a_spec_never_imports_pandas_scipy_stats_or_the_stack(tmp_path) -> None:
+def test_drift_without_a_spec_never_imports_pandas_scipy_or_the_stack(tmp_path) -> None:
     import subprocess
     import sys
 
@@ -116,7 +116,7 @@ def test_drift_without_a_spec_never_imports_pandas_scipy_stats_or_the_stack(tmp_
         f"for current in ('c.csv', 'c.parquet'):\n"
         f"    assert main(['drift', '--reference', {str(tmp_path / 'r.csv')!r}, '--current', "
         f"{str(tmp_path)!r} + '/' + current]) in (0, 1)\n"
-        "heavy = ['pandas', 'scipy.stats', 'sklearn', 'mlflow', 'requests', 'airflow']\n"
+        "heavy = ['pandas', 'scipy', 'sklearn', 'mlflow', 'requests', 'airflow']\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -142,6 +142,8 @@ def test_arrow_reading_gives_the_pandas_report(tmp_path, suffix) -> None:
     tables = {k: read_data(p, k, arrow=True) for k, p in paths.items()}
     frames = {k: read_data(p, k) for k, p in paths.items()}
     assert all(type(t).__module__.startswith("pyarrow") for t in tables.values())
+    if suffix == ".parquet":  # text read as the file's dictionary codes
+        assert str(tables["cur"].schema.field("s").type).startswith("dictionary<values=string")
     profile = build_profile(None, tables["ref"])
     assert profile == build_profile(None, frames["ref"])
     assert compute_drift(profile, tables["cur"]) == compute_drift(profile, frames["cur"])

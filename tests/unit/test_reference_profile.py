@@ -12,7 +12,7 @@ from crispflow.model.reference_profile import (
     FORMAT,
     DriftInputError,
     build_profile,
-    category_codes,
+    category_counts,
     check_profile,
     load_profile,
     pseudonym,
@@ -55,8 +55,10 @@ def test_categoricals_keep_top_k_then_other_and_missing() -> None:
     values = ["a"] * 50 + ["b"] * 30 + ["c"] * 15 + ["d"] * 5 + [None] * 3
     feat = build_profile(None, pd.DataFrame({"c": values}), top_k=2)["features"]["c"]
     assert feat["categories"] == ["a", "b"] and feat["counts"] == [50, 30, 20, 3]
-    codes, unseen = category_codes(pd.Series(["b", "z", None, "a", "z"]), feat["categories"])
-    assert codes.tolist() == [1, 2, 3, 0, 2] and unseen == ["z"]
+    counts, unseen = category_counts(pd.Series(["b", "z", None, "a", "z"]), feat["categories"])
+    assert counts.tolist() == [1, 1, 2, 1] and unseen == ["z"]  # a, b, other (z twice), missing
+    mixed = pd.Series([1, "1", 2.5, None, True], dtype=object)  # counted by their text, as pandas reads them
+    assert category_counts(mixed, ["1", "True"])[0].tolist() == [2, 1, 1, 1]
 
 
 def test_spec_chooses_features_types_labels_and_redacts_pii(loans: pd.DataFrame) -> None:

@@ -22,16 +22,18 @@ from crispflow.spec import Blessing
 from crispflow.stats import (
     CORRECTIONS,
     benjamini_hochberg,
-    bin_codes,
-    bin_sums,
+    binned,
     bootstrap_p_value,
     chi2_homogeneity,
+    chi2_sf,
     class_resample_counts,
     delong,
     hanley_mcneil_se,
     holm,
     js_distance,
+    kolmogorov_sf,
     ks_binned,
+    normal_sf,
     percentile_interval,
     plain_resample_counts,
     psi,
@@ -169,25 +171,54 @@ def test_bootstrap_p_value_by_hand() -> None:
 # -------------------------------------------------------------------------------------------------- binning
 
 
-def test_quantile_edges_and_bin_codes() -> None:
+def _codes(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """The bin of each value by the definition: searchsorted(side="right") into the edges, NaN last."""
+    codes = np.searchsorted(edges, values, side="right")
+    codes[np.isnan(values)] = edges.size + 1
+    return codes
+
+
+def test_quantile_edges_and_binned_counts() -> None:
     values = np.r_[np.arange(1000, dtype=float), np.nan, np.inf, -np.inf]
     edges = quantile_edges(values, 10)
     assert edges[0] == 0.0 and 999.0 < edges[-1] < 999.0 + 1e-9 and len(edges) == 11
-    codes = bin_codes(np.array([-5.0, 0.0, 999.0, 1e9, np.nan]), edges)
-    assert codes.tolist() == [0, 1, 10, 11, 12]
-    assert np.bincount(bin_codes(values, edges)).tolist() == [1] + [100] * 10 + [1, 1]
+    assert binned(np.array([-5.0, 0.0, 999.0, 1e9, np.nan]), edges)[0].tolist() == [1, 1] + [0] * 8 + [1, 1, 1]
+    assert binned(values, edges)[0].tolist() == [1] + [100] * 10 + [1, 1]
     assert quantile_edges(np.array([0.0] * 900 + [1.0] * 100), 20).tolist() == [0.0, 1.0, np.nextafter(1.0, 2)]
     assert quantile_edges(np.array([np.nan, np.inf]), 10).size == 0
+    assert quantile_edges(np.sort(values), 10, ordered=True).tolist() == edges.tolist()
 
 
-def test_bin_sums_count_every_value_and_average_the_finite_ones() -> None:
-    values = np.array([1.0, 3.0, np.inf, 10.0, np.nan, 7.0])
-    codes = np.array([0, 0, 0, 1, 3, 1])
-    counts, means = bin_sums(values, codes, 4)
-    assert counts.tolist() == [3, 2, 0, 1]
+def test_binned_counts_every_value_and_averages_the_finite_ones() -> None:
+    values = np.array([1.0, 3.0, -np.inf, 10.0, np.nan, 7.0, np.inf])
+    counts, means = binned(values, np.array([5.0, 20.0]))
+    assert counts.tolist() == [3, 2, 1, 1]  # below 5 (with -inf), [5, 20), at or above 20 (+inf), missing
     assert means[0] == 2.0 and means[1] == 8.5 and np.isnan(means[2:]).all()
-    counts, means = bin_sums(np.array([1.0, 2.0]), np.array([1, 1]), 3)
-    assert counts.tolist() == [0, 2, 0] and means[1] == 1.5 and np.isnan(means[[0, 2]]).all()
+    counts, means = binned(np.array([1.0, 2.0]), np.array([0.0, 5.0]))
+    assert counts.tolist() == [0, 2, 0, 0] and means[1] == 1.5 and np.isnan(means[[0, 2, 3]]).all()
+    counts, means = binned(np.array([np.nan, 1.0]), np.empty(0))  # no reference edges: values, then missing
+    assert counts.tolist() == [1, 1] and means[0] == 1.0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_binned_equals_a_bincount_of_every_value(seed: int) -> None:
+    """One sort and the edges' positions give what a per-value searchsorted + bincount gives (counts exactly,
+    means to rounding), with ties on the edges, NaN, ±inf and empty bins."""
+    rng = np.random.default_rng(seed)
+    values = np.round(rng.normal(0, 3, 5_000), 1)
+    values[rng.choice(values.size, 40)] = rng.choice([np.nan, np.inf, -np.inf], 40)
+    edges = np.unique(np.r_[rng.choice(values[np.isfinite(values)], 12), 100.0, 101.0])  # 2 bins stay empty
+    codes = _codes(values, edges)
+    expected = np.bincount(codes, minlength=edges.size + 2)
+    finite = np.isfinite(values)
+    sums = np.bincount(codes[finite], weights=values[finite], minlength=edges.size + 2)
+    n = np.bincount(codes[finite], minlength=edges.size + 2)
+    counts, means = binned(values, edges)
+    assert counts.tolist() == expected.tolist()
+    filled = n > 0
+    np.testing.assert_allclose(means[filled], sums[filled] / n[filled], rtol=1e-12)
+    assert np.isnan(means[~filled]).all()
+    assert binned(values, edges, np.sort(values))[0].tolist() == expected.tolist()
 
 
 # ------------------------------------------------------------------------ comparing two binned distributions
@@ -232,6 +263,20 @@ def test_two_sample_statistics_agree_with_scipy_on_unbinned_data() -> None:
     exact = scipy_stats.ks_2samp(x, y)
     assert d == pytest.approx(exact.statistic) and p_ks == pytest.approx(exact.pvalue, rel=0.25)
     assert psi(ref, ref) == pytest.approx(0.0)
+
+
+def test_distribution_tails_agree_with_scipy_special() -> None:
+    """The closed forms that spare `crispflow drift` importing scipy.special."""
+    from scipy import special
+
+    for x in [*np.linspace(0.01, 4, 200), 0.0, -1.0, 0.8199, 0.82, 0.8201, 6.0, 30.0]:
+        assert kolmogorov_sf(float(x)) == pytest.approx(float(special.kolmogorov(x)), rel=1e-12, abs=1e-300)
+    for dof in (1, 2, 3, 4, 7, 10, 21, 40, 101, 1000):
+        for x in [0.0, 1e-6, 0.3, 1.0, dof / 2, dof - 1.0, float(dof), 2.0 * dof, dof + 50.0, 5.0 * dof + 200.0]:
+            assert chi2_sf(dof, x) == pytest.approx(float(special.chdtrc(dof, x)), rel=1e-10, abs=1e-300)
+    for z in [*np.linspace(-8, 8, 161), 20.0, 38.0, -40.0]:
+        assert normal_sf(float(z)) == pytest.approx(float(special.ndtr(-z)), rel=1e-12, abs=1e-300)
+    assert all(math.isnan(f(math.nan)) for f in (kolmogorov_sf, normal_sf, lambda x: chi2_sf(3, x)))
 
 
 def test_empty_sides_and_sparse_cells() -> None:

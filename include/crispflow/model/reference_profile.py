@@ -9,7 +9,7 @@
   the last value bin "above the reference maximum" (both empty in the reference, so out-of-range values show up
   as drift), ±inf fall into those outer bins, NaN gets its own last bin. Stored with each bin's count and the mean
   of its finite values (for the Wasserstein distance), plus mean/std/min/max of the finite values. The binning
-  and the standard errors below are `crispflow.stats`'s (quantile_edges, bin_codes, bin_sums, hanley_mcneil_se).
+  and the standard errors below are `crispflow.stats`'s (quantile_edges, binned, hanley_mcneil_se).
 - **categorical** (spec types category/string/bool, other dtypes without a spec): the ``top_k`` most frequent
   values as text (ties by name) and their counts, then "other" (every remaining value; unseen values land here in a
   window) and "missing". For a spec column marked ``pii: true`` the values are stored as ``sha256:<16 hex>``
@@ -50,7 +50,7 @@ import numpy as np
 
 from crispflow.errors import CrispflowError
 from crispflow.lake import write_atomic
-from crispflow.stats import bin_codes, bin_sums, hanley_mcneil_se, quantile_edges
+from crispflow.stats import binned, finite_span, hanley_mcneil_se, quantile_edges
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -90,10 +90,13 @@ def column_names(frame: Frame) -> list[Any]:
 
 
 def _arrow_kind(column: Any) -> str | None:
-    """"float", "int", "bool" or "text" for the Arrow types handled natively; None for any other (pandas does)."""
+    """"float", "int", "bool" or "text" for the Arrow types handled natively (text: also dictionary-encoded, as
+    Parquet strings read with `read_dictionary`); None for any other (pandas does)."""
     import pyarrow as pa
 
     kind = column.type
+    if pa.types.is_dictionary(kind):
+        return "text" if pa.types.is_string(kind.value_type) or pa.types.is_large_string(kind.value_type) else None
     for name, test in (("float", pa.types.is_floating), ("int", pa.types.is_integer), ("bool", pa.types.is_boolean),
                        ("text", pa.types.is_string), ("text", pa.types.is_large_string)):
         if test(kind):
@@ -158,32 +161,24 @@ def pseudonym(value: str) -> str:
     return "sha256:" + hashlib.sha256(value.encode()).hexdigest()[:16]
 
 
-def _factorize(series: Column) -> tuple[np.ndarray, list[str]]:
-    """(codes, distinct values as text): one hash pass, code -1 = missing."""
-    if _native(series, CATEGORICAL_ARROW):
-        import pyarrow as pa
+def category_counts(series: Column, categories: Sequence[str], hashed: bool = False) -> tuple[np.ndarray, list[str]]:
+    """Counts against a profile's categories: 0..k-1 known, k "other" (unseen), k+1 missing; plus the unseen values.
 
-        encoded = _one_array(series).dictionary_encode()
-        codes = _arrow_numpy(encoded.indices.cast(pa.int64()), np.int64, -1)
-        return codes, [str(v) for v in encoded.dictionary.to_pylist()]
-    import pandas as pd
-
-    codes, uniques = pd.factorize(_as_pandas(series), use_na_sentinel=True)
-    return codes, [str(u) for u in uniques]
-
-
-def category_codes(series: Column, categories: Sequence[str], hashed: bool = False) -> tuple[np.ndarray, list[str]]:
-    """Codes against a profile's categories: 0..k-1 known, k "other" (unseen), k+1 missing; plus the unseen values.
-
-    Hash-factorises the column once, then maps only its distinct values (so 1M rows with 50 values cost one pass).
-    """
-    codes, texts = _factorize(series)
-    keys = [pseudonym(t) for t in texts] if hashed else texts
+    Counts the column's distinct values in one hash pass (`text_counts`), then maps only those (so 1M rows with 50
+    values cost one pass and 50 lookups)."""
+    pairs, missing = text_counts(series)
     index = {c: i for i, c in enumerate(categories)}
     k = len(categories)
-    lookup = np.array([index.get(key, k) for key in keys] + [k + 1], dtype=np.int64)  # last: the NaN sentinel -1
-    unseen = sorted({t for t, key in zip(texts, keys, strict=True) if key not in index})
-    return lookup[codes], unseen
+    counts = np.zeros(k + 2, dtype=np.int64)
+    counts[k + 1] = missing
+    unseen: set[str] = set()
+    for text, count in pairs:
+        slot = index.get(pseudonym(text) if hashed else text)
+        if slot is None:
+            unseen.add(text)
+            slot = k
+        counts[slot] += count
+    return counts, sorted(unseen)
 
 
 def _json_float(value: float) -> float | None:
@@ -198,15 +193,18 @@ def _floats(values: Any) -> list[float | None]:
 
 
 def numeric_profile(values: np.ndarray, bins: int = DEFAULT_BINS) -> dict[str, Any]:
-    """Quantile edges, counts (below-min, bins..., above-max, missing) and per-bin means of one numeric column."""
-    finite = values[np.isfinite(values)]
-    edges = quantile_edges(finite, bins)
+    """Quantile edges, counts (below-min, bins..., above-max, missing) and per-bin means of one numeric column
+    (one sort serves the edges, the statistics and the counts)."""
+    ordered = np.sort(values)
+    lo, hi, _ = finite_span(ordered)
+    finite = ordered[lo:hi]
+    edges = quantile_edges(ordered, bins, ordered=True)
     if finite.size:
-        low, high = float(finite.min()), float(finite.max())
+        low, high = float(finite[0]), float(finite[-1])
         stats = {"mean": float(finite.mean()), "std": float(finite.std()), "min": low, "max": high}
     else:
         stats = {"mean": None, "std": None, "min": None, "max": None}
-    counts, centroids = bin_sums(values, bin_codes(values, edges), edges.size + 2)
+    counts, centroids = binned(values, edges, ordered)
     return {
         "kind": "numeric",
         "edges": edges.tolist(),
@@ -217,7 +215,7 @@ def numeric_profile(values: np.ndarray, bins: int = DEFAULT_BINS) -> dict[str, A
     }
 
 
-def _text_counts(series: Column) -> tuple[list[tuple[str, int]], int]:
+def text_counts(series: Column) -> tuple[list[tuple[str, int]], int]:
     """(distinct present value as text, count) pairs, and the number of missing values."""
     if _native(series, CATEGORICAL_ARROW):
         import pyarrow.compute as pc
@@ -225,15 +223,19 @@ def _text_counts(series: Column) -> tuple[list[tuple[str, int]], int]:
         counted = pc.value_counts(series)
         pairs = zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist(), strict=True)
         return [(str(v), int(c)) for v, c in pairs if v is not None], int(series.null_count)
+    import pandas as pd
+
     series = _as_pandas(series)
-    present = series[series.notna()]
-    counts = present.astype("string").value_counts(sort=False)
-    return [(str(v), int(c)) for v, c in counts.items()], int(series.size - present.size)
+    if series.dtype == object:  # as text first: factorize takes 1 and True for one value
+        series = series.astype("string")
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    counts = np.bincount(codes + 1, minlength=len(uniques) + 1)
+    return [(str(u), int(c)) for u, c in zip(uniques, counts[1:].tolist(), strict=True)], int(counts[0])
 
 
 def categorical_profile(series: Column, top_k: int = DEFAULT_TOP_K, hashed: bool = False) -> dict[str, Any]:
     """Top-k values (as text, or pseudonyms if `hashed`) with counts, then "other" and "missing" counts."""
-    pairs, missing = _text_counts(series)
+    pairs, missing = text_counts(series)
     counts: dict[str, int] = {}
     for text, count in pairs:  # pseudonymise the distinct values, not every row
         key = pseudonym(text) if hashed else text

@@ -100,11 +100,14 @@ def read_arrow(source: Path, kind: str, columns: Sequence[str] | None = None) ->
         else:
             import pyarrow.parquet as pq
 
-            parquet = pq.ParquetFile(source)  # not pq.read_table: its pyarrow.dataset imports pandas
-            schema = parquet.schema_arrow
+            schema = pq.read_schema(source)
             index = {c for c in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)}
             names = [c for c in schema.names if c not in index and (columns is None or c in columns)]
-            table = parquet.read(columns=names)
+            text = [c for c in names if pa.types.is_string(schema.field(c).type)
+                    or pa.types.is_large_string(schema.field(c).type)]
+            # strings as the file's own dictionary codes: counting them needs no hashing of every value
+            # (not pq.read_table: its pyarrow.dataset imports pandas)
+            table = pq.ParquetFile(source, read_dictionary=text).read(columns=names)
     except (pa.ArrowException, OSError, ValueError):
         return None
     names = table.column_names

@@ -60,7 +60,7 @@ from crispflow.model.reference_profile import (
     Frame,
     as_task_labels,
     as_task_output,
-    category_codes,
+    category_counts,
     check_profile,
     class_texts,
     column_names,
@@ -72,8 +72,7 @@ from crispflow.model.reference_profile import (
 from crispflow.policies import DRIFT_MONITOR, tighten
 from crispflow.stats import (
     benjamini_hochberg,
-    bin_codes,
-    bin_sums,
+    binned,
     chi2_homogeneity,
     js_distance,
     ks_binned,
@@ -144,7 +143,7 @@ def _numeric(feat: Mapping[str, Any], series: Column, min_rows: int) -> dict[str
     edges = np.asarray(feat["edges"], dtype=float)
     ref = np.asarray(feat["counts"], dtype=float)
     values = numeric_values(series)
-    cur, cur_means = bin_sums(values, bin_codes(values, edges), edges.size + 2)
+    cur, cur_means = binned(values, edges)
     cur = cur.astype(float)
     ref_means = np.array([math.nan if v is None else v for v in feat["centroids"]], dtype=float)
     out: dict[str, Any] = {"kind": "numeric", "test": "ks", "rows": int(values.size)}
@@ -180,10 +179,10 @@ def _categorical(feat: Mapping[str, Any], series: Column, min_rows: int) -> dict
     categories = feat["categories"]
     hashed = bool(feat.get("hashed"))
     ref = np.asarray(feat["counts"], dtype=float)
-    codes, unseen = category_codes(series, categories, hashed)
-    cur = np.bincount(codes, minlength=len(categories) + 2).astype(float)
+    counts, unseen = category_counts(series, categories, hashed)
+    cur = counts.astype(float)
     labels = [f"<redacted {i + 1}>" for i in range(len(categories))] if hashed else list(categories)
-    out: dict[str, Any] = {"kind": "categorical", "test": "chi2", "rows": int(codes.size)}
+    out: dict[str, Any] = {"kind": "categorical", "test": "chi2", "rows": int(counts.sum())}
     out["missing"] = {"reference": ref[-1] / ref.sum() if ref.sum() else None,
                       "current": cur[-1] / cur.sum() if cur.sum() else None, "p_value": None}
     out["unseen"] = {"count": len(unseen), "values": ["<redacted>"] * bool(unseen) if hashed else unseen[:20]}
