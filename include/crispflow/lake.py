@@ -10,6 +10,7 @@ Layout under the root (the same locally and on s3://):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -64,12 +65,44 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
+PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600  # local stores: subjects' data is readable by its owner only
+
+
+def make_private_dirs(folder: Path) -> None:
+    """`mkdir -p` whose new directories are private (0700); existing ones are left as they are."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir(mode=PRIVATE_DIR)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Create `path` (it must not exist) as a private file (0600) holding `data`, flushed to disk."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def write_atomic(path: PathLike, data: bytes) -> None:
-    """Write to a hidden temporary sibling, then rename: readers see the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_bytes(data)
-    tmp.rename(path)
+    """Write to a hidden temporary sibling, then rename: readers see the old file or the whole new one. Locally
+    the file is private (0600, in 0700 directories) and on disk before the rename; an object store gets one PUT."""
+    local = _local(path)
+    if local is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return
+    make_private_dirs(local.parent)
+    tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        _write_private(tmp, data)
+        tmp.rename(local)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _local(path: PathLike) -> Path | None:
@@ -95,17 +128,18 @@ def create_exclusive(path: PathLike, data: bytes) -> bool:
     """Write `path` only if it does not exist; True if this call created it. Never shows a partial file:
     locally a hard link of a finished temporary file (fails if the target exists), on S3 a conditional PUT
     (If-None-Match: *). This is the commit point that makes concurrent publishers agree on one winner."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     local = _local(path)
     if local is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with path.open("xb") as fh:  # type: ignore[attr-defined]
                 fh.write(data)
         except FileExistsError:
             return False
         return True
+    make_private_dirs(local.parent)
     tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_bytes(data)
+    _write_private(tmp, data)
     try:
         os.link(tmp, local)
     except FileExistsError:

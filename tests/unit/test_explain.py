@@ -16,7 +16,6 @@ from sklearn.pipeline import Pipeline
 
 from crispflow.model.explain import (
     TOLERANCE,
-    UNSEEN,
     ExplainerError,
     ExplainerSelfTestFailed,
     LocalExplainer,
@@ -24,6 +23,7 @@ from crispflow.model.explain import (
     record_digest,
 )
 from crispflow.model.features import build_preprocessor, features, labels
+from crispflow.model.synthetic import UNSEEN
 from crispflow.model.training import fit_final
 from crispflow.spec import PipelineSpec, parse_spec
 

@@ -59,6 +59,8 @@ def test_rows_in_equal_rows_read_with_typed_feature_columns(tmp_path: Path) -> N
     assert df["served"].dtype == bool
     names = [p.name for p in parquet_files(tmp_path)]
     assert names and all(n.startswith("part-") and n.endswith(".parquet") for n in names)  # no temp files left
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in parquet_files(tmp_path))  # private files
+    assert all(d.stat().st_mode & 0o777 == 0o700 for d in {p.parent for p in parquet_files(tmp_path)})
 
 
 def test_a_batch_spanning_an_hour_boundary_writes_one_file_per_hour(tmp_path: Path) -> None:

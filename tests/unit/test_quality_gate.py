@@ -150,3 +150,20 @@ def test_pii_values_never_reach_stored_results(spec, batch) -> None:
     states = set(batch["addr_state"].dropna())
     pii_results = json.dumps(addr)
     assert not any(f'"{s}"' in pii_results for s in states)
+
+
+def test_a_batch_failure_on_a_pii_column_names_the_rule_but_not_the_values(spec, batch) -> None:
+    """The failure message is built after masking: it reaches task logs, the UI and the notifier."""
+    data = spec.model_dump(mode="json")
+    for column in data["columns"]:
+        if column["name"] == "annual_inc":
+            column["pii"] = True
+    data["quality"]["batch_rules"] = [{"name": "plausible_income", "kind": "mean_between", "column": "annual_inc",
+                                       "min": 1, "max": 2}]
+    out = validate_batch(parse_spec(data), batch, INTERVAL, "b-pii-batch")
+    mean = batch["annual_inc"][batch["annual_inc"] > 0].mean()
+    assert isinstance(out.failure, DataRejected) and out.failure.rule == "plausible_income"
+    message = str(out.failure) + json.dumps(out.summary, default=str)
+    assert "plausible_income" in message and REDACTED in message
+    assert f"{mean:.2f}"[:6] not in message and str(round(mean)) not in message
+    check_invariant(out)

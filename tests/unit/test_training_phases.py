@@ -8,6 +8,7 @@ start after the holdout is frozen.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -164,6 +165,11 @@ def test_binary_phases_keep_the_threshold_tag(mlf, tmp_path) -> None:
     assert mv.tags["crispflow.task"] == "binary"
     assert float(mv.tags["crispflow.threshold"]) == registered["threshold"] == registry.version_threshold(mv)
     assert not {"crispflow.interval", "crispflow.classes"} & set(mv.tags)
+    model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp_path / "m")))
+    logged = json.loads((model_dir / "input_example.json").read_text())
+    train_rows = job.frames[0][logged["columns"]]
+    assert len(logged["data"]) == 1  # one synthetic row of medians / modes, not a training row
+    assert not (train_rows == logged["data"][0]).all(axis=1).any()
     metrics = evaluate_version(job, registered["version"])["metrics"]
     assert {"roc_auc", "average_precision", "f1", "precision", "recall", "brier"} <= set(metrics)
     assert metrics["roc_auc"] > 0.75

@@ -121,13 +121,12 @@ def run_checkpoint(frame: pd.DataFrame, suite_name: str, expectations: list[Any]
     return next(iter(run.run_results.values()))
 
 
-def _redact(result: Any, pii: set[str]) -> None:
-    """In place: drop row-level bulk (the quarantine has it) and mask values of PII columns."""
+def _mask_pii(result: Any, pii: set[str]) -> None:
+    """In place: mask the values of PII columns in a result, before anything (a failure message, the report) is
+    built from it."""
     r = result.result
     if hasattr(r.get("observed_value"), "item"):  # numpy scalars break GX's HTML renderer
         r["observed_value"] = r["observed_value"].item()
-    for key in _BULKY_KEYS:
-        r.pop(key, None)
     kwargs = result.expectation_config.kwargs
     if {kwargs.get("column"), kwargs.get("column_A"), kwargs.get("column_B")} & pii:
         if "partial_unexpected_list" in r:
@@ -138,6 +137,12 @@ def _redact(result: Any, pii: set[str]) -> None:
         if "observed_value" in r:
             r["observed_value"] = REDACTED
         r.pop("details", None)
+
+
+def _drop_bulk(result: Any) -> None:
+    """In place: drop the row-level bulk (the quarantine has it) once the rejections are taken from it."""
+    for key in _BULKY_KEYS:
+        result.result.pop(key, None)
 
 
 def _describe(rule: str, column: str | None, result: Any) -> str:
@@ -185,9 +190,11 @@ def validate_batch(spec: PipelineSpec, batch: pd.DataFrame, interval: Interval, 
         except Exception as exc:  # GX itself crashed: an error, not a verdict on the data
             failure = GateMisconfigured(f"the GX checkpoint crashed: {type(exc).__name__}: {exc}")
         else:
+            for res in validation.results:
+                _mask_pii(res, set(spec.pii_columns))
             failure = _interpret(validation, rejections, failures, expectation_summary)
             for res in validation.results:
-                _redact(res, set(spec.pii_columns))
+                _drop_bulk(res)
             results = validation.to_json_dict()
             html = render_html(validation)
     rows_in = len(batch)

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from crispflow.errors import CrispflowError
+from crispflow.model.synthetic import UNSEEN
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -69,7 +70,6 @@ TREE_ESTIMATORS = {
 }
 CALIBRATION_METHODS = ("sigmoid", "isotonic")
 _EXTREMES = (-1e12, -1.0, 0.0, 1e12)  # numeric values of the generated verification rows
-_UNSEEN = "__unseen__"
 _NUMBER_TYPES = frozenset({int, float, type(None)})  # a JSON number or null (bool is not a number here)
 _TEXT_TYPES = frozenset({str, bool, type(None)})
 
@@ -588,7 +588,7 @@ def _typical(parts: Parts) -> tuple[dict[str, Any], dict[str, list[str]]]:
                     categories[col] = [c for c in np.asarray(cats, dtype=object).tolist() if isinstance(c, str)]
     typer = parts.typer
     typical = {c: float(row[c]) if isinstance(row.get(c), int | float) else 0.0 for c in typer.numeric}
-    typical.update({c: row[c] if isinstance(row.get(c), str) else _UNSEEN for c in typer.text})
+    typical.update({c: row[c] if isinstance(row.get(c), str) else UNSEEN for c in typer.text})
     typical.update({c: "2020-01-15T00:00:00" for c in typer.datetime})
     return typical, categories
 
@@ -604,7 +604,7 @@ def verification_records(parts: Parts) -> list[dict[str, Any]]:
         rows += [{**base, col: None}, *({**base, col: v} for v in _EXTREMES)]
     rows += [{**base, col: None} for col in typer.datetime]
     for col in typer.text:
-        rows += [{**base, col: None}, {**base, col: _UNSEEN}, *({**base, col: c} for c in categories.get(col, []))]
+        rows += [{**base, col: None}, {**base, col: UNSEEN}, *({**base, col: c} for c in categories.get(col, []))]
     rows.append(dict.fromkeys(base))
     return rows
 

@@ -49,6 +49,7 @@ from crispflow.errors import CrispflowError
 from crispflow.model.compiled import LINEAR_ESTIMATORS, TREE_ESTIMATORS, UnsupportedModel, calibrate, unwrap
 from crispflow.model.compiled import Parts as _Parts
 from crispflow.model.compiled import transform as _transform
+from crispflow.model.synthetic import probe_rows, rows_frame
 
 if TYPE_CHECKING:
     from crispflow.model.features import FrameTyper
@@ -59,7 +60,6 @@ FORMAT = 1
 LINEAR, TREE = "linear_exact", "tree_shap"
 TOLERANCE = {LINEAR: 1e-6, TREE: 1e-4}
 RESPONSE_TOLERANCE = 1e-12  # model_response(transform(X)) vs the model's own predict_proba / predict
-UNSEEN = "__unseen__"
 TASKS = ("binary", "multiclass", "regression")
 RECORD_KEYS = ("format", "task", "method", "space", "space_note", "estimator", "features", "columns", "reference",
                "probe", "probe_output", "tolerance")
@@ -218,65 +218,12 @@ def _group_matrix(owners: list[str], features: list[str]) -> np.ndarray:
 # --- probe rows -------------------------------------------------------------------------------------------
 
 
-def _median(values: np.ndarray) -> float | None:
-    finite = values[~np.isnan(values)]
-    return float(np.median(finite)) if finite.size else None
-
-
-def _mode(values: np.ndarray) -> str | None:
-    present = pd.Series(values[[isinstance(v, str) for v in values]], dtype=object)
-    if present.empty:
-        return None
-    counts = present.value_counts()
-    return str(min(counts.index[counts == counts.max()]))  # ties: the smallest, for determinism
-
-
-def _probe_rows(typer: FrameTyper, frame: pd.DataFrame, features: list[str], pii: set[str]) -> list[dict[str, Any]]:
-    """Synthetic rows: a typical row (numeric medians, text modes, median timestamps; a PII column gets no
-    training value: missing, or the unseen category), then one row per numeric or datetime column with it missing,
-    one per text column with an unseen category, and one with everything missing."""
-    from crispflow.data.extracts import to_utc_naive
-
-    typed = typer.transform(frame)
-    base: dict[str, Any] = {}
-    for col in typer.numeric:
-        base[col] = None if col in pii else _median(typed[col].to_numpy(dtype="float64"))
-    for col in typer.text:
-        base[col] = UNSEEN if col in pii else _mode(typed[col].to_numpy(dtype=object))
-    for col in typer.datetime:
-        when = to_utc_naive(frame[col]).dropna()
-        base[col] = None if col in pii or when.empty else when.sort_values().iloc[len(when) // 2].isoformat()
-    base = {col: base[col] for col in features}
-    rows = [base]
-    rows += [{**base, col: None} for col in (*typer.numeric, *typer.datetime)]
-    rows += [{**base, col: UNSEEN} for col in typer.text]
-    rows.append(dict.fromkeys(base))
-    return rows
-
-
 def _probe_frame(typer: FrameTyper, features: list[str], probe: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """The probe records as a frame with the dtypes the data phase publishes."""
-    if not isinstance(probe, Sequence) or not probe:
-        raise ExplainerError("record.probe: must be a non-empty list of rows")
-    for i, row in enumerate(probe):
-        if not isinstance(row, Mapping) or set(row) != set(features):
-            got = sorted(row) if isinstance(row, Mapping) else type(row).__name__
-            raise ExplainerError(f"record.probe[{i}]: must have exactly the features {features}, got {got}")
-    data: dict[str, Any] = {}
     try:
-        for col in features:
-            values = [row[col] for row in probe]
-            if col in typer.numeric:
-                data[col] = np.array([np.nan if v is None else float(v) for v in values], dtype="float64")
-            elif col in typer.datetime:
-                data[col] = pd.to_datetime(pd.Series(values, dtype=object), format="ISO8601")
-            else:
-                if any(v is not None and not isinstance(v, str) for v in values):
-                    raise TypeError(f"text column {col!r} holds a non-string value")
-                data[col] = pd.Series(values, dtype=object)
-    except (TypeError, ValueError) as exc:
-        raise ExplainerError(f"record.probe: rows cannot be read as model input: {exc}") from None
-    return pd.DataFrame(data)
+        return rows_frame(typer, features, probe, what="record.probe")
+    except ValueError as exc:
+        raise ExplainerError(str(exc)) from None
 
 
 # --- JSON -------------------------------------------------------------------------------------------------
@@ -659,7 +606,8 @@ def explainer_record(spec: PipelineSpec, model: Any, train: pd.DataFrame) -> dic
 
     Keys: format, task, method, space, space_note, estimator, features (the spec's feature columns), columns
     (transformed width), reference (linear: the mean transformed training row; tree: []), probe (synthetic rows,
-    see `_probe_rows`), probe_output (the model's output on them, in `space`), tolerance (1e-6 linear, 1e-4 tree).
+    see `crispflow.model.synthetic.probe_rows`), probe_output (the model's output on them, in `space`),
+    tolerance (1e-6 linear, 1e-4 tree).
 
     :raises ExplainerError: the model is not explainable, its inputs are not the spec's features, or the
         explanations of the probe rows are not additive (ExplainerSelfTestFailed).
@@ -679,7 +627,7 @@ def explainer_record(spec: PipelineSpec, model: Any, train: pd.DataFrame) -> dic
     if method == LINEAR:
         reference = _transform(parts, X).mean(axis=0).tolist()
     explainer = LocalExplainer(spec.task, parts, method, space, names, reference, TOLERANCE[method])
-    probe = _probe_rows(parts.typer, X, names, set(spec.pii_columns))
+    probe = probe_rows(parts.typer, X, names, set(spec.pii_columns))
     output = explainer._verify(_probe_frame(parts.typer, names, probe), None)
     record = {
         "format": FORMAT,

@@ -128,6 +128,7 @@ def register_challenger(job: TrainingJob, parent_run_id: str, results: list[dict
     """Fit the best configuration on all training rows (calibrated and thresholded, or with its prediction
     interval, per the task); register it as `challenger`."""
     from crispflow.model.features import features
+    from crispflow.model.synthetic import input_example
     from crispflow.model.tasks import model_output
     from crispflow.model.training import best_config, fit_final
 
@@ -138,7 +139,7 @@ def register_challenger(job: TrainingJob, parent_run_id: str, results: list[dict
     tags = {**job.lineage_tags(), "crispflow.holdout_hash": record["holdout_hash"],
             "crispflow.config_id": best["config_id"], **task_tags(job.spec, threshold, info),
             f"crispflow.cv_{best['metric']}": repr(best["mean"])}
-    example = features(job.spec, train).head(20)
+    example = input_example(job.spec, features(job.spec, train))  # synthetic: no subject's row in the artifact
     reg = registry.register(job.mlf, name=job.model_name, run_id=parent_run_id, run_key=f"{job.run_key}/register",
                             model=model, example=example, output=model_output(job.spec, model, example), tags=tags,
                             description=job.spec.description, trusted=job.trusted)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crispflow.errors import CrispflowError
+from crispflow.lake import make_private_dirs
 from crispflow.spec import TASK_METRICS
 
 if TYPE_CHECKING:
@@ -178,7 +179,8 @@ def register(mlf: MlflowClient, *, name: str, run_id: str, run_key: str, model: 
              trusted: Sequence[str] = ()) -> Registered:
     """Log the sklearn model in `run_id` and register it once per `run_key`; tag it; hash its artifact.
 
-    :param example: model input rows; the first 5 are logged as the input example, all shape the signature.
+    :param example: model input rows (synthetic: `crispflow.model.synthetic.input_example`); the first 5 are
+        logged as the input example, all shape the signature.
     :param output: the model's output for `example` (crispflow.model.tasks.model_output), for the signature;
         default: the positive-class probability of a classifier, the prediction of a regressor.
     :param trusted: module prefixes whose classes the model may hold besides numpy/scipy/sklearn/crispflow
@@ -397,7 +399,7 @@ def _hash_checked_copy(mv: Any, cache: Path | None) -> Path:
         if tree_sha256(final) == expected:
             return final
         _discard(final, cache)  # changed on disk: fetch it again
-    cache.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(cache)
     staging = Path(tempfile.mkdtemp(dir=cache, prefix=".download-"))
     try:
         local = _download(mv, staging)

@@ -25,8 +25,10 @@ import threading
 import time
 from collections import deque
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from crispflow.lake import write_atomic
 from crispflow.predictions.schema import (
     FEEDBACK,
     PREDICTIONS,
@@ -384,7 +386,8 @@ class PredictionLog:
         return kept, written, error
 
     def _put(self, relative: str, data: bytes) -> None:
-        """Publish one file atomically: temp + fsync + rename locally, a single PUT on object stores."""
+        """Publish one file atomically: `crispflow.lake.write_atomic` locally (private, fsync, rename), a single PUT on
+        object stores."""
         store = self._store
         target = store.join(relative)
         if not store.local:
@@ -392,18 +395,6 @@ class PredictionLog:
             with self._lock:
                 self._files_written += 1
             return
-        directory, name = os.path.split(target)
-        os.makedirs(directory, exist_ok=True)
-        tmp = os.path.join(directory, f".{name}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.rename(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_atomic(Path(target), data)
         with self._lock:
             self._files_written += 1
