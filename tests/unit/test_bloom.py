@@ -1,0 +1,39 @@
+"""crispflow.governance.bloom: no false negatives, a false-positive rate near its design, a stable byte form."""
+
+from __future__ import annotations
+
+import pytest
+
+from crispflow.governance.bloom import BloomError, BloomFilter
+from crispflow.governance.pseudonyms import Pseudonymizer, PseudonymKey
+
+
+@pytest.mark.parametrize("fp_rate", [0.01, 0.001])
+def test_members_are_always_found_and_the_false_positive_rate_is_near_its_design(fp_rate: float) -> None:
+    pz = Pseudonymizer([PseudonymKey("hk1", b"a fixed test key, 32 bytes long!")])  # deterministic
+    members = [pz.pseudonym(str(i)) for i in range(20_000)]
+    others = [pz.pseudonym(str(i)) for i in range(20_000, 220_000)]
+    bloom = BloomFilter.for_capacity(len(members), fp_rate)
+    bloom.add(members)
+    assert bloom.might_contain(members).all()  # never a false negative
+    measured = float(bloom.might_contain(others).mean())
+    assert fp_rate / 2 <= measured <= 2 * fp_rate, measured  # within 2x of the design rate (the issue's bound)
+    assert bloom.expected_fp_rate() == pytest.approx(fp_rate, rel=0.2)
+
+
+def test_the_byte_form_round_trips_and_bad_bytes_are_named() -> None:
+    bloom = BloomFilter.for_capacity(100, 0.01)
+    bloom.add(["hk1:" + "a" * 32, "hk1:" + "b" * 32])
+    again = BloomFilter.from_bytes(bloom.to_bytes())
+    assert ("hk1:" + "a" * 32) in again and again.items == 2
+    assert (again.bits, again.hashes) == (bloom.bits, bloom.hashes)
+    with pytest.raises(BloomError, match="bad magic"):
+        BloomFilter.from_bytes(b"X" * 64)
+    with pytest.raises(BloomError, match="shorter than the header"):
+        BloomFilter.from_bytes(b"CFBLOOM1")
+    with pytest.raises(BloomError, match="bytes of bits"):
+        BloomFilter.from_bytes(bloom.to_bytes()[:-1])
+    with pytest.raises(BloomError, match="capacity"):
+        BloomFilter.for_capacity(0)
+    with pytest.raises(BloomError, match="fp_rate"):
+        BloomFilter.for_capacity(10, 1.5)
