@@ -75,6 +75,7 @@ bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.bench_ui_pages
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.explain_overhead
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.batch_vs_predict
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.scorer_vs_onnx
 
 # Scale-out: batch scoring of 10M rows on prod-local with 1, then 2 Celery workers (one task slot each).
 bench-scale: $(STAMP)
