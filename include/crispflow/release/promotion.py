@@ -27,7 +27,6 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crispflow.errors import CrispflowError
@@ -43,6 +42,7 @@ from crispflow.model.registry import (
     RegistryError,
 )
 from crispflow.pools import PROMOTIONS
+from crispflow.sql_tables import open_table
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -148,23 +148,12 @@ class Ledger:
     def __init__(self, url: str, *, read_only: bool = False) -> None:
         """`read_only`: a reader (the UI plugin's SELECT-only role) that never creates or migrates the table and
         reads a ledger whose table does not exist yet as empty."""
-        from sqlalchemy import MetaData, create_engine
-        from sqlalchemy.exc import OperationalError, ProgrammingError
-
         self.url = url
         self.read_only = read_only
-        if url.startswith("sqlite:///") and not read_only:
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = create_engine(url, pool_pre_ping=True)
-        self.metadata = MetaData()
-        self.table = _table(self.metadata)
-        if read_only:
-            return
-        try:
-            self.metadata.create_all(self.engine)
-        except (OperationalError, ProgrammingError):  # created concurrently by another process
-            self.metadata.create_all(self.engine)
-        self._migrate()
+        self.engine: Engine
+        self.engine, self.table = open_table(url, _table, read_only=read_only)
+        if not read_only:
+            self._migrate()
 
     def _migrate(self) -> None:
         """Forward migration of a ledger created before entry states and persons: add the missing columns."""
