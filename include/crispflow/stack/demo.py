@@ -158,6 +158,19 @@ def _loop_done(settings: Settings, pipeline: str) -> bool:
     return any(line.split()[1] in ("promote", "rollback", "abort") for line in _ledger_lines(settings, pipeline))
 
 
+def _ledger_decision(settings: Settings, pipeline: str, canary: str) -> dict[str, Any] | None:
+    """The decision the ledger recorded for canary `canary` (promoted or rolled back), or None."""
+    from crispflow.model import registry
+    from crispflow.release import promotion
+
+    outcome = {"promote": "promote", "abort_canary": "rollback"}
+    for entry in reversed(promotion.Ledger(settings.ledger_url).entries(registry.model_name(pipeline))):
+        if entry["action"] in outcome and entry["moves"].get(promotion.CANARY, [None])[0] == canary:
+            return {"decision": outcome[entry["action"]],
+                    "reasons": [f"{entry['reason']} (ledger #{entry['seq']}, by {entry['actor']})"]}
+    return None
+
+
 def _ledger_lines(settings: Settings, pipeline: str = PIPELINE) -> list[str]:
     from crispflow.model import registry
     from crispflow.release import promotion
@@ -238,6 +251,8 @@ def canary_phase(api: AirflowAPI, settings: Settings, pipeline: str = PIPELINE, 
         time.sleep(2.5)  # the server's prediction log flushes every second
         analysis_run = run_and_wait(api, CANARY, None, {"pipeline": pipeline}, timeout=600, progress=progress)
         decision = api.xcom(CANARY, analysis_run, "analyse_and_act", map_index=0)  # mapped: one per pipeline
+        if decision["decision"] == "none":  # the scheduled analysis (every 10 min) decided first: say what it did
+            decision = _ledger_decision(settings, pipeline, str(canary.version)) or decision
         if decision["decision"] != "continue":
             break
     metrics = requests.get(f"{settings.serve_url}/metrics", timeout=10,
