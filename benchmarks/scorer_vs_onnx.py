@@ -127,7 +127,9 @@ def measure_model(spec: Any, train: Any, records: list[dict[str, Any]], label: s
         session, numeric, text = onnx_twin(spec, model, train)
     except Exception as exc:  # skl2onnx cannot convert this estimator: say so, measure the others
         session, numeric, text = None, [], []
-        failed = f"conversion failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+        while exc.__cause__ is not None:  # the root cause says why
+            exc = exc.__cause__  # type: ignore[assignment]
+        failed = f"skl2onnx failed ({type(exc).__name__}: {str(exc).splitlines()[0][:90]})"
 
     def onnx_score(rows: list[dict[str, Any]]) -> Any:
         typed = scorer.typed_records(rows)
