@@ -147,3 +147,28 @@ def test_arrow_reading_gives_the_pandas_report(tmp_path, suffix) -> None:
     profile = build_profile(None, tables["ref"])
     assert profile == build_profile(None, frames["ref"])
     assert compute_drift(profile, tables["cur"]) == compute_drift(profile, frames["cur"])
+
+
+def test_dictionary_columns_over_several_row_groups_count_like_pandas(tmp_path) -> None:
+    """Parquet text read as dictionary codes: each row group has its own dictionary (new values in later groups,
+    nulls too); the profile and the window count as the pandas read does."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from crispflow.monitoring.cli import read_data
+    from crispflow.monitoring.drift import compute_drift
+
+    rng = np.random.default_rng(3)
+    values = np.array(["a", "b", "c", "d", None], dtype=object)
+    for name, weights in (("ref", [0.4, 0.3, 0.2, 0.05, 0.05]), ("cur", [0.1, 0.3, 0.3, 0.25, 0.05])):
+        frame = pd.DataFrame({"s": values[rng.choice(5, 3000, p=weights)], "x": rng.normal(size=3000)})
+        frame.loc[:999, "s"] = frame.loc[:999, "s"].replace("d", "a")  # "d" only from the second row group on
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp_path / f"{name}.parquet",
+                       row_group_size=1000)
+    table = read_data(str(tmp_path / "cur.parquet"), "current", arrow=True)
+    assert table["s"].num_chunks == 3 and str(table.schema.field("s").type).startswith("dictionary")
+    ref_arrow = read_data(str(tmp_path / "ref.parquet"), "reference", arrow=True)
+    ref_pandas = read_data(str(tmp_path / "ref.parquet"), "reference")
+    profile = build_profile(None, ref_arrow)
+    assert profile == build_profile(None, ref_pandas)
+    assert compute_drift(profile, table) == compute_drift(profile, read_data(str(tmp_path / "cur.parquet"), "c"))
