@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.machine import Machine, check_quiet, median_ratio
-from benchmarks.scoring_scale import PIPELINE, RESULTS, WORK, generate
+from benchmarks.machine import Machine, check_quiet, median_ratio, report
+from benchmarks.scoring_scale import PIPELINE, WORK, generate
 
 RUN = {"dag_id": "benchmark", "run_id": "batch_vs_predict"}
 CANDIDATES = (("logistic regression", "logreg", {"C": 0.1}), ("gradient boosting", "hgb", {"max_iter": 100}))
@@ -94,11 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
             rows.append({"label": label, "ours": ours, "theirs": theirs,
                          "ratio": median_ratio(theirs, ours)})  # rows/s ratio = time ratio, inverted
-    text = markdown(rows, args, version_id, machine)
-    print(text)
-    if not args.no_record:
-        with RESULTS.open("a") as fh:
-            fh.write("\n" + text)
+    report(markdown(rows, args, version_id, machine), record=not args.no_record)
     return 0
 
 

@@ -46,12 +46,11 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.machine import Machine, check_quiet
+from benchmarks.machine import Machine, check_quiet, command_line, report
 from crispflow.monitoring.alerts import acknowledge, send_alert
 from crispflow.monitoring.store import record_episode, summarise, write_window
 
 WORK = Path(__file__).with_name(".work")
-RESULTS = Path(__file__).with_name("RESULTS.md")
 PIPELINE = "bench_ui"
 MODEL = f"crispflow-{PIPELINE}"  # crispflow.model.registry.model_name(PIPELINE)
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -337,12 +336,9 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(root, ignore_errors=True)
         else:
             print(f"work folder kept: {root}", file=sys.stderr)
-    command = "python -m benchmarks.bench_ui_pages" + (f" {' '.join(argv)}" if argv else "")
-    text = markdown(rows, args, command, built, (load_start, os.getloadavg()[0]), machine)
-    print(text)
-    if not args.no_record:
-        with RESULTS.open("a") as handle:
-            handle.write("\n" + text)
+    text = markdown(rows, args, command_line("benchmarks.bench_ui_pages", argv), built,
+                    (load_start, os.getloadavg()[0]), machine)
+    report(text, record=not args.no_record)
     return 0
 
 

@@ -36,10 +36,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks.machine import Machine, check_quiet, median_ratio
+from benchmarks.machine import Machine, check_quiet, command_line, median_ratio, report
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "RESULTS.md"
 WORK = HERE / ".work"
 EVIDENTLY_VENV = WORK / "evidently-venv"
 EVIDENTLY_PINS = ("evidently==0.7.23", "pandas==2.3.3")
@@ -248,12 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     evidently = None if args.skip_evidently else ensure_evidently()
     results = [bench(int(n), evidently, args.rounds) for n in args.rows.split(",") if n]
     small = None if args.skip_small else small_csv(max(args.rounds, 3))
-    command = "python -m benchmarks.drift_vs_evidently" + (f" {' '.join(argv)}" if argv else "")
-    text = markdown(results, small, command, machine, args.rounds)
-    print(text)
-    if not args.no_write:
-        with RESULTS.open("a") as handle:
-            handle.write("\n" + text)
+    text = markdown(results, small, command_line("benchmarks.drift_vs_evidently", argv), machine, args.rounds)
+    report(text, record=not args.no_write)
     return 0
 
 

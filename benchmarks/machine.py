@@ -14,6 +14,7 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 BUSY_PER_CPU = 0.5  # a 1-minute load average above this many runnable tasks per CPU counts as busy
 
@@ -57,3 +58,19 @@ def median_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> 
     if len(numerators) != len(denominators) or not numerators:
         raise ValueError("median_ratio needs one numerator and one denominator per round")
     return statistics.median(n / d for n, d in zip(numerators, denominators, strict=True))
+
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def command_line(module: str, argv: Sequence[str] | None) -> str:
+    """The command as a reader would type it, for the RESULTS.md section."""
+    return f"python -m {module}" + (f" {' '.join(argv)}" if argv else "")
+
+
+def report(text: str, record: bool) -> None:
+    """Print a benchmark's markdown section and, if `record`, append it to benchmarks/RESULTS.md."""
+    print(text)
+    if record:
+        with RESULTS.open("a") as handle:
+            handle.write("\n" + text)

@@ -32,7 +32,6 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-RESULTS = HERE / "RESULTS.md"
 VENV = HERE / ".work" / "onnx-venv"
 UV = Path.home() / ".local" / "bin" / "uv"
 CANDIDATES = (("logistic regression", "logreg", {"C": 0.1}), ("gradient boosting", "hgb", {"max_iter": 100}))
@@ -186,16 +185,12 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         return subprocess.run([str(python), "-m", "benchmarks.scorer_vs_onnx", *(argv or [])], cwd=ROOT,
                               env=env, check=False).returncode
-    from benchmarks.machine import check_quiet
+    from benchmarks.machine import check_quiet, command_line, report
 
     machine = check_quiet()
     rows = measure(args.rounds, args.calls)
-    command = "python -m benchmarks.scorer_vs_onnx" + (f" {' '.join(argv)}" if argv else "")
-    text = markdown(rows, command, machine.note, args.calls, args.rounds)
-    print(text)
-    if not args.no_record:
-        with RESULTS.open("a") as handle:
-            handle.write("\n" + text)
+    text = markdown(rows, command_line("benchmarks.scorer_vs_onnx", argv), machine.note, args.calls, args.rounds)
+    report(text, record=not args.no_record)
     return 0
 
 
