@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import Param, PartitionedAssetTimetable, dag, task
+from airflow.sdk import Param, PartitionedAssetTimetable, dag
 
 from crispflow_airflow.assets import DRIFT_DETECTED
 from crispflow_airflow.dag_defaults import START_DATE, default_args
+from crispflow_airflow.operators.retrain import PlanRetrainOperator
 from crispflow_airflow.operators.trigger_run import TriggerRunOperator
 
 
@@ -33,24 +34,9 @@ from crispflow_airflow.operators.trigger_run import TriggerRunOperator
     doc_md=__doc__,
 )
 def retrain_on_drift() -> None:
-    @task(multiple_outputs=True)
-    def resolve(**context) -> dict:
-        """Validate the newest drift event against the store; pick the dataset to retrain on."""
-        from crispflow.monitoring.retrain import plan_retrain
-        from crispflow.run_requests import check_partition
-        from crispflow_airflow.context import run_identity, triggering_events
-        from crispflow_airflow.exceptions import as_airflow_errors
-        from crispflow_airflow.hooks.lake import LakeHook
-        from crispflow_airflow.hooks.predictions import PredictionStoreHook
-
-        with as_airflow_errors():
-            events = triggering_events(context)
-            check_partition(context["dag_run"].partition_key, events, "episode_id")
-            return plan_retrain(events, root=PredictionStoreHook().get_root(),
-                                lake=LakeHook().get_lake(), window_days=context["params"]["window_days"],
-                                run=run_identity(context))
-
-    request = resolve()
+    # the training window composed of the newest curated versions (an operator: it reports OpenLineage, parents →
+    # composed version)
+    request = PlanRetrainOperator(task_id="resolve").output
     TriggerRunOperator(  # TriggerDagRunOperator, imported at run time (its module costs ~1.5 s at parse time)
         task_id="retrain",
         trigger_dag_id="train_evaluate_register",

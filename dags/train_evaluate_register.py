@@ -21,6 +21,7 @@ from crispflow_airflow.assets import CURATED_DATASET
 from crispflow_airflow.dag_defaults import START_DATE, default_args, pipeline_param
 from crispflow_airflow.operators.blessing import BlessingGateOperator
 from crispflow_airflow.operators.promotion import DeployCanaryOperator
+from crispflow_airflow.operators.training import RegisterChallengerOperator
 
 PARAMS = {
     "pipeline": pipeline_param("Pipeline spec name; empty: from the triggering dataset event", default=None),
@@ -100,20 +101,6 @@ def train_evaluate_register() -> None:
 
         return run_candidate(training_job(request, context), parent_run_id, config)
 
-    @task(multiple_outputs=True)
-    def register(request: dict, parent_run_id: str, results: list, **context) -> dict:
-        """Fit the best configuration with calibration and threshold; register it as `challenger` (the `mlflow`
-        reference is for the task's MLflow links)."""
-        from crispflow.model.modelling import register_challenger
-        from crispflow_airflow.exceptions import as_airflow_errors
-        from crispflow_airflow.jobs import training_job
-        from crispflow_airflow.links import mlflow_ref
-
-        with as_airflow_errors():
-            job = training_job(request, context)
-            registered = register_challenger(job, parent_run_id, list(results))
-            return {**registered, "mlflow": mlflow_ref(job.mlf, job.model_name, registered["version"])}
-
     @task
     def evaluate(request: dict, version: str, **context) -> dict:
         """Holdout metrics with bootstrap CIs, slices, latency, size and plots, logged to MLflow (the `mlflow`
@@ -166,7 +153,9 @@ def train_evaluate_register() -> None:
     prepared = prepare(request)
     results = cross_validate.partial(request=request, parent_run_id=prepared["parent_run_id"]).expand(
         config=plan(request))
-    registered = register(request, prepared["parent_run_id"], results)
+    # an operator (not @task) so that it reports OpenLineage: dataset version → registered model version
+    registered = RegisterChallengerOperator(task_id="register", request=request,
+                                            parent_run_id=prepared["parent_run_id"], results=results).output
     evaluated = evaluate(request, registered["version"])
     bless = BlessingGateOperator(task_id="bless", request=request, version=registered["version"])
     explained = explain(request, registered["version"])

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import secrets
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 _HOME = Path(tempfile.mkdtemp(prefix="crispflow-tests-"))
+TEST_KEYS = f"hk1:{base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()}"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -26,6 +30,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "CRISPFLOW_HOME": str(_HOME / "crispflow"),
         "CRISPFLOW_LAKE_URL": (_HOME / "lake").as_uri(),
         "GX_ANALYTICS_ENABLED": "false",
+        # the pseudonym keys (a fresh key per test session): the quality gate's connection, the model server's
+        "AIRFLOW_CONN_CRISPFLOW_PSEUDONYMS": json.dumps({"conn_type": "generic", "password": TEST_KEYS}),
+        "CRISPFLOW_PSEUDONYM_KEYS": TEST_KEYS,
     }
     for key, value in env.items():
         os.environ[key] = value
@@ -57,3 +64,11 @@ def one_thread() -> Iterator[None]:
 
     with threadpool_limits(limits=1):
         yield
+
+
+@pytest.fixture
+def pseudonyms() -> Any:
+    """The test session's pseudonym keys (those of the crispflow_pseudonyms connection) as a Pseudonymizer."""
+    from crispflow.governance.pseudonyms import Pseudonymizer
+
+    return Pseudonymizer.from_text(TEST_KEYS)

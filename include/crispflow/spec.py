@@ -21,6 +21,8 @@ from crispflow.settings import Settings
 
 ColumnType = Literal["int", "float", "string", "category", "bool", "datetime"]
 SENSITIVE_TYPES = ("category", "string", "bool", "int")  # a sensitive column's values are groups
+PiiPolicy = Literal["hmac", "drop", "keep"]
+NUMERIC_TYPES = ("int", "float")
 
 
 class _Model(BaseModel):
@@ -78,7 +80,13 @@ class Column(_Model):
                                                            "others quarantine the row.")
     min: float | None = Field(default=None, description="Smallest allowed value (numeric types).")
     max: float | None = Field(default=None, description="Largest allowed value (numeric types).")
-    pii: bool = Field(default=False, description="Personal data: masked in every stored result and log.")
+    pii: bool | PiiPolicy = Field(default=False, description="Personal data, and how it is stored: `hmac` (a keyed "
+                                  "pseudonym in every store), `drop` (never stored past the raw landing), `keep` "
+                                  "(stored as it is; needs `pii_reason`). `true` (the form before policies) reads "
+                                  "as `hmac`, or as `keep` on a numeric feature. Always masked in the gate's "
+                                  "reports.")
+    pii_reason: str = Field(default="", description="Why a `pii: keep` column is stored as it is (recorded in "
+                            "every manifest).")
     sensitive: bool = Field(default=False, description="A protected attribute: kept beside the holdout for "
                             "fairness checks (metrics per group in the gate and the card), never a feature unless "
                             "`feature: true`. Needs a categorical type (category, string, bool or int).")
@@ -96,12 +104,28 @@ class Column(_Model):
             raise ValueError(f"sensitive: column {self.name!r} has type {self.type!r}; a sensitive column defines "
                              f"groups, so it needs one of {list(SENSITIVE_TYPES)} (bin a {self.type} column into "
                              f"a category first)")
+        if self.pii == "keep" and not self.pii_reason.strip():
+            raise ValueError(f"pii_reason: column {self.name!r} is `pii: keep`; state why it is stored as it is")
+        if self.pii_reason and self.pii != "keep":
+            raise ValueError(f"pii_reason: only a `pii: keep` column states a reason (column {self.name!r} has "
+                             f"pii: {self.pii!r})")
         return self
 
     @property
+    def pii_policy(self) -> PiiPolicy | None:
+        """How the column is stored: `hmac`, `drop`, `keep`, or None (not personal data). `pii: true` is `hmac`,
+        except on a numeric feature, where a pseudonym would destroy the order the model uses: `keep`."""
+        if self.pii is True:
+            return "keep" if self.type in NUMERIC_TYPES and self.is_feature else "hmac"
+        return self.pii or None
+
+    @property
     def is_feature(self) -> bool:
-        """`feature` if set, else not sensitive (the spec decides about key, target and time column)."""
-        return (not self.sensitive) if self.feature is None else self.feature
+        """`feature` if set, else neither sensitive nor dropped (the spec decides about key, target and time
+        column)."""
+        if self.feature is None:
+            return not self.sensitive and self.pii != "drop"
+        return self.feature
 
 
 TaskKind = Literal["binary", "multiclass", "regression"]
@@ -525,7 +549,8 @@ class PipelineSpec(_Model):
     sources: list[Source] = Field(min_length=1, description="Unioned in the order given; that order is the "
                                   "priority when keys collide.")
     key: str = Field(description="Entity key column (not nullable); duplicates after the first are quarantined "
-                     "as `<key>:duplicate_key`.")
+                     "as `<key>:duplicate_key`. Stored as a keyed pseudonym past the raw landing (`pii: hmac`) "
+                     "unless its column says `pii: keep`.")
     time_column: str | None = Field(default=None, description="Datetime column; a run keeps the rows of its "
                                     "interval `[start, end)`.")
     target: Target = Field(description="What the model predicts.")
@@ -648,6 +673,7 @@ class PipelineSpec(_Model):
                 raise ValueError(f"columns[{i}].sensitive: {column.name!r} is the {role}; it cannot be sensitive")
             if role and column.feature:
                 raise ValueError(f"columns[{i}].feature: {column.name!r} is the {role}, never a feature")
+        self._check_pii(roles)
         if self.training is not None and not self.feature_columns:
             raise ValueError("columns: no feature column left (every column is the key, target, time column, "
                              "sensitive or `feature: false`)")
@@ -657,6 +683,40 @@ class PipelineSpec(_Model):
             if binary_only:
                 raise ValueError(f"blessing.fairness.metrics: {binary_only} apply to binary targets only; a "
                                  f"{self.task} target compares `primary_metric_difference`")
+
+    def _check_pii(self, roles: dict[str | None, str]) -> None:
+        """PII policies fit the column's role: the key is pseudonymised or kept, never dropped; the target and time
+        column are kept; a pseudonym cannot be a numeric feature; a dropped column cannot be one."""
+        for i, column in enumerate(self.columns):
+            role, policy = roles.get(column.name), column.pii_policy
+            if role == "key" and policy == "drop":
+                raise ValueError(f"columns[{i}].pii: {column.name!r} is the key; it identifies rows, so it is "
+                                 "`hmac` (the default) or `keep`, never `drop`")
+            if role in ("target column", "time_column") and policy in ("hmac", "drop"):
+                raise ValueError(f"columns[{i}].pii: {column.name!r} is the {role}; the model needs its values, "
+                                 "so it can only be `keep` (with a pii_reason)")
+            if column.pii == "hmac" and column.type in NUMERIC_TYPES and column.is_feature:
+                raise ValueError(f"columns[{i}].pii: {column.name!r} is a numeric feature; a pseudonym loses its "
+                                 "order. Use `keep` with a pii_reason, `drop`, or `feature: false`")
+            if policy == "drop" and column.feature:
+                raise ValueError(f"columns[{i}].feature: {column.name!r} is `pii: drop`, so it is never stored "
+                                 "and cannot be a feature")
+
+    def pii_policy(self, name: str) -> PiiPolicy | None:
+        """How column `name` is stored; the key is `hmac` unless its column says otherwise."""
+        policy = self.column(name).pii_policy
+        return policy or ("hmac" if name == self.key else None)
+
+    @property
+    def pseudonymised_columns(self) -> list[str]:
+        """Columns stored as keyed pseudonyms (`hmac`), the key first when it is one."""
+        names = [c.name for c in self.columns if self.pii_policy(c.name) == "hmac"]
+        return sorted(names, key=lambda n: n != self.key)
+
+    @property
+    def dropped_columns(self) -> list[str]:
+        """Columns never stored past the raw landing (`pii: drop`)."""
+        return [c.name for c in self.columns if c.pii_policy == "drop"]
 
     def _check_estimators(self) -> None:
         """Each candidate's estimator exists, is allowed and fits the task. Built-in names are checked without
@@ -694,7 +754,8 @@ class PipelineSpec(_Model):
 
     @property
     def pii_columns(self) -> list[str]:
-        return [c.name for c in self.columns if c.pii]
+        """Columns masked in the gate's reports: every personal-data column, and the key."""
+        return [c.name for c in self.columns if self.pii_policy(c.name)]
 
     @property
     def feature_columns(self) -> list[str]:
@@ -722,7 +783,7 @@ class PipelineSpec(_Model):
 # Sections and fields added after specs were hashed: at their defaults they are left out of `spec_hash` (specs
 # written before them keep their hash).
 POLICY_SECTIONS = ("canary", "drift_watch", "drift_monitor", "alerts")
-NEW_COLUMN_FIELDS = ("sensitive", "feature")
+NEW_COLUMN_FIELDS = ("sensitive", "feature", "pii_reason")
 NEW_BLESSING_FIELDS = ("fairness",)
 
 

@@ -44,7 +44,7 @@ def test_dag_follows_the_house_rules(dagbag, path: Path) -> None:
 def test_dag_files_parse_fast_without_heavy_imports_or_connections() -> None:
     """`crispflow validate`'s DAG check: each file in a fork of a process with Airflow loaded (as the
     dag-processor does), Variable/Connection access forbidden, no heavy module, dag_id == file stem."""
-    assert check_dags(ROOT / "dags", max_parse_seconds=1.0) == []
+    assert check_dags(ROOT / "dags") == []  # the limit `crispflow validate` applies (2 s: a loaded CI box took 1.7)
 
 
 def test_plugins_folder_loads_only_the_plugin_file() -> None:

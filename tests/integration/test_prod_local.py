@@ -13,6 +13,7 @@ PostgreSQL or Redis does not answer.
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import json
 import socket
@@ -390,7 +391,105 @@ def test_model_server_serves_the_champion(live: ProdStack, demo: dict[str, Any])
     assert code == 200, "the model server did not load the champion from the S3-backed registry"
 
 
+def _lineage_graph(path: Path) -> tuple[dict[tuple, set[tuple]], set[str]]:
+    """The OpenLineage file transport's events as a graph: an edge from every input to every output of each
+    COMPLETE task event; a node is (namespace, name, datasetVersion). Also returns the jobs that completed."""
+    edges: dict[tuple, set[tuple]] = {}
+    jobs = set()
+    for line in path.read_text().splitlines():
+        event = json.loads(line)
+        if event.get("eventType") != "COMPLETE":
+            continue
+        jobs.add(event["job"]["name"])
+
+        def node(d: dict[str, Any]) -> tuple:
+            return d["namespace"], d["name"], ((d.get("facets") or {}).get("version") or {}).get("datasetVersion")
+
+        for i in event.get("inputs") or []:
+            edges.setdefault(node(i), set()).update(node(o) for o in event.get("outputs") or [])
+    return edges, jobs
+
+
+def _reachable(edges: dict[tuple, set[tuple]], start: tuple) -> set[tuple]:
+    seen, todo = {start}, [start]
+    while todo:
+        for nxt in edges.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def test_openlineage_events_connect_the_raw_source_to_the_served_model_version(live: ProdStack,
+                                                                                demo: dict[str, Any]) -> None:
+    """The demo's OpenLineage events (file transport, the stack's lineage/events.jsonl): a path of task edges leads
+    from a raw landing (the source's bytes, named by their sha256) through its staged batch, the published dataset
+    version and the registered model version to the `champion` alias at the version it serves now (after the drift
+    loop: the retrained model, through the composed training window)."""
+    import psycopg2
+
+    from crispflow.model.registry import model_name
+
+    path = live.home / "lineage" / "events.jsonl"
+    with contextlib.closing(psycopg2.connect(host="127.0.0.1", user="postgres",
+                                             dbname=Namespace.of(live.home).mlflow_db)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT version FROM registered_model_aliases WHERE name = %s AND alias = 'champion'",
+                    (model_name("lending_club"),))
+        champion = str(cur.fetchone()[0])
+    mlflow = f"http://127.0.0.1:{live.ports.mlflow}"
+    lake = f"s3://{LAKE_BUCKET}"
+    served = (mlflow, "models/crispflow-lending_club@champion", champion)
+    version = (mlflow, f"models/crispflow-lending_club/{champion}", champion)
+    deadline = time.monotonic() + 60  # the last tasks' events are written in a thread after they finish
+    while True:
+        edges, jobs = _lineage_graph(path) if path.exists() else ({}, set())
+        raw = {n for n in edges if n[0] == lake and n[1].startswith("lake/raw/lending_club/")}
+        if any(served in _reachable(edges, r) for r in raw) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert raw, f"no raw landing of lending_club among the inputs in {path}"
+    assert all(n[2] and n[1].endswith(n[2] + "." + n[1].rsplit(".", 1)[-1]) for n in raw), "version: the sha256"
+    from_raw = set().union(*(_reachable(edges, r) for r in raw))
+    assert served in from_raw, f"the champion v{champion} is not reachable from a raw landing"
+    assert version in from_raw
+    for zone in ("lake/batches/lending_club/", "lake/curated/lending_club/"):
+        assert any(n[0] == lake and n[1].startswith(zone) and n[2] for n in from_raw), zone
+    assert {"ingest_validate.ingest", "ingest_validate.publish", "train_evaluate_register.register",
+            "train_evaluate_register.bless", "retrain_on_drift.resolve"} <= jobs, sorted(jobs)
+    # the canary's promotion (the canary analysis) moved the alias: an edge from the model version to the alias
+    assert served in edges.get(version, set()), "no task moved `champion` to the served version"
+
+
 # --------------------------------------------------------------------------- monitoring: Prometheus, Alertmanager
+
+
+def test_curated_data_and_the_prediction_log_hold_pseudonyms_not_keys(live: ProdStack,
+                                                                      demo: dict[str, Any]) -> None:
+    """Past the raw landing a subject is a keyed pseudonym: the curated version the demo trained on, and every
+    row the model server logged (entity and the pii feature)."""
+    from datetime import UTC, datetime, timedelta
+
+    import pandas as pd
+    from upath import UPath
+
+    from crispflow.governance.pseudonyms import Pseudonymizer, is_pseudonym
+    from crispflow.predictions.reader import read_predictions
+    from crispflow.predictions.store import storage_options_from_env
+
+    keys = Pseudonymizer.from_text(live.secrets.pseudonym_keys)
+    raw = pd.read_parquet(ROOT / "include/data/lending_club.parquet")
+    env = live.client_env()
+    lake = UPath(env["CRISPFLOW_LAKE_URL"], **(storage_options_from_env(env["CRISPFLOW_LAKE_URL"], env) or {}))
+    version_id = demo["dataset version"].split()[0]
+    curated = pd.read_parquet(io.BytesIO((lake / "curated/lending_club" / version_id / "data.parquet").read_bytes()))
+    assert all(map(is_pseudonym, curated["loan_id"])) and all(map(is_pseudonym, curated["addr_state"].dropna()))
+    assert set(curated["loan_id"]) <= {keys.pseudonym(str(k)) for k in raw["loan_id"]}
+    logged = read_predictions(_prediction_store(live), "crispflow-lending_club", datetime.now(UTC) - timedelta(days=2),
+                              datetime.now(UTC) + timedelta(hours=1), with_feedback=False)
+    entities = logged["entity"].dropna()
+    assert len(entities) > 100 and all(map(is_pseudonym, entities))
+    assert all(map(is_pseudonym, logged["feature.addr_state"].dropna()))
+    assert not set(logged["feature.addr_state"].dropna()) & set(raw["addr_state"])
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from support.keys import session_keys
 from support.servers import free_port, stop_process, wait_for_port
 from support.serving import AUTH, Running, http, token_file
 
@@ -106,7 +107,7 @@ def server(model, mlflow_server, tmp_path_factory) -> Iterator[Running]:
     log_root = tmp_path_factory.mktemp("predictions")
     config = ServeConfig(model=model["name"], tracking_uri=mlflow_server.url, predictions_url=str(log_root),
                          poll_interval=0.2, log_flush_interval=0.2, positive_labels=("bad",),
-                         negative_labels=("good",), only=(model["name"],))
+                         negative_labels=("good",), only=(model["name"],), pseudonyms=session_keys())
     with Running(config) as running:
         running.log_root = log_root  # type: ignore[attr-defined]
         _wait(lambda: _ready_version(running.url), 60, "champion loaded")
@@ -373,7 +374,9 @@ def test_shadow_results_are_logged_never_returned(server, mlf, model) -> None:
     shadow = rows[~rows["served"]]
     assert set(shadow["request_id"]) == ids and set(shadow["alias"]) == {"shadow"} and set(shadow["version"]) == {v2}
     assert shadow["score"].between(0, 1).all() and (shadow["status"] == "ok").all()
-    assert set(shadow["entity"]) == {str(r["loan_id"]) for r in model["records"][:20]}
+    keys = session_keys()  # the entity is logged as its keyed pseudonym, never in clear
+    assert set(shadow["entity"]) == {keys.pseudonym(str(r["loan_id"])) for r in model["records"][:20]}
+    assert set(rows["feature.loan_id"]) == set(shadow["entity"])
     served = rows[rows["served"]]
     assert set(served["alias"]) == {"champion"} and served["feature.int_rate"].notna().all()
 

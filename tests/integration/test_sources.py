@@ -19,6 +19,7 @@ from urllib.parse import urlencode
 import pandas as pd
 import pytest
 import yaml
+from support.keys import session_keys
 from support.servers import LOOPBACK, JsonHttpServer, MotoS3, Reply, Request, Route, ScratchDatabase, run_http_server
 
 from crispflow.data.datasets import load_batch, load_version, publish, read_manifest, stage, store_outcome
@@ -228,7 +229,7 @@ def test_lake_on_s3_stages_validates_and_publishes_once(s3_conn: MotoS3) -> None
     ingest = stage(lake, spec, INTERVAL, [ex], batch, report)
     staged, ingest_back = load_batch(lake, spec.name, ingest["batch_id"])
     outcome = validate_batch(spec, staged, Interval.from_json(ingest_back["interval"]), ingest["batch_id"])
-    summary = store_outcome(lake, spec, ingest["batch_id"], outcome)
+    summary = store_outcome(lake, spec, ingest["batch_id"], outcome, session_keys())
     first = publish(lake, spec, ingest["batch_id"], {"dag_id": "test", "run_id": "run-1"})
     again = publish(lake, spec, ingest["batch_id"], {"dag_id": "test", "run_id": "run-2"})
 
@@ -242,7 +243,8 @@ def test_lake_on_s3_stages_validates_and_publishes_once(s3_conn: MotoS3) -> None
                                 "quarantined": summary["rows_quarantined"]}
     assert manifest["sources"][0]["fingerprint"]["etag"] == ex.fingerprint["etag"]
     published = load_version(lake, first.version_id)  # checks the content hash
-    assert published["loan_id"].tolist() == outcome.valid["loan_id"].tolist()
+    pseudonyms = session_keys()  # stored as keyed pseudonyms, sorted by them
+    assert published["loan_id"].tolist() == sorted(pseudonyms.pseudonym(str(k)) for k in outcome.valid["loan_id"])
     keys = {o["Key"] for o in s3_conn.client().list_objects_v2(Bucket=BUCKET, Prefix="lake/")["Contents"]}
     assert f"lake/{ingest['sources'][0]['raw']}" == f"lake/raw/{spec.name}/{sha256(ex.raw)}.parquet"
     assert {f"lake/{ingest['sources'][0]['raw']}", f"lake/{manifest['files']['data']}",

@@ -165,12 +165,15 @@ DELIBERATELY_DIFFERENT = {
     "CRISPFLOW_LEDGER_READ_URL": "the ledger's SELECT-only role on the postgres service instead of the SQLite file",
     "MLFLOW_TRACKING_URI": "the mlflow service",
     "CRISPFLOW_MLFLOW_UI_URL": "the URL users open, from .env",
+    "AIRFLOW__OPENLINEAGE__TRANSPORT": "the events file in the logs volume; locally in the stack's home",
+    "AIRFLOW_CONN_CRISPFLOW_PSEUDONYMS": "the keys from .env; locally generated into .crispflow/secrets.json",
 }
 # ... and the local variables that have no meaning in a container.
 LOCAL_ONLY = {
     "PATH": "the image's PATH already has its Python environment",
     "AIRFLOW_HOME": "the image's own, /opt/airflow",
     "CRISPFLOW_HOME": "the local stack's state folder",
+    "CRISPFLOW_PSEUDONYM_KEYS": "the model server's variable: compose gives it to the model-server service only",
     "CRISPFLOW_AIRFLOW_PORT": "the local stack's port choice",
     "CRISPFLOW_MLFLOW_PORT": "the local stack's port choice",
     "CRISPFLOW_SERVE_PORT": "the local stack's port choice (compose: the model-server service, port 8000)",
@@ -1032,7 +1035,8 @@ def test_airflow_environment_matches_prod_local() -> None:
 @pytest.mark.parametrize("service", ["mlflow", "model-server"])
 def test_server_environment_matches_prod_local(service: str) -> None:
     local = set({p.name: p for p in prod_local_profile().processes}[SAME_PROCESS[service]].env)
-    local = {key for key in local if not key.startswith("CRISPFLOW_") or key == "CRISPFLOW_PREDICTIONS_URL"}
+    local = {key for key in local
+             if not key.startswith("CRISPFLOW_") or key in ("CRISPFLOW_PREDICTIONS_URL", "CRISPFLOW_PSEUDONYM_KEYS")}
     local -= {"PATH"}
     production = set(environment(services()[service]))
     # the model server: compose names its port; prod-local passes it on the command line only

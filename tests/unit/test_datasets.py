@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from support.keys import session_keys
 
 import crispflow.data.datasets as datasets
 from crispflow.data.extracts import assemble
@@ -31,7 +32,7 @@ def staged_lake(root: Path, mutate=None) -> tuple[Lake, str]:
     batch, report = assemble(spec, extracts, INTERVAL)
     report = datasets.stage(lake, spec, INTERVAL, extracts, batch, report)
     outcome = validate_batch(spec, batch, INTERVAL, report["batch_id"])
-    datasets.store_outcome(lake, spec, report["batch_id"], outcome)
+    datasets.store_outcome(lake, spec, report["batch_id"], outcome, session_keys())
     return lake, report["batch_id"]
 
 

@@ -59,6 +59,7 @@ def test_a_recorded_episode_plans_one_training_run_on_the_composed_window(world)
     assert out["coalesced_events"] == 1 and out["conf"]["pipeline"] == PIPELINE
     composed = read_manifest(lake, out["conf"]["dataset_version_id"], PIPELINE)
     assert composed["parents"] == ["ds-00000000000000aa", "ds-00000000000000bb"]
+    assert out["parents"] == composed["parents"]  # for lineage: the versions the window is composed of
     assert composed["rows"]["published"] == 3500 and composed["published_by"]["run_id"] == "r1"
     assert plan(world, [dict(RECORD)]) == {**out, "coalesced_events": 0}  # the same window again: same version
 

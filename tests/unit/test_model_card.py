@@ -378,13 +378,14 @@ def test_spec_text_is_escaped(card: ModelCardInput) -> None:
 
 def test_pii_features_are_marked(card: ModelCardInput, rendered: tuple[str, str]) -> None:
     md, page = rendered
-    assert "| `addr_state` | category | no | **PII** |" in md
-    assert "<td><code>addr_state</code></td><td>category</td><td>no</td><td><strong>PII</strong></td>" in page
+    assert "| `addr_state` | category | no | **PII: hmac** |" in md
+    assert "<td><code>addr_state</code></td><td>category</td><td>no</td><td><strong>PII: hmac</strong></td>" in page
     assert "| `int_rate` | float | no | no |" in md
     features = md.split("### Features")[1].split("\n\n")[1]
     assert "`loan_id`" not in features and "`Class`" not in features  # key and target are not features
-    assert features.count("**PII**") == len(card.spec.pii_columns) == 1
-    assert "Features marked PII are used by the model: addr_state" in unescape_md(md)
+    assert features.count("**PII") == len([c for c in card.spec.pii_columns if c in card.spec.feature_columns]) == 1
+    assert ("Personal-data features are used by the model: addr_state (stored and scored as keyed pseudonyms)"
+            in unescape_md(md))
 
 
 def test_limitations_are_derived_from_the_records(card: ModelCardInput, rendered: tuple[str, str]) -> None:

@@ -32,6 +32,9 @@ def test_a_pseudonym_is_the_keyed_hmac_named_by_its_key() -> None:
     assert hashlib.sha256(b"12345").hexdigest()[:32] not in p  # not the unkeyed hash
     assert Pseudonymizer([PseudonymKey("hk1", b"j" * 32)]).pseudonym("12345") != p  # another key, another name
     assert Pseudonymizer([key]).pseudonym("12345", domain="addr_state") != p  # domains do not link
+    for secret in (b"s" * 64, b"long" * 40):  # a block-sized key, and one longer than a block (hashed first)
+        mac = hmac.new(secret, "addr_state\x00São Paulo".encode(), hashlib.sha256).hexdigest()[:32]
+        assert Pseudonymizer([PseudonymKey("hk1", secret)]).pseudonym("São Paulo", "addr_state") == f"hk1:{mac}"
 
 
 def test_keys_rotate_and_old_pseudonyms_stay_findable() -> None:

@@ -7,7 +7,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from support.keys import session_keys
 
+from crispflow.governance.pseudonyms import is_pseudonym
+from crispflow.governance.stored_form import stored_form
 from crispflow.model.reference_profile import (
     FORMAT,
     DriftInputError,
@@ -18,6 +21,7 @@ from crispflow.model.reference_profile import (
     pseudonym,
     save_profile,
 )
+from crispflow.monitoring.drift import compute_drift
 from crispflow.spec import load_spec
 
 DATA = "include/data/lending_club.parquet"
@@ -63,13 +67,18 @@ def test_categoricals_keep_top_k_then_other_and_missing() -> None:
 
 def test_spec_chooses_features_types_labels_and_redacts_pii(loans: pd.DataFrame) -> None:
     spec = load_spec("lending_club")
-    profile = build_profile(spec, loans)
+    keys = session_keys()
+    profile = build_profile(spec, stored_form(spec, loans, keys))  # training data: as curated versions store it
     assert list(profile["features"]) == [c for c in spec.feature_columns if c != "application_month"]
     assert profile["features"]["term"]["kind"] == "categorical"
     assert profile["features"]["int_rate"]["kind"] == "numeric"
     state = profile["features"]["addr_state"]
-    assert state["hashed"] and all(c.startswith("sha256:") for c in state["categories"])
-    assert pseudonym("CA") in state["categories"] and "CA" not in json.dumps(profile)
+    assert state["redacted"] and not state["hashed"] and all(is_pseudonym(c) for c in state["categories"])
+    assert keys.pseudonym("CA", "addr_state") in state["categories"]
+    assert pseudonym("CA") not in json.dumps(profile) and '"CA"' not in json.dumps(profile)
+    report = compute_drift(profile, stored_form(spec, loans.head(2000), keys))["features"]["addr_state"]
+    assert report["status"] == "ok" and report["bins"]["labels"][0] == "<redacted 1>"
+    assert "CA" not in json.dumps(report) and report["unseen"]["values"] in ([], ["<redacted>"])
     assert profile["label"] == {"rows": len(loans), "positives": int((loans["Class"] == "bad").sum())}
     assert profile["pipeline"]["spec_hash"] == spec.spec_hash()
 

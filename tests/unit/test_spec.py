@@ -36,7 +36,7 @@ def test_demo_spec_is_valid_and_hash_is_stable() -> None:
     spec = load_spec_file(DEMO)
     assert spec.key == "loan_id" and spec.target.positive == "bad"
     assert "Class" not in spec.feature_columns and "loan_id" not in spec.feature_columns
-    assert spec.pii_columns == ["addr_state"]
+    assert spec.pii_columns == spec.pseudonymised_columns == ["loan_id", "addr_state"]  # the key: hmac by default
     assert spec.spec_hash() == parse_spec(demo()).spec_hash()
     assert "lending_club" in list_specs()
 

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from crispflow.errors import LakeError
+from crispflow.governance.stored_form import manifest_entry, stored_form
 from crispflow.lake import (
     Lake,
     canonical_json,
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
     from crispflow.data.quality import GateOutcome
     from crispflow.data.sources import Extract, Interval
+    from crispflow.governance.pseudonyms import Pseudonymizer
     from crispflow.spec import PipelineSpec
 
 BATCH = "batch.parquet"
@@ -69,18 +71,21 @@ def load_batch(lake: Lake, pipeline: str, batch_id: str) -> tuple[pd.DataFrame, 
     return read_parquet(folder / BATCH), read_json(folder / INGEST)
 
 
-def store_outcome(lake: Lake, spec: PipelineSpec, batch_id: str, outcome: GateOutcome) -> dict[str, Any]:
-    """Persist the gate's verdict before anyone acts on it: quarantine, results, report, validated rows."""
+def store_outcome(lake: Lake, spec: PipelineSpec, batch_id: str, outcome: GateOutcome,
+                  pseudonyms: Pseudonymizer | None) -> dict[str, Any]:
+    """Persist the gate's verdict before anyone acts on it: quarantine, results, report, validated rows. Rows are
+    stored in the spec's stored form (keyed pseudonyms, dropped columns: crispflow.governance.stored_form)."""
     folder = lake.batch_dir(spec.name, batch_id)
     quarantine = lake.quarantine(spec.name, batch_id)
-    write_parquet(quarantine, outcome.quarantine.assign(_batch_id=batch_id))
+    write_parquet(quarantine, stored_form(spec, outcome.quarantine, pseudonyms).assign(_batch_id=batch_id))
     write_atomic(folder / QUALITY_HTML, outcome.html.encode())
     paths = {"quarantine": lake.relative(quarantine), "quality_json": lake.relative(folder / QUALITY_JSON),
              "quality_html": lake.relative(folder / QUALITY_HTML)}
-    summary = {**outcome.summary, "batch_id": batch_id, "files": paths}
+    summary = {**outcome.summary, "batch_id": batch_id, "files": paths,
+               "stored_form": manifest_entry(spec, pseudonyms)}
     write_json(folder / QUALITY_JSON, {"summary": summary, "gx_result": outcome.results})
     if outcome.failure is None:
-        write_parquet(folder / VALIDATED, outcome.valid)
+        write_parquet(folder / VALIDATED, stored_form(spec, outcome.valid, pseudonyms))
     return summary
 
 
@@ -142,8 +147,9 @@ def publish(lake: Lake, spec: PipelineSpec, batch_id: str, run: dict[str, Any]) 
         "spec_hash": spec.spec_hash(),
         "batch_id": batch_id,
         "interval": ingest["interval"],
-        "schema": [{"name": c.name, "type": c.type, "dtype": str(valid[c.name].dtype), "pii": c.pii}
-                   for c in spec.columns],
+        "schema": [{"name": c.name, "type": c.type, "dtype": str(valid[c.name].dtype), "pii": spec.pii_policy(c.name)}
+                   for c in spec.columns if c.name in valid.columns],
+        "stored_form": summary.get("stored_form") or {"key_id": None, "hmac": [], "drop": [], "keep": {}},
         "rows": rows,
         "sources": ingest["sources"],
         "reconciliation": {k: ingest[k] for k in ("duplicate_key_rows", "keys_in_several_sources")},

@@ -32,13 +32,21 @@ def _end(manifest: dict[str, Any]) -> datetime:
     return end if end.tzinfo else end.replace(tzinfo=UTC)
 
 
+def key_id_of(manifest: dict[str, Any]) -> str | None:
+    """The pseudonym key a version's subjects are stored under (None: in clear, published before pseudonyms)."""
+    return (manifest.get("stored_form") or {}).get("key_id")
+
+
 def select(lake: Lake, pipeline: str, window_days: int) -> list[dict[str, Any]]:
-    """The versions whose interval ends within `window_days` of the newest interval end."""
+    """The versions whose interval ends within `window_days` of the newest interval end, stored in the newest
+    version's form (the same subject under two keys, or in clear and pseudonymised, would be two subjects: after
+    a key rotation or the upgrade to pseudonyms, re-ingest the older intervals to bring them back in)."""
     found = published(lake, pipeline)
     if not found:
         raise LakeError(f"{pipeline} has no published dataset version to train on")
-    newest = max(_end(m) for m in found)
-    return [m for m in found if _end(m) > newest - timedelta(days=window_days)]
+    newest = max(found, key=lambda m: (_end(m), m["published_by"]["at"]))
+    since = _end(newest) - timedelta(days=window_days)
+    return [m for m in found if _end(m) > since and key_id_of(m) == key_id_of(newest)]
 
 
 def compose(lake: Lake, spec: PipelineSpec, parents: list[dict[str, Any]], run: dict[str, Any]) -> Published:
@@ -50,6 +58,10 @@ def compose(lake: Lake, spec: PipelineSpec, parents: list[dict[str, Any]], run: 
     if len(parents) == 1:
         only = parents[0]
         return Published(only["dataset_version_id"], False, only)
+    key_ids = {key_id_of(m) for m in parents}
+    if len(key_ids) > 1:
+        raise LakeError(f"a training window cannot join versions pseudonymised under different keys "
+                        f"({sorted(map(str, key_ids))}): the same subject would appear under two pseudonyms")
     frames = [load_version(lake, m["dataset_version_id"], spec.name).assign(_order=i) for i, m in enumerate(parents)]
     union = pd.concat(frames, ignore_index=True).sort_values([spec.key, "_order"])
     union = union.drop_duplicates(spec.key, keep="last").drop(columns="_order").sort_values(spec.key)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import re
 import secrets
 import unicodedata
@@ -90,6 +89,7 @@ class Pseudonymizer:
         self._by_id = {k.key_id: k for k in self.keys}
         if len(self._by_id) < len(self.keys):
             raise PseudonymError("pseudonym keys: a key id is repeated")
+        self._pads = {k.key_id: _hmac_pads(k.secret) for k in self.keys}
 
     @classmethod
     def from_text(cls, text: str) -> Pseudonymizer:
@@ -106,8 +106,23 @@ class Pseudonymizer:
         """`<key id>:<hex>` of `text` in `domain` (entity keys, or one PII column), under the current key or
         `key_id`."""
         key = self.keys[0] if key_id is None else self._key(key_id)
-        message = domain.encode() + b"\x00" + text.encode("utf-8")
-        return f"{key.key_id}:{hmac.new(key.secret, message, hashlib.sha256).hexdigest()[:DIGEST_HEX]}"
+        inner, outer = self._pads[key.key_id]
+        inner, outer = inner.copy(), outer.copy()
+        inner.update(domain.encode() + b"\x00" + text.encode("utf-8"))
+        outer.update(inner.digest())
+        return f"{key.key_id}:{outer.hexdigest()[:DIGEST_HEX]}"
+
+    def many(self, texts: Iterable[str], domain: str = ENTITY) -> list[str]:
+        """`pseudonym` of each text under the current key (the loop of a column, without per-call lookups)."""
+        inner0, outer0 = self._pads[self.key_id]
+        prefix, name = domain.encode() + b"\x00", self.key_id + ":"
+        out = []
+        for text in texts:
+            inner, outer = inner0.copy(), outer0.copy()
+            inner.update(prefix + text.encode("utf-8"))
+            outer.update(inner.digest())
+            out.append(name + outer.hexdigest()[:DIGEST_HEX])
+        return out
 
     def all_pseudonyms(self, text: str, domain: str = ENTITY) -> list[str]:
         """The pseudonym of `text` under every key, the current one first (what a search for a subject needs)."""
@@ -133,6 +148,14 @@ class Pseudonymizer:
         except KeyError:
             raise PseudonymError(f"pseudonym key {key_id!r}: not among the configured keys "
                                  f"{sorted(self._by_id)}") from None
+
+
+def _hmac_pads(secret: bytes) -> tuple[Any, Any]:
+    """HMAC-SHA256 (RFC 2104) with its keyed inner and outer states prepared once: each pseudonym then costs two
+    state copies and two short hashes (`hmac.new` per value costs about twice as much)."""
+    block = hashlib.sha256().block_size
+    key = (hashlib.sha256(secret).digest() if len(secret) > block else secret).ljust(block, b"\x00")
+    return hashlib.sha256(bytes(b ^ 0x36 for b in key)), hashlib.sha256(bytes(b ^ 0x5C for b in key))
 
 
 def is_pseudonym(text: Any) -> bool:

@@ -588,7 +588,7 @@ def _model(card: ModelCardInput) -> _Section:
         _table(
             ("Feature", "Type", "Nullable", "PII", "Description"),
             [
-                (_Code(c.name), c.type, "yes" if c.nullable else "no", _Bold("PII") if c.pii else "no", c.description)
+                (_Code(c.name), c.type, "yes" if c.nullable else "no", _pii_cell(spec, c.name), c.description)
                 for c in (spec.column(n) for n in spec.feature_columns)
             ],
         ),
@@ -1137,13 +1137,13 @@ def _limitations(card: ModelCardInput) -> _Section:
     undefined = _undefined_metrics(ev)
     if undefined:
         items.append(_t("Undefined metrics (shown as n/a; a gate never passes on them): " + "; ".join(undefined) + "."))
-    pii = [c.name for c in spec.columns if c.pii and c.name in spec.feature_columns]
+    pii = [c for c in spec.feature_columns if spec.pii_policy(c)]
     if pii:
         items.append(
             _t(
-                "Features marked PII are used by the model: "
-                + ", ".join(pii)
-                + ". Their handling (redaction, access) follows the spec, not this card."
+                "Personal-data features are used by the model: "
+                + ", ".join(f"{c} ({_PII_FORM[spec.pii_policy(c) or 'keep']})" for c in pii)
+                + ". The model server pseudonymises requests as the training data was, before scoring and logging."
             )
         )
     no_skill = next((c for c in verdict.get("checks") or [] if c.get("name") == "no_skill_floor"), None)
@@ -1364,3 +1364,12 @@ def render_html(card: ModelCardInput) -> str:
         f"<title>{title}</title>\n<style>{_CSS}</style>\n</head>\n"
         f"<body>\n<h1>{title}</h1>\n<nav><ul>{nav}</ul></nav>\n" + "\n".join(body) + "\n</body>\n</html>\n"
     )
+
+
+_PII_FORM = {"hmac": "stored and scored as keyed pseudonyms", "keep": "stored as it is, for a stated reason"}
+
+
+def _pii_cell(spec: Any, name: str) -> Any:
+    """The Features table's PII cell: the column's policy (hmac / keep), or no."""
+    policy = spec.pii_policy(name)
+    return _Bold(f"PII: {policy}") if policy else "no"

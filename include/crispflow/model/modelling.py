@@ -127,6 +127,7 @@ def task_tags(spec: PipelineSpec, threshold: float | None, info: Mapping[str, An
 def register_challenger(job: TrainingJob, parent_run_id: str, results: list[dict[str, Any]]) -> dict[str, Any]:
     """Fit the best configuration on all training rows (calibrated and thresholded, or with its prediction
     interval, per the task); register it as `challenger`."""
+    from crispflow.governance.stored_form import serving_tags
     from crispflow.model.features import features
     from crispflow.model.synthetic import input_example
     from crispflow.model.tasks import model_output
@@ -138,7 +139,7 @@ def register_challenger(job: TrainingJob, parent_run_id: str, results: list[dict
     oof = info.pop("oof_output")
     tags = {**job.lineage_tags(), "crispflow.holdout_hash": record["holdout_hash"],
             "crispflow.config_id": best["config_id"], **task_tags(job.spec, threshold, info),
-            f"crispflow.cv_{best['metric']}": repr(best["mean"])}
+            f"crispflow.cv_{best['metric']}": repr(best["mean"]), **serving_tags(job.spec, job.manifest)}
     example = input_example(job.spec, features(job.spec, train))  # synthetic: no subject's row in the artifact
     reg = registry.register(job.mlf, name=job.model_name, run_id=parent_run_id, run_key=f"{job.run_key}/register",
                             model=model, example=example, output=model_output(job.spec, model, example), tags=tags,

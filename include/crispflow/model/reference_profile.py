@@ -12,8 +12,10 @@
   and the standard errors below are `crispflow.stats`'s (quantile_edges, binned, hanley_mcneil_se).
 - **categorical** (spec types category/string/bool, other dtypes without a spec): the ``top_k`` most frequent
   values as text (ties by name) and their counts, then "other" (every remaining value; unseen values land here in a
-  window) and "missing". For a spec column marked ``pii: true`` the values are stored as ``sha256:<16 hex>``
-  pseudonyms of their text, never in clear.
+  window) and "missing". A personal-data column is profiled in its stored form (keyed ``hk1:`` pseudonyms for
+  ``pii: hmac``: crispflow.governance.stored_form) and marked ``redacted``, so reports never print its values.
+  Profiles written before keyed pseudonyms hold unkeyed ``sha256:<16 hex>`` pseudonyms (``hashed``); a window is
+  still hashed the same way to compare with them.
 - **prediction**, **label** and **performance** follow the task (`spec.task`, recorded as the profile's `task`;
   a profile without one is binary). `scores` is the model's output in `crispflow.model.tasks` convention and
   `labels` the task's labels (`tasks.labels`):
@@ -157,7 +159,7 @@ def numeric_values(series: Column) -> np.ndarray:
 
 
 def pseudonym(value: str) -> str:
-    """The stored form of a PII category: a short sha256 of its text (a pseudonym, not anonymisation)."""
+    """The unkeyed pseudonym of profiles written before keyed pseudonyms (`hashed`): only to compare with them."""
     return "sha256:" + hashlib.sha256(value.encode()).hexdigest()[:16]
 
 
@@ -233,21 +235,19 @@ def text_counts(series: Column) -> tuple[list[tuple[str, int]], int]:
     return [(str(u), int(c)) for u, c in zip(uniques, counts[1:].tolist(), strict=True)], int(counts[0])
 
 
-def categorical_profile(series: Column, top_k: int = DEFAULT_TOP_K, hashed: bool = False) -> dict[str, Any]:
-    """Top-k values (as text, or pseudonyms if `hashed`) with counts, then "other" and "missing" counts."""
+def categorical_profile(series: Column, top_k: int = DEFAULT_TOP_K, redacted: bool = False) -> dict[str, Any]:
+    """Top-k values (as text) with counts, then "other" and "missing" counts; `redacted`: reports must not print
+    the values (personal data)."""
     pairs, missing = text_counts(series)
-    counts: dict[str, int] = {}
-    for text, count in pairs:  # pseudonymise the distinct values, not every row
-        key = pseudonym(text) if hashed else text
-        counts[key] = counts.get(key, 0) + count
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    ranked = sorted(pairs, key=lambda kv: (-kv[1], kv[0]))
     top = ranked[:top_k]
     other = int(sum(c for _, c in ranked[top_k:]))
     return {
         "kind": "categorical",
         "categories": [str(k) for k, _ in top],
         "counts": [int(c) for _, c in top] + [other, missing],
-        "hashed": hashed,
+        "hashed": False,
+        "redacted": redacted,
     }
 
 
@@ -520,7 +520,7 @@ def build_profile(
         if kind == "numeric":
             features[name] = numeric_profile(numeric_values(frame[name]), bins)
         else:
-            features[name] = categorical_profile(frame[name], top_k, hashed=name in pii)
+            features[name] = categorical_profile(frame[name], top_k, redacted=name in pii)
     if labels is None and spec is not None and spec.target.column in columns:
         from crispflow.model.tasks import labels as task_labels
 

@@ -177,15 +177,16 @@ def _numeric(feat: Mapping[str, Any], series: Column, min_rows: int) -> dict[str
 
 def _categorical(feat: Mapping[str, Any], series: Column, min_rows: int) -> dict[str, Any]:
     categories = feat["categories"]
-    hashed = bool(feat.get("hashed"))
+    hashed = bool(feat.get("hashed"))  # an unkeyed profile from before keyed pseudonyms
+    redacted = hashed or bool(feat.get("redacted"))
     ref = np.asarray(feat["counts"], dtype=float)
     counts, unseen = category_counts(series, categories, hashed)
     cur = counts.astype(float)
-    labels = [f"<redacted {i + 1}>" for i in range(len(categories))] if hashed else list(categories)
+    labels = [f"<redacted {i + 1}>" for i in range(len(categories))] if redacted else list(categories)
     out: dict[str, Any] = {"kind": "categorical", "test": "chi2", "rows": int(counts.sum())}
     out["missing"] = {"reference": ref[-1] / ref.sum() if ref.sum() else None,
                       "current": cur[-1] / cur.sum() if cur.sum() else None, "p_value": None}
-    out["unseen"] = {"count": len(unseen), "values": ["<redacted>"] * bool(unseen) if hashed else unseen[:20]}
+    out["unseen"] = {"count": len(unseen), "values": ["<redacted>"] * bool(unseen) if redacted else unseen[:20]}
     out["bins"] = {"labels": [*labels, "other", "missing"], "reference": _proportions(ref),
                    "current": _proportions(cur)}
     if ref.sum() == 0:

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 def plan_retrain(events: Sequence[Mapping[str, Any] | None], *, root: PathLike, lake: Lake, window_days: int,
                  run: Mapping[str, Any]) -> dict[str, Any]:
     """The training run a drift event asks for: `conf` of train_evaluate_register (pipeline, composed dataset
-    version), its `run_id` (one per episode), the `episode_id` and how many older events were coalesced.
+    version), its `run_id` (one per episode), the `episode_id`, how many older events were coalesced and the
+    `parents`: the curated versions the window is composed of (for lineage).
 
     :param events: the `extra` of the triggering drift events, oldest first
     :param root: the prediction store's root (where the episode records are)
@@ -55,4 +56,5 @@ def plan_retrain(events: Sequence[Mapping[str, Any] | None], *, root: PathLike, 
                           f"< training.min_rows={spec.training.min_rows}")
     return {"conf": {"pipeline": spec.name, "dataset_version_id": published.version_id},
             "run_id": retrain_run_id(event["model"], event["episode_id"]), "episode_id": event["episode_id"],
-            "coalesced_events": len(events) - 1}
+            "coalesced_events": len(events) - 1,
+            "parents": [str(p) for p in published.manifest.get("parents") or [published.version_id]]}

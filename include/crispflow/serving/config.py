@@ -53,6 +53,10 @@ class ServeConfig:
     feedback_ids: int = 200_000  # request ids per model remembered for /feedback (older ones: the prediction log)
     feedback_window: float = 86_400.0  # seconds after its prediction a request id still takes a label
     max_explained_records: int = 100  # records per /predict?explain=true request (422 beyond)
+    # keyed pseudonyms (crispflow.governance.pseudonyms.Pseudonymizer, from $CRISPFLOW_PSEUDONYM_KEYS): the entity
+    # key and the version's pseudonymised features are replaced before scoring and logging; None: the entity is
+    # not logged, and a version trained on pseudonyms cannot be served
+    pseudonyms: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):

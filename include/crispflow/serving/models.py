@@ -50,6 +50,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from crispflow.governance.pseudonyms import PseudonymError
+from crispflow.governance.stored_form import parse_serving_tags
 from crispflow.model import registry
 from crispflow.serving.policy import ALIASES, CHAMPION, SHADOW, TrafficPolicy, policy_from_tags
 from crispflow.serving.validation import InputSchema
@@ -114,6 +116,13 @@ class LoadedModel:
     explainer_retry_at: float | None = None  # time.time() after which a record that could not be fetched is retried
     scorer: Any = None  # a verified crispflow.model.compiled.CompiledScorer, or None: the pipeline scores
     scorer_status: str = "pipeline: not compiled yet"  # "compiled: ...", or why the pipeline scores
+    pseudonym_key: str | None = None  # the key its training data was pseudonymised under (None: clear values)
+    pseudonymised: Mapping[str, str] = field(default_factory=dict)  # request field → pseudonym domain
+
+    @property
+    def stored_as(self) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+        """How this version expects pseudonymised fields: two versions with the same value take the same records."""
+        return self.pseudonym_key, tuple(sorted(self.pseudonymised.items()))
 
     @property
     def scorer_kind(self) -> str:
@@ -289,11 +298,14 @@ def load_version(mlf: MlflowClient, name: str, version: str, *, trusted: Sequenc
     try:
         mv = mlf.get_model_version(name, version)
         task, threshold, source, classes, interval = _task_fields(mv.tags)
+        pseudonym_key, pseudonymised = parse_serving_tags(mv.tags)
         local = registry.verified_copy(mv, trusted=trusted)  # every file matches the recorded hash
         signature = Model.load(str(local)).signature
         model = registry.load_files(local, trusted=trusted)
     except RefusedModel:
         raise
+    except PseudonymError as exc:
+        raise RefusedModel("invalid", f"{name} v{version}: {exc}") from None
     except registry.RegistryError as exc:
         reason = "hash_mismatch" if "does not match" in str(exc) else "invalid"
         raise RefusedModel(reason, str(exc)) from None
@@ -301,7 +313,8 @@ def load_version(mlf: MlflowClient, name: str, version: str, *, trusted: Sequenc
         raise RefusedModel("unavailable", f"{name} v{version}: could not be fetched: {exc}") from None
     _check_model(name, str(version), model, task, classes)
     loaded = LoadedModel(name, str(version), model, threshold, source, InputSchema.from_signature(signature),
-                         mv.tags.get(registry.SHA_TAG, ""), mv.run_id or "", time.time(), task, classes, interval)
+                         mv.tags.get(registry.SHA_TAG, ""), mv.run_id or "", time.time(), task, classes, interval,
+                         pseudonym_key=pseudonym_key, pseudonymised=pseudonymised)
     return with_scorer(with_explainer(mlf, loaded, mv.tags))
 
 

@@ -31,6 +31,8 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from crispflow.errors import CrispflowError
+from crispflow.governance.pseudonyms import canonical_text
+from crispflow.governance.stored_form import record_form
 from crispflow.serving.batcher import Arrival, Batcher, PreparedRequest, explain_parts, request_ids, score_parts
 from crispflow.serving.models import LoadedModel, ModelStore, Snapshot, load_version
 from crispflow.serving.policy import CANARY, SHADOW
@@ -246,12 +248,39 @@ class ModelServer:
         problems = [p for i, r in enumerate(records) for p in arms[chosen[i]].schema.check_record(i, r, allowed)]
         if problems:
             raise PayloadError(422, problems)
+        records, entities = self._stored_form(records, chosen, arms, policy.entity_key)
         groups: dict[str, list[int]] = {}
         for i, alias in enumerate(chosen):
             groups.setdefault(alias, []).append(i)
         top_k = None if explain is None else self._top_k(explain, groups, arms)
         return PreparedRequest(slot, records, ids, entities, chosen, groups, allowed, start, ts, [0.0] * len(records),
                                top_k)
+
+    def _stored_form(self, records: list[Any], chosen: list[str], arms: Mapping[str, LoadedModel],
+                     entity_key: str | None) -> tuple[list[dict[str, Any]], list[str | None]]:
+        """The records as the models were trained on them and as they are logged: each arm's pseudonymised
+        features as keyed pseudonyms (under the key of its training data), the entity key as its pseudonym under
+        the current key. Without keys the entity is not logged at all, and an arm trained on pseudonyms cannot
+        answer (NotReady)."""
+        keys = self.config.pseudonyms
+        out: list[dict[str, Any]] = []
+        entities: list[str | None] = []
+        for record, alias in zip(records, chosen, strict=True):
+            model = arms[alias]
+            if keys is None:
+                if model.pseudonymised:
+                    raise NotReady(f"{self.name} v{model.version} takes pseudonymised {sorted(model.pseudonymised)}, "
+                                   "but this server has no pseudonym keys ($CRISPFLOW_PSEUDONYM_KEYS)")
+                out.append({k: v for k, v in record.items() if k != entity_key})
+                entities.append(None)
+                continue
+            stored = record_form(model.pseudonymised, record, keys, model.pseudonym_key)
+            entity = record.get(entity_key) if entity_key else None
+            if entity is not None:
+                stored[entity_key] = keys.pseudonym(canonical_text(entity))
+            out.append(stored)
+            entities.append(stored.get(entity_key) if entity_key else None)
+        return out, entities
 
     def _top_k(self, explain: ExplainRequest, groups: Mapping[str, list[int]],
                arms: Mapping[str, LoadedModel]) -> dict[str, int]:
@@ -362,6 +391,8 @@ class ModelServer:
         shadow = arms.get(SHADOW)
         if shadow is not None and policy.shadow_share > 0:
             mirrored = [i for i, rid in enumerate(ids) if policy.mirrored(name, rid, has_shadow=True)]
+            served_as = {a: arms[a].stored_as for a in p.groups}  # the shadow takes records of its own form only
+            mirrored = [i for i in mirrored if served_as[chosen[i]] == shadow.stored_as]
             if mirrored:
                 self.shadow.submit((shadow, [records[i] for i in mirrored], [ids[i] for i in mirrored],
                                     [p.entities[i] for i in mirrored], p.ts, p.allowed))

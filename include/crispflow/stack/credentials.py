@@ -29,6 +29,7 @@ LATER_FIELDS += ("mlflow_airflow_password", "mlflow_serving_password", "mlflow_v
 LATER_FIELDS += ("reviewer_password", "viewer_password")
 LATER_FIELDS += ("mlflow_ui_password", "ledger_reader_password")
 LATER_FIELDS += ("serve_metrics_token", "monitoring_admin_password", "monitoring_airflow_password", "telemetry_token")
+LATER_FIELDS += ("pseudonym_keys",)
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ class Secrets:
     monitoring_admin_password: str = ""  # Prometheus and Alertmanager web login `admin` (prod-local)
     monitoring_airflow_password: str = ""  # Alertmanager login `airflow`: the workers silence acknowledged alerts
     telemetry_token: str = ""  # the OTLP bridge / alert inbox: Airflow's pushes, Prometheus, Alertmanager
+    # HMAC keys of stored pseudonyms (crispflow.governance.pseudonyms): the workers' crispflow_pseudonyms
+    # connection and the model server; never in the lake
+    pseudonym_keys: str = ""
 
     @classmethod
     def generate(cls) -> Secrets:
@@ -77,6 +81,7 @@ class Secrets:
             monitoring_admin_password=secrets.token_urlsafe(16),
             monitoring_airflow_password=secrets.token_hex(16),  # hex: safe in a connection URI
             telemetry_token=secrets.token_hex(32),  # hex: safe in OTEL_EXPORTER_OTLP_HEADERS (comma/equals split)
+            pseudonym_keys=_pseudonym_key(),
         )
 
     @classmethod
@@ -87,6 +92,18 @@ class Secrets:
     @property
     def complete(self) -> bool:
         return all(getattr(self, name) for name in LATER_FIELDS)
+
+
+def _pseudonym_key() -> str:
+    from crispflow.governance.pseudonyms import generate_key
+
+    return generate_key("hk1")
+
+
+def pseudonym_connection(creds: Secrets) -> str:
+    """The `crispflow_pseudonyms` Airflow connection (JSON for AIRFLOW_CONN_CRISPFLOW_PSEUDONYMS): the keys in its
+    password."""
+    return json.dumps({"conn_type": "generic", "password": creds.pseudonym_keys})
 
 
 def _serve_token() -> str:

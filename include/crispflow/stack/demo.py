@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -210,7 +211,8 @@ def feedback_labels(spec: Any, frame: Any) -> list[Any]:
 
 
 def holdout_traffic(settings: Settings, pipeline: str = PIPELINE) -> tuple[Any, list[Any]]:
-    """The frozen holdout's rows (features and entity key) and their true labels, to replay as live traffic."""
+    """The frozen holdout's rows (features and entity key, in clear) and their true labels, to replay as live
+    traffic."""
     from crispflow.lake import read_parquet
     from crispflow.model.holdout import frozen_record
     from crispflow.spec import load_spec
@@ -218,7 +220,37 @@ def holdout_traffic(settings: Settings, pipeline: str = PIPELINE) -> tuple[Any, 
     spec = load_spec(pipeline)
     lake = Lake(UPath(settings.lake_url))
     frame = read_parquet(lake.root / frozen_record(lake, pipeline)["file"])
-    return frame[[spec.key, *spec.feature_columns]], feedback_labels(spec, frame)
+    return in_clear(settings, lake, spec, frame[[spec.key, *spec.feature_columns]]), feedback_labels(spec, frame)
+
+
+def in_clear(settings: Settings, lake: Lake, spec: Any, frame: Any) -> Any:
+    """Curated rows as a client sends them: the pseudonymised columns back in clear, looked up among the staged
+    batches' values under the stack's keys. (Only the demo does this: it plays both the data owner and the
+    client; a real client has its own clear data.)"""
+    from crispflow.governance.pseudonyms import Pseudonymizer, canonical_text
+    from crispflow.governance.stored_form import domain_of
+    from crispflow.lake import read_parquet
+    from crispflow.serving.cli import PSEUDONYM_KEYS_ENV
+    from crispflow.stack.credentials import load_secrets
+
+    columns = [c for c in spec.pseudonymised_columns if c in frame.columns]
+    creds = load_secrets(settings.home)
+    text = creds.pseudonym_keys if creds is not None and creds.pseudonym_keys else \
+        os.environ.get(PSEUDONYM_KEYS_ENV, "")  # no stack: the model server's variable
+    if not columns or not text:
+        return frame
+    keys = Pseudonymizer.from_text(text)
+    lookup: dict[str, dict[str, Any]] = {c: {} for c in columns}
+    for path in sorted(lake.batch_dir(spec.name, "-").parent.glob("*/batch.parquet")):
+        batch = read_parquet(path)[columns]
+        for column in columns:
+            for value in batch[column].dropna().unique().tolist():
+                for name in keys.all_pseudonyms(canonical_text(value), domain_of(spec, column)):
+                    lookup[column][name] = value
+    out = frame.copy()
+    for column in columns:
+        out[column] = [lookup[column].get(v) if v is not None else None for v in out[column].tolist()]
+    return out
 
 
 def canary_phase(api: AirflowAPI, settings: Settings, pipeline: str = PIPELINE, rounds: int = 6,
@@ -347,7 +379,7 @@ def later_traffic(settings: Settings, pipeline: str = PIPELINE) -> tuple[Any, li
                 and m["interval"]["end"][:7] != m["interval"]["start"][:7] and not m.get("parents")]
     frame = pd.concat([load_version(lake, v, pipeline) for v in versions], ignore_index=True)
     frame = frame.drop_duplicates(spec.key).sort_values(spec.time_column, kind="stable").reset_index(drop=True)
-    return frame[[spec.key, *spec.feature_columns]], feedback_labels(spec, frame)
+    return in_clear(settings, lake, spec, frame[[spec.key, *spec.feature_columns]]), feedback_labels(spec, frame)
 
 
 def _fired_watch(api: AirflowAPI, after: float, pipeline: str = PIPELINE,

@@ -6,6 +6,7 @@ Airflow is never imported: it runs as subprocesses from the venv.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Mapping
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from crispflow.settings import Settings
-from crispflow.stack.credentials import AIRFLOW_USERS, Secrets
+from crispflow.stack.credentials import AIRFLOW_USERS, Secrets, pseudonym_connection
 from crispflow.stack.paths import StackPaths
 from crispflow.stack.ports import HOST, PORT_ENV, Ports
 from crispflow.stack.topology import MODEL_SERVER, ProcessSpec, Profile, SetupStep
@@ -78,6 +79,22 @@ def airflow_env(settings: Settings, ports: Ports, creds: Secrets) -> dict[str, s
         # the MLflow UI as users open it: the links the UI plugin and the operators' extra links point to
         "CRISPFLOW_MLFLOW_UI_URL": f"http://{HOST}:{ports.mlflow}",
         "GX_ANALYTICS_ENABLED": "false",  # no usage statistics from quality-gate tasks
+        # the pseudonym keys: the quality gate's connection, the model server's variable (one user, one machine:
+        # prod-local and compose give each to its component only, topology.AIRFLOW_SECRETS)
+        "AIRFLOW_CONN_CRISPFLOW_PSEUDONYMS": pseudonym_connection(creds),
+        "CRISPFLOW_PSEUDONYM_KEYS": creds.pseudonym_keys,
+    } | openlineage_env(paths)
+
+
+def openlineage_env(paths: StackPaths) -> dict[str, str]:
+    """OpenLineage (apache-airflow-providers-openlineage): every DAG run's and task's events, one JSON per line, in
+    the stack's home (`lineage/events.jsonl`); a caller's AIRFLOW__OPENLINEAGE__TRANSPORT (e.g. Marquez over HTTP)
+    wins. Emission runs in a thread of the task process (not a fork), bounded by the provider's execution_timeout."""
+    default = {"type": "file", "log_file_path": str(paths.lineage_events), "append": True}
+    return {
+        "AIRFLOW__OPENLINEAGE__NAMESPACE": "crispflow",
+        "AIRFLOW__OPENLINEAGE__TRANSPORT": os.environ.get("AIRFLOW__OPENLINEAGE__TRANSPORT") or json.dumps(default),
+        "AIRFLOW__OPENLINEAGE__EXECUTE_IN_THREAD": "True",
     }
 
 

@@ -1,4 +1,5 @@
-"""`crispflow up | down | status | demo | serve | drift`: the stack tool's one command line (a console script)."""
+"""`crispflow up | down | status | demo | serve | drift | erase`: the stack tool's one command line (a console
+script)."""
 
 from __future__ import annotations
 
@@ -104,6 +105,15 @@ def cmd_ledger(args: argparse.Namespace, settings: Settings) -> int:
     return run(args, settings)
 
 
+def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
+    """`crispflow erase plan`: where a subject is; exit 0, or 2 when the request is the caller's mistake."""
+    from crispflow.erasure.cli import run
+    from crispflow.stack.credentials import load_secrets
+
+    creds = load_secrets(settings.home)
+    return run(args, settings, creds.pseudonym_keys if creds is not None else "")
+
+
 def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     """Check every spec, DAG file and the plugin's import cost; exit 0 when all pass, 1 with a line per problem."""
     import time
@@ -165,6 +175,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "serve": (cmd_serve, "run the model server (MLflow aliases champion/canary/shadow)"),
         "drift": (cmd_drift, "drift of a data file against a reference"),
         "ledger": (cmd_ledger, "check the promotion ledger against the registry (`ledger verify`)"),
+        "erase": (cmd_erase, "answer a subject's erasure request (`erase plan`: where the subject is)"),
         "validate": (cmd_validate, "check every spec, DAG file parse and the plugin's import cost (for CI)"),
     }
     for name, (func, text) in commands.items():
@@ -201,6 +212,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             from crispflow.release.ledger_cli import add_arguments as add_ledger_arguments
 
             add_ledger_arguments(cmd)
+        if name == "erase":
+            from crispflow.erasure.cli import add_arguments as add_erase_arguments
+
+            add_erase_arguments(cmd)
         if name == "validate":
             from crispflow.stack.validate import MAX_PARSE_SECONDS, MAX_PLUGIN_IMPORT_MS, PARTS
 

@@ -12,7 +12,8 @@ from pathlib import Path
 PRIVATE_UMASK = 0o077
 # What `up` tightens in a home an older version left world-readable: the entries the stack itself writes (not
 # the whole home, which a user may have pointed at a folder holding other things).
-STATE_ENTRIES = ("airflow", "mlflow", "lake", "logs", "run", "cache", "secrets.json", "serve-tokens.json", "ledger.db")
+STATE_ENTRIES = ("airflow", "mlflow", "lake", "logs", "run", "cache", "secrets.json", "serve-tokens.json", "ledger.db",
+                 "lineage")
 
 
 def private_umask() -> None:
@@ -85,6 +86,15 @@ class StackPaths:
         return self.home / "secrets.json"
 
     @property
+    def lineage(self) -> Path:
+        return self.home / "lineage"
+
+    @property
+    def lineage_events(self) -> Path:
+        """The OpenLineage events of the stack's DAG runs and tasks, one JSON per line (the file transport)."""
+        return self.lineage / "events.jsonl"
+
+    @property
     def stack_file(self) -> Path:
         """Profile and ports of the running stack, written by `up`, removed by `down`."""
         return self.run / "stack.json"
@@ -100,7 +110,7 @@ class StackPaths:
         left readable by others."""
         private_umask()
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for path in (self.airflow_home, self.mlflow_artifacts, self.lake, self.logs, self.run):
+        for path in (self.airflow_home, self.mlflow_artifacts, self.lake, self.logs, self.run, self.lineage):
             path.mkdir(parents=True, exist_ok=True)
         tighten_home(self.home)
 

@@ -47,6 +47,9 @@ AIRFLOW_SECRETS: dict[str, frozenset[str]] = {
     "CRISPFLOW_LEDGER_READ_URL": frozenset({API_SERVER}),
     # Alertmanager's `airflow` login: task code silences an acknowledged drift alert (prod-local)
     "AIRFLOW_CONN_CRISPFLOW_ALERTMANAGER": frozenset({WORKER}),
+    # the pseudonym keys: task code stores pseudonyms (the quality gate); the model server pseudonymises requests
+    "AIRFLOW_CONN_CRISPFLOW_PSEUDONYMS": frozenset({WORKER}),
+    "CRISPFLOW_PSEUDONYM_KEYS": frozenset({MODEL_SERVER}),
 }
 # the lake's S3 connection (the lake and the prediction store): task code, the triggerer (the drift trigger polls
 # the prediction store) and the api-server (the UI plugin's pages: drift windows, reports, Data Docs)

@@ -4,9 +4,14 @@ a run's conf or XCom."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from airflow.sdk import BaseHook
 
 from crispflow.governance.pseudonyms import PseudonymError, Pseudonymizer
+
+if TYPE_CHECKING:
+    from crispflow.spec import PipelineSpec
 
 
 class PseudonymHook(BaseHook):
@@ -37,3 +42,8 @@ class PseudonymHook(BaseHook):
             return Pseudonymizer.from_text(conn.password)
         except PseudonymError as exc:
             raise PseudonymError(f"{where}: {exc}") from None
+
+
+def pseudonymizer_for(spec: PipelineSpec) -> Pseudonymizer | None:
+    """The keys when `spec` stores pseudonyms (the connection must then exist), else None (nothing to hash)."""
+    return PseudonymHook().get_pseudonymizer() if spec.pseudonymised_columns else None

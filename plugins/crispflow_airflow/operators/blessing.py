@@ -58,3 +58,11 @@ class BlessingGateOperator(BaseOperator):
         return {"version": str(self.version), "blessed": verdict["blessed"], "mode": verdict["mode"],
                 "reasons": verdict["reasons"], "warnings": verdict.get("warnings", []),
                 "fairness": fairness_summary(verdict), "promotion": action, "model_card": card, "mlflow": ref}
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the dataset version and the model version judged → the verdict on the version (and
+        `champion`, for a first blessed model) (`crispflow_airflow.lineage`)."""
+        from crispflow_airflow import lineage
+
+        return lineage.facets(task_instance, lambda result, lake, uri: lineage.bless(
+            self.request, result, result["mlflow"]["model"], lake, uri))

@@ -62,3 +62,12 @@ class CanaryAnalysisOperator(BaseOperator):
             return settle_canary(mlf, ledger, model, PredictionStoreHook().get_root(), start=start, end=end,
                                  policy=policy, move_key=task_key(context), run_key=context["ti"].run_id,
                                  person=acting_person(context), trusted=trusted)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: a promotion or rollback moves aliases (version → alias); "continue" moves nothing
+        (`crispflow_airflow.lineage`)."""
+        from crispflow_airflow import lineage
+        from crispflow_airflow.links import model_of
+
+        return lineage.facets(task_instance, lambda result, _, uri: lineage.alias_moves(
+            model_of(result, self), (result.get("ledger") or {}).get("moves"), uri))

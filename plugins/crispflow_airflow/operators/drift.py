@@ -64,3 +64,9 @@ class DriftMonitorOperator(BaseOperator):
             return monitor(MlflowHook().get_client(), PredictionStoreHook().get_root(), model_name(str(self.pipeline)),
                            start=start if length is None else end - length, end=end, settings=settings,
                            aliases=self.aliases)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the served model versions judged (`crispflow_airflow.lineage`)."""
+        from crispflow_airflow import lineage
+
+        return lineage.facets(task_instance, lambda result, _, uri: lineage.drift(result, uri))

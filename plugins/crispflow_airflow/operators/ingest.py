@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
 
 class IngestOperator(BaseOperator):
-    """Extract → land raw → assemble and reconcile → stage. Returns a small dict (batch id, counts).
+    """Extract → land raw → assemble and reconcile → stage. Returns a small dict (batch id, counts, the raw
+    landings' lake keys).
 
     :param pipeline: name of the pipeline spec in include/pipelines (templated)
     :param start: first day of the interval, YYYY-MM-DD; empty = the run's data interval (templated)
@@ -48,4 +49,10 @@ class IngestOperator(BaseOperator):
         self.log.info("staged batch %s of %s: %d rows from %d source(s) for %s", report["batch_id"], spec.name,
                       report["rows_in"], len(extracts), interval.to_json())
         return {"pipeline": spec.name, "batch_id": report["batch_id"], "rows_in": report["rows_in"],
-                "interval": interval.to_json()}
+                "interval": interval.to_json(), "raw": [info["raw"] for info in report["sources"]]}
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the raw landings (named by their sha256) → the staged batch (`crispflow_airflow.lineage`)."""
+        from crispflow_airflow import lineage
+
+        return lineage.facets(task_instance, lambda result, lake, _: lineage.ingest(result, lake))

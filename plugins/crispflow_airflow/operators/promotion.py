@@ -66,6 +66,10 @@ class DeployCanaryOperator(BaseOperator):
                       result["seq"])
         return {**result, "model": model, "mlflow": mlflow_ref(mlf, model, version)}
 
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: each version moved to → its alias (`crispflow_airflow.lineage.alias_moves`)."""
+        return _alias_lineage(task_instance)
+
 
 class RollbackOperator(BaseOperator):
     """Re-point `champion` to `previous` (one click in the UI or one REST call); recorded in the ledger.
@@ -99,6 +103,10 @@ class RollbackOperator(BaseOperator):
         self.log.info("%s: champion v%s → v%s (%s), for %s", model, result["moves"]["champion"][0],
                       result["to_version"], self.reason, result["person"])
         return {**result, "model": model}
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: each version moved to → its alias (`crispflow_airflow.lineage.alias_moves`)."""
+        return _alias_lineage(task_instance)
 
 
 class PromoteCanaryOperator(BaseOperator):
@@ -141,6 +149,18 @@ class PromoteCanaryOperator(BaseOperator):
         self.log.info("%s: canary v%s promoted to champion (was v%s), for %s", model, result["to_version"],
                       result["from_version"], result["person"])
         return {**result, "model": model}
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: each version moved to → its alias (`crispflow_airflow.lineage.alias_moves`)."""
+        return _alias_lineage(task_instance)
+
+
+def _alias_lineage(task_instance: Any) -> Any:
+    """The alias moves of a ledger entry summary (the task's result) as OpenLineage datasets."""
+    from crispflow_airflow import lineage
+
+    return lineage.facets(task_instance, lambda result, _, uri: lineage.alias_moves(
+        str(result["model"]), result.get("moves"), uri))
 
 
 def _version_or_none(value: Any) -> str | None:

@@ -58,3 +58,9 @@ class PublishDatasetOperator(BaseOperator):
                           manifest["published_by"]["run_id"])
         return {**extra, "created": result.created, "event_emitted": ours,
                 "manifest": lake.relative(lake.manifest(spec.name, result.version_id))}
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the gated batch → the dataset version (`crispflow_airflow.lineage`)."""
+        from crispflow_airflow import lineage
+
+        return lineage.facets(task_instance, lambda result, lake, _: lineage.publish(result, lake))

@@ -39,12 +39,13 @@ class DataQualityGateOperator(BaseOperator):
         from crispflow.data.sources import Interval
         from crispflow.spec import load_spec
         from crispflow_airflow.hooks.lake import LakeHook
+        from crispflow_airflow.hooks.pseudonyms import pseudonymizer_for
 
         with as_airflow_errors():
             spec, lake = load_spec(self.pipeline), LakeHook().get_lake()
             batch, ingest = load_batch(lake, spec.name, self.batch_id)
             outcome = validate_batch(spec, batch, Interval.from_json(ingest["interval"]), self.batch_id)
-            summary = store_outcome(lake, spec, self.batch_id, outcome)
+            summary = store_outcome(lake, spec, self.batch_id, outcome, pseudonymizer_for(spec))
             self.log.info("gate on %s: %d in, %d passed, %d quarantined; reasons %s; report %s", self.batch_id,
                           summary["rows_in"], summary["rows_passed"], summary["rows_quarantined"],
                           summary["reasons"], summary["files"]["quality_html"])

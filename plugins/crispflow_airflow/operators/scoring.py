@@ -158,3 +158,9 @@ class CommitScoresOperator(BaseOperator):
                           manifest["committed_by"]["run_id"])
         return {**extra, "rows_in": manifest["rows"]["in"], "created": out["created"], "event_emitted": ours,
                 "manifest": f"{self.output_dir}/{SUCCESS}"}
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the dataset version and the pinned model version → the scores (`crispflow_airflow.lineage`)."""
+        from crispflow_airflow import lineage
+
+        return lineage.facets(task_instance, lambda result, lake, uri: lineage.scores(result, lake, uri))

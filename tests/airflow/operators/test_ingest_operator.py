@@ -29,7 +29,8 @@ def test_stages_a_batch_and_returns_its_summary(run_alone, lake) -> None:
     dr, ti = run_alone(operator, PARAMS, {"pipeline": "lending_club", **JAN})
     assert dr.state == "success"
     out = ti.xcom_pull(task_ids="ingest")
-    assert set(out) == {"pipeline", "batch_id", "rows_in", "interval"}
+    assert set(out) == {"pipeline", "batch_id", "rows_in", "interval", "raw"}
+    assert out["raw"] and all(key.startswith("raw/lending_club/") for key in out["raw"])
     assert out["pipeline"] == "lending_club" and out["rows_in"] > 0 and out["batch_id"].startswith("b-")
     assert out["interval"] == {"start": "2026-01-01T00:00:00+00:00", "end": "2026-02-01T00:00:00+00:00"}
     assert (lake.batch_dir("lending_club", out["batch_id"]) / "ingest.json").exists()

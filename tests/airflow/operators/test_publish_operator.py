@@ -5,6 +5,7 @@ gate is a misconfiguration."""
 from __future__ import annotations
 
 from sqlalchemy import func, select
+from support.keys import session_keys
 
 from crispflow.data.datasets import read_manifest, store_outcome
 from crispflow.data.quality import validate_batch
@@ -21,7 +22,8 @@ def gated(lake, batch_id: str) -> None:
 
     spec = load_spec("lending_club")
     batch, ingest = load_batch(lake, spec.name, batch_id)
-    store_outcome(lake, spec, batch_id, validate_batch(spec, batch, Interval.from_json(ingest["interval"]), batch_id))
+    outcome = validate_batch(spec, batch, Interval.from_json(ingest["interval"]), batch_id)
+    store_outcome(lake, spec, batch_id, outcome, session_keys())
 
 
 def operator(**kwargs):

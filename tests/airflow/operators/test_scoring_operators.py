@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
+from support.keys import session_keys
 from threadpoolctl import threadpool_limits
 
 from crispflow.data.datasets import load_batch, load_version, publish, store_outcome
@@ -28,7 +29,8 @@ def published(mlflow_server, lake, stage_january, monkeypatch) -> tuple[str, reg
     spec = load_spec("lending_club")
     batch_id = stage_january(lake)
     batch, ingest = load_batch(lake, spec.name, batch_id)
-    store_outcome(lake, spec, batch_id, validate_batch(spec, batch, Interval.from_json(ingest["interval"]), batch_id))
+    outcome = validate_batch(spec, batch, Interval.from_json(ingest["interval"]), batch_id)
+    store_outcome(lake, spec, batch_id, outcome, session_keys())
     version_id = publish(lake, spec, batch_id, {"dag_id": "t", "run_id": "r"}).version_id
     frame = load_version(lake, version_id, spec.name)
     with threadpool_limits(limits=1):

@@ -40,3 +40,26 @@ def test_importing_the_operator_does_not_import_the_provider() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
                          env={**__import__("os").environ, "PYTHONPATH": "plugins:include"})
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_openlineage_parent_info_is_never_injected_into_the_triggered_runs_conf() -> None:
+    """With OpenLineage on, the provider's TriggerDagRunOperator adds an `openlineage` key (the parent run) to the
+    conf it triggers with; every crispflow task rejects a conf key its DAG does not declare
+    (`dag_defaults.reject_unknown_conf`), so the triggered training run would fail. TriggerRunOperator turns the
+    injection off, and no DAG uses the provider's operator directly."""
+    from pathlib import Path
+
+    import pytest
+    from airflow.providers.standard.utils.openlineage import _inject_openlineage_parent_info_to_dagrun_conf
+
+    from crispflow.errors import ParamsError
+    from crispflow.run_requests import reject_unknown
+
+    op = operator()
+    op.render_template_fields({"params": {"run_id": "drift__m__e1", "pipeline": "lending_club", "wait": "True"}})
+    assert op._provider().openlineage_inject_parent_info is False
+    injected = _inject_openlineage_parent_info_to_dagrun_conf({"pipeline": "lending_club"}, {"parentRunId": "x"})
+    with pytest.raises(ParamsError, match="openlineage"):  # what the injection would do to the triggered run
+        reject_unknown(injected, {"pipeline", "dataset_version_id"})
+    dags = Path(__file__).resolve().parents[3] / "dags"
+    assert not [p.name for p in dags.glob("*.py") if "TriggerDagRunOperator(" in p.read_text()]

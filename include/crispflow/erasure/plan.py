@@ -1,0 +1,141 @@
+"""Where a subject is: the read-only first step of an erasure request (`crispflow erase plan`).
+
+A subject is named by its entity key as a person types it; the key is checked strictly
+(`governance.pseudonyms.subject_key`) and turned into its pseudonyms under every configured key. Clear stores (raw
+landings, staged batches) are searched for the key itself, every other store for its pseudonyms: validated batches,
+the quarantine, curated versions (sorted by the pseudonym, so Parquet row-group statistics skip most of a file),
+the frozen holdout, batch scores and the prediction log's `entity`. Nothing is changed, and the key never leaves
+this process: the plan names the subject by its current pseudonym.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from crispflow.governance.pseudonyms import ENTITY, Pseudonymizer, canonical_text, subject_key
+
+if TYPE_CHECKING:
+    from crispflow.lake import Lake, PathLike
+    from crispflow.spec import PipelineSpec
+
+CLEAR_FORMATS = ("parquet", "csv", "jsonl")
+
+
+@dataclass(frozen=True)
+class Place:
+    """One file that holds the subject: its store, path (lake-relative, or under the prediction store), rows."""
+
+    store: str  # raw | staging | validated | quarantine | curated | holdout | scores | predictions
+    path: str
+    rows: int
+    form: str  # "clear" (the key itself) or "pseudonym"
+
+
+@dataclass(frozen=True)
+class ErasurePlan:
+    pipeline: str
+    subject: str  # the subject's pseudonym under the current key
+    places: list[Place] = field(default_factory=list)
+    files_scanned: int = 0
+
+    @property
+    def dataset_versions(self) -> list[str]:
+        """Curated versions holding the subject (their folder names)."""
+        return sorted({p.path.split("/")[2] for p in self.places if p.store == "curated"})
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pipeline": self.pipeline, "subject": self.subject, "files_scanned": self.files_scanned,
+                "dataset_versions": self.dataset_versions, "places": [asdict(p) for p in self.places]}
+
+
+def plan(lake: Lake, spec: PipelineSpec, raw_key: str, keys: Pseudonymizer,
+         predictions: PathLike | None = None, model: str | None = None) -> ErasurePlan:
+    """Every file of `spec`'s stores (and of `model`'s prediction log under `predictions`) holding the subject."""
+    clear = subject_key(raw_key, spec.column(spec.key).type)
+    names = keys.all_pseudonyms(clear, ENTITY)
+    scans: list[tuple[str, str, Iterable[Any], Sequence[str], str]] = [
+        ("raw", "clear", _files(lake.root / "raw" / spec.name, "*"), [clear], spec.key),
+        ("staging", "clear", _files(lake.root / "batches" / spec.name, "*/batch.parquet"), [clear], spec.key),
+        ("validated", "pseudonym", _files(lake.root / "batches" / spec.name, "*/validated.parquet"), names, spec.key),
+        ("quarantine", "pseudonym", _files(lake.root / "quarantine" / spec.name, "*/rows.parquet"), names, spec.key),
+        ("curated", "pseudonym", _files(lake.root / "curated" / spec.name, "*/data.parquet"), names, spec.key),
+        ("holdout", "pseudonym", _files(lake.root / "holdouts" / spec.name, "*.parquet"), names, spec.key),
+        ("scores", "pseudonym", _files(lake.root / "scores" / spec.name, "**/*.parquet"), names, spec.key),
+    ]
+    if predictions is not None and model is not None:
+        scans.append(("predictions", "pseudonym", _files(predictions / model / "predictions", "**/*.parquet"),
+                      names, "entity"))
+    places: list[Place] = []
+    scanned = 0
+    for store, form, files, wanted, column in scans:
+        for path in files:
+            scanned += 1
+            rows = _clear_rows(path, column, clear) if form == "clear" else _parquet_rows(path, column, wanted)
+            if rows:
+                places.append(Place(store, _relative(lake, predictions, path), rows, form))
+    return ErasurePlan(spec.name, names[0], places, scanned)
+
+
+def _files(folder: PathLike, pattern: str) -> list[Any]:
+    return sorted(p for p in folder.glob(pattern) if p.is_file()) if folder.exists() else []
+
+
+def _relative(lake: Lake, predictions: PathLike | None, path: Any) -> str:
+    text = str(getattr(path, "path", path))
+    for root in (lake.root, predictions):
+        if root is not None:
+            base = str(getattr(root, "path", root)).rstrip("/") + "/"
+            if text.startswith(base):
+                return text.removeprefix(base)
+    return text
+
+
+def _parquet_rows(path: Any, column: str, wanted: Sequence[str]) -> int:
+    """Rows of `column` equal to one of `wanted`, reading only the row groups whose statistics allow it."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    low, high = min(wanted), max(wanted)
+    with path.open("rb") as handle:
+        pf = pq.ParquetFile(handle)
+        if column not in pf.schema_arrow.names:
+            return 0
+        index = pf.schema_arrow.get_field_index(column)
+        found = 0
+        for group in range(pf.num_row_groups):
+            stats = pf.metadata.row_group(group).column(index).statistics
+            if stats is not None and stats.has_min_max and isinstance(stats.min, str) and (
+                    stats.max < low or stats.min > high):
+                continue
+            values = pf.read_row_group(group, columns=[column]).column(0)
+            if pa.types.is_null(values.type):  # a column with no value at all (e.g. no entity key logged)
+                continue
+            if not pa.types.is_string(values.type):  # large_string, dictionary-encoded text
+                values = values.cast(pa.string())
+            found += int(pc.sum(pc.is_in(values, value_set=pa.array(list(wanted)))).as_py() or 0)
+    return found
+
+
+def _clear_rows(path: Any, column: str, clear: str) -> int:
+    """Rows of a clear file (a raw landing in its source format, or a staged batch) whose key is `clear`."""
+    from crispflow.data.sources import parse_bytes
+
+    fmt = str(path.name).rsplit(".", 1)[-1]
+    if fmt not in CLEAR_FORMATS:
+        return 0
+    frame = _parquet_column(path, column) if fmt == "parquet" else parse_bytes(path.name, path.read_bytes(), fmt)
+    if column not in frame.columns:
+        return 0
+    return int((frame[column].dropna().map(canonical_text) == clear).sum())
+
+
+def _parquet_column(path: Any, column: str) -> Any:
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(io.BytesIO(path.read_bytes()))
+    return table.select([column]).to_pandas() if column in table.column_names else pd.DataFrame()
