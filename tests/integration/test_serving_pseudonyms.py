@@ -117,7 +117,7 @@ def test_the_log_holds_pseudonyms_of_the_entity_and_the_feature(served, model) -
 
 def test_without_keys_a_pseudonymised_version_does_not_answer(model, mlflow_server, tmp_path) -> None:
     with Running(_config(model, mlflow_server, tmp_path, None)) as running:
-        _until(lambda: http.get(f"{running.url}/model").json().get("aliases"), "model loaded")
+        _until(lambda: http.get(f"{running.url}/ready").status_code == 200, "champion loaded")  # not only listed
         reply = http.post(f"{running.url}/predict", json={"records": model["records"][:2]})
     assert reply.status_code == 503
     assert "CRISPFLOW_PSEUDONYM_KEYS" in reply.text and "addr_state" in reply.text
