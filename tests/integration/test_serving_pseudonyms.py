@@ -19,10 +19,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from support.keys import session_keys
-from support.serving import Running, http
+from support.serving import Running, http, wait_until
 
 from crispflow.governance.pseudonyms import is_pseudonym
-from crispflow.governance.stored_form import PSEUDONYM_FIELDS_TAG, PSEUDONYM_KEY_TAG
+from crispflow.governance.stored_form import PSEUDONYM_FIELDS_TAG, PSEUDONYM_KEY_TAG, pseudonymise_column
 from crispflow.model import registry
 from crispflow.predictions.reader import read_predictions
 from crispflow.serving.config import ServeConfig
@@ -41,7 +41,7 @@ def model(mlflow_server) -> dict[str, Any]:
     keys = session_keys()
     data = pd.read_parquet(ROOT / "include/data/lending_club.parquet").head(2000)
     stored = data[FEATURES].copy()
-    stored["addr_state"] = keys.column(stored["addr_state"].tolist(), "addr_state")
+    stored["addr_state"] = pseudonymise_column(keys, stored["addr_state"], "addr_state")
     pipe = Pipeline([("columns", ColumnTransformer([("num", StandardScaler(), ["int_rate", "annual_inc"]),
                                                     ("cat", OneHotEncoder(handle_unknown="ignore"), ["addr_state"])])),
                      ("model", LogisticRegression(max_iter=500))]).fit(stored, data["Class"] == "bad")
@@ -68,20 +68,8 @@ def served(model, mlflow_server, tmp_path_factory) -> Iterator[Running]:
     log_root = tmp_path_factory.mktemp("predictions")
     with Running(_config(model, mlflow_server, log_root, session_keys())) as running:
         running.log_root = log_root  # type: ignore[attr-defined]
-        _until(lambda: http.get(f"{running.url}/ready").status_code == 200, "champion loaded")
+        wait_until(lambda: http.get(f"{running.url}/ready").status_code == 200, 60, "champion loaded")
         yield running
-
-
-def _until(check: Any, what: str, timeout: float = 60.0) -> Any:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value is not None and value is not False:
-            return value
-        time.sleep(0.1)
-    raise TimeoutError(what)
 
 
 def test_clear_requests_score_as_the_pseudonymised_training_data(served, model) -> None:
@@ -103,7 +91,7 @@ def test_the_log_holds_pseudonyms_of_the_entity_and_the_feature(served, model) -
         mine = frame[frame["request_id"].isin(ids)]
         return mine if len(mine) == 10 else None
 
-    rows = _until(logged, "rows in the prediction log", 30)
+    rows = wait_until(logged, 30, "rows in the prediction log")
     keys = session_keys()
     assert set(rows["entity"]) == {keys.pseudonym(str(r["loan_id"])) for r in model["records"][:10]}
     assert set(rows["feature.loan_id"]) == set(rows["entity"])
@@ -117,7 +105,7 @@ def test_the_log_holds_pseudonyms_of_the_entity_and_the_feature(served, model) -
 
 def test_without_keys_a_pseudonymised_version_does_not_answer(model, mlflow_server, tmp_path) -> None:
     with Running(_config(model, mlflow_server, tmp_path, None)) as running:
-        _until(lambda: http.get(f"{running.url}/ready").status_code == 200, "champion loaded")  # not only listed
+        wait_until(lambda: http.get(f"{running.url}/ready").status_code == 200, 60, "champion loaded")  # loaded
         reply = http.post(f"{running.url}/predict", json={"records": model["records"][:2]})
     assert reply.status_code == 503
     assert "CRISPFLOW_PSEUDONYM_KEYS" in reply.text and "addr_state" in reply.text

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +75,15 @@ class Running:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(30)
+
+
+def wait_until(check: Any, timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll `check` until it returns something other than None/False; TimeoutError naming `what` after
+    `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value is not None and value is not False:
+            return value
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not reached in {timeout} s")

@@ -20,6 +20,7 @@ from crispflow.governance.pseudonyms import (
     parse_keys,
     subject_key,
 )
+from crispflow.governance.stored_form import pseudonymise_column
 
 OLD, NEW = generate_key("hk1"), generate_key("hk2")
 
@@ -48,10 +49,10 @@ def test_keys_rotate_and_old_pseudonyms_stay_findable() -> None:
 
 def test_a_column_keeps_missing_values_and_matches_typed_reads() -> None:
     pz = Pseudonymizer.from_text(OLD)
-    ints = pz.column(pd.Series([7, 7, 12], dtype="int64"), ENTITY)
-    widened = pz.column(pd.Series([7.0, np.nan, 12.0]), ENTITY)  # Parquet widens an int column with gaps
+    ints = pseudonymise_column(pz, pd.Series([7, 7, 12], dtype="int64"), ENTITY).tolist()
+    widened = pseudonymise_column(pz, pd.Series([7.0, np.nan, 12.0]), ENTITY).tolist()  # Parquet widens ints
     assert ints[0] == ints[1] == widened[0] and ints[2] == widened[2] and widened[1] is None
-    assert pz.column(pd.Series(["a", None, pd.NA]), "c") == [pz.pseudonym("a", "c"), None, None]
+    assert pseudonymise_column(pz, pd.Series(["a", None, pd.NA]), "c").tolist() == [pz.pseudonym("a", "c"), None, None]
     assert ints[0] == pz.pseudonym(subject_key("7", "int"))  # the CLI's key finds the published row
 
 

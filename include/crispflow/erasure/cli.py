@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from typing import TYPE_CHECKING, Any
 
 from crispflow.errors import CrispflowError
 
 if TYPE_CHECKING:
     from crispflow.settings import Settings
-
-KEYS_ENV = "CRISPFLOW_PSEUDONYM_KEYS"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,21 +53,20 @@ def _plan(args: argparse.Namespace, settings: Settings, stack_keys: str) -> Any:
     from upath import UPath
 
     from crispflow.erasure.plan import plan
-    from crispflow.governance.pseudonyms import PseudonymError, Pseudonymizer
+    from crispflow.governance.pseudonyms import KEYS_ENV, PseudonymError, keys_from_env
     from crispflow.lake import Lake
     from crispflow.model.registry import model_name
     from crispflow.predictions.store import root_of
     from crispflow.spec import load_spec
 
     spec = load_spec(args.pipeline, settings)
-    text = os.environ.get(KEYS_ENV, "").strip() or stack_keys
-    if not text:
+    try:
+        keys = keys_from_env(stack_keys)
+    except PseudonymError as exc:  # the operator's configuration, not the caller's request: exit 1
+        raise CrispflowError(str(exc)) from None
+    if keys is None:
         raise CrispflowError(f"no pseudonym keys: set ${KEYS_ENV} (hk1:<base64url secret>) or run from the stack's "
                              "home (`crispflow up` generates them)")
-    try:
-        keys = Pseudonymizer.from_text(text)
-    except PseudonymError as exc:
-        raise CrispflowError(f"${KEYS_ENV}: {exc}") from None
     predictions = root_of(settings.predictions_url) if settings.predictions_url else None
     return plan(Lake(UPath(settings.lake_url)), spec, args.key, keys, predictions, model_name(spec.name))
 

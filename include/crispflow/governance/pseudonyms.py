@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
 import secrets
 import unicodedata
@@ -29,6 +30,7 @@ MIN_SECRET_BYTES = 32
 DIGEST_HEX = 32  # 128 bits of HMAC-SHA256
 MAX_KEY_CHARS = 256  # a subject key longer than this is a caller's mistake
 ENTITY = "entity"  # the domain of entity keys; a PII column's domain is its name
+KEYS_ENV = "CRISPFLOW_PSEUDONYM_KEYS"  # the keys outside Airflow (the model server, the erase CLI)
 
 
 class PseudonymError(CrispflowError):
@@ -128,20 +130,6 @@ class Pseudonymizer:
         """The pseudonym of `text` under every key, the current one first (what a search for a subject needs)."""
         return [self.pseudonym(text, domain, k.key_id) for k in self.keys]
 
-    def column(self, values: Iterable[Any], domain: str) -> list[str | None]:
-        """Pseudonyms of a column's values (missing stays missing); each distinct value is hashed once."""
-        cache: dict[str, str] = {}
-        out: list[str | None] = []
-        for value in values:
-            if _missing(value):
-                out.append(None)
-                continue
-            text = canonical_text(value)
-            if text not in cache:
-                cache[text] = self.pseudonym(text, domain)
-            out.append(cache[text])
-        return out
-
     def _key(self, key_id: str) -> PseudonymKey:
         try:
             return self._by_id[key_id]
@@ -158,13 +146,20 @@ def _hmac_pads(secret: bytes) -> tuple[Any, Any]:
     return hashlib.sha256(bytes(b ^ 0x36 for b in key)), hashlib.sha256(bytes(b ^ 0x5C for b in key))
 
 
+def keys_from_env(fallback: str = "") -> Pseudonymizer | None:
+    """The Pseudonymizer of $CRISPFLOW_PSEUDONYM_KEYS, else of `fallback` (e.g. the stack's secrets), else None;
+    PseudonymError naming the variable (never its value) when the text is malformed."""
+    text = os.environ.get(KEYS_ENV, "").strip() or fallback.strip()
+    if not text:
+        return None
+    try:
+        return Pseudonymizer.from_text(text)
+    except PseudonymError as exc:
+        raise PseudonymError(f"${KEYS_ENV} or the stack's keys: {exc}") from None
+
+
 def is_pseudonym(text: Any) -> bool:
     return isinstance(text, str) and PSEUDONYM.fullmatch(text) is not None
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and value != value) or type(value).__name__ in (
-        "NAType", "NaTType")
 
 
 def canonical_text(value: Any) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from crispflow.governance.pseudonyms import ENTITY, PseudonymError, Pseudonymizer
+from crispflow.governance.pseudonyms import ENTITY, PseudonymError, Pseudonymizer, canonical_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -53,8 +53,6 @@ def pseudonymise_column(keys: Pseudonymizer, series: pd.Series, domain: str) -> 
     import numpy as np
     import pandas as pd
 
-    from crispflow.governance.pseudonyms import canonical_text
-
     codes, uniques = pd.factorize(series, use_na_sentinel=True)
     if pd.api.types.is_integer_dtype(uniques.dtype):  # canonical_text of integers, vectorised
         texts = np.asarray(uniques, dtype="int64").astype(str).tolist()
@@ -68,8 +66,6 @@ def record_form(spec_columns: dict[str, str], record: dict[str, Any], pseudonyms
                 key_id: str | None = None) -> dict[str, Any]:
     """One record (a served request) with its pseudonymised fields replaced: `spec_columns` maps field → domain.
     `key_id` picks the key the model was trained under (None: the current one)."""
-    from crispflow.governance.pseudonyms import canonical_text
-
     out = dict(record)
     for name, domain in spec_columns.items():
         value = out.get(name)

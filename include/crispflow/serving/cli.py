@@ -20,7 +20,7 @@ import argparse
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from crispflow.errors import CrispflowError
 from crispflow.serving.tokens import SCOPES, TOKENS_ENV, TOKENS_FILE_NAME
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from crispflow.settings import Settings
 
 MODEL_ENV = "CRISPFLOW_SERVE_MODEL"
-PSEUDONYM_KEYS_ENV = "CRISPFLOW_PSEUDONYM_KEYS"
 
 
 def _positive_float(text: str) -> float:
@@ -156,6 +155,7 @@ def feedback_labels(settings: Settings, model: str) -> tuple[tuple[str, ...], tu
 
 
 def build_config(args: argparse.Namespace, settings: Settings) -> ServeConfig:
+    from crispflow.governance.pseudonyms import keys_from_env
     from crispflow.serving.config import ServeConfig
 
     model = args.model or default_model(settings)
@@ -169,15 +169,7 @@ def build_config(args: argparse.Namespace, settings: Settings) -> ServeConfig:
                        only=tuple(args.only), max_models=args.max_models, feedback_labels=labels,
                        trusted=trusted, tokens_file=str(tokens_file(args, settings)),
                        rate_limit=args.rate_limit, rate_burst=args.rate_burst, max_queue=args.max_queue,
-                       pseudonyms=pseudonyms_from_env())
-
-
-def pseudonyms_from_env() -> Any:
-    """The Pseudonymizer of $CRISPFLOW_PSEUDONYM_KEYS (`hk2:<base64url>,hk1:...`, current first), or None."""
-    from crispflow.governance.pseudonyms import Pseudonymizer
-
-    text = os.environ.get(PSEUDONYM_KEYS_ENV, "").strip()
-    return Pseudonymizer.from_text(text) if text else None
+                       pseudonyms=keys_from_env())
 
 
 def tokens_file(args: argparse.Namespace, settings: Settings) -> Path:

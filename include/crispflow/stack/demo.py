@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -227,19 +226,16 @@ def in_clear(settings: Settings, lake: Lake, spec: Any, frame: Any) -> Any:
     """Curated rows as a client sends them: the pseudonymised columns back in clear, looked up among the staged
     batches' values under the stack's keys. (Only the demo does this: it plays both the data owner and the
     client; a real client has its own clear data.)"""
-    from crispflow.governance.pseudonyms import Pseudonymizer, canonical_text
+    from crispflow.governance.pseudonyms import canonical_text, keys_from_env
     from crispflow.governance.stored_form import domain_of
     from crispflow.lake import read_parquet
-    from crispflow.serving.cli import PSEUDONYM_KEYS_ENV
     from crispflow.stack.credentials import load_secrets
 
     columns = [c for c in spec.pseudonymised_columns if c in frame.columns]
     creds = load_secrets(settings.home)
-    text = creds.pseudonym_keys if creds is not None and creds.pseudonym_keys else \
-        os.environ.get(PSEUDONYM_KEYS_ENV, "")  # no stack: the model server's variable
-    if not columns or not text:
+    keys = keys_from_env(creds.pseudonym_keys if creds is not None else "")
+    if not columns or keys is None:
         return frame
-    keys = Pseudonymizer.from_text(text)
     lookup: dict[str, dict[str, Any]] = {c: {} for c in columns}
     for path in sorted(lake.batch_dir(spec.name, "-").parent.glob("*/batch.parquet")):
         batch = read_parquet(path)[columns]
