@@ -224,16 +224,19 @@ def holdout_traffic(settings: Settings, pipeline: str = PIPELINE) -> tuple[Any, 
 
 def in_clear(settings: Settings, lake: Lake, spec: Any, frame: Any) -> Any:
     """Curated rows as a client sends them: the pseudonymised columns back in clear, looked up among the staged
-    batches' values under the stack's keys. (Only the demo does this: it plays both the data owner and the
-    client; a real client has its own clear data.)"""
-    from crispflow.governance.pseudonyms import canonical_text, keys_from_env
+    batches' values under the stack's keys ($CRISPFLOW_PSEUDONYM_KEYS only for a stack whose secrets are not
+    here). (Only the demo does this: it plays both the data owner and the client; a real client has its own clear
+    data.)"""
+    from crispflow.errors import CrispflowError
+    from crispflow.governance.pseudonyms import Pseudonymizer, canonical_text, keys_from_env
     from crispflow.governance.stored_form import domain_of
     from crispflow.lake import read_parquet
     from crispflow.stack.credentials import load_secrets
 
     columns = [c for c in spec.pseudonymised_columns if c in frame.columns]
     creds = load_secrets(settings.home)
-    keys = keys_from_env(creds.pseudonym_keys if creds is not None else "")
+    stack_keys = creds.pseudonym_keys if creds is not None else ""
+    keys = Pseudonymizer.from_text(stack_keys) if stack_keys else keys_from_env()
     if not columns or keys is None:
         return frame
     lookup: dict[str, dict[str, Any]] = {c: {} for c in columns}
@@ -245,7 +248,12 @@ def in_clear(settings: Settings, lake: Lake, spec: Any, frame: Any) -> Any:
                     lookup[column][name] = value
     out = frame.copy()
     for column in columns:
-        out[column] = [lookup[column].get(v) if v is not None else None for v in out[column].tolist()]
+        names = out[column].tolist()
+        unknown = sum(1 for v in names if isinstance(v, str) and v not in lookup[column])
+        if unknown:
+            raise CrispflowError(f"{unknown} pseudonyms of {spec.name}.{column} match no staged value under the "
+                                 "stack's keys: the curated data was stored under other keys")
+        out[column] = [lookup[column].get(v) if isinstance(v, str) else None for v in names]
     return out
 
 
