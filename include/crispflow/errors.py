@@ -47,5 +47,9 @@ class LakeError(CrispflowError):
     """The lake holds something inconsistent, e.g. a version whose content hash does not match its id."""
 
 
+class SupersededVersion(LakeError):
+    """A dataset version an erasure purged: only its tombstone is left, naming its successor."""
+
+
 class ApprovalRefused(CrispflowError):
     """A human approval does not hold (no approver, no reason, or the approver is the requester)."""

@@ -204,9 +204,10 @@ class Lake:
     def manifest(self, pipeline: str, version_id: str) -> PathLike:
         return self.version_dir(pipeline, version_id) / "manifest.json"
 
-    def land_raw(self, pipeline: str, data: bytes, ext: str) -> tuple[str, PathLike]:
-        """Keep the bytes a source gave us, once per content. Returns (sha256, path)."""
-        digest = sha256(data)
+    def land_raw(self, pipeline: str, data: bytes, ext: str, digest: str | None = None) -> tuple[str, PathLike]:
+        """Keep the bytes a source gave us, once per content, named by their sha256 (or by `digest`, the sha256
+        of what the source gave when `data` is that minus erased subjects). Returns (sha256, path)."""
+        digest = digest or sha256(data)
         path = self.raw(pipeline, digest, ext)
         if not path.exists():
             write_atomic(path, data)

@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from crispflow.errors import LakeError
+from crispflow.errors import LakeError, SupersededVersion
+from crispflow.governance import suppression
+from crispflow.governance.pseudonyms import canonical_text
+from crispflow.governance.rewrite import without_rows
 from crispflow.governance.stored_form import manifest_entry, stored_form
 from crispflow.lake import (
     Lake,
@@ -51,11 +54,23 @@ def batch_id_for(spec: PipelineSpec, interval: Interval, fingerprints: list[dict
 
 
 def stage(lake: Lake, spec: PipelineSpec, interval: Interval, extracts: list[Extract],
-          batch: pd.DataFrame, report: dict[str, Any]) -> dict[str, Any]:
-    """Land each source's bytes in the raw zone and the assembled batch in staging. Returns the ingest report."""
+          batch: pd.DataFrame, report: dict[str, Any], keys: Pseudonymizer | None = None) -> dict[str, Any]:
+    """Land each source's bytes in the raw zone and the assembled batch in staging. Returns the ingest report.
+
+    Subjects on the pipeline's suppression list (erased before) are left out of both: the raw landing is the
+    source's bytes minus their rows (still named by the sha256 of what the source gave, so an unchanged source
+    lands once), and the batch has none of their rows (`suppressed_rows` counts them)."""
+    erased = set().union(*(suppression.present(lake, spec, ex.frame, keys) for ex in extracts))
     for ex, info in zip(extracts, report["sources"], strict=True):
-        _, path = lake.land_raw(spec.name, ex.raw, ex.raw_ext)
+        data, removed = without_rows(ex.raw, ex.raw_ext, spec.key, erased) if erased else (ex.raw, 0)
+        _, path = lake.land_raw(spec.name, data, ex.raw_ext, sha256(ex.raw))
         info["raw"] = lake.relative(path)
+        if removed:
+            info["suppressed_rows"] = removed
+    if erased:
+        kept = ~batch[spec.key].map(lambda v: v is not None and v == v and canonical_text(v) in erased)
+        report = {**report, "rows_in": int(kept.sum()), "suppressed_rows": int(len(batch) - kept.sum())}
+        batch = batch[kept].reset_index(drop=True)
     batch_id = batch_id_for(spec, interval, [e.fingerprint for e in extracts])
     folder = lake.batch_dir(spec.name, batch_id)
     write_parquet(folder / BATCH, batch)
@@ -104,7 +119,7 @@ def version_id_of(digest: str) -> str:
 def already_published(lake: Lake, pipeline: str, version_id: str) -> Published | None:
     """The version if its manifest exists (the content was published before), else None."""
     path = lake.manifest(pipeline, version_id)
-    return Published(version_id, False, read_json(path)) if path.exists() else None
+    return Published(version_id, False, _live(read_json(path))) if path.exists() else None
 
 
 def commit_version(lake: Lake, pipeline: str, version_id: str, manifest: dict[str, Any]) -> Published:
@@ -179,7 +194,7 @@ def read_manifest(lake: Lake, version_id: str, pipeline: str | None = None) -> d
 
 def load_version(lake: Lake, version_id: str, pipeline: str | None = None) -> pd.DataFrame:
     """The rows of a version, checked against the content hash in its manifest."""
-    manifest = read_manifest(lake, version_id, pipeline)
+    manifest = _live(read_manifest(lake, version_id, pipeline))
     frame = read_parquet(lake.root / manifest["files"]["data"])
     if frame_digest(frame) != manifest["content_sha256"]:
         raise LakeError(f"dataset version {version_id}: data does not match its content hash (tampered?)")
@@ -193,6 +208,7 @@ def published(lake: Lake, pipeline: str) -> list[dict[str, Any]]:
         return []
     found = [read_json(lake.manifest(pipeline, p.name)) for p in folder.iterdir()
              if not p.name.startswith(".") and lake.manifest(pipeline, p.name).exists()]
+    found = [m for m in found if not m.get("purged")]
     return sorted(found, key=lambda m: (m["published_by"]["at"], m["dataset_version_id"]))
 
 
@@ -206,3 +222,69 @@ def latest_version(lake: Lake, pipeline: str, min_rows: int = 0) -> dict[str, An
     if not found:
         raise LakeError(f"pipeline {pipeline!r} has no published dataset version with >= {min_rows} rows")
     return max(found, key=lambda m: (m["interval"]["end"], m["published_by"]["at"]))
+
+
+# --- erasure: successor versions and tombstones -------------------------------------------------------------------
+
+def _live(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest of a version that still has its data; SupersededVersion naming the successor otherwise."""
+    if manifest.get("purged"):
+        raise SupersededVersion(
+            f"dataset version {manifest['dataset_version_id']} of {manifest.get('pipeline')!r} was purged by erasure "
+            f"{manifest.get('erasure')}: its successor is {manifest.get('superseded_by')}")
+    return manifest
+
+
+def successor_of(lake: Lake, pipeline: str, version_id: str) -> str:
+    """The live version that now stands for `version_id` (itself unless an erasure purged it)."""
+    seen: set[str] = set()
+    while (path := lake.manifest(pipeline, version_id)).exists() and version_id not in seen:
+        seen.add(version_id)
+        manifest = read_json(path)
+        if not manifest.get("purged"):
+            return version_id
+        version_id = manifest["superseded_by"]
+    return version_id
+
+
+def supersede(lake: Lake, pipeline: str, version_id: str, kept: pd.DataFrame, erasure_id: str,
+              parents: list[str] | None = None) -> Published:
+    """Publish `kept` (the version's rows minus an erased subject's) as the successor of `version_id`: same
+    interval, sources and publication time (so windows and "latest" order as before), the rows that left counted
+    under `rows.erased`, and `supersedes` naming the old version. Deterministic, so a rerun after a crash finds the
+    successor it wrote; then call `purge`."""
+    old = _live(read_manifest(lake, version_id, pipeline))
+    kept = kept.reset_index(drop=True)
+    digest = frame_digest(kept)
+    new_id = version_id_of(digest)
+    vdir = lake.version_dir(pipeline, new_id)
+    write_parquet(vdir / "data.parquet", kept)
+    files = {"data": lake.relative(vdir / "data.parquet")}
+    for name, key in ((QUALITY_JSON, "quality_json"), (QUALITY_HTML, "quality_html")):
+        if key in old["files"] and (lake.root / old["files"][key]).exists():
+            write_atomic(vdir / name, (lake.root / old["files"][key]).read_bytes())
+            files[key] = lake.relative(vdir / name)
+    erased = old["rows"]["published"] - len(kept)
+    manifest = {**old, "dataset_version_id": new_id, "content_sha256": digest, "files": {**old["files"], **files},
+                "rows": {**old["rows"], "published": len(kept), "erased": old["rows"].get("erased", 0) + erased},
+                "supersedes": version_id, "erasure": erasure_id}
+    if parents is not None:
+        manifest["parents"] = parents
+    return commit_version(lake, pipeline, new_id, manifest)
+
+
+def purge(lake: Lake, pipeline: str, version_id: str, successor: str, erasure_id: str) -> None:
+    """Replace a superseded version by its tombstone (what it was, who replaced it, why), then delete its files.
+    The tombstone is written first, so a crash leaves a version that reads as purged and a rerun deletes the rest."""
+    folder = lake.version_dir(pipeline, version_id)
+    manifest = read_json(lake.manifest(pipeline, version_id))
+    if not manifest.get("purged"):
+        keep = ("dataset_version_id", "content_sha256", "pipeline", "spec_hash", "batch_id", "interval", "rows",
+                "published_by", "parents")
+        tombstone = {k: manifest[k] for k in keep if k in manifest}
+        tombstone |= {"purged": True, "superseded_by": successor, "erasure": erasure_id,
+                      "purged_at": datetime.now(UTC).isoformat()}
+        write_json(lake.manifest(pipeline, version_id), tombstone)
+    for path in list(folder.iterdir()):
+        if path.name != "manifest.json":
+            path.unlink()

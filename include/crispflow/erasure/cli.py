@@ -1,10 +1,15 @@
-"""`crispflow erase plan --pipeline P --key K`: where a subject is. Exit 0 with the plan (also when the subject is
-nowhere), 2 when the request is the caller's mistake (unknown pipeline, a key that is empty, too long, of the
-wrong type or not in canonical form), 1 when the stores cannot be read. The key is never printed."""
+"""`crispflow erase plan|run|status|verify --pipeline P --key K`: answer a subject's erasure request.
+
+Exit codes: 0 done (also a plan that finds nothing); 2 the caller's mistake (unknown pipeline, a key that is
+empty, too long, of the wrong type or not in canonical form, `run` without `--yes` or without a ticket); 1 the
+stores cannot be read, or `verify` found a problem. The key is never printed: the subject is named by its
+pseudonym.
+"""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -16,12 +21,25 @@ if TYPE_CHECKING:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    plan = actions.add_parser("plan", help="list every file holding the subject (changes nothing)")
-    plan.add_argument("--pipeline", required=True, help="the pipeline (spec name) whose stores are searched")
-    plan.add_argument("--key", required=True, help="the subject's entity key, exactly as stored at the source "
-                                                   "(no padding, no leading zeros for an integer key)")
-    plan.add_argument("--ticket", default="", help="the request's ticket (recorded with the plan)")
-    plan.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    texts = {
+        "plan": "list every file holding the subject (changes nothing)",
+        "run": "erase the subject: successor versions, purged old ones, rewritten files, suppression, ledger",
+        "status": "the erasure ledger's entries for the subject",
+        "verify": "recompute the ledger's hash chain and scan the stores again (exit 1 on any problem)",
+    }
+    for name, text in texts.items():
+        action = actions.add_parser(name, help=text, description=text)
+        action.add_argument("--pipeline", required=True, help="the pipeline (spec name) whose stores are searched")
+        action.add_argument("--key", required=True, help="the subject's entity key, exactly as stored at the "
+                                                         "source (no padding, no leading zeros for an integer key)")
+        action.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+        if name in ("plan", "run"):
+            action.add_argument("--ticket", default="", help="the request's ticket (required by `run`)")
+        if name == "run":
+            action.add_argument("--legal-basis", default="LGPD art. 18 VI / GDPR art. 17",
+                                help="recorded in the ledger (default: %(default)s)")
+            action.add_argument("--person", default="", help="who erases (default: the login name)")
+            action.add_argument("--yes", action="store_true", help="erase: without it, only the plan is shown")
 
 
 def run(args: argparse.Namespace, settings: Settings, stack_keys: str = "") -> int:
@@ -30,43 +48,113 @@ def run(args: argparse.Namespace, settings: Settings, stack_keys: str = "") -> i
     from crispflow.spec import SpecError
 
     try:
-        result = _plan(args, settings, stack_keys)
-    except (PseudonymError, SpecError) as exc:
+        context = _Context(args, settings, stack_keys)
+        if args.action == "run" and not (args.yes and args.ticket.strip()):
+            result = context.plan()
+            _print(args, result.to_json(), _plan_lines(result))
+            print("not erased: `erase run` needs --ticket and --yes", flush=True)
+            return 2
+        return {"plan": _plan, "run": _run, "status": _status, "verify": _verify}[args.action](args, context)
+    except (PseudonymError, SpecError, ValueError) as exc:
         print(f"error: {exc}", flush=True)
         return 2
     except CrispflowError as exc:
         print(f"error: {exc}", flush=True)
         return 1
-    if args.json:
-        print(json.dumps({**result.to_json(), "ticket": args.ticket}, indent=2))
-        return 0
-    print(f"subject {result.subject} in pipeline {result.pipeline}: {len(result.places)} of "
-          f"{result.files_scanned} files")
-    for place in result.places:
-        print(f"  {place.store:<11} {place.rows:>6} row(s)  {place.form:<9}  {place.path}")
+
+
+class _Context:
+    """The spec, lake, keys, ledger and prediction log of one request."""
+
+    def __init__(self, args: argparse.Namespace, settings: Settings, stack_keys: str) -> None:
+        from upath import UPath
+
+        from crispflow.governance.pseudonyms import KEYS_ENV, PseudonymError, keys_from_env, subject_key
+        from crispflow.lake import Lake
+        from crispflow.model.registry import model_name
+        from crispflow.predictions.store import root_of
+        from crispflow.spec import load_spec
+
+        self.spec = load_spec(args.pipeline, settings)
+        subject_key(args.key, self.spec.column(self.spec.key).type)  # the caller's mistakes first (exit 2)
+        try:
+            keys = keys_from_env(stack_keys)
+        except PseudonymError as exc:  # the operator's configuration, not the caller's request: exit 1
+            raise CrispflowError(str(exc)) from None
+        if keys is None:
+            raise CrispflowError(f"no pseudonym keys: set ${KEYS_ENV} (hk1:<base64url secret>) or run from the "
+                                 "stack's home (`crispflow up` generates them)")
+        self.keys, self.key = keys, args.key
+        self.lake = Lake(UPath(settings.lake_url))
+        self.predictions = root_of(settings.predictions_url) if settings.predictions_url else None
+        self.model = model_name(self.spec.name)
+        self.ledger_url = settings.ledger_url
+
+    def plan(self) -> Any:
+        from crispflow.erasure.plan import plan
+
+        return plan(self.lake, self.spec, self.key, self.keys, self.predictions, self.model)
+
+    def ledger(self) -> Any:
+        from crispflow.governance.erasure_ledger import ErasureLedger
+
+        return ErasureLedger(self.ledger_url)
+
+
+def _print(args: argparse.Namespace, payload: dict[str, Any], lines: list[str]) -> None:
+    print(json.dumps(payload, indent=2) if args.json else "\n".join(lines), flush=True)
+
+
+def _plan_lines(result: Any) -> list[str]:
+    lines = [f"subject {result.subject} in pipeline {result.pipeline}: {len(result.places)} of "
+             f"{result.files_scanned} files"]
+    lines += [f"  {p.store:<11} {p.rows:>6} row(s)  {p.form:<9}  {p.path}" for p in result.places]
     if not result.places:
-        print("  nowhere: no store of this pipeline holds the key (nothing to erase)")
+        lines.append("  nowhere: no store of this pipeline holds the key (nothing to erase)")
+    return lines
+
+
+def _plan(args: argparse.Namespace, context: _Context) -> int:
+    result = context.plan()
+    _print(args, {**result.to_json(), "ticket": args.ticket}, _plan_lines(result))
     return 0
 
 
-def _plan(args: argparse.Namespace, settings: Settings, stack_keys: str) -> Any:
-    from upath import UPath
+def _run(args: argparse.Namespace, context: _Context) -> int:
+    from crispflow.erasure.run import Request, run
 
-    from crispflow.erasure.plan import plan
-    from crispflow.governance.pseudonyms import KEYS_ENV, PseudonymError, keys_from_env
-    from crispflow.lake import Lake
-    from crispflow.model.registry import model_name
-    from crispflow.predictions.store import root_of
-    from crispflow.spec import load_spec
+    request = Request(args.ticket, args.legal_basis, args.person or getpass.getuser())
+    outcome = run(context.lake, context.spec, context.key, context.keys, context.ledger(), request,
+                  context.predictions, context.model)
+    lines = [f"erasure {outcome.erasure_id} of subject {outcome.plan.subject} in {outcome.plan.pipeline}: "
+             f"{len(outcome.artifacts)} artifact(s) changed"]
+    for a in outcome.artifacts:
+        where = f"{a['version']} -> {a['successor']}" if a["store"] == "curated" else a["path"]
+        lines.append(f"  {a['store']:<11} {where}  {a['old'][:12]} -> {a['new'][:12]}")
+    _print(args, outcome.to_json(), lines)
+    return 0
 
-    spec = load_spec(args.pipeline, settings)
-    try:
-        keys = keys_from_env(stack_keys)
-    except PseudonymError as exc:  # the operator's configuration, not the caller's request: exit 1
-        raise CrispflowError(str(exc)) from None
-    if keys is None:
-        raise CrispflowError(f"no pseudonym keys: set ${KEYS_ENV} (hk1:<base64url secret>) or run from the stack's "
-                             "home (`crispflow up` generates them)")
-    predictions = root_of(settings.predictions_url) if settings.predictions_url else None
-    return plan(Lake(UPath(settings.lake_url)), spec, args.key, keys, predictions, model_name(spec.name))
 
+def _status(args: argparse.Namespace, context: _Context) -> int:
+    from crispflow.erasure.run import subject_names
+
+    _, _, subject = subject_names(context.spec, context.key, context.keys)
+    entries = [e for e in context.ledger().entries(context.spec.name) if e["subject"] == subject]
+    rows = [{k: e[k] for k in ("seq", "erasure_id", "at", "step", "ticket", "person", "legal_basis")}
+            for e in entries]
+    lines = [f"{len(rows)} ledger entr{'y' if len(rows) == 1 else 'ies'} for this subject in {context.spec.name}"]
+    lines += [f"  #{r['seq']} {r['at'][:19]} {r['step']:<5} {r['erasure_id']} ticket {r['ticket']} by "
+              f"{r['person']}" for r in rows]
+    _print(args, {"pipeline": context.spec.name, "entries": rows}, lines)
+    return 0
+
+
+def _verify(args: argparse.Namespace, context: _Context) -> int:
+    from crispflow.erasure.run import verify
+
+    problems = verify(context.lake, context.spec, context.key, context.keys, context.ledger(), context.predictions,
+                      context.model)
+    lines = [f"problem: {p}" for p in problems] or ["verified: the ledger's chain holds and no store holds the "
+                                                    "subject"]
+    _print(args, {"pipeline": context.spec.name, "ok": not problems, "problems": problems}, lines)
+    return 1 if problems else 0

@@ -114,10 +114,12 @@ class Pseudonymizer:
         outer.update(inner.digest())
         return f"{key.key_id}:{outer.hexdigest()[:DIGEST_HEX]}"
 
-    def many(self, texts: Iterable[str], domain: str = ENTITY) -> list[str]:
-        """`pseudonym` of each text under the current key (the loop of a column, without per-call lookups)."""
-        inner0, outer0 = self._pads[self.key_id]
-        prefix, name = domain.encode() + b"\x00", self.key_id + ":"
+    def many(self, texts: Iterable[str], domain: str = ENTITY, key_id: str | None = None) -> list[str]:
+        """`pseudonym` of each text under the current key or `key_id` (the loop of a column, without per-call
+        lookups)."""
+        key_id = self.key_id if key_id is None else self._key(key_id).key_id
+        inner0, outer0 = self._pads[key_id]
+        prefix, name = domain.encode() + b"\x00", key_id + ":"
         out = []
         for text in texts:
             inner, outer = inner0.copy(), outer0.copy()

@@ -146,3 +146,28 @@ def training_rows(spec: PipelineSpec, dataset: pd.DataFrame, holdout: pd.DataFra
     """The dataset without any entity that is in the holdout."""
     keep = ~dataset[spec.key].isin(holdout[spec.key])
     return dataset[keep].reset_index(drop=True)
+
+
+def erase(lake: Lake, spec: PipelineSpec, pseudonyms: set[str], erasure_id: str) -> dict[str, Any] | None:
+    """The frozen holdout without an erased subject's rows: a new file named by its new hash, the record pointing
+    at it (`supersedes`: the old hash), the old file deleted. None when the subject is not in it."""
+    from crispflow.lake import write_json
+
+    record = frozen_record(lake, spec.name)
+    if (before := record.get("supersedes")) and (stale := lake.root / "holdouts" / spec.name /
+                                                  f"{before}.parquet").exists():
+        stale.unlink()  # an earlier erasure stopped between moving the record and deleting the old file
+    old_path = lake.root / record["file"]
+    holdout = read_parquet(old_path)
+    kept = holdout[~holdout[spec.key].isin(pseudonyms)]
+    if len(kept) == len(holdout):
+        return None
+    digest = holdout_hash(spec, kept)
+    path = lake.root / "holdouts" / spec.name / f"{digest}.parquet"
+    write_parquet(path, kept)
+    new = {**record, "holdout_hash": digest, "rows": len(kept), "file": lake.relative(path),
+           "supersedes": record["holdout_hash"], "erasure": erasure_id}
+    write_json(_pointer(lake, spec.name), new)
+    old_path.unlink()
+    return {"store": "holdout", "path": record["file"], "old": record["holdout_hash"], "new": digest,
+            "rows": len(holdout) - len(kept)}

@@ -106,7 +106,7 @@ def cmd_ledger(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
-    """`crispflow erase plan`: where a subject is; exit 0, or 2 when the request is the caller's mistake."""
+    """`crispflow erase plan|run|status|verify`: a subject's erasure request (crispflow.erasure.cli)."""
     from crispflow.erasure.cli import run
     from crispflow.stack.credentials import load_secrets
 
@@ -175,7 +175,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "serve": (cmd_serve, "run the model server (MLflow aliases champion/canary/shadow)"),
         "drift": (cmd_drift, "drift of a data file against a reference"),
         "ledger": (cmd_ledger, "check the promotion ledger against the registry (`ledger verify`)"),
-        "erase": (cmd_erase, "answer a subject's erasure request (`erase plan`: where the subject is)"),
+        "erase": (cmd_erase, "answer a subject's erasure request: plan, run, status, verify"),
         "validate": (cmd_validate, "check every spec, DAG file parse and the plugin's import cost (for CI)"),
     }
     for name, (func, text) in commands.items():

@@ -37,6 +37,7 @@ class IngestOperator(BaseOperator):
         from crispflow.run_requests import resolve_interval
         from crispflow.spec import load_spec
         from crispflow_airflow.hooks.lake import LakeHook
+        from crispflow_airflow.hooks.pseudonyms import pseudonymizer_for
         from crispflow_airflow.hooks.sources import extract
 
         with as_airflow_errors():
@@ -45,7 +46,7 @@ class IngestOperator(BaseOperator):
             spec, lake = load_spec(self.pipeline), LakeHook().get_lake()
             extracts = [extract(source, interval) for source in spec.sources]
             batch, report = assemble(spec, extracts, interval)
-            report = stage(lake, spec, interval, extracts, batch, report)
+            report = stage(lake, spec, interval, extracts, batch, report, pseudonymizer_for(spec))
         self.log.info("staged batch %s of %s: %d rows from %d source(s) for %s", report["batch_id"], spec.name,
                       report["rows_in"], len(extracts), interval.to_json())
         return {"pipeline": spec.name, "batch_id": report["batch_id"], "rows_in": report["rows_in"],

@@ -1,0 +1,67 @@
+"""Rewrite one file without a subject's rows: the destructive step of an erasure, and of staging a source that
+still holds a suppressed subject. The file keeps its format; Parquet keeps its schema."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Collection
+
+from crispflow.governance.pseudonyms import canonical_text
+
+
+def without_rows(data: bytes, fmt: str, column: str, values: Collection[str]) -> tuple[bytes, int]:
+    """(`data` without the rows whose `column` reads as one of `values` (`canonical_text`), rows removed). The
+    bytes come back unchanged when no row matches or the file has no such column."""
+    if fmt == "parquet":
+        return _parquet(data, column, values)
+    if fmt == "jsonl":
+        return _jsonl(data, column, values)
+    if fmt == "csv":
+        return _csv(data, column, values)
+    raise ValueError(f"cannot rewrite a {fmt!r} file (parquet, csv or jsonl)")
+
+
+def _matches(items: list[object], values: Collection[str]) -> list[bool]:
+    return [item is not None and item == item and canonical_text(item) in values for item in items]
+
+
+def _parquet(data: bytes, column: str, values: Collection[str]) -> tuple[bytes, int]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(io.BytesIO(data))
+    if column not in table.column_names or pa.types.is_null(table.schema.field(column).type):
+        return data, 0
+    hit = _matches(table.column(column).to_pylist(), values)
+    removed = sum(hit)
+    if not removed:
+        return data, 0
+    out = io.BytesIO()
+    pq.write_table(table.filter(pa.array([not h for h in hit])), out)
+    return out.getvalue(), removed
+
+
+def _jsonl(data: bytes, column: str, values: Collection[str]) -> tuple[bytes, int]:
+    kept, removed = [], 0
+    for line in data.splitlines(keepends=True):
+        record = json.loads(line) if line.strip() else None
+        if isinstance(record, dict) and _matches([record.get(column)], values)[0]:
+            removed += 1
+        else:
+            kept.append(line)
+    return (b"".join(kept), removed) if removed else (data, 0)
+
+
+def _csv(data: bytes, column: str, values: Collection[str]) -> tuple[bytes, int]:
+    """Every cell read and written back as its text (no type guessing), so the kept rows keep their values."""
+    import pandas as pd
+
+    frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+    if column not in frame.columns:
+        return data, 0
+    hit = _matches(frame[column].tolist(), values)
+    removed = sum(hit)
+    if not removed:
+        return data, 0
+    return frame[[not h for h in hit]].to_csv(index=False).encode(), removed

@@ -1,0 +1,232 @@
+"""`crispflow erase run|status|verify` on a real lake: a subject in two months (one a raw CSV), a quarantined
+duplicate, a composed window, the frozen holdout, batch scores and the prediction log. After the run no file holds
+the subject in any form; the old versions are tombstones naming their successors; a re-ingest of the unchanged
+sources does not bring the subject back; a rerun changes nothing; a crash between successor and purge recovers;
+a changed ledger entry makes `verify` exit 1."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from support.keys import session_keys
+
+from crispflow.data import datasets, training_window
+from crispflow.data.extracts import assemble
+from crispflow.data.quality import validate_batch
+from crispflow.data.sources import Extract, Interval, parse_bytes
+from crispflow.erasure.plan import plan
+from crispflow.erasure.run import LEDGER_DOMAIN, Request, run, verify
+from crispflow.errors import SupersededVersion
+from crispflow.governance.erasure_ledger import ErasureLedger
+from crispflow.governance.pseudonyms import canonical_text
+from crispflow.lake import Lake, read_json
+from crispflow.model import holdout
+from crispflow.spec import load_spec
+from crispflow.stack.main import main
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = "crispflow-lending_club"
+REQUEST = Request("T-77", "LGPD art. 18 VI", "dpo@example.org")
+MONTHS = [Interval(datetime(2026, 1, 1), datetime(2026, 2, 1)), Interval(datetime(2026, 2, 1), datetime(2026, 3, 1))]
+
+
+@dataclass
+class World:
+    lake: Lake
+    predictions: Path
+    ledger: ErasureLedger
+    ledger_url: str
+    key: str
+    sources: list[list[Extract]]
+    versions: list[str]  # the two months' versions, then the composed window
+
+
+def _extract(frame: pd.DataFrame, fmt: str) -> Extract:
+    buffer = io.BytesIO()
+    frame.to_csv(buffer, index=False) if fmt == "csv" else frame.to_parquet(buffer, index=False)
+    data = buffer.getvalue()
+    return Extract("loans", parse_bytes("loans", data, fmt), data, fmt, {"kind": "file", "sha256": fmt})
+
+
+def _ingest(lake: Lake, spec: Any, interval: Interval, extracts: list[Extract]) -> datasets.Published:
+    batch, report = assemble(spec, extracts, interval)
+    report = datasets.stage(lake, spec, interval, extracts, batch, report, session_keys())
+    batch, _ = datasets.load_batch(lake, spec.name, report["batch_id"])  # what the gate reads
+    outcome = validate_batch(spec, batch, interval, report["batch_id"])
+    datasets.store_outcome(lake, spec, report["batch_id"], outcome, session_keys())
+    return datasets.publish(lake, spec, report["batch_id"], {"dag_id": "t", "run_id": "r"})
+
+
+def _world(tmp: Path) -> World:
+    spec = load_spec("lending_club")
+    demo = pd.read_parquet(ROOT / "include/data/lending_club.parquet")
+    january = demo[demo["application_month"] < "2026-02-01"].head(250)
+    february = demo[(demo["application_month"] >= "2026-02-01") & (demo["application_month"] < "2026-03-01")].head(250)
+    subject = february.iloc[[11]]
+    key = str(int(subject["loan_id"].iat[0]))
+    # the subject in both months (January as a raw CSV), and twice in February (one row is quarantined)
+    sources = [[_extract(pd.concat([january, subject.assign(application_month=january["application_month"].iat[0])],
+                                   ignore_index=True), "csv")],
+               [_extract(pd.concat([february, subject], ignore_index=True), "parquet")]]
+    lake = Lake(tmp / "lake")
+    months = [_ingest(lake, spec, interval, extracts) for interval, extracts in zip(MONTHS, sources, strict=True)]
+    window = training_window.compose(lake, spec, [m.manifest for m in months], {"dag_id": "t", "run_id": "r"})
+    dataset = datasets.load_version(lake, window.version_id, spec.name)
+    cut, _ = holdout.frozen_holdout(lake, spec, dataset, window.version_id)
+    name = session_keys().pseudonym(key)
+    assert name in set(cut[spec.key]), "the subject is in the time holdout (February)"
+    scores = cut[[spec.key]].assign(score=0.5)
+    (lake.root / "scores" / spec.name / "run=1").mkdir(parents=True)
+    scores.to_parquet(lake.root / "scores" / spec.name / "run=1" / "scores.parquet")
+    hour = tmp / "predictions" / MODEL / "predictions" / "date=2026-02-05" / "hour=10"
+    hour.mkdir(parents=True)
+    pd.DataFrame({"request_id": ["a", "b", "c"], "entity": [name, session_keys().pseudonym("1"), name],
+                  "label": [1.0, None, 0.0]}).to_parquet(hour / "part-1.parquet")
+    url = f"sqlite:///{tmp / 'ledger.db'}"
+    return World(lake, tmp / "predictions", ErasureLedger(url), url, key, sources,
+                 [months[0].version_id, months[1].version_id, window.version_id])
+
+
+def _occurrences(root: Path, needles: list[str], key: str) -> list[str]:
+    """Every file under `root` named by or holding one of `needles` (pseudonyms, anywhere: in a name, a text, a
+    table's value) or the clear `key` (in a table's key column, or as a whole number in any other text)."""
+    found = []
+    whole = re.compile(rf"(?<![\d.]){key}(?![\d.])".encode())
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        if any(n in str(path) or n.replace(":", "_") in str(path) or n.encode() in data for n in needles):
+            found.append(str(path))
+        elif path.suffix in (".parquet", ".csv") and data:
+            frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype=str)
+            texts = {str(v) for c in frame.columns for v in frame[c].dropna().tolist()}
+            keys = {canonical_text(v) for c in ("loan_id", "entity") if c in frame for v in frame[c].dropna()}
+            if texts & set(needles) or key in keys:
+                found.append(str(path))
+        elif whole.search(data):
+            found.append(str(path))
+    return found
+
+
+@pytest.fixture(scope="module")
+def erased(tmp_path_factory: pytest.TempPathFactory) -> tuple[World, Any]:
+    world = _world(tmp_path_factory.mktemp("erase-run"))
+    spec = load_spec("lending_club")
+    before = plan(world.lake, spec, world.key, session_keys(), world.predictions, MODEL)
+    assert {p.store for p in before.places} == {"raw", "staging", "validated", "quarantine", "curated", "holdout",
+                                                "scores", "predictions"}
+    return world, run(world.lake, spec, world.key, session_keys(), world.ledger, REQUEST, world.predictions, MODEL)
+
+
+def test_no_file_holds_the_subject_after_the_run(erased: tuple[World, Any]) -> None:
+    world, _ = erased
+    keys = session_keys()
+    names = keys.all_pseudonyms(world.key)
+    found = _occurrences(Path(world.lake.root), names, world.key)
+    listed = [f for f in found if "/governance/suppressed/" in f]
+    assert found == listed and len(listed) == len(names)  # only the suppression list names the subject
+    assert _occurrences(world.predictions, names, world.key) == []
+    assert not verify(world.lake, load_spec("lending_club"), world.key, keys, world.ledger, world.predictions, MODEL)
+
+
+def test_old_versions_are_tombstones_naming_their_successors(erased: tuple[World, Any]) -> None:
+    world, outcome = erased
+    spec = load_spec("lending_club")
+    assert set(outcome.superseded) == set(world.versions)
+    for old, new in outcome.superseded.items():
+        with pytest.raises(SupersededVersion, match=new):
+            datasets.load_version(world.lake, old, spec.name)
+        successor = read_json(world.lake.manifest(spec.name, new))
+        assert successor["supersedes"] == old and successor["erasure"] == outcome.erasure_id
+        assert len(datasets.load_version(world.lake, new, spec.name)) == successor["rows"]["published"]
+        assert sorted(p.name for p in Path(world.lake.version_dir(spec.name, old)).iterdir()) == ["manifest.json"]
+    window = read_json(world.lake.manifest(spec.name, outcome.superseded[world.versions[2]]))
+    assert window["parents"] == [outcome.superseded[v] for v in world.versions[:2]]
+    assert {m["dataset_version_id"] for m in datasets.published(world.lake, spec.name)} == set(
+        outcome.superseded.values())
+    record = holdout.frozen_record(world.lake, spec.name)
+    assert record["erasure"] == outcome.erasure_id and record["rows"] == len(
+        holdout.frozen_holdout(world.lake, spec, pd.DataFrame(), "unused")[0])
+
+
+def test_the_ledger_names_the_subject_by_its_own_pseudonym(erased: tuple[World, Any]) -> None:
+    world, _ = erased
+    entries = world.ledger.entries("lending_club")
+    assert [e["step"] for e in entries] == ["plan", "run"]
+    assert {e["subject"] for e in entries} == {session_keys().pseudonym(world.key, LEDGER_DOMAIN)}
+    assert {e["person"] for e in entries} == {REQUEST.person}
+    detail = json.loads(entries[1]["detail"])
+    stores = {a["store"] for a in detail["artifacts"]}
+    assert stores == {"raw", "staging", "validated", "quarantine", "curated", "holdout", "scores", "predictions"}
+    text = json.dumps(entries)
+    assert not re.search(rf"(?<![\w.]){world.key}(?![\w.])", text)
+    assert session_keys().pseudonym(world.key) not in text
+
+
+def test_a_reingest_of_the_unchanged_sources_does_not_bring_the_subject_back(erased: tuple[World, Any]) -> None:
+    world, _ = erased
+    spec = load_spec("lending_club")
+    for interval, extracts in zip(MONTHS, world.sources, strict=True):
+        _ingest(world.lake, spec, interval, extracts)
+    assert plan(world.lake, spec, world.key, session_keys(), world.predictions, MODEL).places == []
+
+
+def test_a_rerun_changes_nothing(erased: tuple[World, Any]) -> None:
+    world, outcome = erased
+    spec = load_spec("lending_club")
+    files = {p: p.read_bytes() for p in Path(world.lake.root).rglob("*") if p.is_file()}
+    again = run(world.lake, spec, world.key, session_keys(), world.ledger, REQUEST, world.predictions, MODEL)
+    assert again.erasure_id == outcome.erasure_id and again.artifacts == []
+    assert {p: p.read_bytes() for p in Path(world.lake.root).rglob("*") if p.is_file()} == files
+
+
+def test_a_crash_between_successor_and_purge_recovers(tmp_path: Path) -> None:
+    world = _world(tmp_path)
+    spec = load_spec("lending_club")
+    version = world.versions[1]
+    frame = datasets.load_version(world.lake, version, spec.name)
+    kept = frame[frame[spec.key] != session_keys().pseudonym(world.key)]
+    successor = datasets.supersede(world.lake, spec.name, version, kept, "er-crashed")  # then the process died
+    outcome = run(world.lake, spec, world.key, session_keys(), world.ledger, REQUEST, world.predictions, MODEL)
+    assert outcome.superseded[version] == successor.version_id
+    assert verify(world.lake, spec, world.key, session_keys(), world.ledger, world.predictions, MODEL) == []
+
+
+def test_the_cli_runs_and_verify_exits_1_on_a_changed_ledger_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    world = _world(tmp_path)
+    monkeypatch.setenv("CRISPFLOW_LAKE_URL", Path(world.lake.root).as_uri())
+    monkeypatch.setenv("CRISPFLOW_PREDICTIONS_URL", world.predictions.as_uri())
+    monkeypatch.setenv("CRISPFLOW_LEDGER_URL", world.ledger_url)
+    base = ["--pipeline", "lending_club", "--key", world.key]
+    assert main(["erase", "run", *base, "--ticket", "T-9"]) == 2  # no --yes: only the plan
+    assert "not erased" in capsys.readouterr().out
+    assert main(["erase", "run", *base, "--ticket", "T-9", "--yes", "--person", "dpo", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["artifacts"]
+    assert main(["erase", "status", *base, "--json"]) == 0
+    assert [e["step"] for e in json.loads(capsys.readouterr().out)["entries"]] == ["plan", "run"]
+    assert main(["erase", "verify", *base]) == 0
+    assert "verified" in capsys.readouterr().out
+    with sqlite3.connect(world.ledger_url.removeprefix("sqlite:///")) as db:
+        db.execute("UPDATE erasure_ledger SET person = 'someone else' WHERE seq = 1")
+    assert main(["erase", "verify", *base]) == 1
+    out = capsys.readouterr().out
+    assert "entry 1" in out and world.key not in out
+
+
+def test_a_key_that_is_nowhere_is_recorded_and_touches_nothing(tmp_path: Path) -> None:
+    world = _world(tmp_path)
+    files = {p: p.read_bytes() for p in Path(world.lake.root).rglob("*") if p.is_file()}
+    outcome = run(world.lake, load_spec("lending_club"), "987654321", session_keys(), world.ledger, REQUEST,
+                  world.predictions, MODEL)
+    assert outcome.artifacts == [] and [e["step"] for e in world.ledger.entries()] == ["plan", "run"]
+    changed = {p for p in Path(world.lake.root).rglob("*") if p.is_file() and files.get(p) != p.read_bytes()}
+    assert all("/governance/suppressed/" in str(p) for p in changed) and len(changed) == 1
