@@ -2,7 +2,8 @@
 duplicate, a composed window, the frozen holdout, batch scores and the prediction log. After the run no file holds
 the subject in any form; the old versions are tombstones naming their successors; a re-ingest of the unchanged
 sources does not bring the subject back; a rerun changes nothing; a crash between successor and purge recovers;
-a changed ledger entry makes `verify` exit 1."""
+a changed ledger entry makes `verify` exit 1; the model version trained on the subject's data is flagged in a
+real MLflow registry (SQLite store)."""
 
 from __future__ import annotations
 
@@ -23,13 +24,14 @@ from crispflow.data import datasets, training_window
 from crispflow.data.extracts import assemble
 from crispflow.data.quality import validate_batch
 from crispflow.data.sources import Extract, Interval, parse_bytes
+from crispflow.erasure.models import DATASET_TAG, PENDING
 from crispflow.erasure.plan import plan
 from crispflow.erasure.run import LEDGER_DOMAIN, Request, run, verify
 from crispflow.errors import SupersededVersion
 from crispflow.governance.erasure_ledger import ErasureLedger
 from crispflow.governance.pseudonyms import canonical_text
 from crispflow.lake import Lake, read_json
-from crispflow.model import holdout
+from crispflow.model import holdout, registry
 from crispflow.spec import load_spec
 from crispflow.stack.main import main
 
@@ -206,11 +208,19 @@ def test_the_cli_runs_and_verify_exits_1_on_a_changed_ledger_entry(tmp_path: Pat
     monkeypatch.setenv("CRISPFLOW_LAKE_URL", Path(world.lake.root).as_uri())
     monkeypatch.setenv("CRISPFLOW_PREDICTIONS_URL", world.predictions.as_uri())
     monkeypatch.setenv("CRISPFLOW_LEDGER_URL", world.ledger_url)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlf = registry.client()
+    mlf.create_registered_model(MODEL)
+    trained = mlf.create_model_version(MODEL, str(tmp_path / "model"), tags={DATASET_TAG: world.versions[2]})
+    other = mlf.create_model_version(MODEL, str(tmp_path / "model"), tags={DATASET_TAG: "ds-unrelated"})
     base = ["--pipeline", "lending_club", "--key", world.key]
     assert main(["erase", "run", *base, "--ticket", "T-9"]) == 2  # no --yes: only the plan
     assert "not erased" in capsys.readouterr().out
     assert main(["erase", "run", *base, "--ticket", "T-9", "--yes", "--person", "dpo", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["artifacts"]
+    result = json.loads(capsys.readouterr().out)
+    assert result["artifacts"] and [m["version"] for m in result["models"]] == [str(trained.version)]
+    assert mlf.get_model_version(MODEL, trained.version).tags[PENDING] == result["erasure_id"]
+    assert PENDING not in mlf.get_model_version(MODEL, other.version).tags
     assert main(["erase", "status", *base, "--json"]) == 0
     assert [e["step"] for e in json.loads(capsys.readouterr().out)["entries"]] == ["plan", "run"]
     assert main(["erase", "verify", *base]) == 0

@@ -235,6 +235,11 @@ def _live(manifest: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
+def require_live(lake: Lake, pipeline: str, version_id: str) -> dict[str, Any]:
+    """The version's manifest; SupersededVersion if an erasure purged it (e.g. while a model trained on it)."""
+    return _live(read_manifest(lake, version_id, pipeline))
+
+
 def successor_of(lake: Lake, pipeline: str, version_id: str) -> str:
     """The live version that now stands for `version_id` (itself unless an erasure purged it)."""
     seen: set[str] = set()

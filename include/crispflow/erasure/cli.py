@@ -18,6 +18,8 @@ from crispflow.errors import CrispflowError
 if TYPE_CHECKING:
     from crispflow.settings import Settings
 
+DEADLINE_DAYS = 30  # a flagged model version is retrained or retired within a month (GDPR art. 12(3))
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -89,6 +91,15 @@ class _Context:
         self.predictions = root_of(settings.predictions_url) if settings.predictions_url else None
         self.model = model_name(self.spec.name)
         self.ledger_url = settings.ledger_url
+        self.tracking_uri = settings.mlflow_tracking_uri
+
+    def flag_models(self, datasets: set[str], holdouts: set[str], erasure_id: str) -> list[dict[str, str]]:
+        from crispflow.erasure.models import flag
+        from crispflow.model import registry
+
+        if not self.tracking_uri:
+            raise CrispflowError("no MLflow tracking URI: the model versions to flag cannot be found")
+        return flag(registry.client(self.tracking_uri), self.model, datasets, holdouts, erasure_id, DEADLINE_DAYS)
 
     def plan(self) -> Any:
         from crispflow.erasure.plan import plan
@@ -125,12 +136,14 @@ def _run(args: argparse.Namespace, context: _Context) -> int:
 
     request = Request(args.ticket, args.legal_basis, args.person or getpass.getuser())
     outcome = run(context.lake, context.spec, context.key, context.keys, context.ledger(), request,
-                  context.predictions, context.model)
+                  context.predictions, context.model, context.flag_models)
     lines = [f"erasure {outcome.erasure_id} of subject {outcome.plan.subject} in {outcome.plan.pipeline}: "
              f"{len(outcome.artifacts)} artifact(s) changed"]
     for a in outcome.artifacts:
         where = f"{a['version']} -> {a['successor']}" if a["store"] == "curated" else a["path"]
         lines.append(f"  {a['store']:<11} {where}  {a['old'][:12]} -> {a['new'][:12]}")
+    lines += [f"  model       {m['model']} v{m['version']}: pending erasure, retrain or retire by {m['deadline']}"
+              for m in outcome.models]
     _print(args, outcome.to_json(), lines)
     return 0
 

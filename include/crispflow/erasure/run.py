@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +62,7 @@ class Outcome:
     subject: str  # the ledger's pseudonym of the subject
     plan: ErasurePlan
     artifacts: list[dict[str, Any]] = field(default_factory=list)
+    models: list[dict[str, str]] = field(default_factory=list)  # model versions flagged (crispflow.erasure.models)
 
     @property
     def superseded(self) -> dict[str, str]:
@@ -69,7 +71,14 @@ class Outcome:
 
     def to_json(self) -> dict[str, Any]:
         return {"erasure_id": self.erasure_id, "subject": self.subject, "pipeline": self.plan.pipeline,
-                "files_found": len(self.plan.places), "artifacts": self.artifacts}
+                "files_found": len(self.plan.places), "artifacts": self.artifacts, "models": self.models}
+
+    @property
+    def replaced_holdouts(self) -> set[str]:
+        return {a["old"] for a in self.artifacts if a["store"] == "holdout"}
+
+
+FlagModels = Callable[[set[str], set[str], str], list[dict[str, str]]]  # (datasets, holdouts, erasure id) -> flagged
 
 
 def subject_names(spec: PipelineSpec, raw_key: str, keys: Pseudonymizer) -> tuple[str, list[str], str]:
@@ -84,8 +93,10 @@ def erasure_id_of(pipeline: str, subject: str, ticket: str) -> str:
 
 
 def run(lake: Lake, spec: PipelineSpec, raw_key: str, keys: Pseudonymizer, ledger: ErasureLedger,
-        request: Request, predictions: PathLike | None = None, model: str | None = None) -> Outcome:
-    """Erase the subject of `raw_key` from every store of `spec` (and `model`'s prediction log)."""
+        request: Request, predictions: PathLike | None = None, model: str | None = None,
+        flag_models: FlagModels | None = None) -> Outcome:
+    """Erase the subject of `raw_key` from every store of `spec` (and `model`'s prediction log); `flag_models`
+    tags the model versions trained on a superseded dataset or judged on the replaced holdout."""
     clear, names, subject = subject_names(spec, raw_key, keys)
     found = plan(lake, spec, raw_key, keys, predictions, model)
     outcome = Outcome(erasure_id_of(spec.name, subject, request.ticket), subject, found)
@@ -107,7 +118,9 @@ def run(lake: Lake, spec: PipelineSpec, raw_key: str, keys: Pseudonymizer, ledge
         column = "entity" if place.store == "predictions" else spec.key
         values = {clear} if place.form == "clear" else set(names)
         outcome.artifacts.append(_rewrite(root / place.path, place, column, values))
-    detail = {"artifacts": outcome.artifacts}
+    if flag_models is not None and (outcome.superseded or outcome.replaced_holdouts):
+        outcome.models = flag_models(set(outcome.superseded), outcome.replaced_holdouts, outcome.erasure_id)
+    detail = {"artifacts": outcome.artifacts, "models": outcome.models}
     digest = hashlib.sha256(json.dumps(detail, sort_keys=True).encode()).hexdigest()[:12]
     ledger.append(erasure_id=f"{outcome.erasure_id}:run:{digest}", step="run", detail=detail, **entry)
     return outcome

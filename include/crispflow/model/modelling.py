@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from crispflow.data.datasets import load_version, read_manifest
+from crispflow.data.datasets import load_version, read_manifest, require_live
+from crispflow.errors import SupersededVersion
 from crispflow.lake import json_safe
 from crispflow.model import registry
 from crispflow.model.registry import CHALLENGER, CHAMPION
@@ -129,12 +130,17 @@ def register_challenger(job: TrainingJob, parent_run_id: str, results: list[dict
     interval, per the task); register it as `challenger`."""
     from crispflow.governance.stored_form import serving_tags
     from crispflow.model.features import features
+    from crispflow.model.holdout import frozen_record
     from crispflow.model.synthetic import input_example
     from crispflow.model.tasks import model_output
     from crispflow.model.training import best_config, fit_final
 
     best = best_config(results)
     train, _, record = job.frames
+    require_live(job.lake, job.spec.name, job.dataset_version_id)  # an erasure may have purged it since
+    if (current := frozen_record(job.lake, job.spec.name)["holdout_hash"]) != record["holdout_hash"]:
+        raise SupersededVersion(f"{job.spec.name}: the frozen holdout {record['holdout_hash'][:12]} was replaced by "
+                                f"{current[:12]} (an erasure) while this model trained: retrain on the successor")
     model, threshold, info = fit_final(job.spec, best, train)
     oof = info.pop("oof_output")
     tags = {**job.lineage_tags(), "crispflow.holdout_hash": record["holdout_hash"],

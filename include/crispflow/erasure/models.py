@@ -1,0 +1,49 @@
+"""Model versions that learned from, or were judged on, an erased subject's rows: flagged in the registry.
+
+A version is affected when its `crispflow.dataset_version_id` is a dataset version the erasure superseded, or its
+`crispflow.holdout_hash` is the holdout the erasure replaced. Each gets the tags `crispflow.erasure_pending`
+(the erasure id) and `crispflow.erasure_deadline` (the date by which it must be retrained or retired: one month
+by default, GDPR art. 12(3)).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+PENDING = "crispflow.erasure_pending"
+DEADLINE = "crispflow.erasure_deadline"
+DATASET_TAG = "crispflow.dataset_version_id"
+HOLDOUT_TAG = "crispflow.holdout_hash"
+
+
+def affected(mlf: MlflowClient, model: str, datasets: set[str], holdouts: set[str]) -> list[Any]:
+    """The registered versions of `model` trained on one of `datasets` or evaluated on one of `holdouts`."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = mlf.search_model_versions(f"name = '{model}'")
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return []
+        raise
+    return sorted((v for v in versions if v.tags.get(DATASET_TAG) in datasets or v.tags.get(HOLDOUT_TAG) in holdouts),
+                  key=lambda v: int(v.version))
+
+
+def flag(mlf: MlflowClient, model: str, datasets: set[str], holdouts: set[str], erasure_id: str,
+         deadline_days: int) -> list[dict[str, str]]:
+    """Tag every affected version (idempotent: a version flagged by this erasure keeps its first deadline)."""
+    deadline = (datetime.now(UTC) + timedelta(days=deadline_days)).date().isoformat()
+    flagged = []
+    for version in affected(mlf, model, datasets, holdouts):
+        if version.tags.get(PENDING) != erasure_id:
+            mlf.set_model_version_tag(model, version.version, PENDING, erasure_id)
+            mlf.set_model_version_tag(model, version.version, DEADLINE, deadline)
+        flagged.append({"model": model, "version": str(version.version),
+                        "deadline": version.tags.get(DEADLINE, deadline) if version.tags.get(PENDING) == erasure_id
+                        else deadline})
+    return flagged
