@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,18 @@ from crispflow.data import datasets
 from crispflow.data.extracts import assemble
 from crispflow.data.quality import validate_batch
 from crispflow.data.sources import Extract, Interval
-from crispflow.erasure.plan import plan
+from crispflow.erasure.plan import Subject, plan
 from crispflow.lake import Lake
 from crispflow.spec import load_spec
 from crispflow.stack.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _subject(key: str) -> Subject:
+    return Subject.of_key(load_spec("lending_club"), key, session_keys())
+
+
 INTERVAL = Interval(datetime(2026, 1, 1), datetime(2026, 2, 1))
 
 
@@ -48,23 +55,37 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> tuple[Lake, Any]:
 def test_the_plan_finds_the_subject_in_every_store(lake: tuple[Lake, Any]) -> None:
     store, month = lake
     key = str(int(month["loan_id"].iat[7]))  # the duplicated loan
-    found = plan(store, load_spec("lending_club"), key, session_keys())
+    found = plan(store, load_spec("lending_club"), _subject(key), session_keys())
     rows = {p.store: (p.rows, p.form) for p in found.places}
-    assert rows == {"raw": (2, "clear"), "staging": (2, "clear"), "validated": (1, "pseudonym"),
-                    "quarantine": (1, "pseudonym"), "curated": (1, "pseudonym")}
+    assert rows == {
+        "raw": (2, "clear"),
+        "staging": (2, "clear"),
+        "validated": (1, "pseudonym"),
+        "quarantine": (1, "pseudonym"),
+        "curated": (1, "pseudonym"),
+    }
     assert found.subject == session_keys().pseudonym(key) and len(found.dataset_versions) == 1
-    assert key not in json.dumps(found.to_json())  # the plan names the subject by its pseudonym only
+    # the plan names the subject by its pseudonym only (the key as a whole number: hex digests hold digit runs)
+    assert not re.search(rf"(?<![\w.]){key}(?![\w.])", json.dumps(found.to_json()))
 
 
 def test_a_key_that_is_nowhere_gives_an_empty_plan(lake: tuple[Lake, Any]) -> None:
-    found = plan(lake[0], load_spec("lending_club"), "999999999", session_keys())
+    found = plan(lake[0], load_spec("lending_club"), _subject("999999999"), session_keys())
     assert found.places == [] and found.files_scanned >= 5
 
 
-@pytest.mark.parametrize(("key", "rule"), [
-    ("", "empty"), (" 12", "whitespace"), ("012", "leading zeros"), ("12.0", "not a whole number"),
-    ("١٢", "not a whole number"), ("1" * 300, "longer than"), ("12\u200b", "invisible"),
-])
+@pytest.mark.parametrize(
+    ("key", "rule"),
+    [
+        ("", "empty"),
+        (" 12", "whitespace"),
+        ("012", "leading zeros"),
+        ("12.0", "not a whole number"),
+        ("١٢", "not a whole number"),
+        ("1" * 300, "longer than"),
+        ("12\u200b", "invisible"),
+    ],
+)
 def test_a_bad_key_exits_2_naming_the_rule(key: str, rule: str, capsys: pytest.CaptureFixture) -> None:
     assert main(["erase", "plan", "--pipeline", "lending_club", "--key", key]) == 2
     out = capsys.readouterr().out
@@ -78,8 +99,9 @@ def test_an_unknown_pipeline_exits_2(capsys: pytest.CaptureFixture) -> None:
     assert "no_such_pipeline" in capsys.readouterr().out
 
 
-def test_the_cli_prints_the_plan_as_json(lake: tuple[Lake, Any], monkeypatch: pytest.MonkeyPatch,
-                                          capsys: pytest.CaptureFixture) -> None:
+def test_the_cli_prints_the_plan_as_json(
+    lake: tuple[Lake, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     store, month = lake
     monkeypatch.setenv("CRISPFLOW_LAKE_URL", Path(store.root).as_uri())
     key = str(int(month["loan_id"].iat[3]))
@@ -94,10 +116,12 @@ def test_the_prediction_log_is_searched_by_entity(lake: tuple[Lake, Any], tmp_pa
     keys, key = session_keys(), str(int(month["loan_id"].iat[5]))
     hour = tmp_path / "crispflow-lending_club" / "predictions" / "date=2026-01-05" / "hour=10"
     hour.mkdir(parents=True)
-    pd.DataFrame({"request_id": ["a", "b", "c"], "entity": [keys.pseudonym(key), keys.pseudonym("1"),
-                                                             keys.pseudonym(key)]}).to_parquet(hour / "part-1.parquet")
+    pd.DataFrame(
+        {"request_id": ["a", "b", "c"], "entity": [keys.pseudonym(key), keys.pseudonym("1"), keys.pseudonym(key)]}
+    ).to_parquet(hour / "part-1.parquet")
     pd.DataFrame({"request_id": ["d"], "entity": [None]}).to_parquet(hour / "part-2.parquet")
-    found = plan(store, load_spec("lending_club"), key, keys, tmp_path, "crispflow-lending_club")
+    found = plan(store, load_spec("lending_club"), _subject(key), keys, tmp_path, "crispflow-lending_club")
     logged = [p for p in found.places if p.store == "predictions"]
     assert [(p.path, p.rows) for p in logged] == [
-        ("crispflow-lending_club/predictions/date=2026-01-05/hour=10/part-1.parquet", 2)]
+        ("crispflow-lending_club/predictions/date=2026-01-05/hour=10/part-1.parquet", 2)
+    ]

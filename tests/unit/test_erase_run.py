@@ -25,8 +25,8 @@ from crispflow.data.extracts import assemble
 from crispflow.data.quality import validate_batch
 from crispflow.data.sources import Extract, Interval, parse_bytes
 from crispflow.erasure.models import DATASET_TAG, PENDING
-from crispflow.erasure.plan import plan
-from crispflow.erasure.run import LEDGER_DOMAIN, Request, run, verify
+from crispflow.erasure.plan import Subject, plan
+from crispflow.erasure.run import Request, ledger_name, run, verify
 from crispflow.errors import SupersededVersion
 from crispflow.governance.erasure_ledger import ErasureLedger
 from crispflow.governance.pseudonyms import canonical_text
@@ -36,6 +36,12 @@ from crispflow.spec import load_spec
 from crispflow.stack.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _subject(key: str) -> Subject:
+    return Subject.of_key(load_spec("lending_club"), key, session_keys())
+
+
 MODEL = "crispflow-lending_club"
 REQUEST = Request("T-77", "LGPD art. 18 VI", "dpo@example.org")
 MONTHS = [Interval(datetime(2026, 1, 1), datetime(2026, 2, 1)), Interval(datetime(2026, 2, 1), datetime(2026, 3, 1))]
@@ -76,9 +82,17 @@ def _world(tmp: Path) -> World:
     subject = february.iloc[[11]]
     key = str(int(subject["loan_id"].iat[0]))
     # the subject in both months (January as a raw CSV), and twice in February (one row is quarantined)
-    sources = [[_extract(pd.concat([january, subject.assign(application_month=january["application_month"].iat[0])],
-                                   ignore_index=True), "csv")],
-               [_extract(pd.concat([february, subject], ignore_index=True), "parquet")]]
+    sources = [
+        [
+            _extract(
+                pd.concat(
+                    [january, subject.assign(application_month=january["application_month"].iat[0])], ignore_index=True
+                ),
+                "csv",
+            )
+        ],
+        [_extract(pd.concat([february, subject], ignore_index=True), "parquet")],
+    ]
     lake = Lake(tmp / "lake")
     months = [_ingest(lake, spec, interval, extracts) for interval, extracts in zip(MONTHS, sources, strict=True)]
     window = training_window.compose(lake, spec, [m.manifest for m in months], {"dag_id": "t", "run_id": "r"})
@@ -91,18 +105,30 @@ def _world(tmp: Path) -> World:
     scores.to_parquet(lake.root / "scores" / spec.name / "run=1" / "scores.parquet")
     hour = tmp / "predictions" / MODEL / "predictions" / "date=2026-02-05" / "hour=10"
     hour.mkdir(parents=True)
-    pd.DataFrame({"request_id": ["a", "b", "c"], "entity": [name, session_keys().pseudonym("1"), name],
-                  "label": [1.0, None, 0.0]}).to_parquet(hour / "part-1.parquet")
+    pd.DataFrame(
+        {
+            "request_id": ["a", "b", "c"],
+            "entity": [name, session_keys().pseudonym("1"), name],
+            "label": [1.0, None, 0.0],
+        }
+    ).to_parquet(hour / "part-1.parquet")
     url = f"sqlite:///{tmp / 'ledger.db'}"
-    return World(lake, tmp / "predictions", ErasureLedger(url), url, key, sources,
-                 [months[0].version_id, months[1].version_id, window.version_id])
+    return World(
+        lake,
+        tmp / "predictions",
+        ErasureLedger(url),
+        url,
+        key,
+        sources,
+        [months[0].version_id, months[1].version_id, window.version_id],
+    )
 
 
 def _occurrences(root: Path, needles: list[str], key: str) -> list[str]:
     """Every file under `root` named by or holding one of `needles` (pseudonyms, anywhere: in a name, a text, a
     table's value) or the clear `key` (in a table's key column, or as a whole number in any other text)."""
     found = []
-    whole = re.compile(rf"(?<![\d.]){key}(?![\d.])".encode())
+    whole = re.compile(rf"(?<![\w.]){key}(?![\w.])".encode())
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         data = path.read_bytes()
         if any(n in str(path) or n.replace(":", "_") in str(path) or n.encode() in data for n in needles):
@@ -122,10 +148,20 @@ def _occurrences(root: Path, needles: list[str], key: str) -> list[str]:
 def erased(tmp_path_factory: pytest.TempPathFactory) -> tuple[World, Any]:
     world = _world(tmp_path_factory.mktemp("erase-run"))
     spec = load_spec("lending_club")
-    before = plan(world.lake, spec, world.key, session_keys(), world.predictions, MODEL)
-    assert {p.store for p in before.places} == {"raw", "staging", "validated", "quarantine", "curated", "holdout",
-                                                "scores", "predictions"}
-    return world, run(world.lake, spec, world.key, session_keys(), world.ledger, REQUEST, world.predictions, MODEL)
+    before = plan(world.lake, spec, _subject(world.key), session_keys(), world.predictions, MODEL)
+    assert {p.store for p in before.places} == {
+        "raw",
+        "staging",
+        "validated",
+        "quarantine",
+        "curated",
+        "holdout",
+        "scores",
+        "predictions",
+    }
+    return world, run(
+        world.lake, spec, _subject(world.key), session_keys(), world.ledger, REQUEST, world.predictions, MODEL
+    )
 
 
 def test_no_file_holds_the_subject_after_the_run(erased: tuple[World, Any]) -> None:
@@ -136,7 +172,9 @@ def test_no_file_holds_the_subject_after_the_run(erased: tuple[World, Any]) -> N
     listed = [f for f in found if "/governance/suppressed/" in f]
     assert found == listed and len(listed) == len(names)  # only the suppression list names the subject
     assert _occurrences(world.predictions, names, world.key) == []
-    assert not verify(world.lake, load_spec("lending_club"), world.key, keys, world.ledger, world.predictions, MODEL)
+    assert not verify(
+        world.lake, load_spec("lending_club"), _subject(world.key), keys, world.ledger, world.predictions, MODEL
+    )
 
 
 def test_old_versions_are_tombstones_naming_their_successors(erased: tuple[World, Any]) -> None:
@@ -153,17 +191,19 @@ def test_old_versions_are_tombstones_naming_their_successors(erased: tuple[World
     window = read_json(world.lake.manifest(spec.name, outcome.superseded[world.versions[2]]))
     assert window["parents"] == [outcome.superseded[v] for v in world.versions[:2]]
     assert {m["dataset_version_id"] for m in datasets.published(world.lake, spec.name)} == set(
-        outcome.superseded.values())
+        outcome.superseded.values()
+    )
     record = holdout.frozen_record(world.lake, spec.name)
     assert record["erasure"] == outcome.erasure_id and record["rows"] == len(
-        holdout.frozen_holdout(world.lake, spec, pd.DataFrame(), "unused")[0])
+        holdout.frozen_holdout(world.lake, spec, pd.DataFrame(), "unused")[0]
+    )
 
 
 def test_the_ledger_names_the_subject_by_its_own_pseudonym(erased: tuple[World, Any]) -> None:
     world, _ = erased
     entries = world.ledger.entries("lending_club")
     assert [e["step"] for e in entries] == ["plan", "run"]
-    assert {e["subject"] for e in entries} == {session_keys().pseudonym(world.key, LEDGER_DOMAIN)}
+    assert {e["subject"] for e in entries} == {ledger_name(_subject(world.key), session_keys())}
     assert {e["person"] for e in entries} == {REQUEST.person}
     detail = json.loads(entries[1]["detail"])
     stores = {a["store"] for a in detail["artifacts"]}
@@ -178,14 +218,14 @@ def test_a_reingest_of_the_unchanged_sources_does_not_bring_the_subject_back(era
     spec = load_spec("lending_club")
     for interval, extracts in zip(MONTHS, world.sources, strict=True):
         _ingest(world.lake, spec, interval, extracts)
-    assert plan(world.lake, spec, world.key, session_keys(), world.predictions, MODEL).places == []
+    assert plan(world.lake, spec, _subject(world.key), session_keys(), world.predictions, MODEL).places == []
 
 
 def test_a_rerun_changes_nothing(erased: tuple[World, Any]) -> None:
     world, outcome = erased
     spec = load_spec("lending_club")
     files = {p: p.read_bytes() for p in Path(world.lake.root).rglob("*") if p.is_file()}
-    again = run(world.lake, spec, world.key, session_keys(), world.ledger, REQUEST, world.predictions, MODEL)
+    again = run(world.lake, spec, _subject(world.key), session_keys(), world.ledger, REQUEST, world.predictions, MODEL)
     assert again.erasure_id == outcome.erasure_id and again.artifacts == []
     assert {p: p.read_bytes() for p in Path(world.lake.root).rglob("*") if p.is_file()} == files
 
@@ -197,13 +237,16 @@ def test_a_crash_between_successor_and_purge_recovers(tmp_path: Path) -> None:
     frame = datasets.load_version(world.lake, version, spec.name)
     kept = frame[frame[spec.key] != session_keys().pseudonym(world.key)]
     successor = datasets.supersede(world.lake, spec.name, version, kept, "er-crashed")  # then the process died
-    outcome = run(world.lake, spec, world.key, session_keys(), world.ledger, REQUEST, world.predictions, MODEL)
+    outcome = run(
+        world.lake, spec, _subject(world.key), session_keys(), world.ledger, REQUEST, world.predictions, MODEL
+    )
     assert outcome.superseded[version] == successor.version_id
-    assert verify(world.lake, spec, world.key, session_keys(), world.ledger, world.predictions, MODEL) == []
+    assert verify(world.lake, spec, _subject(world.key), session_keys(), world.ledger, world.predictions, MODEL) == []
 
 
-def test_the_cli_runs_and_verify_exits_1_on_a_changed_ledger_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                     capsys: pytest.CaptureFixture) -> None:
+def test_the_cli_runs_and_verify_exits_1_on_a_changed_ledger_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     world = _world(tmp_path)
     monkeypatch.setenv("CRISPFLOW_LAKE_URL", Path(world.lake.root).as_uri())
     monkeypatch.setenv("CRISPFLOW_PREDICTIONS_URL", world.predictions.as_uri())
@@ -235,8 +278,16 @@ def test_the_cli_runs_and_verify_exits_1_on_a_changed_ledger_entry(tmp_path: Pat
 def test_a_key_that_is_nowhere_is_recorded_and_touches_nothing(tmp_path: Path) -> None:
     world = _world(tmp_path)
     files = {p: p.read_bytes() for p in Path(world.lake.root).rglob("*") if p.is_file()}
-    outcome = run(world.lake, load_spec("lending_club"), "987654321", session_keys(), world.ledger, REQUEST,
-                  world.predictions, MODEL)
+    outcome = run(
+        world.lake,
+        load_spec("lending_club"),
+        _subject("987654321"),
+        session_keys(),
+        world.ledger,
+        REQUEST,
+        world.predictions,
+        MODEL,
+    )
     assert outcome.artifacts == [] and [e["step"] for e in world.ledger.entries()] == ["plan", "run"]
     changed = {p for p in Path(world.lake.root).rglob("*") if p.is_file() and files.get(p) != p.read_bytes()}
     assert all("/governance/suppressed/" in str(p) for p in changed) and len(changed) == 1

@@ -71,6 +71,7 @@ class _Context:
     def __init__(self, args: argparse.Namespace, settings: Settings, stack_keys: str) -> None:
         from upath import UPath
 
+        from crispflow.erasure.plan import Subject
         from crispflow.governance.pseudonyms import KEYS_ENV, PseudonymError, keys_from_env, subject_key
         from crispflow.lake import Lake
         from crispflow.model.registry import model_name
@@ -86,7 +87,7 @@ class _Context:
         if keys is None:
             raise CrispflowError(f"no pseudonym keys: set ${KEYS_ENV} (hk1:<base64url secret>) or run from the "
                                  "stack's home (`crispflow up` generates them)")
-        self.keys, self.key = keys, args.key
+        self.keys, self.subject = keys, Subject.of_key(self.spec, args.key, keys)
         self.lake = Lake(UPath(settings.lake_url))
         self.predictions = root_of(settings.predictions_url) if settings.predictions_url else None
         self.model = model_name(self.spec.name)
@@ -104,7 +105,7 @@ class _Context:
     def plan(self) -> Any:
         from crispflow.erasure.plan import plan
 
-        return plan(self.lake, self.spec, self.key, self.keys, self.predictions, self.model)
+        return plan(self.lake, self.spec, self.subject, self.keys, self.predictions, self.model)
 
     def ledger(self) -> Any:
         from crispflow.governance.erasure_ledger import ErasureLedger
@@ -135,7 +136,7 @@ def _run(args: argparse.Namespace, context: _Context) -> int:
     from crispflow.erasure.run import Request, run
 
     request = Request(args.ticket, args.legal_basis, args.person or getpass.getuser())
-    outcome = run(context.lake, context.spec, context.key, context.keys, context.ledger(), request,
+    outcome = run(context.lake, context.spec, context.subject, context.keys, context.ledger(), request,
                   context.predictions, context.model, context.flag_models)
     lines = [f"erasure {outcome.erasure_id} of subject {outcome.plan.subject} in {outcome.plan.pipeline}: "
              f"{len(outcome.artifacts)} artifact(s) changed"]
@@ -149,10 +150,10 @@ def _run(args: argparse.Namespace, context: _Context) -> int:
 
 
 def _status(args: argparse.Namespace, context: _Context) -> int:
-    from crispflow.erasure.run import subject_names
+    from crispflow.erasure.run import ledger_name
 
-    _, _, subject = subject_names(context.spec, context.key, context.keys)
-    entries = [e for e in context.ledger().entries(context.spec.name) if e["subject"] == subject]
+    name = ledger_name(context.subject, context.keys)
+    entries = [e for e in context.ledger().entries(context.spec.name) if e["subject"] == name]
     rows = [{k: e[k] for k in ("seq", "erasure_id", "at", "step", "ticket", "person", "legal_basis")}
             for e in entries]
     lines = [f"{len(rows)} ledger entr{'y' if len(rows) == 1 else 'ies'} for this subject in {context.spec.name}"]
@@ -165,7 +166,7 @@ def _status(args: argparse.Namespace, context: _Context) -> int:
 def _verify(args: argparse.Namespace, context: _Context) -> int:
     from crispflow.erasure.run import verify
 
-    problems = verify(context.lake, context.spec, context.key, context.keys, context.ledger(), context.predictions,
+    problems = verify(context.lake, context.spec, context.subject, context.keys, context.ledger(), context.predictions,
                       context.model)
     lines = [f"problem: {p}" for p in problems] or ["verified: the ledger's chain holds and no store holds the "
                                                     "subject"]

@@ -1,11 +1,11 @@
 """Where a subject is: the read-only first step of an erasure request (`crispflow erase plan`).
 
-A subject is named by its entity key as a person types it; the key is checked strictly
-(`governance.pseudonyms.subject_key`) and turned into its pseudonyms under every configured key. Clear stores (raw
-landings, staged batches) are searched for the key itself, every other store for its pseudonyms: validated batches,
-the quarantine, curated versions (sorted by the pseudonym, so Parquet row-group statistics skip most of a file),
-the frozen holdout, batch scores and the prediction log's `entity`. Nothing is changed, and the key never leaves
-this process: the plan names the subject by its current pseudonym.
+A subject is named by its entity pseudonyms, one per configured key (`Subject`): the CLI turns the key a person
+types into them (checked strictly: `governance.pseudonyms.subject_key`), so the `erase_subject` DAG only ever
+sees pseudonyms. Clear stores (raw landings, staged batches) are searched by pseudonymising their keys, every
+other store for the pseudonyms: validated batches, the quarantine, curated versions (sorted by the pseudonym, so
+Parquet row-group statistics skip most of a file), the frozen holdout, batch scores and the prediction log's
+`entity`. Nothing is changed.
 """
 
 from __future__ import annotations
@@ -15,13 +15,49 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from crispflow.governance.pseudonyms import ENTITY, Pseudonymizer, canonical_text, subject_key
+from crispflow.governance.pseudonyms import (
+    ENTITY,
+    PseudonymError,
+    Pseudonymizer,
+    canonical_text,
+    is_pseudonym,
+    subject_key,
+)
 
 if TYPE_CHECKING:
     from crispflow.lake import Lake, PathLike
     from crispflow.spec import PipelineSpec
 
 CLEAR_FORMATS = ("parquet", "csv", "jsonl")
+
+
+@dataclass(frozen=True)
+class Subject:
+    """A subject by its entity pseudonyms, the current key's first."""
+
+    names: tuple[str, ...]
+
+    @classmethod
+    def of_key(cls, spec: PipelineSpec, raw_key: str, keys: Pseudonymizer) -> Subject:
+        """From the key a person typed (PseudonymError naming the rule, never the key)."""
+        return cls(tuple(keys.all_pseudonyms(subject_key(raw_key, spec.column(spec.key).type), ENTITY)))
+
+    @classmethod
+    def of_pseudonyms(cls, names: Sequence[str], keys: Pseudonymizer) -> Subject:
+        """From pseudonyms sent by the CLI (the `erase_subject` DAG's `subject`): one per configured key, current
+        first. PseudonymError naming the rule otherwise."""
+        if not names or not all(isinstance(n, str) and is_pseudonym(n) for n in names):
+            raise PseudonymError("subject: expected the entity pseudonyms <key id>:<32 hex>, one per key")
+        if [n.split(":", 1)[0] for n in names] != [k.key_id for k in keys.keys]:
+            raise PseudonymError(f"subject: expected one pseudonym per configured key, in the order "
+                                 f"{[k.key_id for k in keys.keys]} (the keys changed since the request was made?)")
+        return cls(tuple(names))
+
+    def in_clear(self, texts: Sequence[str], keys: Pseudonymizer) -> set[str]:
+        """The clear keys (canonical text) among `texts` that are this subject."""
+        distinct, wanted = sorted(set(texts)), set(self.names)
+        return {t for key_id in sorted({n.split(":", 1)[0] for n in self.names})
+                for t, name in zip(distinct, keys.many(distinct, ENTITY, key_id), strict=True) if name in wanted}
 
 
 @dataclass(frozen=True)
@@ -32,6 +68,7 @@ class Place:
     path: str
     rows: int
     form: str  # "clear" (the key itself) or "pseudonym"
+    clear: tuple[str, ...] = ()  # a clear store: the subject's key as it reads there (never printed or recorded)
 
 
 @dataclass(frozen=True)
@@ -47,18 +84,18 @@ class ErasurePlan:
         return sorted({p.path.split("/")[2] for p in self.places if p.store == "curated"})
 
     def to_json(self) -> dict[str, Any]:
+        places = [{k: v for k, v in asdict(p).items() if k != "clear"} for p in self.places]
         return {"pipeline": self.pipeline, "subject": self.subject, "files_scanned": self.files_scanned,
-                "dataset_versions": self.dataset_versions, "places": [asdict(p) for p in self.places]}
+                "dataset_versions": self.dataset_versions, "places": places}
 
 
-def plan(lake: Lake, spec: PipelineSpec, raw_key: str, keys: Pseudonymizer,
+def plan(lake: Lake, spec: PipelineSpec, subject: Subject, keys: Pseudonymizer,
          predictions: PathLike | None = None, model: str | None = None) -> ErasurePlan:
     """Every file of `spec`'s stores (and of `model`'s prediction log under `predictions`) holding the subject."""
-    clear = subject_key(raw_key, spec.column(spec.key).type)
-    names = keys.all_pseudonyms(clear, ENTITY)
+    names = list(subject.names)
     scans: list[tuple[str, str, Iterable[Any], Sequence[str], str]] = [
-        ("raw", "clear", _files(lake.root / "raw" / spec.name, "*"), [clear], spec.key),
-        ("staging", "clear", _files(lake.root / "batches" / spec.name, "*/batch.parquet"), [clear], spec.key),
+        ("raw", "clear", _files(lake.root / "raw" / spec.name, "*"), names, spec.key),
+        ("staging", "clear", _files(lake.root / "batches" / spec.name, "*/batch.parquet"), names, spec.key),
         ("validated", "pseudonym", _files(lake.root / "batches" / spec.name, "*/validated.parquet"), names, spec.key),
         ("quarantine", "pseudonym", _files(lake.root / "quarantine" / spec.name, "*/rows.parquet"), names, spec.key),
         ("curated", "pseudonym", _files(lake.root / "curated" / spec.name, "*/data.parquet"), names, spec.key),
@@ -73,9 +110,13 @@ def plan(lake: Lake, spec: PipelineSpec, raw_key: str, keys: Pseudonymizer,
     for store, form, files, wanted, column in scans:
         for path in files:
             scanned += 1
-            rows = _clear_rows(path, column, clear) if form == "clear" else _parquet_rows(path, column, wanted)
+            clear: tuple[str, ...] = ()
+            if form == "clear":
+                rows, clear = _clear_rows(path, column, subject, keys)
+            else:
+                rows = _parquet_rows(path, column, wanted)
             if rows:
-                places.append(Place(store, _relative(lake, predictions, path), rows, form))
+                places.append(Place(store, _relative(lake, predictions, path), rows, form, clear))
     return ErasurePlan(spec.name, names[0], places, scanned)
 
 
@@ -120,17 +161,20 @@ def _parquet_rows(path: Any, column: str, wanted: Sequence[str]) -> int:
     return found
 
 
-def _clear_rows(path: Any, column: str, clear: str) -> int:
-    """Rows of a clear file (a raw landing in its source format, or a staged batch) whose key is `clear`."""
+def _clear_rows(path: Any, column: str, subject: Subject, keys: Pseudonymizer) -> tuple[int, tuple[str, ...]]:
+    """(rows, the subject's clear keys) of a clear file (a raw landing in its source format, or a staged batch):
+    its keys are pseudonymised and compared with the subject's pseudonyms."""
     from crispflow.data.sources import parse_bytes
 
     fmt = str(path.name).rsplit(".", 1)[-1]
     if fmt not in CLEAR_FORMATS:
-        return 0
+        return 0, ()
     frame = _parquet_column(path, column) if fmt == "parquet" else parse_bytes(path.name, path.read_bytes(), fmt)
     if column not in frame.columns:
-        return 0
-    return int((frame[column].dropna().map(canonical_text) == clear).sum())
+        return 0, ()
+    texts = frame[column].dropna().map(canonical_text)
+    found = subject.in_clear(texts.tolist(), keys)
+    return (int(texts.isin(found).sum()), tuple(sorted(found))) if found else (0, ())
 
 
 def _parquet_column(path: Any, column: str) -> Any:

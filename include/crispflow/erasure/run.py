@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from crispflow.data import datasets
-from crispflow.erasure.plan import ErasurePlan, plan
+from crispflow.erasure.plan import ErasurePlan, Subject, plan
 from crispflow.governance import suppression
-from crispflow.governance.pseudonyms import ENTITY, subject_key
 from crispflow.governance.rewrite import without_rows
 from crispflow.lake import read_json, read_parquet, sha256, write_atomic
 from crispflow.model import holdout
@@ -81,10 +80,9 @@ class Outcome:
 FlagModels = Callable[[set[str], set[str], str], list[dict[str, str]]]  # (datasets, holdouts, erasure id) -> flagged
 
 
-def subject_names(spec: PipelineSpec, raw_key: str, keys: Pseudonymizer) -> tuple[str, list[str], str]:
-    """(the clear key, its entity pseudonyms under every key, its ledger pseudonym); PseudonymError for a bad key."""
-    clear = subject_key(raw_key, spec.column(spec.key).type)
-    return clear, keys.all_pseudonyms(clear, ENTITY), keys.pseudonym(clear, LEDGER_DOMAIN)
+def ledger_name(subject: Subject, keys: Pseudonymizer) -> str:
+    """The subject's name in the ledger: its current pseudonym, pseudonymised again in the ledger's domain."""
+    return keys.pseudonym(subject.names[0], LEDGER_DOMAIN)
 
 
 def erasure_id_of(pipeline: str, subject: str, ticket: str) -> str:
@@ -92,15 +90,15 @@ def erasure_id_of(pipeline: str, subject: str, ticket: str) -> str:
     return "er-" + hashlib.sha256(json.dumps([pipeline, subject, ticket]).encode()).hexdigest()[:16]
 
 
-def run(lake: Lake, spec: PipelineSpec, raw_key: str, keys: Pseudonymizer, ledger: ErasureLedger,
+def run(lake: Lake, spec: PipelineSpec, subject: Subject, keys: Pseudonymizer, ledger: ErasureLedger,
         request: Request, predictions: PathLike | None = None, model: str | None = None,
         flag_models: FlagModels | None = None) -> Outcome:
-    """Erase the subject of `raw_key` from every store of `spec` (and `model`'s prediction log); `flag_models`
+    """Erase `subject` from every store of `spec` (and `model`'s prediction log); `flag_models`
     tags the model versions trained on a superseded dataset or judged on the replaced holdout."""
-    clear, names, subject = subject_names(spec, raw_key, keys)
-    found = plan(lake, spec, raw_key, keys, predictions, model)
-    outcome = Outcome(erasure_id_of(spec.name, subject, request.ticket), subject, found)
-    entry = {"pipeline": spec.name, "subject": subject, "ticket": request.ticket,
+    names, name = list(subject.names), ledger_name(subject, keys)
+    found = plan(lake, spec, subject, keys, predictions, model)
+    outcome = Outcome(erasure_id_of(spec.name, name, request.ticket), name, found)
+    entry = {"pipeline": spec.name, "subject": name, "ticket": request.ticket,
              "legal_basis": request.legal_basis, "person": request.person}
     if ledger.find(f"{outcome.erasure_id}:plan") is None:
         ledger.append(erasure_id=f"{outcome.erasure_id}:plan", step="plan", detail={
@@ -116,7 +114,7 @@ def run(lake: Lake, spec: PipelineSpec, raw_key: str, keys: Pseudonymizer, ledge
             continue
         root = predictions if place.store == "predictions" else lake.root
         column = "entity" if place.store == "predictions" else spec.key
-        values = {clear} if place.form == "clear" else set(names)
+        values = set(place.clear) if place.form == "clear" else set(names)
         outcome.artifacts.append(_rewrite(root / place.path, place, column, values))
     if flag_models is not None and (outcome.superseded or outcome.replaced_holdouts):
         outcome.models = flag_models(set(outcome.superseded), outcome.replaced_holdouts, outcome.erasure_id)
@@ -160,16 +158,16 @@ def _rewrite(path: Any, place: Any, column: str, values: set[str]) -> dict[str, 
     return {"store": place.store, "path": place.path, "old": sha256(data), "new": sha256(new), "rows": removed}
 
 
-def verify(lake: Lake, spec: PipelineSpec, raw_key: str, keys: Pseudonymizer, ledger: ErasureLedger,
+def verify(lake: Lake, spec: PipelineSpec, subject: Subject, keys: Pseudonymizer, ledger: ErasureLedger,
            predictions: PathLike | None = None, model: str | None = None) -> list[str]:
     """Problems (empty: erased and recorded): a broken ledger chain, a file still holding the subject, a subject
     not on the suppression list, or no ledger entry for it."""
-    _, names, subject = subject_names(spec, raw_key, keys)
     problems = [f"ledger: {p}" for p in ledger.verify()]
-    found = plan(lake, spec, raw_key, keys, predictions, model)
+    found = plan(lake, spec, subject, keys, predictions, model)
     problems += [f"{p.store}: {p.path} still holds {p.rows} row(s) of the subject" for p in found.places]
-    if not set(names) & suppression.listed(lake, spec.name):
+    if not set(subject.names) & suppression.listed(lake, spec.name):
         problems.append("suppression list: the subject is not on it (a re-ingest would bring them back)")
-    if not any(e["subject"] == subject and e["step"] == "run" for e in ledger.entries(spec.name)):
+    name = ledger_name(subject, keys)
+    if not any(e["subject"] == name and e["step"] == "run" for e in ledger.entries(spec.name)):
         problems.append("ledger: no erasure of this subject is recorded")
     return problems
