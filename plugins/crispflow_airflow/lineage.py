@@ -17,7 +17,7 @@ Nothing here reads the lake or MLflow: a builder gets the task's result and the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -168,11 +168,25 @@ def drift(result: Mapping[str, Any], tracking_uri: str) -> Lineage:
     return Lineage(tuple(model_ref(tracking_uri, model, v) for v in sorted(versions)))
 
 
-def erasure(lake_url: str, keys: Iterable[str], *, dropped: bool = False) -> Lineage:
-    """An erasure as a lifecycle change (for the erasure operators to come): each rewritten lake object is an
-    output with `OVERWRITE` (subjects' rows removed), or `DROP` when the object was deleted."""
-    change = "DROP" if dropped else "OVERWRITE"
-    return Lineage(outputs=tuple(lake_ref(lake_url, key, change=change) for key in keys))
+def erasure(result: Mapping[str, Any], lake_url: str) -> Lineage:
+    """An erasure as lifecycle changes: each purged dataset version is read and `DROP`ped, its successor a
+    `CREATE`; the holdout's old file `DROP`, its successor `CREATE`; every rewritten lake file an `OVERWRITE`
+    (the subject's rows removed). Prediction-log files live outside the lake and are left out."""
+    pipeline = str(result["pipeline"])
+    inputs: list[Ref] = []
+    outputs: list[Ref] = []
+    for item in result.get("artifacts") or ():
+        if item["store"] == "curated":
+            old, new = str(item["version"]), str(item["successor"])
+            inputs.append(lake_ref(lake_url, curated_key(pipeline, old), old))
+            outputs += [lake_ref(lake_url, curated_key(pipeline, old), old, "DROP"),
+                        lake_ref(lake_url, curated_key(pipeline, new), new, "CREATE")]
+        elif item["store"] == "holdout":
+            outputs += [lake_ref(lake_url, str(item["path"]), str(item["old"]), "DROP"),
+                        lake_ref(lake_url, f"holdouts/{pipeline}/{item['new']}.parquet", str(item["new"]), "CREATE")]
+        elif item["store"] != "predictions":
+            outputs.append(lake_ref(lake_url, str(item["path"]), str(item["new"]), "OVERWRITE"))
+    return Lineage(tuple(inputs), tuple(outputs))
 
 
 # --- to OpenLineage ---------------------------------------------------------------------------------------------------

@@ -95,9 +95,16 @@ def test_scores_drift_and_erasure() -> None:
     drifted = lineage.drift({"model": MODEL, "summaries": [{"alias": "champion", "version": "2"},
                                                            {"alias": "canary", "version": "3"}]}, MLFLOW)
     assert [r.name for r in drifted.inputs] == [f"models/{MODEL}/2", f"models/{MODEL}/3"] and not drifted.outputs
-    erased = lineage.erasure("s3://b", ["curated/p/ds-a"])
-    assert [(r.name, r.change) for r in erased.outputs] == [("curated/p/ds-a", "OVERWRITE")]
-    assert lineage.erasure("s3://b", ["raw/p/x.csv"], dropped=True).outputs[0].change == "DROP"
+    erased = lineage.erasure({"pipeline": "p", "artifacts": [
+        {"store": "curated", "version": "ds-a", "successor": "ds-b", "old": "aa", "new": "purged"},
+        {"store": "holdout", "path": "holdouts/p/h1.parquet", "old": "h1", "new": "h2"},
+        {"store": "raw", "path": "raw/p/x.csv", "old": "r1", "new": "r2"},
+        {"store": "predictions", "path": "m/predictions/x.parquet", "old": "p1", "new": "p2"}]}, "s3://b")
+    assert [(r.name, r.change) for r in erased.inputs] == [("curated/p/ds-a", None)]
+    assert [(r.name, r.version, r.change) for r in erased.outputs] == [
+        ("curated/p/ds-a", "ds-a", "DROP"), ("curated/p/ds-b", "ds-b", "CREATE"),
+        ("holdouts/p/h1.parquet", "h1", "DROP"), ("holdouts/p/h2.parquet", "h2", "CREATE"),
+        ("raw/p/x.csv", "r2", "OVERWRITE")]
 
 
 def test_datasets_serialise_as_openlineage_json_with_their_facets() -> None:

@@ -21,6 +21,7 @@ import mlflow
 import pandas as pd
 import pytest
 import yaml
+from support import hitl
 from support.stack import Stack, started_stack, wait_for
 
 from crispflow.stack.airflow_api import AirflowAPI, AirflowAPIError
@@ -62,26 +63,11 @@ def states(api: AirflowAPI, run_id: str) -> dict[str, dict[str, Any]]:
 
 
 def answer(api: AirflowAPI, run_id: str, option: str) -> Any:
-    path = f"/api/v2/dags/{TRAIN}/dagRuns/{run_id}/taskInstances/{APPROVE}/-1/hitlDetails"
-    return api.request("PATCH", path, json={"chosen_options": [option], "params_input": {}})
+    return hitl.answer(api, TRAIN, run_id, APPROVE, option)
 
 
 def answered(api: AirflowAPI, run_id: str, option: str) -> Any:
-    """`answer`, then wait until the approval task has taken it. Airflow 3.3 can lose an answer that lands while
-    the task is still pausing (the resumed try finds the task up for retry, and the retry asks again, with no
-    response): asked again, the same person answers again, as they would on the Required actions page."""
-    first = answer(api, run_id, option)
-    path = f"/api/v2/dags/{TRAIN}/dagRuns/{run_id}/taskInstances/{APPROVE}/-1/hitlDetails"
-
-    def taken() -> bool:
-        if states(api, run_id)[APPROVE]["state"] in ("success", "skipped", "failed"):
-            return True
-        if not api.request("GET", path).get("response_received"):
-            answer(api, run_id, option)
-        return False
-
-    wait_for(f"{APPROVE} taking the answer in {run_id}", taken, 600, 3)
-    return first
+    return hitl.answered(api, TRAIN, run_id, APPROVE, option)
 
 
 def refused(api: AirflowAPI, run_id: str, option: str) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from crispflow.errors import CrispflowError
@@ -28,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "run": "erase the subject: successor versions, purged old ones, rewritten files, suppression, ledger",
         "status": "the erasure ledger's entries for the subject",
         "verify": "recompute the ledger's hash chain and scan the stores again (exit 1 on any problem)",
+        "request": "trigger the erase_subject DAG (plan, human approval, erase) with the subject's pseudonyms only",
     }
     for name, text in texts.items():
         action = actions.add_parser(name, help=text, description=text)
@@ -35,22 +37,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action.add_argument("--key", required=True, help="the subject's entity key, exactly as stored at the "
                                                          "source (no padding, no leading zeros for an integer key)")
         action.add_argument("--json", action="store_true", help="one JSON object, for scripts")
-        if name in ("plan", "run"):
-            action.add_argument("--ticket", default="", help="the request's ticket (required by `run`)")
-        if name == "run":
+        if name in ("plan", "run", "request"):
+            action.add_argument("--ticket", default="", help="the request's ticket (required by run and request)")
+        if name in ("run", "request"):
             action.add_argument("--legal-basis", default="LGPD art. 18 VI / GDPR art. 17",
                                 help="recorded in the ledger (default: %(default)s)")
+        if name == "run":
             action.add_argument("--person", default="", help="who erases (default: the login name)")
             action.add_argument("--yes", action="store_true", help="erase: without it, only the plan is shown")
 
 
-def run(args: argparse.Namespace, settings: Settings, stack_keys: str = "") -> int:
-    """`stack_keys`: the keys `crispflow up` generated for this home ($CRISPFLOW_PSEUDONYM_KEYS wins)."""
+def run(args: argparse.Namespace, settings: Settings, stack_keys: str = "",
+        trigger: Callable[[str, dict[str, Any]], str] | None = None) -> int:
+    """`stack_keys`: the keys `crispflow up` generated for this home ($CRISPFLOW_PSEUDONYM_KEYS wins); `trigger`:
+    (dag_id, conf) -> run_id, for `request`."""
     from crispflow.governance.pseudonyms import PseudonymError
     from crispflow.spec import SpecError
 
     try:
         context = _Context(args, settings, stack_keys)
+        if args.action == "request":
+            return _request(args, context, trigger)
         if args.action == "run" and not (args.yes and args.ticket.strip()):
             result = context.plan()
             _print(args, result.to_json(), _plan_lines(result))
@@ -160,6 +167,21 @@ def _status(args: argparse.Namespace, context: _Context) -> int:
     lines += [f"  #{r['seq']} {r['at'][:19]} {r['step']:<5} {r['erasure_id']} ticket {r['ticket']} by "
               f"{r['person']}" for r in rows]
     _print(args, {"pipeline": context.spec.name, "entries": rows}, lines)
+    return 0
+
+
+def _request(args: argparse.Namespace, context: _Context, trigger: Callable[[str, dict[str, Any]], str] | None) -> int:
+    if not args.ticket.strip():
+        print("error: ticket: `erase request` needs --ticket", flush=True)
+        return 2
+    if trigger is None:
+        raise CrispflowError("no Airflow to trigger the erase_subject DAG")
+    conf = {"pipeline": context.spec.name, "subject": list(context.subject.names), "ticket": args.ticket,
+            "legal_basis": args.legal_basis}
+    run_id = trigger("erase_subject", conf)
+    _print(args, {"dag_id": "erase_subject", "run_id": run_id, "subject": context.subject.names[0]},
+           [f"erase_subject run {run_id} for subject {context.subject.names[0]}: approve it in the Airflow UI "
+            "(Browse > Required Actions)"])
     return 0
 
 

@@ -42,11 +42,12 @@ LEDGER_DOMAIN = "erasure-ledger"  # the subject's name in the ledger: a pseudony
 
 @dataclass(frozen=True)
 class Request:
-    """Who asks, why, under which ticket (recorded in every ledger entry of the request)."""
+    """Why, under which ticket, who approved (`person`) and who asked (recorded in the ledger)."""
 
     ticket: str
     legal_basis: str
     person: str
+    requested_by: str = ""
 
     def __post_init__(self) -> None:
         for name in ("ticket", "legal_basis", "person"):
@@ -102,7 +103,7 @@ def run(lake: Lake, spec: PipelineSpec, subject: Subject, keys: Pseudonymizer, l
              "legal_basis": request.legal_basis, "person": request.person}
     if ledger.find(f"{outcome.erasure_id}:plan") is None:
         ledger.append(erasure_id=f"{outcome.erasure_id}:plan", step="plan", detail={
-            "files_scanned": found.files_scanned,
+            "requested_by": request.requested_by or request.person, "files_scanned": found.files_scanned,
             "places": [{"store": p.store, "path": p.path, "rows": p.rows} for p in found.places]}, **entry)
     suppression.add(lake, spec.name, names)
     outcome.artifacts += _supersede_versions(lake, spec, found, set(names), outcome.erasure_id)

@@ -106,12 +106,15 @@ def cmd_ledger(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
-    """`crispflow erase plan|run|status|verify`: a subject's erasure request (crispflow.erasure.cli)."""
+    """`crispflow erase plan|run|status|verify|request`: a subject's erasure request (crispflow.erasure.cli);
+    `request` triggers the erase_subject DAG through the stack's REST API."""
     from crispflow.erasure.cli import run
+    from crispflow.stack.airflow_api import AirflowAPI
     from crispflow.stack.credentials import load_secrets
 
     creds = load_secrets(settings.home)
-    return run(args, settings, creds.pseudonym_keys if creds is not None else "")
+    return run(args, settings, creds.pseudonym_keys if creds is not None else "",
+               lambda dag_id, conf: AirflowAPI.from_settings(settings).trigger(dag_id, conf))
 
 
 def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
@@ -175,7 +178,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "serve": (cmd_serve, "run the model server (MLflow aliases champion/canary/shadow)"),
         "drift": (cmd_drift, "drift of a data file against a reference"),
         "ledger": (cmd_ledger, "check the promotion ledger against the registry (`ledger verify`)"),
-        "erase": (cmd_erase, "answer a subject's erasure request: plan, run, status, verify"),
+        "erase": (cmd_erase, "a subject's erasure request: plan, run, status, verify, request (the erase_subject DAG)"),
         "validate": (cmd_validate, "check every spec, DAG file parse and the plugin's import cost (for CI)"),
     }
     for name, (func, text) in commands.items():
