@@ -538,6 +538,16 @@ class Alerts(_Model):
 
 
 
+class Governance(_Model):
+    """What happens to models after a subject's data is erased (`crispflow erase`)."""
+
+    retrain: Literal["next_cycle", "immediate"] = Field(
+        default="next_cycle", description="`immediate`: an erasure that flags model versions triggers "
+        "`retrain_after_erasure` (a training window of the successor versions, through the gate and the canary); "
+        "`next_cycle`: the flagged versions are replaced by the next scheduled or drift retrain.")
+    erasure_deadline_days: int = Field(default=30, ge=1, le=90, description="Days a flagged model version has "
+                                       "before it must be retrained or retired (tag `crispflow.erasure_deadline`).")
+
 
 class PipelineSpec(_Model):
     """One pipeline: where the data comes from, what it must look like, and what model it feeds."""
@@ -568,6 +578,7 @@ class PipelineSpec(_Model):
     drift_monitor: DriftMonitor = Field(default=DriftMonitor(), description="The drift report's thresholds; a run "
                                         "may only make them more sensitive.")
     alerts: Alerts = Field(default=Alerts(), description="Where drift alerts go (a run cannot change it).")
+    governance: Governance = Field(default=Governance(), description="Retraining after an erasure.")
 
     @model_validator(mode="before")
     @classmethod
@@ -782,7 +793,7 @@ class PipelineSpec(_Model):
 
 # Sections and fields added after specs were hashed: at their defaults they are left out of `spec_hash` (specs
 # written before them keep their hash).
-POLICY_SECTIONS = ("canary", "drift_watch", "drift_monitor", "alerts")
+POLICY_SECTIONS = ("canary", "drift_watch", "drift_monitor", "alerts", "governance")
 NEW_COLUMN_FIELDS = ("sensitive", "feature", "pii_reason")
 NEW_BLESSING_FIELDS = ("fairness",)
 

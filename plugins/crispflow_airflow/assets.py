@@ -29,6 +29,9 @@ CURATED_DATASET = Asset(name="crispflow_curated_dataset")
 DRIFT_DETECTED = Asset(name="crispflow_drift_detected")
 # Key `<pipeline>/<dataset_version_id>.v<model_version>`: batch scores committed by CommitScoresOperator.
 BATCH_SCORES = Asset(name="crispflow_batch_scores")
+# Key `<pipeline>/<erasure_id>`: an erasure that flagged model versions (EraseSubjectOperator); `extra` carries the
+# ids, which retrain_after_erasure checks against the erasure ledger.
+ERASURE = Asset(name="crispflow_erasure")
 
 
 def emit_once(context: Any, made_by: Mapping[str, Any], extra: dict[str, Any], *, asset: Asset, pipeline: str,

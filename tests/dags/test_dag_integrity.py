@@ -64,7 +64,7 @@ def test_asset_scheduled_dags_get_one_run_per_pipeline_partition(dagbag) -> None
 
     consumers = {dag_id: dag for dag_id, dag in dagbag.dags.items()
                  if isinstance(getattr(dag.timetable, "asset_condition", None), BaseAsset)}
-    assert set(consumers) == {"train_evaluate_register", "retrain_on_drift"}
+    assert set(consumers) == {"train_evaluate_register", "retrain_on_drift", "retrain_after_erasure"}
     for dag in consumers.values():
         assert isinstance(dag.timetable, PartitionedAssetTimetable), dag.dag_id
     outlets = {(dag.dag_id, task.task_id): task.outlets for dag in dagbag.dags.values() for task in dag.tasks
@@ -74,4 +74,5 @@ def test_asset_scheduled_dags_get_one_run_per_pipeline_partition(dagbag) -> None
         ("ingest_validate", "publish"): ["crispflow_curated_dataset"],
         ("watch_drift", "watch"): ["crispflow_drift_detected"],
         ("batch_score", "commit"): ["crispflow_batch_scores"],
+        ("erase_subject", "erase"): ["crispflow_erasure"],
     }

@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+import yaml
 from support.keys import session_keys
 
 from crispflow.data import datasets, training_window
@@ -26,8 +27,9 @@ from crispflow.data.quality import validate_batch
 from crispflow.data.sources import Extract, Interval, parse_bytes
 from crispflow.erasure.models import DATASET_TAG, PENDING
 from crispflow.erasure.plan import Subject, plan
+from crispflow.erasure.retrain import plan_after_erasure
 from crispflow.erasure.run import Request, ledger_name, run, verify
-from crispflow.errors import SupersededVersion
+from crispflow.errors import ParamsError, SupersededVersion
 from crispflow.governance.erasure_ledger import ErasureLedger
 from crispflow.governance.pseudonyms import canonical_text
 from crispflow.lake import Lake, read_json
@@ -291,3 +293,35 @@ def test_a_key_that_is_nowhere_is_recorded_and_touches_nothing(tmp_path: Path) -
     assert outcome.artifacts == [] and [e["step"] for e in world.ledger.entries()] == ["plan", "run"]
     changed = {p for p in Path(world.lake.root).rglob("*") if p.is_file() and files.get(p) != p.read_bytes()}
     assert all("/governance/suppressed/" in str(p) for p in changed) and len(changed) == 1
+
+
+def test_retrain_after_erasure_follows_the_spec_and_trusts_only_the_ledger(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`next_cycle` (the default) asks for no run; `immediate` asks for one on a window of the successors; an
+    erasure the ledger does not record asks for nothing and fails naming it."""
+    world = _world(tmp_path)
+    spec = load_spec("lending_club")
+    flagged = [{"model": MODEL, "version": "3", "deadline": "2027-01-01"}]
+    outcome = run(world.lake, spec, _subject(world.key), session_keys(), world.ledger, REQUEST, world.predictions,
+                  MODEL, lambda datasets, holdouts, erasure_id: flagged)
+    event = {"pipeline": "lending_club", "erasure_id": outcome.erasure_id, "models": ["3"]}
+    who = {"dag_id": "retrain_after_erasure", "run_id": "r"}
+
+    later = plan_after_erasure([event], ledger=world.ledger, lake=world.lake, window_days=365, run=who)
+    assert later["retrain"] is False and "next_cycle" in later["reason"] and later["models"] == ["3"]
+
+    raw = yaml.safe_load((ROOT / "include" / "pipelines" / "lending_club.yaml").read_text())
+    raw["governance"] = {"retrain": "immediate"}
+    raw["training"]["min_rows"] = 100
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "pipelines" / "lending_club.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("CRISPFLOW_PIPELINES_DIR", str(tmp_path / "pipelines"))
+    now = plan_after_erasure([event], ledger=world.ledger, lake=world.lake, window_days=365, run=who)
+    assert now["retrain"] is True and now["run_id"] == f"retrain_after_erasure__{outcome.erasure_id}"
+    assert set(now["parents"]) <= set(outcome.superseded.values())
+    assert datasets.load_version(world.lake, now["conf"]["dataset_version_id"], spec.name)[spec.key].isin(
+        session_keys().all_pseudonyms(world.key)).sum() == 0
+
+    with pytest.raises(ParamsError, match="er-forged"):
+        plan_after_erasure([{**event, "erasure_id": "er-forged"}], ledger=world.ledger, lake=world.lake,
+                           window_days=365, run=who)

@@ -20,7 +20,7 @@ from crispflow.data.datasets import (
     published,
     version_id_of,
 )
-from crispflow.errors import LakeError
+from crispflow.errors import LakeError, ParamsError
 from crispflow.lake import Lake, frame_digest, write_parquet
 
 if TYPE_CHECKING:
@@ -90,3 +90,20 @@ def compose(lake: Lake, spec: PipelineSpec, parents: list[dict[str, Any]], run: 
         "published_by": {**run, "at": datetime.now(UTC).isoformat()},
     }
     return commit_version(lake, spec.name, version_id, manifest)
+
+
+def training_request(lake: Lake, spec: PipelineSpec, window_days: int, run: dict[str, Any]) -> dict[str, Any]:
+    """The `conf` of a train_evaluate_register run on the window of `spec`'s newest versions (composed), and the
+    window's `parents` (for lineage). ParamsError naming the field when there is nothing (big enough) to train on."""
+    if spec.training is None:
+        raise ParamsError(f"pipeline: {spec.name!r} has no training section in its spec")
+    try:
+        window = compose(lake, spec, select(lake, spec.name, int(window_days)), run)
+    except LakeError as exc:
+        raise ParamsError(f"dataset: {exc}") from exc
+    rows = window.manifest["rows"]["published"]
+    if rows < spec.training.min_rows:
+        raise ParamsError(f"dataset: the training window {window.version_id} has {rows} rows "
+                          f"< training.min_rows={spec.training.min_rows}")
+    return {"conf": {"pipeline": spec.name, "dataset_version_id": window.version_id},
+            "parents": [str(p) for p in window.manifest.get("parents") or [window.version_id]]}

@@ -19,8 +19,6 @@ from crispflow.errors import CrispflowError
 if TYPE_CHECKING:
     from crispflow.settings import Settings
 
-DEADLINE_DAYS = 30  # a flagged model version is retrained or retired within a month (GDPR art. 12(3))
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -107,7 +105,8 @@ class _Context:
 
         if not self.tracking_uri:
             raise CrispflowError("no MLflow tracking URI: the model versions to flag cannot be found")
-        return flag(registry.client(self.tracking_uri), self.model, datasets, holdouts, erasure_id, DEADLINE_DAYS)
+        return flag(registry.client(self.tracking_uri), self.model, datasets, holdouts, erasure_id,
+                    self.spec.governance.erasure_deadline_days)
 
     def plan(self) -> Any:
         from crispflow.erasure.plan import plan

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from crispflow.errors import LakeError, ParamsError
+from crispflow.errors import ParamsError
 
 if TYPE_CHECKING:
     from crispflow.lake import Lake, PathLike
@@ -43,18 +43,6 @@ def plan_retrain(events: Sequence[Mapping[str, Any] | None], *, root: PathLike, 
                           "episodes must trigger their own run")
     event = check_event(events[-1], lambda model, episode: read_episode(root, model, episode))
     spec = load_spec(event["pipeline"])
-    if spec.training is None:
-        raise ParamsError(f"pipeline: {spec.name!r} has no training section in its spec")
-    try:
-        window = training_window.select(lake, spec.name, int(window_days))
-        published = training_window.compose(lake, spec, window, dict(run))
-    except LakeError as exc:
-        raise ParamsError(f"dataset: {exc}") from exc
-    rows = published.manifest["rows"]["published"]
-    if rows < spec.training.min_rows:
-        raise ParamsError(f"dataset: the training window {published.version_id} has {rows} rows "
-                          f"< training.min_rows={spec.training.min_rows}")
-    return {"conf": {"pipeline": spec.name, "dataset_version_id": published.version_id},
-            "run_id": retrain_run_id(event["model"], event["episode_id"]), "episode_id": event["episode_id"],
-            "coalesced_events": len(events) - 1,
-            "parents": [str(p) for p in published.manifest.get("parents") or [published.version_id]]}
+    request = training_window.training_request(lake, spec, window_days, dict(run))
+    return {"conf": request["conf"], "run_id": retrain_run_id(event["model"], event["episode_id"]),
+            "episode_id": event["episode_id"], "coalesced_events": len(events) - 1, "parents": request["parents"]}

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from crispflow_airflow.assets import ERASURE, emit_once
 from crispflow_airflow.exceptions import as_airflow_errors
 
 if TYPE_CHECKING:
@@ -68,7 +69,8 @@ class PlanErasureOperator(_ErasureOperator):
 class EraseSubjectOperator(_ErasureOperator):
     """Erase the subject (`crispflow.erasure.run`: successors, purge, rewrites, suppression list, model versions
     flagged, ledger entries), then verify it (chain and a fresh scan); a problem fails the task. Safe to rerun:
-    a rerun continues what a crash left.
+    a rerun continues what a crash left. When model versions were flagged, emits `crispflow_erasure` (key
+    `<pipeline>/<erasure_id>`) for retrain_after_erasure.
 
     :param legal_basis: recorded in the erasure ledger
     :param person: who approved it (recorded in the ledger); `requested_by`: who asked
@@ -77,13 +79,13 @@ class EraseSubjectOperator(_ErasureOperator):
     template_fields: Sequence[str] = (*_ErasureOperator.template_fields, "legal_basis", "person", "requested_by")
 
     def __init__(self, *, legal_basis: str, person: str, requested_by: str = "", **kwargs: Any) -> None:
+        kwargs.setdefault("outlets", [ERASURE])
         super().__init__(**kwargs)
         self.legal_basis = legal_basis
         self.person = person
         self.requested_by = requested_by
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from crispflow.erasure.cli import DEADLINE_DAYS
         from crispflow.erasure.models import flag
         from crispflow.erasure.run import Request, run, verify
         from crispflow.errors import CrispflowError
@@ -95,13 +97,18 @@ class EraseSubjectOperator(_ErasureOperator):
             ledger = ErasureLedger(Settings.from_env().ledger_url)
             request = Request(self.ticket, self.legal_basis, self.person, self.requested_by)
             outcome = run(lake, spec, subject, keys, ledger, request, root, model,
-                          lambda datasets, holdouts, erasure_id: flag(mlf, model, datasets, holdouts, erasure_id,
-                                                                      DEADLINE_DAYS))
+                          lambda datasets, holdouts, erasure_id: flag(
+                              mlf, model, datasets, holdouts, erasure_id, spec.governance.erasure_deadline_days))
             if problems := verify(lake, spec, subject, keys, ledger, root, model):
                 raise CrispflowError(f"erasure {outcome.erasure_id} did not verify: {'; '.join(problems)}")
         self.log.info("erasure %s of %s: %d artifacts changed, %d model versions flagged, verified",
                       outcome.erasure_id, spec.name, len(outcome.artifacts), len(outcome.models))
-        return {"pipeline": spec.name, **outcome.to_json()}
+        ti = context["ti"]  # an event only when this run flagged model versions (a rerun that found nothing: none)
+        made_by = {"dag_id": ti.dag_id, "run_id": ti.run_id} if outcome.models else {}
+        extra = {"pipeline": spec.name, "erasure_id": outcome.erasure_id,
+                 "models": [m["version"] for m in outcome.models]}
+        emitted = emit_once(context, made_by, extra, asset=ERASURE, pipeline=spec.name, item=outcome.erasure_id)
+        return {"pipeline": spec.name, **outcome.to_json(), "event_emitted": emitted}
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage: each rewritten lake object as an OVERWRITE, each purged version as a DROP and its successor
