@@ -19,7 +19,7 @@ from airflow.sdk import Param, PartitionedAssetTimetable, dag
 from crispflow_airflow.assets import DRIFT_DETECTED
 from crispflow_airflow.dag_defaults import START_DATE, default_args
 from crispflow_airflow.operators.retrain import PlanRetrainOperator
-from crispflow_airflow.operators.trigger_run import TriggerRunOperator
+from crispflow_airflow.operators.trigger_run import retrain
 
 
 @dag(
@@ -37,17 +37,7 @@ def retrain_on_drift() -> None:
     # the training window composed of the newest curated versions (an operator: it reports OpenLineage, parents →
     # composed version)
     request = PlanRetrainOperator(task_id="resolve").output
-    TriggerRunOperator(  # TriggerDagRunOperator, imported at run time (its module costs ~1.5 s at parse time)
-        task_id="retrain",
-        trigger_dag_id="train_evaluate_register",
-        trigger_run_id=request["run_id"],
-        conf=request["conf"],
-        wait_for_completion=True,
-        deferrable=True,
-        poke_interval=10,  # the triggerer's check of the training run: a cheap query; 60 s left up to a minute idle
-        skip_when_already_exists=True,  # the same episode again: its training run exists already
-        execution_timeout=timedelta(hours=3),
-    )
+    retrain(request)  # TriggerDagRunOperator, imported at run time (its module costs ~1.5 s at parse time)
 
 
 retrain_on_drift()

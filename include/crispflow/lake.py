@@ -157,9 +157,12 @@ def read_json(path: PathLike) -> Any:
     return json.loads(path.read_bytes())
 
 
+ROW_GROUP_ROWS = 100_000  # several row groups per large file, so min/max statistics can skip most of it
+
+
 def parquet_bytes(df: pd.DataFrame) -> bytes:
     buf = io.BytesIO()
-    df.to_parquet(buf, index=False, compression="zstd")
+    df.to_parquet(buf, index=False, compression="zstd", row_group_size=ROW_GROUP_ROWS)
     return buf.getvalue()
 
 

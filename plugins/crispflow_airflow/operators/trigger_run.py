@@ -9,6 +9,7 @@ run time, hands the work to a TriggerDagRunOperator built with them, so the beha
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
@@ -58,3 +59,19 @@ class TriggerRunOperator(BaseOperator):
 
     def execute_complete(self, context: Context, event: Any) -> Any:
         return self._provider().execute_complete(context, event)
+
+
+def retrain(request: Any) -> TriggerRunOperator:
+    """The `retrain` task of the retrain DAGs: the train_evaluate_register run `request` asks for (its `run_id` and
+    `conf`), awaited in the triggerer; the same request again finds its run and skips."""
+    return TriggerRunOperator(
+        task_id="retrain",
+        trigger_dag_id="train_evaluate_register",
+        trigger_run_id=request["run_id"],
+        conf=request["conf"],
+        wait_for_completion=True,
+        deferrable=True,
+        poke_interval=10,  # the triggerer's check of the training run: a cheap query; 60 s left up to a minute idle
+        skip_when_already_exists=True,
+        execution_timeout=timedelta(hours=3),
+    )
