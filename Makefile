@@ -76,6 +76,8 @@ bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.explain_overhead
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.batch_vs_predict
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.scorer_vs_onnx
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.pseudonymise_publish
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.erase_plan
 
 # Scale-out: batch scoring of 10M rows on prod-local with 1, then 2 Celery workers (one task slot each).
 bench-scale: $(STAMP)
