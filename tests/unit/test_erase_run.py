@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pandas as pd
 import pytest
 import yaml
@@ -33,7 +34,7 @@ from crispflow.errors import ParamsError, SupersededVersion
 from crispflow.governance.erasure_ledger import ErasureLedger
 from crispflow.governance.pseudonyms import canonical_text
 from crispflow.lake import Lake, read_json
-from crispflow.model import holdout, registry
+from crispflow.model import holdout
 from crispflow.spec import load_spec
 from crispflow.stack.main import main
 
@@ -253,8 +254,10 @@ def test_the_cli_runs_and_verify_exits_1_on_a_changed_ledger_entry(
     monkeypatch.setenv("CRISPFLOW_LAKE_URL", Path(world.lake.root).as_uri())
     monkeypatch.setenv("CRISPFLOW_PREDICTIONS_URL", world.predictions.as_uri())
     monkeypatch.setenv("CRISPFLOW_LEDGER_URL", world.ledger_url)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    mlf = registry.client()
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    mlf = mlflow.MlflowClient(tracking_uri=tracking)  # not the process-wide URI another test may have set
+    monkeypatch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", None)  # the CLI sets it: undone
     mlf.create_registered_model(MODEL)
     trained = mlf.create_model_version(MODEL, str(tmp_path / "model"), tags={DATASET_TAG: world.versions[2]})
     other = mlf.create_model_version(MODEL, str(tmp_path / "model"), tags={DATASET_TAG: "ds-unrelated"})
