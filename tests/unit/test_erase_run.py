@@ -187,6 +187,9 @@ def test_old_versions_are_tombstones_naming_their_successors(erased: tuple[World
     for old, new in outcome.superseded.items():
         with pytest.raises(SupersededVersion, match=new):
             datasets.load_version(world.lake, old, spec.name)
+        with pytest.raises(SupersededVersion, match=new):  # what register_challenger checks before registering
+            datasets.refuse_superseded(world.lake, spec.name, old)
+        datasets.refuse_superseded(world.lake, spec.name, new)
         successor = read_json(world.lake.manifest(spec.name, new))
         assert successor["supersedes"] == old and successor["erasure"] == outcome.erasure_id
         assert len(datasets.load_version(world.lake, new, spec.name)) == successor["rows"]["published"]

@@ -235,9 +235,11 @@ def _live(manifest: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
-def require_live(lake: Lake, pipeline: str, version_id: str) -> dict[str, Any]:
-    """The version's manifest; SupersededVersion if an erasure purged it (e.g. while a model trained on it)."""
-    return _live(read_manifest(lake, version_id, pipeline))
+def refuse_superseded(lake: Lake, pipeline: str, version_id: str) -> None:
+    """SupersededVersion if an erasure purged the version (e.g. while a model trained on it)."""
+    path = lake.manifest(pipeline, version_id)
+    if path.exists():
+        _live(read_json(path))
 
 
 def successor_of(lake: Lake, pipeline: str, version_id: str) -> str:

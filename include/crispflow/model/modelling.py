@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from crispflow.data.datasets import load_version, read_manifest, require_live
+from crispflow.data.datasets import load_version, read_manifest, refuse_superseded
 from crispflow.errors import SupersededVersion
 from crispflow.lake import json_safe
 from crispflow.model import registry
@@ -137,8 +137,10 @@ def register_challenger(job: TrainingJob, parent_run_id: str, results: list[dict
 
     best = best_config(results)
     train, _, record = job.frames
-    require_live(job.lake, job.spec.name, job.dataset_version_id)  # an erasure may have purged it since
-    if (current := frozen_record(job.lake, job.spec.name)["holdout_hash"]) != record["holdout_hash"]:
+    refuse_superseded(job.lake, job.spec.name, job.dataset_version_id)  # an erasure may have purged it since
+    # the frozen holdout, read again: an erasure may have replaced it (a record given in memory names no file)
+    current = frozen_record(job.lake, job.spec.name)["holdout_hash"] if record.get("file") else record["holdout_hash"]
+    if current != record["holdout_hash"]:
         raise SupersededVersion(f"{job.spec.name}: the frozen holdout {record['holdout_hash'][:12]} was replaced by "
                                 f"{current[:12]} (an erasure) while this model trained: retrain on the successor")
     model, threshold, info = fit_final(job.spec, best, train)
