@@ -12,6 +12,7 @@ from support.mlflow_server import small_versions
 from support.model_versions import holdout, judge_version
 
 from crispflow.data.datasets import QUALITY_HTML, commit_version
+from crispflow.erasure.models import DEADLINE, PENDING
 from crispflow.lake import Lake, write_atomic
 from crispflow.model import registry
 from crispflow.monitoring.store import summarise, write_window
@@ -172,6 +173,15 @@ def test_model_page_versions_newest_first_with_aliases_status_and_metric(mlf, se
     assert rows[v3]["primary_metric"]["value"] is None
     short = model_page(mlf, NAME, limit=2)
     assert [r["version"] for r in short["versions"]] == [v3, v2] and short["truncated"]
+    assert rows[v1]["erasure"] is None
+    mlf.set_model_version_tag(NAME, v1, PENDING, "er-0123456789abcdef")
+    mlf.set_model_version_tag(NAME, v1, DEADLINE, "2027-01-02")
+    try:
+        flagged = {r["version"]: r for r in model_page(mlf, NAME)["versions"]}[v1]["erasure"]
+        assert flagged == {"id": "er-0123456789abcdef", "deadline": "2027-01-02"}
+    finally:
+        mlf.delete_model_version_tag(NAME, v1, PENDING)
+        mlf.delete_model_version_tag(NAME, v1, DEADLINE)
 
 
 @pytest.mark.slow

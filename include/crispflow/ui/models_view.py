@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from crispflow.erasure.models import DEADLINE as ERASURE_DEADLINE
+from crispflow.erasure.models import PENDING as ERASURE_PENDING
 from crispflow.lake import json_safe
 from crispflow.model import registry
 from crispflow.model.registry import CANARY, CHALLENGER, CHAMPION, PREVIOUS, SHADOW
@@ -193,7 +195,9 @@ def version_row(mv: Any, aliases: list[str], primary_metric: str | None = None) 
             "task": task, "primary_metric": primary_metric_of(tags, primary_metric),
             "dataset_version_id": tags.get("crispflow.dataset_version_id"), "created": _time(mv.creation_timestamp),
             "run_id": mv.run_id, "complete": registry.SHA_TAG in tags, "registry_status": mv.status,
-            "dag_id": tags.get("crispflow.dag_id"), "dag_run_id": tags.get("crispflow.run_id")}
+            "dag_id": tags.get("crispflow.dag_id"), "dag_run_id": tags.get("crispflow.run_id"),
+            "erasure": {"id": tags[ERASURE_PENDING], "deadline": tags.get(ERASURE_DEADLINE)}
+            if tags.get(ERASURE_PENDING) else None}
 
 
 # --------------------------------------------------------------------------------------------- one version
