@@ -21,29 +21,25 @@ HOLDOUT_TAG = "crispflow.holdout_hash"
 
 
 def affected(mlf: MlflowClient, model: str, datasets: set[str], holdouts: set[str]) -> list[Any]:
-    """The registered versions of `model` trained on one of `datasets` or evaluated on one of `holdouts`."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        versions = mlf.search_model_versions(f"name = '{model}'")
-    except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return []
-        raise
-    return sorted((v for v in versions if v.tags.get(DATASET_TAG) in datasets or v.tags.get(HOLDOUT_TAG) in holdouts),
-                  key=lambda v: int(v.version))
+    """The registered versions of `model` trained on one of `datasets` or evaluated on one of `holdouts` (one
+    registry search per id, filtered by tag, as `registry.find_version` does)."""
+    found: dict[int, Any] = {}
+    for tag, values in ((DATASET_TAG, datasets), (HOLDOUT_TAG, holdouts)):
+        for value in sorted(values):
+            for version in mlf.search_model_versions(f"name = '{model}' and tags.`{tag}` = '{value}'"):
+                found[int(version.version)] = version
+    return [found[number] for number in sorted(found)]
 
 
 def flag(mlf: MlflowClient, model: str, datasets: set[str], holdouts: set[str], erasure_id: str,
          deadline_days: int) -> list[dict[str, str]]:
-    """Tag every affected version (idempotent: a version flagged by this erasure keeps its first deadline)."""
+    """Tag every affected version (idempotent: a version this erasure flagged before keeps its deadline)."""
     deadline = (datetime.now(UTC) + timedelta(days=deadline_days)).date().isoformat()
     flagged = []
     for version in affected(mlf, model, datasets, holdouts):
+        due = version.tags.get(DEADLINE, deadline) if version.tags.get(PENDING) == erasure_id else deadline
         if version.tags.get(PENDING) != erasure_id:
             mlf.set_model_version_tag(model, version.version, PENDING, erasure_id)
-            mlf.set_model_version_tag(model, version.version, DEADLINE, deadline)
-        flagged.append({"model": model, "version": str(version.version),
-                        "deadline": version.tags.get(DEADLINE, deadline) if version.tags.get(PENDING) == erasure_id
-                        else deadline})
+            mlf.set_model_version_tag(model, version.version, DEADLINE, due)
+        flagged.append({"model": model, "version": str(version.version), "deadline": due})
     return flagged
