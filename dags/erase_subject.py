@@ -48,7 +48,7 @@ def erase_subject() -> None:
                                ticket="{{ params.ticket }}")
     approve = ApprovalOperator(
         task_id="approve",
-        subject="Erase subject {{ " + PLAN + "['subject'] }} from {{ params.pipeline }} (ticket {{ params.ticket }})?",
+        subject="Erase the subject of ticket {{ params.ticket }} from {{ params.pipeline }}?",  # no pseudonym: logs
         body="{{ " + PLAN + "['places'] | length }} of {{ " + PLAN + "['files_scanned'] }} files hold the subject; "
         "rows by store: {{ " + PLAN + "['rows_by_store'] }}.\n"
         "Dataset versions to supersede: {{ " + PLAN + "['dataset_versions'] }}.\n"

@@ -149,6 +149,54 @@ def create_exclusive(path: PathLike, data: bytes) -> bool:
     return True
 
 
+def remove(path: PathLike) -> None:
+    """Delete `path` and, on a versioned bucket, every earlier version and delete marker of it: what an erasure
+    deletes must not survive as object history. The current version goes last, so a crash part-way leaves the
+    file listed and a rerun removes the rest. A missing file is not an error."""
+    history = _versions(path)
+    if history is None:
+        path.unlink(missing_ok=True)  # type: ignore[attr-defined]
+        return
+    _delete_versions(path, history[::-1])
+
+
+def forget_history(path: PathLike) -> int:
+    """On a versioned bucket, delete every version of `path` but the current one (and its delete markers), so a
+    rewritten file keeps only its new bytes. Returns how many versions were deleted; 0 locally or unversioned."""
+    history = _versions(path) or []
+    stale = [v for v in history if not (v["IsLatest"] and "Size" in v)]
+    _delete_versions(path, stale)
+    return len(stale)
+
+
+def _versions(path: PathLike) -> list[dict[str, Any]] | None:
+    """Every version and delete marker of `path`'s S3 key, newest first; None for a store without versions."""
+    fs = getattr(path, "fs", None)
+    if fs is None or not hasattr(fs, "call_s3"):
+        return None
+    bucket, key, _ = fs.split_path(str(getattr(path, "path", path)))
+    found: list[dict[str, Any]] = []
+    page: dict[str, str] = {}
+    while True:
+        out = fs.call_s3("list_object_versions", Bucket=bucket, Prefix=key, **page)
+        items = out.get("Versions", []) + out.get("DeleteMarkers", [])
+        found += [v for v in items if v["Key"] == key]
+        if not out.get("IsTruncated"):
+            break
+        page = {"KeyMarker": out["NextKeyMarker"], "VersionIdMarker": out["NextVersionIdMarker"]}
+    return sorted(found, key=lambda v: (v["IsLatest"], v["LastModified"]), reverse=True)
+
+
+def _delete_versions(path: PathLike, versions: list[dict[str, Any]]) -> None:
+    if not versions:
+        return
+    fs = path.fs  # type: ignore[attr-defined]
+    bucket, key, _ = fs.split_path(str(path.path))  # type: ignore[attr-defined]
+    for version in versions:
+        fs.call_s3("delete_object", Bucket=bucket, Key=key, VersionId=version["VersionId"])
+    fs.invalidate_cache(str(path.path))  # type: ignore[attr-defined]
+
+
 def write_json(path: PathLike, obj: Any) -> None:
     write_atomic(path, canonical_json(obj))
 

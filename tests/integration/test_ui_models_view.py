@@ -11,7 +11,7 @@ import pytest
 from support.mlflow_server import small_versions
 from support.model_versions import holdout, judge_version
 
-from crispflow.data.datasets import QUALITY_HTML, commit_version
+from crispflow.data.datasets import QUALITY_HTML, commit_version, purge
 from crispflow.erasure.models import DEADLINE, PENDING
 from crispflow.lake import Lake, write_atomic
 from crispflow.model import registry
@@ -300,3 +300,18 @@ def test_promotions_page_follows_the_ledger_and_reports_divergence(mlf, tmp_path
                                     "(moved outside crispflow)"]
     with pytest.raises(NotFound):
         promotions_page(mlf, ledger, "crispflow-../x")
+
+
+def test_a_version_trained_on_a_purged_dataset_names_its_successor(mlf, served, tmp_path) -> None:
+    """After an erasure the dataset version a model was trained on is a tombstone: the page says so and names
+    the successor without the subject (the registry still names the old id)."""
+    lake = Lake(tmp_path / "lake")
+    for key in ("a", "b"):
+        commit_version(lake, PIPELINE, DS[key], {"dataset_version_id": DS[key], "pipeline": PIPELINE,
+                                                 "content_sha256": key * 64, "rows": {"published": 90}})
+    purge(lake, PIPELINE, DS["a"], DS["b"], "er-0123456789abcdef")
+    page = version_page(mlf, lake, None, None, NAME, served["versions"][0])
+    dataset = page["lineage"]["dataset"]
+    assert dataset["dataset_version_id"] == DS["a"] and page["problems"] == []
+    purged = dataset["manifest"]["purged"]
+    assert (purged["superseded_by"], purged["erasure"]) == (DS["b"], "er-0123456789abcdef") and purged["purged_at"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import pytest
 
 from crispflow.governance.bloom import BloomError, BloomFilter
@@ -31,9 +34,25 @@ def test_the_byte_form_round_trips_and_bad_bytes_are_named() -> None:
         BloomFilter.from_bytes(b"X" * 64)
     with pytest.raises(BloomError, match="shorter than the header"):
         BloomFilter.from_bytes(b"CFBLOOM1")
-    with pytest.raises(BloomError, match="bytes of bits"):
+    with pytest.raises(BloomError, match="checksum mismatch"):
         BloomFilter.from_bytes(bloom.to_bytes()[:-1])
+    flipped = bytearray(bloom.to_bytes())
+    flipped[-5] ^= 1  # one bit of the array: never trusted, it could turn a "maybe" into a "no"
+    with pytest.raises(BloomError, match="checksum mismatch"):
+        BloomFilter.from_bytes(bytes(flipped))
+    short = bloom.to_bytes()[:-5]  # a bit array one byte short, with a matching checksum
+    with pytest.raises(BloomError, match="bytes of bits"):
+        BloomFilter.from_bytes(short + struct.pack("<I", zlib.crc32(short)))
     with pytest.raises(BloomError, match="capacity"):
         BloomFilter.for_capacity(0)
     with pytest.raises(BloomError, match="fp_rate"):
         BloomFilter.for_capacity(10, 1.5)
+
+
+def test_a_filter_of_items_holds_each_distinct_item_once_and_an_empty_one_says_no() -> None:
+    items = ["hk1:" + c * 32 for c in "abc"]
+    bloom = BloomFilter.of([*items, items[0]], 0.001)
+    assert bloom.might_contain(items).all() and bloom.items == 3
+    assert (bloom.bits, bloom.hashes) == (BloomFilter.for_capacity(3, 0.001).bits, BloomFilter.for_capacity(3).hashes)
+    empty = BloomFilter.of([])
+    assert not empty.might_contain(items).any() and empty.items == 0

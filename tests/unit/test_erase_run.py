@@ -7,12 +7,9 @@ real MLflow registry (SQLite store)."""
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import sqlite3
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +17,18 @@ import mlflow
 import pandas as pd
 import pytest
 import yaml
+from support.erasure_world import MODEL, MONTHS, REQUEST, World, build, ingest, occurrences
+from support.erasure_world import subject as _subject
 from support.keys import session_keys
 
-from crispflow.data import datasets, training_window
-from crispflow.data.extracts import assemble
-from crispflow.data.quality import validate_batch
-from crispflow.data.sources import Extract, Interval, parse_bytes
+from crispflow.data import datasets
 from crispflow.erasure.models import DATASET_TAG, PENDING
-from crispflow.erasure.plan import Subject, plan
+from crispflow.erasure.plan import plan
 from crispflow.erasure.retrain import plan_after_erasure
-from crispflow.erasure.run import Request, ledger_name, run, verify
+from crispflow.erasure.run import ledger_name, run, verify
 from crispflow.errors import ParamsError, SupersededVersion
-from crispflow.governance.erasure_ledger import ErasureLedger
-from crispflow.governance.pseudonyms import canonical_text
-from crispflow.lake import Lake, read_json
+from crispflow.governance.bloom import BloomFilter
+from crispflow.lake import read_json
 from crispflow.model import holdout
 from crispflow.spec import load_spec
 from crispflow.stack.main import main
@@ -41,110 +36,8 @@ from crispflow.stack.main import main
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _subject(key: str) -> Subject:
-    return Subject.of_key(load_spec("lending_club"), key, session_keys())
-
-
-MODEL = "crispflow-lending_club"
-REQUEST = Request("T-77", "LGPD art. 18 VI", "dpo@example.org")
-MONTHS = [Interval(datetime(2026, 1, 1), datetime(2026, 2, 1)), Interval(datetime(2026, 2, 1), datetime(2026, 3, 1))]
-
-
-@dataclass
-class World:
-    lake: Lake
-    predictions: Path
-    ledger: ErasureLedger
-    ledger_url: str
-    key: str
-    sources: list[list[Extract]]
-    versions: list[str]  # the two months' versions, then the composed window
-
-
-def _extract(frame: pd.DataFrame, fmt: str) -> Extract:
-    buffer = io.BytesIO()
-    frame.to_csv(buffer, index=False) if fmt == "csv" else frame.to_parquet(buffer, index=False)
-    data = buffer.getvalue()
-    return Extract("loans", parse_bytes("loans", data, fmt), data, fmt, {"kind": "file", "sha256": fmt})
-
-
-def _ingest(lake: Lake, spec: Any, interval: Interval, extracts: list[Extract]) -> datasets.Published:
-    batch, report = assemble(spec, extracts, interval)
-    report = datasets.stage(lake, spec, interval, extracts, batch, report, session_keys())
-    batch, _ = datasets.load_batch(lake, spec.name, report["batch_id"])  # what the gate reads
-    outcome = validate_batch(spec, batch, interval, report["batch_id"])
-    datasets.store_outcome(lake, spec, report["batch_id"], outcome, session_keys())
-    return datasets.publish(lake, spec, report["batch_id"], {"dag_id": "t", "run_id": "r"})
-
-
 def _world(tmp: Path) -> World:
-    spec = load_spec("lending_club")
-    demo = pd.read_parquet(ROOT / "include/data/lending_club.parquet")
-    january = demo[demo["application_month"] < "2026-02-01"].head(250)
-    february = demo[(demo["application_month"] >= "2026-02-01") & (demo["application_month"] < "2026-03-01")].head(250)
-    subject = february.iloc[[11]]
-    key = str(int(subject["loan_id"].iat[0]))
-    # the subject in both months (January as a raw CSV), and twice in February (one row is quarantined)
-    sources = [
-        [
-            _extract(
-                pd.concat(
-                    [january, subject.assign(application_month=january["application_month"].iat[0])], ignore_index=True
-                ),
-                "csv",
-            )
-        ],
-        [_extract(pd.concat([february, subject], ignore_index=True), "parquet")],
-    ]
-    lake = Lake(tmp / "lake")
-    months = [_ingest(lake, spec, interval, extracts) for interval, extracts in zip(MONTHS, sources, strict=True)]
-    window = training_window.compose(lake, spec, [m.manifest for m in months], {"dag_id": "t", "run_id": "r"})
-    dataset = datasets.load_version(lake, window.version_id, spec.name)
-    cut, _ = holdout.frozen_holdout(lake, spec, dataset, window.version_id)
-    name = session_keys().pseudonym(key)
-    assert name in set(cut[spec.key]), "the subject is in the time holdout (February)"
-    scores = cut[[spec.key]].assign(score=0.5)
-    (lake.root / "scores" / spec.name / "run=1").mkdir(parents=True)
-    scores.to_parquet(lake.root / "scores" / spec.name / "run=1" / "scores.parquet")
-    hour = tmp / "predictions" / MODEL / "predictions" / "date=2026-02-05" / "hour=10"
-    hour.mkdir(parents=True)
-    pd.DataFrame(
-        {
-            "request_id": ["a", "b", "c"],
-            "entity": [name, session_keys().pseudonym("1"), name],
-            "label": [1.0, None, 0.0],
-        }
-    ).to_parquet(hour / "part-1.parquet")
-    url = f"sqlite:///{tmp / 'ledger.db'}"
-    return World(
-        lake,
-        tmp / "predictions",
-        ErasureLedger(url),
-        url,
-        key,
-        sources,
-        [months[0].version_id, months[1].version_id, window.version_id],
-    )
-
-
-def _occurrences(root: Path, needles: list[str], key: str) -> list[str]:
-    """Every file under `root` named by or holding one of `needles` (pseudonyms, anywhere: in a name, a text, a
-    table's value) or the clear `key` (in a table's key column, or as a whole number in any other text)."""
-    found = []
-    whole = re.compile(rf"(?<![\w.]){key}(?![\w.])".encode())
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        data = path.read_bytes()
-        if any(n in str(path) or n.replace(":", "_") in str(path) or n.encode() in data for n in needles):
-            found.append(str(path))
-        elif path.suffix in (".parquet", ".csv") and data:
-            frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype=str)
-            texts = {str(v) for c in frame.columns for v in frame[c].dropna().tolist()}
-            keys = {canonical_text(v) for c in ("loan_id", "entity") if c in frame for v in frame[c].dropna()}
-            if texts & set(needles) or key in keys:
-                found.append(str(path))
-        elif whole.search(data):
-            found.append(str(path))
-    return found
+    return build(tmp, tmp)
 
 
 @pytest.fixture(scope="module")
@@ -171,10 +64,12 @@ def test_no_file_holds_the_subject_after_the_run(erased: tuple[World, Any]) -> N
     world, _ = erased
     keys = session_keys()
     names = keys.all_pseudonyms(world.key)
-    found = _occurrences(Path(world.lake.root), names, world.key)
+    found = occurrences(Path(world.lake.root), names, world.key)
     listed = [f for f in found if "/governance/suppressed/" in f]
     assert found == listed and len(listed) == len(names)  # only the suppression list names the subject
-    assert _occurrences(world.predictions, names, world.key) == []
+    assert occurrences(world.predictions, names, world.key) == []
+    (index,) = world.predictions.rglob("*.bloom")  # the part's entity index, rebuilt: "no" for the subject now
+    assert not BloomFilter.from_bytes(index.read_bytes()).might_contain(names).any()
     assert not verify(
         world.lake, load_spec("lending_club"), _subject(world.key), keys, world.ledger, world.predictions, MODEL
     )
@@ -223,7 +118,7 @@ def test_a_reingest_of_the_unchanged_sources_does_not_bring_the_subject_back(era
     world, _ = erased
     spec = load_spec("lending_club")
     for interval, extracts in zip(MONTHS, world.sources, strict=True):
-        _ingest(world.lake, spec, interval, extracts)
+        ingest(world.lake, spec, interval, extracts)
     assert plan(world.lake, spec, _subject(world.key), session_keys(), world.predictions, MODEL).places == []
 
 

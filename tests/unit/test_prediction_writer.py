@@ -1,6 +1,6 @@
 """The prediction store's writer (PredictionLog) on a local folder and on a flaky in-memory filesystem: rows in ==
-rows read, one file per hour partition, typed feature columns, bounds, close(), concurrency, recovery from failing
-writes and input checks."""
+rows read, one file per hour partition, typed feature columns, each part's entity index, bounds, close(),
+concurrency, recovery from failing writes and input checks."""
 
 from __future__ import annotations
 
@@ -14,17 +14,21 @@ from typing import Any
 
 import fsspec
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 from support.predictions import MODEL, T0, feedback, prediction
 
+from crispflow.governance.bloom import BloomFilter
 from crispflow.predictions.reader import read_predictions
 from crispflow.predictions.schema import PREDICTION_COLUMNS, PredictionLogError
-from crispflow.predictions.writer import PredictionLog
+from crispflow.predictions.store import INDEX_SUFFIX
+from crispflow.predictions.writer import INDEX_FP_RATE, PredictionLog
 
 
 def parquet_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file())
+    """Every file but the entity indexes (so a temporary file left behind would show)."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.endswith(INDEX_SUFFIX))
 
 
 def wait_until(condition: Any, timeout_s: float = 20.0) -> None:
@@ -78,6 +82,28 @@ def test_a_batch_spanning_an_hour_boundary_writes_one_file_per_hour(tmp_path: Pa
     assert before["request_id"].tolist() == [f"req-{i}" for i in range(5)]
     assert after["request_id"].tolist() == [f"req-{i}" for i in range(5, 10)]
     plog.close()
+
+
+def test_each_predictions_part_has_an_entity_index_holding_its_entities(tmp_path: Path) -> None:
+    rows = [prediction(i, T0 + timedelta(minutes=i)) for i in range(90)]  # two hours, entities cust-0..cust-6
+    rows += [prediction(90, T0, entity=None)]
+    plog = PredictionLog(tmp_path, MODEL)
+    plog.log(rows)
+    plog.log_feedback([feedback("req-1", 1, T0)])
+    plog.close()
+
+    parts = [p for p in parquet_files(tmp_path) if "/predictions/" in p.as_posix()]
+    assert len(parts) == 2 and plog.files_written == 3  # two hours of predictions, one of feedback: no index counted
+    for part in parts:
+        index = part.with_name(part.name + INDEX_SUFFIX)
+        assert index.stat().st_mode & 0o777 == 0o600
+        bloom = BloomFilter.from_bytes(index.read_bytes())
+        entities = set(pq.read_table(part).column("entity").drop_null().to_pylist())
+        assert bloom.might_contain(sorted(entities)).all()  # never a false negative
+        assert (bloom.items, bloom.fp_rate) == (len(entities), INDEX_FP_RATE)  # sized for the distinct entities
+        assert bloom.might_contain([f"nobody-{i}" for i in range(1000)]).mean() < 0.01  # and says "no" to others
+    indexes = sorted(p for p in tmp_path.rglob("*") if p.name.endswith(INDEX_SUFFIX))
+    assert [p.name for p in indexes] == [p.name + INDEX_SUFFIX for p in parts]  # feedback has no entity: no index
 
 
 def test_a_non_utc_timestamp_is_partitioned_by_its_utc_hour(tmp_path: Path) -> None:
@@ -335,8 +361,9 @@ def test_only_the_failed_partition_is_retried(flaky_root: Any) -> None:
     original = FlakyMemoryFS.pipe_file
 
     def second_fails(self: FlakyMemoryFS, path: str, value: bytes, *a: Any, **k: Any) -> None:
-        FailSecond.calls += 1
-        if FailSecond.calls == 2:
+        is_part = not path.endswith(INDEX_SUFFIX)  # the second part fails (an index write is not a part)
+        FailSecond.calls += is_part
+        if is_part and FailSecond.calls == 2:
             raise ConnectionError("simulated outage")
         original(self, path, value, *a, **k)
 
@@ -351,6 +378,28 @@ def test_only_the_failed_partition_is_retried(flaky_root: Any) -> None:
     plog.close()
     df = read_predictions(flaky_root, MODEL, T0, T0 + timedelta(hours=2), with_feedback=False)
     assert df["request_id"].tolist() == ["req-1", "req-2"]
+
+
+def test_a_failed_index_write_keeps_the_part_and_is_not_retried(flaky_root: Any) -> None:
+    original = FlakyMemoryFS.pipe_file
+
+    def index_fails(self: FlakyMemoryFS, path: str, value: bytes, *a: Any, **k: Any) -> None:
+        if path.endswith(INDEX_SUFFIX):
+            raise ConnectionError("simulated outage")
+        original(self, path, value, *a, **k)
+
+    plog = PredictionLog(flaky_root, MODEL)
+    plog.log([prediction(1, T0)])
+    FlakyMemoryFS.pipe_file = index_fails  # type: ignore[method-assign]
+    try:
+        plog.flush()  # no error: the rows are stored, the part is read whole by an erasure plan
+    finally:
+        FlakyMemoryFS.pipe_file = original  # type: ignore[method-assign]
+    plog.close()
+    assert (plog.written, plog.write_errors, plog.files_written) == (1, 0, 1)
+    assert not [p for p in FlakyMemoryFS.store if p.endswith(INDEX_SUFFIX)]
+    df = read_predictions(flaky_root, MODEL, T0, T0 + timedelta(hours=1), with_feedback=False)
+    assert df["request_id"].tolist() == ["req-1"]
 
 
 # --- input checks -----------------------------------------------------------------------------------------------------

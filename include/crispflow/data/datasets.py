@@ -24,6 +24,7 @@ from crispflow.lake import (
     frame_digest,
     read_json,
     read_parquet,
+    remove,
     sha256,
     write_atomic,
     write_json,
@@ -294,4 +295,4 @@ def purge(lake: Lake, pipeline: str, version_id: str, successor: str, erasure_id
         write_json(lake.manifest(pipeline, version_id), tombstone)
     for path in list(folder.iterdir()):
         if path.name != "manifest.json":
-            path.unlink()
+            remove(path)

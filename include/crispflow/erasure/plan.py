@@ -5,7 +5,8 @@ types into them (checked strictly: `governance.pseudonyms.subject_key`), so the 
 sees pseudonyms. Clear stores (raw landings, staged batches) are searched by pseudonymising their keys, every
 other store for the pseudonyms: validated batches, the quarantine, curated versions (sorted by the pseudonym, so
 Parquet row-group statistics skip most of a file), the frozen holdout, batch scores and the prediction log's
-`entity`. Nothing is changed.
+`entity` (unsorted: a part whose entity index says "certainly not" for every pseudonym of the subject is not
+opened; a part without an index, or with one that cannot be read, is read whole). Nothing is changed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from crispflow.governance.bloom import BloomError, BloomFilter
 from crispflow.governance.pseudonyms import (
     ENTITY,
     PseudonymError,
@@ -23,6 +25,7 @@ from crispflow.governance.pseudonyms import (
     is_pseudonym,
     subject_key,
 )
+from crispflow.predictions.store import INDEX_SUFFIX
 
 if TYPE_CHECKING:
     from crispflow.lake import Lake, PathLike
@@ -113,10 +116,13 @@ def plan(lake: Lake, spec: PipelineSpec, subject: Subject, keys: Pseudonymizer,
             clear: tuple[str, ...] = ()
             if form == "clear":
                 rows, clear = _clear_rows(path, column, subject, keys)
+            elif store == "predictions" and _index_excludes(path, wanted):
+                continue
             else:
                 rows = _parquet_rows(path, column, wanted)
             if rows:
-                places.append(Place(store, _relative(lake, predictions, path), rows, form, clear))
+                root = predictions if store == "predictions" else lake.root
+                places.append(Place(store, _relative(root, path), rows, form, clear))
     return ErasurePlan(spec.name, names[0], places, scanned)
 
 
@@ -124,14 +130,20 @@ def _files(folder: PathLike, pattern: str) -> list[Any]:
     return sorted(p for p in folder.glob(pattern) if p.is_file()) if folder.exists() else []
 
 
-def _relative(lake: Lake, predictions: PathLike | None, path: Any) -> str:
-    text = str(getattr(path, "path", path))
-    for root in (lake.root, predictions):
-        if root is not None:
-            base = str(getattr(root, "path", root)).rstrip("/") + "/"
-            if text.startswith(base):
-                return text.removeprefix(base)
-    return text
+def _relative(root: Any, path: Any) -> str:
+    """`path` below its store's root (the prediction log's root may itself be a folder of the lake)."""
+    base = str(getattr(root, "path", root)).rstrip("/") + "/"
+    return str(getattr(path, "path", path)).removeprefix(base)
+
+
+def _index_excludes(path: Any, wanted: Sequence[str]) -> bool:
+    """True only when the part's entity index exists, is intact and holds none of `wanted` (never on doubt). An
+    index left by an erasure's rewrite of the part may still say "maybe" for the erased subject: the part is read."""
+    try:
+        bloom = BloomFilter.from_bytes(path.with_name(path.name + INDEX_SUFFIX).read_bytes())
+    except (OSError, BloomError):
+        return False
+    return not bloom.might_contain(wanted).any()
 
 
 def _parquet_rows(path: Any, column: str, wanted: Sequence[str]) -> int:

@@ -19,6 +19,7 @@ ledger's own domain (`LEDGER_DOMAIN`), never as the data's pseudonym or the key.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from crispflow.data import datasets
 from crispflow.erasure.plan import ErasurePlan, Subject, plan
 from crispflow.governance import suppression
 from crispflow.governance.rewrite import without_rows
-from crispflow.lake import read_json, read_parquet, sha256, write_atomic
+from crispflow.lake import forget_history, read_json, read_parquet, sha256, write_atomic
 from crispflow.model import holdout
 
 if TYPE_CHECKING:
@@ -95,7 +96,9 @@ def run(lake: Lake, spec: PipelineSpec, subject: Subject, keys: Pseudonymizer, l
         request: Request, predictions: PathLike | None = None, model: str | None = None,
         flag_models: FlagModels | None = None) -> Outcome:
     """Erase `subject` from every store of `spec` (and `model`'s prediction log); `flag_models`
-    tags the model versions trained on a superseded dataset or judged on the replaced holdout."""
+    tags the model versions trained on a superseded dataset or judged on the replaced holdout. On a versioned
+    bucket no earlier version of a file that held the subject survives (the first plan's files, so a rerun after
+    a crash also forgets what the crashed run rewrote)."""
     names, name = list(subject.names), ledger_name(subject, keys)
     found = plan(lake, spec, subject, keys, predictions, model)
     outcome = Outcome(erasure_id_of(spec.name, name, request.ticket), name, found)
@@ -117,6 +120,9 @@ def run(lake: Lake, spec: PipelineSpec, subject: Subject, keys: Pseudonymizer, l
         column = "entity" if place.store == "predictions" else spec.key
         values = set(place.clear) if place.form == "clear" else set(names)
         outcome.artifacts.append(_rewrite(root / place.path, place, column, values))
+    recorded = json.loads(ledger.find(f"{outcome.erasure_id}:plan")["detail"])["places"]
+    for store, path in sorted({(p["store"], p["path"]) for p in recorded} | {(p.store, p.path) for p in found.places}):
+        _forget(predictions if store == "predictions" else lake.root, path)  # type: ignore[arg-type]
     if flag_models is not None and (outcome.superseded or outcome.replaced_holdouts):
         outcome.models = flag_models(set(outcome.superseded), outcome.replaced_holdouts, outcome.erasure_id)
     detail = {"artifacts": outcome.artifacts, "models": outcome.models}
@@ -157,6 +163,25 @@ def _rewrite(path: Any, place: Any, column: str, values: set[str]) -> dict[str, 
     if removed:
         write_atomic(path, new)
     return {"store": place.store, "path": place.path, "old": sha256(data), "new": sha256(new), "rows": removed}
+
+
+def _forget(root: PathLike, path: str) -> None:
+    """No trace of the subject around a file that held them: a prediction-log part's entity index rebuilt from
+    what the part holds now (the old one would still answer "maybe" for the subject), and on a versioned bucket
+    every earlier version of both deleted. The same bytes on every rerun."""
+    from crispflow.predictions.store import INDEX_SUFFIX
+    from crispflow.predictions.writer import entity_index
+
+    file = root / path
+    index = file.with_name(file.name + INDEX_SUFFIX)
+    if index.exists() and file.exists():
+        import pyarrow.parquet as pq
+
+        rebuilt = entity_index(pq.read_table(io.BytesIO(file.read_bytes()), columns=["entity"]))
+        if index.read_bytes() != rebuilt:
+            write_atomic(index, rebuilt)
+        forget_history(index)
+    forget_history(file)
 
 
 def verify(lake: Lake, spec: PipelineSpec, subject: Subject, keys: Pseudonymizer, ledger: ErasureLedger,

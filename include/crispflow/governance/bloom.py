@@ -4,7 +4,9 @@ prediction-log hours), so a search for one subject opens only the files that may
 Sized for `capacity` items at a false-positive rate `fp_rate`: m = -n ln p / (ln 2)^2 bits and k = (m / n) ln 2
 hash functions, by double hashing (Kirsch-Mitzenmacher) of one BLAKE2b digest per item. A "no" is certain; a
 "maybe" is wrong with probability ~`fp_rate` once `capacity` items are in (tests/unit/test_bloom.py measures it).
-Serialised as a small header plus the bit array, so it can live next to the file it indexes.
+Serialised as a small header, the bit array and a CRC-32 of both, so it can live next to the file it indexes and
+a damaged copy is refused (`BloomError`) rather than trusted: a flipped bit could otherwise say "certainly not"
+for an item that is there.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
+import zlib
 from collections.abc import Iterable
 
 import numpy as np
@@ -20,6 +23,7 @@ from crispflow.errors import CrispflowError
 
 MAGIC = b"CFBLOOM1"
 _HEADER = struct.Struct("<8sQQQd")  # magic, bits, hashes, items added, design fp rate
+_CRC = struct.Struct("<I")  # trailer: CRC-32 of the header and the bits
 
 
 class BloomError(CrispflowError):
@@ -43,6 +47,14 @@ class BloomFilter:
             raise BloomError(f"bloom filter: fp_rate must be in (0, 1), got {fp_rate!r}")
         bits = max(8, math.ceil(-capacity * math.log(fp_rate) / math.log(2) ** 2))
         return cls(bits, max(1, round(bits / capacity * math.log(2))), fp_rate)
+
+    @classmethod
+    def of(cls, items: Iterable[str], fp_rate: float = 0.001) -> BloomFilter:
+        """A filter holding the distinct `items`, sized for them (capacity >= 1: with no item it says "no" to all)."""
+        distinct = sorted(set(items))
+        bloom = cls.for_capacity(max(1, len(distinct)), fp_rate)
+        bloom.add(distinct)
+        return bloom
 
     def _positions(self, items: Iterable[str]) -> np.ndarray:
         """(n, k) bit positions: h1 + i * h2 mod m from the two 64-bit halves of a BLAKE2b-128 digest."""
@@ -77,16 +89,20 @@ class BloomFilter:
         return (1 - math.exp(-self.hashes * self.items / self.bits)) ** self.hashes
 
     def to_bytes(self) -> bytes:
-        return _HEADER.pack(MAGIC, self.bits, self.hashes, self.items, self.fp_rate) + self.data.tobytes()
+        body = _HEADER.pack(MAGIC, self.bits, self.hashes, self.items, self.fp_rate) + self.data.tobytes()
+        return body + _CRC.pack(zlib.crc32(body))
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> BloomFilter:
-        if len(blob) < _HEADER.size:
+        if len(blob) < _HEADER.size + _CRC.size:
             raise BloomError(f"bloom filter: {len(blob)} bytes is shorter than the header")
         magic, bits, hashes, items, fp_rate = _HEADER.unpack_from(blob)
         if magic != MAGIC:
             raise BloomError("bloom filter: not a crispflow Bloom filter (bad magic)")
-        data = np.frombuffer(blob, dtype=np.uint8, offset=_HEADER.size).copy()
+        body = blob[: -_CRC.size]
+        if zlib.crc32(body) != _CRC.unpack_from(blob, len(body))[0]:
+            raise BloomError("bloom filter: checksum mismatch (damaged bytes)")
+        data = np.frombuffer(body, dtype=np.uint8, offset=_HEADER.size).copy()
         if data.size != (bits + 7) // 8:
             raise BloomError(f"bloom filter: {data.size} bytes of bits, expected {(bits + 7) // 8}")
         return cls(bits, hashes, fp_rate, data, items)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from crispflow.errors import CrispflowError, LakeError
-from crispflow.lake import Lake, canonical_json, create_exclusive, read_json, read_parquet, write_parquet
+from crispflow.lake import Lake, canonical_json, create_exclusive, read_json, read_parquet, remove, write_parquet
 
 if TYPE_CHECKING:
     import numpy as np
@@ -156,7 +156,7 @@ def erase(lake: Lake, spec: PipelineSpec, pseudonyms: set[str], erasure_id: str)
     record = frozen_record(lake, spec.name)
     if (before := record.get("supersedes")) and (stale := lake.root / "holdouts" / spec.name /
                                                   f"{before}.parquet").exists():
-        stale.unlink()  # an earlier erasure stopped between moving the record and deleting the old file
+        remove(stale)  # an earlier erasure stopped between moving the record and deleting the old file
     old_path = lake.root / record["file"]
     holdout = read_parquet(old_path)
     kept = holdout[~holdout[spec.key].isin(pseudonyms)]
@@ -168,6 +168,6 @@ def erase(lake: Lake, spec: PipelineSpec, pseudonyms: set[str], erasure_id: str)
     new = {**record, "holdout_hash": digest, "rows": len(kept), "file": lake.relative(path),
            "supersedes": record["holdout_hash"], "erasure": erasure_id}
     write_json(_pointer(lake, spec.name), new)
-    old_path.unlink()
+    remove(old_path)
     return {"store": "holdout", "path": record["file"], "old": record["holdout_hash"], "new": digest,
             "rows": len(holdout) - len(kept)}

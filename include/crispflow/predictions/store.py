@@ -3,12 +3,16 @@
 Under the root (a local folder, ``file://``, ``s3://`` or an Airflow ``ObjectStoragePath``)::
 
     <root>/<model>/predictions/date=YYYY-MM-DD/hour=HH/part-<UTC write time>-<uuid>.parquet
+    <root>/<model>/predictions/date=YYYY-MM-DD/hour=HH/part-<UTC write time>-<uuid>.parquet.bloom
     <root>/<model>/feedback/date=YYYY-MM-DD/hour=HH/part-<UTC write time>-<uuid>.parquet
     <root>/<model>/drift/...                      drift windows, reports, episodes, alerts (crispflow.monitoring)
     <root>/<model>/canary/v<version>/<run>.json   canary analysis reports (crispflow.release)
 
 A file's partition is the UTC hour of its rows' ``ts`` (a batch spanning an hour boundary writes one file per
-hour); the UTC write time and a uuid in its name keep the files of concurrent writers apart.
+hour); the UTC write time and a uuid in its name keep the files of concurrent writers apart. Beside each
+predictions part, its entity index (`INDEX_SUFFIX`: a Bloom filter of the part's `entity` pseudonyms,
+`crispflow.predictions.writer.entity_index`) lets an erasure plan skip the parts that cannot hold a subject;
+readers list only ``*.parquet``.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 from crispflow.predictions.schema import PredictionLogError, check_model
 
 HOUR_US = 3_600_000_000
+INDEX_SUFFIX = ".bloom"  # a part's entity index: <part>.parquet.bloom
 PART_RE = re.compile(r"date=(\d{4}-\d{2}-\d{2})/hour=(\d{2})/([^/]+)$")  # date, hour, file name
 
 

@@ -4,7 +4,10 @@ Each file is written once and never rewritten: locally to a hidden temporary nam
 fsynced) that is then renamed, on S3 as a single PUT; readers skip names starting with ``.`` (a process killed
 mid-write may leave such a temporary file behind, never a partial ``part-*``). Compression: zstd. Several writers
 (server workers, replicas) may share a root: file names never collide. Layout: `crispflow.predictions.store`;
-columns: `crispflow.predictions.schema`.
+columns: `crispflow.predictions.schema`. Each predictions part gets its entity index (:func:`entity_index`) written
+the same way right after it: a part without an index (a crash in between, a failed index write, an older log) is
+simply read whole by the erasure plan, so the index is never needed for correctness and a failed index write is
+only logged, never retried (that would write the part's rows twice).
 
 Writing (:class:`PredictionLog`): ``log()`` only appends the row dicts to a deque under a lock (it never waits on
 I/O); a background thread builds the Arrow table and writes every ``flush_interval`` seconds or as soon as
@@ -28,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from crispflow.governance.bloom import BloomFilter
 from crispflow.lake import write_atomic
 from crispflow.predictions.schema import (
     FEEDBACK,
@@ -37,12 +41,14 @@ from crispflow.predictions.schema import (
     feedback_table,
     prediction_table,
 )
-from crispflow.predictions.store import HOUR_US, new_part_name, open_store
+from crispflow.predictions.store import HOUR_US, INDEX_SUFFIX, new_part_name, open_store
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
 log = logging.getLogger(__name__)
+
+INDEX_FP_RATE = 0.001  # the design false-positive rate of a part's entity index
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:
@@ -52,6 +58,20 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     return sink.getvalue().to_pybytes()
+
+
+def entity_index(table: pa.Table) -> bytes:
+    """A predictions part's entity index (`INDEX_SUFFIX` beside it): a Bloom filter of its distinct non-null
+    `entity` values at `INDEX_FP_RATE`, sized for them (~1.8 bytes per entity, 44 bytes of header and checksum).
+
+    An erasure rewrites a part in place without the subject's rows and leaves its index as it was: the index then
+    only gives a false positive for the subject (the plan reads the part and finds no row), never a false negative.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    column = table.column("entity").cast(pa.string()) if "entity" in table.column_names else pa.array([], pa.string())
+    return BloomFilter.of(pc.unique(column).drop_null().to_pylist(), INDEX_FP_RATE).to_bytes()
 
 
 def _hour_groups(table: pa.Table) -> list[tuple[datetime, Any]]:
@@ -153,6 +173,7 @@ class PredictionLog:
 
     @property
     def files_written(self) -> int:
+        """Parquet parts written (their entity indexes are not counted)."""
         return self._files_written
 
     @property
@@ -359,7 +380,8 @@ class PredictionLog:
         try:
             table = prediction_table(rows, self.model) if kind == PREDICTIONS else feedback_table(rows)
             groups = _hour_groups(table)
-            files = [(hour, idx, _parquet_bytes(table.take(idx) if len(groups) > 1 else table)) for hour, idx in groups]
+            parts = [(hour, idx, table.take(idx) if len(groups) > 1 else table) for hour, idx in groups]
+            files = [(hour, idx, part, _parquet_bytes(part)) for hour, idx, part in parts]
         except Exception as exc:  # the rows themselves cannot be converted: retrying cannot help
             with self._lock:
                 self._dropped += len(rows)
@@ -375,26 +397,39 @@ class PredictionLog:
         kept: list[dict[str, Any]] = []
         written = 0
         error: str | None = None
-        for hour, indices, data in files:
+        for hour, indices, part, data in files:
+            relative = new_part_name(self.model, kind, hour)
             try:
-                self._put(new_part_name(self.model, kind, hour), data)
+                self._put(relative, data)
             except Exception as exc:
                 error = error or f"{type(exc).__name__}: {exc}"
                 kept.extend(rows[i] for i in indices)
-            else:
-                written += len(indices)
+                continue
+            written += len(indices)
+            with self._lock:
+                self._files_written += 1
+            if kind == PREDICTIONS:
+                self._put_index(relative, part)
         return kept, written, error
+
+    def _put_index(self, relative: str, part: pa.Table) -> None:
+        """Write a predictions part's entity index after the part; a failure is logged (the part is read whole)."""
+        try:
+            self._put(relative + INDEX_SUFFIX, entity_index(part))
+        except Exception as exc:
+            log.warning(
+                "prediction log %r: no entity index for %s (%s: %s); an erasure plan reads it whole",
+                self.root,
+                relative,
+                type(exc).__name__,
+                exc,
+            )
 
     def _put(self, relative: str, data: bytes) -> None:
         """Publish one file atomically: `crispflow.lake.write_atomic` locally (private, fsync, rename), a single PUT on
         object stores."""
-        store = self._store
-        target = store.join(relative)
-        if not store.local:
-            store.fs.pipe_file(target, data)
-            with self._lock:
-                self._files_written += 1
-            return
-        write_atomic(Path(target), data)
-        with self._lock:
-            self._files_written += 1
+        target = self._store.join(relative)
+        if self._store.local:
+            write_atomic(Path(target), data)
+        else:
+            self._store.fs.pipe_file(target, data)

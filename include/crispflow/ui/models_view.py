@@ -327,7 +327,8 @@ def _artifact_json(mlf: MlflowClient, uri: str | None, what: str, problems: list
 
 def _dataset(lake: Lake | None, version_id: str | None, pipeline: str, problems: list[str]) -> dict[str, Any] | None:
     """The dataset version a model was trained on, from its manifest: interval, rows, sources with fingerprints,
-    parents (a composed training window), the gate's result, who published it and where its Data Docs are."""
+    parents (a composed training window), the gate's result, who published it, where its Data Docs are, and,
+    when an erasure purged it, its successor (`purged`)."""
     from crispflow.data.datasets import read_manifest
     from crispflow.errors import LakeError
 
@@ -356,7 +357,9 @@ def _dataset(lake: Lake | None, version_id: str | None, pipeline: str, problems:
         "sources": [{k: s.get(k) for k in ("source", "fingerprint", "rows_read", "rows_in_interval", "newest_time",
                                            "raw")} for s in manifest.get("sources") or []],
         "parents": parents, "quality": manifest.get("quality"), "reconciliation": manifest.get("reconciliation"),
-        "published_by": manifest.get("published_by")},
+        "published_by": manifest.get("published_by"),
+        "purged": {k: manifest.get(k) for k in ("superseded_by", "erasure", "purged_at")} if manifest.get("purged")
+        else None},
         "data_docs": version_id if _docs_exists(lake, pipeline, version_id) else None}
 
 

@@ -60,8 +60,8 @@ class PlanErasureOperator(_ErasureOperator):
         stores: dict[str, int] = {}
         for place in found.places:
             stores[place.store] = stores.get(place.store, 0) + place.rows
-        self.log.info("erasure plan for %s in %s: %d of %d files", found.subject, spec.name, len(found.places),
-                      found.files_scanned)
+        self.log.info("erasure plan in %s (ticket %s): %d of %d files hold the subject", spec.name, self.ticket,
+                      len(found.places), found.files_scanned)  # the pseudonym stays out of logs
         return {**found.to_json(), "ticket": self.ticket, "rows_by_store": stores,
                 "model_versions": [str(v.version) for v in versions]}
 
