@@ -67,3 +67,37 @@ def test_no_object_version_holds_the_subject_after_a_crashed_and_rerun_erasure(
     markers = [k for k in after if k.startswith(f"lake/governance/suppressed/{spec.name}/")]
     assert after == markers and len(markers) == len(needles), after
     assert read > len(markers)  # the successors, the rewritten files and the rest of the lake were read too
+
+
+@pytest.mark.parametrize("versioned", [True, False])
+def test_remove_and_forget_history(moto_s3: MotoS3, monkeypatch: pytest.MonkeyPatch, versioned: bool) -> None:
+    """`forget_history` keeps only a file's current bytes, `remove` leaves no version of it; on a bucket without
+    versioning both work as a plain overwrite and delete."""
+    from airflow.sdk import ObjectStoragePath
+
+    from crispflow.lake import forget_history, remove, write_atomic
+
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", moto_s3.aws_conn())
+    bucket, client = f"lake-{uuid.uuid4().hex[:12]}", moto_s3.client()
+    client.create_bucket(Bucket=bucket)
+    if versioned:
+        client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    kept, gone = (ObjectStoragePath(f"s3://{bucket}/lake/{name}", conn_id=CONN_ID) for name in ("kept", "gone"))
+    for data in (b"old", b"new"):
+        write_atomic(kept, data)
+        write_atomic(gone, data)
+    write_atomic(ObjectStoragePath(f"s3://{bucket}/lake/kept-other", conn_id=CONN_ID), b"same prefix")
+
+    assert forget_history(kept) == (1 if versioned else 0)
+    remove(gone)
+    remove(gone)  # a rerun: nothing left, no error
+
+    def versions(key: str) -> list[bytes]:
+        listed = client.list_object_versions(Bucket=bucket, Prefix=key)
+        return [client.get_object(Bucket=bucket, Key=key, VersionId=v["VersionId"])["Body"].read()
+                for v in listed.get("Versions", []) if v["Key"] == key] + \
+               [b"<delete marker>" for m in listed.get("DeleteMarkers", []) if m["Key"] == key]
+
+    assert versions("lake/kept") == [b"new"] and versions("lake/gone") == []
+    assert versions("lake/kept-other") == [b"same prefix"]  # a key that only shares the prefix is untouched
+    assert kept.read_bytes() == b"new" and not gone.exists()
