@@ -71,7 +71,11 @@ def test_write_and_read_back_on_s3(moto_s3: MotoS3) -> None:
     assert (plog.written, plog.feedback_written, plog.dropped, plog.write_errors) == (200, 1, 0, 0)
 
     stored = keys(moto_s3, bucket)
-    assert stored and all(k.endswith(".parquet") and "/part-" in k for k in stored)
+    parts = [k for k in stored if k.endswith(".parquet")]
+    assert parts and all("/part-" in k for k in parts)
+    # each predictions part has its entity index beside it (feedback parts hold no entity)
+    assert sorted(k for k in stored if k not in parts) == sorted(
+        f"{k}.bloom" for k in parts if "/predictions/" in k)
     assert {k.split("/part-")[0] for k in stored} == {
         "serving/credit-risk/predictions/date=2026-04-02/hour=23",
         "serving/credit-risk/predictions/date=2026-04-03/hour=00",

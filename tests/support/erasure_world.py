@@ -103,8 +103,8 @@ def build(base: Any, ledger_dir: Path) -> World:
 
 def holds_subject(name: str, data: bytes, needles: list[str], key: str) -> bool:
     """Whether a file named `name` with bytes `data` names or holds one of `needles` (pseudonyms, anywhere: in the
-    name, a text, a table's value) or the clear `key` (in a table's key column, or as a whole number in any other
-    text)."""
+    name, a text, a table's value) or the clear `key` (in a table's key column, or as a value in any other text:
+    `key_as_value`)."""
     if any(n in name or n.replace(":", "_") in name or n.encode() in data for n in needles):
         return True
     if name.endswith((".parquet", ".csv")) and data:
@@ -113,7 +113,13 @@ def holds_subject(name: str, data: bytes, needles: list[str], key: str) -> bool:
         texts = {str(v) for c in frame.columns for v in frame[c].dropna().tolist()}
         keys = {canonical_text(v) for c in ("loan_id", "entity") if c in frame for v in frame[c].dropna()}
         return bool(texts & set(needles)) or key in keys
-    return bool(re.search(rf"(?<![\w.]){key}(?![\w.])".encode(), data))
+    return bool(key_as_value(key).search(data))
+
+
+def key_as_value(key: str) -> re.Pattern[bytes]:
+    """The key as a record holds it in text: after a key-like field name (`"loan_id": 105`, `entity=105`) or
+    quoted (`'105'`). Demo keys are small numbers, so a bare number would also match line numbers and times."""
+    return re.compile(rf"(?:loan_id|entity|key|subject)[\"']?\W{{0,8}}{key}(?![\w.])|[\"']{key}[\"']".encode())
 
 
 def occurrences(root: Path, needles: list[str], key: str) -> list[str]:
