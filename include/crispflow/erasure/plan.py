@@ -137,8 +137,7 @@ def _relative(root: Any, path: Any) -> str:
 
 
 def _index_excludes(path: Any, wanted: Sequence[str]) -> bool:
-    """True only when the part's entity index exists, is intact and holds none of `wanted` (never on doubt). An
-    index left by an erasure's rewrite of the part may still say "maybe" for the erased subject: the part is read."""
+    """True only when the part's entity index exists, is intact and holds none of `wanted` (never on doubt)."""
     try:
         bloom = BloomFilter.from_bytes(path.with_name(path.name + INDEX_SUFFIX).read_bytes())
     except (OSError, BloomError):

@@ -19,7 +19,6 @@ ledger's own domain (`LEDGER_DOMAIN`), never as the data's pseudonym or the key.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -166,20 +165,13 @@ def _rewrite(path: Any, place: Any, column: str, values: set[str]) -> dict[str, 
 
 
 def _forget(root: PathLike, path: str) -> None:
-    """No trace of the subject around a file that held them: a prediction-log part's entity index rebuilt from
-    what the part holds now (the old one would still answer "maybe" for the subject), and on a versioned bucket
-    every earlier version of both deleted. The same bytes on every rerun."""
-    from crispflow.predictions.store import INDEX_SUFFIX
-    from crispflow.predictions.writer import entity_index
+    """No trace of the subject around a file that held them: a prediction-log part's entity index rebuilt
+    (`refresh_index`), and on a versioned bucket every earlier version of both deleted. The same bytes on every
+    rerun."""
+    from crispflow.predictions.writer import refresh_index
 
     file = root / path
-    index = file.with_name(file.name + INDEX_SUFFIX)
-    if index.exists() and file.exists():
-        import pyarrow.parquet as pq
-
-        rebuilt = entity_index(pq.read_table(io.BytesIO(file.read_bytes()), columns=["entity"]))
-        if index.read_bytes() != rebuilt:
-            write_atomic(index, rebuilt)
+    if (index := refresh_index(file)) is not None:
         forget_history(index)
     forget_history(file)
 

@@ -21,6 +21,7 @@ shutdown -> close) writes everything left, retrying until its timeout; an atexit
 from __future__ import annotations
 
 import atexit
+import io
 import logging
 import math
 import os
@@ -63,15 +64,27 @@ def _parquet_bytes(table: pa.Table) -> bytes:
 def entity_index(table: pa.Table) -> bytes:
     """A predictions part's entity index (`INDEX_SUFFIX` beside it): a Bloom filter of its distinct non-null
     `entity` values at `INDEX_FP_RATE`, sized for them (~1.8 bytes per entity, 44 bytes of header and checksum).
-
-    An erasure rewrites a part in place without the subject's rows and leaves its index as it was: the index then
-    only gives a false positive for the subject (the plan reads the part and finds no row), never a false negative.
-    """
+    The same rows give the same bytes."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     column = table.column("entity").cast(pa.string()) if "entity" in table.column_names else pa.array([], pa.string())
     return BloomFilter.of(pc.unique(column).drop_null().to_pylist(), INDEX_FP_RATE).to_bytes()
+
+
+def refresh_index(part: Any) -> Any:
+    """After `part` (a predictions file) was rewritten, e.g. by an erasure: its entity index rebuilt from what it
+    holds now, so the index no longer answers "maybe" for removed entities. Returns the index's path, or None when
+    the part has no index (nothing is created)."""
+    import pyarrow.parquet as pq
+
+    index = part.with_name(part.name + INDEX_SUFFIX)
+    if not (index.exists() and part.exists()):
+        return None
+    rebuilt = entity_index(pq.read_table(io.BytesIO(part.read_bytes()), columns=["entity"]))
+    if index.read_bytes() != rebuilt:
+        write_atomic(index, rebuilt)
+    return index
 
 
 def _hour_groups(table: pa.Table) -> list[tuple[datetime, Any]]:
