@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import yaml
 
 from crispflow.data import datasets, training_window
 from crispflow.data.extracts import assemble
@@ -30,7 +31,7 @@ from crispflow.lake import Lake, write_atomic, write_parquet
 from crispflow.model import holdout
 from crispflow.predictions.store import INDEX_SUFFIX
 from crispflow.predictions.writer import entity_index
-from crispflow.spec import load_spec
+from crispflow.spec import load_spec, parse_spec
 from support.keys import session_keys
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,6 +44,16 @@ def subject(key: str) -> Subject:
     return Subject.of_key(load_spec("lending_club"), key, session_keys())
 
 
+def clear_key_spec() -> Any:
+    """lending_club with its key stored in clear past the raw landing (`pii: keep`): an erasure must still reach
+    every store, where the key reads as itself instead of a pseudonym."""
+    data = yaml.safe_load((ROOT / "include/pipelines/lending_club.yaml").read_text())
+    for column in data["columns"]:
+        if column["name"] == data["key"]:
+            column.update(pii="keep", pii_reason="the servicing system's own loan number")
+    return parse_spec(data)
+
+
 @dataclass
 class World:
     lake: Lake
@@ -50,6 +61,7 @@ class World:
     ledger: ErasureLedger
     ledger_url: str
     key: str
+    spec: Any
     sources: list[list[Extract]]
     versions: list[str]  # the two months' versions, then the composed window
 
@@ -70,10 +82,10 @@ def ingest(lake: Lake, spec: Any, interval: Interval, extracts: list[Extract]) -
     return datasets.publish(lake, spec, report["batch_id"], {"dag_id": "t", "run_id": "r"})
 
 
-def build(base: Any, ledger_dir: Path) -> World:
+def build(base: Any, ledger_dir: Path, spec: Any = None) -> World:
     """The world under `base` (`lake/`, the prediction log in `lake/predictions/` as by default), its erasure
-    ledger a SQLite file in `ledger_dir`."""
-    spec = load_spec("lending_club")
+    ledger a SQLite file in `ledger_dir`; `spec`: lending_club as shipped unless given (e.g. `clear_key_spec`)."""
+    spec = spec or load_spec("lending_club")
     demo = pd.read_parquet(ROOT / "include/data/lending_club.parquet")
     january = demo[demo["application_month"] < "2026-02-01"].head(250)
     february = demo[(demo["application_month"] >= "2026-02-01") & (demo["application_month"] < "2026-03-01")].head(250)
@@ -89,7 +101,8 @@ def build(base: Any, ledger_dir: Path) -> World:
     dataset = datasets.load_version(lake, window.version_id, spec.name)
     cut, _ = holdout.frozen_holdout(lake, spec, dataset, window.version_id)
     name = session_keys().pseudonym(key)
-    assert name in set(cut[spec.key]), "the subject is in the time holdout (February)"
+    stored = name if spec.pii_policy(spec.key) == "hmac" else int(key)
+    assert stored in set(cut[spec.key]), "the subject is in the time holdout (February)"
     write_parquet(lake.root / "scores" / spec.name / "run=1" / "scores.parquet", cut[[spec.key]].assign(score=0.5))
     hour = base / "lake" / "predictions" / MODEL / "predictions" / "date=2026-02-05" / "hour=10"
     served = pd.DataFrame({"request_id": ["a", "b", "c"], "entity": [name, session_keys().pseudonym("1"), name],
@@ -97,7 +110,7 @@ def build(base: Any, ledger_dir: Path) -> World:
     write_parquet(hour / "part-1.parquet", served)
     write_atomic(hour / f"part-1.parquet{INDEX_SUFFIX}", entity_index(pa.Table.from_pandas(served)))  # as logged
     url = f"sqlite:///{ledger_dir / 'ledger.db'}"
-    return World(lake, base / "lake" / "predictions", ErasureLedger(url), url, key, sources,
+    return World(lake, base / "lake" / "predictions", ErasureLedger(url), url, key, spec, sources,
                  [months[0].version_id, months[1].version_id, window.version_id])
 
 

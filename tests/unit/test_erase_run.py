@@ -16,7 +16,17 @@ import mlflow
 import pandas as pd
 import pytest
 import yaml
-from support.erasure_world import MODEL, MONTHS, REQUEST, World, build, ingest, key_as_value, occurrences
+from support.erasure_world import (
+    MODEL,
+    MONTHS,
+    REQUEST,
+    World,
+    build,
+    clear_key_spec,
+    ingest,
+    key_as_value,
+    occurrences,
+)
 from support.erasure_world import subject as _subject
 from support.keys import session_keys
 
@@ -72,6 +82,27 @@ def test_no_file_holds_the_subject_after_the_run(erased: tuple[World, Any]) -> N
     assert not verify(
         world.lake, load_spec("lending_club"), _subject(world.key), keys, world.ledger, world.predictions, MODEL
     )
+
+
+def test_a_pipeline_that_keeps_its_key_in_clear_is_erased_from_every_store(tmp_path: Path) -> None:
+    """`pii: keep` on the key: past the raw landing the key reads as itself, not as a pseudonym, and the plan, the
+    successors, the holdout and the rewrites must still find it (they once looked for pseudonyms only and missed
+    the validated batches, the quarantine, every curated version, the holdout and the scores)."""
+    world = build(tmp_path, tmp_path, clear_key_spec())
+    keys, subject = session_keys(), _subject(world.key)
+    before = plan(world.lake, world.spec, subject, keys, world.predictions, MODEL)
+    forms = {(p.store, p.form) for p in before.places}
+    assert forms == {(s, "clear") for s in ("raw", "staging", "validated", "quarantine", "curated", "holdout",
+                                            "scores")} | {("predictions", "pseudonym")}
+    outcome = run(world.lake, world.spec, subject, keys, world.ledger, REQUEST, world.predictions, MODEL)
+    assert set(outcome.superseded) == set(world.versions)
+    names = keys.all_pseudonyms(world.key)
+    found = occurrences(Path(world.lake.root), names, world.key)
+    assert found and all("/governance/suppressed/" in f for f in found)
+    for successor in outcome.superseded.values():
+        rows = datasets.load_version(world.lake, successor, world.spec.name)
+        assert world.key not in set(rows[world.spec.key].astype(str)) and len(rows) > 0
+    assert not verify(world.lake, world.spec, subject, keys, world.ledger, world.predictions, MODEL)
 
 
 def test_old_versions_are_tombstones_naming_their_successors(erased: tuple[World, Any]) -> None:

@@ -96,14 +96,15 @@ def plan(lake: Lake, spec: PipelineSpec, subject: Subject, keys: Pseudonymizer,
          predictions: PathLike | None = None, model: str | None = None) -> ErasurePlan:
     """Every file of `spec`'s stores (and of `model`'s prediction log under `predictions`) holding the subject."""
     names = list(subject.names)
+    stored = "pseudonym" if spec.pii_policy(spec.key) == "hmac" else "clear"  # the key past the raw landing
     scans: list[tuple[str, str, Iterable[Any], Sequence[str], str]] = [
         ("raw", "clear", _files(lake.root / "raw" / spec.name, "*"), names, spec.key),
         ("staging", "clear", _files(lake.root / "batches" / spec.name, "*/batch.parquet"), names, spec.key),
-        ("validated", "pseudonym", _files(lake.root / "batches" / spec.name, "*/validated.parquet"), names, spec.key),
-        ("quarantine", "pseudonym", _files(lake.root / "quarantine" / spec.name, "*/rows.parquet"), names, spec.key),
-        ("curated", "pseudonym", _files(lake.root / "curated" / spec.name, "*/data.parquet"), names, spec.key),
-        ("holdout", "pseudonym", _files(lake.root / "holdouts" / spec.name, "*.parquet"), names, spec.key),
-        ("scores", "pseudonym", _files(lake.root / "scores" / spec.name, "**/*.parquet"), names, spec.key),
+        ("validated", stored, _files(lake.root / "batches" / spec.name, "*/validated.parquet"), names, spec.key),
+        ("quarantine", stored, _files(lake.root / "quarantine" / spec.name, "*/rows.parquet"), names, spec.key),
+        ("curated", stored, _files(lake.root / "curated" / spec.name, "*/data.parquet"), names, spec.key),
+        ("holdout", stored, _files(lake.root / "holdouts" / spec.name, "*.parquet"), names, spec.key),
+        ("scores", stored, _files(lake.root / "scores" / spec.name, "**/*.parquet"), names, spec.key),
     ]
     if predictions is not None and model is not None:
         scans.append(("predictions", "pseudonym", _files(predictions / model / "predictions", "**/*.parquet"),
@@ -192,5 +193,5 @@ def _parquet_column(path: Any, column: str) -> Any:
     import pandas as pd
     import pyarrow.parquet as pq
 
-    table = pq.read_table(io.BytesIO(path.read_bytes()))
-    return table.select([column]).to_pandas() if column in table.column_names else pd.DataFrame()
+    pf = pq.ParquetFile(io.BytesIO(path.read_bytes()))
+    return pf.read(columns=[column]).to_pandas() if column in pf.schema_arrow.names else pd.DataFrame()

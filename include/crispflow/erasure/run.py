@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from crispflow.data import datasets
-from crispflow.erasure.plan import ErasurePlan, Subject, plan
+from crispflow.erasure.plan import ErasurePlan, Place, Subject, plan
 from crispflow.governance import suppression
-from crispflow.governance.rewrite import without_rows
+from crispflow.governance.rewrite import rows_of, without_rows
 from crispflow.lake import forget_history, read_json, read_parquet, sha256, write_atomic
 from crispflow.model import holdout
 
@@ -108,17 +108,17 @@ def run(lake: Lake, spec: PipelineSpec, subject: Subject, keys: Pseudonymizer, l
             "requested_by": request.requested_by or request.person, "files_scanned": found.files_scanned,
             "places": [{"store": p.store, "path": p.path, "rows": p.rows} for p in found.places]}, **entry)
     suppression.add(lake, spec.name, names)
-    outcome.artifacts += _supersede_versions(lake, spec, found, set(names), outcome.erasure_id)
-    in_holdout = any(p.store == "holdout" for p in found.places)
-    if in_holdout and (change := holdout.erase(lake, spec, set(names), outcome.erasure_id)) is not None:
-        outcome.artifacts.append(change)
+    outcome.artifacts += _supersede_versions(lake, spec, found, names, outcome.erasure_id)
     for place in found.places:
-        if place.store in ("curated", "holdout"):
+        if place.store == "curated":
+            continue
+        if place.store == "holdout":
+            if (change := holdout.erase(lake, spec, _values(place, names), outcome.erasure_id)) is not None:
+                outcome.artifacts.append(change)
             continue
         root = predictions if place.store == "predictions" else lake.root
         column = "entity" if place.store == "predictions" else spec.key
-        values = set(place.clear) if place.form == "clear" else set(names)
-        outcome.artifacts.append(_rewrite(root / place.path, place, column, values))
+        outcome.artifacts.append(_rewrite(root / place.path, place, column, _values(place, names)))
     recorded = json.loads(ledger.find(f"{outcome.erasure_id}:plan")["detail"])["places"]
     for store, path in sorted({(p["store"], p["path"]) for p in recorded} | {(p.store, p.path) for p in found.places}):
         _forget(predictions if store == "predictions" else lake.root, path)  # type: ignore[arg-type]
@@ -130,10 +130,16 @@ def run(lake: Lake, spec: PipelineSpec, subject: Subject, keys: Pseudonymizer, l
     return outcome
 
 
-def _supersede_versions(lake: Lake, spec: PipelineSpec, found: ErasurePlan, names: set[str],
+def _values(place: Place, names: list[str]) -> set[str]:
+    """How the subject's key reads in `place`: its pseudonyms, or in a clear store the clear key found there."""
+    return set(place.clear) if place.form == "clear" else set(names)
+
+
+def _supersede_versions(lake: Lake, spec: PipelineSpec, found: ErasurePlan, names: list[str],
                         erasure_id: str) -> list[dict[str, Any]]:
     """Successors for the curated versions holding the subject: published batches first, then composed windows
     (whose `parents` must name the successors)."""
+    values = {p.path.split("/")[2]: _values(p, names) for p in found.places if p.store == "curated"}
     manifests = {v: read_json(lake.manifest(spec.name, v)) for v in found.dataset_versions}
     changes = []
     for version, manifest in sorted(manifests.items(), key=lambda item: ("parents" in item[1], item[0])):
@@ -144,7 +150,8 @@ def _supersede_versions(lake: Lake, spec: PipelineSpec, found: ErasurePlan, name
         frame = read_parquet(lake.root / manifest["files"]["data"])
         parents = [datasets.successor_of(lake, spec.name, p) for p in manifest["parents"]] \
             if "parents" in manifest else None
-        new = datasets.supersede(lake, spec.name, version, frame[~frame[spec.key].isin(names)], erasure_id, parents)
+        kept = frame[~rows_of(frame[spec.key], values[version])]
+        new = datasets.supersede(lake, spec.name, version, kept, erasure_id, parents)
         datasets.purge(lake, spec.name, version, new.version_id, erasure_id)
         changes.append(_curated_change(version, manifest, new.version_id, new.manifest["content_sha256"]))
     return changes

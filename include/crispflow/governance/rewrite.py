@@ -6,8 +6,13 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Collection
+from typing import TYPE_CHECKING, Any
 
 from crispflow.governance.pseudonyms import canonical_text
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
 
 
 def without_rows(data: bytes, fmt: str, column: str, values: Collection[str]) -> tuple[bytes, int]:
@@ -22,7 +27,18 @@ def without_rows(data: bytes, fmt: str, column: str, values: Collection[str]) ->
     raise ValueError(f"cannot rewrite a {fmt!r} file (parquet, csv or jsonl)")
 
 
-def _matches(items: list[object], values: Collection[str]) -> list[bool]:
+def rows_of(column: pd.Series, values: Collection[str]) -> np.ndarray:
+    """Which rows of `column` read as one of `values` (`canonical_text`: a clear key of any type, or a pseudonym);
+    each distinct value is read once, a missing one never matches."""
+    import numpy as np
+    import pandas as pd
+
+    codes, uniques = pd.factorize(column, use_na_sentinel=True)
+    hit = np.array([canonical_text(u) in values for u in uniques] + [False], dtype=bool)
+    return hit[codes]  # the sentinel -1 picks the trailing False
+
+
+def _matches(items: list[Any], values: Collection[str]) -> list[bool]:
     return [item is not None and item == item and canonical_text(item) in values for item in items]
 
 
@@ -33,12 +49,12 @@ def _parquet(data: bytes, column: str, values: Collection[str]) -> tuple[bytes, 
     table = pq.read_table(io.BytesIO(data))
     if column not in table.column_names or pa.types.is_null(table.schema.field(column).type):
         return data, 0
-    hit = _matches(table.column(column).to_pylist(), values)
-    removed = sum(hit)
+    hit = rows_of(table.column(column).to_pandas(), values)
+    removed = int(hit.sum())
     if not removed:
         return data, 0
     out = io.BytesIO()
-    pq.write_table(table.filter(pa.array([not h for h in hit])), out)
+    pq.write_table(table.filter(pa.array(~hit)), out)
     return out.getvalue(), removed
 
 
@@ -60,8 +76,8 @@ def _csv(data: bytes, column: str, values: Collection[str]) -> tuple[bytes, int]
     frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
     if column not in frame.columns:
         return data, 0
-    hit = _matches(frame[column].tolist(), values)
-    removed = sum(hit)
+    hit = rows_of(frame[column], values)
+    removed = int(hit.sum())
     if not removed:
         return data, 0
-    return frame[[not h for h in hit]].to_csv(index=False).encode(), removed
+    return frame[~hit].to_csv(index=False).encode(), removed

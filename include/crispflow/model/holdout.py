@@ -148,9 +148,11 @@ def training_rows(spec: PipelineSpec, dataset: pd.DataFrame, holdout: pd.DataFra
     return dataset[keep].reset_index(drop=True)
 
 
-def erase(lake: Lake, spec: PipelineSpec, pseudonyms: set[str], erasure_id: str) -> dict[str, Any] | None:
-    """The frozen holdout without an erased subject's rows: a new file named by its new hash, the record pointing
-    at it (`supersedes`: the old hash), the old file deleted. None when the subject is not in it."""
+def erase(lake: Lake, spec: PipelineSpec, values: set[str], erasure_id: str) -> dict[str, Any] | None:
+    """The frozen holdout without an erased subject's rows (key reading as one of `values`: pseudonyms, or the
+    clear key of a `pii: keep` key): a new file named by its new hash, the record pointing at it (`supersedes`:
+    the old hash), the old file deleted. None when the subject is not in it."""
+    from crispflow.governance.rewrite import rows_of
     from crispflow.lake import write_json
 
     record = frozen_record(lake, spec.name)
@@ -159,7 +161,7 @@ def erase(lake: Lake, spec: PipelineSpec, pseudonyms: set[str], erasure_id: str)
         remove(stale)  # an earlier erasure stopped between moving the record and deleting the old file
     old_path = lake.root / record["file"]
     holdout = read_parquet(old_path)
-    kept = holdout[~holdout[spec.key].isin(pseudonyms)]
+    kept = holdout[~rows_of(holdout[spec.key], values)]
     if len(kept) == len(holdout):
         return None
     digest = holdout_hash(spec, kept)
