@@ -7,7 +7,7 @@ with the demo spec as it is (the key and `addr_state` stored as HMAC-SHA256 pseu
 Timed: `store_outcome` (quarantine, validated rows) + `publish` (curated version), from a gate outcome computed once
 (the GX validation is the same on both sides: it reads raw values). Rounds alternate which side runs first; the
 overhead is the median over rounds of pseudonymised / clear - 1 (goal <= 10 %). The same ratio against the whole
-ingest (validation included) is printed too.
+ingest (validation included) is printed too, and the floor: the keys' HMAC alone against the clear side.
 """
 
 from __future__ import annotations
@@ -102,7 +102,14 @@ def main(argv: list[str] | None = None) -> int:
         order = [(with_keys, keyed, keys), (without, clear, None)]
         for times, spec, k in order if i % 2 == 0 else order[::-1]:
             times.append(store_and_publish(spec, frame, assembled, outcome, k, interval))
+    texts = [str(v) for v in outcome.valid["loan_id"].tolist()]
+    hmac_alone = []  # the floor: every row's key through HMAC-SHA256 and nothing else
+    for _ in range(args.rounds):
+        started = time.perf_counter()
+        keys.many(texts)
+        hmac_alone.append(time.perf_counter() - started)
     ratio = median_ratio(with_keys, without)
+    floor = median_ratio(hmac_alone, without)
     whole = median_ratio([validation + t for t in with_keys], [validation + t for t in without])
     verdict = "met" if ratio - 1 <= 0.10 else "NOT met"
     report(
@@ -113,7 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         f"| both stored in clear (`pii: keep`) | {sorted(without)[len(without) // 2]:.2f} s |\n\n"
         f"Pseudonymisation adds {ratio - 1:+.1%} to store + publish (goal <= +10 %: {verdict}); with the GX "
         f"validation of the same batch ({validation:.1f} s, identical on both sides) it adds {whole - 1:+.1%} to "
-        "the whole gate + publish.\n",
+        "the whole gate + publish.\n\n"
+        f"The floor: HMAC-SHA256 of the {len(texts):,} keys alone (`Pseudonymizer.many`, keyed states prepared "
+        f"once, no sort, no Parquet) takes {sorted(hmac_alone)[len(hmac_alone) // 2]:.2f} s, {floor:.1%} of the "
+        "clear side: a per-row CPython HMAC cannot stay within +10 % of this publish; that needs a compiled "
+        "batch HMAC.\n",
         not args.no_record,
     )
     return 0

@@ -315,3 +315,6 @@ def test_a_version_trained_on_a_purged_dataset_names_its_successor(mlf, served, 
     assert dataset["dataset_version_id"] == DS["a"] and page["problems"] == []
     purged = dataset["manifest"]["purged"]
     assert (purged["superseded_by"], purged["erasure"]) == (DS["b"], "er-0123456789abcdef") and purged["purged_at"]
+    rows = {r["version"]: r for r in model_page(mlf, NAME, lake=lake)["versions"]}  # the Models page's column
+    assert rows[served["versions"][0]]["dataset_successor"] == DS["b"]
+    assert rows[served["versions"][1]]["dataset_successor"] is None  # its window is not in this lake: no claim

@@ -132,10 +132,11 @@ def _versions(mlf: MlflowClient, model: str, *, limit: int | None) -> Any:
             return
 
 
-def model_page(mlf: MlflowClient, model: str, *, limit: int = 200, primary_metric: str | None = None
-               ) -> dict[str, Any]:
+def model_page(mlf: MlflowClient, model: str, *, limit: int = 200, primary_metric: str | None = None,
+               lake: Lake | None = None) -> dict[str, Any]:
     """One model's versions, newest first (at most `limit`): aliases, verdict status, forced, the primary metric
-    (value; CI when the version carries `crispflow.holdout_<metric>_ci`), dataset version, created.
+    (value; CI when the version carries `crispflow.holdout_<metric>_ci`), dataset version (with `lake`: and the
+    live version standing for it when an erasure purged it, `dataset_successor`), created.
 
     :param primary_metric: the spec's `blessing.primary_metric`; default: the task's default
         (`crispflow.spec.TASK_DEFAULT_METRICS`) of each version
@@ -149,8 +150,11 @@ def model_page(mlf: MlflowClient, model: str, *, limit: int = 200, primary_metri
     rows = [version_row(mv, by_version.get(str(mv.version), []), primary_metric)
             for mv in _versions(mlf, model, limit=limit + 1)]
     tags = rm.tags or {}
-    return json_safe({"model": model, "pipeline": tags.get(registry.PIPELINE_TAG) or model.removeprefix(
-        registry.model_name("")), "description": rm.description or "", "aliases": aliases,
+    pipeline = tags.get(registry.PIPELINE_TAG) or model.removeprefix(registry.model_name(""))
+    if lake is not None and PIPELINE_PATTERN.match(pipeline):
+        for row in rows[:limit]:
+            row["dataset_successor"] = _successor(lake, pipeline, row["dataset_version_id"])
+    return json_safe({"model": model, "pipeline": pipeline, "description": rm.description or "", "aliases": aliases,
         "canary_share": _float(tags.get(registry.CANARY_SHARE_TAG)),
         "shadow_share": _float(tags.get(registry.SHADOW_SHARE_TAG)),
         "versions": rows[:limit], "truncated": len(rows) > limit})
@@ -361,6 +365,19 @@ def _dataset(lake: Lake | None, version_id: str | None, pipeline: str, problems:
         "purged": {k: manifest.get(k) for k in ("superseded_by", "erasure", "purged_at")} if manifest.get("purged")
         else None},
         "data_docs": version_id if _docs_exists(lake, pipeline, version_id) else None}
+
+
+def _successor(lake: Lake, pipeline: str, version_id: str | None) -> str | None:
+    """The live dataset version an erasure put in place of `version_id`; None when it is live (or unreadable)."""
+    from crispflow.data.datasets import successor_of
+
+    if not version_id or not DATASET_PATTERN.match(version_id):
+        return None
+    try:
+        successor = successor_of(lake, pipeline, version_id)
+    except (OSError, ValueError):
+        return None
+    return successor if successor != version_id else None
 
 
 def _docs_exists(lake: Lake, pipeline: str, ref: str) -> bool:

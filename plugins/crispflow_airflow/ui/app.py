@@ -284,7 +284,7 @@ def _models_index(src: Sources) -> list[dict[str, Any]]:
 def _model_page(src: Sources, model: str) -> dict[str, Any]:
     from crispflow.ui.models_view import model_page
 
-    return _call("MLflow", lambda: model_page(src.mlf, model))
+    return _call("MLflow or the lake", lambda: model_page(src.mlf, model, lake=src.lake))
 
 
 def _version_page(src: Sources, model: str, version: str) -> dict[str, Any]:
