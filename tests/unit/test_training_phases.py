@@ -19,7 +19,7 @@ from test_training_tasks import CLASSES, frame_for, spec_for
 
 from crispflow.lake import Lake
 from crispflow.model import registry
-from crispflow.model.holdout import holdout_split
+from crispflow.model.holdout import freeze, holdout_split
 from crispflow.model.modelling import (
     TrainingJob,
     bless,
@@ -83,7 +83,7 @@ def job_for(mlf: Any, tmp_path: Any, task: str, run: str, seed: int = 0) -> Trai
     if seed:  # a later dataset version: new training rows, the same frozen holdout
         train = frame_for(task, 1200, seed=seed)
     job = TrainingJob(spec, Lake(tmp_path), mlf, f"ds-{run}", f"train/{run}")
-    job.__dict__["frames"] = (train, holdout, {"holdout_hash": f"hash-{task}", "rows": len(holdout)})
+    job.__dict__["frames"] = (train, holdout, freeze(job.lake, spec, holdout, f"ds-{run}"))
     rows = len(train) + len(holdout)
     job.__dict__["manifest"] = {"dataset_version_id": f"ds-{run}", "rows": {"in": rows, "published": rows,
                                                                            "quarantined": 0}}

@@ -125,21 +125,28 @@ def frozen_record(lake: Lake, pipeline: str) -> dict[str, Any]:
 def frozen_holdout(lake: Lake, spec: PipelineSpec, dataset: pd.DataFrame,
                    dataset_version_id: str) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The pipeline's holdout and its record; cut from `dataset` if this is the pipeline's first training."""
-    pointer = _pointer(lake, spec.name)
-    if not pointer.exists():
-        _, holdout = holdout_split(spec, dataset)
-        digest = holdout_hash(spec, holdout)
-        path = lake.root / "holdouts" / spec.name / f"{digest}.parquet"
-        write_parquet(path, holdout)
-        record = {"holdout_hash": digest, "rows": len(holdout), "cut_from": dataset_version_id,
-                  "strategy": spec.split.strategy, "file": lake.relative(path),
-                  "frozen_at": datetime.now(UTC).isoformat()}
-        create_exclusive(pointer, canonical_json(record))  # a concurrent first run may have won: read it back
-    record = read_json(pointer)
+    if not _pointer(lake, spec.name).exists():
+        freeze(lake, spec, holdout_split(spec, dataset)[1], dataset_version_id)
+    record = read_json(_pointer(lake, spec.name))
     holdout = read_parquet(lake.root / record["file"])
     if holdout_hash(spec, holdout) != record["holdout_hash"]:
         raise LakeError(f"holdout of {spec.name}: content does not match {record['holdout_hash'][:12]} (tampered?)")
     return holdout, record
+
+
+def freeze(lake: Lake, spec: PipelineSpec, holdout: pd.DataFrame, cut_from: str) -> dict[str, Any]:
+    """Store `holdout` as the pipeline's frozen holdout, unless one is frozen already (a concurrent first run may
+    have won); the record that holds."""
+    digest = holdout_hash(spec, holdout)
+    path = lake.root / "holdouts" / spec.name / f"{digest}.parquet"
+    pointer = _pointer(lake, spec.name)
+    if not pointer.exists():
+        write_parquet(path, holdout)
+        record = {"holdout_hash": digest, "rows": len(holdout), "cut_from": cut_from,
+                  "strategy": spec.split.strategy, "file": lake.relative(path),
+                  "frozen_at": datetime.now(UTC).isoformat()}
+        create_exclusive(pointer, canonical_json(record))
+    return read_json(pointer)
 
 
 def training_rows(spec: PipelineSpec, dataset: pd.DataFrame, holdout: pd.DataFrame) -> pd.DataFrame:

@@ -138,8 +138,7 @@ def register_challenger(job: TrainingJob, parent_run_id: str, results: list[dict
     best = best_config(results)
     train, _, record = job.frames
     refuse_superseded(job.lake, job.spec.name, job.dataset_version_id)  # an erasure may have purged it since
-    # the frozen holdout, read again: an erasure may have replaced it (a record given in memory names no file)
-    current = frozen_record(job.lake, job.spec.name)["holdout_hash"] if record.get("file") else record["holdout_hash"]
+    current = frozen_record(job.lake, job.spec.name)["holdout_hash"]  # read again: an erasure may have replaced it
     if current != record["holdout_hash"]:
         raise SupersededVersion(f"{job.spec.name}: the frozen holdout {record['holdout_hash'][:12]} was replaced by "
                                 f"{current[:12]} (an erasure) while this model trained: retrain on the successor")
