@@ -58,9 +58,7 @@ class Subject:
 
     def in_clear(self, texts: Sequence[str], keys: Pseudonymizer) -> set[str]:
         """The clear keys (canonical text) among `texts` that are this subject."""
-        distinct, wanted = sorted(set(texts)), set(self.names)
-        return {t for key_id in sorted({n.split(":", 1)[0] for n in self.names})
-                for t, name in zip(distinct, keys.many(distinct, ENTITY, key_id), strict=True) if name in wanted}
+        return keys.which(texts, set(self.names))
 
 
 @dataclass(frozen=True)

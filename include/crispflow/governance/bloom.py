@@ -1,8 +1,9 @@
 """A Bloom filter of pseudonyms: a small per-file membership index for files not sorted by key (raw landings,
 prediction-log hours), so a search for one subject opens only the files that may hold it.
 
-Sized for `capacity` items at a false-positive rate `fp_rate`: m = -n ln p / (ln 2)^2 bits and k = (m / n) ln 2
-hash functions, by double hashing (Kirsch-Mitzenmacher) of one BLAKE2b digest per item. A "no" is certain; a
+Sized for `capacity` items at a false-positive rate `fp_rate`: m = -n ln p / (ln 2)^2 bits (rounded up to a prime,
+at least `MIN_BITS`) and k = (m / n) ln 2 hash functions, by double hashing (Kirsch-Mitzenmacher) of one BLAKE2b
+digest per item. A "no" is certain; a
 "maybe" is wrong with probability ~`fp_rate` once `capacity` items are in (tests/unit/test_bloom.py measures it).
 Serialised as a small header, the bit array and a CRC-32 of both, so it can live next to the file it indexes and
 a damaged copy is refused (`BloomError`) rather than trusted: a flipped bit could otherwise say "certainly not"
@@ -26,6 +27,18 @@ _HEADER = struct.Struct("<8sQQQd")  # magic, bits, hashes, items added, design f
 _CRC = struct.Struct("<I")  # trailer: CRC-32 of the header and the bits
 
 
+MIN_BITS = 1024  # 128 bytes: below this, double hashing has too few distinct position sets (one in m²)
+
+
+def _prime_at_least(n: int) -> int:
+    """The smallest prime >= n: with a prime number of bits, double hashing's every step visits k distinct
+    positions (with 15 bits, a step of 5 would visit 3, and a one-item filter said "maybe" 2.6 % of the time)."""
+    candidate = n + (n % 2 == 0 and n != 2)
+    while any(candidate % d == 0 for d in range(3, math.isqrt(candidate) + 1, 2)):
+        candidate += 2
+    return candidate
+
+
 class BloomError(CrispflowError):
     """A filter that cannot be built or read (bad size, rate or bytes); the message names the field."""
 
@@ -45,8 +58,9 @@ class BloomFilter:
             raise BloomError(f"bloom filter: capacity must be a whole number >= 1, got {capacity!r}")
         if not 0 < fp_rate < 1:
             raise BloomError(f"bloom filter: fp_rate must be in (0, 1), got {fp_rate!r}")
-        bits = max(8, math.ceil(-capacity * math.log(fp_rate) / math.log(2) ** 2))
-        return cls(bits, max(1, round(bits / capacity * math.log(2))), fp_rate)
+        need = -capacity * math.log(fp_rate) / math.log(2) ** 2
+        return cls(_prime_at_least(max(MIN_BITS, math.ceil(need))), max(1, round(need / capacity * math.log(2))),
+                   fp_rate)
 
     @classmethod
     def of(cls, items: Iterable[str], fp_rate: float = 0.001) -> BloomFilter:
@@ -60,7 +74,7 @@ class BloomFilter:
         """(n, k) bit positions: h1 + i * h2 mod m from the two 64-bit halves of a BLAKE2b-128 digest."""
         digests = b"".join(hashlib.blake2b(item.encode("utf-8"), digest_size=16).digest() for item in items)
         halves = np.frombuffer(digests, dtype="<u8").reshape(-1, 2)
-        h1, h2 = halves[:, :1], halves[:, 1:] | np.uint64(1)  # an odd step never cycles early
+        h1, h2 = halves[:, :1], halves[:, 1:] | np.uint64(1)  # as every index on disk was written
         steps = np.arange(self.hashes, dtype=np.uint64)
         with np.errstate(over="ignore"):  # wrapping uint64 arithmetic is the intent
             return ((h1 + steps * h2) % np.uint64(self.bits)).astype(np.int64)

@@ -128,6 +128,14 @@ class Pseudonymizer:
             out.append(name + outer.hexdigest()[:DIGEST_HEX])
         return out
 
+    def which(self, texts: Iterable[str], names: set[str], domain: str = ENTITY) -> set[str]:
+        """The texts whose pseudonym, under any configured key that one of `names` uses, is among `names` (a
+        search of clear values for pseudonymised subjects); each distinct text is hashed once per key."""
+        distinct = sorted(set(texts))
+        used = {n.split(":", 1)[0] for n in names} & set(self._by_id)
+        return {t for key_id in sorted(used)
+                for t, name in zip(distinct, self.many(distinct, domain, key_id), strict=True) if name in names}
+
     def all_pseudonyms(self, text: str, domain: str = ENTITY) -> list[str]:
         """The pseudonym of `text` under every key, the current one first (what a search for a subject needs)."""
         return [self.pseudonym(text, domain, k.key_id) for k in self.keys]

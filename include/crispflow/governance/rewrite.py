@@ -9,6 +9,7 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from crispflow.governance.pseudonyms import canonical_text
+from crispflow.lake import ROW_GROUP_ROWS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -53,8 +54,8 @@ def _parquet(data: bytes, column: str, values: Collection[str]) -> tuple[bytes, 
     removed = int(hit.sum())
     if not removed:
         return data, 0
-    out = io.BytesIO()
-    pq.write_table(table.filter(pa.array(~hit)), out)
+    out = io.BytesIO()  # written as the lake writes Parquet, so row-group statistics still locate keys
+    pq.write_table(table.filter(pa.array(~hit)), out, compression="zstd", row_group_size=ROW_GROUP_ROWS)
     return out.getvalue(), removed
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from crispflow.governance.pseudonyms import ENTITY, canonical_text, is_pseudonym
+from crispflow.governance.pseudonyms import canonical_text, is_pseudonym
 from crispflow.lake import write_atomic
 
 if TYPE_CHECKING:
@@ -54,8 +54,4 @@ def present(lake: Lake, spec: Any, frame: pd.DataFrame, keys: Pseudonymizer | No
 
         raise CrispflowError(f"{spec.name}: the suppression list is not empty but no pseudonym keys are configured "
                              "(connection crispflow_pseudonyms): erased subjects cannot be kept out")
-    texts = sorted({canonical_text(v) for v in frame[spec.key].tolist() if v is not None and v == v})
-    found: set[str] = set()
-    for key_id in sorted({n.split(":", 1)[0] for n in names} & {k.key_id for k in keys.keys}):
-        found.update(t for t, name in zip(texts, keys.many(texts, ENTITY, key_id), strict=True) if name in names)
-    return found
+    return keys.which((canonical_text(v) for v in frame[spec.key].tolist() if v is not None and v == v), names)

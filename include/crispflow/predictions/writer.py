@@ -63,8 +63,8 @@ def _parquet_bytes(table: pa.Table) -> bytes:
 
 def entity_index(table: pa.Table) -> bytes:
     """A predictions part's entity index (`INDEX_SUFFIX` beside it): a Bloom filter of its distinct non-null
-    `entity` values at `INDEX_FP_RATE`, sized for them (~1.8 bytes per entity, 44 bytes of header and checksum).
-    The same rows give the same bytes."""
+    `entity` values at `INDEX_FP_RATE`, sized for them (~1.8 bytes per entity, at least 128 bytes, plus 44 of
+    header and checksum). The same rows give the same bytes."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
