@@ -20,7 +20,7 @@ from airflow.sdk import Param, dag
 from crispflow_airflow.dag_defaults import START_DATE, default_args, pipeline_param
 from crispflow_airflow.operators.erasure import EraseSubjectOperator, PlanErasureOperator
 
-PLAN = "ti.xcom_pull(task_ids='plan')"
+PLAN = "ti.xcom_pull(task_ids='plan')"  # the plan's impact, as a person reads it in the approval
 SUBJECT = "{{ params.subject | join(',') }}"
 
 
@@ -49,11 +49,14 @@ def erase_subject() -> None:
     approve = ApprovalOperator(
         task_id="approve",
         subject="Erase the subject of ticket {{ params.ticket }} from {{ params.pipeline }}?",  # no pseudonym: logs
-        body="{{ " + PLAN + "['places'] | length }} of {{ " + PLAN + "['files_scanned'] }} files hold the subject; "
-        "rows by store: {{ " + PLAN + "['rows_by_store'] }}.\n"
-        "Dataset versions to supersede: {{ " + PLAN + "['dataset_versions'] }}.\n"
-        "Model versions to flag (retrain or retire): {{ " + PLAN + "['model_versions'] }}.\n"
-        "Requested by {{ dag_run.triggering_user_name or 'unknown' }}; legal basis: {{ params.legal_basis }}.",
+        body="{% set p = " + PLAN + " %}{{ p['places'] | length }} of {{ p['files_scanned'] }} files hold the "
+        "subject.\n\n"
+        "- Rows by store: {% for store, rows in p['rows_by_store'].items() %}{{ store }} {{ rows }}"
+        "{{ ', ' if not loop.last }}{% else %}none{% endfor %}\n"
+        "- Dataset versions to supersede: {{ p['dataset_versions'] | join(', ') or 'none' }}\n"
+        "- Model versions to flag (retrain or retire): {% for v in p['model_versions'] %}v{{ v }}"
+        "{{ ', ' if not loop.last }}{% else %}none{% endfor %}\n"
+        "- Requested by {{ dag_run.triggering_user_name or 'unknown' }}; legal basis: {{ params.legal_basis }}",
         response_timeout=timedelta(hours=6),  # unanswered: the run fails; trigger it again to ask again
         execution_timeout=timedelta(hours=6),
     )

@@ -31,10 +31,10 @@ from support.erasure_world import subject as _subject
 from support.keys import session_keys
 
 from crispflow.data import datasets
-from crispflow.erasure.models import DATASET_TAG, PENDING
+from crispflow.erasure.models import DATASET_TAG, DEADLINE, HOLDOUT_TAG, PENDING, flag
 from crispflow.erasure.plan import plan
 from crispflow.erasure.retrain import plan_after_erasure
-from crispflow.erasure.run import ledger_name, run, verify
+from crispflow.erasure.run import Request, ledger_name, run, verify
 from crispflow.errors import ParamsError, SupersededVersion
 from crispflow.governance.bloom import BloomFilter
 from crispflow.lake import read_json
@@ -206,6 +206,38 @@ def test_the_cli_runs_and_verify_exits_1_on_a_changed_ledger_entry(
     assert main(["erase", "verify", *base]) == 1
     out = capsys.readouterr().out
     assert "entry 1" in out and world.key not in out
+
+
+def test_a_later_erasure_flags_models_trained_before_an_earlier_one(tmp_path: Path) -> None:
+    """Erasure A supersedes the window a model was trained on and the holdout another was judged on; erasure B of
+    a second subject then supersedes A's successors. The models held B's rows too: B flags them (through the
+    versions' `supersedes` and the holdout's `replaced`), and keeps A's earlier deadline, never a later one."""
+    world = _world(tmp_path)
+    spec, keys = load_spec("lending_club"), session_keys()
+    mlf = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlf.create_registered_model(MODEL)
+    first_holdout = holdout.frozen_record(world.lake, spec.name)["holdout_hash"]
+    trained = mlf.create_model_version(MODEL, str(tmp_path / "m"), tags={DATASET_TAG: world.versions[2]})
+    judged = mlf.create_model_version(MODEL, str(tmp_path / "m"), tags={HOLDOUT_TAG: first_holdout})
+    cut = set(holdout.frozen_holdout(world.lake, spec, pd.DataFrame(), "unused")[0][spec.key])
+    february = world.sources[1][0].frame[spec.key].astype(str)  # in the window; in the holdout if in `cut`
+    second = next(k for k in february if k != world.key and keys.pseudonym(k) in cut)
+
+    def flagging(deadline_days: int) -> Any:
+        return lambda versions, holdouts, erasure_id: flag(mlf, MODEL, versions, holdouts, erasure_id, deadline_days)
+
+    a = run(world.lake, spec, _subject(world.key), keys, world.ledger, REQUEST, world.predictions, MODEL,
+            flagging(30))
+    assert {m["version"] for m in a.models} == {str(trained.version), str(judged.version)}
+    b = run(world.lake, spec, _subject(second), keys, world.ledger, Request("T-78", "LGPD", "dpo"),
+            world.predictions, MODEL, flagging(60))
+    assert {m["version"] for m in b.models} == {str(trained.version), str(judged.version)}
+    assert {m["erasure"] for m in b.models} == {a.erasure_id}  # A's deadline is earlier: it stands
+    tags = mlf.get_model_version(MODEL, trained.version).tags
+    assert (tags[PENDING], tags[DEADLINE]) == (a.erasure_id, a.models[0]["deadline"])
+    mlf.set_model_version_tag(MODEL, trained.version, DEADLINE, "2099-01-01")  # later than B's: B's replaces it
+    flagged = flag(mlf, MODEL, {world.versions[2]}, set(), b.erasure_id, 60)
+    assert flagged[0]["deadline"] < "2099-01-01" and flagged[0]["erasure"] == b.erasure_id
 
 
 def test_a_key_that_is_nowhere_is_recorded_and_touches_nothing(tmp_path: Path) -> None:

@@ -255,6 +255,16 @@ def successor_of(lake: Lake, pipeline: str, version_id: str) -> str:
     return version_id
 
 
+def predecessors(lake: Lake, pipeline: str, version_id: str) -> list[str]:
+    """`version_id` and every version that erasures replaced by it, newest first (`supersedes`): each of them held
+    every row `version_id` holds."""
+    chain: list[str] = []
+    while version_id and version_id not in chain and (path := lake.manifest(pipeline, version_id)).exists():
+        chain.append(version_id)
+        version_id = read_json(path).get("supersedes")
+    return chain
+
+
 def supersede(lake: Lake, pipeline: str, version_id: str, kept: pd.DataFrame, erasure_id: str,
               parents: list[str] | None = None) -> Published:
     """Publish `kept` (the version's rows minus an erased subject's) as the successor of `version_id`: same
@@ -288,7 +298,7 @@ def purge(lake: Lake, pipeline: str, version_id: str, successor: str, erasure_id
     manifest = read_json(lake.manifest(pipeline, version_id))
     if not manifest.get("purged"):
         keep = ("dataset_version_id", "content_sha256", "pipeline", "spec_hash", "batch_id", "interval", "rows",
-                "published_by", "parents")
+                "published_by", "parents", "supersedes")
         tombstone = {k: manifest[k] for k in keep if k in manifest}
         tombstone |= {"purged": True, "superseded_by": successor, "erasure": erasure_id,
                       "purged_at": datetime.now(UTC).isoformat()}

@@ -84,6 +84,11 @@ class ErasurePlan:
         """Curated versions holding the subject (their folder names)."""
         return sorted({p.path.split("/")[2] for p in self.places if p.store == "curated"})
 
+    @property
+    def holdouts(self) -> set[str]:
+        """Hashes of the frozen holdouts holding the subject (their file names)."""
+        return {p.path.rsplit("/", 1)[-1].removesuffix(".parquet") for p in self.places if p.store == "holdout"}
+
     def to_json(self) -> dict[str, Any]:
         places = [{k: v for k, v in asdict(p).items() if k != "clear"} for p in self.places]
         return {"pipeline": self.pipeline, "subject": self.subject, "files_scanned": self.files_scanned,

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from crispflow.data import datasets
+from crispflow.erasure.models import learned_from
 from crispflow.erasure.plan import ErasurePlan, Place, Subject, plan
 from crispflow.governance import suppression
 from crispflow.governance.rewrite import rows_of, without_rows
@@ -123,7 +124,8 @@ def run(lake: Lake, spec: PipelineSpec, subject: Subject, keys: Pseudonymizer, l
     for store, path in sorted({(p["store"], p["path"]) for p in recorded} | {(p.store, p.path) for p in found.places}):
         _forget(predictions if store == "predictions" else lake.root, path)  # type: ignore[arg-type]
     if flag_models is not None and (outcome.superseded or outcome.replaced_holdouts):
-        outcome.models = flag_models(set(outcome.superseded), outcome.replaced_holdouts, outcome.erasure_id)
+        versions, holdouts = learned_from(lake, spec.name, set(outcome.superseded), outcome.replaced_holdouts)
+        outcome.models = flag_models(versions, holdouts, outcome.erasure_id)
     detail = {"artifacts": outcome.artifacts, "models": outcome.models}
     digest = hashlib.sha256(json.dumps(detail, sort_keys=True).encode()).hexdigest()[:12]
     ledger.append(erasure_id=f"{outcome.erasure_id}:run:{digest}", step="run", detail=detail, **entry)

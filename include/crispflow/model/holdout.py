@@ -149,6 +149,13 @@ def freeze(lake: Lake, spec: PipelineSpec, holdout: pd.DataFrame, cut_from: str)
     return read_json(pointer)
 
 
+def lineage(record: dict[str, Any]) -> list[str]:
+    """The hashes of a frozen holdout's record, oldest first: every holdout erasures replaced, then the current
+    one. Each held every row of the next."""
+    replaced = record.get("replaced") or ([record["supersedes"]] if record.get("supersedes") else [])
+    return [*replaced, record["holdout_hash"]]
+
+
 def training_rows(spec: PipelineSpec, dataset: pd.DataFrame, holdout: pd.DataFrame) -> pd.DataFrame:
     """The dataset without any entity that is in the holdout."""
     keep = ~dataset[spec.key].isin(holdout[spec.key])
@@ -175,7 +182,8 @@ def erase(lake: Lake, spec: PipelineSpec, values: set[str], erasure_id: str) -> 
     path = lake.root / "holdouts" / spec.name / f"{digest}.parquet"
     write_parquet(path, kept)
     new = {**record, "holdout_hash": digest, "rows": len(kept), "file": lake.relative(path),
-           "supersedes": record["holdout_hash"], "erasure": erasure_id}
+           "supersedes": record["holdout_hash"], "replaced": [*lineage(record)[:-1], record["holdout_hash"]],
+           "erasure": erasure_id}
     write_json(_pointer(lake, spec.name), new)
     remove(old_path)
     return {"store": "holdout", "path": record["file"], "old": record["holdout_hash"], "new": digest,
