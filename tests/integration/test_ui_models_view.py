@@ -315,6 +315,12 @@ def test_a_version_trained_on_a_purged_dataset_names_its_successor(mlf, served, 
     assert dataset["dataset_version_id"] == DS["a"] and page["problems"] == []
     purged = dataset["manifest"]["purged"]
     assert (purged["superseded_by"], purged["erasure"]) == (DS["b"], "er-0123456789abcdef") and purged["purged_at"]
+    assert purged["live"] == DS["b"]
     rows = {r["version"]: r for r in model_page(mlf, NAME, lake=lake)["versions"]}  # the Models page's column
     assert rows[served["versions"][0]]["dataset_successor"] == DS["b"]
+    commit_version(lake, PIPELINE, DS["window"], {"dataset_version_id": DS["window"], "pipeline": PIPELINE,
+                                                  "content_sha256": "c" * 64, "rows": {"published": 80}})
+    purge(lake, PIPELINE, DS["b"], DS["window"], "er-fedcba9876543210")  # a later erasure replaces the successor
+    later = version_page(mlf, lake, None, None, NAME, served["versions"][0])["lineage"]["dataset"]["manifest"]
+    assert (later["purged"]["superseded_by"], later["purged"]["live"]) == (DS["b"], DS["window"])
     assert rows[served["versions"][1]]["dataset_successor"] is None  # its window is not in this lake: no claim

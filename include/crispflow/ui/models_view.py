@@ -362,8 +362,8 @@ def _dataset(lake: Lake | None, version_id: str | None, pipeline: str, problems:
                                            "raw")} for s in manifest.get("sources") or []],
         "parents": parents, "quality": manifest.get("quality"), "reconciliation": manifest.get("reconciliation"),
         "published_by": manifest.get("published_by"),
-        "purged": {k: manifest.get(k) for k in ("superseded_by", "erasure", "purged_at")} if manifest.get("purged")
-        else None},
+        "purged": {**{k: manifest.get(k) for k in ("superseded_by", "erasure", "purged_at")},
+                   "live": _successor(lake, pipeline, version_id)} if manifest.get("purged") else None},
         "data_docs": version_id if _docs_exists(lake, pipeline, version_id) else None}
 
 
