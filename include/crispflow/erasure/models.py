@@ -53,6 +53,12 @@ def learned_from(lake: Lake, pipeline: str, datasets: set[str], holdouts: set[st
     return versions, judged
 
 
+def at_stake(mlf: MlflowClient, model: str, lake: Lake, pipeline: str, datasets: set[str],
+             holdouts: set[str]) -> list[Any]:
+    """The versions an erasure of a subject found in `datasets` and `holdouts` would flag (`learned_from`)."""
+    return affected(mlf, model, *learned_from(lake, pipeline, datasets, holdouts))
+
+
 def flag(mlf: MlflowClient, model: str, datasets: set[str], holdouts: set[str], erasure_id: str,
          deadline_days: int) -> list[dict[str, str]]:
     """Tag every affected version. Idempotent, and a deadline never moves later: a version this erasure, or an

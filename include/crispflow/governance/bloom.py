@@ -3,8 +3,8 @@ prediction-log hours), so a search for one subject opens only the files that may
 
 Sized for `capacity` items at a false-positive rate `fp_rate`: m = -n ln p / (ln 2)^2 bits (rounded up to a prime,
 at least `MIN_BITS`) and k = (m / n) ln 2 hash functions, by double hashing (Kirsch-Mitzenmacher) of one BLAKE2b
-digest per item. A "no" is certain; a
-"maybe" is wrong with probability ~`fp_rate` once `capacity` items are in (tests/unit/test_bloom.py measures it).
+digest per item. A "no" is certain; a "maybe" is wrong with probability at most ~`fp_rate` once `capacity` items
+are in (tests/unit/test_bloom.py measures it).
 Serialised as a small header, the bit array and a CRC-32 of both, so it can live next to the file it indexes and
 a damaged copy is refused (`BloomError`) rather than trusted: a flipped bit could otherwise say "certainly not"
 for an item that is there.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Collection
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from crispflow.governance.pseudonyms import canonical_text
 from crispflow.lake import ROW_GROUP_ROWS
@@ -39,10 +39,6 @@ def rows_of(column: pd.Series, values: Collection[str]) -> np.ndarray:
     return hit[codes]  # the sentinel -1 picks the trailing False
 
 
-def _matches(items: list[Any], values: Collection[str]) -> list[bool]:
-    return [item is not None and item == item and canonical_text(item) in values for item in items]
-
-
 def _parquet(data: bytes, column: str, values: Collection[str]) -> tuple[bytes, int]:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -60,14 +56,14 @@ def _parquet(data: bytes, column: str, values: Collection[str]) -> tuple[bytes, 
 
 
 def _jsonl(data: bytes, column: str, values: Collection[str]) -> tuple[bytes, int]:
-    kept, removed = [], 0
-    for line in data.splitlines(keepends=True):
-        record = json.loads(line) if line.strip() else None
-        if isinstance(record, dict) and _matches([record.get(column)], values)[0]:
-            removed += 1
-        else:
-            kept.append(line)
-    return (b"".join(kept), removed) if removed else (data, 0)
+    import pandas as pd
+
+    lines = data.splitlines(keepends=True)
+    records = [json.loads(line) if line.strip() else None for line in lines]
+    keys = pd.Series([r.get(column) if isinstance(r, dict) else None for r in records], dtype=object)
+    hit = rows_of(keys, values)
+    removed = int(hit.sum())
+    return (b"".join(line for line, h in zip(lines, hit, strict=True) if not h), removed) if removed else (data, 0)
 
 
 def _csv(data: bytes, column: str, values: Collection[str]) -> tuple[bytes, int]:

@@ -125,9 +125,9 @@ def frozen_record(lake: Lake, pipeline: str) -> dict[str, Any]:
 def frozen_holdout(lake: Lake, spec: PipelineSpec, dataset: pd.DataFrame,
                    dataset_version_id: str) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The pipeline's holdout and its record; cut from `dataset` if this is the pipeline's first training."""
-    if not _pointer(lake, spec.name).exists():
-        freeze(lake, spec, holdout_split(spec, dataset)[1], dataset_version_id)
-    record = read_json(_pointer(lake, spec.name))
+    pointer = _pointer(lake, spec.name)
+    record = read_json(pointer) if pointer.exists() else freeze(lake, spec, holdout_split(spec, dataset)[1],
+                                                                  dataset_version_id)
     holdout = read_parquet(lake.root / record["file"])
     if holdout_hash(spec, holdout) != record["holdout_hash"]:
         raise LakeError(f"holdout of {spec.name}: content does not match {record['holdout_hash'][:12]} (tampered?)")
@@ -182,8 +182,7 @@ def erase(lake: Lake, spec: PipelineSpec, values: set[str], erasure_id: str) -> 
     path = lake.root / "holdouts" / spec.name / f"{digest}.parquet"
     write_parquet(path, kept)
     new = {**record, "holdout_hash": digest, "rows": len(kept), "file": lake.relative(path),
-           "supersedes": record["holdout_hash"], "replaced": [*lineage(record)[:-1], record["holdout_hash"]],
-           "erasure": erasure_id}
+           "supersedes": record["holdout_hash"], "replaced": lineage(record), "erasure": erasure_id}
     write_json(_pointer(lake, spec.name), new)
     remove(old_path)
     return {"store": "holdout", "path": record["file"], "old": record["holdout_hash"], "new": digest,

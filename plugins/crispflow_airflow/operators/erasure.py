@@ -50,14 +50,13 @@ class PlanErasureOperator(_ErasureOperator):
     stores, row counts, the subject's pseudonym) for the approval step."""
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from crispflow.erasure.models import affected, learned_from
+        from crispflow.erasure.models import at_stake
         from crispflow.erasure.plan import plan
 
         with as_airflow_errors():
             spec, lake, keys, subject, root, model, mlf = self._parts()
             found = plan(lake, spec, subject, keys, root, model)
-            versions = affected(mlf, model, *learned_from(lake, spec.name, set(found.dataset_versions),
-                                                          found.holdouts))
+            versions = at_stake(mlf, model, lake, spec.name, set(found.dataset_versions), found.holdouts)
         stores: dict[str, int] = {}
         for place in found.places:
             stores[place.store] = stores.get(place.store, 0) + place.rows
